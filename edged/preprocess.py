@@ -1,0 +1,173 @@
+"""Pre-processing: camera frame (BGR uint8) -> model input tensor, without needless copies.
+
+The geometry of the letterbox is kept in a `Letterbox` so that boxes and masks can be
+mapped back to camera pixels exactly, and travels in the wire protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+
+Resize = Literal["letterbox", "stretch"]
+
+
+@dataclass(frozen=True, slots=True)
+class Letterbox:
+    """How a camera frame was placed into the model input: input = camera * scale + pad."""
+
+    scale_x: float
+    scale_y: float
+    pad_x: int
+    pad_y: int
+    content_w: int  # size of the resized frame inside the input
+    content_h: int
+    input_w: int
+    input_h: int
+
+    @classmethod
+    def fit(cls, frame_w: int, frame_h: int, input_w: int, input_h: int, mode: Resize = "letterbox",
+            align: Literal["center", "topleft"] = "center") -> Letterbox:
+        if mode == "stretch":
+            return cls(input_w / frame_w, input_h / frame_h, 0, 0, input_w, input_h, input_w, input_h)
+        r = min(input_w / frame_w, input_h / frame_h)
+        cw, ch = min(input_w, round(frame_w * r)), min(input_h, round(frame_h * r))
+        px, py = ((input_w - cw) // 2, (input_h - ch) // 2) if align == "center" else (0, 0)
+        return cls(cw / frame_w, ch / frame_h, px, py, cw, ch, input_w, input_h)
+
+    def boxes_to_camera(self, xyxy: np.ndarray, frame_w: int, frame_h: int) -> np.ndarray:
+        """Input-pixel xyxy boxes -> camera-pixel xyxy boxes, clipped to the frame."""
+        out = np.empty_like(xyxy, dtype=np.float32)
+        out[:, 0::2] = (xyxy[:, 0::2] - self.pad_x) / self.scale_x
+        out[:, 1::2] = (xyxy[:, 1::2] - self.pad_y) / self.scale_y
+        np.clip(out[:, 0::2], 0, frame_w, out=out[:, 0::2])
+        np.clip(out[:, 1::2], 0, frame_h, out=out[:, 1::2])
+        return out
+
+    def boxes_to_input(self, xyxy: np.ndarray) -> np.ndarray:
+        out = np.empty_like(xyxy, dtype=np.float32)
+        out[:, 0::2] = xyxy[:, 0::2] * self.scale_x + self.pad_x
+        out[:, 1::2] = xyxy[:, 1::2] * self.scale_y + self.pad_y
+        return out
+
+    def crop_mask(self, mask: np.ndarray) -> np.ndarray:
+        """The part of an input-sized mask that covers the frame (a view, no copy).
+
+        A mask of another size than the input (e.g. a segmentation head at 1/4
+        resolution) is cropped proportionally.
+        """
+        fy, fx = mask.shape[0] / self.input_h, mask.shape[1] / self.input_w
+        y0, x0 = int(round(self.pad_y * fy)), int(round(self.pad_x * fx))
+        y1 = int(round((self.pad_y + self.content_h) * fy))
+        x1 = int(round((self.pad_x + self.content_w) * fx))
+        return mask[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
+
+    def mask_to_camera(self, mask: np.ndarray, frame_w: int, frame_h: int) -> np.ndarray:
+        """Class-index mask in input space -> camera pixels (nearest neighbour)."""
+        crop = self.crop_mask(mask)
+        if crop.shape == (frame_h, frame_w):
+            return np.ascontiguousarray(crop)
+        return cv2.resize(crop, (frame_w, frame_h), interpolation=cv2.INTER_NEAREST)
+
+
+@dataclass(frozen=True, slots=True)
+class PreprocessSpec:
+    """The model's pre-processing, from its manifest: never a hidden constant."""
+
+    input_w: int = 416
+    input_h: int = 416
+    color: Literal["rgb", "bgr"] = "rgb"
+    resize: Resize = "letterbox"
+    align: Literal["center", "topleft"] = "center"
+    pad_value: int = 0
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, float, float] | None = None  # in scaled units, per input channel
+    std: tuple[float, float, float] | None = None
+    interpolation: Literal["linear", "area", "nearest"] = "linear"
+
+
+_INTERP = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST}
+
+
+class Preprocessor:
+    """Fills a preallocated NCHW float32 buffer from BGR frames.
+
+    One instance per worker thread: the buffers are reused for every frame, so the
+    hot path allocates nothing for frames of a size it has seen before.
+    """
+
+    def __init__(self, spec: PreprocessSpec, batch: int = 1) -> None:
+        self.spec = spec
+        self.tensor = np.zeros((batch, 3, spec.input_h, spec.input_w), np.float32)
+        self._resized: dict[tuple[int, int], np.ndarray] = {}
+        self._boxes: dict[tuple[int, int], Letterbox] = {}
+        self._dirty = np.ones(batch, bool)  # padding must be (re)written for this slot
+        self._last_box: list[Letterbox | None] = [None] * batch
+        sc = spec.scale
+        mean = np.zeros(3) if spec.mean is None else np.asarray(spec.mean, np.float64)
+        std = np.ones(3) if spec.std is None else np.asarray(spec.std, np.float64)
+        # out = (pixel * scale - mean) / std = pixel * mul + add, per input channel
+        self._mul = (sc / std).astype(np.float32)
+        self._add = (-mean / std).astype(np.float32)
+        self._pad = (spec.pad_value * self._mul + self._add).astype(np.float32)
+        # input channel c reads BGR channel order[c]
+        self._order = (2, 1, 0) if spec.color == "rgb" else (0, 1, 2)
+
+    def letterbox(self, frame_w: int, frame_h: int) -> Letterbox:
+        key = (frame_w, frame_h)
+        box = self._boxes.get(key)
+        if box is None:
+            s = self.spec
+            box = Letterbox.fit(frame_w, frame_h, s.input_w, s.input_h, s.resize, s.align)
+            self._boxes[key] = box
+        return box
+
+    def __call__(self, frame: np.ndarray, slot: int = 0) -> Letterbox:
+        """Write `frame` into batch slot `slot` of `self.tensor`; return its geometry."""
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"expected an HxWx3 uint8 BGR frame, got {frame.dtype} {frame.shape}")
+        h, w = frame.shape[:2]
+        box = self.letterbox(w, h)
+        key = (box.content_w, box.content_h)
+        resized = self._resized.get(key)
+        if resized is None:
+            resized = np.empty((box.content_h, box.content_w, 3), np.uint8)
+            self._resized[key] = resized
+        if (w, h) == key:
+            resized[...] = frame
+        else:
+            cv2.resize(frame, key, dst=resized, interpolation=_INTERP[self.spec.interpolation])
+        out = self.tensor[slot]
+        if self._last_box[slot] != box:
+            for c in range(3):
+                out[c].fill(self._pad[c])
+            self._last_box[slot] = box
+        ys = slice(box.pad_y, box.pad_y + box.content_h)
+        xs = slice(box.pad_x, box.pad_x + box.content_w)
+        for c, src in enumerate(self._order):
+            dst = out[c, ys, xs]
+            np.multiply(resized[:, :, src], self._mul[c], out=dst, casting="unsafe")
+            if self._add[c] != 0.0:
+                dst += self._add[c]
+        return box
+
+
+def letterbox_image(frame: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, Letterbox]:
+    """uint8 HxWx3 image in the model's input geometry (training and visualisation)."""
+    h, w = frame.shape[:2]
+    box = Letterbox.fit(w, h, spec.input_w, spec.input_h, spec.resize, spec.align)
+    out = np.full((spec.input_h, spec.input_w, 3), spec.pad_value, np.uint8)
+    out[box.pad_y:box.pad_y + box.content_h, box.pad_x:box.pad_x + box.content_w] = cv2.resize(
+        frame, (box.content_w, box.content_h), interpolation=_INTERP[spec.interpolation])
+    return out, box
+
+
+def letterbox_labels(labels: np.ndarray, box: Letterbox, fill: int = 0) -> np.ndarray:
+    """A label map placed like its frame, nearest neighbour, padding = `fill`."""
+    out = np.full((box.input_h, box.input_w), fill, labels.dtype)
+    out[box.pad_y:box.pad_y + box.content_h, box.pad_x:box.pad_x + box.content_w] = cv2.resize(
+        labels, (box.content_w, box.content_h), interpolation=cv2.INTER_NEAREST)
+    return out

@@ -1,0 +1,524 @@
+"""Synthetic RoboCup scenes with ground truth, as a robot's head camera sees them.
+
+`render(seed, index, width, height)` is a pure function of its arguments: frame `index`
+of sequence `seed`. Consecutive indices of one seed follow a smooth camera path (a
+walking robot scanning with its head), so a run of indices looks like video.
+
+Rendering works in two layers. The field (grass, lines, the floor around the carpet) is
+drawn once per seed as a top-down texture at 1 cm per pixel and warped into the camera
+with the ground-plane homography; labels are warped the same way with nearest
+neighbour, so image and ground truth can never disagree. Objects (balls, goalposts,
+robots) are billboards projected from world coordinates and painted far to near, which
+gives occlusion for free; an id buffer tells how much of each object stays visible.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+CLASS_NAMES: tuple[str, ...] = ("ball", "goalpost", "robot")
+SEG_CLASS_NAMES: tuple[str, ...] = ("background", "lines", "field")
+
+# Field geometry (metres), RoboCup KidSize-like.
+FIELD_LENGTH = 9.0
+FIELD_WIDTH = 6.0
+BORDER = 1.0
+LINE_WIDTH = 0.08
+GOAL_WIDTH = 2.6
+GOAL_AREA = (1.0, 3.0)
+PENALTY_AREA = (2.0, 5.0)
+CIRCLE_DIAMETER = 1.5
+BALL_RADIUS = 0.08
+POST_RADIUS = 0.05
+POST_HEIGHT = 1.1
+
+TEX_RES = 0.01  # metres per texel of the top-down field texture
+CARPET_X = FIELD_LENGTH / 2 + BORDER
+CARPET_Y = FIELD_WIDTH / 2 + BORDER
+FLOOR_MARGIN = 3.0  # floor drawn around the carpet, beyond it the texture border
+
+
+@dataclass(frozen=True, slots=True)
+class Scene:
+    """One rendered frame and its ground truth."""
+
+    image: np.ndarray  # HxWx3 uint8, BGR
+    segmentation: np.ndarray  # HxW uint8: 0 background, 1 lines, 2 field
+    boxes: np.ndarray  # Kx4 float32, x1 y1 x2 y2 in image pixels
+    classes: np.ndarray  # K int64: 0 ball, 1 goalpost, 2 robot
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True, slots=True)
+class _Robot:
+    x: float
+    y: float
+    vx: float
+    vy: float
+    height: float
+    width: float
+    sprites: tuple[tuple[np.ndarray, np.ndarray], ...]  # (bgr, alpha) pose frames
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    texture: np.ndarray  # top-down BGR
+    labels: np.ndarray  # top-down labels
+    backdrop: np.ndarray  # panorama above the horizon, BGR
+    noise: np.ndarray  # int16 sensor-noise tile
+    cam_height: float
+    hfov: float
+    path: np.ndarray  # parameters of the smooth camera path
+    robots: tuple[_Robot, ...]
+    ball: tuple[float, float, float, float, float]  # x, y, amplitude x, amplitude y, phase
+    ball_colors: tuple[tuple[int, int, int], tuple[int, int, int]]
+    post_color: tuple[int, int, int]
+    light: np.ndarray  # lighting path parameters
+
+
+def _world_to_tex(x: np.ndarray | float, y: np.ndarray | float) -> tuple:
+    ox = CARPET_X + FLOOR_MARGIN
+    oy = CARPET_Y + FLOOR_MARGIN
+    return (np.asarray(x) + ox) / TEX_RES, (oy - np.asarray(y)) / TEX_RES
+
+
+def _draw_field(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    w = int(round(2 * (CARPET_X + FLOOR_MARGIN) / TEX_RES))
+    h = int(round(2 * (CARPET_Y + FLOOR_MARGIN) / TEX_RES))
+    labels = np.zeros((h, w), np.uint8)
+    floor = np.array(rng.uniform(60, 150, 3), np.float32)
+    tex = np.empty((h, w, 3), np.float32)
+    tex[:] = floor
+    # carpet: green with mowing stripes and low-frequency blotches
+    x0, y0 = _world_to_tex(-CARPET_X, CARPET_Y)
+    x1, y1 = _world_to_tex(CARPET_X, -CARPET_Y)
+    x0, y0, x1, y1 = int(x0), int(y0), int(x1), int(y1)
+    green = np.array([rng.uniform(20, 70), rng.uniform(110, 180), rng.uniform(20, 70)], np.float32)
+    cw, ch = x1 - x0, y1 - y0
+    stripe_px = int(rng.uniform(0.5, 1.2) / TEX_RES)
+    cols = (np.arange(cw) // stripe_px) % 2
+    stripe = np.where(cols[None, :, None] == 1, 1.0 + rng.uniform(0.05, 0.15), 1.0)
+    blot = cv2.resize(rng.uniform(0.85, 1.15, (8, 12)).astype(np.float32), (cw, ch))
+    grain = cv2.resize(rng.uniform(0.9, 1.1, (ch // 4, cw // 4)).astype(np.float32), (cw, ch),
+                       interpolation=cv2.INTER_NEAREST)
+    tex[y0:y1, x0:x1] = green * stripe * (blot * grain)[:, :, None]
+    labels[y0:y1, x0:x1] = 2
+
+    line_img = np.zeros((h, w), np.uint8)
+    lw = max(1, int(round(LINE_WIDTH / TEX_RES)))
+    shift = 4
+    scale = 1 << shift
+
+    def pt(x: float, y: float) -> tuple[int, int]:
+        u, v = _world_to_tex(x, y)
+        return int(round(float(u) * scale)), int(round(float(v) * scale))
+
+    def seg(a: tuple[float, float], b: tuple[float, float]) -> None:
+        cv2.line(line_img, pt(*a), pt(*b), 255, lw, cv2.LINE_8, shift)
+
+    fx, fy = FIELD_LENGTH / 2, FIELD_WIDTH / 2
+    for a, b in [((-fx, -fy), (fx, -fy)), ((-fx, fy), (fx, fy)), ((-fx, -fy), (-fx, fy)),
+                 ((fx, -fy), (fx, fy)), ((0, -fy), (0, fy))]:
+        seg(a, b)
+    for side in (-1, 1):
+        for depth, width in (GOAL_AREA, PENALTY_AREA):
+            gx, ix = side * fx, side * (fx - depth)
+            seg((gx, -width / 2), (ix, -width / 2))
+            seg((gx, width / 2), (ix, width / 2))
+            seg((ix, -width / 2), (ix, width / 2))
+        px = side * (fx - 1.5)
+        seg((px - 0.05, 0), (px + 0.05, 0))
+    seg((-0.05, 0), (0.05, 0))
+    cu, cv_ = pt(0, 0)
+    cv2.circle(line_img, (cu, cv_), int(CIRCLE_DIAMETER / 2 / TEX_RES * scale), 255, lw, cv2.LINE_8,
+               shift)
+    on_line = line_img > 0
+    white = rng.uniform(200, 250)
+    tex[on_line] = white * rng.uniform(0.93, 1.0, 3).astype(np.float32)
+    labels[on_line] = 1
+    return np.clip(tex, 0, 255).astype(np.uint8), labels
+
+
+def _draw_backdrop(rng: np.random.Generator) -> np.ndarray:
+    h, w = 400, 2400
+    top = rng.uniform(40, 230, 3)
+    bottom = rng.uniform(40, 230, 3)
+    ramp = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
+    img = (top * (1 - ramp) + bottom * ramp).astype(np.float32) * np.ones((1, w, 1), np.float32)
+    for _ in range(int(rng.integers(12, 30))):
+        x = int(rng.integers(0, w))
+        bw = int(rng.integers(20, 260))
+        y = int(rng.integers(h // 3, h))
+        bh = int(rng.integers(10, 150))
+        color = rng.uniform(0, 255, 3)
+        cv2.rectangle(img, (x, y - bh), (x + bw, y), color.tolist(), -1)
+    for _ in range(int(rng.integers(3, 10))):  # people / stands silhouettes
+        x = int(rng.integers(0, w))
+        cv2.ellipse(img, (x, h - 20), (int(rng.integers(8, 25)), int(rng.integers(40, 120))), 0, 180,
+                    360, rng.uniform(0, 255, 3).tolist(), -1)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _robot_sprites(rng: np.random.Generator) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """A few pose frames of one procedurally drawn humanoid (64x128, with alpha)."""
+    body = rng.uniform(20, 240, 3).tolist()
+    limb = rng.uniform(20, 240, 3).tolist()
+    marker = [(40, 40, 220), (220, 80, 30), (rng.uniform(0, 255), rng.uniform(0, 255),
+                                             rng.uniform(0, 255))][int(rng.integers(0, 3))]
+    head = rng.uniform(20, 240, 3).tolist()
+    stance = rng.uniform(0.0, 0.35)
+    frames = []
+    phase0 = rng.uniform(0, math.tau)
+    for k in range(4):
+        img = np.zeros((128, 64, 3), np.uint8)
+        swing = 0.4 * math.sin(phase0 + k * math.pi / 2)
+        arm_up = rng.uniform(-0.3, 1.2) if k == 0 else 0.2 * k
+        crouch = stance
+        hip_y = int(78 + 12 * crouch)
+        # legs
+        for side, s in ((-1, swing), (1, -swing)):
+            hx, hy = 32 + side * 8, hip_y
+            fx = int(hx + 45 * math.sin(s) + side * 4 * crouch)
+            cv2.line(img, (hx, hy), (fx, 124), limb, 9)
+            cv2.rectangle(img, (fx - 7, 119), (fx + 7, 127), limb, -1)
+        # torso
+        cv2.rectangle(img, (18, 36 + int(12 * crouch)), (46, hip_y + 4), body, -1)
+        cv2.rectangle(img, (24, 46 + int(12 * crouch)), (40, 58 + int(12 * crouch)), marker, -1)
+        # arms
+        for side in (-1, 1):
+            sx, sy = 32 + side * 16, 40 + int(12 * crouch)
+            ang = math.pi - arm_up if side > 0 else arm_up
+            ex = int(sx + side * 6 + 34 * math.cos(ang) * side * side)
+            ey = int(sy + 34 * math.cos(arm_up))
+            cv2.line(img, (sx, sy), (ex, ey), limb, 7)
+        # head
+        cv2.circle(img, (32, 22 + int(12 * crouch)), 12, head, -1)
+        cv2.rectangle(img, (24, 18 + int(12 * crouch)), (40, 24 + int(12 * crouch)), (20, 20, 20), -1)
+        alpha = (img.max(axis=2) > 0).astype(np.uint8)
+        # paint pure black pixels of the sprite to a dark grey so alpha stays the drawn shape
+        img[alpha.astype(bool) & (img.max(axis=2) < 10)] = 15
+        frames.append((img, alpha))
+    return tuple(frames)
+
+
+@lru_cache(maxsize=8)
+def _layout(seed: int) -> _Layout:
+    rng = np.random.default_rng([seed, 0x5EED])
+    texture, labels = _draw_field(rng)
+    backdrop = _draw_backdrop(rng)
+    noise = rng.normal(0, 1, (256, 256, 3)).astype(np.float32)
+    robots = []
+    for _ in range(int(rng.integers(1, 7))):
+        robots.append(_Robot(
+            x=float(rng.uniform(-FIELD_LENGTH / 2, FIELD_LENGTH / 2)),
+            y=float(rng.uniform(-FIELD_WIDTH / 2, FIELD_WIDTH / 2)),
+            vx=float(rng.uniform(-0.01, 0.01)), vy=float(rng.uniform(-0.01, 0.01)),
+            height=float(rng.uniform(0.4, 0.9)), width=0.0,
+            sprites=_robot_sprites(rng)))
+    robots = [r.__class__(r.x, r.y, r.vx, r.vy, r.height, r.height * 0.5, r.sprites) for r in robots]
+    ball = (float(rng.uniform(-3.5, 3.5)), float(rng.uniform(-2.5, 2.5)), float(rng.uniform(0, 1.5)),
+            float(rng.uniform(0, 1.0)), float(rng.uniform(0, math.tau)))
+    ball_colors = (tuple(int(c) for c in rng.uniform(200, 255, 3)),
+                   tuple(int(c) for c in rng.uniform(0, 80, 3)))
+    if rng.uniform() < 0.3:  # an orange ball now and then
+        ball_colors = ((30, 120, 240), (20, 60, 160))
+    # camera path: a start position, walking direction and head-scan oscillation
+    path = np.array([
+        rng.uniform(-FIELD_LENGTH / 2, FIELD_LENGTH / 2), rng.uniform(-FIELD_WIDTH / 2, FIELD_WIDTH / 2),
+        rng.uniform(0, math.tau),  # walking heading
+        rng.uniform(0.002, 0.01),  # walking speed, m per frame
+        rng.uniform(0.3, 1.1),  # head-scan amplitude (rad)
+        rng.uniform(0.01, 0.04),  # head-scan rate (rad per frame)
+        rng.uniform(0.15, 0.75),  # mean pitch (rad, down)
+        rng.uniform(0.05, 0.25),  # pitch amplitude
+        rng.uniform(0, math.tau),  # phase
+        rng.uniform(0.003, 0.02),  # heading drift
+    ])
+    light = np.array([rng.uniform(0.65, 1.3), rng.uniform(0.0, 0.25), rng.uniform(0.005, 0.03),
+                      rng.uniform(-0.08, 0.08), rng.uniform(-0.08, 0.08), rng.uniform(0, math.tau)])
+    return _Layout(texture, labels, backdrop, noise, float(rng.uniform(0.35, 0.9)),
+                   float(rng.uniform(math.radians(60), math.radians(90))), path, tuple(robots), ball,
+                   ball_colors, tuple(int(c) for c in rng.uniform(200, 255, 3)), light)
+
+
+# ----------------------------------------------------------------------------- camera
+
+
+def _camera(lay: _Layout, index: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """World->camera rotation, camera centre, and the head's angular speed (rad/frame)."""
+    p = lay.path
+    t = float(index)
+
+    def pose(t: float) -> tuple[float, float, float, float, float, float]:
+        heading = p[2] + p[9] * 30 * math.sin(t / 300.0 + p[8])
+        # walk inside the carpet: reflect position off the carpet bounds
+        dist = p[3] * t
+        x = p[0] + dist * math.cos(p[2])
+        y = p[1] + dist * math.sin(p[2])
+        lx, ly = FIELD_LENGTH / 2 + BORDER * 0.6, FIELD_WIDTH / 2 + BORDER * 0.6
+        x = lx - abs((x + lx) % (4 * lx) - 2 * lx)
+        y = ly - abs((y + ly) % (4 * ly) - 2 * ly)
+        yaw = heading + p[4] * math.sin(p[5] * t + p[8])
+        pitch = p[6] + p[7] * math.sin(p[5] * 0.7 * t + 1.3 * p[8])
+        roll = 0.04 * math.sin(0.35 * t + p[8])  # walking sway
+        bob = 0.01 * math.sin(0.7 * t)
+        return x, y, yaw, pitch, roll, bob
+
+    x, y, yaw, pitch, roll, bob = pose(t)
+    x2, y2, yaw2, pitch2, _, _ = pose(t + 1)
+    speed = abs(yaw2 - yaw) + abs(pitch2 - pitch)
+    # camera axes in world: forward f, right r, down d
+    cy_, sy_ = math.cos(yaw), math.sin(yaw)
+    cp, sp = math.cos(pitch), math.sin(pitch)
+    fwd = np.array([cy_ * cp, sy_ * cp, -sp])
+    right0 = np.array([sy_, -cy_, 0.0])
+    down0 = np.cross(fwd, right0)
+    cr, sr = math.cos(roll), math.sin(roll)
+    right = cr * right0 + sr * down0
+    down = -sr * right0 + cr * down0
+    rot = np.stack([right, down, fwd])  # rows: camera x, y, z axes in world coords
+    centre = np.array([x, y, lay.cam_height + bob])
+    return rot, centre, speed
+
+
+def _intrinsics(lay: _Layout, width: int, height: int) -> np.ndarray:
+    f = (width / 2) / math.tan(lay.hfov / 2)
+    return np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]], np.float64)
+
+
+# ----------------------------------------------------------------------------- render
+
+
+def _project(k: np.ndarray, rot: np.ndarray, centre: np.ndarray, pts: np.ndarray) -> tuple:
+    cam = (pts - centre) @ rot.T
+    z = cam[..., 2]
+    uv = (cam[..., :2] / np.maximum(z, 1e-6)[..., None]) * k[0, 0] + k[:2, 2]
+    return uv, z
+
+
+def render(seed: int, index: int, width: int = 640, height: int = 480) -> Scene:
+    """Render frame `index` of sequence `seed` at `width`x`height` with its ground truth."""
+    lay = _layout(int(seed))
+    k = _intrinsics(lay, width, height)
+    rot, centre, speed = _camera(lay, index)
+
+    # ground-plane homography: texture pixel -> image pixel
+    ox, oy = CARPET_X + FLOOR_MARGIN, CARPET_Y + FLOOR_MARGIN
+    tex_to_world = np.array([[TEX_RES, 0, -ox], [0, -TEX_RES, oy], [0, 0, 1]])
+    ext = np.column_stack([rot[:, 0], rot[:, 1], -rot @ centre])  # [r1 r2 t] for z=0 points
+    hom = k @ ext @ tex_to_world
+    image = cv2.warpPerspective(lay.texture, hom, (width, height), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_REPLICATE)
+    seg = cv2.warpPerspective(lay.labels, hom, (width, height), flags=cv2.INTER_NEAREST,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+    # above the horizon: the ray never meets the ground
+    a = (rot.T @ np.linalg.inv(k))[2]  # world z of the ray through pixel (u, v, 1)
+    margin = 1e-3 * np.linalg.norm(a[:2])
+    sky = np.zeros((height, width), np.uint8)
+    corners = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float64)
+    vals = corners @ a[:2] + a[2] + margin
+    poly = _clip_halfplane(corners, vals)
+    if len(poly) >= 3:
+        cv2.fillPoly(sky, [np.round(poly * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
+    sky_mask = sky.astype(bool)
+    if sky_mask.any():
+        bd = lay.backdrop
+        yaw = math.atan2(rot[2, 1], rot[2, 0])
+        off = int((yaw / math.tau) * bd.shape[1]) % bd.shape[1]
+        # horizon row at the image centre column, so the backdrop sits on it
+        if abs(a[1]) > 1e-9:
+            hv = -(a[0] * width / 2 + a[2]) / a[1]
+        else:
+            hv = height / 2
+        scale = height / 300.0
+        strip_h = int(bd.shape[0] * scale)
+        strip_w = int(width / scale) + 2
+        cols = (np.arange(strip_w) + off) % bd.shape[1]
+        strip = cv2.resize(bd[:, cols], (width, strip_h), interpolation=cv2.INTER_LINEAR)
+        top = int(round(hv)) - strip_h
+        canvas = np.empty((height, width, 3), np.uint8)
+        canvas[:] = strip[0]
+        y0, y1 = max(top, 0), min(top + strip_h, height)
+        if y1 > y0:
+            canvas[y0:y1] = strip[y0 - top:y1 - top]
+        if top + strip_h < height:
+            canvas[max(top + strip_h, 0):] = strip[-1]
+        image[sky_mask] = canvas[sky_mask]
+        seg[sky_mask] = 0
+
+    boxes, classes = _draw_objects(lay, index, k, rot, centre, image, seg, width, height)
+
+    # lighting: smooth global gain and colour cast, plus a soft gradient
+    li = lay.light
+    gain = li[0] * (1 + li[1] * math.sin(li[2] * index + li[5]))
+    cast = np.array([1 + li[3], 1.0, 1 + li[4]], np.float32) * gain
+    img = image.astype(np.float32)
+    img *= cast
+    # motion blur along the direction of head motion when the head turns quickly
+    if speed > 0.012:
+        n = min(9, int(speed * 250) | 1)
+        kern = np.zeros((n, n), np.float32)
+        kern[n // 2, :] = 1.0 / n
+        img = cv2.filter2D(img, -1, kern)
+    # sensor noise from a per-seed tile, shifted per frame
+    sigma = 2.0 + 4.0 * (1.0 / max(gain, 0.5))
+    nz = lay.noise
+    r0, c0 = (index * 37) % nz.shape[0], (index * 91) % nz.shape[1]
+    tile = np.roll(nz, (-r0, -c0), axis=(0, 1))
+    reps = (height // nz.shape[0] + 1, width // nz.shape[1] + 1, 1)
+    img += np.tile(tile, reps)[:height, :width] * sigma
+    np.clip(img, 0, 255, out=img)
+    return Scene(img.astype(np.uint8), seg, boxes, classes)
+
+
+def _clip_halfplane(poly: np.ndarray, vals: np.ndarray) -> np.ndarray:
+    """Part of a convex polygon where vals > 0 (Sutherland-Hodgman against one line)."""
+    out = []
+    n = len(poly)
+    for i in range(n):
+        p, q = poly[i], poly[(i + 1) % n]
+        vp, vq = vals[i], vals[(i + 1) % n]
+        if vp > 0:
+            out.append(p)
+        if (vp > 0) != (vq > 0):
+            t = vp / (vp - vq)
+            out.append(p + t * (q - p))
+    return np.array(out)
+
+
+def _draw_objects(lay: _Layout, index: int, k: np.ndarray, rot: np.ndarray, centre: np.ndarray,
+                  image: np.ndarray, seg: np.ndarray, width: int, height: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    f = k[0, 0]
+    objs: list[tuple[float, int, object]] = []  # (depth, class, drawing args)
+    right = rot[0]
+    horiz = np.array([right[0], right[1], 0.0])
+    horiz /= max(np.linalg.norm(horiz), 1e-9)
+    fx, gy = FIELD_LENGTH / 2, GOAL_WIDTH / 2
+
+    def billboard(x: float, y: float, w: float, h: float) -> tuple[np.ndarray, float] | None:
+        base = np.array([x, y, 0.0])
+        pts = np.stack([base - horiz * w / 2, base + horiz * w / 2,
+                        base - horiz * w / 2 + [0, 0, h], base + horiz * w / 2 + [0, 0, h]])
+        uv, z = _project(k, rot, centre, pts)
+        if (z < 0.15).any():
+            return None
+        return uv, float(z.mean())
+
+    for sx in (-1, 1):
+        for sy in (-1, 1):
+            bb = billboard(sx * (fx + POST_RADIUS), sy * gy, 2 * POST_RADIUS, POST_HEIGHT)
+            if bb is not None:
+                objs.append((bb[1], 1, bb[0]))
+        # crossbar is drawn with the posts but is not a goalpost
+    bx, by, ax, ay, ph = lay.ball
+    t = index * 0.01
+    ball_pos = np.array([bx + ax * math.sin(t + ph), by + ay * math.sin(0.7 * t + ph), BALL_RADIUS])
+    uv, z = _project(k, rot, centre, ball_pos[None])
+    if z[0] > 0.15:
+        objs.append((float(z[0]), 0, (uv[0], f * BALL_RADIUS / z[0], ball_pos)))
+    for ri, r in enumerate(lay.robots):
+        lx, ly = FIELD_LENGTH / 2, FIELD_WIDTH / 2
+        x = lx - abs((r.x + r.vx * index + lx) % (4 * lx) - 2 * lx)
+        y = ly - abs((r.y + r.vy * index + ly) % (4 * ly) - 2 * ly)
+        bb = billboard(x, y, r.width, r.height)
+        if bb is not None:
+            objs.append((bb[1], 2, (bb[0], r, (index // 8 + ri) % len(r.sprites))))
+
+    objs.sort(key=lambda o: -o[0])
+    ids = np.zeros((height, width), np.uint8)
+    full_boxes: list[tuple[float, float, float, float]] = []
+    full_area: list[float] = []
+    kept_cls: list[int] = []
+    for oid, (_, cls, args) in enumerate(objs, start=1):
+        if cls == 0:
+            (u, v), rad, _pos = args
+            box = (u - rad, v - rad, u + rad, v + rad)
+            if not _on_screen(box, width, height):
+                continue
+            c = (int(round(u * 16)), int(round(v * 16)))
+            rr = max(1, int(round(rad * 16)))
+            cv2.circle(image, c, rr, lay.ball_colors[0], -1, cv2.LINE_8, 4)
+            cv2.circle(ids, c, rr, oid, -1, cv2.LINE_8, 4)
+            cv2.circle(seg, c, rr, 0, -1, cv2.LINE_8, 4)
+            # dark patches rotate with the ball's travel
+            for j in range(5):
+                ang = j * 1.2566 + index * 0.05
+                pu = u + 0.55 * rad * math.cos(ang)
+                pv = v + 0.55 * rad * math.sin(ang)
+                cv2.circle(image, (int(pu * 16), int(pv * 16)), max(1, int(rad * 0.3 * 16)),
+                           lay.ball_colors[1], -1, cv2.LINE_8, 4)
+            cv2.circle(image, c, rr, lay.ball_colors[0], -1, cv2.LINE_8, 4) if rad < 2 else None
+        elif cls == 1:
+            uv = args
+            quad = np.round(uv[[0, 1, 3, 2]] * 16).astype(np.int32)
+            box = (uv[:, 0].min(), uv[:, 1].min(), uv[:, 0].max(), uv[:, 1].max())
+            if not _on_screen(box, width, height):
+                continue
+            cv2.fillConvexPoly(image, quad, lay.post_color, cv2.LINE_8, 4)
+            cv2.fillConvexPoly(ids, quad, oid, cv2.LINE_8, 4)
+            cv2.fillConvexPoly(seg, quad, 0, cv2.LINE_8, 4)
+        else:
+            uv, robot, pose = args
+            box = (uv[:, 0].min(), uv[:, 1].min(), uv[:, 0].max(), uv[:, 1].max())
+            if not _on_screen(box, width, height):
+                continue
+            _paste_sprite(image, seg, ids, oid, box, robot.sprites[pose])
+        full_boxes.append(box)
+        full_area.append((box[2] - box[0]) * (box[3] - box[1]))
+        kept_cls.append((oid, cls))  # type: ignore[arg-type]
+
+    if not full_boxes:
+        return np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
+    counts = np.bincount(ids.ravel(), minlength=len(objs) + 1)
+    out_boxes, out_cls = [], []
+    for box, area, (oid, cls) in zip(full_boxes, full_area, kept_cls):  # type: ignore[misc]
+        x1, y1 = max(box[0], 0.0), max(box[1], 0.0)
+        x2, y2 = min(box[2], float(width)), min(box[3], float(height))
+        if x2 - x1 < 3 or y2 - y1 < 3:
+            continue
+        clipped = (x2 - x1) * (y2 - y1)
+        visible = counts[oid] / max(area * (0.785 if cls == 0 else 0.6 if cls == 2 else 1.0), 1.0)
+        if clipped < 0.3 * area or visible < 0.3:
+            continue
+        out_boxes.append((x1, y1, x2, y2))
+        out_cls.append(cls)
+    if not out_boxes:
+        return np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
+    return np.array(out_boxes, np.float32), np.array(out_cls, np.int64)
+
+
+def _on_screen(box: tuple, width: int, height: int) -> bool:
+    return box[2] > 0 and box[3] > 0 and box[0] < width and box[1] < height and \
+        (box[2] - box[0]) < 4 * width and (box[3] - box[1]) < 4 * height
+
+
+def _paste_sprite(image: np.ndarray, seg: np.ndarray, ids: np.ndarray, oid: int, box: tuple,
+                  sprite: tuple[np.ndarray, np.ndarray]) -> None:
+    bgr, alpha = sprite
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    w, h = x2 - x1, y2 - y1
+    if w < 1 or h < 1:
+        return
+    sx1, sy1 = max(x1, 0), max(y1, 0)
+    sx2, sy2 = min(x2, image.shape[1]), min(y2, image.shape[0])
+    if sx2 <= sx1 or sy2 <= sy1:
+        return
+    # resize only the visible part: map the visible window back into sprite coordinates
+    src_x = (np.arange(sx1, sx2) - x1 + 0.5) * (bgr.shape[1] / w)
+    src_y = (np.arange(sy1, sy2) - y1 + 0.5) * (bgr.shape[0] / h)
+    ix = np.clip(src_x.astype(np.int32), 0, bgr.shape[1] - 1)
+    iy = np.clip(src_y.astype(np.int32), 0, bgr.shape[0] - 1)
+    a = alpha[iy][:, ix].astype(bool)
+    patch = bgr[iy][:, ix]
+    image[sy1:sy2, sx1:sx2][a] = patch[a]
+    seg[sy1:sy2, sx1:sx2][a] = 0
+    ids[sy1:sy2, sx1:sx2][a] = oid

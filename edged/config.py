@@ -1,0 +1,801 @@
+"""The configuration layer: one YAML file, parsed once into typed, frozen pydantic models.
+
+Loading runs in three steps, each kept separate so that every mistake can be traced back to
+the line of the file that caused it:
+
+1. ``_Reader`` composes the YAML into nodes and turns them into plain dicts/lists/scalars,
+   recording the line of every key and list item (keyed by its path in the document),
+   rejecting duplicate keys and substituting ``${VAR}`` in string scalars.
+2. ``_merge_cameras`` applies ``camera_defaults`` and the global ``budget`` to each camera,
+   remembering for every merged key which path of the document it came from.
+3. pydantic validates the merged data; each of its errors is mapped back through those two
+   tables to ``file:line: key.path: message (got value)``.
+
+All problems found are collected and raised together as one ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal, Union
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+__all__ = [
+    "KNOWN_FORMATS",
+    "KNOWN_PROVIDERS",
+    "NO_VALUE",
+    "BudgetConfig",
+    "CameraConfig",
+    "Config",
+    "ConfigError",
+    "ConfigIssue",
+    "LogConfig",
+    "ModelConfig",
+    "ProviderSpec",
+    "PublishConfig",
+    "default_config_path",
+    "load_config",
+    "parse_config",
+]
+
+KNOWN_FORMATS: Final = ("auto", "yoeo")
+KNOWN_PROVIDERS: Final = ("cpu", "cuda", "tensorrt", "openvino")
+BUILTIN_PREFIX: Final = "builtin:"
+BUILTIN_MODELS_DIR: Final = Path(__file__).parent / "models"
+CAMERA_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+IMAGE_EXTENSIONS: Final = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+URL_SCHEMES: Final = frozenset({"rtsp", "rtsps", "http", "https", "udp"})
+# The sections a config file may have; `source_file` is a Config field but is set by the
+# loader, never written in the file.
+FILE_SECTIONS: Final = ("model", "camera_defaults", "cameras", "publish", "budget", "log")
+
+Loc = tuple[str | int, ...]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class _NoValue:
+    """Marks an issue that has no offending value (a missing key, a YAML syntax error)."""
+
+    def __repr__(self) -> str:
+        return "<no value>"
+
+
+NO_VALUE: Final = _NoValue()
+_MAX_VALUE_REPR = 120  # a wrong-typed section can be large; the line number says where it is
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in a config file, located as precisely as the file allows."""
+
+    file: str
+    line: int | None  # 1-based; None when the problem has no place in the file (missing section)
+    path: str  # dotted key path, list items as [i]: "publish.endpoints[1]"; "" for the file
+    value: object  # the offending value, or NO_VALUE
+    message: str
+    column: int | None = None  # 1-based, only for YAML syntax errors
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        text = f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        if self.value is not NO_VALUE:
+            shown = repr(self.value)
+            if len(shown) > _MAX_VALUE_REPR:
+                shown = shown[: _MAX_VALUE_REPR - 3] + "..."
+            text += f" (got {shown})"
+        return text
+
+
+class ConfigError(Exception):
+    """Raised with every issue found in a config file; str() lists them one per line."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = list(issues)
+        super().__init__("\n".join(str(issue) for issue in self.issues))
+
+
+def _custom_error(kind: str, message: str) -> PydanticCustomError:
+    # PydanticCustomError keeps our message verbatim, without pydantic's "Value error, " prefix.
+    return PydanticCustomError(kind, message)
+
+
+def _did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    choices = list(choices)
+    by_lower = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {by_lower[close[0]]!r}?"
+    return "expected one of " + ", ".join(repr(c) for c in choices)
+
+
+# --------------------------------------------------------------------------- schema
+
+def _not_bool(value: object) -> object:
+    # pydantic's lax mode reads true as 1; in a config file that is always a slip.
+    if isinstance(value, bool):
+        raise _custom_error("bool_not_number", "expected a number, not true/false")
+    return value
+
+
+# Lax otherwise, on purpose: a ${VAR} substitution always yields a string, so "15" must be
+# accepted where a number is expected.
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool), Field(allow_inf_nan=False)]
+
+
+def _check_camera_name(name: str) -> str:
+    if not CAMERA_NAME_RE.fullmatch(name):
+        raise _custom_error(
+            "camera_name",
+            "invalid camera name: use 1-64 letters, digits, '_', '.' or '-' "
+            "(the name becomes the ZeroMQ topic)",
+        )
+    return name
+
+
+CameraName = Annotated[str, AfterValidator(_check_camera_name)]
+
+
+def _check_endpoint(endpoint: str) -> str:
+    scheme, sep, address = endpoint.partition("://")
+    if not sep or scheme not in ("tcp", "ipc", "inproc"):
+        raise _custom_error(
+            "endpoint_scheme", "a ZeroMQ endpoint must start with tcp://, ipc:// or inproc://"
+        )
+    if not address:
+        raise _custom_error("endpoint_address", f"the {scheme}:// endpoint has no address")
+    return endpoint
+
+
+Endpoint = Annotated[str, AfterValidator(_check_endpoint)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _provider_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise _custom_error("provider_name", "a provider name must be a string")
+    lowered = name.lower()
+    if lowered not in KNOWN_PROVIDERS:
+        raise _custom_error(
+            "provider_name", f"unknown provider; {_did_you_mean(name, KNOWN_PROVIDERS)}"
+        )
+    return lowered
+
+
+class ProviderSpec(_Frozen):
+    """An onnxruntime execution provider and its options, e.g. cuda with {device_id: 0}."""
+
+    name: str
+    options: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_yaml(cls, data: Any) -> Any:
+        # The file writes `cpu` or `{cuda: {device_id: 0}}`; Python code may pass
+        # name=/options= directly. Validating the name here puts an error on the list item.
+        if isinstance(data, str):
+            return {"name": _provider_name(data), "options": {}}
+        if isinstance(data, dict):
+            if "name" in data and set(data) <= {"name", "options"}:
+                return data
+            if len(data) == 1:
+                ((name, options),) = data.items()
+                name = _provider_name(name)
+                options = {} if options is None else options
+                return {"name": name, "options": _provider_options(name, options)}
+        if isinstance(data, ProviderSpec):
+            return data
+        raise _custom_error(
+            "provider",
+            "a provider is a name like 'cpu' or a one-key mapping like {cuda: {device_id: 0}}",
+        )
+
+    @field_validator("name")
+    @classmethod
+    def _known_name(cls, name: str) -> str:
+        return _provider_name(name)
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _scalar_options(cls, options: Any, info: ValidationInfo) -> Any:
+        return _provider_options(str(info.data.get("name", "provider")), options)
+
+
+def _provider_options(name: str, options: object) -> object:
+    # Checked up front so a bad option gives one clear error instead of one per union member.
+    if not isinstance(options, dict):
+        raise _custom_error("provider_options", f"{name} options must be a mapping")
+    for key, value in options.items():
+        if not isinstance(value, str | int | float | bool):
+            raise _custom_error(
+                "provider_options", f"{name} option {key!r} must be a string, number or true/false"
+            )
+    return options
+
+
+def _default_providers() -> list[ProviderSpec]:
+    return [ProviderSpec(name="cpu")]
+
+
+class ModelConfig(_Frozen):
+    path: Path  # absolute after loading; the file is checked by `edged check`, not here
+    format: str = "auto"
+    providers: list[ProviderSpec] = Field(default_factory=_default_providers, min_length=1)
+    threads: Int = Field(0, ge=0)  # intra-op threads; 0 = let the runner decide
+    conf_threshold: Float = Field(0.5, gt=0, le=1)
+    iou_threshold: Float = Field(0.4, gt=0, le=1)
+    max_detections: Int = Field(300, ge=1)
+    classes: list[str] | None = None  # for models without a manifest
+    seg_classes: list[str] | None = None
+    class_groups: list[list[str]] | None = None  # classes suppressed together in NMS
+    warmup_runs: Int = Field(3, ge=0)
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _resolve_path(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, Path):
+            value = str(value)
+        if not isinstance(value, str):
+            return value  # let pydantic report the type error
+        if not value.strip():
+            raise _custom_error("model_path", "the model path is empty")
+        if value.startswith(BUILTIN_PREFIX):
+            name = value[len(BUILTIN_PREFIX):]
+            # A bare file name only: builtin: must not reach outside the package.
+            if not name or name in (".", "..") or "/" in name or "\\" in name:
+                raise _custom_error(
+                    "model_path", "write builtin:<file name>, e.g. builtin:yoeo-demo-int8.onnx"
+                )
+            return BUILTIN_MODELS_DIR / name
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            base = (info.context or {}).get("base_dir") or Path.cwd()
+            path = Path(base) / path
+        # normpath, not resolve(): keep symlinks as the user wrote them, only drop "..".
+        return Path(os.path.normpath(path.absolute()))
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in KNOWN_FORMATS:
+            raise _custom_error(
+                "model_format", f"unknown format; {_did_you_mean(value, KNOWN_FORMATS)}"
+            )
+        return value
+
+
+class BudgetConfig(_Frozen):
+    latency_ms: Float = Field(250.0, gt=0)
+    on_late: Literal["publish", "drop"] = "publish"
+
+
+SourceType = Literal["auto", "synthetic", "video", "images", "v4l2", "url", "gstreamer"]
+_URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+class CameraConfig(_Frozen):
+    source: str
+    type: SourceType = "auto"
+    enabled: bool = True
+    fps: Float | None = Field(None, gt=0)  # pacing for synthetic/images/video; requested for v4l2
+    width: Int | None = Field(None, gt=0)
+    height: Int | None = Field(None, gt=0)
+    fourcc: str | None = None
+    loop: bool = True  # files and folders: start again at the end instead of ending the stream
+    mode: Literal["auto", "realtime", "every_frame"] = "auto"
+    seed: Int = Field(0, ge=0)
+    weight: Float = Field(1.0, gt=0)
+    max_fps: Float | None = Field(None, gt=0)
+    # After loading this is the global budget with camera_defaults' and the camera's own
+    # keys merged over it.
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source_text(cls, value: Any) -> Any:
+        # `source: 0` is a V4L2 index; keep every source a string so there is one type to handle.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _source_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise _custom_error("camera_source", "the camera source is empty")
+        return value
+
+    @field_validator("fourcc")
+    @classmethod
+    def _fourcc_length(cls, value: str | None) -> str | None:
+        if value is not None and len(value) != 4:
+            raise _custom_error("fourcc", "a FourCC is exactly 4 characters, e.g. MJPG")
+        return value
+
+    def resolved_type(self) -> str:
+        """The source type, inferred from `source` when `type` is auto."""
+        if self.type != "auto":
+            return self.type
+        source = self.source.strip()
+        if source.lower() == "synthetic":
+            return "synthetic"
+        if source.isdigit() or source.startswith("/dev/video"):
+            return "v4l2"
+        # URLs before GStreamer: a password may contain "!".
+        match = _URL_RE.match(source)
+        if match and match.group(1).lower() in URL_SCHEMES:
+            return "url"
+        if "!" in source:
+            return "gstreamer"
+        if (
+            any(ch in source for ch in "*?[")
+            or Path(source).suffix.lower() in IMAGE_EXTENSIONS
+            or Path(source).expanduser().is_dir()
+        ):
+            return "images"
+        return "video"
+
+    def resolved_mode(self) -> str:
+        """realtime (drop stale frames) or every_frame (process them all)."""
+        if self.mode != "auto":
+            return self.mode
+        return "every_frame" if self.resolved_type() in ("video", "images") else "realtime"
+
+
+class PublishConfig(_Frozen):
+    endpoints: list[Endpoint] = Field(
+        default_factory=lambda: ["tcp://127.0.0.1:5555"], min_length=1
+    )
+    mask_encoding: Literal["raw", "zstd", "png"] = "zstd"
+    zstd_level: Int = Field(1, ge=1, le=22)
+    send_masks: bool = True
+    sndhwm: Int = Field(8, ge=1)
+
+
+class LogConfig(_Frozen):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    stats_interval_s: Float = Field(5.0, gt=0)
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        # Case-insensitive, but an invalid level is reported as written.
+        if isinstance(value, str) and value.lower() in ("debug", "info", "warning", "error"):
+            return value.lower()
+        return value
+
+
+class Config(_Frozen):
+    model: ModelConfig
+    cameras: dict[CameraName, CameraConfig]  # camera_defaults and budget already merged in
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    source_file: Path | None = None  # None: parsed from a string
+
+    @field_validator("cameras")
+    @classmethod
+    def _at_least_one(cls, cameras: dict[str, CameraConfig]) -> dict[str, CameraConfig]:
+        if not cameras:
+            raise _custom_error("no_cameras", "at least one camera is required")
+        return cameras
+
+
+# --------------------------------------------------------------------------- YAML reading
+
+class _LineLoader(yaml.SafeLoader):
+    """Our own SafeLoader subclass, so nothing we do touches yaml.SafeLoader's tables."""
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+# `$${` is an escaped literal `${`; `${NAME}` / `${NAME:-default}`; any other `${` is malformed.
+_ENV_RE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{")
+
+
+def _node_kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    return f"the scalar {node.value!r}"
+
+
+class _Reader:
+    """Turns YAML text into plain data plus the line of every key path."""
+
+    def __init__(self, file: str, env: Mapping[str, str]) -> None:
+        self.file = file
+        self.env = env
+        self.lines: dict[Loc, int] = {}
+        # path -> (text as written, text after ${VAR} substitution); error messages show the
+        # text as written so a substituted password never ends up in a log.
+        self.substituted: dict[Loc, tuple[str, str]] = {}
+        self.issues: list[ConfigIssue] = []
+        # Paths whose ${VAR} could not be substituted: validating the raw text there would
+        # only add a confusing follow-on error.
+        self.unsubstituted: set[Loc] = set()
+        self._active: set[int] = set()  # nodes being walked, to stop on recursive aliases
+
+    def read(self, text: str) -> dict[str, Any]:
+        loader = _LineLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                raise ConfigError([ConfigIssue(
+                    self.file, None, "", NO_VALUE,
+                    "the config file is empty; it needs at least 'model' and 'cameras'",
+                )])
+            if not isinstance(node, yaml.MappingNode):
+                raise ConfigError([ConfigIssue(
+                    self.file, node.start_mark.line + 1, "", NO_VALUE,
+                    "the top level must be a mapping of sections (model, cameras, ...), "
+                    f"not {_node_kind(node)}",
+                )])
+            return self._mapping(loader, node, ())
+        except yaml.YAMLError as err:
+            raise ConfigError([self._yaml_issue(err)]) from None
+        finally:
+            loader.dispose()
+
+    def _yaml_issue(self, err: yaml.YAMLError) -> ConfigIssue:
+        if isinstance(err, yaml.MarkedYAMLError):
+            mark = err.problem_mark or err.context_mark
+            message = "YAML syntax error: " + ", ".join(p for p in (err.context, err.problem) if p)
+            if err.context_mark and mark and err.context_mark.line != mark.line:
+                message += f" (the construct starts on line {err.context_mark.line + 1})"
+            if mark:
+                return ConfigIssue(self.file, mark.line + 1, "", NO_VALUE, message, mark.column + 1)
+            return ConfigIssue(self.file, None, "", NO_VALUE, message)
+        return ConfigIssue(self.file, None, "", NO_VALUE, f"YAML error: {err}")
+
+    def _issue(self, loc: Loc, line: int | None, value: object, message: str) -> None:
+        self.issues.append(ConfigIssue(self.file, line, _format_loc(loc), value, message))
+
+    def _walk(self, loader: _LineLoader, node: yaml.Node, loc: Loc) -> Any:
+        if id(node) in self._active:
+            self._issue(loc, node.start_mark.line + 1, NO_VALUE, "recursive YAML alias")
+            return None
+        self._active.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(loader, node, loc)
+            if isinstance(node, yaml.SequenceNode):
+                items = []
+                for index, item in enumerate(node.value):
+                    self.lines[(*loc, index)] = item.start_mark.line + 1
+                    items.append(self._walk(loader, item, (*loc, index)))
+                return items
+            value = loader.construct_object(node, deep=True)
+            if isinstance(value, str):
+                value = self._substitute(value, loc, node.start_mark.line + 1)
+            return value
+        finally:
+            self._active.discard(id(node))
+
+    def _mapping(self, loader: _LineLoader, node: yaml.MappingNode, loc: Loc) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        # YAML merge keys (`<<: *anchor`): merged keys first, the mapping's own keys override
+        # them; earlier merge sources take precedence over later ones.
+        sources: list[yaml.MappingNode] = []
+        own: list[tuple[yaml.Node, yaml.Node]] = []
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE_TAG:
+                own.append((key_node, value_node))
+                continue
+            candidates = (value_node.value if isinstance(value_node, yaml.SequenceNode)
+                          else [value_node])
+            for candidate in candidates:
+                if isinstance(candidate, yaml.MappingNode):
+                    sources.append(candidate)
+                else:
+                    self._issue(loc, key_node.start_mark.line + 1, NO_VALUE,
+                                "'<<' must merge a mapping or a list of mappings")
+        for source in reversed(sources):
+            result.update(self._walk(loader, source, loc) or {})
+        first_line: dict[str, int] = {}
+        for key_node, value_node in own:
+            line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode):
+                self._issue(loc, line, NO_VALUE, "keys must be plain strings")
+                continue
+            # The key's text as written: `on:` or `1:` stay strings instead of YAML 1.1's
+            # True or 1, so camera names and field names are always what the user typed.
+            key = key_node.value
+            if key in first_line:
+                shown = value_node.value if isinstance(value_node, yaml.ScalarNode) else NO_VALUE
+                self._issue((*loc, key), line, shown,
+                            f"duplicate key (first given on line {first_line[key]})")
+                continue
+            first_line[key] = line
+            _forget_below(self.lines, (*loc, key))  # a value merged in by '<<' is replaced
+            self.lines[(*loc, key)] = line
+            result[key] = self._walk(loader, value_node, (*loc, key))
+        return result
+
+    def _substitute(self, text: str, loc: Loc, line: int) -> str:
+        if "$" not in text:
+            return text
+        problems: list[str] = []
+
+        def replace(match: re.Match[str]) -> str:
+            token = match.group(0)
+            if token == "$${":
+                return "${"
+            name = match.group(1)
+            if name is None:
+                problems.append(
+                    "malformed variable reference: write ${NAME} or ${NAME:-default}, "
+                    "or $${ for a literal '${'"
+                )
+                return token
+            value = self.env.get(name)
+            default = match.group(2)
+            # Shell semantics for ':-': an empty variable also takes the default.
+            if default is not None and not value:
+                return default
+            if value is None:
+                problems.append(
+                    f"environment variable {name} is not set "
+                    f"(set it, or give a default: ${{{name}:-default}})"
+                )
+                return token
+            return value
+
+        result = _ENV_RE.sub(replace, text)
+        for problem in dict.fromkeys(problems):
+            self._issue(loc, line, text, problem)
+        if problems:
+            self.unsubstituted.add(loc)
+        if result != text:
+            self.substituted[loc] = (text, result)
+        return result
+
+
+def _forget_below(table: dict[Loc, Any], prefix: Loc) -> None:
+    """Drop the entries for paths strictly inside `prefix` (its value was replaced)."""
+    n = len(prefix)
+    for loc in [loc for loc in table if len(loc) > n and loc[:n] == prefix]:
+        del table[loc]
+
+
+def _format_loc(loc: Loc) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+# --------------------------------------------------------------------------- merging
+
+def _overlay(
+    dst: dict[str, Any], dst_loc: Loc, src: Mapping[str, Any], src_loc: Loc,
+    origin: dict[Loc, Loc],
+) -> None:
+    """Merge src over dst key by key (nested mappings too), recording where values came from."""
+    for key, value in src.items():
+        here = (*dst_loc, key)
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _overlay(dst[key], here, value, (*src_loc, key), origin)
+        else:
+            _forget_below(origin, here)
+            dst[key] = copy.deepcopy(value)
+            origin[here] = (*src_loc, key)
+
+
+def _merge_cameras(
+    data: dict[str, Any], origin: dict[Loc, Loc], issue: Callable[[Loc, object, str], None]
+) -> None:
+    """Apply camera_defaults and the global budget to every camera, in place."""
+    defaults = data.pop("camera_defaults", None)
+    if defaults is None:
+        defaults = {}
+    elif not isinstance(defaults, dict):
+        issue(("camera_defaults",), defaults, "camera_defaults must be a mapping of camera keys")
+        defaults = {}
+    elif "source" in defaults:
+        issue(("camera_defaults", "source"), defaults["source"],
+              "source cannot have a default; give each camera its own")
+        defaults = {k: v for k, v in defaults.items() if k != "source"}
+
+    cameras = data.get("cameras")
+    if not isinstance(cameras, dict):
+        return  # pydantic reports the wrong type
+    budget = data.get("budget")
+    merged_cameras: dict[str, Any] = {}
+    for name, camera in cameras.items():
+        loc: Loc = ("cameras", name)
+        origin[loc] = loc
+        if camera is None:
+            camera = {}  # `front:` alone: pydantic then reports the missing source
+        if not isinstance(camera, dict):
+            merged_cameras[name] = camera
+            continue
+        merged: dict[str, Any] = {}
+        if isinstance(budget, dict):
+            _overlay(merged, loc, {"budget": budget}, (), origin)
+        _overlay(merged, loc, defaults, ("camera_defaults",), origin)
+        _overlay(merged, loc, camera, loc, origin)
+        merged_cameras[name] = merged
+    data["cameras"] = merged_cameras
+
+
+def _origin_of(loc: Loc, origin: Mapping[Loc, Loc]) -> Loc:
+    for n in range(len(loc), 0, -1):
+        source = origin.get(loc[:n])
+        if source is not None:
+            return source + loc[n:]
+    return loc
+
+
+def _line_of(loc: Loc, lines: Mapping[Loc, int]) -> int | None:
+    for n in range(len(loc), 0, -1):
+        line = lines.get(loc[:n])
+        if line is not None:
+            return line
+    return None
+
+
+# --------------------------------------------------------------------------- error mapping
+
+def _strip_type(tp: Any) -> Any:
+    """X from Annotated[X, ...] and from X | None."""
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in (Union, types.UnionType):
+            members = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(members) != 1:
+                return tp
+            tp = members[0]
+        else:
+            return tp
+
+
+def _keys_at(loc: Loc) -> list[str]:
+    """The keys allowed in the mapping at `loc` (validated data path), for suggestions."""
+    if not loc:
+        return list(FILE_SECTIONS)
+    tp: Any = Config
+    for part in loc:
+        tp = _strip_type(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            field = tp.model_fields.get(str(part))
+            if field is None:
+                return []
+            tp = field.annotation
+        elif typing.get_origin(tp) in (dict, list):
+            tp = typing.get_args(tp)[-1]
+        else:
+            return []
+    tp = _strip_type(tp)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return list(tp.model_fields)
+    return []
+
+
+def _message(err: Mapping[str, Any], loc: Loc) -> str:
+    kind = err["type"]
+    message = str(err["msg"])
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        return f"unknown key; {_did_you_mean(str(loc[-1]), _keys_at(loc[:-1]))}"
+    if kind == "literal_error" and isinstance(err.get("input"), str):
+        # "Input should be 'raw', 'zstd' or 'png'" + a suggestion when one is close.
+        choices = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
+        close = difflib.get_close_matches(err["input"].lower(), choices, n=1, cutoff=0.6)
+        if close:
+            message += f"; did you mean {close[0]!r}?"
+        return message
+    return message.removeprefix("Value error, ")
+
+
+# --------------------------------------------------------------------------- public API
+
+def default_config_path() -> Path:
+    """The default config packaged with edged: one synthetic camera and the demo model."""
+    return Path(__file__).parent / "configs" / "default.yaml"
+
+
+def parse_config(
+    text: str, *, file: str = "<string>", base_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Parse config text; relative model paths are resolved against base_dir (default: cwd)."""
+    return _parse(text, file=file, base_dir=base_dir, env=env, source_file=None)
+
+
+def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None = None) -> Config:
+    """Load a config file (default: the packaged default.yaml); env defaults to os.environ."""
+    file_path = default_config_path() if path is None else Path(path)
+    try:
+        text = file_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError([ConfigIssue(str(file_path), None, "", NO_VALUE,
+                                       f"not a UTF-8 text file ({err.reason})")]) from None
+    except OSError as err:
+        raise ConfigError([ConfigIssue(str(file_path), None, "", NO_VALUE,
+                                       f"cannot read the config file: {err.strerror or err}")]
+                          ) from None
+    absolute = file_path.expanduser().absolute()
+    return _parse(text, file=str(file_path), base_dir=absolute.parent, env=env,
+                  source_file=absolute)
+
+
+def _parse(
+    text: str, *, file: str, base_dir: Path | None, env: Mapping[str, str] | None,
+    source_file: Path | None,
+) -> Config:
+    reader = _Reader(file, os.environ if env is None else env)
+    data = reader.read(text)
+    issues = reader.issues
+
+    def issue(loc: Loc, value: object, message: str) -> None:
+        issues.append(ConfigIssue(file, _line_of(loc, reader.lines), _format_loc(loc), value,
+                                  message))
+
+    if "source_file" in data:  # a Config field, but set by the loader, not the file
+        issue(("source_file",), data.pop("source_file"),
+              f"unknown key; {_did_you_mean('source_file', FILE_SECTIONS)}")
+    origin: dict[Loc, Loc] = {}
+    _merge_cameras(data, origin, issue)
+    data["source_file"] = source_file
+
+    config: Config | None = None
+    try:
+        config = Config.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            loc: Loc = tuple(err["loc"])
+            if loc[-1:] == ("[key]",):  # an invalid dict key: the error is about the key itself
+                loc = loc[:-1]
+            source = _origin_of(loc, origin)
+            if source in reader.unsubstituted:
+                continue
+            value = NO_VALUE if err["type"] == "missing" else err.get("input", NO_VALUE)
+            written = reader.substituted.get(source)
+            if written is not None and value == written[1]:
+                value = written[0]
+            issue(source, value, _message(err, loc))
+
+    if issues:
+        # A bad value in camera_defaults or the global budget fails once per camera; the
+        # mapped issues are identical, so report each once, in file order.
+        unique = {str(i): i for i in issues}.values()
+        raise ConfigError(sorted(unique, key=lambda i: (i.line or 0, i.column or 0, i.path)))
+    assert config is not None
+    return config

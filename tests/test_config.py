@@ -1,0 +1,598 @@
+"""The config layer: real YAML files in, typed config or located errors out."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pydantic
+import pytest
+
+import edged
+from edged.config import (
+    NO_VALUE,
+    BudgetConfig,
+    CameraConfig,
+    Config,
+    ConfigError,
+    ConfigIssue,
+    ProviderSpec,
+    default_config_path,
+    load_config,
+    parse_config,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_ENV = {"CAM_USER": "viewer", "CAM_PASSWORD": "p@ss: #{x}!"}
+
+MINIMAL = """\
+model:
+  path: model.onnx
+cameras:
+  front:
+    source: synthetic
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def line_of(path: Path, needle: str) -> int:
+    """1-based number of the first line of the file containing needle."""
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if needle in line:
+            return number
+    raise AssertionError(f"{needle!r} not in {path}")
+
+
+def issues_of(path: Path, env: dict[str, str] | None = None) -> list[ConfigIssue]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env=env or {})
+    return info.value.issues
+
+
+def only_issue(path: Path, env: dict[str, str] | None = None) -> ConfigIssue:
+    issues = issues_of(path, env)
+    assert len(issues) == 1, [str(i) for i in issues]
+    return issues[0]
+
+
+# --------------------------------------------------------------------------- valid files
+
+def test_packaged_default_parses() -> None:
+    config = load_config()
+    assert config.source_file == default_config_path().absolute()
+    assert config.model.path == Path(edged.__file__).parent / "models" / "yoeo-demo-int8.onnx"
+    assert config.model.format == "yoeo"
+    assert config.model.threads == 0
+    assert config.model.providers == [ProviderSpec(name="cpu", options={})]
+    assert list(config.cameras) == ["synthetic"]
+    cam = config.cameras["synthetic"]
+    assert (cam.source, cam.width, cam.height, cam.fps, cam.seed) == ("synthetic", 640, 480, 15, 0)
+    assert cam.resolved_type() == "synthetic"
+    assert cam.resolved_mode() == "realtime"
+    assert config.publish.endpoints == ["tcp://127.0.0.1:5555"]
+    assert config.publish.mask_encoding == "zstd"
+
+
+def test_repo_default_is_the_packaged_default() -> None:
+    assert (REPO / "configs" / "default.yaml").read_bytes() == default_config_path().read_bytes()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_parse(path: Path) -> None:
+    config = load_config(path, env=EXAMPLE_ENV)
+    assert config.cameras
+    assert config.source_file == path.absolute()
+
+
+def test_examples_are_the_promised_ones() -> None:
+    env = EXAMPLE_ENV
+    usb = load_config(REPO / "configs" / "usb-camera.yaml", env=env).cameras["usb"]
+    assert (usb.resolved_type(), usb.width, usb.height, usb.fps, usb.fourcc) == (
+        "v4l2", 640, 480, 30, "MJPG")
+
+    rtsp = load_config(REPO / "configs" / "rtsp-two-cameras.yaml", env=env)
+    assert len(rtsp.cameras) == 2
+    for cam in rtsp.cameras.values():
+        # The password's YAML-special characters survive: substitution follows parsing.
+        assert cam.source.startswith("rtsp://viewer:p@ss: #{x}!@192.0.2.")
+        assert cam.resolved_type() == "url"
+
+    replay = load_config(REPO / "configs" / "video-replay.yaml", env=env)
+    cam = replay.cameras["replay"]
+    assert (cam.resolved_type(), cam.resolved_mode(), cam.loop) == ("video", "every_frame", False)
+    assert any(e.startswith("ipc://") for e in replay.publish.endpoints)
+
+
+def test_minimal_file_gets_the_documented_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    m = config.model
+    assert (m.format, m.threads, m.conf_threshold, m.iou_threshold) == ("auto", 0, 0.5, 0.4)
+    assert (m.max_detections, m.warmup_runs, m.classes, m.class_groups) == (300, 3, None, None)
+    assert m.providers == [ProviderSpec(name="cpu")]
+    cam = config.cameras["front"]
+    assert (cam.type, cam.enabled, cam.fps, cam.width, cam.height, cam.fourcc) == (
+        "auto", True, None, None, None, None)
+    assert (cam.loop, cam.mode, cam.seed, cam.weight, cam.max_fps) == (True, "auto", 0, 1.0, None)
+    assert cam.budget == config.budget == BudgetConfig(latency_ms=250.0, on_late="publish")
+    p = config.publish
+    assert (p.endpoints, p.mask_encoding, p.zstd_level, p.send_masks, p.sndhwm) == (
+        ["tcp://127.0.0.1:5555"], "zstd", 1, True, 8)
+    assert (config.log.level, config.log.stats_interval_s) == ("info", 5.0)
+
+
+def test_config_is_frozen(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    with pytest.raises(pydantic.ValidationError):
+        config.cameras["front"].fps = 3  # type: ignore[misc]
+
+
+def test_providers_names_and_options(tmp_path: Path) -> None:
+    providers = "[{tensorrt: {fp16: true}}, {cuda: {device_id: 1}}, CPU]"
+    text = MINIMAL.replace("model.onnx\n", f"model.onnx\n  providers: {providers}\n")
+    path = write(tmp_path, text)
+    assert load_config(path).model.providers == [
+        ProviderSpec(name="tensorrt", options={"fp16": True}),
+        ProviderSpec(name="cuda", options={"device_id": 1}),
+        ProviderSpec(name="cpu"),
+    ]
+
+
+def test_scalar_conveniences(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        model:
+          path: m.onnx
+        cameras:
+          cam0:
+            source: 0          # a V4L2 index, kept as text
+        log:
+          level: DEBUG
+    """)
+    config = load_config(path)
+    assert config.cameras["cam0"].source == "0"
+    assert config.cameras["cam0"].resolved_type() == "v4l2"
+    assert config.log.level == "debug"
+
+
+def test_yaml_merge_keys_and_anchors(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        model: {path: m.onnx}
+        cameras:
+          a: &base
+            source: synthetic
+            fps: 10
+          b:
+            <<: *base
+            fps: 20
+    """)
+    cams = load_config(path).cameras
+    assert (cams["a"].fps, cams["b"].fps, cams["b"].source) == (10, 20, "synthetic")
+
+
+# --------------------------------------------------------------------------- env substitution
+
+def test_env_substitution_default_and_escape(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        model:
+          path: ${MODEL_DIR}/m.onnx
+        cameras:
+          gate:
+            source: "rtsp://${CAM_USER}:${CAM_PASSWORD}@host:${PORT:-554}/s"
+            fps: ${FPS:-12.5}
+          literal:
+            source: video-$${NOT_A_VAR}-${EMPTY:-x}.mp4
+    """)
+    env = {"MODEL_DIR": "/opt/models", "CAM_USER": "u", "CAM_PASSWORD": "a'b\"c: [d], #e",
+           "EMPTY": ""}
+    config = load_config(path, env=env)
+    assert config.model.path == Path("/opt/models/m.onnx")
+    assert config.cameras["gate"].source == "rtsp://u:a'b\"c: [d], #e@host:554/s"
+    assert config.cameras["gate"].fps == 12.5  # substituted text still validates as a number
+    # $${ escapes; an empty variable takes the :- default, as in the shell.
+    assert config.cameras["literal"].source == "video-${NOT_A_VAR}-x.mp4"
+
+
+def test_env_defaults_to_process_environment(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGED_TEST_SOURCE", "synthetic")
+    path = write(tmp_path, MINIMAL.replace("source: synthetic", "source: ${EDGED_TEST_SOURCE}"))
+    assert load_config(path).cameras["front"].source == "synthetic"
+
+
+def test_unset_env_var_is_located(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL.replace(
+        "source: synthetic", "source: rtsp://${CAM_USER}:${CAM_PASSWORD}@host/s"))
+    issue = only_issue(path, env={"CAM_USER": "u"})
+    assert (issue.file, issue.line, issue.path) == (str(path), 5, "cameras.front.source")
+    assert "CAM_PASSWORD" in issue.message and "not set" in issue.message
+    assert issue.value == "rtsp://${CAM_USER}:${CAM_PASSWORD}@host/s"
+
+
+def test_malformed_reference(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL.replace("source: synthetic", "source: ${1BAD}"))
+    issue = only_issue(path)
+    assert issue.path == "cameras.front.source" and "malformed" in issue.message
+
+
+def test_errors_show_the_text_as_written_not_the_secret(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + 'publish:\n  endpoints: ["udp://${SECRET}@x"]\n')
+    issue = only_issue(path, env={"SECRET": "hunter2"})
+    assert issue.path == "publish.endpoints[0]"
+    assert issue.value == "udp://${SECRET}@x"
+    assert "hunter2" not in str(issue)
+
+
+# --------------------------------------------------------------------------- camera defaults
+
+def test_camera_defaults_merge_key_by_key(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        model: {path: m.onnx}
+        budget:
+          latency_ms: 300
+          on_late: drop
+        camera_defaults:
+          fps: 10
+          width: 320
+          budget:
+            latency_ms: 100
+        cameras:
+          a:
+            source: synthetic
+            fps: 25
+          b:
+            source: synthetic
+            budget:
+              on_late: publish
+          c:
+            source: synthetic
+            budget:
+              latency_ms: 50
+    """)
+    config = load_config(path)
+    a, b, c = (config.cameras[n] for n in "abc")
+    assert (a.fps, a.width, b.fps, b.width) == (25, 320, 10, 320)
+    assert a.budget == BudgetConfig(latency_ms=100, on_late="drop")
+    assert b.budget == BudgetConfig(latency_ms=100, on_late="publish")
+    assert c.budget == BudgetConfig(latency_ms=50, on_late="drop")
+    assert config.budget == BudgetConfig(latency_ms=300, on_late="drop")
+
+
+def test_global_budget_reaches_cameras_without_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "budget:\n  on_late: drop\n")
+    assert load_config(path).cameras["front"].budget == BudgetConfig(on_late="drop")
+
+
+def test_bad_default_is_reported_once_at_its_own_line(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        model: {path: m.onnx}
+        camera_defaults:
+          fps: -3
+        cameras:
+          a: {source: synthetic}
+          b: {source: synthetic}
+    """)
+    issue = only_issue(path)
+    assert (issue.line, issue.path, issue.value) == (3, "camera_defaults.fps", -3)
+
+
+def test_camera_defaults_cannot_set_source(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "camera_defaults:\n  source: synthetic\n")
+    issue = only_issue(path)
+    assert (issue.line, issue.path) == (7, "camera_defaults.source")
+
+
+# --------------------------------------------------------------------------- located errors
+
+def test_unknown_key_suggests(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "    fsp: 15\n")
+    issue = only_issue(path)
+    assert str(issue) == f"{path}:6: cameras.front.fsp: unknown key; did you mean 'fps'? (got 15)"
+
+
+def test_unknown_section_suggests(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "publsh:\n  sndhwm: 2\n")
+    issue = only_issue(path)
+    assert (issue.line, issue.path) == (6, "publsh")
+    assert "did you mean 'publish'?" in issue.message
+
+
+def test_unknown_key_without_close_match_lists_the_keys(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "budget:\n  zzz: 1\n")
+    issue = only_issue(path)
+    assert issue.path == "budget.zzz"
+    assert "'latency_ms', 'on_late'" in issue.message
+
+
+def test_source_file_is_not_a_file_key(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "source_file: x.yaml\n")
+    assert only_issue(path).path == "source_file"
+
+
+# Each case: a mistake appended to/replacing part of MINIMAL, the text on the line the error
+# must point at, its key path, a fragment of the message and the reported value.
+ERROR_CASES = [
+    pytest.param("    fps: -3\n", "fps: -3", "cameras.front.fps", "greater than 0", -3,
+                 id="negative-fps"),
+    pytest.param("    fps: fast\n", "fps: fast", "cameras.front.fps", "valid number", "fast",
+                 id="wrong-type"),
+    pytest.param("    enabled: maybe\n", "enabled", "cameras.front.enabled", "valid boolean",
+                 "maybe", id="not-a-bool"),
+    pytest.param("    width: true\n", "width", "cameras.front.width", "not true/false", True,
+                 id="bool-as-number"),
+    pytest.param("    fourcc: MJPEG\n", "fourcc", "cameras.front.fourcc", "exactly 4", "MJPEG",
+                 id="fourcc-length"),
+    pytest.param("    type: webcam\n", "type", "cameras.front.type", "'v4l2'", "webcam",
+                 id="bad-source-type"),
+    pytest.param("    budget: {latency_ms: 0}\n", "budget", "cameras.front.budget.latency_ms",
+                 "greater than 0", 0, id="camera-budget"),
+    pytest.param("    source: ''\n", "source: ''", "cameras.front.source", "empty", "",
+                 id="empty-source"),
+    pytest.param("publish:\n  mask_encoding: lz5\n", "lz5", "publish.mask_encoding",
+                 "'raw', 'zstd' or 'png'", "lz5", id="bad-enum"),
+    pytest.param("publish:\n  mask_encoding: zsdt\n", "zsdt", "publish.mask_encoding",
+                 "did you mean 'zstd'?", "zsdt", id="enum-suggestion"),
+    pytest.param("publish:\n  endpoints:\n    - tcp://127.0.0.1:5555\n    - udp://1.2.3.4:9\n",
+                 "udp://", "publish.endpoints[1]", "tcp://, ipc:// or inproc://",
+                 "udp://1.2.3.4:9", id="endpoint-scheme"),
+    pytest.param("publish:\n  endpoints: ['tcp://']\n", "endpoints", "publish.endpoints[0]",
+                 "no address", "tcp://", id="endpoint-without-address"),
+    pytest.param("publish:\n  endpoints: []\n", "endpoints", "publish.endpoints",
+                 "at least 1", [], id="no-endpoints"),
+    pytest.param("publish:\n  zstd_level: 23\n", "zstd_level", "publish.zstd_level",
+                 "less than or equal to 22", 23, id="zstd-level"),
+    pytest.param("log:\n  level: loud\n", "level", "log.level", "'debug'", "loud",
+                 id="log-level"),
+    pytest.param("budget:\n  on_late: later\n", "on_late", "budget.on_late", "'drop'",
+                 "later", id="on-late"),
+]
+
+
+@pytest.mark.parametrize(("extra", "needle", "key_path", "fragment", "value"), ERROR_CASES)
+def test_located_errors(tmp_path: Path, extra: str, needle: str, key_path: str,
+                        fragment: str, value: object) -> None:
+    text = MINIMAL.replace("    source: synthetic\n", "") if "source:" in extra else MINIMAL
+    path = write(tmp_path, text + extra)
+    issue = only_issue(path)
+    assert (issue.file, issue.line, issue.path) == (str(path), line_of(path, needle), key_path)
+    assert fragment in issue.message
+    assert issue.value == value
+    assert str(issue).startswith(f"{path}:{issue.line}: {key_path}: ")
+
+
+MODEL_CASES = [
+    pytest.param("  conf_threshold: 1.5\n", "conf_threshold", "model.conf_threshold",
+                 "less than or equal to 1", 1.5, id="out-of-range"),
+    pytest.param("  iou_threshold: 0\n", "iou_threshold", "model.iou_threshold",
+                 "greater than 0", 0, id="zero-iou"),
+    pytest.param("  threads: -1\n", "threads", "model.threads", "greater than or equal to 0",
+                 -1, id="threads"),
+    pytest.param("  format: yolo\n", "format", "model.format", "did you mean 'yoeo'?", "yolo",
+                 id="format"),
+    pytest.param("  providers: [cpu, cdua]\n", "providers", "model.providers[1]",
+                 "did you mean 'cuda'?", "cdua", id="provider-name"),
+    pytest.param("  providers:\n    - cuda: {device_id: [0]}\n", "cuda", "model.providers[0]",
+                 "cuda option 'device_id'", {"cuda": {"device_id": [0]}},
+                 id="provider-options"),
+    pytest.param("  providers:\n    - cuda: 0\n", "cuda", "model.providers[0]",
+                 "cuda options must be a mapping", {"cuda": 0}, id="provider-options-type"),
+    pytest.param("  providers:\n    - {cuda: {}, cpu: {}}\n", "cuda", "model.providers[0]",
+                 "one-key mapping", {"cuda": {}, "cpu": {}}, id="provider-two-keys"),
+    pytest.param("  classes: person\n", "classes", "model.classes", "valid list", "person",
+                 id="classes-not-list"),
+    pytest.param("  path: builtin:../secret.onnx\n", "builtin:", "model.path", "builtin:<file",
+                 "builtin:../secret.onnx", id="builtin-escape"),
+]
+
+
+@pytest.mark.parametrize(("extra", "needle", "key_path", "fragment", "value"), MODEL_CASES)
+def test_located_model_errors(tmp_path: Path, extra: str, needle: str, key_path: str,
+                              fragment: str, value: object) -> None:
+    text = MINIMAL.replace("  path: model.onnx\n", "" if "path:" in extra else "  path: m\n")
+    path = write(tmp_path, text.replace("model:\n", "model:\n" + extra))
+    issue = only_issue(path)
+    assert (issue.line, issue.path) == (line_of(path, needle), key_path)
+    assert fragment in issue.message
+    assert issue.value == value
+
+
+def test_missing_cameras_section(tmp_path: Path) -> None:
+    path = write(tmp_path, "model:\n  path: m.onnx\n")
+    issue = only_issue(path)
+    assert (issue.line, issue.path, issue.value) == (None, "cameras", NO_VALUE)
+    assert str(issue) == f"{path}: cameras: required key is missing"
+
+
+def test_camera_without_source(tmp_path: Path) -> None:
+    path = write(tmp_path, "model:\n  path: m.onnx\ncameras:\n  front:\n    fps: 5\n")
+    issue = only_issue(path)
+    assert (issue.line, issue.path) == (4, "cameras.front.source")
+    assert issue.message == "required key is missing"
+    assert "(got" not in str(issue)
+
+
+def test_empty_camera_entry(tmp_path: Path) -> None:
+    path = write(tmp_path, "model:\n  path: m.onnx\ncameras:\n  front:\n")
+    issue = only_issue(path)
+    assert (issue.line, issue.path) == (4, "cameras.front.source")
+
+
+def test_no_cameras(tmp_path: Path) -> None:
+    path = write(tmp_path, "model:\n  path: m.onnx\ncameras: {}\n")
+    issue = only_issue(path)
+    assert (issue.line, issue.path) == (3, "cameras")
+    assert "at least one camera" in issue.message
+
+
+def test_missing_model_path(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL.replace("  path: model.onnx\n", "  threads: 1\n"))
+    issue = only_issue(path)
+    assert (issue.line, issue.path) == (1, "model.path")
+
+
+def test_bad_camera_name(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "  front door:\n    source: synthetic\n")
+    issue = only_issue(path)
+    assert (issue.line, issue.path, issue.value) == (6, "cameras.front door", "front door")
+    assert "ZeroMQ topic" in issue.message
+
+
+def test_duplicate_key(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "    source: /dev/video0\n")
+    issue = only_issue(path)
+    assert (issue.line, issue.path) == (6, "cameras.front.source")
+    assert "duplicate key (first given on line 5)" in issue.message
+
+
+def test_duplicate_camera(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "  front:\n    source: synthetic\n")
+    issue = only_issue(path)
+    assert (issue.line, issue.path) == (6, "cameras.front")
+
+
+def test_yaml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "    fps: 15: 20\n")
+    issue = only_issue(path)
+    assert (issue.line, issue.column) == (6, len("    fps: 15:"))
+    assert "mapping values are not allowed here" in issue.message
+    assert str(issue).startswith(f"{path}:6:{issue.column}: YAML syntax error: ")
+
+
+def test_unclosed_flow_sequence(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "publish:\n  endpoints: [tcp://a:1\nlog: {}\n")
+    issue = only_issue(path)
+    assert issue.line is not None and issue.column is not None
+    assert "flow sequence" in issue.message
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("", "empty"),
+    ("# only a comment\n", "empty"),
+    ("- model\n- cameras\n", "not a list"),
+    ("just text\n", "must be a mapping"),
+])
+def test_empty_or_non_mapping_file(tmp_path: Path, text: str, fragment: str) -> None:
+    issue = only_issue(write(tmp_path, text))
+    assert fragment in issue.message
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    issue = only_issue(tmp_path / "missing.yaml")
+    assert "cannot read" in issue.message
+
+
+def test_all_errors_are_reported_at_once(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        model:
+          path: m.onnx
+          conf_threshold: 1.5
+        cameras:
+          front:
+            source: synthetic
+            fsp: 15
+          back:
+            fps: 5
+        publish:
+          mask_encoding: lz5
+          endpoints: [udp://x:1]
+    """)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    got = [(i.line, i.path) for i in info.value.issues]
+    assert got == [
+        (3, "model.conf_threshold"),
+        (7, "cameras.front.fsp"),
+        (8, "cameras.back.source"),
+        (11, "publish.mask_encoding"),
+        (12, "publish.endpoints[0]"),
+    ]
+    lines = str(info.value).splitlines()
+    assert lines == [str(i) for i in info.value.issues]
+
+
+def test_parse_config_names_the_given_file() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config("model: {path: m}\ncameras: {a: {source: synthetic, fps: 0}}\n",
+                     file="inline.yaml")
+    assert str(info.value).startswith("inline.yaml:2: cameras.a.fps: ")
+
+
+# --------------------------------------------------------------------------- model paths
+
+def test_relative_model_path_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    path = write(tmp_path, MINIMAL.replace("model.onnx", "../models/m.onnx"), "sub/cfg.yaml")
+    assert load_config(path).model.path == tmp_path / "models" / "m.onnx"
+
+
+def test_absolute_and_builtin_model_paths(tmp_path: Path) -> None:
+    absolute = write(tmp_path, MINIMAL.replace("model.onnx", "/opt/m.onnx"))
+    assert load_config(absolute).model.path == Path("/opt/m.onnx")
+    builtin = write(tmp_path, MINIMAL.replace("model.onnx", "builtin:x.onnx"), "b.yaml")
+    assert load_config(builtin).model.path == Path(edged.__file__).parent / "models" / "x.onnx"
+
+
+def test_parse_config_resolves_against_base_dir(tmp_path: Path) -> None:
+    config = parse_config(MINIMAL, base_dir=tmp_path)
+    assert config.model.path == tmp_path / "model.onnx"
+    assert config.source_file is None
+
+
+# --------------------------------------------------------------------------- source types
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ("synthetic", "synthetic"),
+    ("0", "v4l2"),
+    ("12", "v4l2"),
+    ("/dev/video2", "v4l2"),
+    ("rtsp://u:p!w@cam/stream", "url"),  # "!" in a password is not a GStreamer pipeline
+    ("rtsps://cam/stream", "url"),
+    ("http://cam/mjpg", "url"),
+    ("HTTPS://cam/mjpg", "url"),
+    ("udp://@:5000", "url"),
+    ("videotestsrc ! videoconvert ! appsink", "gstreamer"),
+    ("v4l2src!appsink", "gstreamer"),
+    ("frames/*.png", "images"),
+    ("shot_??.jpg", "images"),
+    ("frame[0-9].bmp", "images"),
+    ("still.JPG", "images"),
+    ("scan.tiff", "images"),
+    ("pic.webp", "images"),
+    ("match.mp4", "video"),
+    ("recordings/match.mkv", "video"),
+    ("file:///tmp/x.avi", "video"),
+])
+def test_resolved_type_inference(source: str, expected: str) -> None:
+    assert CameraConfig(source=source).resolved_type() == expected
+
+
+def test_existing_directory_is_images(tmp_path: Path) -> None:
+    assert CameraConfig(source=str(tmp_path)).resolved_type() == "images"
+    assert CameraConfig(source=str(tmp_path / "nope")).resolved_type() == "video"
+
+
+def test_explicit_type_wins() -> None:
+    assert CameraConfig(source="synthetic", type="video").resolved_type() == "video"
+    assert CameraConfig(source="rtsp://x", type="gstreamer").resolved_type() == "gstreamer"
+
+
+@pytest.mark.parametrize(("source", "mode", "expected"), [
+    ("match.mp4", "auto", "every_frame"),
+    ("frames/*.png", "auto", "every_frame"),
+    ("synthetic", "auto", "realtime"),
+    ("/dev/video0", "auto", "realtime"),
+    ("rtsp://cam/s", "auto", "realtime"),
+    ("a ! b", "auto", "realtime"),
+    ("match.mp4", "realtime", "realtime"),
+    ("rtsp://cam/s", "every_frame", "every_frame"),
+])
+def test_resolved_mode(source: str, mode: str, expected: str) -> None:
+    assert CameraConfig(source=source, mode=mode).resolved_mode() == expected  # type: ignore[arg-type]
+
+
+def test_config_type_is_exported() -> None:
+    assert Config.model_fields.keys() == {"model", "cameras", "publish", "budget", "log",
+                                          "source_file"}

@@ -252,9 +252,10 @@ class ModelConfig(_Frozen):
     format: str = "auto"
     providers: list[ProviderSpec] = Field(default_factory=_default_providers, min_length=1)
     threads: Int = Field(0, ge=0)  # intra-op threads; 0 = let the runner decide
-    conf_threshold: Float = Field(0.5, gt=0, le=1)
-    iou_threshold: Float = Field(0.4, gt=0, le=1)
-    max_detections: Int = Field(300, ge=1)
+    # None: the model manifest's value (its format's default for a model without one)
+    conf_threshold: Float | None = Field(None, gt=0, le=1)
+    iou_threshold: Float | None = Field(None, gt=0, le=1)
+    max_detections: Int | None = Field(None, ge=1)
     classes: list[str] | None = None  # for models without a manifest
     seg_classes: list[str] | None = None
     class_groups: list[list[str]] | None = None  # classes suppressed together in NMS

@@ -111,8 +111,8 @@ def test_examples_are_the_promised_ones() -> None:
 def test_minimal_file_gets_the_documented_defaults(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL))
     m = config.model
-    assert (m.format, m.threads, m.conf_threshold, m.iou_threshold) == ("auto", 0, 0.5, 0.4)
-    assert (m.max_detections, m.warmup_runs, m.classes, m.class_groups) == (300, 3, None, None)
+    assert (m.format, m.threads, m.conf_threshold, m.iou_threshold) == ("auto", 0, None, None)
+    assert (m.max_detections, m.warmup_runs, m.classes, m.class_groups) == (None, 3, None, None)
     assert m.providers == [ProviderSpec(name="cpu")]
     cam = config.cameras["front"]
     assert (cam.type, cam.enabled, cam.fps, cam.width, cam.height, cam.fourcc) == (

@@ -1,0 +1,252 @@
+"""`edged` command line: run, check, echo, eval."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+
+import numpy as np
+from pathlib import Path
+
+log = logging.getLogger("edged")
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+
+
+def setup_logging(level: str = "info") -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", force=True)
+
+
+def _load(path: str | None):
+    from edged.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        print(f"edged: invalid configuration:\n{e}", file=sys.stderr)
+        return None
+    except OSError as e:
+        print(f"edged: cannot read configuration: {e}", file=sys.stderr)
+        return None
+
+
+def model_options(cfg):
+    from edged.runner import ModelOptions
+
+    m = cfg.model
+    return ModelOptions(
+        path=Path(m.path), format=m.format,
+        providers=tuple((p.name, dict(p.options)) for p in m.providers), threads=m.threads,
+        conf_threshold=m.conf_threshold, iou_threshold=m.iou_threshold,
+        max_detections=m.max_detections,
+        classes=tuple(m.classes) if m.classes else None,
+        seg_classes=tuple(m.seg_classes) if m.seg_classes else None,
+        class_groups=tuple(tuple(g) for g in m.class_groups) if m.class_groups else None,
+        warmup_runs=m.warmup_runs)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    setup_logging(args.log_level or cfg.log.level)
+    import cv2
+
+    from edged.publisher import PublishError
+    from edged.runner import ModelError, ModelRunner
+
+    cv2.setNumThreads(1)  # OpenCV must not fight ONNX Runtime for the cores
+    src = cfg.source_file or "built-in default"
+    log.info("configuration %s", src)
+    try:
+        runner = ModelRunner(model_options(cfg))
+    except ModelError as e:
+        log.error("%s", e)
+        return 1
+    ms = runner.warmup()
+    log.info("model %s (%s) loaded on %s, %d thread(s), warm-up %.0f ms", runner.model_id,
+             runner.manifest.format, ",".join(runner.providers), runner.threads, ms)
+    from edged.pipeline import Pipeline
+
+    pipeline = Pipeline(cfg, runner, frames=args.frames, duration=args.duration)
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, _on_signal, pipeline, sig)
+        return await pipeline.run()
+
+    try:
+        return asyncio.run(main())
+    except PublishError as e:
+        log.error("%s", e)
+        return 1
+
+
+def _on_signal(pipeline, sig: signal.Signals) -> None:
+    log.info("%s received, stopping", signal.Signals(sig).name)
+    pipeline.stop()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    setup_logging("warning")
+    from edged.runner import ModelError, ModelRunner
+    from edged.sources import redact
+
+    print(f"config: {cfg.source_file or 'built-in default'}: OK")
+    for name, cam in cfg.cameras.items():
+        state = "" if cam.enabled else " (disabled)"
+        print(f"camera {name}: {cam.resolved_type()} {redact(cam.source)!r}, "
+              f"mode {cam.resolved_mode()}{state}")
+    try:
+        runner = ModelRunner(model_options(cfg))
+    except ModelError as e:
+        print(f"model: {e}", file=sys.stderr)
+        return 1
+    d = runner.describe()
+    print(f"model: {d['path']}: OK\n  format {d['format']} ({d['why']})\n  input {d['input']}"
+          f"\n  classes {', '.join(d['classes'])}; segmentation {', '.join(d['seg_classes'])}"
+          f"\n  providers {', '.join(d['providers'])}, {d['threads']} thread(s)")
+    return 0
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from edged.client import Subscriber
+    from edged.codec import EndOfStream
+
+    cameras = args.camera or None
+    n = 0
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    with Subscriber(args.connect, cameras) as sub:
+        while args.count is None or n < args.count:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if left == 0.0:
+                print(f"edged echo: no more messages within {args.timeout} s", file=sys.stderr)
+                return 1 if n == 0 else 0
+            msg = sub.recv(timeout=min(left, 0.5) if left is not None else 0.5)
+            if msg is None:
+                continue
+            if isinstance(msg, EndOfStream):
+                line = {"camera": msg.camera, "eos": True, "last_seq": msg.last_seq,
+                        "reason": msg.reason}
+                print(json.dumps(line) if args.json else
+                      f"{msg.camera} end of stream after seq {msg.last_seq} ({msg.reason})",
+                      flush=True)
+                if cameras and set(cameras) <= sub.ended:
+                    break
+                continue
+            n += 1
+            present: list[str] = []
+            if msg.mask is not None:
+                ids = np.unique(msg.mask)
+                present = [msg.mask_classes[i] if i < len(msg.mask_classes) else str(i)
+                           for i in ids]
+            labels = msg.labels()
+            if args.json:
+                print(json.dumps({
+                    "camera": msg.camera, "seq": msg.seq, "latency_ms": round(msg.latency_ms, 2),
+                    "detections": [{"class": c, "score": round(float(s), 3),
+                                    "box": [round(float(v), 1) for v in b]}
+                                   for c, s, b in zip(labels, msg.scores, msg.boxes)],
+                    "mask_classes": present, "flags": list(msg.flags)}), flush=True)
+            else:
+                dets = ", ".join(f"{c} {s:.2f}" for c, s in zip(labels, msg.scores)) or "-"
+                flags = f" [{','.join(msg.flags)}]" if msg.flags else ""
+                print(f"{msg.camera} #{msg.seq} {msg.latency_ms:6.1f} ms  dets: {dets}  "
+                      f"mask: {'/'.join(present) or '-'}{flags}", flush=True)
+        if sub.gaps:
+            print(f"edged echo: {sub.gaps} frame(s) missing in sequence numbers", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    setup_logging("warning")
+    from edged.evaluate import evaluate
+    from edged.runner import ModelError, ModelOptions, ModelRunner
+
+    try:
+        runner = ModelRunner(ModelOptions(path=Path(args.model), threads=args.threads,
+                                          conf_threshold=args.conf))
+    except ModelError as e:
+        print(f"edged eval: {e}", file=sys.stderr)
+        return 1
+    runner.warmup(2)
+
+    def progress(i: int, n: int) -> None:
+        if sys.stderr.isatty():
+            print(f"\r{i}/{n} scenes", end="" if i < n else "\n", file=sys.stderr, flush=True)
+
+    res = evaluate(runner, args.scenes, args.seed, progress=progress)
+    res["model"] = str(args.model)
+    res["conf_threshold"] = runner.manifest.conf_threshold
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"{args.model}: {res['scenes']} scenes from seed {res['seed']}")
+        print(f"  segmentation mIoU {res['miou']:.4f}  " + "  ".join(
+            f"{k} {v:.4f}" for k, v in res["iou"].items()))
+        print(f"  detection mAP@0.5 {res['map50']:.4f}  " + "  ".join(
+            f"{k} {v:.4f}" for k, v in res["ap50"].items()))
+        print(f"  inference p50 {res['inference_ms_p50']:.2f} ms ({runner.threads} thread(s))")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edged", description="Streaming edge-inference daemon.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the daemon")
+    r.add_argument("-c", "--config", help="YAML config (default: the packaged default.yaml)")
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--frames", type=int, help="stop each camera after N processed frames")
+    g.add_argument("--duration", type=float, help="stop after S seconds")
+    r.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("check", help="validate the config and the model, exit 0 or 1")
+    c.add_argument("-c", "--config")
+    c.set_defaults(func=cmd_check)
+
+    e = sub.add_parser("echo", help="print what the daemon publishes")
+    e.add_argument("--connect", default=DEFAULT_ENDPOINT)
+    e.add_argument("--camera", action="append", help="only this camera (repeatable)")
+    e.add_argument("--count", type=int, help="exit after N results")
+    e.add_argument("--timeout", type=float, help="give up after S seconds")
+    e.add_argument("--json", action="store_true", help="one JSON object per line")
+    e.set_defaults(func=cmd_echo)
+
+    v = sub.add_parser("eval", help="accuracy on fresh synthetic scenes")
+    v.add_argument("--model", required=True)
+    v.add_argument("--scenes", type=int, default=500)
+    v.add_argument("--seed", type=int, default=1_000_000,
+                   help="first sequence seed (training uses seeds below 1000000)")
+    v.add_argument("--conf", type=float, default=0.05,
+                   help="score threshold for AP (low, so the whole PR curve is measured)")
+    v.add_argument("--threads", type=int, default=1)
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""YOEO: one encoder, YOLO boxes + semantic segmentation (Hamburg Bit-Bots contract).
+
+Outputs: `Detections` float32 [1, N, 5+C] rows (cx, cy, w, h in input pixels,
+objectness, C per-class sigmoid scores not yet multiplied by objectness) and
+`Segmentations`: uint8 class ids [1, H, W], a float mask of class ids, or logits
+[1, C, H, W] (argmax done here). No NMS in the graph.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edged.manifest import Manifest
+from edged.nms import nms
+from edged.preprocess import Letterbox, PreprocessSpec
+from edged.results import Detections
+
+if TYPE_CHECKING:
+    from edged.formats import TensorInfo
+
+DEFAULT_CLASSES = ("ball", "goalpost", "robot")
+DEFAULT_SEG_CLASSES = ("background", "lines", "field")
+
+
+def _is_mask(o: TensorInfo, in_h: object, in_w: object) -> bool:
+    """[1,H,W] or [1,C,H,W] whose H:W is the input's (a full- or reduced-size map)."""
+    if len(o.shape) not in (3, 4):
+        return False
+    h, w = o.shape[-2], o.shape[-1]
+    if not all(isinstance(v, int) for v in (h, w, in_h, in_w)):
+        return len(o.shape) == 4 or o.dtype == "uint8"
+    return h * in_w == w * in_h  # type: ignore[operator]
+
+
+def _roles(inputs: list[TensorInfo], outputs: list[TensorInfo]
+           ) -> tuple[TensorInfo, TensorInfo] | None:
+    if len(inputs) != 1 or len(inputs[0].shape) != 4 or len(outputs) != 2:
+        return None
+    in_h, in_w = inputs[0].shape[2], inputs[0].shape[3]
+    masks = [o for o in outputs if _is_mask(o, in_h, in_w)]
+    dets = [o for o in outputs if o not in masks and len(o.shape) == 3
+            and o.dtype.startswith("float") and isinstance(o.shape[2], int) and o.shape[2] >= 6]
+    if len(dets) != 1 or len(masks) != 1:
+        return None
+    return dets[0], masks[0]
+
+
+def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> str | None:
+    roles = _roles(inputs, outputs)
+    if roles is None:
+        return None
+    det, mask = roles
+    kind = "logits [1,C,H,W]" if len(mask.shape) == 4 else f"{mask.dtype} class map [1,H,W]"
+    return (f"one image input, box rows {det.name} [1,N,{det.shape[2]}] = 5 + "
+            f"{det.shape[2] - 5} classes, and segmentation {mask.name} as {kind}")
+
+
+def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> Manifest:
+    roles = _roles(inputs, outputs)
+    if roles is None:
+        raise ValueError("outputs do not follow the yoeo layout")
+    det, mask = roles
+    n_cls = int(det.shape[2]) - 5  # type: ignore[operator]
+    h, w = inputs[0].shape[2], inputs[0].shape[3]
+    pre = PreprocessSpec(input_w=w if isinstance(w, int) else 416,
+                         input_h=h if isinstance(h, int) else 416)
+    classes = DEFAULT_CLASSES if n_cls == 3 else tuple(f"class{i}" for i in range(n_cls))
+    return Manifest(format="yoeo", input_name=inputs[0].name,
+                    outputs={"detections": det.name, "segmentation": mask.name},
+                    preprocess=pre, classes=classes, seg_classes=DEFAULT_SEG_CLASSES)
+
+
+class Adapter:
+    """Post-processing of YOEO outputs: multi-label scoring, class-aware NMS, mapping back."""
+
+    def __init__(self, manifest: Manifest, output_names: list[str]) -> None:
+        self.manifest = manifest
+        outs = manifest.outputs
+        self.det_index = output_names.index(outs.get("detections", "Detections"))
+        self.seg_index = output_names.index(outs.get("segmentation", "Segmentations"))
+        names = list(manifest.classes)
+        group_of = {c: i for i, c in enumerate(names)}
+        for gi, group in enumerate(manifest.class_groups):
+            for c in group:
+                if c not in group_of:
+                    raise ValueError(f"class group {list(group)} names unknown class {c!r}; "
+                                     f"classes are {names}")
+                group_of[c] = len(names) + gi
+        self.group_ids = np.array([group_of[c] for c in names], np.int64)
+
+    def detections(self, rows: np.ndarray, letterbox: Letterbox, frame_w: int,
+                   frame_h: int) -> Detections:
+        m = self.manifest
+        conf = m.conf_threshold
+        rows = rows.reshape(-1, rows.shape[-1])
+        obj = rows[:, 4]
+        cand = np.flatnonzero(obj > conf)
+        if cand.size == 0:
+            return Detections.empty()
+        sel = rows[cand]
+        scores = sel[:, 5:] * sel[:, 4:5]
+        if m.multi_label:
+            ri, ci = np.nonzero(scores > conf)
+        else:
+            ci = scores.argmax(1)
+            ri = np.flatnonzero(scores[np.arange(len(ci)), ci] > conf)
+            ci = ci[ri]
+        if ri.size == 0:
+            return Detections.empty()
+        xywh = sel[ri, :4]
+        xyxy = np.empty_like(xywh)
+        xyxy[:, :2] = xywh[:, :2] - xywh[:, 2:] / 2
+        xyxy[:, 2:] = xywh[:, :2] + xywh[:, 2:] / 2
+        sc = scores[ri, ci]
+        groups = self.group_ids[ci] if ci.max() < len(self.group_ids) else ci
+        keep = nms(xyxy, sc, m.iou_threshold, groups=groups, max_keep=m.max_detections)
+        return Detections(letterbox.boxes_to_camera(xyxy[keep], frame_w, frame_h),
+                          sc[keep].astype(np.float32), ci[keep].astype(np.int32))
+
+    @staticmethod
+    def class_map(seg: np.ndarray) -> np.ndarray:
+        """Any accepted segmentation output -> HxW uint8 class ids."""
+        if seg.ndim == 4:  # logits [1, C, H, W]
+            return seg[0].argmax(0).astype(np.uint8)
+        seg = seg[0] if seg.ndim == 3 else seg
+        if seg.dtype == np.uint8:
+            return seg
+        if np.issubdtype(seg.dtype, np.floating):
+            return np.rint(seg).astype(np.uint8)  # float class ids (TensorRT-friendly export)
+        return seg.astype(np.uint8)
+
+    def postprocess(self, outputs: list[np.ndarray], letterbox: Letterbox, frame_w: int,
+                    frame_h: int) -> tuple[Detections, np.ndarray | None]:
+        dets = self.detections(outputs[self.det_index], letterbox, frame_w, frame_h)
+        mask = letterbox.crop_mask(self.class_map(outputs[self.seg_index]))
+        return dets, mask

@@ -1,0 +1,86 @@
+"""The model manifest: everything model-specific that edged needs to run a model.
+
+A manifest is a JSON file beside the model (`model.onnx` -> `model.json`). It names
+the format, the tensors, the pre-processing and the classes, and gives default
+post-processing thresholds. Models without one (third-party exports) get a manifest
+inferred from the graph by their format adapter, with classes from the config.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from edged.preprocess import PreprocessSpec
+
+MANIFEST_VERSION = 1
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    format: str
+    name: str = ""
+    input_name: str = "InputLayer"
+    outputs: dict[str, str] = field(default_factory=dict)  # role -> tensor name
+    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
+    classes: tuple[str, ...] = ()
+    seg_classes: tuple[str, ...] = ()
+    class_groups: tuple[tuple[str, ...], ...] = ()
+    conf_threshold: float = 0.5
+    iou_threshold: float = 0.4
+    max_detections: int = 300
+    multi_label: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)  # precision, metrics, provenance
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["manifest_version"] = MANIFEST_VERSION
+        d["preprocess"] = asdict(self.preprocess)
+        return json.dumps(d, indent=2) + "\n"
+
+    def with_overrides(self, **kw: Any) -> Manifest:
+        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+
+def manifest_path(model_path: Path) -> Path:
+    return model_path.with_suffix(".json")
+
+
+def load_manifest(path: Path) -> Manifest:
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{path}: a manifest must be a JSON object")
+    version = raw.pop("manifest_version", MANIFEST_VERSION)
+    if version != MANIFEST_VERSION:
+        raise ManifestError(f"{path}: manifest_version {version!r} is not supported "
+                            f"(this edged reads version {MANIFEST_VERSION})")
+    known = set(Manifest.__dataclass_fields__)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ManifestError(f"{path}: unknown key(s) {', '.join(unknown)}")
+    if "format" not in raw:
+        raise ManifestError(f"{path}: missing key 'format'")
+    try:
+        pre = PreprocessSpec(**raw.pop("preprocess", {}))
+        for key in ("mean", "std"):
+            v = getattr(pre, key)
+            if v is not None:
+                pre = replace(pre, **{key: tuple(float(x) for x in v)})
+        return Manifest(
+            preprocess=pre,
+            classes=tuple(raw.pop("classes", ())),
+            seg_classes=tuple(raw.pop("seg_classes", ())),
+            class_groups=tuple(tuple(g) for g in raw.pop("class_groups", ())),
+            **raw,
+        )
+    except TypeError as e:
+        raise ManifestError(f"{path}: {e}") from None

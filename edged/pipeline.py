@@ -1,0 +1,242 @@
+"""The daemon's pipeline: sources -> model runner -> codec -> publisher, under asyncio.
+
+Every task lives in one `asyncio.TaskGroup` owned by `Pipeline.run`; blocking work runs
+in threads (capture: one per camera; inference: a small pool; encode + send: one thread,
+because a ZeroMQ socket belongs to one thread). Stopping is a single event: capture
+threads stop, in-flight frames are finished and published, each camera gets an
+end-of-stream message, and the socket is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edged.codec import MaskEncoder, encode_eos, encode_result
+from edged.config import CameraConfig, Config
+from edged.publisher import Publisher
+from edged.results import Frame, Result
+from edged.runner import ModelRunner
+from edged.sources import CaptureThread, Handoff, SourceError, make_source
+
+log = logging.getLogger("edged.pipeline")
+
+
+@dataclass(slots=True)
+class CameraStats:
+    """Counters for one camera; the window lists are trimmed at each report."""
+
+    captured_at_report: int = 0
+    processed: int = 0
+    published: int = 0
+    dropped_overwritten: int = 0
+    errors: int = 0
+    window_processed: int = 0
+    e2e_ms: deque[float] = field(default_factory=lambda: deque(maxlen=512))
+    infer_ms: deque[float] = field(default_factory=lambda: deque(maxlen=512))
+
+
+@dataclass(slots=True)
+class Camera:
+    name: str
+    config: CameraConfig
+    handoff: Handoff
+    capture: CaptureThread
+    stats: CameraStats
+    last_seq: int = -1
+    done: bool = False
+
+
+class Pipeline:
+    def __init__(self, config: Config, runner: ModelRunner, *, frames: int | None = None,
+                 duration: float | None = None, inference_workers: int = 1) -> None:
+        self.config = config
+        self.runner = runner
+        self.frames = frames
+        self.duration = duration
+        self.inference_workers = inference_workers
+        self.cameras: dict[str, Camera] = {}
+        self.stop_event = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.publisher: Publisher | None = None
+
+    # ------------------------------------------------------------------ setup
+
+    def _open_cameras(self, loop: asyncio.AbstractEventLoop) -> None:
+        for name, cam in self.config.cameras.items():
+            if not cam.enabled:
+                continue
+            kind = cam.resolved_type()
+            mode = cam.resolved_mode()
+            try:
+                source = make_source(kind, cam.source, width=cam.width, height=cam.height,
+                                     fps=cam.fps, fourcc=cam.fourcc, loop=cam.loop, seed=cam.seed)
+            except SourceError as e:
+                log.error("camera %s: %s; the other cameras carry on", name, e)
+                continue
+            handoff = Handoff(loop, lossless=mode == "every_frame")
+            # files replayed frame by frame run as fast as they are processed unless an fps
+            # is set; everything else is paced at its rate
+            pace = not (mode == "every_frame" and not source.live and cam.fps is None)
+            capture = CaptureThread(name, source, handoff, fps=cam.fps, pace=pace)
+            self.cameras[name] = Camera(name, cam, handoff, capture, CameraStats())
+            log.info("camera %s: %s source %s, mode %s", name, kind, source.description, mode)
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self) -> int:
+        """Run until stopped, all streams end, or --frames/--duration is reached.
+
+        Returns the process exit code: 0, or 1 if no camera could be started.
+        """
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        self.publisher = Publisher(cfg.publish.endpoints, sndhwm=cfg.publish.sndhwm)
+        infer_pool = ThreadPoolExecutor(self.inference_workers, thread_name_prefix="infer")
+        publish_pool = ThreadPoolExecutor(1, thread_name_prefix="publish")
+        encoder = MaskEncoder(cfg.publish.mask_encoding, cfg.publish.zstd_level)
+        self._open_cameras(loop)
+        if not self.cameras:
+            log.error("no camera could be started")
+            self.publisher.close()
+            return 1
+        sem = asyncio.Semaphore(self.inference_workers)
+        started = time.monotonic()
+        try:
+            for cam in self.cameras.values():
+                cam.capture.start()
+            self.ready.set()
+            log.info("ready: %d camera(s), model %s on %s, publishing on %s",
+                     len(self.cameras), self.runner.model_id, ",".join(self.runner.providers),
+                     ", ".join(cfg.publish.endpoints))
+            async with asyncio.TaskGroup() as tg:
+                cam_tasks = [tg.create_task(self._camera_loop(c, sem, infer_pool, publish_pool,
+                                                              encoder), name=f"camera-{c.name}")
+                             for c in self.cameras.values()]
+                stats = tg.create_task(self._stats_loop(), name="stats")
+                if self.duration is not None:
+                    tg.create_task(self._stop_after(self.duration), name="duration")
+                await asyncio.gather(*cam_tasks)
+                self.stop_event.set()
+                stats.cancel()
+        finally:
+            for cam in self.cameras.values():
+                cam.capture.stop()
+                cam.handoff.close()
+            for cam in self.cameras.values():
+                cam.capture.join(timeout=2.0)
+            infer_pool.shutdown(wait=True)
+            publish_pool.shutdown(wait=True)
+            self.publisher.close()
+            self._log_stats(time.monotonic() - started, final=True)
+        return 0
+
+    async def _stop_after(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stop_event.wait(), seconds)
+        except TimeoutError:
+            log.info("duration of %.1f s reached, stopping", seconds)
+            self.stop()
+
+    def stop(self) -> None:
+        """Begin a graceful stop (safe to call more than once)."""
+        if not self.stop_event.is_set():
+            self.stop_event.set()
+            for cam in self.cameras.values():
+                cam.capture.stop()
+                cam.handoff.close()
+
+    async def _camera_loop(self, cam: Camera, sem: asyncio.Semaphore,
+                           infer_pool: ThreadPoolExecutor, publish_pool: ThreadPoolExecutor,
+                           encoder: MaskEncoder) -> None:
+        loop = asyncio.get_running_loop()
+        pending: asyncio.Future[None] | None = None
+        reason = "end of stream"
+        while True:
+            if self.stop_event.is_set():
+                reason = "shutdown"
+                break
+            if not await cam.handoff.wait():
+                reason = "shutdown" if self.stop_event.is_set() else (
+                    f"camera failed: {cam.capture.error}" if cam.capture.state == "failed"
+                    else "end of stream")
+                break
+            async with sem:  # fair: waiting cameras are served in arrival order
+                frame = cam.handoff.take()  # the freshest frame at the moment we can run it
+                if frame is None:
+                    continue
+                try:
+                    result = await loop.run_in_executor(infer_pool, self._infer, frame)
+                except Exception as e:  # one bad frame must not end the camera
+                    cam.stats.errors += 1
+                    log.error("camera %s: inference failed on frame %d: %s", cam.name,
+                              frame.seq, e)
+                    continue
+            cam.stats.processed += 1
+            cam.stats.window_processed += 1
+            cam.stats.infer_ms.append(result.timings_ms["inference"])
+            # encode + send overlap the next frame's inference; at most one result per
+            # camera is in flight, so nothing queues up behind a slow socket
+            if pending is not None:
+                await pending
+            pending = loop.run_in_executor(publish_pool, self._publish, cam, result, encoder)
+            if self.frames is not None and cam.stats.processed >= self.frames:
+                reason = f"{self.frames} frames done"
+                break
+        if pending is not None:
+            await pending
+        cam.capture.stop()
+        cam.handoff.close()
+        cam.done = True
+        frames = encode_eos(cam.name, cam.last_seq, reason)
+        await loop.run_in_executor(publish_pool, self.publisher.send, frames)  # type: ignore[union-attr]
+        log.info("camera %s: end of stream published (%s)", cam.name, reason)
+
+    def _infer(self, frame: Frame) -> Result:
+        t = time.monotonic_ns()
+        result = self.runner.infer(frame)
+        result.timings_ms["queue"] = (t - frame.t_mono_ns) / 1e6
+        return result
+
+    def _publish(self, cam: Camera, result: Result, encoder: MaskEncoder) -> None:
+        t0 = time.perf_counter()
+        cfg = self.config.publish
+        frames = encode_result(result, encoder, send_mask=cfg.send_masks)
+        result.timings_ms["encode"] = (time.perf_counter() - t0) * 1e3
+        if self.publisher is not None and self.publisher.send(frames):
+            cam.stats.published += 1
+        cam.last_seq = result.seq
+        cam.stats.e2e_ms.append((time.monotonic_ns() - result.t_capture_mono_ns) / 1e6)
+
+    # ------------------------------------------------------------------ stats
+
+    async def _stats_loop(self) -> None:
+        interval = self.config.log.stats_interval_s
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            self._log_stats(now - last)
+            last = now
+
+    def _log_stats(self, elapsed: float, final: bool = False) -> None:
+        for cam in self.cameras.values():
+            s = cam.stats
+            captured = cam.handoff.put_count
+            cap_fps = (captured - s.captured_at_report) / max(elapsed, 1e-9)
+            proc_fps = s.window_processed / max(elapsed, 1e-9)
+            e2e = np.percentile(np.fromiter(s.e2e_ms, float), [50, 90, 99]) if s.e2e_ms else \
+                [float("nan")] * 3
+            inf = float(np.median(np.fromiter(s.infer_ms, float))) if s.infer_ms else float("nan")
+            log.info("%s %s: capture %.1f fps, processed %.1f fps, e2e p50/p90/p99 "
+                     "%.1f/%.1f/%.1f ms, inference p50 %.1f ms, dropped %d (overwritten), "
+                     "errors %d, state %s", "final" if final else "stats", cam.name, cap_fps,
+                     proc_fps, *e2e, inf, cam.handoff.overwritten, s.errors, cam.capture.state)
+            s.captured_at_report = captured
+            s.window_processed = 0

@@ -1,0 +1,208 @@
+"""The model runner: pre-process -> ONNX Runtime session -> format adapter -> Result.
+
+One `ModelRunner` owns one ONNX Runtime session. `infer()` may be called from several
+threads at once (ONNX Runtime sessions are thread-safe and release the GIL); each
+calling thread gets its own pre-processing buffers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from edged.formats import FORMATS, FormatError, TensorInfo, recognise
+from edged.manifest import Manifest, ManifestError, load_manifest, manifest_path
+from edged.preprocess import Preprocessor
+from edged.results import Frame, Result
+
+log = logging.getLogger("edged.runner")
+
+PROVIDER_NAMES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+}
+
+_ORT_TYPES = {
+    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+    "tensor(uint8)": "uint8", "tensor(int8)": "int8", "tensor(int32)": "int32",
+    "tensor(int64)": "int64", "tensor(bool)": "bool",
+}
+
+
+class ModelError(RuntimeError):
+    """The model cannot be loaded or run; the message says which file and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelOptions:
+    """What the config says about the model (None: take the manifest's value)."""
+
+    path: Path
+    format: str = "auto"
+    providers: tuple[tuple[str, dict[str, Any]], ...] = (("cpu", {}),)
+    threads: int = 0
+    conf_threshold: float | None = None
+    iou_threshold: float | None = None
+    max_detections: int | None = None
+    classes: tuple[str, ...] | None = None
+    seg_classes: tuple[str, ...] | None = None
+    class_groups: tuple[tuple[str, ...], ...] | None = None
+    warmup_runs: int = 3
+
+
+def tensor_infos(args: list[Any]) -> list[TensorInfo]:
+    return [TensorInfo(a.name, tuple(a.shape), _ORT_TYPES.get(a.type, a.type)) for a in args]
+
+
+def auto_threads() -> int:
+    """Intra-op threads when the config says 0: the cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_providers(requested: tuple[tuple[str, dict[str, Any]], ...]
+                      ) -> list[tuple[str, dict[str, Any]]]:
+    """The requested providers that this onnxruntime build offers, in order; CPU last."""
+    available = set(ort.get_available_providers())
+    chosen: list[tuple[str, dict[str, Any]]] = []
+    for name, opts in requested:
+        full = PROVIDER_NAMES.get(name, name)
+        if full in available:
+            chosen.append((full, dict(opts)))
+        else:
+            log.warning("provider %s is not available in this onnxruntime build (%s); "
+                        "falling back to the next one", name, ", ".join(sorted(available)))
+    if not any(n == "CPUExecutionProvider" for n, _ in chosen):
+        chosen.append(("CPUExecutionProvider", {}))
+    return chosen
+
+
+class ModelRunner:
+    def __init__(self, options: ModelOptions) -> None:
+        self.options = options
+        path = options.path
+        if not path.is_file():
+            raise ModelError(f"model file not found: {path}")
+        so = ort.SessionOptions()
+        threads = options.threads or auto_threads()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # frames arrive with gaps: spinning threads would burn a core between frames
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        providers = resolve_providers(options.providers)
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=[p for p, _ in providers],
+                                                provider_options=[o for _, o in providers])
+        except Exception as e:  # onnxruntime raises several unrelated types for bad files
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelError(f"cannot load model {path}: {first}") from None
+        self.threads = threads
+        self.providers = self.session.get_providers()
+        self.inputs = tensor_infos(self.session.get_inputs())
+        self.outputs = tensor_infos(self.session.get_outputs())
+        self.output_names = [o.name for o in self.outputs]
+        self.manifest, self.format_reason = self._manifest()
+        m = self.manifest
+        if m.input_name not in [i.name for i in self.inputs]:
+            raise ModelError(f"{path}: manifest input {m.input_name!r} is not a graph input "
+                             f"({', '.join(i.name for i in self.inputs)})")
+        try:
+            self.adapter = FORMATS[m.format].Adapter(m, self.output_names)
+        except (ValueError, KeyError) as e:
+            raise ModelError(f"{path}: {e}") from None
+        self.model_id = f"{m.name or path.stem}"
+        self._local = threading.local()
+
+    def _manifest(self) -> tuple[Manifest, str]:
+        o = self.options
+        mpath = manifest_path(o.path)
+        if mpath.is_file():
+            try:
+                m = load_manifest(mpath)
+            except ManifestError as e:
+                raise ModelError(str(e)) from None
+            reason = f"manifest {mpath.name}"
+            if o.format not in ("auto", m.format):
+                raise ModelError(f"config says format {o.format!r} but the manifest "
+                                 f"{mpath} says {m.format!r}")
+        else:
+            fmt = o.format
+            try:
+                if fmt == "auto":
+                    fmt, reason = recognise(self.inputs, self.outputs)
+                    reason = f"recognised from the graph: {reason}"
+                else:
+                    reason = "format set in the config"
+                if fmt not in FORMATS:
+                    raise FormatError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+                if FORMATS[fmt].recognise(self.inputs, self.outputs) is None:
+                    raise FormatError(f"the graph's outputs do not fit format {fmt!r}")
+                m = FORMATS[fmt].default_manifest(self.inputs, self.outputs)
+            except (FormatError, ValueError) as e:
+                raise ModelError(f"{o.path}: {e}") from None
+        m = m.with_overrides(conf_threshold=o.conf_threshold, iou_threshold=o.iou_threshold,
+                             max_detections=o.max_detections, classes=o.classes,
+                             seg_classes=o.seg_classes, class_groups=o.class_groups)
+        return m, reason
+
+    # ------------------------------------------------------------------ running
+
+    def _preprocessor(self) -> Preprocessor:
+        pre = getattr(self._local, "pre", None)
+        if pre is None:
+            pre = Preprocessor(self.manifest.preprocess)
+            self._local.pre = pre
+        return pre
+
+    def warmup(self, runs: int | None = None, size: tuple[int, int] = (640, 480)) -> float:
+        """Run a few frames so that the first real frame is not 1.2-2x slower; returns ms."""
+        n = self.options.warmup_runs if runs is None else runs
+        img = np.zeros((size[1], size[0], 3), np.uint8)
+        t = time.perf_counter()
+        for i in range(n):
+            self.infer(Frame("_warmup", i, img, 0, 0))
+        return (time.perf_counter() - t) * 1000
+
+    def run_tensor(self, tensor: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(None, {self.manifest.input_name: tensor})
+
+    def infer(self, frame: Frame) -> Result:
+        t0 = time.perf_counter()
+        pre = self._preprocessor()
+        h, w = frame.image.shape[:2]
+        box = pre(frame.image)
+        t1 = time.perf_counter()
+        outputs = self.run_tensor(pre.tensor)
+        t2 = time.perf_counter()
+        dets, mask = self.adapter.postprocess(outputs, box, w, h)
+        t3 = time.perf_counter()
+        m = self.manifest
+        return Result(
+            camera=frame.camera, seq=frame.seq, t_capture_wall_ns=frame.t_wall_ns,
+            t_capture_mono_ns=frame.t_mono_ns, frame_w=w, frame_h=h, detections=dets,
+            class_names=m.classes, mask=mask, mask_classes=m.seg_classes, letterbox=box,
+            model_id=self.model_id,
+            timings_ms={"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3,
+                        "postprocess": (t3 - t2) * 1e3})
+
+    def describe(self) -> dict[str, Any]:
+        m = self.manifest
+        return {"path": str(self.options.path), "format": m.format, "why": self.format_reason,
+                "providers": self.providers, "threads": self.threads,
+                "input": f"{m.input_name} {m.preprocess.input_w}x{m.preprocess.input_h}",
+                "classes": list(m.classes), "seg_classes": list(m.seg_classes)}

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from modelgen import yoeo_model  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def tcp_endpoint() -> str:
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="session")
+def test_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return yoeo_model(tmp_path_factory.mktemp("models") / "yoeo-test.onnx")
+
+
+class Daemon:
+    """`edged run` as a real subprocess; its log goes to a file the test can read."""
+
+    def __init__(self, config: Path, *args: str, log_path: Path) -> None:
+        self.log_path = log_path
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "-c", str(config),
+                                      *args], stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, text: str, timeout: float = 30.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if text in self.log():
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode} before {text!r}:\n"
+                                     f"{self.log()}")
+            time.sleep(0.05)
+        raise AssertionError(f"no {text!r} in the daemon log within {timeout} s:\n{self.log()}")
+
+    def terminate(self, timeout: float = 5.0) -> tuple[int, float]:
+        """SIGTERM; returns (exit code, seconds it took)."""
+        t = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        return code, time.monotonic() - t
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator:
+    daemons: list[Daemon] = []
+
+    def start(config: Path, *args: str) -> Daemon:
+        d = Daemon(config, *args, log_path=tmp_path / f"daemon{len(daemons)}.log")
+        daemons.append(d)
+        return d
+
+    yield start
+    for d in daemons:
+        d.close()

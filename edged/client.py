@@ -1,0 +1,161 @@
+"""Subscriber library: receive edged results in Python.
+
+    from edged.client import Subscriber
+
+    with Subscriber("ipc:///run/edged/results.sock", cameras=["front"]) as sub:
+        for msg in sub:  # ends after end-of-stream from every listed camera
+            print(msg.camera, msg.seq, msg.labels(), msg.latency_ms)
+
+The protocol itself is described in docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+
+import zmq
+
+from edged.codec import (
+    TOPIC_EOS,
+    TOPIC_RESULT,
+    EndOfStream,
+    Message,
+    ProtocolError,
+    check_camera,
+    decode,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Subscriber:
+    """A SUB socket connected to one or more edged publishers.
+
+    Not thread-safe: use it from one thread. Counters: `received` (results and
+    end-of-stream messages decoded), `malformed` (skipped, undecodable), `ignored`
+    (other topics, e.g. the reserved `<camera>/state` and `_stats`), `gaps` and
+    `gaps_by_camera` (seq numbers never received; see docs/protocol.md, "Gaps").
+    """
+
+    def __init__(self, endpoint: str | Sequence[str], cameras: Sequence[str] | None = None, *,
+                 rcvhwm: int = 100, context: zmq.Context | None = None) -> None:
+        endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+        if not endpoints:
+            raise ValueError("no endpoint to connect to")
+        if cameras is not None:
+            if isinstance(cameras, str):
+                cameras = [cameras]
+            if not cameras:
+                raise ValueError("cameras is empty: pass None to receive every camera")
+            for cam in cameras:
+                check_camera(cam)
+        self.cameras: frozenset[str] | None = None if cameras is None else frozenset(cameras)
+        self.received = 0
+        self.malformed = 0
+        self.ignored = 0
+        self.gaps = 0
+        self.gaps_by_camera: dict[str, int] = {}
+        self._last_seq: dict[str, int] = {}
+        self._ended: set[str] = set()
+        self._ctx = context if context is not None else zmq.Context.instance()
+        self._sock: zmq.Socket = self._ctx.socket(zmq.SUB)
+        try:
+            self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
+            self._sock.setsockopt(zmq.LINGER, 0)
+            self._sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+            # the trailing slash keeps "cam1" from matching "cam10/..."
+            for prefix in ([b""] if cameras is None else [f"{c}/".encode() for c in cameras]):
+                self._sock.setsockopt(zmq.SUBSCRIBE, prefix)
+            for ep in endpoints:
+                self._sock.connect(ep)
+        except BaseException:
+            self._sock.close(linger=0)
+            raise
+        self._poller = zmq.Poller()
+        self._poller.register(self._sock, zmq.POLLIN)
+        self._closed = False
+
+    def recv(self, timeout: float | None = None) -> Message | EndOfStream | None:
+        """The next result or end-of-stream; None if none came within `timeout` seconds.
+
+        `timeout=None` waits forever. Malformed messages are counted and skipped.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if deadline is None:
+                wait_ms = None
+            else:
+                wait_ms = max(0, math.ceil((deadline - time.monotonic()) * 1000))
+            if not self._poller.poll(wait_ms):
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+                continue  # spurious wake-up
+            try:
+                # copy=False: a raw mask is then a view of the received frame, no copy
+                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                continue
+            t_received = time.time_ns()
+            msg = self._handle(frames, t_received)
+            if msg is not None:
+                return msg
+
+    def _handle(self, frames: list[zmq.Frame], t_received: int) -> Message | EndOfStream | None:
+        kind = frames[0].bytes.rpartition(b"/")[2]
+        if kind not in (TOPIC_RESULT.encode(), TOPIC_EOS.encode()):
+            self.ignored += 1  # reserved topics: not ours to decode (yet)
+            return None
+        try:
+            msg = decode(frames, t_received_ns=t_received)
+        except ProtocolError as e:
+            self.malformed += 1
+            log.debug("skipping malformed message on %r: %s", frames[0].bytes[:80], e)
+            return None
+        self.received += 1
+        cam = msg.camera
+        if isinstance(msg, EndOfStream):
+            self._count_gap(cam, msg.last_seq + 1)  # results lost just before the end
+            self._last_seq.pop(cam, None)  # a restarted stream starts afresh
+            self._ended.add(cam)
+        else:
+            self._count_gap(cam, msg.seq)
+            self._last_seq[cam] = msg.seq
+            self._ended.discard(cam)
+        return msg
+
+    def _count_gap(self, camera: str, seq: int) -> None:
+        last = self._last_seq.get(camera)
+        # seq going backwards means the stream restarted: not a gap
+        if last is not None and seq > last + 1:
+            missing = seq - last - 1
+            self.gaps += missing
+            self.gaps_by_camera[camera] = self.gaps_by_camera.get(camera, 0) + missing
+
+    @property
+    def finished(self) -> bool:
+        """True once every listed camera has sent end-of-stream (never without `cameras`)."""
+        return self.cameras is not None and self.cameras <= self._ended
+
+    def __iter__(self) -> Iterator[Message | EndOfStream]:
+        """Blocks for each message; stops once `finished` (the last EOS is yielded)."""
+        while not self.finished:
+            msg = self.recv()
+            if msg is not None:
+                yield msg
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._poller.unregister(self._sock)
+            self._sock.close(linger=0)
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

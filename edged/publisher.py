@@ -1,0 +1,181 @@
+"""ZeroMQ PUB side of the wire protocol: non-blocking sends of encoded frames.
+
+Frames come from `edged.codec.encode_result` / `encode_eos`. A ZeroMQ socket is not
+thread-safe: all calls on one `Publisher` must come from one thread (the daemon's
+publish thread).
+
+Back-pressure: each subscriber connection has its own queue of at most `sndhwm`
+messages inside ZeroMQ. When a subscriber is slow or dead its queue fills and ZeroMQ
+drops further messages *for that subscriber only*, silently: a PUB socket never
+blocks and never reports it, so `send` still returns True. Subscribers see these drops
+as gaps in `seq`. Memory is bounded by about `sndhwm` x message size per subscriber.
+`dropped` counts only sends that ZeroMQ refused outright (socket closed, context
+terminated, ...).
+
+ZeroMQ learns what a subscriber's connection has consumed in batches of about
+sndhwm/2 messages, so a burst larger than roughly sndhwm/2 can be dropped even for a
+fast subscriber: choose `sndhwm` at least twice the largest burst (e.g. one result
+per camera arriving together).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import stat
+from collections.abc import Sequence
+from types import TracebackType
+
+import zmq
+
+log = logging.getLogger(__name__)
+
+# Dead peers (unplugged cable, crashed host) would otherwise hold a connection and its
+# queue until the OS gives up (hours with default TCP keepalive): ZMTP heartbeats and
+# short keepalive timers find them in seconds.
+_HEARTBEAT_IVL_MS = 5000
+_HEARTBEAT_TIMEOUT_MS = 15000
+_KEEPALIVE_IDLE_S = 30
+_KEEPALIVE_INTVL_S = 10
+_KEEPALIVE_CNT = 3
+
+
+class PublishError(RuntimeError):
+    """The publisher could not be set up (e.g. an endpoint cannot be bound)."""
+
+
+def _ipc_path(endpoint: str) -> str | None:
+    """Filesystem path of an ipc:// endpoint, None for the abstract namespace (ipc://@x)."""
+    path = endpoint[len("ipc://"):]
+    return None if path.startswith("@") else path
+
+
+def _remove_stale_ipc(endpoint: str) -> None:
+    """Remove a socket file left behind by a dead process; refuse to steal a live one."""
+    path = _ipc_path(endpoint)
+    if not path or not os.path.lexists(path):
+        return
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError as e:
+        raise PublishError(f"cannot bind {endpoint}: {e.strerror}") from e
+    if not stat.S_ISSOCK(mode):
+        raise PublishError(f"cannot bind {endpoint}: {path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(0.5)
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        pass  # nobody listening: stale
+    except OSError as e:
+        raise PublishError(f"cannot bind {endpoint}: probing {path}: {e.strerror or e}") from e
+    else:
+        raise PublishError(f"cannot bind {endpoint}: another process is listening on {path}")
+    finally:
+        probe.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    log.info("removed stale ipc socket file %s", path)
+
+
+def _check_endpoint(endpoint: str) -> None:
+    scheme, sep, address = endpoint.partition("://")
+    if not sep or scheme not in ("tcp", "ipc", "inproc") or not address:
+        raise PublishError(f"cannot bind {endpoint!r}: expected tcp://host:port, ipc://path "
+                           "or inproc://name")
+    if scheme == "tcp" and address.rpartition(":")[2] in ("*", "0", ""):
+        # subscribers could not know an OS-chosen port
+        raise PublishError(f"cannot bind {endpoint}: give an explicit port")
+
+
+class Publisher:
+    """A PUB socket bound to every endpoint in `endpoints`."""
+
+    def __init__(self, endpoints: Sequence[str], *, sndhwm: int = 8,
+                 context: zmq.Context | None = None, linger_ms: int = 500) -> None:
+        if isinstance(endpoints, str):
+            endpoints = [endpoints]
+        if not endpoints:
+            raise PublishError("no endpoints to bind")
+        if sndhwm < 1:
+            raise ValueError("sndhwm must be >= 1 (0 would mean an unbounded queue)")
+        self.endpoints: tuple[str, ...] = tuple(endpoints)
+        self.sent = 0
+        self.dropped = 0
+        self._ctx = context if context is not None else zmq.Context.instance()
+        self._sock: zmq.Socket = self._ctx.socket(zmq.PUB)
+        try:
+            self._sock.setsockopt(zmq.SNDHWM, sndhwm)
+            self._sock.setsockopt(zmq.LINGER, linger_ms)
+            self._sock.setsockopt(zmq.HEARTBEAT_IVL, _HEARTBEAT_IVL_MS)
+            self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, _HEARTBEAT_TIMEOUT_MS)
+            # socket-wide options; only tcp endpoints use them
+            self._sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+            self._sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, _KEEPALIVE_IDLE_S)
+            self._sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, _KEEPALIVE_INTVL_S)
+            self._sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, _KEEPALIVE_CNT)
+            # ZMQ_IMMEDIATE is not set: it only affects connecting sockets' queues, and
+            # a bound PUB has no queue for a subscriber until it has connected anyway.
+            for ep in self.endpoints:
+                _check_endpoint(ep)
+                if ep.startswith("ipc://"):
+                    _remove_stale_ipc(ep)
+                try:
+                    self._sock.bind(ep)
+                except zmq.ZMQError as e:
+                    raise PublishError(f"cannot bind {ep}: {e.strerror}") from e
+        except BaseException:
+            self._sock.close(linger=0)
+            raise
+        self._closed = False
+
+    def send(self, frames: list[bytes]) -> bool:
+        """Queue one multipart message without blocking; False if it was refused.
+
+        The frames must not be mutated afterwards: the last (mask) frame is sent
+        zero-copy and ZeroMQ reads it from its I/O thread later.
+        """
+        if self._closed or not frames:
+            self.dropped += 1
+            return False
+        sock = self._sock
+        last = len(frames) - 1
+        try:
+            # Reading ZMQ_EVENTS makes libzmq process the I/O thread's pending "subscriber
+            # has read up to here" notices, which zmq_send only does about once per ms.
+            # Without it a quick burst sees a stale, full-looking queue and PUB drops
+            # messages even for a subscriber that keeps up (seen with sndhwm=8).
+            sock.getsockopt(zmq.EVENTS)
+            # PUB sends are all-or-nothing per message: once the first part is
+            # accepted the rest are too, so no half message can be left queued.
+            for i, part in enumerate(frames):
+                if i < last:
+                    sock.send(part, zmq.NOBLOCK | zmq.SNDMORE)
+                else:
+                    # big masks go zero-copy; pyzmq copies below 64 KB anyway
+                    sock.send(part, zmq.NOBLOCK, copy=i < 2)
+        except zmq.Again:
+            self.dropped += 1
+            return False
+        except zmq.ZMQError as e:
+            self.dropped += 1
+            log.debug("publish failed: %s", e)
+            return False
+        self.sent += 1
+        return True
+
+    def close(self) -> None:
+        """Close the socket (queued messages get up to `linger_ms` to leave). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._sock.close()  # libzmq removes the ipc socket files it created
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

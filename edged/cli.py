@@ -9,9 +9,9 @@ import logging
 import signal
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
-from pathlib import Path
 
 log = logging.getLogger("edged")
 
@@ -76,6 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edged.pipeline import Pipeline
 
     pipeline = Pipeline(cfg, runner, frames=args.frames, duration=args.duration)
+    echo = _EchoThread(cfg.publish.endpoints[0]) if args.echo else None
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
@@ -83,11 +84,68 @@ def cmd_run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, _on_signal, pipeline, sig)
         return await pipeline.run()
 
+    if echo is not None:
+        echo.start()
     try:
         return asyncio.run(main())
     except PublishError as e:
         log.error("%s", e)
         return 1
+    finally:
+        if echo is not None:
+            echo.stop()
+
+
+class _EchoThread:
+    """`run --echo`: a real subscriber on the daemon's own endpoint, printing what arrives
+    (at most two lines a second per camera), so one command shows the whole path working."""
+
+    def __init__(self, endpoint: str) -> None:
+        import threading
+
+        self.endpoint = endpoint
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="echo", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2.0)
+
+    def _run(self) -> None:
+        from edged.client import Subscriber
+        from edged.codec import EndOfStream
+
+        last: dict[str, float] = {}
+        with Subscriber(self.endpoint) as sub:
+            while not self._stop.is_set():
+                msg = sub.recv(timeout=0.2)
+                if msg is None or isinstance(msg, EndOfStream):
+                    continue
+                now = time.monotonic()
+                if now - last.get(msg.camera, 0.0) < 0.5:
+                    continue
+                last[msg.camera] = now
+                print(format_message(msg), flush=True)
+
+
+def mask_summary(msg) -> str:
+    if msg.mask is None:
+        return "-"
+    counts = np.bincount(msg.mask.ravel(), minlength=len(msg.mask_classes))
+    total = max(int(counts.sum()), 1)
+    return " ".join(f"{msg.mask_classes[i] if i < len(msg.mask_classes) else i} "
+                    f"{100 * c / total:.0f}%" for i, c in enumerate(counts) if c)
+
+
+def format_message(msg) -> str:
+    dets = ", ".join(f"{c} {s:.2f}" for c, s in zip(msg.labels(), msg.scores)) or "-"
+    flags = f" [{','.join(msg.flags)}]" if msg.flags else ""
+    return (f"{msg.camera} #{msg.seq:<5d} e2e {msg.latency_ms:5.1f} ms  "
+            f"inference {msg.timings_ms.get('inference', float('nan')):5.1f} ms  "
+            f"dets: {dets}  mask: {mask_summary(msg)}{flags}")
 
 
 def _on_signal(pipeline, sig: signal.Signals) -> None:
@@ -152,18 +210,15 @@ def cmd_echo(args: argparse.Namespace) -> int:
                 present = [msg.mask_classes[i] if i < len(msg.mask_classes) else str(i)
                            for i in ids]
             labels = msg.labels()
-            if args.json:
+            if not args.json:
+                print(format_message(msg), flush=True)
+            else:
                 print(json.dumps({
                     "camera": msg.camera, "seq": msg.seq, "latency_ms": round(msg.latency_ms, 2),
                     "detections": [{"class": c, "score": round(float(s), 3),
                                     "box": [round(float(v), 1) for v in b]}
                                    for c, s, b in zip(labels, msg.scores, msg.boxes)],
                     "mask_classes": present, "flags": list(msg.flags)}), flush=True)
-            else:
-                dets = ", ".join(f"{c} {s:.2f}" for c, s in zip(labels, msg.scores)) or "-"
-                flags = f" [{','.join(msg.flags)}]" if msg.flags else ""
-                print(f"{msg.camera} #{msg.seq} {msg.latency_ms:6.1f} ms  dets: {dets}  "
-                      f"mask: {'/'.join(present) or '-'}{flags}", flush=True)
         if sub.gaps:
             print(f"edged echo: {sub.gaps} frame(s) missing in sequence numbers", file=sys.stderr)
     return 0
@@ -211,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--frames", type=int, help="stop each camera after N processed frames")
     g.add_argument("--duration", type=float, help="stop after S seconds")
     r.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    r.add_argument("--echo", action="store_true",
+                   help="also subscribe to the first endpoint and print what arrives")
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("check", help="validate the config and the model, exit 0 or 1")

@@ -19,7 +19,7 @@ import numpy as np
 import zmq
 import zstandard as zstd
 
-from edged.results import Result
+from edged.results import Result, nearest_indices
 
 PROTOCOL_VERSION = 1
 MaskEncoding = Literal["raw", "zstd", "png"]
@@ -143,16 +143,6 @@ def decode_mask(data: bytes | memoryview, shape: tuple[int, int], encoding: str)
     except (zstd.ZstdError, cv2.error, ValueError, TypeError) as e:
         raise ProtocolError(f"mask: cannot decode {encoding}: {e}") from e
     raise ProtocolError(f"mask: unknown encoding {encoding!r}")
-
-
-def nearest_indices(src: int, dst: int) -> np.ndarray:
-    """Source index sampled by each of `dst` output cells: floor((2i + 1) * src / (2 dst)).
-
-    Centre-aligned nearest neighbour in exact integer arithmetic (cv2's INTER_NEAREST
-    and INTER_NEAREST_EXACT round differently for some sizes); the protocol defines
-    the mask -> camera mapping by this formula so every language gets the same pixels.
-    """
-    return (2 * np.arange(dst, dtype=np.int64) + 1) * src // (2 * dst)
 
 
 # ----------------------------------------------------------------------------- encode

@@ -63,7 +63,8 @@ KNOWN_FORMATS: Final = ("auto", "yoeo")
 KNOWN_PROVIDERS: Final = ("cpu", "cuda", "tensorrt", "openvino")
 BUILTIN_PREFIX: Final = "builtin:"
 BUILTIN_MODELS_DIR: Final = Path(__file__).parent / "models"
-CAMERA_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# a leading "_" is kept for daemon-wide topics such as "_stats"
+CAMERA_NAME_RE: Final = re.compile(r"^[A-Za-z0-9.-][A-Za-z0-9_.-]{0,63}$")
 IMAGE_EXTENSIONS: Final = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 URL_SCHEMES: Final = frozenset({"rtsp", "rtsps", "http", "https", "udp"})
 # The sections a config file may have; `source_file` is a Config field but is set by the

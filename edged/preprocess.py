@@ -32,7 +32,8 @@ class Letterbox:
     def fit(cls, frame_w: int, frame_h: int, input_w: int, input_h: int, mode: Resize = "letterbox",
             align: Literal["center", "topleft"] = "center") -> Letterbox:
         if mode == "stretch":
-            return cls(input_w / frame_w, input_h / frame_h, 0, 0, input_w, input_h, input_w, input_h)
+            return cls(input_w / frame_w, input_h / frame_h, 0, 0, input_w, input_h, input_w,
+                       input_h)
         r = min(input_w / frame_w, input_h / frame_h)
         cw, ch = min(input_w, round(frame_w * r)), min(input_h, round(frame_h * r))
         px, py = ((input_w - cw) // 2, (input_h - ch) // 2) if align == "center" else (0, 0)

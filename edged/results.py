@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
 from edged.preprocess import Letterbox
+
+
+def nearest_indices(src: int, dst: int) -> np.ndarray:
+    """Source index sampled by each of `dst` output cells: floor((2i + 1) * src / (2 dst)).
+
+    Centre-aligned nearest neighbour in exact integer arithmetic (cv2's INTER_NEAREST
+    and INTER_NEAREST_EXACT round differently for some sizes); the protocol defines
+    the mask -> camera mapping by this formula so every language gets the same pixels.
+    """
+    return (2 * np.arange(dst, dtype=np.int64) + 1) * src // (2 * dst)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +68,17 @@ class Result:
     flags: tuple[str, ...] = ()
 
     def mask_camera(self) -> np.ndarray | None:
-        """The class-index mask at camera resolution (nearest neighbour)."""
+        """The class-index mask at camera resolution, by the wire protocol's rule, so the
+        daemon and every subscriber get the same pixels."""
         if self.mask is None:
             return None
-        if self.mask.shape == (self.frame_h, self.frame_w):
+        mh, mw = self.mask.shape
+        if (mh, mw) == (self.frame_h, self.frame_w):
             return self.mask
-        return cv2.resize(self.mask, (self.frame_w, self.frame_h), interpolation=cv2.INTER_NEAREST)
+        return self.mask.take(nearest_indices(mh, self.frame_h), axis=0).take(
+            nearest_indices(mw, self.frame_w), axis=1)
 
     def class_name(self, class_id: int) -> str:
-        return self.class_names[class_id] if 0 <= class_id < len(self.class_names) else str(class_id)
+        if 0 <= class_id < len(self.class_names):
+            return self.class_names[class_id]
+        return str(class_id)

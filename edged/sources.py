@@ -339,7 +339,8 @@ class CaptureThread:
                     if not self.source.live:
                         self._set_state("failed", str(e))
                         return
-                    self._set_state("reconnecting", f"{e}; retrying every <= {self.backoff[1]:.0f} s")
+                    self._set_state("reconnecting",
+                                    f"{e}; retrying every <= {self.backoff[1]:.0f} s")
                     self._stop.wait(delay)
                     delay = min(delay * 2, self.backoff[1])
                     continue

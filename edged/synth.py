@@ -161,8 +161,8 @@ def _draw_backdrop(rng: np.random.Generator) -> np.ndarray:
         cv2.rectangle(img, (x, y - bh), (x + bw, y), color.tolist(), -1)
     for _ in range(int(rng.integers(3, 10))):  # people / stands silhouettes
         x = int(rng.integers(0, w))
-        cv2.ellipse(img, (x, h - 20), (int(rng.integers(8, 25)), int(rng.integers(40, 120))), 0, 180,
-                    360, rng.uniform(0, 255, 3).tolist(), -1)
+        axes = (int(rng.integers(8, 25)), int(rng.integers(40, 120)))
+        cv2.ellipse(img, (x, h - 20), axes, 0, 180, 360, rng.uniform(0, 255, 3).tolist(), -1)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -200,7 +200,8 @@ def _robot_sprites(rng: np.random.Generator) -> tuple[tuple[np.ndarray, np.ndarr
             cv2.line(img, (sx, sy), (ex, ey), limb, 7)
         # head
         cv2.circle(img, (32, 22 + int(12 * crouch)), 12, head, -1)
-        cv2.rectangle(img, (24, 18 + int(12 * crouch)), (40, 24 + int(12 * crouch)), (20, 20, 20), -1)
+        cy = int(12 * crouch)
+        cv2.rectangle(img, (24, 18 + cy), (40, 24 + cy), (20, 20, 20), -1)
         alpha = (img.max(axis=2) > 0).astype(np.uint8)
         # paint pure black pixels of the sprite to a dark grey so alpha stays the drawn shape
         img[alpha.astype(bool) & (img.max(axis=2) < 10)] = 15
@@ -222,16 +223,18 @@ def _layout(seed: int) -> _Layout:
             vx=float(rng.uniform(-0.01, 0.01)), vy=float(rng.uniform(-0.01, 0.01)),
             height=float(rng.uniform(0.4, 0.9)), width=0.0,
             sprites=_robot_sprites(rng)))
-    robots = [r.__class__(r.x, r.y, r.vx, r.vy, r.height, r.height * 0.5, r.sprites) for r in robots]
-    ball = (float(rng.uniform(-3.5, 3.5)), float(rng.uniform(-2.5, 2.5)), float(rng.uniform(0, 1.5)),
-            float(rng.uniform(0, 1.0)), float(rng.uniform(0, math.tau)))
+    robots = [_Robot(r.x, r.y, r.vx, r.vy, r.height, r.height * 0.5, r.sprites) for r in robots]
+    ball = (float(rng.uniform(-3.5, 3.5)), float(rng.uniform(-2.5, 2.5)),
+            float(rng.uniform(0, 1.5)), float(rng.uniform(0, 1.0)),
+            float(rng.uniform(0, math.tau)))
     ball_colors = (tuple(int(c) for c in rng.uniform(200, 255, 3)),
                    tuple(int(c) for c in rng.uniform(0, 80, 3)))
     if rng.uniform() < 0.3:  # an orange ball now and then
         ball_colors = ((30, 120, 240), (20, 60, 160))
     # camera path: a start position, walking direction and head-scan oscillation
     path = np.array([
-        rng.uniform(-FIELD_LENGTH / 2, FIELD_LENGTH / 2), rng.uniform(-FIELD_WIDTH / 2, FIELD_WIDTH / 2),
+        rng.uniform(-FIELD_LENGTH / 2, FIELD_LENGTH / 2),
+        rng.uniform(-FIELD_WIDTH / 2, FIELD_WIDTH / 2),
         rng.uniform(0, math.tau),  # walking heading
         rng.uniform(0.002, 0.01),  # walking speed, m per frame
         rng.uniform(0.3, 1.1),  # head-scan amplitude (rad)
@@ -244,8 +247,8 @@ def _layout(seed: int) -> _Layout:
     light = np.array([rng.uniform(0.65, 1.3), rng.uniform(0.0, 0.25), rng.uniform(0.005, 0.03),
                       rng.uniform(-0.08, 0.08), rng.uniform(-0.08, 0.08), rng.uniform(0, math.tau)])
     return _Layout(texture, labels, backdrop, noise, float(rng.uniform(0.35, 0.9)),
-                   float(rng.uniform(math.radians(60), math.radians(90))), path, tuple(robots), ball,
-                   ball_colors, tuple(int(c) for c in rng.uniform(200, 255, 3)), light)
+                   float(rng.uniform(math.radians(60), math.radians(90))), path, tuple(robots),
+                   ball, ball_colors, tuple(int(c) for c in rng.uniform(200, 255, 3)), light)
 
 
 # ----------------------------------------------------------------------------- camera
@@ -334,10 +337,7 @@ def render(seed: int, index: int, width: int = 640, height: int = 480) -> Scene:
         yaw = math.atan2(rot[2, 1], rot[2, 0])
         off = int((yaw / math.tau) * bd.shape[1]) % bd.shape[1]
         # horizon row at the image centre column, so the backdrop sits on it
-        if abs(a[1]) > 1e-9:
-            hv = -(a[0] * width / 2 + a[2]) / a[1]
-        else:
-            hv = height / 2
+        hv = -(a[0] * width / 2 + a[2]) / a[1] if abs(a[1]) > 1e-9 else height / 2
         scale = height / 300.0
         strip_h = int(bd.shape[0] * scale)
         strip_w = int(width / scale) + 2

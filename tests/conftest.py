@@ -40,7 +40,7 @@ class Daemon:
     def __init__(self, config: Path, *args: str, log_path: Path) -> None:
         self.log_path = log_path
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self._log = open(log_path, "wb")
+        self._log = open(log_path, "wb")  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "-c", str(config),
                                       *args], stdout=self._log, stderr=subprocess.STDOUT, env=env)
 

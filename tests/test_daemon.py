@@ -223,8 +223,9 @@ def test_check_reports_config_and_model(tmp_path, test_model, tcp_endpoint):
      3, "model.conf_threshold"),
     ("model:\n  path: m.onnx\ncameras:\n  a:\n    source: synthetic\npublish:\n"
      "  mask_encoding: lz5\n", 7, "publish.mask_encoding"),
-    ("model:\n  path: m.onnx\ncameras:\n  a:\n    fps: 3\n", 5, "source"),
-    ("model:\n  path: m.onnx\ncameras:\n  a:\n    source: [synthetic\n", 5, "cfg.yaml:"),
+    ("model:\n  path: m.onnx\ncameras:\n  a:\n    fps: 3\n", 4, "cameras.a.source"),
+    ("model:\n  path: m.onnx\ncameras:\n  a:\n    source: [synthetic\n", 6,
+     "YAML syntax error"),
     ("model:\n  path: m.onnx\ncameras:\n  a:\n    source: rtsp://u:${NO_SUCH_VAR_X}@h/s\n",
      5, "NO_SUCH_VAR_X"),
 ])

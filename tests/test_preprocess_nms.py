@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from edged.nms import box_iou, nms
-from edged.preprocess import Letterbox, PreprocessSpec, Preprocessor
+from edged.preprocess import Letterbox, Preprocessor, PreprocessSpec
 
 
 def naive(frame: np.ndarray, spec: PreprocessSpec) -> np.ndarray:

@@ -90,7 +90,8 @@ def test_unknown_graph_names_its_outputs(tmp_path):
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(path))
-    with pytest.raises(ModelError, match=r"no known model format fits.*outputs: y float32\[1, 3, 8, 8\]"):
+    with pytest.raises(ModelError,
+                       match=r"no known model format fits.*outputs: y float32\[1, 3, 8, 8\]"):
         ModelRunner(ModelOptions(path=path))
 
 

@@ -108,9 +108,10 @@ def detection_loss(raw: list[torch.Tensor], labels: torch.Tensor) -> tuple[torch
             gxy = cxy.floor()
             frac = cxy - gxy
             # centre cell plus the two nearest neighbours (the decode reaches -0.5..1.5)
+            zero = torch.zeros(len(sel))
             offs = [torch.zeros_like(gxy),
-                    torch.stack([torch.where(frac[:, 0] < 0.5, -1.0, 1.0), torch.zeros(len(sel))], 1),
-                    torch.stack([torch.zeros(len(sel)), torch.where(frac[:, 1] < 0.5, -1.0, 1.0)], 1)]
+                    torch.stack([torch.where(frac[:, 0] < 0.5, -1.0, 1.0), zero], 1),
+                    torch.stack([zero, torch.where(frac[:, 1] < 0.5, -1.0, 1.0)], 1)]
             cells = torch.cat([gxy + o for o in offs])
             rep = sel.repeat(3, 1)
             ok = (cells[:, 0] >= 0) & (cells[:, 0] < gw) & (cells[:, 1] >= 0) & (cells[:, 1] < gh)
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     loader = DataLoader(SceneStream(args.seed), batch_size=args.batch, collate_fn=collate,
                         num_workers=args.workers, persistent_workers=args.workers > 0,
                         prefetch_factor=4 if args.workers > 0 else None)
-    log = open(args.out / "train.log", "a")
+    log = open(args.out / "train.log", "a")  # noqa: SIM115 (open for the whole run)
     t0 = time.time()
     net.train()
     for it, (imgs, segs, labels) in enumerate(loader):
@@ -202,7 +203,8 @@ def main(argv: list[str] | None = None) -> None:
                     pe.copy_(pn)
         if it % 25 == 0 or it == args.iters - 1:
             rec = {"it": it, "t": round(time.time() - t0, 1), "loss": round(loss.item(), 4),
-                   "seg": round(lseg.item(), 4), **{k: round(v.item(), 4) for k, v in parts.items()},
+                   "seg": round(lseg.item(), 4),
+                   **{k: round(v.item(), 4) for k, v in parts.items()},
                    "lr": round(lr_at(it), 6)}
             print(json.dumps(rec), flush=True)
             log.write(json.dumps(rec) + "\n")

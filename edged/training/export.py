@@ -1,0 +1,135 @@
+"""Export a trained checkpoint with the YOEO contract: fp32 ONNX + static QDQ int8 ONNX.
+
+    python -m edged.training.export --checkpoint models/train-run/checkpoint.pt --out models
+
+Calibration frames are synthetic scenes from training seeds, run through edged's own
+pre-processing, so the int8 ranges are those of the tensors the daemon feeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edged.manifest import Manifest
+from edged.preprocess import Preprocessor, PreprocessSpec
+from edged.synth import CLASS_NAMES, SEG_CLASS_NAMES, render
+from edged.training.model import DemoYOEO, ExportWrapper
+
+CALIBRATION_SEED = 700_000  # a training-range seed block, never an evaluation seed
+# final layers stay in float: their outputs are scores and logits where int8 steps show
+KEEP_FLOAT_PREFIXES = ("/net/head.", "/net/seg/")
+
+
+def conv_flops(net: torch.nn.Module, size: int = 416) -> float:
+    total = 0
+
+    def hook(m: torch.nn.Conv2d, _i: object, o: torch.Tensor) -> None:
+        nonlocal total
+        k = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+        total += 2 * o.numel() * k
+
+    hs = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        net(torch.zeros(1, 3, size, size))
+    for h in hs:
+        h.remove()
+    return total / 1e9
+
+
+def calibration_tensors(count: int, spec: PreprocessSpec) -> list[np.ndarray]:
+    pre = Preprocessor(spec)
+    out = []
+    for i in range(count):
+        scene = render(CALIBRATION_SEED + i // 8, (i % 8) * 131, 640, 480)
+        pre(scene.image)
+        out.append(pre.tensor.copy())
+    return out
+
+
+def quantize(fp32: Path, out: Path, tensors: list[np.ndarray], keep_float: bool = True) -> None:
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(tensors)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            t = next(self.it, None)
+            return None if t is None else {"InputLayer": t}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32), str(pre))
+        model = onnx.load(str(pre))
+        exclude = [n.name for n in model.graph.node
+                   if keep_float and n.name.startswith(KEEP_FLOAT_PREFIXES)]
+        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=exclude)
+
+
+def manifest(name: str, precision: str, extra: dict) -> Manifest:
+    return Manifest(format="yoeo", name=name, input_name="InputLayer",
+                    outputs={"detections": "Detections", "segmentation": "Segmentations"},
+                    preprocess=PreprocessSpec(), classes=CLASS_NAMES, seg_classes=SEG_CLASS_NAMES,
+                    conf_threshold=0.5, iou_threshold=0.4, max_detections=300,
+                    extra={"precision": precision, **extra})
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--checkpoint", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=Path("models"))
+    ap.add_argument("--name", default="yoeo-demo")
+    ap.add_argument("--calibration-frames", type=int, default=256)
+    ap.add_argument("--all-int8", action="store_true", help="quantize the final layers too")
+    args = ap.parse_args(argv)
+
+    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    net = DemoYOEO()
+    net.load_state_dict(ckpt["model"])
+    net.eval()
+    gflops = conv_flops(net)
+    params = sum(p.numel() for p in net.parameters())
+    args.out.mkdir(parents=True, exist_ok=True)
+    fp32 = args.out / f"{args.name}-fp32.onnx"
+    int8 = args.out / f"{args.name}-int8.onnx"
+    torch.onnx.export(ExportWrapper(net), torch.zeros(1, 3, 416, 416), str(fp32),
+                      input_names=["InputLayer"], output_names=["Detections", "Segmentations"],
+                      opset_version=17, dynamo=False)
+    t = time.time()
+    quantize(fp32, int8, calibration_tensors(args.calibration_frames, PreprocessSpec()),
+             keep_float=not args.all_int8)
+    info = {"gflops": round(gflops, 3), "parameters": params,
+            "training_iterations": ckpt.get("it"),
+            "training_seconds": round(float(ckpt.get("seconds", 0.0)), 1),
+            "training_args": ckpt.get("args", {})}
+    fp32.with_suffix(".json").write_text(manifest(f"{args.name}-fp32", "fp32", info).to_json())
+    int8.with_suffix(".json").write_text(manifest(f"{args.name}-int8", "int8", info | {
+        "quantization": "static QDQ, U8 activations / S8 per-channel weights, MinMax, "
+                        f"{args.calibration_frames} synthetic frames"
+                        + ("" if args.all_int8 else "; detection and segmentation output "
+                           "convolutions kept in float")}).to_json())
+    print(json.dumps({"fp32": str(fp32), "int8": str(int8), "gflops": gflops, "params": params,
+                      "quantize_seconds": round(time.time() - t, 1),
+                      "bytes": {p.name: p.stat().st_size for p in (fp32, int8)}}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -93,12 +93,12 @@ class DetMeter:
         return out
 
 
-def scene_ids(scenes: int, seed: int, per_sequence: int = 10) -> list[tuple[int, int]]:
+def scene_ids(scenes: int, seed: int, per_sequence: int = 4) -> list[tuple[int, int]]:
     """(sequence seed, frame index) pairs: `per_sequence` frames spread over each sequence."""
     out = []
     for i in range(scenes):
         seq = seed + i // per_sequence
-        out.append((seq, (i % per_sequence) * 97 + 13))
+        out.append((seq, (i % per_sequence) * 241 + 13))
     return out
 
 

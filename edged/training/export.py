@@ -76,8 +76,11 @@ def quantize(fp32: Path, out: Path, tensors: list[np.ndarray], keep_float: bool 
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre))
         model = onnx.load(str(pre))
-        exclude = [n.name for n in model.graph.node
-                   if keep_float and n.name.startswith(KEEP_FLOAT_PREFIXES)]
+        # the box decode after the network (sigmoids, grid offsets, the concat of pixel
+        # coordinates with probabilities) must stay float: one uint8 scale cannot hold
+        # both 0..416 and 0..1
+        exclude = [n.name for n in model.graph.node if not n.name.startswith("/net/")
+                   or (keep_float and n.name.startswith(KEEP_FLOAT_PREFIXES))]
         quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,

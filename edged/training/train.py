@@ -30,9 +30,12 @@ from edged.training.model import ANCHORS, NUM_CLASSES, STRIDES, DemoYOEO, decode
 EVAL_SEED_BASE = 1_000_000
 SPEC = PreprocessSpec()
 FRAME_SIZES = ((640, 480), (640, 480), (640, 480), (640, 360), (480, 480), (800, 600))
-LEVEL_RANGES = ((0.0, 40.0), (40.0, 120.0), (120.0, 1e9))  # box max side per level (input px)
+# box max side per level (input px); the ranges overlap so that objects near a boundary
+# train both levels
+LEVEL_RANGES = ((0.0, 48.0), (32.0, 144.0), (96.0, 1e9))
 OBJ_BALANCE = (4.0, 1.0, 0.4)
 FRAMES_PER_SEQUENCE = 24
+SEQUENCE_POOL = 6  # sequences drawn from at once, so one batch mixes several scenes
 
 
 class SceneStream(IterableDataset):
@@ -46,13 +49,16 @@ class SceneStream(IterableDataset):
         wid = 0 if info is None else info.id
         rng = np.random.default_rng([self.seed, wid])
         cv2.setNumThreads(1)
-        n_left, seq = 0, 0
+        # several frames per sequence: building a sequence's layout costs far more than
+        # rendering one of its frames (the renderer caches the last 8 layouts)
+        pool = [[int(rng.integers(0, EVAL_SEED_BASE)), FRAMES_PER_SEQUENCE]
+                for _ in range(SEQUENCE_POOL)]
         while True:
-            # several frames per sequence: building a sequence's layout costs far more than
-            # rendering one of its frames
-            if n_left == 0:
-                seq, n_left = int(rng.integers(0, EVAL_SEED_BASE)), FRAMES_PER_SEQUENCE
-            n_left -= 1
+            slot = pool[int(rng.integers(SEQUENCE_POOL))]
+            if slot[1] == 0:
+                slot[:] = [int(rng.integers(0, EVAL_SEED_BASE)), FRAMES_PER_SEQUENCE]
+            slot[1] -= 1
+            seq = slot[0]
             w, h = FRAME_SIZES[int(rng.integers(len(FRAME_SIZES)))]
             scene = render(seq, int(rng.integers(0, 20000)), w, h)
             img, box = letterbox_image(scene.image, SPEC)
@@ -128,10 +134,12 @@ def detection_loss(raw: list[torch.Tensor], labels: torch.Tensor) -> tuple[torch
             obj_t[bi, cells[:, 1], cells[:, 0]] = 1.0
             npos += len(rep)
         total_obj = total_obj + OBJ_BALANCE[lvl] * F.binary_cross_entropy_with_logits(
-            r[:, 4], obj_t)
+            r[:, 4], obj_t, reduction="sum")
+    # every term is normalised by the number of positives (as in YOLOX): a mean over all
+    # cells would give the few positive cells almost no gradient
     n = max(npos, 1)
-    parts = {"box": total_box / n, "cls": total_cls / n, "obj": total_obj}
-    return 5.0 * parts["box"] + 1.0 * parts["cls"] + 10.0 * parts["obj"], parts
+    parts = {"box": total_box / n, "cls": total_cls / n, "obj": total_obj / n}
+    return 5.0 * parts["box"] + 1.0 * parts["cls"] + 1.0 * parts["obj"], parts
 
 
 SEG_WEIGHTS = torch.tensor([1.0, 2.0, 1.0])

@@ -226,17 +226,23 @@ class Pipeline:
             last = now
 
     def _log_stats(self, elapsed: float, final: bool = False) -> None:
+        """One line per camera: the last window's rates, or whole-run rates when final."""
         for cam in self.cameras.values():
             s = cam.stats
             captured = cam.handoff.put_count
-            cap_fps = (captured - s.captured_at_report) / max(elapsed, 1e-9)
-            proc_fps = s.window_processed / max(elapsed, 1e-9)
+            if final:
+                cap_fps = captured / max(elapsed, 1e-9)
+                proc_fps = s.processed / max(elapsed, 1e-9)
+            else:
+                cap_fps = (captured - s.captured_at_report) / max(elapsed, 1e-9)
+                proc_fps = s.window_processed / max(elapsed, 1e-9)
             e2e = np.percentile(np.fromiter(s.e2e_ms, float), [50, 90, 99]) if s.e2e_ms else \
                 [float("nan")] * 3
             inf = float(np.median(np.fromiter(s.infer_ms, float))) if s.infer_ms else float("nan")
             log.info("%s %s: capture %.1f fps, processed %.1f fps, e2e p50/p90/p99 "
                      "%.1f/%.1f/%.1f ms, inference p50 %.1f ms, dropped %d (overwritten), "
-                     "errors %d, state %s", "final" if final else "stats", cam.name, cap_fps,
-                     proc_fps, *e2e, inf, cam.handoff.overwritten, s.errors, cam.capture.state)
+                     "errors %d, state %s%s", "final" if final else "stats", cam.name, cap_fps,
+                     proc_fps, *e2e, inf, cam.handoff.overwritten, s.errors, cam.capture.state,
+                     f", {s.processed} frames in {elapsed:.1f} s" if final else "")
             s.captured_at_report = captured
             s.window_processed = 0

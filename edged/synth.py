@@ -351,7 +351,7 @@ def render(seed: int, index: int, width: int = 640, height: int = 480) -> Scene:
             canvas[y0:y1] = strip[y0 - top:y1 - top]
         if top + strip_h < height:
             canvas[max(top + strip_h, 0):] = strip[-1]
-        image[sky_mask] = canvas[sky_mask]
+        np.copyto(image, canvas, where=sky_mask[:, :, None])
         seg[sky_mask] = 0
 
     boxes, classes = _draw_objects(lay, index, k, rot, centre, image, seg, width, height)
@@ -360,23 +360,29 @@ def render(seed: int, index: int, width: int = 640, height: int = 480) -> Scene:
     li = lay.light
     gain = li[0] * (1 + li[1] * math.sin(li[2] * index + li[5]))
     cast = np.array([1 + li[3], 1.0, 1 + li[4]], np.float32) * gain
-    img = image.astype(np.float32)
-    img *= cast
+    img = np.multiply(image, cast, dtype=np.float32)
     # motion blur along the direction of head motion when the head turns quickly
     if speed > 0.012:
         n = min(9, int(speed * 250) | 1)
         kern = np.zeros((n, n), np.float32)
         kern[n // 2, :] = 1.0 / n
         img = cv2.filter2D(img, -1, kern)
-    # sensor noise from a per-seed tile, shifted per frame
+    # sensor noise from a per-seed periodic tile, shifted per frame
     sigma = 2.0 + 4.0 * (1.0 / max(gain, 0.5))
-    nz = lay.noise
-    r0, c0 = (index * 37) % nz.shape[0], (index * 91) % nz.shape[1]
-    tile = np.roll(nz, (-r0, -c0), axis=(0, 1))
-    reps = (height // nz.shape[0] + 1, width // nz.shape[1] + 1, 1)
-    img += np.tile(tile, reps)[:height, :width] * sigma
+    th, tw = lay.noise.shape[:2]
+    r0, c0 = (index * 37) % th, (index * 91) % tw
+    cv2.scaleAdd(_noise_field(int(seed), height + th, width + tw)[r0:r0 + height, c0:c0 + width],
+                 sigma, img, dst=img)
     np.clip(img, 0, 255, out=img)
     return Scene(img.astype(np.uint8), seg, boxes, classes)
+
+
+@lru_cache(maxsize=8)
+def _noise_field(seed: int, height: int, width: int) -> np.ndarray:
+    """The seed's noise tile repeated to cover `height` x `width` (crops of it are shifts)."""
+    nz = _layout(seed).noise
+    reps = (height // nz.shape[0] + 1, width // nz.shape[1] + 1, 1)
+    return np.ascontiguousarray(np.tile(nz, reps)[:height, :width])
 
 
 def _clip_halfplane(poly: np.ndarray, vals: np.ndarray) -> np.ndarray:

@@ -1,0 +1,94 @@
+"""The shipped demo model: accuracy on unseen synthetic scenes, through edged itself."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edged.client import Subscriber
+from edged.codec import Message
+from edged.evaluate import DetMeter, SegMeter
+from edged.manifest import load_manifest
+from edged.synth import CLASS_NAMES, SEG_CLASS_NAMES, render
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+INT8 = MODELS / "yoeo-demo-int8.onnx"
+FP32 = MODELS / "yoeo-demo-fp32.onnx"
+# a few points under the model card's figures (500 scenes); these runs use fewer scenes
+MIN_MIOU = 0.87
+MIN_MAP = 0.80
+
+
+def test_shipped_models_follow_the_yoeo_contract():
+    import onnxruntime as ort
+
+    total = 0
+    for path in (FP32, INT8):
+        total += path.stat().st_size
+        s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (inp,) = s.get_inputs()
+        assert (inp.name, inp.type, inp.shape) == ("InputLayer", "tensor(float)", [1, 3, 416, 416])
+        det, seg = s.get_outputs()
+        assert (det.name, det.type) == ("Detections", "tensor(float)")
+        assert det.shape[0] == 1 and det.shape[2] == 8
+        assert (seg.name, seg.type, seg.shape) == ("Segmentations", "tensor(uint8)",
+                                                   [1, 416, 416])
+        m = load_manifest(path.with_suffix(".json"))
+        assert m.format == "yoeo" and m.classes == CLASS_NAMES and m.seg_classes == SEG_CLASS_NAMES
+    assert total <= 10 * 1024 * 1024
+
+
+def test_eval_command_meets_the_model_card(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "edged", "eval", "--model", str(INT8), "--scenes",
+                        "60", "--seed", "1000000", "--json"], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    assert res["scenes"] == 60
+    assert set(res["iou"]) == set(SEG_CLASS_NAMES) and set(res["ap50"]) == set(CLASS_NAMES)
+    assert res["miou"] >= MIN_MIOU, res
+    assert res["map50"] >= MIN_MAP, res
+
+
+def test_subscriber_sees_the_scene_ground_truth(tmp_path, tcp_endpoint, start_daemon):
+    """The demo model on the synthetic camera, scored on what a subscriber receives."""
+    seed = 1_000_123  # an evaluation seed, never used in training
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"""\
+model:
+  path: {INT8}
+  threads: 1
+  conf_threshold: 0.05
+cameras:
+  robot_head:
+    source: synthetic
+    mode: every_frame
+    fps: 15
+    seed: {seed}
+publish:
+  endpoints: [{tcp_endpoint}]
+""")
+    seg, det = SegMeter(3), DetMeter(3)
+    got: list[Message] = []
+    with Subscriber(tcp_endpoint, ["robot_head"]) as sub:
+        d = start_daemon(cfg)
+        end = time.monotonic() + 60
+        while len(got) < 60 and time.monotonic() < end:
+            msg = sub.recv(timeout=0.5)
+            if isinstance(msg, Message):
+                got.append(msg)
+        assert d.terminate()[0] == 0
+    assert len(got) >= 50, d.log()
+    for msg in got:
+        truth = render(seed, msg.seq, 640, 480)  # the camera renders frame `seq` of `seed`
+        seg.add(msg.mask_camera(), truth.segmentation)
+        det.add(msg.boxes, msg.scores, msg.class_ids, truth.boxes, truth.classes)
+    miou = float(np.nanmean(seg.iou()))
+    map50 = float(np.nanmean(det.ap()))
+    assert miou >= MIN_MIOU, seg.iou()
+    assert map50 >= MIN_MAP - 0.1, det.ap()  # one sequence: fewer, correlated objects

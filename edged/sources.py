@@ -164,6 +164,10 @@ class CaptureSource:
     def open(self) -> None:
         if isinstance(self.target, str) and not self.live and not Path(self.target).is_file():
             raise SourceError(f"video file not found: {self.target}")
+        # a device that is not plugged in (yet): retried with backoff like any live failure
+        if self.backend == cv2.CAP_V4L2 and isinstance(self.target, str) and \
+                not os.path.exists(self.target):
+            raise SourceError(f"V4L2 device {self.target} does not exist")
         cap = cv2.VideoCapture(self.target, self.backend)
         for prop, value in self.props.items():
             cap.set(prop, value)
@@ -270,8 +274,6 @@ def make_source(kind: str, source: str, *, width: int | None = None, height: int
             props[cv2.CAP_PROP_FPS] = fps
         props[cv2.CAP_PROP_BUFFERSIZE] = 1  # never hand out a stale driver buffer
         target: str | int = int(source) if source.isdigit() else source
-        if isinstance(target, str) and not os.path.exists(target):
-            raise SourceError(f"V4L2 device {target} does not exist")
         return CaptureSource(target, cv2.CAP_V4L2, live=True, props=props,
                              description=f"V4L2 {source}")
     if kind == "url":

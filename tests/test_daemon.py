@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -163,7 +164,9 @@ def test_bad_camera_does_not_stop_the_others(tmp_path, test_model, tcp_endpoint,
     source: synthetic
     fps: 20
   missing:
-    source: {tmp_path}/does-not-exist.mp4""")
+    source: {tmp_path}/does-not-exist.mp4
+  unplugged:
+    source: /dev/video99""")
     with Subscriber(tcp_endpoint) as sub:
         d = start_daemon(cfg)
         msgs = receive(sub, 10)
@@ -171,8 +174,36 @@ def test_bad_camera_does_not_stop_the_others(tmp_path, test_model, tcp_endpoint,
         good = [m for m in msgs if isinstance(m, Message)]
         assert len(good) >= 8 and all(m.camera == "good" for m in good)
         assert [e.camera for e in eos] <= ["missing"]
-        assert d.terminate()[0] == 0
-    assert "video file not found" in d.log()
+        code, took = d.terminate()  # while "unplugged" waits in its reconnect backoff
+        assert code == 0 and took < 5.0
+        rest = receive(sub, 100, timeout=2.0)
+    assert {m.camera for m in rest if isinstance(m, EndOfStream)} >= {"good", "unplugged"}
+    log = d.log()
+    assert "video file not found" in log
+    # a live device is retried, but its failure is logged once, not once per attempt
+    assert log.count("V4L2 device /dev/video99 does not exist") == 1
+    assert "camera unplugged: reconnecting" in log
+
+
+def test_echo_prints_one_json_line_per_message(tmp_path, test_model, tcp_endpoint,
+                                               start_daemon):
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, [tcp_endpoint], """\
+  front:
+    source: synthetic
+    fps: 20""")
+    d = start_daemon(cfg)
+    d.wait_for("ready")
+    p = run_cli("echo", "--connect", tcp_endpoint, "--camera", "front", "--count", "5", "--json",
+                "--timeout", "30")
+    assert p.returncode == 0, p.stderr
+    lines = [json.loads(line) for line in p.stdout.splitlines()]
+    assert len(lines) == 5
+    assert [ln["seq"] for ln in lines] == sorted(ln["seq"] for ln in lines)
+    for ln in lines:
+        assert ln["camera"] == "front" and ln["latency_ms"] > 0
+        assert sorted(x["class"] for x in ln["detections"]) == ["ball", "goalpost", "robot"]
+        assert set(ln["mask_classes"]) <= {"background", "lines", "field"}
+    assert d.terminate()[0] == 0
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

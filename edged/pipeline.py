@@ -93,7 +93,8 @@ class Pipeline:
     async def run(self) -> int:
         """Run until stopped, all streams end, or --frames/--duration is reached.
 
-        Returns the process exit code: 0, or 1 if no camera could be started.
+        Returns the process exit code: 0, or 1 if no camera could be started or every
+        camera failed.
         """
         loop = asyncio.get_running_loop()
         cfg = self.config
@@ -135,6 +136,9 @@ class Pipeline:
             publish_pool.shutdown(wait=True)
             self.publisher.close()
             self._log_stats(time.monotonic() - started, final=True)
+        if all(c.capture.state == "failed" for c in self.cameras.values()):
+            log.error("every camera failed")
+            return 1
         return 0
 
     async def _stop_after(self, seconds: float) -> None:

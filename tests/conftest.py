@@ -84,3 +84,63 @@ def start_daemon(tmp_path: Path) -> Iterator:
     yield start
     for d in daemons:
         d.close()
+
+
+class MjpegServer:
+    """An HTTP MJPEG camera on loopback (multipart/x-mixed-replace), serving `frame_fn(i)`."""
+
+    def __init__(self, frame_fn, fps: float = 20.0) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        import cv2
+
+        server_self = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                i = 0
+                try:
+                    while not server_self.stopped.is_set():
+                        ok, jpg = cv2.imencode(".jpg", frame_fn(i), [cv2.IMWRITE_JPEG_QUALITY, 95])
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
+                                         b"Content-Length: %d\r\n\r\n" % len(jpg))
+                        self.wfile.write(jpg.tobytes() + b"\r\n")
+                        i += 1
+                        server_self.served = i
+                        time.sleep(1.0 / fps)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.stopped = threading.Event()
+        self.served = 0
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/stream.mjpg"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def mjpeg_server() -> Iterator:
+    servers: list[MjpegServer] = []
+
+    def start(frame_fn, fps: float = 20.0) -> MjpegServer:
+        s = MjpegServer(frame_fn, fps)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.close()

@@ -268,3 +268,20 @@ def test_check_errors_name_file_line_and_key(tmp_path, snippet, line, needle):
     assert f"cfg.yaml:{line}" in p.stderr, p.stderr
     assert needle in p.stderr, p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_http_mjpeg_camera(tmp_path, test_model, tcp_endpoint, start_daemon, mjpeg_server):
+    img, mask = painted_frame(320, 240)
+    server = mjpeg_server(lambda i: img)
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, [tcp_endpoint], f"""\
+  ipcam:
+    source: {server.url}""")
+    with Subscriber(tcp_endpoint, ["ipcam"]) as sub:
+        d = start_daemon(cfg)
+        msgs = [m for m in receive(sub, 5) if isinstance(m, Message)]
+        assert d.terminate()[0] == 0
+    assert len(msgs) == 5, d.log()
+    assert "camera ipcam: url source http://127.0.0.1" in d.log()
+    for m in msgs:
+        assert (m.frame_w, m.frame_h) == (320, 240)
+        assert (m.mask_camera() == mask).mean() > 0.98

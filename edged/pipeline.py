@@ -23,9 +23,12 @@ from edged.config import CameraConfig, Config
 from edged.publisher import Publisher
 from edged.results import Frame, Result
 from edged.runner import ModelRunner
+from edged.scheduler import Budget, Scheduler
 from edged.sources import CaptureThread, Handoff, SourceError, make_source
 
 log = logging.getLogger("edged.pipeline")
+
+PROBE_AFTER_STALE = 10  # consecutive stale drops before one frame is processed anyway
 
 
 @dataclass(slots=True)
@@ -35,7 +38,9 @@ class CameraStats:
     captured_at_report: int = 0
     processed: int = 0
     published: int = 0
-    dropped_overwritten: int = 0
+    stale: int = 0  # dropped before inference: could not finish inside the budget
+    late: int = 0  # published over budget, flagged "late"
+    late_dropped: int = 0  # over budget and not published (budget.on_late: drop)
     errors: int = 0
     window_processed: int = 0
     e2e_ms: deque[float] = field(default_factory=lambda: deque(maxlen=512))
@@ -49,8 +54,11 @@ class Camera:
     handoff: Handoff
     capture: CaptureThread
     stats: CameraStats
-    last_seq: int = -1
+    budget: Budget
+    realtime: bool
+    last_seq: int = -1  # last seq published
     done: bool = False
+    budget_warned: bool = False
 
 
 class Pipeline:
@@ -85,7 +93,9 @@ class Pipeline:
             # is set; everything else is paced at its rate
             pace = not (mode == "every_frame" and not source.live and cam.fps is None)
             capture = CaptureThread(name, source, handoff, fps=cam.fps, pace=pace)
-            self.cameras[name] = Camera(name, cam, handoff, capture, CameraStats())
+            self.cameras[name] = Camera(name, cam, handoff, capture, CameraStats(),
+                                        Budget(cam.budget.latency_ms, cam.budget.on_late),
+                                        realtime=mode == "realtime")
             log.info("camera %s: %s source %s, mode %s", name, kind, source.description, mode)
 
     # ------------------------------------------------------------------ run
@@ -107,7 +117,8 @@ class Pipeline:
             log.error("no camera could be started")
             self.publisher.close()
             return 1
-        sem = asyncio.Semaphore(self.inference_workers)
+        sched = Scheduler(self.inference_workers,
+                          {c.name: c.config.weight for c in self.cameras.values()})
         started = time.monotonic()
         try:
             for cam in self.cameras.values():
@@ -117,7 +128,7 @@ class Pipeline:
                      len(self.cameras), self.runner.model_id, ",".join(self.runner.providers),
                      ", ".join(cfg.publish.endpoints))
             async with asyncio.TaskGroup() as tg:
-                cam_tasks = [tg.create_task(self._camera_loop(c, sem, infer_pool, publish_pool,
+                cam_tasks = [tg.create_task(self._camera_loop(c, sched, infer_pool, publish_pool,
                                                               encoder), name=f"camera-{c.name}")
                              for c in self.cameras.values()]
                 stats = tg.create_task(self._stats_loop(), name="stats")
@@ -156,12 +167,15 @@ class Pipeline:
                 cam.capture.stop()
                 cam.handoff.close()
 
-    async def _camera_loop(self, cam: Camera, sem: asyncio.Semaphore,
+    async def _camera_loop(self, cam: Camera, sched: Scheduler,
                            infer_pool: ThreadPoolExecutor, publish_pool: ThreadPoolExecutor,
                            encoder: MaskEncoder) -> None:
         loop = asyncio.get_running_loop()
         pending: asyncio.Future[None] | None = None
         reason = "end of stream"
+        min_period = 1.0 / cam.config.max_fps if cam.config.max_fps else 0.0
+        next_start = 0.0
+        stale_run = 0
         while True:
             if self.stop_event.is_set():
                 reason = "shutdown"
@@ -171,10 +185,28 @@ class Pipeline:
                     f"camera failed: {cam.capture.error}" if cam.capture.state == "failed"
                     else "end of stream")
                 break
-            async with sem:  # fair: waiting cameras are served in arrival order
+            if min_period:  # max_fps cap: wait for the slot, then take the freshest frame
+                delay = next_start - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                    continue
+            await sched.acquire(cam.name)  # weighted fair share of the inference workers
+            try:
                 frame = cam.handoff.take()  # the freshest frame at the moment we can run it
                 if frame is None:
                     continue
+                age = (time.monotonic_ns() - frame.t_mono_ns) / 1e6
+                if cam.realtime and not cam.budget.can_finish(age):
+                    # would end over budget: a fresher frame will come. After a run of
+                    # such drops one frame goes through anyway, so the estimate is
+                    # refreshed and a budget below the processing time is visible
+                    cam.stats.stale += 1
+                    stale_run += 1
+                    if stale_run < PROBE_AFTER_STALE:
+                        continue
+                    self._warn_budget(cam)
+                stale_run = 0
+                next_start = time.monotonic() + min_period
                 try:
                     result = await loop.run_in_executor(infer_pool, self._infer, frame)
                 except Exception as e:  # one bad frame must not end the camera
@@ -182,6 +214,8 @@ class Pipeline:
                     log.error("camera %s: inference failed on frame %d: %s", cam.name,
                               frame.seq, e)
                     continue
+            finally:
+                sched.release()
             cam.stats.processed += 1
             cam.stats.window_processed += 1
             cam.stats.infer_ms.append(result.timings_ms["inference"])
@@ -202,6 +236,13 @@ class Pipeline:
         await loop.run_in_executor(publish_pool, self.publisher.send, frames)  # type: ignore[union-attr]
         log.info("camera %s: end of stream published (%s)", cam.name, reason)
 
+    def _warn_budget(self, cam: Camera) -> None:
+        if not cam.budget_warned:
+            cam.budget_warned = True
+            log.warning("camera %s: budget %.0f ms is below the time to process a frame "
+                        "(about %.0f ms): most frames are dropped as stale, the rest published "
+                        "late", cam.name, cam.budget.latency_ms, cam.budget.ahead.value or 0.0)
+
     def _infer(self, frame: Frame) -> Result:
         t = time.monotonic_ns()
         result = self.runner.infer(frame)
@@ -210,12 +251,21 @@ class Pipeline:
 
     def _publish(self, cam: Camera, result: Result, encoder: MaskEncoder) -> None:
         t0 = time.perf_counter()
-        cfg = self.config.publish
-        frames = encode_result(result, encoder, send_mask=cfg.send_masks)
-        result.timings_ms["encode"] = (time.perf_counter() - t0) * 1e3
+        now = time.monotonic_ns()
+        e2e = (now - result.t_capture_mono_ns) / 1e6
+        # the stages after taking the frame; with its age this predicts a frame's e2e
+        cam.budget.ahead.add(e2e - result.timings_ms.get("queue", 0.0))
+        if cam.budget.is_late(e2e):
+            if cam.budget.on_late == "drop":
+                cam.stats.late_dropped += 1
+                return
+            cam.stats.late += 1
+            result.flags = (*result.flags, "late")
+        frames = encode_result(result, encoder, send_mask=self.config.publish.send_masks)
         if self.publisher is not None and self.publisher.send(frames):
             cam.stats.published += 1
-        cam.last_seq = result.seq
+            cam.last_seq = result.seq
+        result.timings_ms["encode"] = (time.perf_counter() - t0) * 1e3
         cam.stats.e2e_ms.append((time.monotonic_ns() - result.t_capture_mono_ns) / 1e6)
 
     # ------------------------------------------------------------------ stats
@@ -244,9 +294,11 @@ class Pipeline:
                 [float("nan")] * 3
             inf = float(np.median(np.fromiter(s.infer_ms, float))) if s.infer_ms else float("nan")
             log.info("%s %s: capture %.1f fps, processed %.1f fps, e2e p50/p90/p99 "
-                     "%.1f/%.1f/%.1f ms, inference p50 %.1f ms, dropped %d (overwritten), "
-                     "errors %d, state %s%s", "final" if final else "stats", cam.name, cap_fps,
-                     proc_fps, *e2e, inf, cam.handoff.overwritten, s.errors, cam.capture.state,
+                     "%.1f/%.1f/%.1f ms, inference p50 %.1f ms, dropped %d overwritten "
+                     "%d stale %d late, %d published late, errors %d, state %s%s",
+                     "final" if final else "stats", cam.name, cap_fps, proc_fps, *e2e, inf,
+                     cam.handoff.overwritten, s.stale, s.late_dropped, s.late, s.errors,
+                     cam.capture.state,
                      f", {s.processed} frames in {elapsed:.1f} s" if final else "")
             s.captured_at_report = captured
             s.window_processed = 0

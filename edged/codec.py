@@ -1,5 +1,8 @@
 """Wire protocol v1: `Result` <-> ZeroMQ multipart frames (topic, msgpack header, mask).
 
+Instance masks (formats that have them) travel inside the header, under `instances`,
+so that the frame count stays 2 or 3 and v1 decoders that predate them keep working.
+
 The normative description, written for implementers in other languages, is
 docs/protocol.md; keep the two in step. Encoding is done by the daemon's publish
 thread, decoding by subscribers (see `edged.client`).
@@ -19,7 +22,7 @@ import numpy as np
 import zmq
 import zstandard as zstd
 
-from edged.results import Result, nearest_indices
+from edged.results import Result, instance_extents, nearest_indices
 
 PROTOCOL_VERSION = 1
 MaskEncoding = Literal["raw", "zstd", "png"]
@@ -197,11 +200,32 @@ def encode_result(result: Result, encoder: MaskEncoder | None,
             "to_camera": [result.frame_w / mw, result.frame_h / mh],
             "letterbox": _letterbox_map(result),
         }
+    if send_mask and encoder is not None and det.instance_masks is not None:
+        header["instances"] = _encode_instances(det.boxes, det.instance_masks, encoder,
+                                                result.frame_w, result.frame_h)
     header["t_publish_ns"] = time.time_ns()
     frames = [topic(result.camera, TOPIC_RESULT), _packb(header)]
     if mask_bytes is not None:
         frames.append(mask_bytes)
     return frames
+
+
+def _encode_instances(boxes: np.ndarray, masks: list[np.ndarray], encoder: MaskEncoder,
+                      frame_w: int, frame_h: int) -> dict[str, Any]:
+    """The `instances` header map: one entry per detection, in detection order."""
+    if len(masks) != len(boxes):
+        raise ValueError(f"detections: {len(boxes)} boxes but {len(masks)} instance masks")
+    entries = []
+    for (x0, y0, x1, y1), m in zip(instance_extents(boxes).tolist(), masks):
+        if m.shape != (y1 - y0, x1 - x0):
+            raise ValueError(f"instance mask {m.shape} does not cover its box's extent "
+                             f"{(y1 - y0, x1 - x0)} at ({x0}, {y0})")
+        if x1 > frame_w or y1 > frame_h:
+            raise ValueError(f"instance mask at ({x0}, {y0}) size {m.shape} leaves the "
+                             f"{frame_w}x{frame_h} frame")
+        data = encoder.encode(m.view(np.uint8)) if m.size else b""
+        entries.append({"origin": [x0, y0], "shape": [y1 - y0, x1 - x0], "data": data})
+    return {"encoding": encoder.encoding, "masks": entries}
 
 
 def encode_eos(camera: str, last_seq: int, reason: str) -> list[bytes]:
@@ -213,6 +237,21 @@ def encode_eos(camera: str, last_seq: int, reason: str) -> list[bytes]:
 
 
 # ----------------------------------------------------------------------------- decode
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceMask:
+    """One detection's mask: camera pixels (x + c, y + r) for mask cell (r, c)."""
+
+    x: int
+    y: int
+    mask: np.ndarray  # h x w uint8, nonzero = instance (edged writes 1), read-only
+
+    def to_frame(self, frame_w: int, frame_h: int) -> np.ndarray:
+        out = np.zeros((frame_h, frame_w), np.uint8)
+        h, w = self.mask.shape
+        out[self.y:self.y + h, self.x:self.x + w] = self.mask != 0
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +275,15 @@ class Message:
     flags: tuple[str, ...]
     letterbox: dict[str, tuple[int | float, int | float]] | None
     t_received_ns: int
+    # None: no instance masks in the message (the model has none, or masks are off);
+    # else one per detection, in detection order
+    instances: tuple[InstanceMask, ...] | None = None
+
+    def instance_mask_camera(self, i: int) -> np.ndarray:
+        """Detection i's instance mask as a frame-sized uint8 0/1 array."""
+        if self.instances is None:
+            raise ValueError("this message carries no instance masks")
+        return self.instances[i].to_frame(self.frame_w, self.frame_h)
 
     def mask_camera(self) -> np.ndarray | None:
         """The mask at camera resolution, by the protocol's nearest-neighbour rule."""
@@ -359,6 +407,50 @@ def _letterbox(v: Any) -> dict[str, tuple[int | float, int | float]] | None:
     return {"input": (iw, ih), "scale": (sx, sy), "pad": (px, py), "content": (cw, ch)}
 
 
+def _decode_instances(v: Any, n: int, frame_w: int, frame_h: int
+                      ) -> tuple[InstanceMask, ...] | None:
+    if v is None:
+        return None
+    where = "instances"
+    if not isinstance(v, dict):
+        raise ProtocolError(f"header: {where!r} must be a map or nil, got {type(v).__name__}")
+    encoding = _str(v, "encoding", where)
+    if encoding not in MASK_ENCODINGS:
+        raise ProtocolError(f"{where}: unknown encoding {encoding!r:.40}")
+    entries = _list(v, "masks", where)
+    if len(entries) != n:
+        raise ProtocolError(f"{where}: {len(entries)} masks for {n} detections")
+    out = []
+    total = 0
+    for i, e in enumerate(entries):
+        at = f"{where}.masks[{i}]"
+        if not isinstance(e, dict):
+            raise ProtocolError(f"{at} must be a map, got {type(e).__name__}")
+        x, y = _ints(e, "origin", at, 2, 0, MAX_DIM)
+        h, w = _ints(e, "shape", at, 2, 0, MAX_DIM)
+        if x + w > frame_w or y + h > frame_h:
+            raise ProtocolError(f"{at}: {w}x{h} at ({x}, {y}) leaves the "
+                                f"{frame_w}x{frame_h} frame")
+        total += h * w
+        if total > MAX_MASK_PIXELS:
+            raise ProtocolError(f"{where}: more than {MAX_MASK_PIXELS} cells in all")
+        data = _get(e, "data", at)
+        if not isinstance(data, bytes):
+            raise ProtocolError(f"{at}: 'data' must be bin, got {type(data).__name__}")
+        if h * w == 0:
+            if data:
+                raise ProtocolError(f"{at}: empty {h}x{w} mask with {len(data)} data bytes")
+            m = np.zeros((h, w), np.uint8)
+            m.flags.writeable = False
+        else:
+            try:
+                m = decode_mask(data, (h, w), encoding)
+            except ProtocolError as err:
+                raise ProtocolError(f"{at}: {err}") from None
+        out.append(InstanceMask(x, y, m))
+    return tuple(out)
+
+
 def _as_buffer(frame: Any) -> bytes | memoryview:
     if isinstance(frame, bytes | memoryview):
         return frame
@@ -467,10 +559,11 @@ def _decode(frames: Sequence[Any], t_received_ns: int) -> Message | EndOfStream:
         _nums(mask_h, "to_camera", where, 2)  # validated; derivable from frame and shape
         letterbox = _letterbox(mask_h.get("letterbox"))
         mask = decode_mask(_as_buffer(frames[2]), (mh, mw), encoding)
+    instances = _decode_instances(header.get("instances"), len(boxes), frame_w, frame_h)
 
     return Message(
         camera=camera, seq=seq, t_capture_ns=t_capture, t_publish_ns=t_publish,
         frame_w=frame_w, frame_h=frame_h, model=model, class_names=classes,
         boxes=boxes.reshape(-1, 4), scores=scores, class_ids=class_ids, mask=mask,
         mask_classes=mask_classes, timings_ms={k: float(v) for k, v in timing.items()},
-        flags=flags, letterbox=letterbox, t_received_ns=t_received_ns)
+        flags=flags, letterbox=letterbox, t_received_ns=t_received_ns, instances=instances)

@@ -59,7 +59,8 @@ __all__ = [
     "parse_config",
 ]
 
-KNOWN_FORMATS: Final = ("auto", "yoeo")
+KNOWN_FORMATS: Final = ("auto", "yoeo", "yolo-seg", "yolo", "semantic", "yolact", "mask-rcnn",
+                         "sparseinst")
 KNOWN_PROVIDERS: Final = ("cpu", "cuda", "tensorrt", "openvino")
 BUILTIN_PREFIX: Final = "builtin:"
 BUILTIN_MODELS_DIR: Final = Path(__file__).parent / "models"

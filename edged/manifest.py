@@ -37,6 +37,9 @@ class Manifest:
     max_detections: int = 300
     multi_label: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # precision, metrics, provenance
+    # format-specific settings (e.g. yolo-seg `layout`, `mask_threshold`), documented in
+    # each format's module under edged/formats/
+    options: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -69,6 +72,9 @@ def load_manifest(path: Path) -> Manifest:
         raise ManifestError(f"{path}: unknown key(s) {', '.join(unknown)}")
     if "format" not in raw:
         raise ManifestError(f"{path}: missing key 'format'")
+    for key in ("outputs", "extra", "options"):
+        if not isinstance(raw.get(key, {}), dict):
+            raise ManifestError(f"{path}: {key!r} must be a JSON object")
     try:
         pre = PreprocessSpec(**raw.pop("preprocess", {}))
         for key in ("mean", "std"):

@@ -180,6 +180,7 @@ class Pipeline:
             if self.stop_event.is_set():
                 reason = "shutdown"
                 break
+            backlogged = cam.handoff.ready()  # a frame was already waiting: not idle
             if not await cam.handoff.wait():
                 reason = "shutdown" if self.stop_event.is_set() else (
                     f"camera failed: {cam.capture.error}" if cam.capture.state == "failed"
@@ -190,7 +191,8 @@ class Pipeline:
                 if delay > 0:
                     await asyncio.sleep(delay)
                     continue
-            await sched.acquire(cam.name)  # weighted fair share of the inference workers
+            # weighted fair share of the inference workers
+            await sched.acquire(cam.name, rejoin=not backlogged)
             try:
                 frame = cam.handoff.take()  # the freshest frame at the moment we can run it
                 if frame is None:

@@ -30,13 +30,30 @@ class Frame:
     t_mono_ns: int  # capture time, time.monotonic_ns()
 
 
+def instance_extents(boxes: np.ndarray) -> np.ndarray:
+    """The camera pixels each box's instance mask covers: [N, 4] int64 x0, y0, x1, y1.
+
+    x0 = floor(box x1), x1 = max(ceil(box x2), x0) (end exclusive), y alike, so a mask
+    is exactly large enough to hold every pixel its box touches. Computed from float32
+    boxes, as they are stored and sent, so every side gets the same integers.
+    """
+    b = np.asarray(boxes, np.float32).astype(np.float64).reshape(-1, 4)
+    lo = np.floor(b[:, :2])
+    hi = np.maximum(np.ceil(b[:, 2:]), lo)
+    return np.concatenate([lo, hi], axis=1).astype(np.int64)
+
+
 @dataclass(frozen=True, slots=True)
 class Detections:
-    """Boxes in camera pixels."""
+    """Boxes in camera pixels, and instance masks for formats that have them."""
 
     boxes: np.ndarray  # Nx4 float32, x1 y1 x2 y2
     scores: np.ndarray  # N float32
     class_ids: np.ndarray  # N int32
+    # None: the model gives no instance masks. Else one uint8 0/1 mask per box, in camera
+    # pixels, covering `instance_extents(boxes)[i]` (its top-left pixel is (x0, y0)):
+    # 1 where the instance is, 0 elsewhere (always 0 outside the box)
+    instance_masks: list[np.ndarray] | None = None
 
     @classmethod
     def empty(cls) -> Detections:

@@ -18,7 +18,16 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from edged.formats import FORMATS, FormatError, TensorInfo, recognise
+from edged.formats import (
+    FORMATS,
+    FormatError,
+    TensorInfo,
+    apply_metadata_names,
+    classes_from_metadata,
+    describe,
+    fits,
+    recognise,
+)
 from edged.manifest import Manifest, ManifestError, load_manifest, manifest_path
 from edged.preprocess import Preprocessor
 from edged.results import Frame, Result
@@ -116,6 +125,7 @@ class ModelRunner:
         self.inputs = tensor_infos(self.session.get_inputs())
         self.outputs = tensor_infos(self.session.get_outputs())
         self.output_names = [o.name for o in self.outputs]
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.manifest, self.format_reason = self._manifest()
         m = self.manifest
         if m.input_name not in [i.name for i in self.inputs]:
@@ -125,6 +135,11 @@ class ModelRunner:
             self.adapter = FORMATS[m.format].Adapter(m, self.output_names)
         except (ValueError, KeyError) as e:
             raise ModelError(f"{path}: {e}") from None
+        # instance formats paint "background" + their classes into the mask
+        self.mask_classes: tuple[str, ...] = getattr(self.adapter, "mask_classes",
+                                                     m.seg_classes)
+        # torchvision detection exports take one un-batched [3, H, W] image
+        self._unbatched = next(len(i.shape) == 3 for i in self.inputs if i.name == m.input_name)
         self.model_id = f"{m.name or path.stem}"
         self._local = threading.local()
 
@@ -140,25 +155,42 @@ class ModelRunner:
             if o.format not in ("auto", m.format):
                 raise ModelError(f"config says format {o.format!r} but the manifest "
                                  f"{mpath} says {m.format!r}")
+            if m.format not in FORMATS:
+                raise ModelError(f"{mpath}: unknown format {m.format!r}; known: "
+                                 f"{', '.join(FORMATS)}")
+            if not m.classes and not m.seg_classes:
+                m, note = apply_metadata_names(m, classes_from_metadata(self.metadata))
+                reason += f"; {note}" if note else ""
         else:
-            fmt = o.format
             try:
-                if fmt == "auto":
-                    fmt, reason = recognise(self.inputs, self.outputs)
-                    reason = f"recognised from the graph: {reason}"
-                else:
-                    reason = "format set in the config"
-                if fmt not in FORMATS:
-                    raise FormatError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
-                if FORMATS[fmt].recognise(self.inputs, self.outputs) is None:
-                    raise FormatError(f"the graph's outputs do not fit format {fmt!r}")
-                m = FORMATS[fmt].default_manifest(self.inputs, self.outputs)
+                m, reason = self.graph_manifest(o.format)
             except (FormatError, ValueError) as e:
                 raise ModelError(f"{o.path}: {e}") from None
         m = m.with_overrides(conf_threshold=o.conf_threshold, iou_threshold=o.iou_threshold,
                              max_detections=o.max_detections, classes=o.classes,
                              seg_classes=o.seg_classes, class_groups=o.class_groups)
         return m, reason
+
+    def graph_manifest(self, fmt: str = "auto") -> tuple[Manifest, str]:
+        """The manifest the graph implies (no manifest file, no config overrides), and why.
+
+        Class names come from the ONNX metadata where the exporter wrote them.
+        FormatError or ValueError when the format cannot be told or does not fit.
+        """
+        if fmt == "auto":
+            fmt, why = recognise(self.inputs, self.outputs)
+            reason = f"recognised from the graph: {why}"
+        else:
+            if fmt not in FORMATS:
+                raise FormatError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+            why = fits(fmt, self.inputs, self.outputs)
+            if why is None:
+                raise FormatError(f"the graph's outputs do not fit format {fmt!r} "
+                                  f"(outputs: {describe(self.outputs)})")
+            reason = f"format set in the config: {why}"
+        m = FORMATS[fmt].default_manifest(self.inputs, self.outputs)
+        m, note = apply_metadata_names(m, classes_from_metadata(self.metadata))
+        return m, reason + (f"; {note}" if note else "")
 
     # ------------------------------------------------------------------ running
 
@@ -179,6 +211,8 @@ class ModelRunner:
         return (time.perf_counter() - t) * 1000
 
     def run_tensor(self, tensor: np.ndarray) -> list[np.ndarray]:
+        if self._unbatched:
+            tensor = tensor[0]
         return self.session.run(None, {self.manifest.input_name: tensor})
 
     def infer(self, frame: Frame) -> Result:
@@ -195,7 +229,7 @@ class ModelRunner:
         return Result(
             camera=frame.camera, seq=frame.seq, t_capture_wall_ns=frame.t_wall_ns,
             t_capture_mono_ns=frame.t_mono_ns, frame_w=w, frame_h=h, detections=dets,
-            class_names=m.classes, mask=mask, mask_classes=m.seg_classes, letterbox=box,
+            class_names=m.classes, mask=mask, mask_classes=self.mask_classes, letterbox=box,
             model_id=self.model_id,
             timings_ms={"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3,
                         "postprocess": (t3 - t2) * 1e3})
@@ -205,4 +239,4 @@ class ModelRunner:
         return {"path": str(self.options.path), "format": m.format, "why": self.format_reason,
                 "providers": self.providers, "threads": self.threads,
                 "input": f"{m.input_name} {m.preprocess.input_w}x{m.preprocess.input_h}",
-                "classes": list(m.classes), "seg_classes": list(m.seg_classes)}
+                "classes": list(m.classes), "seg_classes": list(self.mask_classes)}

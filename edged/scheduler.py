@@ -1,10 +1,9 @@
 """Sharing the inference workers between cameras, and the latency budget.
 
-`Scheduler` hands inference slots to cameras by weighted fair queuing: each camera
-carries a virtual time that advances by 1/weight per frame it is given, and a free slot
-goes to the waiting camera with the smallest virtual time. Equal weights give round
-robin; weights 2:1 give twice the frames; nobody starves. A camera that was idle joins
-at the current virtual time, so it cannot claim a burst for the time it was away.
+`Scheduler` hands inference slots to cameras by weighted fair queuing: each request
+carries a virtual start tag that advances by 1/weight per frame a camera is given, and a
+free slot goes to the waiting request with the smallest tag. Equal weights give round
+robin; weights 2:1 give twice the frames; nobody starves.
 
 `Budget` decides, per frame, whether it can still be published inside the latency
 budget (judged from its age and a running estimate of the stages still ahead).
@@ -19,35 +18,41 @@ from dataclasses import dataclass, field
 @dataclass(slots=True)
 class _Waiter:
     camera: str
-    vtime: float
+    vtime: float  # start tag
     seq: int
     future: asyncio.Future[None] = field(compare=False)
 
 
 class Scheduler:
+    """Start-time fair queuing over `slots` inference workers.
+
+    Each camera's next request carries a start tag: its previous tag + 1/weight. A
+    camera that was idle (no frame waiting) re-joins no earlier than the system clock
+    (the tag of the latest grant), so it cannot claim the time it was away; a camera
+    that is kept busy keeps its credit, although it has at most one request out.
+    """
+
     def __init__(self, slots: int, weights: dict[str, float]) -> None:
         if slots < 1:
             raise ValueError("need at least one inference slot")
         self.free = slots
         self.weights = dict(weights)
-        self.vtime = {c: 0.0 for c in weights}
+        self.next_tag = {c: 0.0 for c in weights}
+        self.clock = 0.0
         self._waiting: list[_Waiter] = []
         self._order = 0  # tie-break: arrival order
 
-    def _floor(self) -> float:
-        """Virtual time of the system: the smallest among waiting cameras (or 0)."""
-        return min((w.vtime for w in self._waiting), default=min(self.vtime.values(), default=0.0))
-
-    async def acquire(self, camera: str) -> None:
-        """Wait until `camera` is granted an inference slot."""
-        # an idle camera re-joins at the present, not in the past
-        self.vtime[camera] = max(self.vtime[camera], self._floor())
+    async def acquire(self, camera: str, rejoin: bool = False) -> None:
+        """Wait until `camera` is granted an inference slot (`rejoin`: it was idle)."""
+        tag = self.next_tag.get(camera, 0.0)
+        if rejoin:
+            tag = max(tag, self.clock)
         if self.free > 0 and not self._waiting:
-            self._grant(camera)
+            self._grant(camera, tag)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._order += 1
-        self._waiting.append(_Waiter(camera, self.vtime[camera], self._order, fut))
+        self._waiting.append(_Waiter(camera, tag, self._order, fut))
         self._dispatch()
         try:
             await fut
@@ -58,9 +63,10 @@ class Scheduler:
                 self._waiting = [w for w in self._waiting if w.future is not fut]
             raise
 
-    def _grant(self, camera: str) -> None:
+    def _grant(self, camera: str, tag: float) -> None:
         self.free -= 1
-        self.vtime[camera] += 1.0 / self.weights.get(camera, 1.0)
+        self.clock = tag
+        self.next_tag[camera] = tag + 1.0 / self.weights.get(camera, 1.0)
 
     def _dispatch(self) -> None:
         while self.free > 0 and self._waiting:
@@ -68,7 +74,7 @@ class Scheduler:
             self._waiting.remove(best)
             if best.future.done():
                 continue
-            self._grant(best.camera)
+            self._grant(best.camera, best.vtime)
             best.future.set_result(None)
 
     def release(self) -> None:

@@ -84,6 +84,11 @@ class Handoff:
             self._cond.notify_all()
         self._wake()
 
+    def ready(self) -> bool:
+        """A frame is waiting right now."""
+        with self._cond:
+            return bool(self._items)
+
     def take(self) -> Frame | None:
         """A frame if one is waiting (the newest one in a live slot), without waiting."""
         with self._cond:

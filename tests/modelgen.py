@@ -93,3 +93,41 @@ def painted_frame(w: int = 640, h: int = 480) -> tuple[np.ndarray, np.ndarray]:
     img[:, b:] = (200, 0, 0)
     mask[:, b:] = 2
     return img, mask
+
+
+def slow_yoeo_model(path: Path, matmuls: int = 6, size: int = 512) -> Path:
+    """A YOEO-contract model whose inference costs a chain of `size`^3 MatMuls.
+
+    The work depends on the input (so nothing is constant-folded), which makes the
+    model the bottleneck of a pipeline, as a real network is.
+    """
+    rng = np.random.default_rng(0)
+    table = np.zeros((1, len(PLANTED_ROWS) + 8, 8), np.float32)
+    table[0, :len(PLANTED_ROWS)] = PLANTED_ROWS
+    w = (rng.standard_normal((size, size)) / np.sqrt(size)).astype(np.float32)
+    nodes = [
+        helper.make_node("Constant", [], ["rows"], value=numpy_helper.from_array(table, "rows")),
+        helper.make_node("ReduceMean", ["InputLayer"], ["m"], keepdims=0),
+        helper.make_node("Mul", ["w", "m"], ["z0"]),
+    ]
+    for i in range(matmuls):
+        nodes.append(helper.make_node("MatMul", [f"z{i}", "w"], [f"z{i + 1}"]))
+    nodes += [
+        helper.make_node("ReduceMax", [f"z{matmuls}"], ["zmax"], keepdims=0),
+        helper.make_node("Mul", ["zmax", "zero"], ["zz"]),
+        helper.make_node("Add", ["rows", "zz"], ["Detections"]),
+        helper.make_node("ArgMax", ["InputLayer"], ["am"], axis=1, keepdims=0),
+        helper.make_node("Cast", ["am"], ["Segmentations"], to=TensorProto.UINT8),
+    ]
+    graph = helper.make_graph(
+        nodes, "yoeo_slow",
+        [helper.make_tensor_value_info("InputLayer", TensorProto.FLOAT, [1, 3, 416, 416])],
+        [helper.make_tensor_value_info("Detections", TensorProto.FLOAT, list(table.shape)),
+         helper.make_tensor_value_info("Segmentations", TensorProto.UINT8, [1, 416, 416])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(0.0, np.float32),
+                                                                   "zero")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path

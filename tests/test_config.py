@@ -370,8 +370,9 @@ MODEL_CASES = [
                  "greater than 0", 0, id="zero-iou"),
     pytest.param("  threads: -1\n", "threads", "model.threads", "greater than or equal to 0",
                  -1, id="threads"),
-    pytest.param("  format: yolo\n", "format", "model.format", "did you mean 'yoeo'?", "yolo",
-                 id="format"),
+    # "yolo" itself became a format; a near miss still gets the suggestion
+    pytest.param("  format: yolo_seg\n", "format", "model.format", "did you mean 'yolo-seg'?",
+                 "yolo_seg", id="format"),
     pytest.param("  providers: [cpu, cdua]\n", "providers", "model.providers[1]",
                  "did you mean 'cuda'?", "cdua", id="provider-name"),
     pytest.param("  providers:\n    - cuda: {device_id: [0]}\n", "cuda", "model.providers[0]",

@@ -3,47 +3,91 @@
 An adapter knows the family's output layout and nothing about cameras or sockets. Each
 module provides:
 
-- `recognise(inputs, outputs) -> str | None`: why the graph fits this family, or None;
+- `recognise(inputs, outputs) -> str | None`: why the graph fits this family, or None
+  (specific enough for `format: auto`);
+- optionally `fits(inputs, outputs) -> str | None`: a looser test used when the config
+  names the format (defaults to `recognise`);
+- optionally `names_match(outputs) -> bool`: the outputs carry the names this family's
+  exporter writes; used only to settle a tie between families whose shapes both fit;
 - `default_manifest(inputs, outputs) -> Manifest` for a model that ships without one;
 - `Adapter(manifest, output_names)`, whose `postprocess(outputs, letterbox, w, h)`
-  returns `(Detections, mask | None)` with boxes in camera pixels and the mask cropped to
-  the camera frame.
+  returns `(Detections, mask | None)` with boxes in camera pixels and the mask covering
+  the camera frame. Instance formats also fill `Detections.instance_masks` and give an
+  adapter attribute `mask_classes` (background + their classes) for the painted mask.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 from types import ModuleType
 
-from edged.formats import yoeo
+from edged.formats import mask_rcnn, semantic, sparseinst, yoeo, yolact, yolo, yolo_seg
+from edged.formats._common import (
+    FormatError,
+    TensorInfo,
+    classes_from_metadata,
+    describe,
+    parse_names,
+)
+from edged.manifest import Manifest
 
-FORMATS: dict[str, ModuleType] = {"yoeo": yoeo}
+__all__ = ["FORMATS", "FormatError", "TensorInfo", "apply_metadata_names",
+           "classes_from_metadata", "describe", "fits", "parse_names", "recognise"]
 
-
-@dataclass(frozen=True, slots=True)
-class TensorInfo:
-    name: str
-    shape: tuple[int | str | None, ...]
-    dtype: str  # numpy dtype name
-
-
-class FormatError(ValueError):
-    """The graph does not fit the requested format, or fits none."""
-
-
-def describe(tensors: list[TensorInfo]) -> str:
-    return ", ".join(f"{t.name} {t.dtype}{list(t.shape)}" for t in tensors)
+FORMATS: dict[str, ModuleType] = {
+    "yoeo": yoeo,
+    "yolo-seg": yolo_seg,
+    "yolo": yolo,
+    "semantic": semantic,
+    "yolact": yolact,
+    "mask-rcnn": mask_rcnn,
+    "sparseinst": sparseinst,
+}
 
 
 def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> tuple[str, str]:
     """(format name, reason) for `format: auto`; FormatError if none or several fit."""
-    fits = [(name, why) for name, mod in FORMATS.items()
-            if (why := mod.recognise(inputs, outputs)) is not None]
-    if len(fits) == 1:
-        return fits[0]
-    if not fits:
+    fitting = [(name, why) for name, mod in FORMATS.items()
+               if (why := mod.recognise(inputs, outputs)) is not None]
+    if len(fitting) == 1:
+        return fitting[0]
+    if not fitting:
         raise FormatError(f"no known model format fits this graph (inputs: {describe(inputs)}; "
-                          f"outputs: {describe(outputs)}); known formats: {', '.join(FORMATS)}")
+                          f"outputs: {describe(outputs)}); known formats: {', '.join(FORMATS)}; "
+                          f"set model.format or write a manifest if it is one of them")
+    # shapes fit several families: the exporter's output names are evidence, if they
+    # point at exactly one of them (and the reason says so); otherwise ask
+    named = [(n, w) for n, w in fitting
+             if getattr(FORMATS[n], "names_match", lambda _o: False)(outputs)]
+    if len(named) == 1:
+        name, why = named[0]
+        others = ", ".join(n for n, _ in fitting if n != name)
+        return name, (f"{why} (the shapes also fit {others}; output names "
+                      f"{', '.join(o.name for o in outputs)} are {name}'s)")
     raise FormatError("several formats fit this graph: "
-                      + "; ".join(f"{n} ({w})" for n, w in fits)
-                      + "; set model.format in the config")
+                      + "; ".join(f"{n} ({w})" for n, w in fitting)
+                      + "; set model.format in the config to the right one")
+
+
+def fits(name: str, inputs: list[TensorInfo], outputs: list[TensorInfo]) -> str | None:
+    """Whether the graph fits the format the config names (a looser test than auto's)."""
+    mod = FORMATS[name]
+    return getattr(mod, "fits", mod.recognise)(inputs, outputs)
+
+
+def apply_metadata_names(m: Manifest, names: tuple[str, ...] | None) -> tuple[Manifest, str]:
+    """Class names from the model's metadata in place of generic ones; (manifest, note).
+
+    They name the detection classes, or the segmentation classes of a model without
+    detection classes, and only when their count is the one the graph gives (an empty
+    list: the graph does not say, so any count).
+    """
+    if not names:
+        return m, ""
+    if m.classes and len(names) == len(m.classes) or not m.classes and m.format != "semantic":
+        return replace(m, classes=names), f"{len(names)} class names from the ONNX metadata"
+    if m.format == "semantic" and (not m.seg_classes or len(names) == len(m.seg_classes)):
+        return replace(m, seg_classes=names), (f"{len(names)} segmentation class names from "
+                                               f"the ONNX metadata")
+    return m, (f"ignored {len(names)} class names in the ONNX metadata: the graph has "
+               f"{len(m.classes or m.seg_classes)} classes")

@@ -44,7 +44,17 @@ def _roles(inputs: list[TensorInfo], outputs: list[TensorInfo]
             and o.dtype.startswith("float") and isinstance(o.shape[2], int) and o.shape[2] >= 6]
     if len(dets) != 1 or len(masks) != 1:
         return None
-    return dets[0], masks[0]
+    det, mask = dets[0], masks[0]
+    n_rows, n_cols = det.shape[1], det.shape[2]
+    if isinstance(n_rows, int) and n_rows <= n_cols:  # type: ignore[operator]
+        return None  # more columns than rows: a channels-first head (YOLOv8-seg), not rows
+    if len(mask.shape) == 4 and mask.shape[1] == n_rows:
+        return None  # one map per detection row: per-query instance masks (SparseInst)
+    return det, mask
+
+
+def names_match(outputs: list[TensorInfo]) -> bool:
+    return {o.name for o in outputs} == {"Detections", "Segmentations"}
 
 
 def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> str | None:

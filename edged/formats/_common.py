@@ -1,0 +1,209 @@
+"""What the format adapters share: tensor descriptions, class names, scoring, NMS set-up.
+
+Kept free of imports from the adapter modules so that every adapter can use it while
+`edged.formats` is still being imported.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edged.manifest import Manifest
+from edged.nms import nms
+from edged.preprocess import PreprocessSpec
+
+
+@dataclass(frozen=True, slots=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int | str | None, ...]
+    dtype: str  # numpy dtype name
+
+
+class FormatError(ValueError):
+    """The graph does not fit the requested format, or fits none."""
+
+
+def describe(tensors: list[TensorInfo]) -> str:
+    return ", ".join(f"{t.name} {t.dtype}{list(t.shape)}" for t in tensors)
+
+
+def dims(t: TensorInfo) -> str:
+    return "[" + ",".join(str(d) for d in t.shape) + "]"
+
+
+def is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def batch1(d: object) -> bool:
+    """A batch axis edged can feed: 1, or dynamic (a name or None)."""
+    return d == 1 or not is_int(d)
+
+
+def is_float(t: TensorInfo) -> bool:
+    return t.dtype.startswith("float")
+
+
+def image_input(inputs: list[TensorInfo]) -> TensorInfo | None:
+    """The single image input, [1,3,H,W] (or [3,H,W] as torchvision detection exports)."""
+    if len(inputs) != 1:
+        return None
+    t = inputs[0]
+    if len(t.shape) == 4 and t.shape[1] in (3, None) and batch1(t.shape[0]):
+        return t
+    if len(t.shape) == 3 and t.shape[0] == 3:
+        return t
+    return None
+
+
+def input_hw(inputs: list[TensorInfo]) -> tuple[int, int] | None:
+    """(H, W) of the image input when the graph fixes them, else None (dynamic axes)."""
+    t = image_input(inputs)
+    if t is None:
+        return None
+    h, w = t.shape[-2], t.shape[-1]
+    return (h, w) if is_int(h) and is_int(w) else None
+
+
+def preprocess_for(inputs: list[TensorInfo], default: int = 640, **kw: Any) -> PreprocessSpec:
+    """The input geometry the graph fixes, or `default` square for dynamic axes."""
+    hw = input_hw(inputs)
+    h, w = hw if hw is not None else (default, default)
+    return PreprocessSpec(input_w=w, input_h=h, **kw)
+
+
+def generic_classes(n: int) -> tuple[str, ...]:
+    return tuple(f"class{i}" for i in range(n))
+
+
+def yolo_anchor_counts(h: int, w: int) -> dict[int, str]:
+    """Anchor counts of YOLO heads at this input size -> which head gives them.
+
+    Anchor-free heads (ultralytics v8/11) have one prediction per cell of the stride
+    8/16/32 grids (and 64 for the P6 models); anchor-based heads (v5) three per cell.
+    """
+    out: dict[int, str] = {}
+    for strides in ((8, 16, 32), (8, 16, 32, 64)):
+        cells = sum(math.ceil(h / s) * math.ceil(w / s) for s in strides)
+        tag = "P3-P5" if len(strides) == 3 else "P3-P6"
+        out.setdefault(cells, f"1 per cell of the stride {'/'.join(map(str, strides))} grids "
+                              f"({tag})")
+        out.setdefault(3 * cells, f"3 per cell of the stride {'/'.join(map(str, strides))} "
+                                  f"grids ({tag})")
+    return out
+
+
+def parse_names(value: str) -> tuple[str, ...] | None:
+    """Class names from an exporter's metadata string, or None if it is not one.
+
+    ultralytics writes `names` as a Python dict literal ("{0: 'person', 1: 'bicycle'}");
+    others write a list. Parsed with ast.literal_eval (literals only, never code).
+    """
+    try:
+        v = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+        return None
+    if isinstance(v, dict):
+        if not v or not all(is_int(k) for k in v) or sorted(v) != list(range(len(v))):
+            return None
+        names = [v[i] for i in range(len(v))]
+    elif isinstance(v, list | tuple):
+        names = list(v)
+    else:
+        return None
+    if not names or not all(isinstance(n, str) for n in names):
+        return None
+    return tuple(names)
+
+
+def classes_from_metadata(meta: dict[str, str]) -> tuple[str, ...] | None:
+    for key in ("names", "classes", "labels"):
+        if key in meta and (names := parse_names(meta[key])) is not None:
+            return names
+    return None
+
+
+def class_group_ids(manifest: Manifest) -> np.ndarray:
+    """NMS group per class id: its own index, or a shared one for `class_groups` members."""
+    names = list(manifest.classes)
+    group_of = {c: i for i, c in enumerate(names)}
+    for gi, group in enumerate(manifest.class_groups):
+        for c in group:
+            if c not in group_of:
+                raise ValueError(f"class group {list(group)} names unknown class {c!r}; "
+                                 f"classes are {names}")
+            group_of[c] = len(names) + gi
+    return np.array([group_of[c] for c in names], np.int64)
+
+
+def pick(scores: np.ndarray, conf: float, multi_label: bool
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, class, score) of every candidate above `conf` in a [N, C] score table.
+
+    Multi-label keeps each class above the threshold (a row may give several
+    detections); otherwise the best class per row.
+    """
+    if multi_label:
+        ri, ci = np.nonzero(scores > conf)
+    else:
+        ci = scores.argmax(1)
+        best = scores[np.arange(len(ci)), ci]
+        ri = np.flatnonzero(best > conf)
+        ci = ci[ri]
+    return ri, ci, scores[ri, ci]
+
+
+def xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
+    out = np.empty_like(xywh, dtype=np.float32)
+    out[:, :2] = xywh[:, :2] - xywh[:, 2:4] / 2
+    out[:, 2:] = xywh[:, :2] + xywh[:, 2:4] / 2
+    return out
+
+
+def class_nms(xyxy: np.ndarray, scores: np.ndarray, class_ids: np.ndarray,
+              group_ids: np.ndarray, manifest: Manifest) -> np.ndarray:
+    """edged's class-aware NMS with the manifest's class groups; kept indices, best first."""
+    if len(scores) == 0:
+        return np.zeros(0, np.int64)
+    if len(group_ids):
+        named = group_ids[np.clip(class_ids, 0, len(group_ids) - 1)]
+        # ids beyond the named classes (a graph with more classes than names) each get
+        # a group of their own, numbered after every named group
+        groups = np.where((class_ids >= 0) & (class_ids < len(group_ids)), named,
+                          class_ids + int(group_ids.max()) + 1)
+    else:
+        groups = class_ids
+    return nms(xyxy, scores, manifest.iou_threshold, groups=groups,
+               max_keep=manifest.max_detections)
+
+
+def mask_classes(manifest: Manifest) -> tuple[str, ...]:
+    """Classes of the class-index mask painted from instances: 0 background, id + 1."""
+    if manifest.seg_classes:
+        return manifest.seg_classes
+    return ("background", *manifest.classes)
+
+
+def logit(p: float) -> float:
+    """Threshold on logits equivalent to `sigmoid(x) > p` (no sigmoid over whole maps)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"mask_threshold must be in (0, 1), got {p}")
+    return math.log(p / (1.0 - p))
+
+
+def output_index(manifest: Manifest, output_names: list[str], role: str,
+                 default: str | None = None) -> int:
+    name = manifest.outputs.get(role, default)
+    if name is None:
+        raise ValueError(f"manifest names no output for {role!r} "
+                         f"(outputs: {', '.join(output_names)})")
+    if name not in output_names:
+        raise ValueError(f"manifest output {role!r} = {name!r} is not a graph output "
+                         f"({', '.join(output_names)})")
+    return output_names.index(name)

@@ -1,0 +1,130 @@
+"""Semantic segmentation: FCN, U-Net, SegNet, DeepLab, BiSeNet, SegFormer exports.
+
+One output, at any resolution with the input's aspect ratio (scaled back to the camera
+by the protocol's mask mapping; the letterbox padding is cropped away):
+
+- logits or probabilities [1, C, H, W], C >= 2: edged takes the argmax;
+- class ids [1, H, W] or [1, 1, H, W] (integer, or float holding integers);
+- a single-channel score map [1, 1, H, W] with manifest option `binary_threshold`
+  (e.g. 0.0 for a logit, 0.5 for a probability): class 1 where above it, else 0.
+
+Many of these networks expect ImageNet normalisation: put it in the manifest's
+preprocess (`mean` [0.485, 0.456, 0.406], `std` [0.229, 0.224, 0.225], in units after
+`scale`, per input channel); edged does not guess it. No detections.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edged.formats._common import (
+    TensorInfo,
+    batch1,
+    dims,
+    generic_classes,
+    image_input,
+    input_hw,
+    is_float,
+    is_int,
+    output_index,
+    preprocess_for,
+)
+from edged.manifest import Manifest
+from edged.preprocess import Letterbox
+from edged.results import Detections
+
+
+def _kind(o: TensorInfo) -> str | None:
+    s = o.shape
+    if len(s) == 4 and batch1(s[0]):
+        if is_int(s[1]) and s[1] >= 2:  # type: ignore[operator]
+            return "logits" if is_float(o) else None
+        if s[1] == 1:
+            return "class ids"
+        return "logits" if is_float(o) and s[1] is None else None
+    if len(s) == 3 and batch1(s[0]):
+        return "class ids"
+    return None
+
+
+def _fits(inputs: list[TensorInfo], outputs: list[TensorInfo], strict: bool) -> str | None:
+    if image_input(inputs) is None or len(inputs[0].shape) != 4 or len(outputs) != 1:
+        return None
+    o = outputs[0]
+    kind = _kind(o)
+    if kind is None or o.dtype == "bool":
+        return None
+    hw = input_hw(inputs)
+    h, w = o.shape[-2], o.shape[-1]
+    if hw is not None and is_int(h) and is_int(w):
+        ih, iw = hw
+        # same aspect ratio as the input, to within one cell (strided heads round up)
+        if abs(h - ih * w / iw) > 1.0 or h < 2 or w < 2:  # type: ignore[operator]
+            return None
+        where = f"{h}x{w} map of the {ih}x{iw} input"
+        if strict and kind == "logits" and tuple(o.shape) == tuple(inputs[0].shape):
+            # an output shaped exactly like the image is as likely an image-to-image
+            # model as a 3-class segmenter: do not claim it without `format: semantic`
+            return None
+    elif strict and not (kind == "logits" or not is_float(o)):
+        return None  # a float [1,H,W] of unknown size is no evidence of a class map
+    else:
+        where = "map, size dynamic"
+    what = (f"logits [1,{o.shape[1]},H,W] (argmax by edged)" if kind == "logits"
+            else f"{o.dtype} class ids {dims(o)}")
+    return f"semantic segmentation: one output {o.name} = {what}, {where}"
+
+
+def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> str | None:
+    return _fits(inputs, outputs, strict=True)
+
+
+def fits(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> str | None:
+    """For `format: semantic` in the config: also shapes too generic for auto."""
+    return _fits(inputs, outputs, strict=False)
+
+
+def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> Manifest:
+    if fits(inputs, outputs) is None:
+        raise ValueError("outputs do not follow the semantic layout")
+    o = outputs[0]
+    n = o.shape[1] if len(o.shape) == 4 and is_int(o.shape[1]) else None
+    seg = generic_classes(n) if n is not None and n >= 2 else ()  # type: ignore[arg-type]
+    return Manifest(format="semantic", input_name=inputs[0].name,
+                    outputs={"segmentation": o.name}, preprocess=preprocess_for(inputs, 512),
+                    seg_classes=seg)
+
+
+class Adapter:
+    def __init__(self, manifest: Manifest, output_names: list[str]) -> None:
+        self.manifest = manifest
+        self.index = output_index(manifest, output_names, "segmentation", output_names[0])
+        t = manifest.options.get("binary_threshold")
+        self.binary_threshold = None if t is None else float(t)
+
+    def class_map(self, out: np.ndarray, letterbox: Letterbox) -> np.ndarray:
+        """HxW uint8 class ids of the part of the map that covers the frame."""
+        if out.ndim == 4:
+            out = out[0]
+        elif out.ndim == 3:
+            out = out[None, 0]
+        else:
+            raise ValueError(f"segmentation output has shape {list(out.shape)}, "
+                             f"expected [1,C,H,W] or [1,H,W]")
+        # crop first: no argmax over the letterbox padding. crop_mask slices the first
+        # two axes, hence the (view-only) channel-last transpose
+        crop = letterbox.crop_mask(out.transpose(1, 2, 0))
+        if crop.shape[2] >= 2:
+            return crop.argmax(axis=2).astype(np.uint8)
+        plane = crop[:, :, 0]
+        if self.binary_threshold is not None:
+            return (plane > self.binary_threshold).view(np.uint8)
+        if plane.dtype == np.uint8:
+            return plane
+        if np.issubdtype(plane.dtype, np.floating):
+            plane = np.rint(plane)
+        return np.clip(plane, 0, 255).astype(np.uint8)
+
+    def postprocess(self, outputs: list[np.ndarray], letterbox: Letterbox, frame_w: int,
+                    frame_h: int) -> tuple[Detections, np.ndarray | None]:
+        return Detections.empty(), self.class_map(outputs[self.index], letterbox)

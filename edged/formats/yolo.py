@@ -1,0 +1,34 @@
+"""YOLO detection: ultralytics YOLOv8/11 ([1, 4+C, A]) and YOLOv5 ([1, A, 5+C]) exports
+without masks. The layouts and options are those of `yolo_seg` with no prototypes; the
+same adapter serves both (boxes only, no mask in the result).
+"""
+
+from __future__ import annotations
+
+from edged.formats._common import TensorInfo, image_input
+from edged.formats.yolo_seg import Adapter, Roles, detection_roles, manifest_for
+from edged.manifest import Manifest
+
+__all__ = ["Adapter", "default_manifest", "names_match", "recognise"]
+
+
+def roles(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> Roles | None:
+    if image_input(inputs) is None or len(inputs[0].shape) != 4 or len(outputs) != 1:
+        return None
+    return detection_roles(inputs, outputs[0], 0)
+
+
+def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> str | None:
+    r = roles(inputs, outputs)
+    return None if r is None else f"YOLO detection, one output: {r.why}"
+
+
+def names_match(outputs: list[TensorInfo]) -> bool:
+    return [o.name for o in outputs] == ["output0"]
+
+
+def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> Manifest:
+    r = roles(inputs, outputs)
+    if r is None:
+        raise ValueError("outputs do not follow the yolo layout")
+    return manifest_for(inputs, r, "yolo")

@@ -1,0 +1,366 @@
+"""Format adapters on real ONNX Runtime sessions: recognition, boxes, classes, masks.
+
+The models are built by tests/formatgen.py with outputs planted by construction; the
+answers (tests/formatgen.expected) are worked out from the letterbox geometry by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import formatgen as g
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from edged.codec import MaskEncoder, ProtocolError, decode, encode_result
+from edged.formats import FORMATS, FormatError, TensorInfo, parse_names, recognise
+from edged.formats.yolact import make_priors
+from edged.manifest import Manifest, load_manifest, manifest_path
+from edged.results import Frame, Result, instance_extents
+from edged.runner import ModelError, ModelOptions, ModelRunner
+
+BLACK = np.zeros((g.FRAME_H, g.FRAME_W, 3), np.uint8)
+CONFIG_CLASSES = {"mask-rcnn": ("__background__", "person", "bicycle", "car"),
+                  "sparseinst": ("ball", "robot")}
+
+BUILDERS = {
+    "yolo-seg": g.yolo_seg_model,
+    "yolo-seg-v5": lambda p: g.yolo_seg_model(p, layout="rows"),
+    "yolo": g.yolo_det_model,
+    "yolo-v8": lambda p: g.yolo_det_model(p, layout="anchors_last"),
+    "semantic": g.semantic_model,
+    "semantic-ids": lambda p: g.semantic_model(p, "ids"),
+    "semantic-ids3": lambda p: g.semantic_model(p, "ids3"),
+    "yolact": g.yolact_model,
+    "mask-rcnn": g.mask_rcnn_torchvision_model,
+    "mask-rcnn-mmdeploy": g.mask_rcnn_mmdeploy_model,
+    "sparseinst": g.sparseinst_model,
+    "sparseinst-nolabels": lambda p: g.sparseinst_model(p, with_labels=False),
+}
+FORMAT_OF = {"yolo-seg-v5": "yolo-seg", "yolo-v8": "yolo", "semantic-ids": "semantic",
+             "semantic-ids3": "semantic", "mask-rcnn-mmdeploy": "mask-rcnn",
+             "sparseinst-nolabels": "sparseinst"}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("formats")
+    return {k: build(d / f"{k}.onnx") for k, build in BUILDERS.items()}
+
+
+def run(model: Path, img: np.ndarray = BLACK, **kw: object) -> tuple[ModelRunner, Result]:
+    runner = ModelRunner(ModelOptions(path=model, threads=1, **kw))  # type: ignore[arg-type]
+    return runner, runner.infer(Frame("cam", 0, img, 0, 0))
+
+
+def frame_masks(res: Result) -> list[np.ndarray]:
+    """The result's instance masks placed in the frame."""
+    det = res.detections
+    assert det.instance_masks is not None
+    out = []
+    for (x0, y0, x1, y1), m in zip(instance_extents(det.boxes).tolist(), det.instance_masks):
+        assert m.shape == (y1 - y0, x1 - x0) and m.dtype == np.uint8
+        full = np.zeros((res.frame_h, res.frame_w), np.uint8)
+        full[y0:y1, x0:x1] = m
+        out.append(full)
+    return out
+
+
+def check(res: Result, exp: dict) -> None:
+    det = res.detections
+    np.testing.assert_allclose(det.boxes, np.array(exp["boxes"]), atol=1e-3)
+    assert [res.class_name(c) for c in det.class_ids] == exp["labels"]
+    np.testing.assert_allclose(det.scores, exp["scores"], atol=1e-6)
+    if exp["instances"] is None:
+        assert det.instance_masks is None and res.mask is None
+        return
+    for got, want in zip(frame_masks(res), exp["instances"], strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert res.mask.shape == exp["mask_shape"]
+    np.testing.assert_array_equal(res.mask, g.expected_class_mask(
+        exp["instances"], exp["ids"], exp["scores"], exp["mask_shape"]))
+
+
+# ----------------------------------------------------------------------------- recognition
+
+
+@pytest.mark.parametrize("key", list(BUILDERS))
+def test_each_model_is_recognised_with_format_auto(models, key):
+    runner = ModelRunner(ModelOptions(path=models[key], threads=1))
+    assert runner.manifest.format == FORMAT_OF.get(key, key)
+    assert runner.format_reason.startswith("recognised from the graph: ")
+
+
+def test_every_registered_format_is_a_config_format():
+    from edged.config import KNOWN_FORMATS
+
+    assert set(FORMATS) | {"auto"} == set(KNOWN_FORMATS)
+
+
+def test_reasons_are_specific(models):
+    why = ModelRunner(ModelOptions(path=models["yolo-seg"], threads=1)).format_reason
+    assert "3549 anchors = 1 per cell of the stride 8/16/32 grids" in why
+    assert "4 box + 3 classes + 4 mask coefficients" in why
+    assert "3 class names from the ONNX metadata" in why
+    why = ModelRunner(ModelOptions(path=models["yolact"], threads=1)).format_reason
+    assert "priors priors [100,4] from the graph" in why
+
+
+def test_unrecognisable_model_error_names_its_outputs(tmp_path):
+    path = g.const_model(tmp_path / "odd.onnx", [
+        ("alpha", np.zeros((1, 7), np.float32), None),
+        ("beta", np.zeros((2, 2, 2), np.float32), None)])
+    with pytest.raises(ModelError, match=r"no known model format fits.*outputs: "
+                                         r"alpha float32\[1, 7\], beta float32\[2, 2, 2\]"):
+        ModelRunner(ModelOptions(path=path))
+
+
+def test_ambiguous_shapes_ask_for_model_format(tmp_path):
+    # YOLOv5-seg rows next to prototypes also read as YOEO rows + logits; neutral
+    # output names give no tie-break, so edged asks instead of guessing
+    path = g.yolo_seg_model(tmp_path / "amb.onnx", layout="rows", output_names=("a", "b"))
+    with pytest.raises(ModelError, match=r"several formats fit this graph: yoeo \(.*\); "
+                                         r"yolo-seg \(.*\); set model.format"):
+        ModelRunner(ModelOptions(path=path))
+    runner = ModelRunner(ModelOptions(path=path, format="yolo-seg", threads=1))
+    assert runner.format_reason.startswith("format set in the config: YOLO-seg")
+    # with the exporter's names the tie is settled, and the reason says how
+    why = ModelRunner(ModelOptions(path=models_v5(tmp_path), threads=1)).format_reason
+    assert "the shapes also fit yoeo; output names output0, output1 are yolo-seg's" in why
+
+
+def models_v5(tmp_path: Path) -> Path:
+    return g.yolo_seg_model(tmp_path / "v5.onnx", layout="rows")
+
+
+def test_explicit_format_that_does_not_fit(models):
+    with pytest.raises(ModelError, match=r"do not fit format 'yolact' \(outputs: output0"):
+        ModelRunner(ModelOptions(path=models["yolo"], format="yolact"))
+
+
+def test_recognise_works_on_shapes_alone():
+    img = [TensorInfo("images", (1, 3, 640, 640), "float32")]
+    v8 = [TensorInfo("output0", (1, 116, 8400), "float32"),
+          TensorInfo("output1", (1, 32, 160, 160), "float32")]
+    assert recognise(img, v8)[0] == "yolo-seg"
+    assert recognise(img, v8[:1])[0] == "yolo"  # 116 = 4 + 112 classes, no prototypes
+    dyn = [TensorInfo("images", ("batch", 3, "h", "w"), "float32")]
+    assert recognise(dyn, [TensorInfo("output0", ("batch", 84, "anchors"), "float32")])[0] \
+        == "yolo"
+    seg = [TensorInfo("out", (1, 19, 160, 160), "float32")]
+    assert recognise(img, seg)[0] == "semantic"
+    sparse = [TensorInfo("masks", (1, 100, 160, 160), "float32"),
+              TensorInfo("scores", (1, 100, 80), "float32")]
+    assert recognise(img, sparse)[0] == "sparseinst"
+    yolact = [TensorInfo("loc", (1, 19248, 4), "float32"),
+              TensorInfo("conf", (1, 19248, 81), "float32"),
+              TensorInfo("mask", (1, 19248, 32), "float32"),
+              TensorInfo("proto", (1, 138, 138, 32), "float32")]
+    img550 = [TensorInfo("input", (1, 3, 550, 550), "float32")]
+    name, why = recognise(img550, yolact)
+    assert name == "yolact" and "19248 predictions = yolact_base's default priors" in why
+    with pytest.raises(FormatError, match="no known model format"):
+        recognise(img, [TensorInfo("y", (1, 1000), "float32")])
+
+
+def test_yolact_default_priors_match_yolact_base():
+    priors = make_priors({"scales": [[24], [48], [96], [192], [384]],
+                          "aspect_ratios": [1, 0.5, 2], "square": True}, 550, 550)
+    assert priors.shape == (19248, 4)
+    # first cell of the 69x69 stride-8 level, ratios 1, 1/2, 2 with square anchors
+    np.testing.assert_allclose(priors[:3, :2], [[0.5 / 69, 0.5 / 69]] * 3, rtol=1e-6)
+    np.testing.assert_allclose(priors[:3, 2], [24 / 550, 24 * 0.5 ** 0.5 / 550,
+                                               24 * 2 ** 0.5 / 550], rtol=1e-6)
+    np.testing.assert_array_equal(priors[:3, 2], priors[:3, 3])
+
+
+def test_parse_names_only_accepts_literal_name_lists():
+    assert parse_names("{0: 'person', 1: 'bicycle'}") == ("person", "bicycle")
+    assert parse_names("['a', 'b']") == ("a", "b")
+    assert parse_names("__import__('os').system('true')") is None
+    assert parse_names("{0: 'a', 2: 'c'}") is None  # a gap: not an index -> name list
+    assert parse_names("{0: 1}") is None and parse_names("") is None
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@pytest.mark.parametrize("key", ["yolo-seg", "yolo-seg-v5"])
+def test_yolo_seg_boxes_classes_and_masks(models, key):
+    _, res = run(models[key])
+    check(res, g.expected("yolo-seg"))
+    assert res.mask_classes == ("background", "person", "robot", "ball")
+
+
+@pytest.mark.parametrize("key", ["yolo", "yolo-v8"])
+def test_yolo_detection_has_boxes_and_no_mask(models, key):
+    _, res = run(models[key])
+    check(res, g.expected("yolo"))
+
+
+def test_class_names_from_the_config_win_over_metadata(models):
+    _, res = run(models["yolo"], classes=("a", "b", "c"))
+    assert [res.class_name(c) for c in res.detections.class_ids] == ["b", "a"]
+
+
+@pytest.mark.parametrize("key", ["semantic", "semantic-ids", "semantic-ids3"])
+def test_semantic_class_map(models, key):
+    img, truth = g.band_frame()
+    _, res = run(models[key], img)
+    assert len(res.detections) == 0
+    np.testing.assert_array_equal(res.mask, truth)
+    assert res.mask_classes == ("red", "green", "blue", "dark")
+
+
+def test_semantic_mean_std_from_the_manifest(tmp_path):
+    model = g.semantic_model(tmp_path / "sem.onnx")
+    img = np.full((312, 416, 3), 200, np.uint8)  # grey: R = G = B = 0.784
+    _, res = run(model, img)
+    assert set(np.unique(res.mask)) == {0}  # equal channels: argmax takes the first
+    runner = ModelRunner(ModelOptions(path=model, threads=1))
+    m = json.loads(runner.manifest.to_json())
+    m["preprocess"].update(mean=[0.5, 0.0, 0.3], std=[1, 1, 0.5])
+    manifest_path(model).write_text(json.dumps(m))
+    # now R 0.284, G 0.784, B 0.968: blue wins, and would not without the std
+    _, res = run(model, img)
+    assert set(np.unique(res.mask)) == {2}
+
+
+def test_semantic_binary_threshold_option(tmp_path):
+    path = g.const_model(tmp_path / "bin.onnx", [
+        ("prob", np.tile(np.linspace(0, 1, 104, dtype=np.float32), (1, 1, 104, 1)), None)])
+    runner = ModelRunner(ModelOptions(path=path, format="semantic", threads=1))
+    m = runner.manifest
+    manifest_path(path).write_text(Manifest(**{**_fields(m), "options": {
+        "binary_threshold": 0.5}}).to_json())
+    _, res = run(path, np.zeros((416, 416, 3), np.uint8))
+    np.testing.assert_array_equal(res.mask[0], (np.linspace(0, 1, 104) > 0.5).astype(np.uint8))
+
+
+def _fields(m: Manifest) -> dict:
+    return {k: getattr(m, k) for k in Manifest.__dataclass_fields__}
+
+
+def test_yolact_decoding_priors_and_overlap(models):
+    _, res = run(models["yolact"])
+    check(res, g.expected("yolact"))
+
+
+def test_mask_rcnn_torchvision_roi_masks(models):
+    runner, res = run(models["mask-rcnn"], classes=CONFIG_CLASSES["mask-rcnn"])
+    assert runner.manifest.preprocess.input_w == 640  # dynamic [3, H, W] input
+    check(res, g.expected("mask-rcnn"))
+
+
+def test_mask_rcnn_mmdeploy_pasted_masks(models):
+    _, res = run(models["mask-rcnn-mmdeploy"])
+    sc = 0.65  # 416 letterbox, pad_y 52
+    b1 = (100 / sc, (180 - 52) / sc, 300 / sc, min((380 - 52) / sc, 480))
+    b2 = (400 / sc, (100 - 52) / sc, 640, (300 - 52) / sc)
+    masks = frame_masks(res)
+    np.testing.assert_allclose(res.detections.boxes, [b1, b2], atol=1e-3)
+    assert res.detections.class_ids.tolist() == [0, 2]
+    to_input = (sc, 0.0, sc, 52.0)  # the pasted masks are at input resolution
+    np.testing.assert_array_equal(masks[0], g.block_mask(b1, (180, 380, 100, 200), to_input,
+                                                         (416, 416)))
+    np.testing.assert_array_equal(masks[1], g.block_mask(b2, (100, 300, 400, 416), to_input,
+                                                         (416, 416)))
+
+
+@pytest.mark.parametrize("key", ["sparseinst", "sparseinst-nolabels"])
+def test_sparseinst_boxes_from_masks(models, key):
+    _, res = run(models[key], classes=CONFIG_CLASSES["sparseinst"])
+    exp = g.expected("sparseinst")
+    if key == "sparseinst-nolabels":  # one class: every query is class 0
+        exp = {**exp, "labels": ["ball", "ball"], "ids": [0, 0]}
+    check(res, exp)
+
+
+def test_no_detections_still_gives_a_background_mask(models):
+    _, res = run(models["yolact"], conf_threshold=0.95)
+    assert len(res.detections) == 0 and res.detections.instance_masks == []
+    assert res.mask.shape == (128, 128) and not res.mask.any()
+
+
+# ----------------------------------------------------------------------------- wire
+
+
+@pytest.mark.parametrize("encoding", ["raw", "zstd", "png"])
+def test_instance_masks_survive_the_wire(models, encoding):
+    _, res = run(models["yolact"])
+    frames = encode_result(res, MaskEncoder(encoding))
+    assert len(frames) == 3  # instances live in the header: v1 frame counts unchanged
+    msg = decode(frames)
+    assert msg.instances is not None and len(msg.instances) == 2
+    for i, want in enumerate(g.expected("yolact")["instances"]):
+        np.testing.assert_array_equal(msg.instance_mask_camera(i), want)
+    np.testing.assert_array_equal(msg.mask, res.mask)
+    # masks off: no instances either
+    assert decode(encode_result(res, MaskEncoder(encoding), send_mask=False)).instances is None
+
+
+def test_formats_without_instances_send_no_instances_key(models):
+    import msgpack
+
+    _, res = run(models["yolo"])
+    frames = encode_result(res, MaskEncoder())
+    assert "instances" not in msgpack.unpackb(frames[1])
+    assert decode(frames).instances is None
+
+
+def _with_instances(frames: list[bytes], **change: object) -> list[bytes]:
+    import msgpack
+
+    h = msgpack.unpackb(frames[1])
+    inst = h["instances"]
+    for k, v in change.items():
+        if k in inst:
+            inst[k] = v
+        else:
+            inst["masks"][0][k] = v
+    return [frames[0], msgpack.packb(h, use_single_float=True), *frames[2:]]
+
+
+def test_malformed_instances_are_protocol_errors(models):
+    _, res = run(models["yolact"])
+    frames = encode_result(res, MaskEncoder("raw"))
+    for change, match in [({"masks": []}, "0 masks for 2 detections"),
+                          ({"encoding": "gif"}, "unknown encoding"),
+                          ({"origin": [630, 0]}, "leaves the 640x480 frame"),
+                          ({"data": b"\x01"}, r"masks\[0\]: mask: 1 bytes"),
+                          ({"shape": [1, -1]}, "must be 2 ints")]:
+        with pytest.raises(ProtocolError, match=match):
+            decode(_with_instances(frames, **change))
+
+
+def test_manifest_options_round_trip(tmp_path, models):
+    m = ModelRunner(ModelOptions(path=models["yolo-seg"], threads=1)).manifest
+    assert m.options == {"layout": "anchors_last", "mask_threshold": 0.5}
+    p = tmp_path / "m.json"
+    p.write_text(m.to_json())
+    assert load_manifest(p) == m
+
+
+def test_unbatched_torchvision_input_is_fed_as_3d(models):
+    runner = ModelRunner(ModelOptions(path=models["mask-rcnn"], threads=1))
+    out = runner.run_tensor(np.zeros((1, 3, 640, 640), np.float32))
+    assert out[0].shape == (3, 4)
+
+
+def test_identity_like_graph_is_not_claimed_as_semantic(tmp_path):
+    # an output shaped exactly like the input image could be anything image-to-image
+    gph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                            [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                           [1, 3, 64, 64])],
+                            [helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                                           [1, 3, 64, 64])])
+    model = helper.make_model(gph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "id.onnx"))
+    with pytest.raises(ModelError, match="no known model format fits"):
+        ModelRunner(ModelOptions(path=tmp_path / "id.onnx"))
+    runner = ModelRunner(ModelOptions(path=tmp_path / "id.onnx", format="semantic"))
+    assert runner.manifest.format == "semantic"

@@ -256,6 +256,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    setup_logging("warning")
+    from edged.formats.inspection import (
+        InspectError,
+        inspect_model,
+        render_report,
+        write_manifest,
+    )
+
+    try:
+        info = inspect_model(Path(args.model), args.format, runs=args.runs)
+        if args.write_manifest and info["error"] is None:
+            info["wrote"] = str(write_manifest(info, args.format, force=args.force))
+    except InspectError as e:
+        print(f"edged inspect: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(info, indent=2) if args.json else render_report(info))
+    return 0 if info["error"] is None else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edged", description="Streaming edge-inference daemon.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -292,6 +312,18 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--threads", type=int, default=1)
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_eval)
+
+    n = sub.add_parser("inspect", help="show a model's tensors, recognised format, manifest "
+                                       "and latency")
+    n.add_argument("model", help="ONNX file")
+    n.add_argument("--format", default="auto",
+                   help="take the model as this format instead of recognising it")
+    n.add_argument("--write-manifest", action="store_true",
+                   help="write the manifest derived from the graph to <model>.json")
+    n.add_argument("--force", action="store_true", help="let --write-manifest overwrite")
+    n.add_argument("--runs", type=int, default=10, help="timed runs for the latency estimate")
+    n.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    n.set_defaults(func=cmd_inspect)
     return p
 
 

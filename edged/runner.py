@@ -24,9 +24,7 @@ from edged.formats import (
     TensorInfo,
     apply_metadata_names,
     classes_from_metadata,
-    describe,
-    fits,
-    recognise,
+    manifest_from_graph,
 )
 from edged.manifest import Manifest, ManifestError, load_manifest, manifest_path
 from edged.preprocess import Preprocessor
@@ -163,34 +161,14 @@ class ModelRunner:
                 reason += f"; {note}" if note else ""
         else:
             try:
-                m, reason = self.graph_manifest(o.format)
+                m, reason = manifest_from_graph(self.inputs, self.outputs, self.metadata,
+                                                o.format)
             except (FormatError, ValueError) as e:
                 raise ModelError(f"{o.path}: {e}") from None
         m = m.with_overrides(conf_threshold=o.conf_threshold, iou_threshold=o.iou_threshold,
                              max_detections=o.max_detections, classes=o.classes,
                              seg_classes=o.seg_classes, class_groups=o.class_groups)
         return m, reason
-
-    def graph_manifest(self, fmt: str = "auto") -> tuple[Manifest, str]:
-        """The manifest the graph implies (no manifest file, no config overrides), and why.
-
-        Class names come from the ONNX metadata where the exporter wrote them.
-        FormatError or ValueError when the format cannot be told or does not fit.
-        """
-        if fmt == "auto":
-            fmt, why = recognise(self.inputs, self.outputs)
-            reason = f"recognised from the graph: {why}"
-        else:
-            if fmt not in FORMATS:
-                raise FormatError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
-            why = fits(fmt, self.inputs, self.outputs)
-            if why is None:
-                raise FormatError(f"the graph's outputs do not fit format {fmt!r} "
-                                  f"(outputs: {describe(self.outputs)})")
-            reason = f"format set in the config: {why}"
-        m = FORMATS[fmt].default_manifest(self.inputs, self.outputs)
-        m, note = apply_metadata_names(m, classes_from_metadata(self.metadata))
-        return m, reason + (f"; {note}" if note else "")
 
     # ------------------------------------------------------------------ running
 

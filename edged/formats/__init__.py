@@ -32,7 +32,8 @@ from edged.formats._common import (
 from edged.manifest import Manifest
 
 __all__ = ["FORMATS", "FormatError", "TensorInfo", "apply_metadata_names",
-           "classes_from_metadata", "describe", "fits", "parse_names", "recognise"]
+           "classes_from_metadata", "describe", "fits", "manifest_from_graph", "parse_names",
+           "recognise"]
 
 FORMATS: dict[str, ModuleType] = {
     "yoeo": yoeo,
@@ -91,3 +92,27 @@ def apply_metadata_names(m: Manifest, names: tuple[str, ...] | None) -> tuple[Ma
                                                f"the ONNX metadata")
     return m, (f"ignored {len(names)} class names in the ONNX metadata: the graph has "
                f"{len(m.classes or m.seg_classes)} classes")
+
+
+def manifest_from_graph(inputs: list[TensorInfo], outputs: list[TensorInfo],
+                        metadata: dict[str, str], fmt: str = "auto") -> tuple[Manifest, str]:
+    """The manifest a graph implies (no manifest file, no config overrides), and why.
+
+    `fmt` "auto" recognises the family; a named format only has to fit. Class names come
+    from the ONNX metadata where the exporter wrote them. FormatError or ValueError when
+    the format cannot be told or the graph does not fit it.
+    """
+    if fmt == "auto":
+        fmt, why = recognise(inputs, outputs)
+        reason = f"recognised from the graph: {why}"
+    else:
+        if fmt not in FORMATS:
+            raise FormatError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+        why = fits(fmt, inputs, outputs)
+        if why is None:
+            raise FormatError(f"the graph's outputs do not fit format {fmt!r} "
+                              f"(outputs: {describe(outputs)})")
+        reason = f"format set in the config: {why}"
+    m = FORMATS[fmt].default_manifest(inputs, outputs)
+    m, note = apply_metadata_names(m, classes_from_metadata(metadata))
+    return m, reason + (f"; {note}" if note else "")

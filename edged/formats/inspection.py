@@ -1,0 +1,227 @@
+"""`edged inspect MODEL`: what a model file is, which format edged takes it for and why,
+the manifest it would use, and what one frame costs on this machine.
+
+Works without the `onnx` package (not a runtime dependency): the few ModelProto fields
+shown (IR version, producer, opsets) are read straight from the protobuf wire format.
+"""
+
+from __future__ import annotations
+
+import mmap
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edged.manifest import manifest_path
+
+
+class InspectError(RuntimeError):
+    """The model cannot be inspected at all, or the manifest cannot be written."""
+
+
+# ----------------------------------------------------------------------------- protobuf
+
+def _varint(buf: bytes | mmap.mmap, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(buf) or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, i
+        shift += 7
+
+
+def _fields(buf: bytes | mmap.mmap, start: int, end: int):
+    """(field number, wire type, value) of one protobuf message; length-delimited values
+    come as (start, end) offsets so that a large graph is skipped, not copied."""
+    i = start
+    while i < end:
+        key, i = _varint(buf, i)
+        num, wire = key >> 3, key & 7
+        if wire == 0:
+            v, i = _varint(buf, i)
+            yield num, wire, v
+        elif wire == 1:
+            i += 8
+        elif wire == 2:
+            n, i = _varint(buf, i)
+            if i + n > end:
+                raise ValueError("field runs past the end of its message")
+            yield num, wire, (i, i + n)
+            i += n
+        elif wire == 5:
+            i += 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+
+
+def model_header(path: Path) -> dict[str, Any]:
+    """IR version, producer and opset imports of an ONNX ModelProto file."""
+    out: dict[str, Any] = {"ir_version": None, "producer": "", "opsets": {}}
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        producer = ["", ""]
+        for num, wire, v in _fields(buf, 0, len(buf)):
+            if num == 1 and wire == 0:
+                out["ir_version"] = v
+            elif num in (2, 3) and wire == 2:
+                producer[num - 2] = bytes(buf[v[0]:v[1]]).decode("utf-8", "replace")
+            elif num == 8 and wire == 2:  # OperatorSetIdProto: 1 domain, 2 version
+                domain, version = "", None
+                for n2, w2, v2 in _fields(buf, v[0], v[1]):
+                    if n2 == 1 and w2 == 2:
+                        domain = bytes(buf[v2[0]:v2[1]]).decode("utf-8", "replace")
+                    elif n2 == 2 and w2 == 0:
+                        version = v2
+                out["opsets"][domain or "ai.onnx"] = version
+        out["producer"] = " ".join(p for p in producer if p)
+    return out
+
+
+# ----------------------------------------------------------------------------- inspect
+
+def _tensors(infos: list[Any]) -> list[dict[str, Any]]:
+    return [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in infos]
+
+
+def inspect_model(path: Path, fmt: str = "auto", runs: int = 10) -> dict[str, Any]:
+    """Everything `edged inspect` shows, as JSON-ready data.
+
+    A model edged cannot serve (unknown format, ambiguous, bad manifest) still gets its
+    tensors listed, with the reason under "error". InspectError if it cannot be read.
+    """
+    import onnxruntime as ort
+
+    from edged.runner import ModelError, ModelOptions, ModelRunner, tensor_infos
+
+    if not path.is_file():
+        raise InspectError(f"model file not found: {path}")
+    info: dict[str, Any] = {"path": str(path), "size_bytes": path.stat().st_size}
+    try:
+        info.update(model_header(path))
+    except (ValueError, OSError) as e:
+        raise InspectError(f"{path} is not an ONNX model: {e}") from None
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises several unrelated types for bad files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InspectError(f"cannot load model {path}: {first}") from None
+    info["inputs"] = _tensors(tensor_infos(session.get_inputs()))
+    info["outputs"] = _tensors(tensor_infos(session.get_outputs()))
+    info["metadata"] = dict(session.get_modelmeta().custom_metadata_map)
+    del session
+    info.update(format=None, why=None, manifest=None, manifest_source=None, latency=None,
+                error=None)
+    try:
+        runner = ModelRunner(ModelOptions(path=path, format=fmt, threads=1, warmup_runs=0))
+    except ModelError as e:
+        info["error"] = str(e)
+        return info
+    m = runner.manifest
+    info["format"], info["why"] = m.format, runner.format_reason
+    info["manifest_source"] = ("file " + str(manifest_path(path))
+                               if manifest_path(path).is_file() else "derived from the graph")
+    info["manifest"] = _manifest_dict(m)
+    info["latency"] = _latency(runner, runs)
+    return info
+
+
+def _manifest_dict(m: Any) -> dict[str, Any]:
+    import json
+
+    return json.loads(m.to_json())
+
+
+def _latency(runner: Any, runs: int) -> dict[str, Any]:
+    """Median of `runs` frames (after one untimed warm-up) on a black frame of the
+    model's input size, 1 intra-op thread: what one camera frame costs at least."""
+    from edged.results import Frame
+
+    pre = runner.manifest.preprocess
+    img = np.zeros((pre.input_h, pre.input_w, 3), np.uint8)
+    stages: dict[str, list[float]] = {"total": [], "preprocess": [], "inference": [],
+                                      "postprocess": []}
+    for i in range(runs + 1):
+        t = time.perf_counter()
+        res = runner.infer(Frame("_inspect", i, img, 0, 0))
+        total = (time.perf_counter() - t) * 1e3
+        if i == 0:
+            continue
+        stages["total"].append(total)
+        for k in ("preprocess", "inference", "postprocess"):
+            stages[k].append(res.timings_ms[k])
+    out: dict[str, Any] = {k: round(statistics.median(v), 3) for k, v in stages.items()}
+    out.update(runs=runs, threads=runner.threads, providers=runner.providers,
+               frame=[pre.input_w, pre.input_h])
+    return out
+
+
+def write_manifest(info: dict[str, Any], fmt: str = "auto", force: bool = False) -> Path:
+    """Write the manifest derived from the graph beside the model (<model>.json).
+
+    Derived, never read back: with --force an existing manifest is replaced by what the
+    graph (and its metadata) says, the way to start over after a bad edit.
+    """
+    from edged.formats import FormatError, TensorInfo, manifest_from_graph
+
+    path = Path(info["path"])
+    target = manifest_path(path)
+    if target.exists() and not force:
+        raise InspectError(f"{target} exists; pass --force to overwrite it")
+
+    def tensors(kind: str) -> list[TensorInfo]:
+        return [TensorInfo(t["name"], tuple(t["shape"]), t["dtype"]) for t in info[kind]]
+
+    try:
+        m, _ = manifest_from_graph(tensors("inputs"), tensors("outputs"), info["metadata"], fmt)
+    except (FormatError, ValueError) as e:
+        raise InspectError(f"{path}: {e}") from None
+    target.write_text(m.to_json())
+    return target
+
+
+# ----------------------------------------------------------------------------- text
+
+def _dims(shape: list[Any]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def render_report(info: dict[str, Any]) -> str:
+    import json
+
+    size = info["size_bytes"]
+    lines = [f"model    {info['path']}",
+             f"size     {size / 1e6:.2f} MB ({size} bytes)",
+             f"onnx     IR {info['ir_version']}, opsets "
+             + (", ".join(f"{d} {v}" for d, v in info["opsets"].items()) or "none")
+             + (f", produced by {info['producer']}" if info["producer"] else "")]
+    for kind in ("inputs", "outputs"):
+        for i, t in enumerate(info[kind]):
+            label = kind[:-1] if i == 0 else ""
+            lines.append(f"{label:<8} {t['name']} {t['dtype']}{_dims(t['shape'])}")
+    if info["metadata"]:
+        lines.append("metadata " + ", ".join(
+            f"{k}={v if len(v) <= 60 else v[:57] + '...'}"
+            for k, v in sorted(info["metadata"].items())))
+    if info["error"] is not None:
+        lines.append(f"format   none: {info['error']}")
+        return "\n".join(lines)
+    lines.append(f"format   {info['format']}: {info['why']}")
+    lat = info["latency"]
+    lines.append(f"latency  {lat['total']:.2f} ms per frame (median of {lat['runs']} runs, "
+                 f"black {lat['frame'][0]}x{lat['frame'][1]} frame, {lat['threads']} thread, "
+                 f"{lat['providers'][0]}; inference {lat['inference']:.2f} ms, post-processing "
+                 f"{lat['postprocess']:.2f} ms)")
+    lines.append(f"manifest ({info['manifest_source']}):")
+    lines.append(json.dumps(info["manifest"], indent=2))
+    if "wrote" in info:
+        lines.append(f"wrote    {info['wrote']}")
+    return "\n".join(lines)

@@ -31,17 +31,26 @@ from edged.results import instance_extents, nearest_indices
 FieldFn = Callable[[int, slice, slice], np.ndarray]
 
 
-def _axis(lo: int, hi: int, b_lo: float, b_hi: float, scale: float, pad: float, f_scale: float,
-          f_off: float, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Pixels lo..hi-1 along one axis: inside-the-box flags, field cells i0, i1, weight."""
-    c = np.arange(lo, hi, dtype=np.float64) + 0.5
-    inside = (c >= b_lo) & (c < b_hi)
+def _axes(lo: np.ndarray, hi: np.ndarray, b_lo: np.ndarray, b_hi: np.ndarray, scale: float,
+          pad: float, f_scale: np.ndarray, f_off: np.ndarray, n: int
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every instance's pixels along one axis, concatenated (instance i's are
+    offsets[i]:offsets[i + 1]): inside-the-box flags, field cells i0, i1 and weight.
+
+    One pass for all instances, so the per-instance loop only slices.
+    """
+    lengths = np.maximum(hi - lo, 0)
+    offsets = np.zeros(len(lo) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    owner = np.repeat(np.arange(len(lo)), lengths)
+    c = (np.arange(offsets[-1]) - offsets[owner] + lo[owner]) + 0.5  # pixel centres
+    inside = (c >= b_lo[owner]) & (c < b_hi[owner])
     # camera -> model input -> field units, relative to cell centres
-    f = (c * scale + pad) * f_scale + f_off - 0.5
+    f = (c * scale + pad) * f_scale[owner] + f_off[owner] - 0.5
     np.clip(f, 0.0, n - 1, out=f)
     i0 = f.astype(np.intp)  # f >= 0, so truncation is floor
     i1 = np.minimum(i0 + 1, n - 1)
-    return inside, i0, i1, (f - i0).astype(np.float32)
+    return offsets, inside, i0, i1, (f - i0).astype(np.float32)
 
 
 def render(boxes_cam: np.ndarray, letterbox: Letterbox, field_hw: tuple[int, int],
@@ -54,24 +63,27 @@ def render(boxes_cam: np.ndarray, letterbox: Letterbox, field_hw: tuple[int, int
     fh, fw = field_hw
     ext = instance_extents(boxes_cam)
     lb = letterbox
+    b = np.asarray(boxes_cam, np.float64).reshape(-1, 4)
+    t = np.asarray(to_field, np.float64).reshape(-1, 4)
+    xo, inx, c0, c1, wx = _axes(ext[:, 0], ext[:, 2], b[:, 0], b[:, 2], lb.scale_x, lb.pad_x,
+                                t[:, 0], t[:, 1], fw)
+    yo, iny, r0, r1, wy = _axes(ext[:, 1], ext[:, 3], b[:, 1], b[:, 3], lb.scale_y, lb.pad_y,
+                                t[:, 2], t[:, 3], fh)
     masks: list[np.ndarray] = []
-    for i in range(len(boxes_cam)):
-        x0, y0, x1, y1 = (int(v) for v in ext[i])
-        if x1 <= x0 or y1 <= y0:
-            masks.append(np.zeros((y1 - y0, x1 - x0), np.uint8))
+    for i in range(len(b)):
+        xs, ys = slice(xo[i], xo[i + 1]), slice(yo[i], yo[i + 1])
+        if xs.start == xs.stop or ys.start == ys.stop:
+            masks.append(np.zeros((ys.stop - ys.start, xs.stop - xs.start), np.uint8))
             continue
-        bx1, by1, bx2, by2 = (float(v) for v in boxes_cam[i])
-        sx, ox, sy, oy = (float(v) for v in to_field[i])
-        inx, c0, c1, wx = _axis(x0, x1, bx1, bx2, lb.scale_x, lb.pad_x, sx, ox, fw)
-        iny, r0, r1, wy = _axis(y0, y1, by1, by2, lb.scale_y, lb.pad_y, sy, oy, fh)
-        rs = slice(int(r0[0]), int(r1[-1]) + 1)  # indices are monotonic in the pixel
-        cs = slice(int(c0[0]), int(c1[-1]) + 1)
+        ir0, ir1, ic0, ic1 = r0[ys], r1[ys], c0[xs], c1[xs]
+        # the window of the field these pixels read (indices grow with the pixel)
+        rs, cs = slice(int(ir0[0]), int(ir1[-1]) + 1), slice(int(ic0[0]), int(ic1[-1]) + 1)
         f = np.asarray(field(i, rs, cs), np.float32)
-        top, bottom = f[r0 - rs.start], f[r1 - rs.start]
-        rows = top + (bottom - top) * wy[:, None]
-        left, right = rows[:, c0 - cs.start], rows[:, c1 - cs.start]
-        value = left + (right - left) * wx
-        m = (value > threshold) & iny[:, None] & inx[None, :]
+        top, bottom = f[ir0 - rs.start], f[ir1 - rs.start]
+        rows = top + (bottom - top) * wy[ys, None]
+        left, right = rows[:, ic0 - cs.start], rows[:, ic1 - cs.start]
+        value = left + (right - left) * wx[xs]
+        m = (value > threshold) & iny[ys, None] & inx[None, xs]
         masks.append(m.view(np.uint8))
     return masks
 
@@ -93,13 +105,15 @@ def paint(masks: list[np.ndarray], boxes_cam: np.ndarray, class_ids: np.ndarray,
     ycam = nearest_indices(frame_h, mh)
     xcam = nearest_indices(frame_w, mw)
     ext = instance_extents(boxes_cam)
-    values = np.clip(class_ids.astype(np.int64) + 1, 0, 255).astype(np.uint8)
-    for i in np.argsort(scores, kind="stable"):
-        x0, y0, x1, y1 = (int(v) for v in ext[i])
-        ra, rb = np.searchsorted(ycam, (y0, y1))
-        ca, cb = np.searchsorted(xcam, (x0, x1))
+    # the cells whose camera pixel lies in each extent, for all instances at once
+    rr = np.searchsorted(ycam, ext[:, 1::2]).tolist()
+    cc = np.searchsorted(xcam, ext[:, 0::2]).tolist()
+    x0s, y0s = ext[:, 0].tolist(), ext[:, 1].tolist()
+    values = np.clip(class_ids.astype(np.int64) + 1, 0, 255).astype(np.uint8).tolist()
+    for i in np.argsort(scores, kind="stable").tolist():
+        (ra, rb), (ca, cb) = rr[i], cc[i]
         if ra == rb or ca == cb:
             continue
-        sub = masks[i][ycam[ra:rb] - y0][:, xcam[ca:cb] - x0].view(bool)
+        sub = masks[i][ycam[ra:rb] - y0s[i]][:, xcam[ca:cb] - x0s[i]].view(bool)
         out[ra:rb, ca:cb][sub] = values[i]
     return out

@@ -237,8 +237,6 @@ class Adapter:
         if len(priors) != len(loc):
             raise ValueError(f"yolact: {len(priors)} priors for {len(loc)} predictions")
         proto = outputs[self.idx["proto"]][0]
-        if not self.channels_last:
-            proto = proto.transpose(1, 2, 0)  # a view: [h, w, M] either way
         cls_scores = conf[:, 1:]  # column 0 is background
         cand = np.flatnonzero(cls_scores.max(1) > m.conf_threshold)
         ri, ci, sc = pick(cls_scores[cand], m.conf_threshold, m.multi_label)
@@ -255,12 +253,19 @@ class Adapter:
         scores = sc[keep].astype(np.float32)
         ids = ci[keep].astype(np.int32)
         coefs = coef[cand[keep]].astype(np.float32)
-        ph, pw = proto.shape[:2]
+        if self.channels_last:
+            ph, pw = proto.shape[:2]
+            spec = "hwm,m->hw"
+        else:
+            ph, pw = proto.shape[1:]
+            spec = "mhw,m->hw"
         scale = np.array([pw / letterbox.input_w, 0.0, ph / letterbox.input_h, 0.0])
         to_field = np.broadcast_to(scale, (len(keep), 4))
 
         def field(i: int, rs: slice, cs: slice) -> np.ndarray:
-            return proto[rs, cs] @ coefs[i]
+            # the window under the box only; einsum rather than BLAS (see yolo_seg)
+            window = proto[rs, cs] if self.channels_last else proto[:, rs, cs]
+            return np.einsum(spec, window, coefs[i])
 
         masks = render(boxes, letterbox, (ph, pw), to_field, field, self.threshold)
         class_mask = paint(masks, boxes, ids, scores, letterbox, frame_w, frame_h)

@@ -267,8 +267,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     try:
         info = inspect_model(Path(args.model), args.format, runs=args.runs)
-        if args.write_manifest and info["error"] is None:
-            info["wrote"] = str(write_manifest(info, args.format, force=args.force))
+        if args.write_manifest:
+            # from the graph even when the existing manifest is what failed; then show
+            # what edged makes of the model with the new file
+            wrote = write_manifest(info, args.format, force=args.force)
+            info = inspect_model(Path(args.model), args.format, runs=args.runs)
+            info["wrote"] = str(wrote)
     except InspectError as e:
         print(f"edged inspect: {e}", file=sys.stderr)
         return 1

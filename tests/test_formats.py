@@ -364,3 +364,25 @@ def test_identity_like_graph_is_not_claimed_as_semantic(tmp_path):
         ModelRunner(ModelOptions(path=tmp_path / "id.onnx"))
     runner = ModelRunner(ModelOptions(path=tmp_path / "id.onnx", format="semantic"))
     assert runner.manifest.format == "semantic"
+
+
+def test_explicit_yolo_format_accepts_any_anchor_count(tmp_path):
+    rows = g.yolo_table("anchors_last", masks=0)[:, :, :3000]  # not a stride-grid count
+    path = g.const_model(tmp_path / "odd.onnx", [("output0", np.ascontiguousarray(rows), None)])
+    with pytest.raises(ModelError, match="no known model format fits"):
+        ModelRunner(ModelOptions(path=path))
+    runner, res = run(path, format="yolo")
+    assert "3000 anchors (not checked against the strides)" in runner.format_reason
+    assert len(res.detections) == 2
+
+
+def test_model_header_reads_opsets_and_producer(tmp_path):
+    from edged.formats.inspection import model_header
+
+    path = g.const_model(tmp_path / "m.onnx", [("y", np.zeros((1, 2), np.float32), None)])
+    model = onnx.load(str(path))
+    model.producer_name, model.producer_version = "pytorch", "2.1.0"
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, str(path))
+    assert model_header(path) == {"ir_version": 8, "producer": "pytorch 2.1.0",
+                                  "opsets": {"ai.onnx": 17, "com.microsoft": 1}}

@@ -158,3 +158,14 @@ def test_inspect_unrecognised_model_lists_tensors_and_fails(tmp_path):
     assert "format   none: " in p.stdout and "no known model format fits" in p.stdout
     p = edged("inspect", str(tmp_path / "missing.onnx"))
     assert p.returncode == 1 and "model file not found" in p.stderr
+
+
+def test_inspect_force_rewrites_a_broken_manifest(tmp_path):
+    model = g.sparseinst_model(tmp_path / "sp.onnx")
+    (tmp_path / "sp.json").write_text('{"format": "sparseinst", "outputs": {"masks": "nope"}}')
+    p = edged("inspect", str(model), "--runs", "1")
+    assert p.returncode == 1 and "manifest input 'InputLayer' is not a graph input" in p.stdout
+    p = edged("inspect", str(model), "--runs", "1", "--write-manifest", "--force")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "format   sparseinst: manifest sp.json" in p.stdout
+    assert f"wrote    {tmp_path / 'sp.json'}" in p.stdout

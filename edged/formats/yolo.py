@@ -9,17 +9,24 @@ from edged.formats._common import TensorInfo, image_input
 from edged.formats.yolo_seg import Adapter, Roles, detection_roles, manifest_for
 from edged.manifest import Manifest
 
-__all__ = ["Adapter", "default_manifest", "names_match", "recognise"]
+__all__ = ["Adapter", "default_manifest", "fits", "names_match", "recognise"]
 
 
-def roles(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> Roles | None:
+def roles(inputs: list[TensorInfo], outputs: list[TensorInfo], strict: bool = True
+          ) -> Roles | None:
     if image_input(inputs) is None or len(inputs[0].shape) != 4 or len(outputs) != 1:
         return None
-    return detection_roles(inputs, outputs[0], 0)
+    return detection_roles(inputs, outputs[0], 0, strict)
 
 
 def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> str | None:
     r = roles(inputs, outputs)
+    return None if r is None else f"YOLO detection, one output: {r.why}"
+
+
+def fits(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> str | None:
+    """For `format: yolo` in the config: any anchor count."""
+    r = roles(inputs, outputs, strict=False)
     return None if r is None else f"YOLO detection, one output: {r.why}"
 
 
@@ -28,7 +35,7 @@ def names_match(outputs: list[TensorInfo]) -> bool:
 
 
 def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> Manifest:
-    r = roles(inputs, outputs)
+    r = roles(inputs, outputs) or roles(inputs, outputs, strict=False)
     if r is None:
         raise ValueError("outputs do not follow the yolo layout")
     return manifest_for(inputs, r, "yolo")

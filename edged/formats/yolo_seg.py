@@ -65,17 +65,18 @@ class Roles:
     why: str
 
 
-def detection_roles(inputs: list[TensorInfo], det: TensorInfo, masks: int) -> Roles | None:
+def detection_roles(inputs: list[TensorInfo], det: TensorInfo, masks: int,
+                    strict: bool = True) -> Roles | None:
     """How a [1, a, b] detections tensor reads with M = `masks` coefficients, or None.
 
-    With a fixed input size the anchor count must be one a YOLO head gives at that size
-    (the evidence that tells YOLO rows from other [1, N, K] tables); with dynamic axes
-    the longer axis is the anchors.
+    Strict (format: auto): with a fixed input size the anchor count must be one a YOLO
+    head gives at that size (the evidence that tells YOLO rows from other [1, N, K]
+    tables). Otherwise, and with dynamic axes, the longer axis is the anchors.
     """
     if len(det.shape) != 3 or not is_float(det) or not batch1(det.shape[0]):
         return None
     a, b = det.shape[1], det.shape[2]
-    hw = input_hw(inputs)
+    hw = input_hw(inputs) if strict else None
     counts = yolo_anchor_counts(*hw) if hw is not None else {}
     layouts: list[tuple[Layout, object, object]] = [("anchors_last", a, b), ("rows", b, a)]
     for layout, per_anchor, anchors in layouts:
@@ -90,7 +91,7 @@ def detection_roles(inputs: list[TensorInfo], det: TensorInfo, masks: int) -> Ro
         elif is_int(anchors):
             if anchors <= per_anchor:  # type: ignore[operator]
                 continue
-            evidence = f"{anchors} anchors (input size dynamic: not checked against strides)"
+            evidence = f"{anchors} anchors (not checked against the strides)"
         else:
             evidence = "dynamic anchor count"
         n_cls = per_anchor - extra - masks  # type: ignore[operator]
@@ -115,13 +116,14 @@ def _proto_ok(inputs: list[TensorInfo], p: TensorInfo) -> bool:
     return (ph, pw) == (-(-hw[0] // 4), -(-hw[1] // 4))
 
 
-def roles(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> Roles | None:
+def roles(inputs: list[TensorInfo], outputs: list[TensorInfo], strict: bool = True
+          ) -> Roles | None:
     if image_input(inputs) is None or len(inputs[0].shape) != 4 or len(outputs) != 2:
         return None
     for det, p in ((outputs[0], outputs[1]), (outputs[1], outputs[0])):
         if not _proto_ok(inputs, p):
             continue
-        r = detection_roles(inputs, det, int(p.shape[1]))  # type: ignore[arg-type]
+        r = detection_roles(inputs, det, int(p.shape[1]), strict)  # type: ignore[arg-type]
         if r is not None:
             return Roles(det, p, r.layout, r.classes, r.masks,
                          f"{r.why}; prototypes {p.name} {dims(p)} at 1/4 input resolution")
@@ -130,6 +132,12 @@ def roles(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> Roles | None:
 
 def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> str | None:
     r = roles(inputs, outputs)
+    return None if r is None else f"YOLO-seg: {r.why}"
+
+
+def fits(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> str | None:
+    """For `format: yolo-seg` in the config: any anchor count."""
+    r = roles(inputs, outputs, strict=False)
     return None if r is None else f"YOLO-seg: {r.why}"
 
 
@@ -152,7 +160,7 @@ def manifest_for(inputs: list[TensorInfo], r: Roles, fmt: str) -> Manifest:
 
 
 def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> Manifest:
-    r = roles(inputs, outputs)
+    r = roles(inputs, outputs) or roles(inputs, outputs, strict=False)
     if r is None:
         raise ValueError("outputs do not follow the yolo-seg layout")
     return manifest_for(inputs, r, "yolo-seg")

@@ -22,12 +22,14 @@ import zmq
 from edged.codec import (
     TOPIC_EOS,
     TOPIC_RESULT,
+    TOPIC_STATS,
     EndOfStream,
     Message,
     ProtocolError,
     check_camera,
     decode,
 )
+from edged.stats import Stats, decode_stats
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,9 @@ class Subscriber:
     """
 
     def __init__(self, endpoint: str | Sequence[str], cameras: Sequence[str] | None = None, *,
-                 rcvhwm: int = 100, context: zmq.Context | None = None) -> None:
+                 rcvhwm: int = 100, context: zmq.Context | None = None,
+                 stats: bool = False) -> None:
+        """`stats=True` also delivers the daemon's periodic `Stats` messages."""
         endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
         if not endpoints:
             raise ValueError("no endpoint to connect to")
@@ -54,6 +58,7 @@ class Subscriber:
             for cam in cameras:
                 check_camera(cam)
         self.cameras: frozenset[str] | None = None if cameras is None else frozenset(cameras)
+        self.stats = stats
         self.received = 0
         self.malformed = 0
         self.ignored = 0
@@ -68,7 +73,10 @@ class Subscriber:
             self._sock.setsockopt(zmq.LINGER, 0)
             self._sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
             # the trailing slash keeps "cam1" from matching "cam10/..."
-            for prefix in ([b""] if cameras is None else [f"{c}/".encode() for c in cameras]):
+            prefixes = [b""] if cameras is None else [f"{c}/".encode() for c in cameras]
+            if stats and cameras is not None:
+                prefixes.append(TOPIC_STATS.encode())
+            for prefix in prefixes:
                 self._sock.setsockopt(zmq.SUBSCRIBE, prefix)
             for ep in endpoints:
                 self._sock.connect(ep)
@@ -79,7 +87,7 @@ class Subscriber:
         self._poller.register(self._sock, zmq.POLLIN)
         self._closed = False
 
-    def recv(self, timeout: float | None = None) -> Message | EndOfStream | None:
+    def recv(self, timeout: float | None = None) -> Message | EndOfStream | Stats | None:
         """The next result or end-of-stream; None if none came within `timeout` seconds.
 
         `timeout=None` waits forever. Malformed messages are counted and skipped.
@@ -104,7 +112,15 @@ class Subscriber:
             if msg is not None:
                 return msg
 
-    def _handle(self, frames: list[zmq.Frame], t_received: int) -> Message | EndOfStream | None:
+    def _handle(self, frames: list[zmq.Frame], t_received: int
+                ) -> Message | EndOfStream | Stats | None:
+        if self.stats and frames[0].bytes == TOPIC_STATS.encode():
+            try:
+                return decode_stats(frames)
+            except ProtocolError as e:
+                self.malformed += 1
+                log.debug("skipping malformed stats message: %s", e)
+                return None
         kind = frames[0].bytes.rpartition(b"/")[2]
         if kind not in (TOPIC_RESULT.encode(), TOPIC_EOS.encode()):
             self.ignored += 1  # reserved topics: not ours to decode (yet)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -25,6 +25,7 @@ from edged.results import Frame, Result
 from edged.runner import ModelRunner
 from edged.scheduler import Budget, Scheduler
 from edged.sources import CaptureThread, Handoff, SourceError, make_source
+from edged.stats import encode_stats
 
 log = logging.getLogger("edged.pipeline")
 
@@ -44,7 +45,8 @@ class CameraStats:
     errors: int = 0
     window_processed: int = 0
     e2e_ms: deque[float] = field(default_factory=lambda: deque(maxlen=512))
-    infer_ms: deque[float] = field(default_factory=lambda: deque(maxlen=512))
+    stages: defaultdict[str, deque[float]] = field(
+        default_factory=lambda: defaultdict(lambda: deque(maxlen=512)))
 
 
 @dataclass(slots=True)
@@ -73,6 +75,7 @@ class Pipeline:
         self.stop_event = asyncio.Event()
         self.ready = asyncio.Event()
         self.publisher: Publisher | None = None
+        self._publish_pool: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ setup
 
@@ -111,6 +114,7 @@ class Pipeline:
         self.publisher = Publisher(cfg.publish.endpoints, sndhwm=cfg.publish.sndhwm)
         infer_pool = ThreadPoolExecutor(self.inference_workers, thread_name_prefix="infer")
         publish_pool = ThreadPoolExecutor(1, thread_name_prefix="publish")
+        self._publish_pool = publish_pool
         encoder = MaskEncoder(cfg.publish.mask_encoding, cfg.publish.zstd_level)
         self._open_cameras(loop)
         if not self.cameras:
@@ -220,7 +224,8 @@ class Pipeline:
                 sched.release()
             cam.stats.processed += 1
             cam.stats.window_processed += 1
-            cam.stats.infer_ms.append(result.timings_ms["inference"])
+            for stage, ms in result.timings_ms.items():
+                cam.stats.stages[stage].append(ms)
             # encode + send overlap the next frame's inference; at most one result per
             # camera is in flight, so nothing queues up behind a slow socket
             if pending is not None:
@@ -268,6 +273,7 @@ class Pipeline:
             cam.stats.published += 1
             cam.last_seq = result.seq
         result.timings_ms["encode"] = (time.perf_counter() - t0) * 1e3
+        cam.stats.stages["encode"].append(result.timings_ms["encode"])
         cam.stats.e2e_ms.append((time.monotonic_ns() - result.t_capture_mono_ns) / 1e6)
 
     # ------------------------------------------------------------------ stats
@@ -275,32 +281,55 @@ class Pipeline:
     async def _stats_loop(self) -> None:
         interval = self.config.log.stats_interval_s
         last = time.monotonic()
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            self._log_stats(now - last)
+            snapshot = self._log_stats(now - last)
             last = now
+            if self.publisher is not None and self._publish_pool is not None:
+                frames = encode_stats(snapshot, interval)
+                await loop.run_in_executor(self._publish_pool, self.publisher.send, frames)
 
-    def _log_stats(self, elapsed: float, final: bool = False) -> None:
-        """One line per camera: the last window's rates, or whole-run rates when final."""
+    def _snapshot(self, cam: Camera, elapsed: float, final: bool) -> dict:
+        s = cam.stats
+        captured = cam.handoff.put_count
+        if final:
+            cap_fps = captured / max(elapsed, 1e-9)
+            proc_fps = s.processed / max(elapsed, 1e-9)
+        else:
+            cap_fps = (captured - s.captured_at_report) / max(elapsed, 1e-9)
+            proc_fps = s.window_processed / max(elapsed, 1e-9)
+        e2e = np.percentile(np.fromiter(s.e2e_ms, float), [50, 90, 99]).tolist() if s.e2e_ms \
+            else [None, None, None]
+        return {
+            "state": cam.capture.state, "capture_fps": round(cap_fps, 2),
+            "processed_fps": round(proc_fps, 2), "published": s.published, "late": s.late,
+            "drops": {"overwritten": cam.handoff.overwritten, "stale": s.stale,
+                      "late": s.late_dropped, "errors": s.errors},
+            "e2e_ms": dict(zip(("p50", "p90", "p99"), e2e)),
+            "stages_ms_p50": {k: float(np.median(np.fromiter(v, float)))
+                              for k, v in s.stages.items() if v},
+            "budget_ms": cam.budget.latency_ms, "variant": self.runner.model_id,
+        }
+
+    def _log_stats(self, elapsed: float, final: bool = False) -> dict[str, dict]:
+        """One line per camera (the last window, or the whole run when final)."""
+        out = {}
         for cam in self.cameras.values():
+            snap = self._snapshot(cam, elapsed, final)
+            out[cam.name] = snap
             s = cam.stats
-            captured = cam.handoff.put_count
-            if final:
-                cap_fps = captured / max(elapsed, 1e-9)
-                proc_fps = s.processed / max(elapsed, 1e-9)
-            else:
-                cap_fps = (captured - s.captured_at_report) / max(elapsed, 1e-9)
-                proc_fps = s.window_processed / max(elapsed, 1e-9)
-            e2e = np.percentile(np.fromiter(s.e2e_ms, float), [50, 90, 99]) if s.e2e_ms else \
-                [float("nan")] * 3
-            inf = float(np.median(np.fromiter(s.infer_ms, float))) if s.infer_ms else float("nan")
+            e2e = [v if v is not None else float("nan") for v in snap["e2e_ms"].values()]
+            d = snap["drops"]
             log.info("%s %s: capture %.1f fps, processed %.1f fps, e2e p50/p90/p99 "
                      "%.1f/%.1f/%.1f ms, inference p50 %.1f ms, dropped %d overwritten "
                      "%d stale %d late, %d published late, errors %d, state %s%s",
-                     "final" if final else "stats", cam.name, cap_fps, proc_fps, *e2e, inf,
-                     cam.handoff.overwritten, s.stale, s.late_dropped, s.late, s.errors,
-                     cam.capture.state,
+                     "final" if final else "stats", cam.name, snap["capture_fps"],
+                     snap["processed_fps"], *e2e,
+                     snap["stages_ms_p50"].get("inference", float("nan")), d["overwritten"],
+                     d["stale"], d["late"], s.late, s.errors, cam.capture.state,
                      f", {s.processed} frames in {elapsed:.1f} s" if final else "")
-            s.captured_at_report = captured
+            s.captured_at_report = cam.handoff.put_count
             s.window_processed = 0
+        return out

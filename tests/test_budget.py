@@ -176,3 +176,41 @@ def test_scheduler_shares_slots_by_weight_and_rejoins_idle_cameras():
     assert got["a"] == pytest.approx(2 * got["b"], rel=0.02)
     # the camera that joined late gets its fair share from then on, no catch-up burst
     assert got["late"] == pytest.approx(2500 / 6, rel=0.05)
+
+
+def test_stats_message_on_the_bus(tmp_path, test_model, tcp_endpoint, start_daemon):
+    from edged.stats import Stats
+
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, [tcp_endpoint], """\
+  a:
+    source: synthetic
+    width: 320
+    height: 240
+    fps: 20
+  b:
+    source: synthetic
+    width: 320
+    height: 240
+    fps: 10""", extra="budget:\n  latency_ms: 400\n")
+    with Subscriber(tcp_endpoint, ["a"], stats=True) as sub:
+        d = start_daemon(cfg)
+        stats: list[Stats] = []
+        end = time.monotonic() + 15
+        while len(stats) < 2 and time.monotonic() < end:
+            m = sub.recv(timeout=0.5)
+            if isinstance(m, Stats):
+                stats.append(m)
+        assert d.terminate()[0] == 0
+    assert len(stats) == 2, d.log()
+    s = stats[-1]
+    assert s.interval_s == 1.0 and set(s.cameras) == {"a", "b"}
+    a, b = s.cameras["a"], s.cameras["b"]
+    assert a["state"] == "running" and a["budget_ms"] == 400 and a["variant"] == "yoeo-test"
+    for cam, fps in ((a, 20), (b, 10)):
+        # one interval's window: frames captured just before it may be processed in it
+        assert 0 < cam["processed_fps"] <= fps * 1.3 + 1
+        assert 0 < cam["capture_fps"] <= fps * 1.3 + 1
+    assert a["e2e_ms"]["p50"] <= a["e2e_ms"]["p90"] <= a["e2e_ms"]["p99"] < 400
+    assert {"preprocess", "inference", "postprocess", "queue", "encode"} <= set(
+        a["stages_ms_p50"])
+    assert set(a["drops"]) == {"overwritten", "stale", "late", "errors"}

@@ -224,6 +224,36 @@ def cmd_echo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    setup_logging("warning")
+    import cv2
+
+    from edged.bench import bench, format_report
+    from edged.runner import ModelError, ModelRunner
+
+    cv2.setNumThreads(1)
+    try:
+        runner = ModelRunner(model_options(cfg))
+    except ModelError as e:
+        print(f"edged bench: {e}", file=sys.stderr)
+        return 1
+    runner.warmup()
+    report = bench(cfg, runner, args.frames)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def cmd_synth_video(args: argparse.Namespace) -> int:
+    from edged.bench import write_synthetic_video
+
+    write_synthetic_video(Path(args.out), args.frames, args.seed, args.width, args.height)
+    print(f"wrote {args.frames} frames to {args.out}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     setup_logging("warning")
     from edged.evaluate import evaluate
@@ -305,6 +335,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--timeout", type=float, help="give up after S seconds")
     e.add_argument("--json", action="store_true", help="one JSON object per line")
     e.set_defaults(func=cmd_echo)
+
+    b = sub.add_parser("bench", help="the pipeline vs a raw ONNX Runtime loop and a serial loop")
+    b.add_argument("-c", "--config")
+    b.add_argument("--frames", type=int, default=300, help="frames per camera and per loop")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench)
+
+    sv = sub.add_parser("synth-video", help="write a video of synthetic scenes (for replay)")
+    sv.add_argument("out")
+    sv.add_argument("--frames", type=int, default=300)
+    sv.add_argument("--seed", type=int, default=0)
+    sv.add_argument("--width", type=int, default=640)
+    sv.add_argument("--height", type=int, default=480)
+    sv.set_defaults(func=cmd_synth_video)
 
     v = sub.add_parser("eval", help="accuracy on fresh synthetic scenes")
     v.add_argument("--model", required=True)

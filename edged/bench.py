@@ -1,0 +1,208 @@
+"""`edged bench`: the configured pipeline against the loops people write by hand.
+
+Three measurements in one run, on the same model, session and thread settings:
+
+- raw: a bare `session.run` loop on one pre-processed tensor (the model's ceiling);
+- serial: read, pre-process, infer, post-process, encode, publish, repeat, in one
+  thread (the usual OpenCV + onnxruntime loop);
+- edged: the real pipeline with the config's cameras, received by a real subscriber;
+  latency is capture to received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edged.client import Subscriber
+from edged.codec import EndOfStream, MaskEncoder, Message, encode_result
+from edged.config import Config
+from edged.publisher import Publisher
+from edged.results import Frame
+from edged.runner import ModelRunner
+from edged.sources import make_source
+
+
+def _pct(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p90": None, "p99": None}
+    p = np.percentile(values, [50, 90, 99])
+    return {"p50": float(p[0]), "p90": float(p[1]), "p99": float(p[2])}
+
+
+def raw_loop(runner: ModelRunner, frame: np.ndarray, n: int) -> dict[str, float]:
+    from edged.preprocess import Preprocessor
+
+    pre = Preprocessor(runner.manifest.preprocess)
+    pre(frame)
+    for _ in range(3):
+        runner.run_tensor(pre.tensor)
+    times = []
+    t0 = time.perf_counter()
+    for _ in range(n):
+        t = time.perf_counter()
+        runner.run_tensor(pre.tensor)
+        times.append((time.perf_counter() - t) * 1e3)
+    wall = time.perf_counter() - t0
+    return {"fps": n / wall, "inference_ms_p50": float(np.median(times)), "frames": n}
+
+
+def serial_loop(runner: ModelRunner, config: Config, n: int) -> dict[str, float]:
+    """One thread doing everything in turn, publishing to a drained local socket."""
+    name, cam = next(iter(config.cameras.items()))
+    source = make_source(cam.resolved_type(), cam.source, width=cam.width, height=cam.height,
+                         fps=cam.fps, fourcc=cam.fourcc, loop=True, seed=cam.seed)
+    source.open()
+    with tempfile.TemporaryDirectory() as tmp:
+        ep = f"ipc://{tmp}/serial.sock"
+        pub = Publisher([ep], sndhwm=1000)
+        stop = threading.Event()
+        drained = [0]
+
+        def drain() -> None:
+            with Subscriber(ep) as sub:
+                while not stop.is_set():
+                    if sub.recv(timeout=0.05) is not None:
+                        drained[0] += 1
+
+        th = threading.Thread(target=drain, daemon=True)
+        th.start()
+        time.sleep(0.2)  # slow joiner
+        encoder = MaskEncoder(config.publish.mask_encoding, config.publish.zstd_level)
+        t0 = time.perf_counter()
+        for seq in range(n):
+            img = source.read()
+            if img is None:
+                break
+            result = runner.infer(Frame(name, seq, img, time.time_ns(), time.monotonic_ns()))
+            pub.send(encode_result(result, encoder, send_mask=config.publish.send_masks))
+        wall = time.perf_counter() - t0
+        stop.set()
+        th.join(2)
+        pub.close()
+    source.close()
+    return {"fps": n / wall, "frames": n}
+
+
+def pipeline_run(runner: ModelRunner, config: Config, n: int) -> dict[str, Any]:
+    from edged.pipeline import Pipeline
+
+    received: dict[str, list[Message]] = defaultdict(list)
+    ended: set[str] = set()
+    names = set(config.cameras)
+    stop = threading.Event()
+
+    def collect() -> None:
+        with Subscriber(config.publish.endpoints[0]) as sub:
+            while not stop.is_set() and ended != names:
+                m = sub.recv(timeout=0.05)
+                if isinstance(m, Message):
+                    received[m.camera].append(m)
+                elif isinstance(m, EndOfStream):
+                    ended.add(m.camera)
+
+    th = threading.Thread(target=collect, daemon=True)
+    th.start()
+    time.sleep(0.3)  # subscribe before the first frame goes out
+    pipeline = Pipeline(config, runner, frames=n)
+    t0 = time.perf_counter()
+    asyncio.run(pipeline.run())
+    wall = time.perf_counter() - t0
+    th.join(5)
+    stop.set()
+    cams: dict[str, Any] = {}
+    total = 0
+    for name in config.cameras:
+        msgs = received.get(name, [])
+        total += len(msgs)
+        span = (msgs[-1].t_received_ns - msgs[0].t_received_ns) / 1e9 if len(msgs) > 1 else 0.0
+        stages: dict[str, list[float]] = defaultdict(list)
+        for m in msgs:
+            for k, v in m.timings_ms.items():
+                stages[k].append(v)
+        st = pipeline.cameras[name].stats if name in pipeline.cameras else None
+        cams[name] = {
+            "received": len(msgs),
+            "fps": (len(msgs) - 1) / span if span > 0 else None,
+            "e2e_ms": _pct([m.latency_ms for m in msgs]),
+            "stages_ms_p50": {k: float(np.median(v)) for k, v in stages.items()},
+            "drops": None if st is None else {
+                "overwritten": pipeline.cameras[name].handoff.overwritten, "stale": st.stale,
+                "late": st.late_dropped, "errors": st.errors},
+            "late": None if st is None else st.late,
+        }
+    return {"cameras": cams, "total": {"received": total, "fps": total / wall,
+                                       "wall_s": wall}}
+
+
+def bench(config: Config, runner: ModelRunner, frames: int) -> dict[str, Any]:
+    name, cam = next(iter(config.cameras.items()))
+    src = make_source(cam.resolved_type(), cam.source, width=cam.width, height=cam.height,
+                      fps=cam.fps, fourcc=cam.fourcc, loop=True, seed=cam.seed)
+    src.open()
+    first = src.read()
+    src.close()
+    if first is None:
+        raise RuntimeError(f"camera {name} gave no frame")
+    raw = raw_loop(runner, first, frames)
+    serial = serial_loop(runner, config, frames)
+    edged = pipeline_run(runner, config, frames)
+    ef = edged["total"]["fps"]
+    inf = [c["stages_ms_p50"].get("inference") for c in edged["cameras"].values()]
+    e2e = [c["e2e_ms"]["p50"] for c in edged["cameras"].values()]
+    return {
+        "machine": {"cpu": platform.processor() or platform.machine(),
+                    "cores": len(os.sched_getaffinity(0)), "python": platform.python_version()},
+        "model": {"path": str(runner.options.path), "id": runner.model_id,
+                  "providers": runner.providers, "threads": runner.threads},
+        "frames_per_camera": frames,
+        "raw_onnxruntime": raw, "serial_loop": serial, "edged": edged,
+        "ratios": {"edged_vs_raw": ef / raw["fps"], "edged_vs_serial": ef / serial["fps"]},
+        "overhead_ms_p50": [None if a is None or b is None else a - b for a, b in zip(e2e, inf)],
+    }
+
+
+def format_report(r: dict[str, Any]) -> str:
+    lines = [f"model {r['model']['id']} on {', '.join(r['model']['providers'])}, "
+             f"{r['model']['threads']} thread(s); {r['machine']['cores']} cores",
+             f"raw onnxruntime loop: {r['raw_onnxruntime']['fps']:.1f} fps "
+             f"(inference p50 {r['raw_onnxruntime']['inference_ms_p50']:.2f} ms)",
+             f"serial loop:          {r['serial_loop']['fps']:.1f} fps",
+             f"edged:                {r['edged']['total']['fps']:.1f} fps "
+             f"({r['ratios']['edged_vs_raw']:.2f}x raw, "
+             f"{r['ratios']['edged_vs_serial']:.2f}x serial)"]
+    for name, c in r["edged"]["cameras"].items():
+        e = c["e2e_ms"]
+        st = ", ".join(f"{k} {v:.2f}" for k, v in sorted(c["stages_ms_p50"].items()))
+        fps = f"{c['fps']:.1f}" if c["fps"] else "-"
+        if e["p50"] is None:
+            lines.append(f"  {name}: nothing received")
+            continue
+        lines.append(f"  {name}: {c['received']} results, {fps} fps, e2e p50/p90/p99 "
+                     f"{e['p50']:.1f}/{e['p90']:.1f}/{e['p99']:.1f} ms; stages p50 ms: {st}; "
+                     f"drops {c['drops']}, late {c['late']}")
+    return "\n".join(lines)
+
+
+def write_synthetic_video(path: Path, frames: int, seed: int = 0, width: int = 640,
+                          height: int = 480, fps: float = 30.0) -> None:
+    """An MJPG AVI of synthetic scenes, for replay benchmarks."""
+    import cv2
+
+    from edged.synth import render
+
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (width, height))
+    if not vw.isOpened():
+        raise RuntimeError(f"cannot write {path}")
+    for i in range(frames):
+        vw.write(render(seed, i, width, height).image)
+    vw.release()

@@ -73,9 +73,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     ms = runner.warmup()
     log.info("model %s (%s) loaded on %s, %d thread(s), warm-up %.0f ms", runner.model_id,
              runner.manifest.format, ",".join(runner.providers), runner.threads, ms)
+    from edged.notify import Notifier
     from edged.pipeline import Pipeline
 
-    pipeline = Pipeline(cfg, runner, frames=args.frames, duration=args.duration)
+    pipeline = Pipeline(cfg, runner, frames=args.frames, duration=args.duration,
+                        notifier=Notifier())
     echo = _EchoThread(cfg.publish.endpoints[0]) if args.echo else None
 
     async def main() -> int:

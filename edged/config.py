@@ -262,6 +262,8 @@ class ModelConfig(_Frozen):
     seg_classes: list[str] | None = None
     class_groups: list[list[str]] | None = None  # classes suppressed together in NMS
     warmup_runs: Int = Field(3, ge=0)
+    # an inference running longer than this is reported and stops the systemd watchdog
+    stuck_after_s: Float = Field(10.0, gt=0)
 
     @field_validator("path", mode="before")
     @classmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ import numpy as np
 
 from edged.codec import MaskEncoder, encode_eos, encode_result
 from edged.config import CameraConfig, Config
+from edged.notify import Notifier
 from edged.publisher import Publisher
 from edged.results import Frame, Result
 from edged.runner import ModelRunner
@@ -65,7 +67,8 @@ class Camera:
 
 class Pipeline:
     def __init__(self, config: Config, runner: ModelRunner, *, frames: int | None = None,
-                 duration: float | None = None, inference_workers: int = 1) -> None:
+                 duration: float | None = None, inference_workers: int = 1,
+                 notifier: Notifier | None = None) -> None:
         self.config = config
         self.runner = runner
         self.frames = frames
@@ -76,6 +79,9 @@ class Pipeline:
         self.ready = asyncio.Event()
         self.publisher: Publisher | None = None
         self._publish_pool: ThreadPoolExecutor | None = None
+        self.notifier = notifier or Notifier({})
+        self._inflight: dict[int, tuple[float, str, int]] = {}  # thread -> (start, camera, seq)
+        self._stuck_reported = False
 
     # ------------------------------------------------------------------ setup
 
@@ -131,16 +137,20 @@ class Pipeline:
             log.info("ready: %d camera(s), model %s on %s, publishing on %s",
                      len(self.cameras), self.runner.model_id, ",".join(self.runner.providers),
                      ", ".join(cfg.publish.endpoints))
+            # READY only now: the model is warm and the sockets are bound
+            self.notifier.ready(f"{len(self.cameras)} camera(s) starting")
             async with asyncio.TaskGroup() as tg:
                 cam_tasks = [tg.create_task(self._camera_loop(c, sched, infer_pool, publish_pool,
                                                               encoder), name=f"camera-{c.name}")
                              for c in self.cameras.values()]
                 stats = tg.create_task(self._stats_loop(), name="stats")
+                watchdog = tg.create_task(self._watchdog_loop(), name="watchdog")
                 if self.duration is not None:
                     tg.create_task(self._stop_after(self.duration), name="duration")
                 await asyncio.gather(*cam_tasks)
                 self.stop_event.set()
                 stats.cancel()
+                watchdog.cancel()
         finally:
             for cam in self.cameras.values():
                 cam.capture.stop()
@@ -167,6 +177,7 @@ class Pipeline:
         """Begin a graceful stop (safe to call more than once)."""
         if not self.stop_event.is_set():
             self.stop_event.set()
+            self.notifier.stopping()
             for cam in self.cameras.values():
                 cam.capture.stop()
                 cam.handoff.close()
@@ -252,9 +263,37 @@ class Pipeline:
 
     def _infer(self, frame: Frame) -> Result:
         t = time.monotonic_ns()
-        result = self.runner.infer(frame)
+        key = threading.get_ident()
+        self._inflight[key] = (time.monotonic(), frame.camera, frame.seq)
+        try:
+            result = self.runner.infer(frame)
+        finally:
+            self._inflight.pop(key, None)
         result.timings_ms["queue"] = (t - frame.t_mono_ns) / 1e6
         return result
+
+    def stuck(self) -> tuple[float, str, int] | None:
+        """(seconds, camera, seq) of an inference running past model.stuck_after_s."""
+        now = time.monotonic()
+        for start, camera, seq in list(self._inflight.values()):
+            if now - start > self.config.model.stuck_after_s:
+                return now - start, camera, seq
+        return None
+
+    async def _watchdog_loop(self) -> None:
+        """WATCHDOG=1 while the pipeline can make progress: this task running proves the
+        event loop is alive, and no inference may be stuck past its deadline."""
+        period = (self.notifier.watchdog_s or 2.0) / 3
+        while True:
+            stuck = self.stuck()
+            if stuck is None:
+                self.notifier.watchdog()
+                self._stuck_reported = False
+            elif not self._stuck_reported:
+                self._stuck_reported = True
+                log.error("inference stuck for %.1f s on camera %s frame %d; watchdog pings "
+                          "withheld", *stuck)
+            await asyncio.sleep(period)
 
     def _publish(self, cam: Camera, result: Result, encoder: MaskEncoder) -> None:
         t0 = time.perf_counter()
@@ -287,6 +326,8 @@ class Pipeline:
             now = time.monotonic()
             snapshot = self._log_stats(now - last)
             last = now
+            self.notifier.status(", ".join(f"{n} {c['processed_fps']:.1f} fps ({c['state']})"
+                                           for n, c in snapshot.items()))
             if self.publisher is not None and self._publish_pool is not None:
                 frames = encode_stats(snapshot, interval)
                 await loop.run_in_executor(self._publish_pool, self.publisher.send, frames)

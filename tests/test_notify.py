@@ -1,0 +1,92 @@
+"""sd_notify to a fake NOTIFY_SOCKET: READY after warm-up, watchdog only while healthy."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from modelgen import slow_yoeo_model
+from test_daemon import write_config
+
+
+def notify_socket(tmp_path: Path) -> tuple[socket.socket, str]:
+    path = str(tmp_path / "notify.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    s.settimeout(0.1)
+    return s, path
+
+
+def collect(sock: socket.socket, seconds: float) -> list[tuple[float, str]]:
+    out = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        with contextlib.suppress(TimeoutError):
+            out.append((time.monotonic(), sock.recv(4096).decode()))
+    return out
+
+
+def start(cfg: Path, notify: str, log: Path) -> subprocess.Popen:
+    env = dict(os.environ, NOTIFY_SOCKET=notify, WATCHDOG_USEC="300000", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "edged", "run", "-c", str(cfg)],
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+
+
+def test_ready_status_watchdog_and_stopping(tmp_path, test_model, tcp_endpoint):
+    sock, path = notify_socket(tmp_path)
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, [tcp_endpoint], """\
+  cam:
+    source: synthetic
+    fps: 10""")
+    p = start(cfg, path, tmp_path / "log")
+    try:
+        msgs = []
+        end = time.monotonic() + 30
+        while not any(m.startswith("READY=1") for _, m in msgs) and time.monotonic() < end:
+            msgs += collect(sock, 0.2)
+        msgs += collect(sock, 2.5)
+        p.send_signal(signal.SIGTERM)
+        msgs += collect(sock, 1.5)
+        assert p.wait(5) == 0
+    finally:
+        p.kill()
+    texts = [m for _, m in msgs]
+    assert texts[0].startswith("READY=1")
+    log = (tmp_path / "log").read_text()
+    assert "ready:" in log
+    pings = [t for t, m in msgs if m == "WATCHDOG=1"]
+    assert len(pings) >= 12  # every 0.1 s (WATCHDOG_USEC / 3) for 2.5 s
+    assert any(m.startswith("STATUS=cam ") and "fps (running)" in m for m in texts)
+    assert "STOPPING=1" in texts
+
+
+def test_stuck_inference_withholds_watchdog(tmp_path, tcp_endpoint):
+    # one inference takes seconds, well past stuck_after_s
+    model = slow_yoeo_model(tmp_path / "slow.onnx", matmuls=60, size=1024)
+    sock, path = notify_socket(tmp_path)
+    cfg = write_config(tmp_path / "cfg.yaml", model, [tcp_endpoint], """\
+  cam:
+    source: synthetic
+    width: 160
+    height: 120
+    fps: 5""").read_text().replace("warmup_runs: 1", "warmup_runs: 0\n  stuck_after_s: 0.3")
+    (tmp_path / "cfg.yaml").write_text(cfg)
+    p = start(tmp_path / "cfg.yaml", path, tmp_path / "log")
+    try:
+        msgs = collect(sock, 6.0)
+    finally:
+        p.kill()
+        p.wait()
+    pings = [t for t, m in msgs if m == "WATCHDOG=1"]
+    ready = [t for t, m in msgs if m.startswith("READY=1")]
+    assert ready
+    # after the first frame starts, pings stop for longer than systemd's 0.3 s timeout
+    gaps = [b - a for a, b in zip(pings, pings[1:])]
+    assert pings and (max(gaps, default=0) > 1.0 or msgs[-1][0] - pings[-1] > 1.0), pings
+    assert "inference stuck for" in (tmp_path / "log").read_text()

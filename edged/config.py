@@ -452,7 +452,16 @@ class _Reader:
         self._active: set[int] = set()  # nodes being walked, to stop on recursive aliases
 
     def read(self, text: str) -> dict[str, Any]:
-        loader = _LineLoader(text)
+        try:
+            # the reader rejects control characters already in its constructor
+            loader = _LineLoader(text)
+        except yaml.reader.ReaderError as err:
+            line = text.count("\n", 0, err.position) + 1
+            col = err.position - (text.rfind("\n", 0, err.position) + 1) + 1
+            raise ConfigError([ConfigIssue(
+                self.file, line, "", NO_VALUE,
+                f"YAML syntax error: character #x{err.character:04x} is not allowed in YAML",
+                col)]) from None
         try:
             node = loader.get_single_node()
             if node is None:

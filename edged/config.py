@@ -390,6 +390,8 @@ class PublishConfig(_Frozen):
 class LogConfig(_Frozen):
     level: Literal["debug", "info", "warning", "error"] = "info"
     stats_interval_s: Float = Field(5.0, gt=0)
+    # Prometheus text endpoint "HOST:PORT" (e.g. "127.0.0.1:9464"); None: off
+    metrics: str | None = Field(None, pattern=r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$")
 
     @field_validator("level", mode="before")
     @classmethod

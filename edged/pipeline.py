@@ -21,6 +21,7 @@ import numpy as np
 
 from edged.codec import MaskEncoder, encode_eos, encode_result
 from edged.config import CameraConfig, Config
+from edged.metrics import serve as serve_metrics
 from edged.notify import Notifier
 from edged.publisher import Publisher
 from edged.results import Frame, Result
@@ -82,6 +83,8 @@ class Pipeline:
         self.notifier = notifier or Notifier({})
         self._inflight: dict[int, tuple[float, str, int]] = {}  # thread -> (start, camera, seq)
         self._stuck_reported = False
+        self._latest_stats: dict[str, dict] = {}
+        self._started = time.monotonic()
 
     # ------------------------------------------------------------------ setup
 
@@ -127,6 +130,7 @@ class Pipeline:
             log.error("no camera could be started")
             self.publisher.close()
             return 1
+        self._started = time.monotonic()
         sched = Scheduler(self.inference_workers,
                           {c.name: c.config.weight for c in self.cameras.values()})
         started = time.monotonic()
@@ -145,12 +149,16 @@ class Pipeline:
                              for c in self.cameras.values()]
                 stats = tg.create_task(self._stats_loop(), name="stats")
                 watchdog = tg.create_task(self._watchdog_loop(), name="watchdog")
+                metrics = tg.create_task(serve_metrics(cfg.log.metrics, self.latest_stats),
+                                         name="metrics") if cfg.log.metrics else None
                 if self.duration is not None:
                     tg.create_task(self._stop_after(self.duration), name="duration")
                 await asyncio.gather(*cam_tasks)
                 self.stop_event.set()
                 stats.cancel()
                 watchdog.cancel()
+                if metrics is not None:
+                    metrics.cancel()
         finally:
             for cam in self.cameras.values():
                 cam.capture.stop()
@@ -272,6 +280,13 @@ class Pipeline:
         result.timings_ms["queue"] = (t - frame.t_mono_ns) / 1e6
         return result
 
+    def latest_stats(self) -> dict[str, dict]:
+        """The last stats window; before the first one, figures since the start."""
+        if self._latest_stats:
+            return self._latest_stats
+        elapsed = time.monotonic() - self._started
+        return {c.name: self._snapshot(c, elapsed, final=True) for c in self.cameras.values()}
+
     def stuck(self) -> tuple[float, str, int] | None:
         """(seconds, camera, seq) of an inference running past model.stuck_after_s."""
         now = time.monotonic()
@@ -325,6 +340,7 @@ class Pipeline:
             await asyncio.sleep(interval)
             now = time.monotonic()
             snapshot = self._log_stats(now - last)
+            self._latest_stats = snapshot
             last = now
             self.notifier.status(", ".join(f"{n} {c['processed_fps']:.1f} fps ({c['state']})"
                                            for n, c in snapshot.items()))

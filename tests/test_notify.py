@@ -90,3 +90,38 @@ def test_stuck_inference_withholds_watchdog(tmp_path, tcp_endpoint):
     gaps = [b - a for a, b in zip(pings, pings[1:])]
     assert pings and (max(gaps, default=0) > 1.0 or msgs[-1][0] - pings[-1] > 1.0), pings
     assert "inference stuck for" in (tmp_path / "log").read_text()
+
+
+def test_prometheus_endpoint(tmp_path, test_model, tcp_endpoint, start_daemon):
+    import urllib.error
+    import urllib.request
+
+    from conftest import free_port
+
+    port = free_port()
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, [tcp_endpoint], """\
+  front:
+    source: synthetic
+    width: 320
+    height: 240
+    fps: 20""").read_text().replace("  stats_interval_s: 1", f"""\
+  stats_interval_s: 1
+  metrics: "127.0.0.1:{port}\"""")
+    (tmp_path / "cfg.yaml").write_text(cfg)
+    d = start_daemon(tmp_path / "cfg.yaml")
+    d.wait_for("metrics on http://")
+    time.sleep(2.5)
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert "# TYPE edged_processed_fps gauge" in body
+    fps = [float(line.split()[-1]) for line in body.splitlines()
+           if line.startswith('edged_processed_fps{camera="front"}')]
+    assert fps and 0 < fps[0] <= 30
+    assert 'edged_dropped_total{camera="front",cause="stale"} 0' in body
+    assert 'edged_camera_up{camera="front",state="running"} 1' in body
+    assert 'edged_stage_latency_ms{camera="front",stage="inference"}' in body
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/nope", timeout=5)
+        raise AssertionError("expected 404")
+    except urllib.error.HTTPError as e:
+        assert e.code == 404
+    assert d.terminate()[0] == 0

@@ -113,7 +113,7 @@ def pipeline_run(runner: ModelRunner, config: Config, n: int) -> dict[str, Any]:
     th = threading.Thread(target=collect, daemon=True)
     th.start()
     time.sleep(0.3)  # subscribe before the first frame goes out
-    pipeline = Pipeline(config, runner, frames=n)
+    pipeline = Pipeline(config, runner, frames=n, inference_workers=config.model.workers)
     t0 = time.perf_counter()
     asyncio.run(pipeline.run())
     wall = time.perf_counter() - t0

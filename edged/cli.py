@@ -77,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edged.pipeline import Pipeline
 
     pipeline = Pipeline(cfg, runner, frames=args.frames, duration=args.duration,
-                        notifier=Notifier())
+                        inference_workers=cfg.model.workers, notifier=Notifier())
     echo = _EchoThread(cfg.publish.endpoints[0]) if args.echo else None
 
     async def main() -> int:

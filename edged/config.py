@@ -254,6 +254,8 @@ class ModelConfig(_Frozen):
     format: str = "auto"
     providers: list[ProviderSpec] = Field(default_factory=_default_providers, min_length=1)
     threads: Int = Field(0, ge=0)  # intra-op threads; 0 = let the runner decide
+    # inference workers running frames in parallel (each with `threads` intra-op threads)
+    workers: Int = Field(1, ge=1, le=64)
     # None: the model manifest's value (its format's default for a model without one)
     conf_threshold: Float | None = Field(None, gt=0, le=1)
     iou_threshold: Float | None = Field(None, gt=0, le=1)

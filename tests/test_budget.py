@@ -220,3 +220,31 @@ def test_stats_message_on_the_bus(tmp_path, test_model, tcp_endpoint, start_daem
     assert {"preprocess", "inference", "postprocess", "queue", "encode"} <= set(
         a["stages_ms_p50"])
     assert set(a["drops"]) == {"overwritten", "stale", "late", "errors"}
+
+
+def test_scheduler_with_two_workers_runs_two_cameras_at_once():
+    import asyncio
+
+    from edged.scheduler import Scheduler
+
+    async def main() -> int:
+        sched = Scheduler(2, {"a": 1.0, "b": 1.0, "c": 1.0})
+        running, peak = 0, 0
+
+        async def camera(name: str) -> None:
+            nonlocal running, peak
+            for _ in range(20):
+                await sched.acquire(name)
+                running += 1
+                peak = max(peak, running)
+                await asyncio.sleep(0.001)
+                running -= 1
+                sched.release()
+
+        async with asyncio.TaskGroup() as tg:
+            for n in "abc":
+                tg.create_task(camera(n))
+        assert sched.free == 2
+        return peak
+
+    assert asyncio.run(main()) == 2

@@ -63,6 +63,7 @@ class Camera:
     realtime: bool
     last_seq: int = -1  # last seq published
     done: bool = False
+    stop_reason: str = ""  # set when the camera is stopped on purpose (reload)
     budget_warned: bool = False
 
 
@@ -85,30 +86,43 @@ class Pipeline:
         self._stuck_reported = False
         self._latest_stats: dict[str, dict] = {}
         self._started = time.monotonic()
+        self._tg: asyncio.TaskGroup | None = None
+        self._sched: Scheduler | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._infer_pool: ThreadPoolExecutor | None = None
+        self._encoder: MaskEncoder | None = None
+        self._reloading = False
 
     # ------------------------------------------------------------------ setup
 
-    def _open_cameras(self, loop: asyncio.AbstractEventLoop) -> None:
-        for name, cam in self.config.cameras.items():
-            if not cam.enabled:
-                continue
-            kind = cam.resolved_type()
-            mode = cam.resolved_mode()
-            try:
-                source = make_source(kind, cam.source, width=cam.width, height=cam.height,
-                                     fps=cam.fps, fourcc=cam.fourcc, loop=cam.loop, seed=cam.seed)
-            except SourceError as e:
-                log.error("camera %s: %s; the other cameras carry on", name, e)
-                continue
-            handoff = Handoff(loop, lossless=mode == "every_frame")
-            # files replayed frame by frame run as fast as they are processed unless an fps
-            # is set; everything else is paced at its rate
-            pace = not (mode == "every_frame" and not source.live and cam.fps is None)
-            capture = CaptureThread(name, source, handoff, fps=cam.fps, pace=pace)
-            self.cameras[name] = Camera(name, cam, handoff, capture, CameraStats(),
-                                        Budget(cam.budget.latency_ms, cam.budget.on_late),
-                                        realtime=mode == "realtime")
-            log.info("camera %s: %s source %s, mode %s", name, kind, source.description, mode)
+    def _make_camera(self, name: str, cam: CameraConfig,
+                     loop: asyncio.AbstractEventLoop) -> Camera | None:
+        kind = cam.resolved_type()
+        mode = cam.resolved_mode()
+        try:
+            source = make_source(kind, cam.source, width=cam.width, height=cam.height,
+                                 fps=cam.fps, fourcc=cam.fourcc, loop=cam.loop, seed=cam.seed)
+        except SourceError as e:
+            log.error("camera %s: %s; the other cameras carry on", name, e)
+            return None
+        handoff = Handoff(loop, lossless=mode == "every_frame")
+        # files replayed frame by frame run as fast as they are processed unless an fps
+        # is set; everything else is paced at its rate
+        pace = not (mode == "every_frame" and not source.live and cam.fps is None)
+        capture = CaptureThread(name, source, handoff, fps=cam.fps, pace=pace)
+        log.info("camera %s: %s source %s, mode %s", name, kind, source.description, mode)
+        return Camera(name, cam, handoff, capture, CameraStats(),
+                      Budget(cam.budget.latency_ms, cam.budget.on_late),
+                      realtime=mode == "realtime")
+
+    def _start_camera(self, cam: Camera) -> None:
+        """Start capture and the camera's task (inside the running TaskGroup)."""
+        assert self._tg is not None and self._sched is not None
+        self.cameras[cam.name] = cam
+        self._sched.add(cam.name, cam.config.weight)
+        cam.capture.start()
+        self._tasks[cam.name] = self._tg.create_task(self._camera_loop(cam),
+                                                     name=f"camera-{cam.name}")
 
     # ------------------------------------------------------------------ run
 
@@ -121,51 +135,51 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         cfg = self.config
         self.publisher = Publisher(cfg.publish.endpoints, sndhwm=cfg.publish.sndhwm)
-        infer_pool = ThreadPoolExecutor(self.inference_workers, thread_name_prefix="infer")
+        self._infer_pool = ThreadPoolExecutor(self.inference_workers,
+                                              thread_name_prefix="infer")
         publish_pool = ThreadPoolExecutor(1, thread_name_prefix="publish")
         self._publish_pool = publish_pool
-        encoder = MaskEncoder(cfg.publish.mask_encoding, cfg.publish.zstd_level)
-        self._open_cameras(loop)
-        if not self.cameras:
+        self._encoder = MaskEncoder(cfg.publish.mask_encoding, cfg.publish.zstd_level)
+        initial = [c for n, cc in cfg.cameras.items() if cc.enabled
+                   and (c := self._make_camera(n, cc, loop)) is not None]
+        if not initial:
             log.error("no camera could be started")
             self.publisher.close()
             return 1
-        self._started = time.monotonic()
-        sched = Scheduler(self.inference_workers,
-                          {c.name: c.config.weight for c in self.cameras.values()})
-        started = time.monotonic()
+        self._sched = Scheduler(self.inference_workers, {})
+        started = self._started = time.monotonic()
         try:
-            for cam in self.cameras.values():
-                cam.capture.start()
-            self.ready.set()
-            log.info("ready: %d camera(s), model %s on %s, publishing on %s",
-                     len(self.cameras), self.runner.model_id, ",".join(self.runner.providers),
-                     ", ".join(cfg.publish.endpoints))
-            # READY only now: the model is warm and the sockets are bound
-            self.notifier.ready(f"{len(self.cameras)} camera(s) starting")
             async with asyncio.TaskGroup() as tg:
-                cam_tasks = [tg.create_task(self._camera_loop(c, sched, infer_pool, publish_pool,
-                                                              encoder), name=f"camera-{c.name}")
-                             for c in self.cameras.values()]
-                stats = tg.create_task(self._stats_loop(), name="stats")
-                watchdog = tg.create_task(self._watchdog_loop(), name="watchdog")
-                metrics = tg.create_task(serve_metrics(cfg.log.metrics, self.latest_stats),
-                                         name="metrics") if cfg.log.metrics else None
+                self._tg = tg
+                for cam in initial:
+                    self._start_camera(cam)
+                self.ready.set()
+                log.info("ready: %d camera(s), model %s on %s, publishing on %s",
+                         len(self.cameras), self.runner.model_id,
+                         ",".join(self.runner.providers), ", ".join(cfg.publish.endpoints))
+                # READY only now: the model is warm and the sockets are bound
+                self.notifier.ready(f"{len(self.cameras)} camera(s) starting")
+                helpers = [tg.create_task(self._stats_loop(), name="stats"),
+                           tg.create_task(self._watchdog_loop(), name="watchdog")]
+                if cfg.log.metrics:
+                    helpers.append(tg.create_task(
+                        serve_metrics(cfg.log.metrics, self.latest_stats), name="metrics"))
                 if self.duration is not None:
                     tg.create_task(self._stop_after(self.duration), name="duration")
-                await asyncio.gather(*cam_tasks)
+                # a reload may add cameras while we wait: done when none is left running
+                while pending := [t for t in self._tasks.values() if not t.done()]:
+                    await asyncio.wait(pending)
                 self.stop_event.set()
-                stats.cancel()
-                watchdog.cancel()
-                if metrics is not None:
-                    metrics.cancel()
+                for h in helpers:
+                    h.cancel()
         finally:
+            self._tg = None
             for cam in self.cameras.values():
                 cam.capture.stop()
                 cam.handoff.close()
             for cam in self.cameras.values():
                 cam.capture.join(timeout=2.0)
-            infer_pool.shutdown(wait=True)
+            self._infer_pool.shutdown(wait=True)
             publish_pool.shutdown(wait=True)
             self.publisher.close()
             self._log_stats(time.monotonic() - started, final=True)
@@ -190,24 +204,25 @@ class Pipeline:
                 cam.capture.stop()
                 cam.handoff.close()
 
-    async def _camera_loop(self, cam: Camera, sched: Scheduler,
-                           infer_pool: ThreadPoolExecutor, publish_pool: ThreadPoolExecutor,
-                           encoder: MaskEncoder) -> None:
+    async def _camera_loop(self, cam: Camera) -> None:
         loop = asyncio.get_running_loop()
+        sched, infer_pool, publish_pool, encoder = (self._sched, self._infer_pool,
+                                                    self._publish_pool, self._encoder)
+        assert sched is not None and infer_pool is not None and publish_pool is not None
         pending: asyncio.Future[None] | None = None
         reason = "end of stream"
         min_period = 1.0 / cam.config.max_fps if cam.config.max_fps else 0.0
         next_start = 0.0
         stale_run = 0
         while True:
-            if self.stop_event.is_set():
-                reason = "shutdown"
+            if self.stop_event.is_set() or cam.stop_reason:
+                reason = cam.stop_reason or "shutdown"
                 break
             backlogged = cam.handoff.ready()  # a frame was already waiting: not idle
             if not await cam.handoff.wait():
-                reason = "shutdown" if self.stop_event.is_set() else (
+                reason = cam.stop_reason or ("shutdown" if self.stop_event.is_set() else (
                     f"camera failed: {cam.capture.error}" if cam.capture.state == "failed"
-                    else "end of stream")
+                    else "end of stream"))
                 break
             if min_period:  # max_fps cap: wait for the slot, then take the freshest frame
                 delay = next_start - time.monotonic()

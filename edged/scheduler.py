@@ -42,6 +42,11 @@ class Scheduler:
         self._waiting: list[_Waiter] = []
         self._order = 0  # tie-break: arrival order
 
+    def add(self, camera: str, weight: float) -> None:
+        """A new camera (or new weight): it starts at the present."""
+        self.weights[camera] = weight
+        self.next_tag[camera] = max(self.next_tag.get(camera, 0.0), self.clock)
+
     async def acquire(self, camera: str, rejoin: bool = False) -> None:
         """Wait until `camera` is granted an inference slot (`rejoin`: it was idle)."""
         tag = self.next_tag.get(camera, 0.0)

@@ -79,7 +79,11 @@ def test_stuck_inference_withholds_watchdog(tmp_path, tcp_endpoint):
     (tmp_path / "cfg.yaml").write_text(cfg)
     p = start(tmp_path / "cfg.yaml", path, tmp_path / "log")
     try:
-        msgs = collect(sock, 6.0)
+        msgs = []
+        end = time.monotonic() + 30
+        while not any(m.startswith("READY=1") for _, m in msgs) and time.monotonic() < end:
+            msgs += collect(sock, 0.2)
+        msgs += collect(sock, 5.0)
     finally:
         p.kill()
         p.wait()

@@ -40,16 +40,7 @@ def _load(path: str | None):
 def model_options(cfg):
     from edged.runner import ModelOptions
 
-    m = cfg.model
-    return ModelOptions(
-        path=Path(m.path), format=m.format,
-        providers=tuple((p.name, dict(p.options)) for p in m.providers), threads=m.threads,
-        conf_threshold=m.conf_threshold, iou_threshold=m.iou_threshold,
-        max_detections=m.max_detections,
-        classes=tuple(m.classes) if m.classes else None,
-        seg_classes=tuple(m.seg_classes) if m.seg_classes else None,
-        class_groups=tuple(tuple(g) for g in m.class_groups) if m.class_groups else None,
-        warmup_runs=m.warmup_runs)
+    return ModelOptions.from_config(cfg.model)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -84,6 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, _on_signal, pipeline, sig)
+        loop.add_signal_handler(signal.SIGHUP, pipeline.request_reload)
         return await pipeline.run()
 
     if echo is not None:

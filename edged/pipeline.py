@@ -91,7 +91,7 @@ class Pipeline:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._infer_pool: ThreadPoolExecutor | None = None
         self._encoder: MaskEncoder | None = None
-        self._reloading = False
+        self._reload_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ setup
 
@@ -167,8 +167,14 @@ class Pipeline:
                 if self.duration is not None:
                     tg.create_task(self._stop_after(self.duration), name="duration")
                 # a reload may add cameras while we wait: done when none is left running
-                while pending := [t for t in self._tasks.values() if not t.done()]:
-                    await asyncio.wait(pending)
+                # and no reload is under way
+                while True:
+                    pending = [t for t in self._tasks.values() if not t.done()]
+                    if self._reload_task is not None and not self._reload_task.done():
+                        pending.append(self._reload_task)
+                    if not pending:
+                        break
+                    await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 self.stop_event.set()
                 for h in helpers:
                     h.cancel()
@@ -187,6 +193,83 @@ class Pipeline:
             log.error("every camera failed")
             return 1
         return 0
+
+    # ------------------------------------------------------------------ reload
+
+    def request_reload(self) -> None:
+        """SIGHUP: re-read the config file and apply what changed."""
+        if self._tg is None or self.stop_event.is_set():
+            return
+        if self._reload_task is not None and not self._reload_task.done():
+            log.warning("reload already under way; SIGHUP ignored")
+            return
+        self._reload_task = self._tg.create_task(self._reload(), name="reload")
+
+    async def _stop_camera(self, name: str, reason: str) -> None:
+        cam = self.cameras.pop(name)
+        cam.stop_reason = reason
+        cam.capture.stop()
+        cam.handoff.close()
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            await asyncio.wait([task])
+        await asyncio.get_running_loop().run_in_executor(None, cam.capture.join, 2.0)
+
+    async def _reload(self) -> None:
+        from edged.config import ConfigError, load_config
+        from edged.runner import ModelError, ModelOptions
+
+        loop = asyncio.get_running_loop()
+        self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        old = self.config
+        log.info("SIGHUP: reloading %s", old.source_file or "the built-in default")
+        try:
+            try:
+                new = await loop.run_in_executor(None, load_config, old.source_file)
+            except (ConfigError, OSError) as e:
+                log.error("reload rejected, the running configuration stays:\n%s", e)
+                return
+            kept = []
+            if new.publish != old.publish:
+                kept.append("publish")
+            if new.model.workers != old.model.workers:
+                kept.append("model.workers")
+            if kept:
+                log.warning("reload: %s changed; restart edged to apply (kept as running)",
+                            ", ".join(kept))
+            new = new.model_copy(update={
+                "publish": old.publish,
+                "model": new.model.model_copy(update={"workers": old.model.workers})})
+            if new.model != old.model:
+                def load() -> ModelRunner:
+                    runner = ModelRunner(ModelOptions.from_config(new.model))
+                    runner.warmup()
+                    return runner
+                try:
+                    self.runner = await loop.run_in_executor(None, load)
+                except ModelError as e:
+                    log.error("reload rejected: %s; the running model and configuration stay", e)
+                    return
+                log.info("reload: model %s loaded", self.runner.model_id)
+            want = {n: c for n, c in new.cameras.items() if c.enabled}
+            removed = [n for n in self.cameras if n not in want]
+            changed = [n for n in self.cameras if n in want and want[n] != old.cameras.get(n)]
+            added = [n for n in want if n not in self.cameras]
+            for n in removed:
+                await self._stop_camera(n, "removed by reload")
+            for n in changed:
+                await self._stop_camera(n, "reconfigured")
+            self.config = new
+            for n in changed + added:
+                cam = self._make_camera(n, want[n], loop)
+                if cam is not None:
+                    self._start_camera(cam)
+            logging.getLogger().setLevel(new.log.level.upper())
+            log.info("reload done: %d camera(s) unchanged, %d restarted, %d added, %d removed",
+                     len(self.cameras) - len(changed) - len(added), len(changed), len(added),
+                     len(removed))
+        finally:
+            self.notifier.ready(f"{len(self.cameras)} camera(s) after reload")
 
     async def _stop_after(self, seconds: float) -> None:
         try:
@@ -348,13 +431,13 @@ class Pipeline:
     # ------------------------------------------------------------------ stats
 
     async def _stats_loop(self) -> None:
-        interval = self.config.log.stats_interval_s
         last = time.monotonic()
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.config.log.stats_interval_s)  # a reload may change it
             now = time.monotonic()
-            snapshot = self._log_stats(now - last)
+            interval = now - last
+            snapshot = self._log_stats(interval)
             self._latest_stats = snapshot
             last = now
             self.notifier.status(", ".join(f"{n} {c['processed_fps']:.1f} fps ({c['state']})"

@@ -66,6 +66,19 @@ class ModelOptions:
     class_groups: tuple[tuple[str, ...], ...] | None = None
     warmup_runs: int = 3
 
+    @classmethod
+    def from_config(cls, m: Any) -> ModelOptions:
+        """From the config's `model` section (an `edged.config.ModelConfig`)."""
+        return cls(
+            path=Path(m.path), format=m.format,
+            providers=tuple((p.name, dict(p.options)) for p in m.providers), threads=m.threads,
+            conf_threshold=m.conf_threshold, iou_threshold=m.iou_threshold,
+            max_detections=m.max_detections,
+            classes=tuple(m.classes) if m.classes else None,
+            seg_classes=tuple(m.seg_classes) if m.seg_classes else None,
+            class_groups=tuple(tuple(g) for g in m.class_groups) if m.class_groups else None,
+            warmup_runs=m.warmup_runs)
+
 
 def tensor_infos(args: list[Any]) -> list[TensorInfo]:
     return [TensorInfo(a.name, tuple(a.shape), _ORT_TYPES.get(a.type, a.type)) for a in args]

@@ -1,0 +1,75 @@
+"""SIGHUP: the new config is applied without touching unchanged cameras; a bad one is
+rejected with its errors logged while the old one keeps running."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+from test_daemon import write_config
+
+from edged.client import Subscriber
+from edged.codec import EndOfStream, Message
+
+
+def cams(**fps: float) -> str:
+    return "\n".join(f"""\
+  {name}:
+    source: synthetic
+    width: 160
+    height: 120
+    fps: {rate}""" for name, rate in fps.items())
+
+
+def gather(sub: Subscriber, seconds: float) -> list:
+    out = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        m = sub.recv(timeout=0.1)
+        if m is not None:
+            out.append(m)
+    return out
+
+
+def test_sighup_applies_changes_and_keeps_unchanged_cameras(tmp_path, test_model, tcp_endpoint,
+                                                            start_daemon):
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, [tcp_endpoint], cams(a=10, b=10))
+    with Subscriber(tcp_endpoint) as sub:
+        d = start_daemon(cfg)
+        d.wait_for("ready")
+        before = [m for m in gather(sub, 1.5) if isinstance(m, Message)]
+        write_config(cfg, test_model, [tcp_endpoint], cams(a=10, b=5, c=10))
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_for("reload done")
+        after = gather(sub, 2.0)
+        assert d.terminate()[0] == 0
+    log = d.log()
+    assert "reload done: 1 camera(s) unchanged, 1 restarted, 1 added, 0 removed" in log
+    eos = [m for m in after if isinstance(m, EndOfStream)]
+    assert [(e.camera, e.reason) for e in eos] == [("b", "reconfigured")]
+    res = [m for m in after if isinstance(m, Message)]
+    a_before = [m.seq for m in before if m.camera == "a"]
+    a_after = [m.seq for m in res if m.camera == "a"]
+    # camera a was never restarted: its sequence numbers just continue
+    assert a_before and a_after and a_after[0] > a_before[-1]
+    # b restarted (sequence from 0 again) and c is new
+    assert min(m.seq for m in res if m.camera == "b") < 5
+    assert any(m.camera == "c" for m in res)
+
+
+def test_sighup_with_a_bad_config_keeps_the_old_one(tmp_path, test_model, tcp_endpoint,
+                                                    start_daemon):
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, [tcp_endpoint], cams(a=10))
+    with Subscriber(tcp_endpoint) as sub:
+        d = start_daemon(cfg)
+        d.wait_for("ready")
+        gather(sub, 0.5)
+        cfg.write_text(cfg.read_text().replace("fps: 10", "fps: -3\n    fsp: 2"))
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_for("reload rejected")
+        after = gather(sub, 1.5)
+        assert d.terminate()[0] == 0
+    log = d.log()
+    assert "cfg.yaml:10: cameras.a.fps" in log and "did you mean 'fps'" in log
+    assert not [m for m in after if isinstance(m, EndOfStream)]
+    assert len([m for m in after if isinstance(m, Message) and m.camera == "a"]) >= 5

@@ -48,6 +48,8 @@ class CameraStats:
     errors: int = 0
     window_processed: int = 0
     e2e_ms: deque[float] = field(default_factory=lambda: deque(maxlen=512))
+    # the windows are filled from the publish thread and read by the stats task
+    lock: threading.Lock = field(default_factory=threading.Lock)
     stages: defaultdict[str, deque[float]] = field(
         default_factory=lambda: defaultdict(lambda: deque(maxlen=512)))
 
@@ -341,8 +343,9 @@ class Pipeline:
                 sched.release()
             cam.stats.processed += 1
             cam.stats.window_processed += 1
-            for stage, ms in result.timings_ms.items():
-                cam.stats.stages[stage].append(ms)
+            with cam.stats.lock:
+                for stage, ms in result.timings_ms.items():
+                    cam.stats.stages[stage].append(ms)
             # encode + send overlap the next frame's inference; at most one result per
             # camera is in flight, so nothing queues up behind a slow socket
             if pending is not None:
@@ -425,8 +428,9 @@ class Pipeline:
             cam.stats.published += 1
             cam.last_seq = result.seq
         result.timings_ms["encode"] = (time.perf_counter() - t0) * 1e3
-        cam.stats.stages["encode"].append(result.timings_ms["encode"])
-        cam.stats.e2e_ms.append((time.monotonic_ns() - result.t_capture_mono_ns) / 1e6)
+        with cam.stats.lock:
+            cam.stats.stages["encode"].append(result.timings_ms["encode"])
+            cam.stats.e2e_ms.append((time.monotonic_ns() - result.t_capture_mono_ns) / 1e6)
 
     # ------------------------------------------------------------------ stats
 
@@ -437,7 +441,12 @@ class Pipeline:
             await asyncio.sleep(self.config.log.stats_interval_s)  # a reload may change it
             now = time.monotonic()
             interval = now - last
-            snapshot = self._log_stats(interval)
+            try:
+                snapshot = self._log_stats(interval)
+            except Exception:  # statistics must never take the pipeline down
+                log.exception("statistics failed; the pipeline carries on")
+                last = now
+                continue
             self._latest_stats = snapshot
             last = now
             self.notifier.status(", ".join(f"{n} {c['processed_fps']:.1f} fps ({c['state']})"
@@ -455,7 +464,10 @@ class Pipeline:
         else:
             cap_fps = (captured - s.captured_at_report) / max(elapsed, 1e-9)
             proc_fps = s.window_processed / max(elapsed, 1e-9)
-        e2e = np.percentile(np.fromiter(s.e2e_ms, float), [50, 90, 99]).tolist() if s.e2e_ms \
+        with s.lock:  # the publish thread appends to these windows
+            e2e_window = list(s.e2e_ms)
+            stage_windows = {k: list(v) for k, v in s.stages.items() if v}
+        e2e = np.percentile(e2e_window, [50, 90, 99]).tolist() if e2e_window \
             else [None, None, None]
         return {
             "state": cam.capture.state, "capture_fps": round(cap_fps, 2),
@@ -463,8 +475,7 @@ class Pipeline:
             "drops": {"overwritten": cam.handoff.overwritten, "stale": s.stale,
                       "late": s.late_dropped, "errors": s.errors},
             "e2e_ms": dict(zip(("p50", "p90", "p99"), e2e)),
-            "stages_ms_p50": {k: float(np.median(np.fromiter(v, float)))
-                              for k, v in s.stages.items() if v},
+            "stages_ms_p50": {k: float(np.median(v)) for k, v in stage_windows.items()},
             "budget_ms": cam.budget.latency_ms, "variant": self.runner.model_id,
         }
 

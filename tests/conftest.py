@@ -63,6 +63,8 @@ class Daemon:
         t = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout)
+        if code != 0:  # pytest shows captured output of a failing test: leave evidence
+            print(f"daemon exited {code} on SIGTERM; its log:\n{self.log()}")
         return code, time.monotonic() - t
 
     def close(self) -> None:

@@ -209,7 +209,7 @@ def test_stats_message_on_the_bus(tmp_path, test_model, tcp_endpoint, start_daem
         assert d.terminate()[0] == 0
     assert len(stats) == 2, d.log()
     s = stats[-1]
-    assert s.interval_s == 1.0 and set(s.cameras) == {"a", "b"}
+    assert abs(s.interval_s - 1.0) < 0.3 and set(s.cameras) == {"a", "b"}  # measured window
     a, b = s.cameras["a"], s.cameras["b"]
     assert a["state"] == "running" and a["budget_ms"] == 400 and a["variant"] == "yoeo-test"
     for cam, fps in ((a, 20), (b, 10)):

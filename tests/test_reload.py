@@ -21,14 +21,21 @@ def cams(**fps: float) -> str:
     fps: {rate}""" for name, rate in fps.items())
 
 
-def gather(sub: Subscriber, seconds: float) -> list:
-    out = []
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
+def gather(sub: Subscriber, seconds: float, until=None, limit: float = 20.0) -> list:
+    """Messages for `seconds`, or longer (up to `limit`) until `until(messages)` holds."""
+    out: list = []
+    start = time.monotonic()
+    while True:
+        elapsed = time.monotonic() - start
+        if (elapsed >= seconds and (until is None or until(out))) or elapsed >= limit:
+            return out
         m = sub.recv(timeout=0.1)
         if m is not None:
             out.append(m)
-    return out
+
+
+def count(camera: str, n: int):
+    return lambda msgs: sum(isinstance(m, Message) and m.camera == camera for m in msgs) >= n
 
 
 def test_sighup_applies_changes_and_keeps_unchanged_cameras(tmp_path, test_model, tcp_endpoint,
@@ -37,11 +44,11 @@ def test_sighup_applies_changes_and_keeps_unchanged_cameras(tmp_path, test_model
     with Subscriber(tcp_endpoint) as sub:
         d = start_daemon(cfg)
         d.wait_for("ready")
-        before = [m for m in gather(sub, 1.5) if isinstance(m, Message)]
+        before = [m for m in gather(sub, 1.0, until=count("a", 3)) if isinstance(m, Message)]
         write_config(cfg, test_model, [tcp_endpoint], cams(a=10, b=5, c=10))
         d.proc.send_signal(signal.SIGHUP)
         d.wait_for("reload done")
-        after = gather(sub, 2.0)
+        after = gather(sub, 2.0, until=lambda ms: count("a", 3)(ms) and count("c", 1)(ms))
         assert d.terminate()[0] == 0
     log = d.log()
     assert "reload done: 1 camera(s) unchanged, 1 restarted, 1 added, 0 removed" in log
@@ -67,7 +74,7 @@ def test_sighup_with_a_bad_config_keeps_the_old_one(tmp_path, test_model, tcp_en
         cfg.write_text(cfg.read_text().replace("fps: 10", "fps: -3\n    fsp: 2"))
         d.proc.send_signal(signal.SIGHUP)
         d.wait_for("reload rejected")
-        after = gather(sub, 1.5)
+        after = gather(sub, 1.5, until=count("a", 5))
         assert d.terminate()[0] == 0
     log = d.log()
     assert "cfg.yaml:10: cameras.a.fps" in log and "did you mean 'fps'" in log

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edged.formats._common import class_group_ids, class_nms, pick, xywh_to_xyxy
 from edged.manifest import Manifest
-from edged.nms import nms
 from edged.preprocess import Letterbox, PreprocessSpec
 from edged.results import Detections
 
@@ -90,15 +90,7 @@ class Adapter:
         outs = manifest.outputs
         self.det_index = output_names.index(outs.get("detections", "Detections"))
         self.seg_index = output_names.index(outs.get("segmentation", "Segmentations"))
-        names = list(manifest.classes)
-        group_of = {c: i for i, c in enumerate(names)}
-        for gi, group in enumerate(manifest.class_groups):
-            for c in group:
-                if c not in group_of:
-                    raise ValueError(f"class group {list(group)} names unknown class {c!r}; "
-                                     f"classes are {names}")
-                group_of[c] = len(names) + gi
-        self.group_ids = np.array([group_of[c] for c in names], np.int64)
+        self.group_ids = class_group_ids(manifest)
 
     def detections(self, rows: np.ndarray, letterbox: Letterbox, frame_w: int,
                    frame_h: int) -> Detections:
@@ -110,22 +102,12 @@ class Adapter:
         if cand.size == 0:
             return Detections.empty()
         sel = rows[cand]
-        scores = sel[:, 5:] * sel[:, 4:5]
-        if m.multi_label:
-            ri, ci = np.nonzero(scores > conf)
-        else:
-            ci = scores.argmax(1)
-            ri = np.flatnonzero(scores[np.arange(len(ci)), ci] > conf)
-            ci = ci[ri]
+        # scores = class x objectness, each class above the threshold (multi-label)
+        ri, ci, sc = pick(sel[:, 5:] * sel[:, 4:5], conf, m.multi_label)
         if ri.size == 0:
             return Detections.empty()
-        xywh = sel[ri, :4]
-        xyxy = np.empty_like(xywh)
-        xyxy[:, :2] = xywh[:, :2] - xywh[:, 2:] / 2
-        xyxy[:, 2:] = xywh[:, :2] + xywh[:, 2:] / 2
-        sc = scores[ri, ci]
-        groups = self.group_ids[ci] if ci.max() < len(self.group_ids) else ci
-        keep = nms(xyxy, sc, m.iou_threshold, groups=groups, max_keep=m.max_detections)
+        xyxy = xywh_to_xyxy(sel[ri, :4])
+        keep = class_nms(xyxy, sc, ci, self.group_ids, m)
         return Detections(letterbox.boxes_to_camera(xyxy[keep], frame_w, frame_h),
                           sc[keep].astype(np.float32), ci[keep].astype(np.int32))
 

@@ -152,6 +152,11 @@ class Subscriber:
             self.gaps_by_camera[camera] = self.gaps_by_camera.get(camera, 0) + missing
 
     @property
+    def ended(self) -> frozenset[str]:
+        """Cameras whose end-of-stream has been received (and not restarted since)."""
+        return frozenset(self._ended)
+
+    @property
     def finished(self) -> bool:
         """True once every listed camera has sent end-of-stream (never without `cameras`)."""
         return self.cameras is not None and self.cameras <= self._ended

@@ -285,3 +285,24 @@ def test_http_mjpeg_camera(tmp_path, test_model, tcp_endpoint, start_daemon, mjp
     for m in msgs:
         assert (m.frame_w, m.frame_h) == (320, 240)
         assert (m.mask_camera() == mask).mean() > 0.98
+
+
+def test_echo_stops_at_end_of_stream(tmp_path, test_model, start_daemon):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"{i}.png"), painted_frame(160, 120)[0])
+    ep = f"ipc://{tmp_path}/e.sock"
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, [ep], f"""\
+  stills:
+    source: {folder}
+    fps: 4
+    loop: false""")
+    echo = subprocess.Popen([sys.executable, "-m", "edged", "echo", "--connect", ep,
+                             "--camera", "stills", "--timeout", "30"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    d = start_daemon(cfg)
+    out, err = echo.communicate(timeout=40)
+    assert echo.returncode == 0, err
+    assert d.proc.wait(10) == 0
+    assert out.splitlines()[-1] == "stills end of stream after seq 2 (end of stream)"

@@ -56,39 +56,45 @@ def test_eval_command_meets_the_model_card(tmp_path):
 
 
 def test_subscriber_sees_the_scene_ground_truth(tmp_path, tcp_endpoint, start_daemon):
-    """The demo model on the synthetic camera, scored on what a subscriber receives."""
-    seed = 1_000_123  # an evaluation seed, never used in training
+    """The demo model on six synthetic cameras, scored on what a subscriber receives.
+
+    Six evaluation sequences (never used in training), twelve frames each: one sequence
+    alone is too correlated to say anything about accuracy.
+    """
+    seeds = range(1_000_100, 1_000_106)
+    cams = "\n".join(f"""\
+  cam{i}:
+    source: synthetic
+    mode: every_frame
+    fps: 10
+    seed: {seed}""" for i, seed in enumerate(seeds))
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(f"""\
 model:
   path: {INT8}
-  threads: 1
   conf_threshold: 0.05
 cameras:
-  robot_head:
-    source: synthetic
-    mode: every_frame
-    fps: 15
-    seed: {seed}
+{cams}
 publish:
   endpoints: [{tcp_endpoint}]
 """)
     seg, det = SegMeter(3), DetMeter(3)
     got: list[Message] = []
-    with Subscriber(tcp_endpoint, ["robot_head"]) as sub:
-        d = start_daemon(cfg)
-        end = time.monotonic() + 60
-        while len(got) < 60 and time.monotonic() < end:
+    with Subscriber(tcp_endpoint) as sub:
+        d = start_daemon(cfg, "--frames", "12")
+        end = time.monotonic() + 90
+        while time.monotonic() < end and len(sub.ended) < len(seeds):
             msg = sub.recv(timeout=0.5)
             if isinstance(msg, Message):
                 got.append(msg)
-        assert d.terminate()[0] == 0
+        assert d.proc.wait(20) == 0, d.log()
     assert len(got) >= 50, d.log()
     for msg in got:
-        truth = render(seed, msg.seq, 640, 480)  # the camera renders frame `seq` of `seed`
+        # a synthetic camera renders frame `seq` of its sequence
+        truth = render(seeds[int(msg.camera[3:])], msg.seq, 640, 480)
         seg.add(msg.mask_camera(), truth.segmentation)
         det.add(msg.boxes, msg.scores, msg.class_ids, truth.boxes, truth.classes)
     miou = float(np.nanmean(seg.iou()))
     map50 = float(np.nanmean(det.ap()))
     assert miou >= MIN_MIOU, seg.iou()
-    assert map50 >= MIN_MAP - 0.1, det.ap()  # one sequence: fewer, correlated objects
+    assert map50 >= MIN_MAP, det.ap()

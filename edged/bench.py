@@ -110,10 +110,11 @@ def pipeline_run(runner: ModelRunner, config: Config, n: int) -> dict[str, Any]:
                 elif isinstance(m, EndOfStream):
                     ended.add(m.camera)
 
+    pipeline = Pipeline(config, runner, frames=n, inference_workers=config.model.workers)
+    pipeline.bind()  # bound first, so the subscriber is connected before the first frame
     th = threading.Thread(target=collect, daemon=True)
     th.start()
-    time.sleep(0.3)  # subscribe before the first frame goes out
-    pipeline = Pipeline(config, runner, frames=n, inference_workers=config.model.workers)
+    time.sleep(0.5)  # the subscription reaches the publisher (PUB/SUB slow joiner)
     t0 = time.perf_counter()
     asyncio.run(pipeline.run())
     wall = time.perf_counter() - t0

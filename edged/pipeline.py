@@ -136,7 +136,7 @@ class Pipeline:
         """
         loop = asyncio.get_running_loop()
         cfg = self.config
-        self.publisher = Publisher(cfg.publish.endpoints, sndhwm=cfg.publish.sndhwm)
+        self.bind()
         self._infer_pool = ThreadPoolExecutor(self.inference_workers,
                                               thread_name_prefix="infer")
         publish_pool = ThreadPoolExecutor(1, thread_name_prefix="publish")
@@ -195,6 +195,13 @@ class Pipeline:
             log.error("every camera failed")
             return 1
         return 0
+
+    def bind(self) -> None:
+        """Bind the publishing socket (run() does it; call earlier to let subscribers
+        connect before the first frame)."""
+        if self.publisher is None:
+            cfg = self.config.publish
+            self.publisher = Publisher(cfg.endpoints, sndhwm=cfg.sndhwm)
 
     # ------------------------------------------------------------------ reload
 

@@ -312,47 +312,53 @@ def render(seed: int, index: int, width: int = 640, height: int = 480) -> Scene:
     k = _intrinsics(lay, width, height)
     rot, centre, speed = _camera(lay, index)
 
-    # ground-plane homography: texture pixel -> image pixel
-    ox, oy = CARPET_X + FLOOR_MARGIN, CARPET_Y + FLOOR_MARGIN
-    tex_to_world = np.array([[TEX_RES, 0, -ox], [0, -TEX_RES, oy], [0, 0, 1]])
-    ext = np.column_stack([rot[:, 0], rot[:, 1], -rot @ centre])  # [r1 r2 t] for z=0 points
-    hom = k @ ext @ tex_to_world
-    image = cv2.warpPerspective(lay.texture, hom, (width, height), flags=cv2.INTER_LINEAR,
-                                borderMode=cv2.BORDER_REPLICATE)
-    seg = cv2.warpPerspective(lay.labels, hom, (width, height), flags=cv2.INTER_NEAREST,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-
-    # above the horizon: the ray never meets the ground
+    # above the horizon the ray never meets the ground: find that region first, so the
+    # ground is warped only below it and the backdrop is drawn only inside it
     a = (rot.T @ np.linalg.inv(k))[2]  # world z of the ray through pixel (u, v, 1)
     margin = 1e-3 * np.linalg.norm(a[:2])
-    sky = np.zeros((height, width), np.uint8)
     corners = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float64)
     vals = corners @ a[:2] + a[2] + margin
     poly = _clip_halfplane(corners, vals)
+    sky_rows = 0  # rows [0, sky_rows) hold some sky
+    full_sky = 0  # rows [0, full_sky) are sky only
     if len(poly) >= 3:
+        sky_rows = min(height, int(math.ceil(poly[:, 1].max())) + 1)
+        if abs(a[1]) > 1e-12:  # the horizon's rows at the left and right image border
+            edge = [-(a[0] * x + a[2] + margin) / a[1] for x in (0.0, float(width))]
+            full_sky = max(0, min(height, int(math.floor(min(edge))) - 1))
+        else:
+            full_sky = height if vals[0] > 0 else 0
+
+    # ground-plane homography: texture pixel -> image pixel (rows below full_sky only;
+    # shifting the output rows keeps every pixel's sampling exactly as a full warp)
+    ox, oy = CARPET_X + FLOOR_MARGIN, CARPET_Y + FLOOR_MARGIN
+    tex_to_world = np.array([[TEX_RES, 0, -ox], [0, -TEX_RES, oy], [0, 0, 1]])
+    ext = np.column_stack([rot[:, 0], rot[:, 1], -rot @ centre])  # [r1 r2 t] for z=0 points
+    hom = np.array([[1, 0, 0], [0, 1, -full_sky], [0, 0, 1]]) @ k @ ext @ tex_to_world
+    image = np.empty((height, width, 3), np.uint8)
+    seg = np.zeros((height, width), np.uint8)
+    if full_sky < height:
+        rows = (width, height - full_sky)
+        cv2.warpPerspective(lay.texture, hom, rows, dst=image[full_sky:],
+                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        cv2.warpPerspective(lay.labels, hom, rows, dst=seg[full_sky:], flags=cv2.INTER_NEAREST,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+    if sky_rows:
+        sky = np.zeros((sky_rows, width), np.uint8)
         cv2.fillPoly(sky, [np.round(poly * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
-    sky_mask = sky.astype(bool)
-    if sky_mask.any():
-        bd = lay.backdrop
+        sky[:full_sky] = 1
+        bd = _backdrop_scaled(int(seed), height)
         yaw = math.atan2(rot[2, 1], rot[2, 0])
         off = int((yaw / math.tau) * bd.shape[1]) % bd.shape[1]
         # horizon row at the image centre column, so the backdrop sits on it
         hv = -(a[0] * width / 2 + a[2]) / a[1] if abs(a[1]) > 1e-9 else height / 2
-        scale = height / 300.0
-        strip_h = int(bd.shape[0] * scale)
-        strip_w = int(width / scale) + 2
-        cols = (np.arange(strip_w) + off) % bd.shape[1]
-        strip = cv2.resize(bd[:, cols], (width, strip_h), interpolation=cv2.INTER_LINEAR)
-        top = int(round(hv)) - strip_h
-        canvas = np.empty((height, width, 3), np.uint8)
-        canvas[:] = strip[0]
-        y0, y1 = max(top, 0), min(top + strip_h, height)
-        if y1 > y0:
-            canvas[y0:y1] = strip[y0 - top:y1 - top]
-        if top + strip_h < height:
-            canvas[max(top + strip_h, 0):] = strip[-1]
-        np.copyto(image, canvas, where=sky_mask[:, :, None])
-        seg[sky_mask] = 0
+        top = int(round(hv)) - bd.shape[0]
+        src_rows = np.clip(np.arange(sky_rows) - top, 0, bd.shape[0] - 1)
+        src_cols = (np.arange(width) + off) % bd.shape[1]
+        canvas = bd[src_rows[:, None], src_cols[None, :]]
+        cv2.copyTo(canvas, sky, image[:sky_rows])
+        np.multiply(seg[:sky_rows], 1 - sky, out=seg[:sky_rows])
 
     boxes, classes = _draw_objects(lay, index, k, rot, centre, image, seg, width, height)
 
@@ -360,7 +366,8 @@ def render(seed: int, index: int, width: int = 640, height: int = 480) -> Scene:
     li = lay.light
     gain = li[0] * (1 + li[1] * math.sin(li[2] * index + li[5]))
     cast = np.array([1 + li[3], 1.0, 1 + li[4]], np.float32) * gain
-    img = np.multiply(image, cast, dtype=np.float32)
+    img = cv2.multiply(image, (float(cast[0]), float(cast[1]), float(cast[2]), 0.0),
+                       dtype=cv2.CV_32F)
     # motion blur along the direction of head motion when the head turns quickly
     if speed > 0.012:
         n = min(9, int(speed * 250) | 1)
@@ -373,6 +380,15 @@ def render(seed: int, index: int, width: int = 640, height: int = 480) -> Scene:
                  sigma, img, dst=img)
     np.clip(img, 0, 255, out=img)
     return Scene(img.astype(np.uint8), seg, boxes, classes)
+
+
+@lru_cache(maxsize=8)
+def _backdrop_scaled(seed: int, height: int) -> np.ndarray:
+    """The seed's backdrop panorama at the scale a frame of `height` rows shows it."""
+    bd = _layout(seed).backdrop
+    scale = height / 300.0
+    return cv2.resize(bd, (int(bd.shape[1] * scale), int(bd.shape[0] * scale)),
+                      interpolation=cv2.INTER_LINEAR)
 
 
 @lru_cache(maxsize=8)

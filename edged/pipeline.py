@@ -298,14 +298,18 @@ class Pipeline:
 
     async def _camera_loop(self, cam: Camera) -> None:
         loop = asyncio.get_running_loop()
-        sched, infer_pool, publish_pool, encoder = (self._sched, self._infer_pool,
-                                                    self._publish_pool, self._encoder)
+        sched, infer_pool, publish_pool = self._sched, self._infer_pool, self._publish_pool
         assert sched is not None and infer_pool is not None and publish_pool is not None
         pending: asyncio.Future[None] | None = None
         reason = "end of stream"
         min_period = 1.0 / cam.config.max_fps if cam.config.max_fps else 0.0
         next_start = 0.0
         stale_run = 0
+        # frames in flight for this camera: every_frame cameras may use every worker
+        # (results stay in order); realtime ones run one frame, always the freshest
+        depth = 1 if cam.realtime else self.inference_workers
+        inflight: deque[tuple[asyncio.Future[Result], Frame]] = deque()
+        submitted = 0
         while True:
             if self.stop_event.is_set() or cam.stop_reason:
                 reason = cam.stop_reason or "shutdown"
@@ -323,44 +327,36 @@ class Pipeline:
                     continue
             # weighted fair share of the inference workers
             await sched.acquire(cam.name, rejoin=not backlogged)
-            try:
-                frame = cam.handoff.take()  # the freshest frame at the moment we can run it
-                if frame is None:
-                    continue
-                age = (time.monotonic_ns() - frame.t_mono_ns) / 1e6
-                if cam.realtime and not cam.budget.can_finish(age):
-                    # would end over budget: a fresher frame will come. After a run of
-                    # such drops one frame goes through anyway, so the estimate is
-                    # refreshed and a budget below the processing time is visible
-                    cam.stats.stale += 1
-                    stale_run += 1
-                    if stale_run < PROBE_AFTER_STALE:
-                        continue
-                    self._warn_budget(cam)
-                stale_run = 0
-                next_start = time.monotonic() + min_period
-                try:
-                    result = await loop.run_in_executor(infer_pool, self._infer, frame)
-                except Exception as e:  # one bad frame must not end the camera
-                    cam.stats.errors += 1
-                    log.error("camera %s: inference failed on frame %d: %s", cam.name,
-                              frame.seq, e)
-                    continue
-            finally:
+            frame = cam.handoff.take()  # the freshest frame at the moment we can run it
+            if frame is None:
                 sched.release()
-            cam.stats.processed += 1
-            cam.stats.window_processed += 1
-            with cam.stats.lock:
-                for stage, ms in result.timings_ms.items():
-                    cam.stats.stages[stage].append(ms)
-            # encode + send overlap the next frame's inference; at most one result per
-            # camera is in flight, so nothing queues up behind a slow socket
-            if pending is not None:
-                await pending
-            pending = loop.run_in_executor(publish_pool, self._publish, cam, result, encoder)
-            if self.frames is not None and cam.stats.processed >= self.frames:
+                continue
+            age = (time.monotonic_ns() - frame.t_mono_ns) / 1e6
+            if cam.realtime and not cam.budget.can_finish(age):
+                # would end over budget: a fresher frame will come. After a run of such
+                # drops one frame goes through anyway, so the estimate is refreshed and a
+                # budget below the processing time is visible
+                cam.stats.stale += 1
+                stale_run += 1
+                if stale_run < PROBE_AFTER_STALE:
+                    sched.release()
+                    continue
+                self._warn_budget(cam)
+            stale_run = 0
+            next_start = time.monotonic() + min_period
+            fut = loop.run_in_executor(infer_pool, self._infer, frame)
+            fut.add_done_callback(lambda _f: sched.release())  # the slot frees with the frame
+            inflight.append((fut, frame))
+            submitted += 1
+            # results go out in capture order; wait for the oldest when the camera has as
+            # many frames in flight as it may (one in realtime mode: always the freshest)
+            while inflight and (inflight[0][0].done() or len(inflight) >= depth):
+                pending = await self._finish(cam, *inflight.popleft(), pending)
+            if self.frames is not None and submitted >= self.frames:
                 reason = f"{self.frames} frames done"
                 break
+        while inflight:  # drain: frames already taken are finished and published
+            pending = await self._finish(cam, *inflight.popleft(), pending)
         if pending is not None:
             await pending
         cam.capture.stop()
@@ -369,6 +365,30 @@ class Pipeline:
         frames = encode_eos(cam.name, cam.last_seq, reason)
         await loop.run_in_executor(publish_pool, self.publisher.send, frames)  # type: ignore[union-attr]
         log.info("camera %s: end of stream published (%s)", cam.name, reason)
+
+    async def _finish(self, cam: Camera, fut: asyncio.Future[Result], frame: Frame,
+                      pending: asyncio.Future[None] | None) -> asyncio.Future[None] | None:
+        """Wait for one frame's result, count it and hand it to the publish thread.
+
+        Returns the publish future: encode + send of this result overlap the next
+        frame's inference, and at most one result per camera waits for the socket.
+        """
+        try:
+            result = await fut
+        except Exception as e:  # one bad frame must not end the camera
+            cam.stats.errors += 1
+            log.error("camera %s: inference failed on frame %d: %s", cam.name, frame.seq, e)
+            return pending
+        cam.stats.processed += 1
+        cam.stats.window_processed += 1
+        with cam.stats.lock:
+            for stage, ms in result.timings_ms.items():
+                cam.stats.stages[stage].append(ms)
+        if pending is not None:
+            await pending
+        assert self._publish_pool is not None and self._encoder is not None
+        return asyncio.get_running_loop().run_in_executor(
+            self._publish_pool, self._publish, cam, result, self._encoder)
 
     def _warn_budget(self, cam: Camera) -> None:
         if not cam.budget_warned:

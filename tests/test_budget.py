@@ -49,7 +49,9 @@ def test_unreachable_budget_drops_stale_frames_and_flags_late(tmp_path, test_mod
     counts = final_counts(d.log())["cam"]
     # one frame in PROBE_AFTER_STALE + 1 is processed to keep the estimate honest
     assert counts["stale"] >= 5 * len(results)
-    assert counts["late"] == len(results)
+    # every published result was late; the first may go out before the subscriber's
+    # connection is up (PUB/SUB slow joiner), so allow a few the test never saw
+    assert len(results) <= counts["late"] <= len(results) + 3
     assert d.log().count("budget 0 ms is below the time to process a frame") == 1
 
 
@@ -248,3 +250,29 @@ def test_scheduler_with_two_workers_runs_two_cameras_at_once():
         return peak
 
     assert asyncio.run(main()) == 2
+
+
+def test_every_frame_camera_pipelines_across_workers_in_order(tmp_path, test_model,
+                                                              start_daemon):
+    video = tmp_path / "v.avi"
+    write_video(video, 40, (320, 240))
+    ep = f"ipc://{tmp_path}/s.sock"
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, [ep], f"""\
+  replay:
+    source: {video}
+    fps: 30
+    loop: false""")
+    cfg.write_text(cfg.read_text().replace("  threads: 1\n", "  threads: 1\n  workers: 3\n"))
+    msgs: list = []
+    with Subscriber(ep) as sub:
+        d = start_daemon(cfg)
+        end = time.monotonic() + 30
+        while time.monotonic() < end and not (msgs and isinstance(msgs[-1], EndOfStream)):
+            m = sub.recv(timeout=0.2)
+            if m is not None:
+                msgs.append(m)
+        assert d.proc.wait(10) == 0, d.log()
+    seqs = [m.seq for m in msgs if isinstance(m, Message)]
+    # several frames in flight, still published complete and in capture order
+    assert seqs == list(range(seqs[0], 40)), seqs
+    assert isinstance(msgs[-1], EndOfStream) and msgs[-1].last_seq == 39

@@ -129,3 +129,40 @@ def test_prometheus_endpoint(tmp_path, test_model, tcp_endpoint, start_daemon):
     except urllib.error.HTTPError as e:
         assert e.code == 404
     assert d.terminate()[0] == 0
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_subscriber_that_never_reads_does_not_grow_the_daemon(tmp_path, test_model,
+                                                              tcp_endpoint, start_daemon):
+    import zmq
+
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, [tcp_endpoint], """\
+  cam:
+    source: synthetic
+    fps: 60""")
+    cfg.write_text(cfg.read_text().replace("publish:\n", "publish:\n  mask_encoding: raw\n"))
+    ctx = zmq.Context()
+    stuck = ctx.socket(zmq.SUB)  # subscribes to everything and never calls recv
+    stuck.setsockopt(zmq.RCVHWM, 1)
+    stuck.setsockopt(zmq.RCVBUF, 4096)
+    stuck.setsockopt(zmq.SUBSCRIBE, b"")
+    stuck.connect(tcp_endpoint)
+    try:
+        d = start_daemon(cfg)
+        d.wait_for("ready")
+        time.sleep(3.0)  # queues fill up to their high-water marks
+        early = rss_kib(d.proc.pid)
+        time.sleep(6.0)  # ~360 more raw 125 KB masks the subscriber never takes
+        late = rss_kib(d.proc.pid)
+        assert late - early < 0.05 * early, (early, late)
+        assert "stats cam: capture" in d.log()
+        assert d.terminate()[0] == 0  # and it still shuts down cleanly
+    finally:
+        stuck.close(linger=0)
+        ctx.term()

@@ -22,6 +22,7 @@ import zmq
 from edged.codec import (
     TOPIC_EOS,
     TOPIC_RESULT,
+    TOPIC_STATE,
     TOPIC_STATS,
     EndOfStream,
     Message,
@@ -29,7 +30,7 @@ from edged.codec import (
     check_camera,
     decode,
 )
-from edged.stats import Stats, decode_stats
+from edged.stats import CameraState, Stats, decode_state, decode_stats
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,9 @@ class Subscriber:
 
     def __init__(self, endpoint: str | Sequence[str], cameras: Sequence[str] | None = None, *,
                  rcvhwm: int = 100, context: zmq.Context | None = None,
-                 stats: bool = False) -> None:
-        """`stats=True` also delivers the daemon's periodic `Stats` messages."""
+                 stats: bool = False, states: bool = False) -> None:
+        """`stats=True` also delivers the daemon's periodic `Stats` messages,
+        `states=True` the cameras' `CameraState` changes."""
         endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
         if not endpoints:
             raise ValueError("no endpoint to connect to")
@@ -59,6 +61,7 @@ class Subscriber:
                 check_camera(cam)
         self.cameras: frozenset[str] | None = None if cameras is None else frozenset(cameras)
         self.stats = stats
+        self.states = states
         self.received = 0
         self.malformed = 0
         self.ignored = 0
@@ -87,7 +90,8 @@ class Subscriber:
         self._poller.register(self._sock, zmq.POLLIN)
         self._closed = False
 
-    def recv(self, timeout: float | None = None) -> Message | EndOfStream | Stats | None:
+    def recv(self, timeout: float | None = None
+             ) -> Message | EndOfStream | Stats | CameraState | None:
         """The next result or end-of-stream; None if none came within `timeout` seconds.
 
         `timeout=None` waits forever. Malformed messages are counted and skipped.
@@ -113,7 +117,7 @@ class Subscriber:
                 return msg
 
     def _handle(self, frames: list[zmq.Frame], t_received: int
-                ) -> Message | EndOfStream | Stats | None:
+                ) -> Message | EndOfStream | Stats | CameraState | None:
         if self.stats and frames[0].bytes == TOPIC_STATS.encode():
             try:
                 return decode_stats(frames)
@@ -122,6 +126,13 @@ class Subscriber:
                 log.debug("skipping malformed stats message: %s", e)
                 return None
         kind = frames[0].bytes.rpartition(b"/")[2]
+        if self.states and kind == TOPIC_STATE.encode():
+            try:
+                return decode_state(frames)
+            except ProtocolError as e:
+                self.malformed += 1
+                log.debug("skipping malformed state message: %s", e)
+                return None
         if kind not in (TOPIC_RESULT.encode(), TOPIC_EOS.encode()):
             self.ignored += 1  # reserved topics: not ours to decode (yet)
             return None

@@ -10,6 +10,7 @@ end-of-stream message, and the socket is closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -28,7 +29,7 @@ from edged.results import Frame, Result
 from edged.runner import ModelRunner
 from edged.scheduler import Budget, Scheduler
 from edged.sources import CaptureThread, Handoff, SourceError, make_source
-from edged.stats import encode_stats
+from edged.stats import encode_state, encode_stats
 
 log = logging.getLogger("edged.pipeline")
 
@@ -94,6 +95,7 @@ class Pipeline:
         self._infer_pool: ThreadPoolExecutor | None = None
         self._encoder: MaskEncoder | None = None
         self._reload_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ setup
 
@@ -111,11 +113,24 @@ class Pipeline:
         # files replayed frame by frame run as fast as they are processed unless an fps
         # is set; everything else is paced at its rate
         pace = not (mode == "every_frame" and not source.live and cam.fps is None)
-        capture = CaptureThread(name, source, handoff, fps=cam.fps, pace=pace)
+        capture = CaptureThread(name, source, handoff, fps=cam.fps, pace=pace,
+                                on_state=self._state_from_thread)
         log.info("camera %s: %s source %s, mode %s", name, kind, source.description, mode)
         return Camera(name, cam, handoff, capture, CameraStats(),
                       Budget(cam.budget.latency_ms, cam.budget.on_late),
                       realtime=mode == "realtime")
+
+    def _state_from_thread(self, camera: str, state: str, detail: str) -> None:
+        """A capture thread's state change -> a `<camera>/state` message on the bus."""
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                self._loop.call_soon_threadsafe(self._publish_state, camera, state, detail)
+
+    def _publish_state(self, camera: str, state: str, detail: str) -> None:
+        if self.publisher is None or self._publish_pool is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the publish thread has been shut down
+            self._publish_pool.submit(self.publisher.send, encode_state(camera, state, detail))
 
     def _start_camera(self, cam: Camera) -> None:
         """Start capture and the camera's task (inside the running TaskGroup)."""
@@ -135,6 +150,7 @@ class Pipeline:
         camera failed.
         """
         loop = asyncio.get_running_loop()
+        self._loop = loop
         cfg = self.config
         self.bind()
         self._infer_pool = ThreadPoolExecutor(self.inference_workers,

@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -310,10 +311,12 @@ class CaptureThread:
     """
 
     def __init__(self, camera: str, source: Source, handoff: Handoff, *, fps: float | None,
-                 pace: bool, backoff: tuple[float, float] = (0.5, 30.0)) -> None:
+                 pace: bool, backoff: tuple[float, float] = (0.5, 30.0),
+                 on_state: Callable[[str, str, str], None] | None = None) -> None:
         self.camera, self.source, self.handoff = camera, source, handoff
         self.fps, self.pace = fps, pace
         self.backoff = backoff
+        self.on_state = on_state  # (camera, state, detail), called from the capture thread
         self.seq = 0
         self.state = "starting"
         self.error: str | None = None
@@ -334,6 +337,8 @@ class CaptureThread:
             self.state = state
             msg = f"camera {self.camera}: {state}" + (f" ({detail})" if detail else "")
             (log.warning if state in ("reconnecting", "failed") else log.info)(msg)
+            if self.on_state is not None:
+                self.on_state(self.camera, state, detail)
 
     def _run(self) -> None:
         delay = self.backoff[0]

@@ -15,7 +15,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from edged.codec import PROTOCOL_VERSION, TOPIC_STATS, ProtocolError
+from edged.codec import PROTOCOL_VERSION, TOPIC_STATE, TOPIC_STATS, ProtocolError, topic
 
 CAMERA_KEYS = ("state", "capture_fps", "processed_fps", "published", "late", "drops",
                "e2e_ms", "stages_ms_p50", "budget_ms", "variant")
@@ -52,3 +52,44 @@ def decode_stats(frames: Sequence[bytes | memoryview | zmq.Frame]) -> Stats:
         raise
     except Exception as e:  # msgpack and type errors on garbage input
         raise ProtocolError(f"stats: {e}") from None
+
+
+CAMERA_STATES = ("starting", "running", "reconnecting", "stopped", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class CameraState:
+    """A camera's state change (topic `<camera>/state`)."""
+
+    camera: str
+    state: str
+    detail: str
+    t_ns: int
+
+
+def encode_state(camera: str, state: str, detail: str = "") -> list[bytes]:
+    header = {"v": PROTOCOL_VERSION, "type": "state", "camera": camera, "state": state,
+              "detail": detail, "t_ns": time.time_ns()}
+    return [topic(camera, TOPIC_STATE), msgpack.packb(header)]
+
+
+def decode_state(frames: Sequence[bytes | memoryview | zmq.Frame]) -> CameraState:
+    try:
+        parts = [f.bytes if isinstance(f, zmq.Frame) else bytes(f) for f in frames]
+        if len(parts) != 2:
+            raise ProtocolError("state: expected 2 frames")
+        h = msgpack.unpackb(parts[1], raw=False, strict_map_key=True)
+        if not isinstance(h, dict) or h.get("type") != "state":
+            raise ProtocolError("state: header is not a state map")
+        if h.get("v") != PROTOCOL_VERSION:
+            raise ProtocolError(f"state: unsupported version {h.get('v')!r}")
+        cam, state, detail = h.get("camera"), h.get("state"), h.get("detail", "")
+        if not all(isinstance(x, str) for x in (cam, state, detail)):
+            raise ProtocolError("state: camera, state and detail must be strings")
+        if parts[0] != topic(cam, TOPIC_STATE):
+            raise ProtocolError("state: topic does not match the camera")
+        return CameraState(cam, state, detail, int(h["t_ns"]))
+    except ProtocolError:
+        raise
+    except Exception as e:  # msgpack and type errors on garbage input
+        raise ProtocolError(f"state: {e}") from None

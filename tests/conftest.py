@@ -91,7 +91,7 @@ def start_daemon(tmp_path: Path) -> Iterator:
 class MjpegServer:
     """An HTTP MJPEG camera on loopback (multipart/x-mixed-replace), serving `frame_fn(i)`."""
 
-    def __init__(self, frame_fn, fps: float = 20.0) -> None:
+    def __init__(self, frame_fn, fps: float = 20.0, port: int = 0) -> None:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -122,7 +122,7 @@ class MjpegServer:
 
         self.stopped = threading.Event()
         self.served = 0
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/stream.mjpg"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -138,8 +138,8 @@ class MjpegServer:
 def mjpeg_server() -> Iterator:
     servers: list[MjpegServer] = []
 
-    def start(frame_fn, fps: float = 20.0) -> MjpegServer:
-        s = MjpegServer(frame_fn, fps)
+    def start(frame_fn, fps: float = 20.0, port: int = 0) -> MjpegServer:
+        s = MjpegServer(frame_fn, fps, port)
         servers.append(s)
         return s
 

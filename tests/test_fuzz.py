@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from edged.codec import EndOfStream, Message, ProtocolError, decode
 from edged.config import ConfigError, parse_config
-from edged.stats import Stats, decode_stats
+from edged.stats import CameraState, Stats, decode_state, decode_stats
 
 SETTINGS = settings(max_examples=300, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -106,3 +106,14 @@ def test_control_character_is_located():
     (issue,) = e.value.issues
     assert (issue.line, issue.column) == (5, 16)
     assert "character #x001f is not allowed" in str(e.value)
+
+
+@SETTINGS
+@given(headers, st.sampled_from([b"cam/state", b"x/state", b""]))
+def test_state_decoder_rejects_garbage_cleanly(header, topic):
+    try:
+        packed = msgpack.packb(header, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError):
+        return
+    with contextlib.suppress(ProtocolError):
+        assert isinstance(decode_state([topic, packed]), CameraState)

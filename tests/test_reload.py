@@ -80,3 +80,38 @@ def test_sighup_with_a_bad_config_keeps_the_old_one(tmp_path, test_model, tcp_en
     assert "cfg.yaml:10: cameras.a.fps" in log and "did you mean 'fps'" in log
     assert not [m for m in after if isinstance(m, EndOfStream)]
     assert len([m for m in after if isinstance(m, Message) and m.camera == "a"]) >= 5
+
+
+def test_network_camera_reconnects_and_states_go_on_the_bus(tmp_path, test_model,
+                                                            tcp_endpoint, start_daemon,
+                                                            mjpeg_server):
+    from modelgen import painted_frame
+
+    from edged.stats import CameraState
+
+    img, _ = painted_frame(160, 120)
+    server = mjpeg_server(lambda i: img)
+    port = int(server.url.split(":")[2].split("/")[0])
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, [tcp_endpoint], cams(steady=10) + f"""
+  ipcam:
+    source: {server.url}""")
+    with Subscriber(tcp_endpoint, states=True) as sub:
+        d = start_daemon(cfg)
+        d.wait_for("camera ipcam: running")
+        gather(sub, 1.0, until=count("ipcam", 3))
+        server.close()  # the camera's server goes away...
+        d.wait_for("camera ipcam: reconnecting")
+        msgs = gather(sub, 1.5)
+        mjpeg_server(lambda i: img, port=port)  # ...and comes back on the same address
+        msgs += gather(sub, 1.0, until=lambda ms: count("ipcam", 3)(ms) and any(
+            isinstance(m, CameraState) and m.state == "running" for m in ms), limit=40)
+        assert d.terminate()[0] == 0, d.log()
+    states = [(m.camera, m.state) for m in msgs if isinstance(m, CameraState)]
+    assert states.index(("ipcam", "reconnecting")) < states.index(("ipcam", "running")), (
+        states, d.log())
+    # the other camera never stopped: no end-of-stream, results all along
+    assert not [m for m in msgs if isinstance(m, EndOfStream)]
+    steady = [m.seq for m in msgs if isinstance(m, Message) and m.camera == "steady"]
+    assert len(steady) >= 10 and steady == sorted(steady)
+    log = d.log()
+    assert log.count("camera ipcam: reconnecting") == 1  # once per state change

@@ -29,7 +29,7 @@ from edged.config import Config
 from edged.publisher import Publisher
 from edged.results import Frame
 from edged.runner import ModelRunner
-from edged.sources import make_source
+from edged.sources import source_for
 
 
 def _pct(values: list[float]) -> dict[str, float | None]:
@@ -59,20 +59,17 @@ def raw_loop(runner: ModelRunner, frame: np.ndarray, n: int) -> dict[str, float]
 def serial_loop(runner: ModelRunner, config: Config, n: int) -> dict[str, float]:
     """One thread doing everything in turn, publishing to a drained local socket."""
     name, cam = next(iter(config.cameras.items()))
-    source = make_source(cam.resolved_type(), cam.source, width=cam.width, height=cam.height,
-                         fps=cam.fps, fourcc=cam.fourcc, loop=True, seed=cam.seed)
+    source = source_for(cam, loop=True)  # a file starts again until n frames are done
     source.open()
     with tempfile.TemporaryDirectory() as tmp:
         ep = f"ipc://{tmp}/serial.sock"
         pub = Publisher([ep], sndhwm=1000)
         stop = threading.Event()
-        drained = [0]
 
         def drain() -> None:
             with Subscriber(ep) as sub:
                 while not stop.is_set():
-                    if sub.recv(timeout=0.05) is not None:
-                        drained[0] += 1
+                    sub.recv(timeout=0.05)
 
         th = threading.Thread(target=drain, daemon=True)
         th.start()
@@ -147,8 +144,7 @@ def pipeline_run(runner: ModelRunner, config: Config, n: int) -> dict[str, Any]:
 
 def bench(config: Config, runner: ModelRunner, frames: int) -> dict[str, Any]:
     name, cam = next(iter(config.cameras.items()))
-    src = make_source(cam.resolved_type(), cam.source, width=cam.width, height=cam.height,
-                      fps=cam.fps, fourcc=cam.fourcc, loop=True, seed=cam.seed)
+    src = source_for(cam, loop=True)
     src.open()
     first = src.read()
     src.close()

@@ -37,12 +37,6 @@ def _load(path: str | None):
         return None
 
 
-def model_options(cfg):
-    from edged.runner import ModelOptions
-
-    return ModelOptions.from_config(cfg.model)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
@@ -51,13 +45,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     import cv2
 
     from edged.publisher import PublishError
-    from edged.runner import ModelError, ModelRunner
+    from edged.runner import ModelError, ModelOptions, ModelRunner
 
     cv2.setNumThreads(1)  # OpenCV must not fight ONNX Runtime for the cores
     src = cfg.source_file or "built-in default"
     log.info("configuration %s", src)
     try:
-        runner = ModelRunner(model_options(cfg))
+        runner = ModelRunner(ModelOptions.from_config(cfg.model))
     except ModelError as e:
         log.error("%s", e)
         return 1
@@ -152,7 +146,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if cfg is None:
         return 1
     setup_logging("warning")
-    from edged.runner import ModelError, ModelRunner
+    from edged.runner import ModelError, ModelOptions, ModelRunner
     from edged.sources import redact
 
     print(f"config: {cfg.source_file or 'built-in default'}: OK")
@@ -161,7 +155,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"camera {name}: {cam.resolved_type()} {redact(cam.source)!r}, "
               f"mode {cam.resolved_mode()}{state}")
     try:
-        runner = ModelRunner(model_options(cfg))
+        runner = ModelRunner(ModelOptions.from_config(cfg.model))
     except ModelError as e:
         print(f"model: {e}", file=sys.stderr)
         return 1
@@ -226,11 +220,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import cv2
 
     from edged.bench import bench, format_report
-    from edged.runner import ModelError, ModelRunner
+    from edged.runner import ModelError, ModelOptions, ModelRunner
 
     cv2.setNumThreads(1)
     try:
-        runner = ModelRunner(model_options(cfg))
+        runner = ModelRunner(ModelOptions.from_config(cfg.model))
     except ModelError as e:
         print(f"edged bench: {e}", file=sys.stderr)
         return 1

@@ -28,7 +28,7 @@ from edged.publisher import Publisher
 from edged.results import Frame, Result
 from edged.runner import ModelRunner
 from edged.scheduler import Budget, Scheduler
-from edged.sources import CaptureThread, Handoff, SourceError, make_source
+from edged.sources import CaptureThread, Handoff, SourceError, source_for
 from edged.stats import encode_state, encode_stats
 
 log = logging.getLogger("edged.pipeline")
@@ -65,7 +65,6 @@ class Camera:
     budget: Budget
     realtime: bool
     last_seq: int = -1  # last seq published
-    done: bool = False
     stop_reason: str = ""  # set when the camera is stopped on purpose (reload)
     budget_warned: bool = False
 
@@ -81,7 +80,6 @@ class Pipeline:
         self.inference_workers = inference_workers
         self.cameras: dict[str, Camera] = {}
         self.stop_event = asyncio.Event()
-        self.ready = asyncio.Event()
         self.publisher: Publisher | None = None
         self._publish_pool: ThreadPoolExecutor | None = None
         self.notifier = notifier or Notifier({})
@@ -104,8 +102,7 @@ class Pipeline:
         kind = cam.resolved_type()
         mode = cam.resolved_mode()
         try:
-            source = make_source(kind, cam.source, width=cam.width, height=cam.height,
-                                 fps=cam.fps, fourcc=cam.fourcc, loop=cam.loop, seed=cam.seed)
+            source = source_for(cam)
         except SourceError as e:
             log.error("camera %s: %s; the other cameras carry on", name, e)
             return None
@@ -171,7 +168,6 @@ class Pipeline:
                 self._tg = tg
                 for cam in initial:
                     self._start_camera(cam)
-                self.ready.set()
                 log.info("ready: %d camera(s), model %s on %s, publishing on %s",
                          len(self.cameras), self.runner.model_id,
                          ",".join(self.runner.providers), ", ".join(cfg.publish.endpoints))
@@ -377,7 +373,6 @@ class Pipeline:
             await pending
         cam.capture.stop()
         cam.handoff.close()
-        cam.done = True
         frames = encode_eos(cam.name, cam.last_seq, reason)
         await loop.run_in_executor(publish_pool, self.publisher.send, frames)  # type: ignore[union-attr]
         log.info("camera %s: end of stream published (%s)", cam.name, reason)

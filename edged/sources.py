@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -247,6 +247,13 @@ class ImageFolderSource:
 
     def default_fps(self) -> float | None:
         return None
+
+
+def source_for(cam: Any, *, loop: bool | None = None) -> Source:
+    """The reader for a camera's config (`edged.config.CameraConfig`); `loop` overrides."""
+    return make_source(cam.resolved_type(), cam.source, width=cam.width, height=cam.height,
+                       fps=cam.fps, fourcc=cam.fourcc,
+                       loop=cam.loop if loop is None else loop, seed=cam.seed)
 
 
 def gstreamer_available() -> bool:

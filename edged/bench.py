@@ -2,7 +2,9 @@
 
 Three measurements in one run, on the same model, session and thread settings:
 
-- raw: a bare `session.run` loop on one pre-processed tensor (the model's ceiling);
+- raw: a bare `session.run` loop on one pre-processed tensor; and the same loop run
+  by as many threads as edged has inference workers (the machine's ceiling for this
+  model and these settings);
 - serial: read, pre-process, infer, post-process, encode, publish, repeat, in one
   thread (the usual OpenCV + onnxruntime loop);
 - edged: the real pipeline with the config's cameras, received by a real subscriber;
@@ -30,6 +32,7 @@ from edged.publisher import Publisher
 from edged.results import Frame
 from edged.runner import ModelRunner
 from edged.sources import source_for
+from edged.workers import Models, WorkerPlan
 
 
 def _pct(values: list[float]) -> dict[str, float | None]:
@@ -39,21 +42,35 @@ def _pct(values: list[float]) -> dict[str, float | None]:
     return {"p50": float(p[0]), "p90": float(p[1]), "p99": float(p[2])}
 
 
-def raw_loop(runner: ModelRunner, frame: np.ndarray, n: int) -> dict[str, float]:
+def raw_loop(runner: ModelRunner, frame: np.ndarray, n: int, loops: int = 1
+             ) -> dict[str, float]:
+    """`loops` threads each running `session.run` on a ready tensor, n runs in all."""
     from edged.preprocess import Preprocessor
 
     pre = Preprocessor(runner.manifest.preprocess)
     pre(frame)
     for _ in range(3):
         runner.run_tensor(pre.tensor)
-    times = []
+    times: list[float] = []
+    per_loop = [n // loops + (1 if i < n % loops else 0) for i in range(loops)]
+
+    def work(k: int) -> None:
+        mine = []
+        for _ in range(k):
+            t = time.perf_counter()
+            runner.run_tensor(pre.tensor)
+            mine.append((time.perf_counter() - t) * 1e3)
+        times.extend(mine)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in per_loop]
     t0 = time.perf_counter()
-    for _ in range(n):
-        t = time.perf_counter()
-        runner.run_tensor(pre.tensor)
-        times.append((time.perf_counter() - t) * 1e3)
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
     wall = time.perf_counter() - t0
-    return {"fps": n / wall, "inference_ms_p50": float(np.median(times)), "frames": n}
+    return {"fps": n / wall, "inference_ms_p50": float(np.median(times)), "frames": n,
+            "loops": loops}
 
 
 def serial_loop(runner: ModelRunner, config: Config, n: int) -> dict[str, float]:
@@ -90,7 +107,7 @@ def serial_loop(runner: ModelRunner, config: Config, n: int) -> dict[str, float]
     return {"fps": n / wall, "frames": n}
 
 
-def pipeline_run(runner: ModelRunner, config: Config, n: int) -> dict[str, Any]:
+def pipeline_run(models: Models, config: Config, n: int) -> dict[str, Any]:
     from edged.pipeline import Pipeline
 
     received: dict[str, list[Message]] = defaultdict(list)
@@ -107,7 +124,7 @@ def pipeline_run(runner: ModelRunner, config: Config, n: int) -> dict[str, Any]:
                 elif isinstance(m, EndOfStream):
                     ended.add(m.camera)
 
-    pipeline = Pipeline(config, runner, frames=n, inference_workers=config.model.workers)
+    pipeline = Pipeline(config, models, frames=n)
     pipeline.bind()  # bound first, so the subscriber is connected before the first frame
     th = threading.Thread(target=collect, daemon=True)
     th.start()
@@ -142,7 +159,12 @@ def pipeline_run(runner: ModelRunner, config: Config, n: int) -> dict[str, Any]:
                                        "wall_s": wall}}
 
 
-def bench(config: Config, runner: ModelRunner, frames: int) -> dict[str, Any]:
+def bench(config: Config, models: Models | ModelRunner, frames: int) -> dict[str, Any]:
+    if isinstance(models, ModelRunner):
+        models = Models([models], WorkerPlan(config.model.workers or 1, models.threads, 0), 1,
+                        "not planned")
+    runner = models.rungs[0]
+    workers = models.plan.workers
     name, cam = next(iter(config.cameras.items()))
     src = source_for(cam, loop=True)
     src.open()
@@ -151,8 +173,9 @@ def bench(config: Config, runner: ModelRunner, frames: int) -> dict[str, Any]:
     if first is None:
         raise RuntimeError(f"camera {name} gave no frame")
     raw = raw_loop(runner, first, frames)
+    raw_par = raw_loop(runner, first, frames, workers) if workers > 1 else raw
     serial = serial_loop(runner, config, frames)
-    edged = pipeline_run(runner, config, frames)
+    edged = pipeline_run(models, config, frames)
     ef = edged["total"]["fps"]
     inf = [c["stages_ms_p50"].get("inference") for c in edged["cameras"].values()]
     e2e = [c["e2e_ms"]["p50"] for c in edged["cameras"].values()]
@@ -160,22 +183,30 @@ def bench(config: Config, runner: ModelRunner, frames: int) -> dict[str, Any]:
         "machine": {"cpu": platform.processor() or platform.machine(),
                     "cores": len(os.sched_getaffinity(0)), "python": platform.python_version()},
         "model": {"path": str(runner.options.path), "id": runner.model_id,
-                  "providers": runner.providers, "threads": runner.threads},
+                  "providers": runner.providers, "threads": runner.threads,
+                  "workers": workers, "max_batch": models.max_batch},
         "frames_per_camera": frames,
-        "raw_onnxruntime": raw, "serial_loop": serial, "edged": edged,
-        "ratios": {"edged_vs_raw": ef / raw["fps"], "edged_vs_serial": ef / serial["fps"]},
+        "raw_onnxruntime": raw, "raw_onnxruntime_parallel": raw_par, "serial_loop": serial,
+        "edged": edged,
+        "ratios": {"edged_vs_raw": ef / raw["fps"], "edged_vs_raw_parallel": ef / raw_par["fps"],
+                   "edged_vs_serial": ef / serial["fps"]},
         "overhead_ms_p50": [None if a is None or b is None else a - b for a, b in zip(e2e, inf)],
     }
 
 
 def format_report(r: dict[str, Any]) -> str:
-    lines = [f"model {r['model']['id']} on {', '.join(r['model']['providers'])}, "
-             f"{r['model']['threads']} thread(s); {r['machine']['cores']} cores",
+    m = r["model"]
+    rp = r["raw_onnxruntime_parallel"]
+    lines = [f"model {m['id']} on {', '.join(m['providers'])}, {m['workers']} worker(s) x "
+             f"{m['threads']} thread(s), batch up to {m['max_batch']}; "
+             f"{r['machine']['cores']} cores",
              f"raw onnxruntime loop: {r['raw_onnxruntime']['fps']:.1f} fps "
              f"(inference p50 {r['raw_onnxruntime']['inference_ms_p50']:.2f} ms)",
+             f"raw, {rp['loops']} loop(s) at once: {rp['fps']:.1f} fps",
              f"serial loop:          {r['serial_loop']['fps']:.1f} fps",
              f"edged:                {r['edged']['total']['fps']:.1f} fps "
              f"({r['ratios']['edged_vs_raw']:.2f}x raw, "
+             f"{r['ratios']['edged_vs_raw_parallel']:.2f}x raw x{rp['loops']}, "
              f"{r['ratios']['edged_vs_serial']:.2f}x serial)"]
     for name, c in r["edged"]["cameras"].items():
         e = c["e2e_ms"]

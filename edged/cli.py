@@ -45,24 +45,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     import cv2
 
     from edged.publisher import PublishError
-    from edged.runner import ModelError, ModelOptions, ModelRunner
+    from edged.runner import ModelError
+    from edged.workers import load_models
 
     cv2.setNumThreads(1)  # OpenCV must not fight ONNX Runtime for the cores
     src = cfg.source_file or "built-in default"
     log.info("configuration %s", src)
+    t = time.perf_counter()
     try:
-        runner = ModelRunner(ModelOptions.from_config(cfg.model))
+        models = load_models(cfg)
     except ModelError as e:
         log.error("%s", e)
         return 1
-    ms = runner.warmup()
-    log.info("model %s (%s) loaded on %s, %d thread(s), warm-up %.0f ms", runner.model_id,
-             runner.manifest.format, ",".join(runner.providers), runner.threads, ms)
+    runner = models.rungs[0]
+    log.info("model %s (%s) loaded on %s, %d worker(s) x %d thread(s) (%d cores), "
+             "%.1f ms per frame; loaded and warmed up in %.0f ms", runner.model_id,
+             runner.manifest.format, ",".join(runner.providers), models.plan.workers,
+             runner.threads, models.plan.cores, runner.cost_ms or float("nan"),
+             (time.perf_counter() - t) * 1e3)
     from edged.notify import Notifier
     from edged.pipeline import Pipeline
 
-    pipeline = Pipeline(cfg, runner, frames=args.frames, duration=args.duration,
-                        inference_workers=cfg.model.workers, notifier=Notifier())
+    pipeline = Pipeline(cfg, models, frames=args.frames, duration=args.duration,
+                        notifier=Notifier())
     echo = _EchoThread(cfg.publish.endpoints[0]) if args.echo else None
 
     async def main() -> int:
@@ -220,16 +225,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import cv2
 
     from edged.bench import bench, format_report
-    from edged.runner import ModelError, ModelOptions, ModelRunner
+    from edged.runner import ModelError
+    from edged.workers import load_models
 
     cv2.setNumThreads(1)
     try:
-        runner = ModelRunner(ModelOptions.from_config(cfg.model))
+        models = load_models(cfg)
     except ModelError as e:
         print(f"edged bench: {e}", file=sys.stderr)
         return 1
-    runner.warmup()
-    report = bench(cfg, runner, args.frames)
+    report = bench(cfg, models, args.frames)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 

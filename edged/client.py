@@ -21,6 +21,7 @@ import zmq
 
 from edged.codec import (
     TOPIC_EOS,
+    TOPIC_MODEL,
     TOPIC_RESULT,
     TOPIC_STATE,
     TOPIC_STATS,
@@ -30,7 +31,14 @@ from edged.codec import (
     check_camera,
     decode,
 )
-from edged.stats import CameraState, Stats, decode_state, decode_stats
+from edged.stats import (
+    CameraState,
+    ModelEvent,
+    Stats,
+    decode_model_event,
+    decode_state,
+    decode_stats,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +55,8 @@ class Subscriber:
     def __init__(self, endpoint: str | Sequence[str], cameras: Sequence[str] | None = None, *,
                  rcvhwm: int = 100, context: zmq.Context | None = None,
                  stats: bool = False, states: bool = False) -> None:
-        """`stats=True` also delivers the daemon's periodic `Stats` messages,
+        """`stats=True` also delivers the daemon's periodic `Stats` messages and the
+        degradation ladder's `ModelEvent`s,
         `states=True` the cameras' `CameraState` changes."""
         endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
         if not endpoints:
@@ -78,7 +87,7 @@ class Subscriber:
             # the trailing slash keeps "cam1" from matching "cam10/..."
             prefixes = [b""] if cameras is None else [f"{c}/".encode() for c in cameras]
             if stats and cameras is not None:
-                prefixes.append(TOPIC_STATS.encode())
+                prefixes += [TOPIC_STATS.encode(), TOPIC_MODEL.encode()]
             for prefix in prefixes:
                 self._sock.setsockopt(zmq.SUBSCRIBE, prefix)
             for ep in endpoints:
@@ -91,7 +100,7 @@ class Subscriber:
         self._closed = False
 
     def recv(self, timeout: float | None = None
-             ) -> Message | EndOfStream | Stats | CameraState | None:
+             ) -> Message | EndOfStream | Stats | CameraState | ModelEvent | None:
         """The next result or end-of-stream; None if none came within `timeout` seconds.
 
         `timeout=None` waits forever. Malformed messages are counted and skipped.
@@ -117,13 +126,20 @@ class Subscriber:
                 return msg
 
     def _handle(self, frames: list[zmq.Frame], t_received: int
-                ) -> Message | EndOfStream | Stats | CameraState | None:
+                ) -> Message | EndOfStream | Stats | CameraState | ModelEvent | None:
         if self.stats and frames[0].bytes == TOPIC_STATS.encode():
             try:
                 return decode_stats(frames)
             except ProtocolError as e:
                 self.malformed += 1
                 log.debug("skipping malformed stats message: %s", e)
+                return None
+        if self.stats and frames[0].bytes == TOPIC_MODEL.encode():
+            try:
+                return decode_model_event(frames)
+            except ProtocolError as e:
+                self.malformed += 1
+                log.debug("skipping malformed model message: %s", e)
                 return None
         kind = frames[0].bytes.rpartition(b"/")[2]
         if self.states and kind == TOPIC_STATE.encode():

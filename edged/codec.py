@@ -33,6 +33,7 @@ TOPIC_RESULT = "result"
 TOPIC_EOS = "eos"
 TOPIC_STATE = "state"  # reserved
 TOPIC_STATS = "_stats"  # reserved, daemon-wide (no camera part)
+TOPIC_MODEL = "_model"  # reserved, daemon-wide: the degradation ladder switched variant
 
 # Sanity limits for decoding: a garbage or hostile header must not make us allocate
 # gigabytes (a zstd frame header or a PNG header can claim any size).

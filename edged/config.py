@@ -245,8 +245,54 @@ def _provider_options(name: str, options: object) -> object:
     return options
 
 
+def _model_path(value: Any, info: ValidationInfo) -> Any:
+    """A model path as written -> absolute (builtin: -> the packaged models)."""
+    if isinstance(value, Path):
+        value = str(value)
+    if not isinstance(value, str):
+        return value  # let pydantic report the type error
+    if not value.strip():
+        raise _custom_error("model_path", "the model path is empty")
+    if value.startswith(BUILTIN_PREFIX):
+        name = value[len(BUILTIN_PREFIX):]
+        # A bare file name only: builtin: must not reach outside the package.
+        if not name or name in (".", "..") or "/" in name or "\\" in name:
+            raise _custom_error(
+                "model_path", "write builtin:<file name>, e.g. builtin:yoeo-demo-int8.onnx"
+            )
+        return BUILTIN_MODELS_DIR / name
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        base = (info.context or {}).get("base_dir") or Path.cwd()
+        path = Path(base) / path
+    # normpath, not resolve(): keep symlinks as the user wrote them, only drop "..".
+    return Path(os.path.normpath(path.absolute()))
+
+
 def _default_providers() -> list[ProviderSpec]:
     return [ProviderSpec(name="cpu")]
+
+
+class VariantConfig(_Frozen):
+    """One rung of the degradation ladder: another export of the model (int8, smaller input)."""
+
+    path: Path
+    name: str | None = None
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _resolve_path(cls, value: Any, info: ValidationInfo) -> Any:
+        return _model_path(value, info)
+
+
+class LadderConfig(_Frozen):
+    """Fall back to cheaper variants when the latency budget is missed persistently."""
+
+    variants: list[VariantConfig] = Field(min_length=1)  # after model.path, cheapest last
+    down_after_s: Float = Field(2.0, gt=0)  # misses this long -> one rung down
+    up_after_s: Float = Field(10.0, gt=0)  # headroom this long -> one rung back up
+    miss_ratio: Float = Field(0.1, gt=0, lt=1)  # share of frames stale or late that is a miss
+    headroom: Float = Field(0.7, gt=0, le=1)  # the rung above must fit this share of the budget
 
 
 class ModelConfig(_Frozen):
@@ -254,8 +300,13 @@ class ModelConfig(_Frozen):
     format: str = "auto"
     providers: list[ProviderSpec] = Field(default_factory=_default_providers, min_length=1)
     threads: Int = Field(0, ge=0)  # intra-op threads; 0 = let the runner decide
-    # inference workers running frames in parallel (each with `threads` intra-op threads)
-    workers: Int = Field(1, ge=1, le=64)
+    # inference workers running frames in parallel (each with `threads` intra-op threads);
+    # 0 = chosen from the cores and the cameras (see edged.runner.plan_workers)
+    workers: Int = Field(0, ge=0, le=64)
+    # frames from several cameras run as one batch: 0 = when measured faster (models with
+    # a dynamic batch dimension), 1 = never, N = up to N frames
+    batch: Int = Field(0, ge=0, le=64)
+    ladder: LadderConfig | None = None  # cheaper variants to fall back to under overload
     # None: the model manifest's value (its format's default for a model without one)
     conf_threshold: Float | None = Field(None, gt=0, le=1)
     iou_threshold: Float | None = Field(None, gt=0, le=1)
@@ -270,26 +321,7 @@ class ModelConfig(_Frozen):
     @field_validator("path", mode="before")
     @classmethod
     def _resolve_path(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, Path):
-            value = str(value)
-        if not isinstance(value, str):
-            return value  # let pydantic report the type error
-        if not value.strip():
-            raise _custom_error("model_path", "the model path is empty")
-        if value.startswith(BUILTIN_PREFIX):
-            name = value[len(BUILTIN_PREFIX):]
-            # A bare file name only: builtin: must not reach outside the package.
-            if not name or name in (".", "..") or "/" in name or "\\" in name:
-                raise _custom_error(
-                    "model_path", "write builtin:<file name>, e.g. builtin:yoeo-demo-int8.onnx"
-                )
-            return BUILTIN_MODELS_DIR / name
-        path = Path(value).expanduser()
-        if not path.is_absolute():
-            base = (info.context or {}).get("base_dir") or Path.cwd()
-            path = Path(base) / path
-        # normpath, not resolve(): keep symlinks as the user wrote them, only drop "..".
-        return Path(os.path.normpath(path.absolute()))
+        return _model_path(value, info)
 
     @field_validator("format")
     @classmethod

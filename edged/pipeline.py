@@ -1,10 +1,10 @@
 """The daemon's pipeline: sources -> model runner -> codec -> publisher, under asyncio.
 
 Every task lives in one `asyncio.TaskGroup` owned by `Pipeline.run`; blocking work runs
-in threads (capture: one per camera; inference: a small pool; encode + send: one thread,
-because a ZeroMQ socket belongs to one thread). Stopping is a single event: capture
-threads stop, in-flight frames are finished and published, each camera gets an
-end-of-stream message, and the socket is closed.
+in threads (capture: one per camera; inference: `edged.workers.InferencePool`; encode +
+send: one thread, because a ZeroMQ socket belongs to one thread). Stopping is a single
+event: capture threads stop, in-flight frames are finished and published, each camera
+gets an end-of-stream message, and the socket is closed.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ import time
 from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from edged.codec import MaskEncoder, encode_eos, encode_result
 from edged.config import CameraConfig, Config
+from edged.ladder import Ladder
 from edged.metrics import serve as serve_metrics
 from edged.notify import Notifier
 from edged.publisher import Publisher
@@ -29,11 +31,14 @@ from edged.results import Frame, Result
 from edged.runner import ModelRunner
 from edged.scheduler import Budget, Scheduler
 from edged.sources import CaptureThread, Handoff, SourceError, source_for
-from edged.stats import encode_state, encode_stats
+from edged.stats import encode_model_event, encode_state, encode_stats
+from edged.workers import InferencePool, Models, WorkerPlan, reload_runner
 
 log = logging.getLogger("edged.pipeline")
 
 PROBE_AFTER_STALE = 10  # consecutive stale drops before one frame is processed anyway
+LADDER_TICK_S = 0.5
+RECREATE_AFTER = 1.5  # a run stuck this many times model.stuck_after_s gets a new worker
 
 
 @dataclass(slots=True)
@@ -48,6 +53,9 @@ class CameraStats:
     late_dropped: int = 0  # over budget and not published (budget.on_late: drop)
     errors: int = 0
     window_processed: int = 0
+    # for the ladder: counts at its last look, latencies published since
+    ladder_seen: tuple[int, int] = (0, 0)
+    ladder_e2e: deque[float] = field(default_factory=lambda: deque(maxlen=1024))
     e2e_ms: deque[float] = field(default_factory=lambda: deque(maxlen=512))
     # the windows are filled from the publish thread and read by the stats task
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -70,30 +78,46 @@ class Camera:
 
 
 class Pipeline:
-    def __init__(self, config: Config, runner: ModelRunner, *, frames: int | None = None,
-                 duration: float | None = None, inference_workers: int = 1,
+    def __init__(self, config: Config, models: Models | ModelRunner, *,
+                 frames: int | None = None, duration: float | None = None,
+                 inference_workers: int | None = None,
                  notifier: Notifier | None = None) -> None:
+        """`models`: from `edged.workers.load_models` (a bare runner: no ladder, no
+        batching, `inference_workers` workers)."""
         self.config = config
-        self.runner = runner
+        if isinstance(models, ModelRunner):
+            n = inference_workers or 1
+            models = Models([models], WorkerPlan(n, models.threads, 0), 1, "not planned")
+        self.models = models
         self.frames = frames
         self.duration = duration
-        self.inference_workers = inference_workers
+        self.inference_workers = inference_workers or models.plan.workers
+        self.pool = InferencePool(models.rungs, self.inference_workers, models.max_batch)
+        self.ladder: Ladder | None = None
+        if config.model.ladder is not None and len(models.rungs) > 1:
+            self.ladder = Ladder(config.model.ladder,
+                                 [r.cost_ms or 1.0 for r in models.rungs], time.monotonic())
+        self.exit_code = 0
         self.cameras: dict[str, Camera] = {}
         self.stop_event = asyncio.Event()
         self.publisher: Publisher | None = None
         self._publish_pool: ThreadPoolExecutor | None = None
         self.notifier = notifier or Notifier({})
-        self._inflight: dict[int, tuple[float, str, int]] = {}  # thread -> (start, camera, seq)
         self._stuck_reported = False
         self._latest_stats: dict[str, dict] = {}
         self._started = time.monotonic()
         self._tg: asyncio.TaskGroup | None = None
         self._sched: Scheduler | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._infer_pool: ThreadPoolExecutor | None = None
+        self._recreating: set[int] = set()
         self._encoder: MaskEncoder | None = None
         self._reload_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def runner(self) -> ModelRunner:
+        """The model variant running now."""
+        return self.pool.runner
 
     # ------------------------------------------------------------------ setup
 
@@ -150,8 +174,6 @@ class Pipeline:
         self._loop = loop
         cfg = self.config
         self.bind()
-        self._infer_pool = ThreadPoolExecutor(self.inference_workers,
-                                              thread_name_prefix="infer")
         publish_pool = ThreadPoolExecutor(1, thread_name_prefix="publish")
         self._publish_pool = publish_pool
         self._encoder = MaskEncoder(cfg.publish.mask_encoding, cfg.publish.zstd_level)
@@ -168,13 +190,22 @@ class Pipeline:
                 self._tg = tg
                 for cam in initial:
                     self._start_camera(cam)
-                log.info("ready: %d camera(s), model %s on %s, publishing on %s",
+                log.info("ready: %d camera(s), model %s on %s, %d worker(s) x %d thread(s), "
+                         "batch up to %d (%s), publishing on %s",
                          len(self.cameras), self.runner.model_id,
-                         ",".join(self.runner.providers), ", ".join(cfg.publish.endpoints))
+                         ",".join(self.runner.providers), self.pool.workers,
+                         self.runner.threads, self.pool.max_batch, self.models.batch_reason,
+                         ", ".join(cfg.publish.endpoints))
+                if self.ladder is not None:
+                    log.info("degradation ladder: %s", " -> ".join(
+                        f"{r.model_id} ({r.cost_ms:.1f} ms)" if r.cost_ms else r.model_id
+                        for r in self.pool.rungs))
                 # READY only now: the model is warm and the sockets are bound
                 self.notifier.ready(f"{len(self.cameras)} camera(s) starting")
                 helpers = [tg.create_task(self._stats_loop(), name="stats"),
                            tg.create_task(self._watchdog_loop(), name="watchdog")]
+                if self.ladder is not None:
+                    helpers.append(tg.create_task(self._ladder_loop(), name="ladder"))
                 if cfg.log.metrics:
                     helpers.append(tg.create_task(
                         serve_metrics(cfg.log.metrics, self.latest_stats), name="metrics"))
@@ -199,14 +230,21 @@ class Pipeline:
                 cam.handoff.close()
             for cam in self.cameras.values():
                 cam.capture.join(timeout=2.0)
-            self._infer_pool.shutdown(wait=True)
+            self.pool.shutdown()
             publish_pool.shutdown(wait=True)
             self.publisher.close()
             self._log_stats(time.monotonic() - started, final=True)
+            ps = self.pool.stats
+            log.info("final inference: %d frames in %d runs (mean batch %.2f, largest %d), "
+                     "%d worker(s) recreated, variant %s", ps.frames, ps.batches,
+                     ps.frames / max(ps.batches, 1), ps.largest_batch, ps.recreated,
+                     self.runner.model_id)
+        if self.pool.failed is not None:
+            return 1
         if all(c.capture.state == "failed" for c in self.cameras.values()):
             log.error("every camera failed")
             return 1
-        return 0
+        return self.exit_code
 
     def bind(self) -> None:
         """Bind the publishing socket (run() does it; call earlier to let subscribers
@@ -238,7 +276,8 @@ class Pipeline:
 
     async def _reload(self) -> None:
         from edged.config import ConfigError, load_config
-        from edged.runner import ModelError, ModelOptions
+        from edged.runner import ModelError
+        from edged.workers import load_rungs
 
         loop = asyncio.get_running_loop()
         self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
@@ -262,15 +301,21 @@ class Pipeline:
                 "publish": old.publish,
                 "model": new.model.model_copy(update={"workers": old.model.workers})})
             if new.model != old.model:
-                def load() -> ModelRunner:
-                    runner = ModelRunner(ModelOptions.from_config(new.model))
-                    runner.warmup()
-                    return runner
+                threads = self.runner.threads
                 try:
-                    self.runner = await loop.run_in_executor(None, load)
+                    rungs = await loop.run_in_executor(None, load_rungs, new, threads)
                 except ModelError as e:
                     log.error("reload rejected: %s; the running model and configuration stay", e)
                     return
+                self.pool.rungs = rungs
+                self.pool.rung = 0
+                self.pool.max_batch = self.pool.max_batch if rungs[0].dynamic_batch else 1
+                self.ladder = None
+                if new.model.ladder is not None and len(rungs) > 1:
+                    self.ladder = Ladder(new.model.ladder, [r.cost_ms or 1.0 for r in rungs],
+                                         time.monotonic())
+                    if self._tg is not None:
+                        self._tg.create_task(self._ladder_loop(), name="ladder")
                 log.info("reload: model %s loaded", self.runner.model_id)
             want = {n: c for n, c in new.cameras.items() if c.enabled}
             removed = [n for n in self.cameras if n not in want]
@@ -310,8 +355,8 @@ class Pipeline:
 
     async def _camera_loop(self, cam: Camera) -> None:
         loop = asyncio.get_running_loop()
-        sched, infer_pool, publish_pool = self._sched, self._infer_pool, self._publish_pool
-        assert sched is not None and infer_pool is not None and publish_pool is not None
+        sched, publish_pool = self._sched, self._publish_pool
+        assert sched is not None and publish_pool is not None
         pending: asyncio.Future[None] | None = None
         reason = "end of stream"
         min_period = 1.0 / cam.config.max_fps if cam.config.max_fps else 0.0
@@ -356,8 +401,12 @@ class Pipeline:
                 self._warn_budget(cam)
             stale_run = 0
             next_start = time.monotonic() + min_period
-            fut = loop.run_in_executor(infer_pool, self._infer, frame)
-            fut.add_done_callback(lambda _f: sched.release())  # the slot frees with the frame
+            fut = self.pool.submit(frame)
+            # the slot frees with the frame; a camera with its next frame already waiting
+            # asks again in the same breath, so it keeps its fair share of the workers
+            fut.add_done_callback(lambda _f: sched.release(
+                then=cam.name if cam.handoff.ready() and not min_period
+                and not self.stop_event.is_set() and not cam.stop_reason else None))
             inflight.append((fut, frame))
             submitted += 1
             # results go out in capture order; wait for the oldest when the camera has as
@@ -369,6 +418,7 @@ class Pipeline:
                 break
         while inflight:  # drain: frames already taken are finished and published
             pending = await self._finish(cam, *inflight.popleft(), pending)
+        sched.forget(cam.name)
         if pending is not None:
             await pending
         cam.capture.stop()
@@ -388,7 +438,9 @@ class Pipeline:
             result = await fut
         except Exception as e:  # one bad frame must not end the camera
             cam.stats.errors += 1
-            log.error("camera %s: inference failed on frame %d: %s", cam.name, frame.seq, e)
+            if self.pool.failed is None:
+                log.error("camera %s: inference failed on frame %d: %s", cam.name, frame.seq,
+                          e)
             return pending
         cam.stats.processed += 1
         cam.stats.window_processed += 1
@@ -408,17 +460,6 @@ class Pipeline:
                         "(about %.0f ms): most frames are dropped as stale, the rest published "
                         "late", cam.name, cam.budget.latency_ms, cam.budget.ahead.value or 0.0)
 
-    def _infer(self, frame: Frame) -> Result:
-        t = time.monotonic_ns()
-        key = threading.get_ident()
-        self._inflight[key] = (time.monotonic(), frame.camera, frame.seq)
-        try:
-            result = self.runner.infer(frame)
-        finally:
-            self._inflight.pop(key, None)
-        result.timings_ms["queue"] = (t - frame.t_mono_ns) / 1e6
-        return result
-
     def latest_stats(self) -> dict[str, dict]:
         """The last stats window; before the first one, figures since the start."""
         if self._latest_stats:
@@ -428,16 +469,22 @@ class Pipeline:
 
     def stuck(self) -> tuple[float, str, int] | None:
         """(seconds, camera, seq) of an inference running past model.stuck_after_s."""
-        now = time.monotonic()
-        for start, camera, seq in list(self._inflight.values()):
-            if now - start > self.config.model.stuck_after_s:
-                return now - start, camera, seq
-        return None
+        runs = self.pool.stuck(self.config.model.stuck_after_s)
+        if not runs:
+            return None
+        seconds, _, frame = max(runs, key=lambda r: r[0])
+        return seconds, frame.camera, frame.seq
 
     async def _watchdog_loop(self) -> None:
         """WATCHDOG=1 while the pipeline can make progress: this task running proves the
-        event loop is alive, and no inference may be stuck past its deadline."""
-        period = (self.notifier.watchdog_s or 2.0) / 3
+        event loop is alive, and no inference may be stuck past its deadline.
+
+        A run stuck for RECREATE_AFTER x the deadline gets its worker replaced (a fresh
+        thread and session); pings resume once nothing is stuck. When the pool's
+        recreation budget is spent, edged stops with exit code 1.
+        """
+        period = min((self.notifier.watchdog_s or 2.0) / 3,
+                     self.config.model.stuck_after_s / 4)
         while True:
             stuck = self.stuck()
             if stuck is None:
@@ -447,7 +494,79 @@ class Pipeline:
                 self._stuck_reported = True
                 log.error("inference stuck for %.1f s on camera %s frame %d; watchdog pings "
                           "withheld", *stuck)
+            limit = self.config.model.stuck_after_s * RECREATE_AFTER
+            for seconds, index, frame in self.pool.stuck(limit):
+                if index not in self._recreating:
+                    self._recreating.add(index)
+                    self._tg_spawn(self._recreate(index, seconds, frame), f"recreate-{index}")
             await asyncio.sleep(period)
+
+    def _tg_spawn(self, coro: Any, name: str) -> None:
+        if self._tg is not None:
+            self._tg.create_task(coro, name=name)
+        else:
+            coro.close()
+
+    async def _recreate(self, index: int, seconds: float, frame: Frame) -> None:
+        """Replace a stuck worker: a fresh session first (so a wedged one is not reused),
+        then a fresh thread; the stuck frame is failed and counted as an error."""
+        loop = asyncio.get_running_loop()
+        reason = (f"inference on camera {frame.camera} frame {frame.seq} stuck for "
+                  f"{seconds:.1f} s")
+        try:
+            rung = self.pool.rung
+            try:
+                fresh = await loop.run_in_executor(None, reload_runner, self.pool.rungs[rung])
+                self.pool.replace_runner(rung, fresh)
+            except Exception as e:  # the old session is still there; the thread is replaced
+                log.error("recreating worker %d: cannot reload the model: %s", index, e)
+            if self.pool.recreate(index, reason):
+                log.error("%s: worker %d recreated (%d so far)", reason, index,
+                          self.pool.stats.recreated)
+            else:
+                log.error("giving up: %s; exiting with status 1 so that the service manager "
+                          "restarts edged", self.pool.failed)
+                self.exit_code = 1
+                self.stop()
+        finally:
+            self._recreating.discard(index)
+
+    # ------------------------------------------------------------------ ladder
+
+    async def _ladder_loop(self) -> None:
+        ladder = self.ladder
+        while ladder is not None and ladder is self.ladder:
+            await asyncio.sleep(LADDER_TICK_S)
+            processed = missed = 0
+            e2e: dict[str, list[float]] = {}
+            budgets: dict[str, float] = {}
+            for cam in list(self.cameras.values()):
+                if not cam.realtime:
+                    continue  # a replayed file waits for the model by design
+                s = cam.stats
+                miss_now = s.stale + s.late + s.late_dropped
+                p0, m0 = s.ladder_seen
+                processed += s.processed - p0
+                missed += miss_now - m0
+                s.ladder_seen = (s.processed, miss_now)
+                values = []
+                while s.ladder_e2e:
+                    values.append(s.ladder_e2e.popleft())
+                e2e[cam.name] = values
+                budgets[cam.name] = cam.budget.latency_ms
+            switch = ladder.update(time.monotonic(), processed, missed, e2e, budgets)
+            if switch is None:
+                continue
+            old, new = self.pool.rungs[switch.previous], self.pool.rungs[switch.rung]
+            self.pool.rung = switch.rung
+            for cam in self.cameras.values():
+                cam.budget.ahead.value = None  # learn the new variant's cost afresh
+            log.warning("ladder: %s -> %s (%s)", old.model_id, new.model_id, switch.reason)
+            if self.publisher is not None and self._publish_pool is not None:
+                msg = encode_model_event(new.model_id, switch.rung, old.model_id,
+                                         switch.reason)
+                with contextlib.suppress(RuntimeError):
+                    self._publish_pool.submit(self.publisher.send, msg)
 
     def _publish(self, cam: Camera, result: Result, encoder: MaskEncoder) -> None:
         t0 = time.perf_counter()
@@ -455,6 +574,7 @@ class Pipeline:
         e2e = (now - result.t_capture_mono_ns) / 1e6
         # the stages after taking the frame; with its age this predicts a frame's e2e
         cam.budget.ahead.add(e2e - result.timings_ms.get("queue", 0.0))
+        cam.stats.ladder_e2e.append(e2e)
         if cam.budget.is_late(e2e):
             if cam.budget.on_late == "drop":
                 cam.stats.late_dropped += 1
@@ -515,6 +635,7 @@ class Pipeline:
             "e2e_ms": dict(zip(("p50", "p90", "p99"), e2e)),
             "stages_ms_p50": {k: float(np.median(v)) for k, v in stage_windows.items()},
             "budget_ms": cam.budget.latency_ms, "variant": self.runner.model_id,
+            "budget_misses": s.stale + s.late + s.late_dropped,
         }
 
     def _log_stats(self, elapsed: float, final: bool = False) -> dict[str, dict]:

@@ -92,6 +92,26 @@ def auto_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def plan_workers(workers: int, threads: int, *, cores: int, cameras: int,
+                 single_realtime: bool) -> tuple[int, int]:
+    """(inference workers, intra-op threads each) for `model.workers`/`model.threads`, 0 = auto.
+
+    One realtime camera wants its frame done soonest: one worker with every core. Several
+    cameras or a file replayed frame by frame want throughput: parallel single-frame
+    runs scale better than intra-op threads on small convolutions (measured in
+    docs/benchmarks.md: 2x1 beats 1x2 by 1.3x on 2 cores), so about one worker per two
+    cores, at least two, at most four.
+    """
+    if workers <= 0:
+        if single_realtime or cores <= 1:
+            workers = 1
+        else:
+            workers = max(1, min(max(2, cores // 2), 4, max(cameras, 2)))
+    if threads <= 0:
+        threads = max(1, cores // workers)
+    return workers, threads
+
+
 def resolve_providers(requested: tuple[tuple[str, dict[str, Any]], ...]
                       ) -> list[tuple[str, dict[str, Any]]]:
     """The requested providers that this onnxruntime build offers, in order; CPU last."""
@@ -150,8 +170,12 @@ class ModelRunner:
         self.mask_classes: tuple[str, ...] = getattr(self.adapter, "mask_classes",
                                                      m.seg_classes)
         # torchvision detection exports take one un-batched [3, H, W] image
-        self._unbatched = next(len(i.shape) == 3 for i in self.inputs if i.name == m.input_name)
+        model_input = next(i for i in self.inputs if i.name == m.input_name)
+        self._unbatched = len(model_input.shape) == 3
+        # a symbolic batch dimension lets frames of several cameras run as one batch
+        self.dynamic_batch = not self._unbatched and not isinstance(model_input.shape[0], int)
         self.model_id = f"{m.name or path.stem}"
+        self.cost_ms: float | None = None  # measured ms per frame, when someone measured it
         self._local = threading.local()
 
     def _manifest(self) -> tuple[Manifest, str]:
@@ -185,11 +209,13 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ running
 
-    def _preprocessor(self) -> Preprocessor:
-        pre = getattr(self._local, "pre", None)
+    def _preprocessor(self, batch: int = 1) -> Preprocessor:
+        cache: dict[int, Preprocessor] | None = getattr(self._local, "pre", None)
+        if cache is None:
+            cache = self._local.pre = {}
+        pre = cache.get(batch)
         if pre is None:
-            pre = Preprocessor(self.manifest.preprocess)
-            self._local.pre = pre
+            pre = cache[batch] = Preprocessor(self.manifest.preprocess, batch)
         return pre
 
     def warmup(self, runs: int | None = None, size: tuple[int, int] = (640, 480)) -> float:
@@ -207,23 +233,73 @@ class ModelRunner:
         return self.session.run(None, {self.manifest.input_name: tensor})
 
     def infer(self, frame: Frame) -> Result:
+        return self.infer_batch([frame])[0]
+
+    def infer_batch(self, frames: list[Frame]) -> list[Result]:
+        """Frames (of any cameras and sizes) through one session run.
+
+        More than one frame needs `dynamic_batch`. Each result's `inference` timing is the
+        whole batch's run: that is how long each of its frames waited for it.
+        """
+        n = len(frames)
+        if n > 1 and not self.dynamic_batch:
+            raise ModelError(f"{self.options.path}: the model's batch dimension is fixed; "
+                             f"cannot run {n} frames at once")
         t0 = time.perf_counter()
-        pre = self._preprocessor()
-        h, w = frame.image.shape[:2]
-        box = pre(frame.image)
+        pre = self._preprocessor(n)
+        boxes = [pre(f.image, i) for i, f in enumerate(frames)]
         t1 = time.perf_counter()
         outputs = self.run_tensor(pre.tensor)
         t2 = time.perf_counter()
-        dets, mask = self.adapter.postprocess(outputs, box, w, h)
-        t3 = time.perf_counter()
+        results = []
         m = self.manifest
-        return Result(
-            camera=frame.camera, seq=frame.seq, t_capture_wall_ns=frame.t_wall_ns,
-            t_capture_mono_ns=frame.t_mono_ns, frame_w=w, frame_h=h, detections=dets,
-            class_names=m.classes, mask=mask, mask_classes=self.mask_classes, letterbox=box,
-            model_id=self.model_id,
-            timings_ms={"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3,
-                        "postprocess": (t3 - t2) * 1e3})
+        for i, frame in enumerate(frames):
+            tp = time.perf_counter()
+            h, w = frame.image.shape[:2]
+            outs = outputs if n == 1 else [o[i:i + 1] for o in outputs]
+            dets, mask = self.adapter.postprocess(outs, boxes[i], w, h)
+            results.append(Result(
+                camera=frame.camera, seq=frame.seq, t_capture_wall_ns=frame.t_wall_ns,
+                t_capture_mono_ns=frame.t_mono_ns, frame_w=w, frame_h=h, detections=dets,
+                class_names=m.classes, mask=mask, mask_classes=self.mask_classes,
+                letterbox=boxes[i], model_id=self.model_id,
+                timings_ms={"preprocess": (t1 - t0) * 1e3 / n, "inference": (t2 - t1) * 1e3,
+                            "postprocess": (time.perf_counter() - tp) * 1e3}))
+        return results
+
+    def batch_speedup(self, sizes: tuple[int, ...] = (2, 4), runs: int = 8,
+                      frame_size: tuple[int, int] = (640, 480)) -> dict[int, float]:
+        """Measured ms per frame for batch 1 and each size in `sizes` (median of `runs`).
+
+        Sizes the model cannot run (a fixed batch dimension, an output without one) are
+        left out.
+        """
+        img = np.zeros((frame_size[1], frame_size[0], 3), np.uint8)
+        out: dict[int, float] = {}
+        for b in (1, *sizes):
+            if b > 1 and not self.dynamic_batch:
+                break
+            frames = [Frame("_probe", i, img, 0, 0) for i in range(b)]
+            try:
+                pre = self._preprocessor(b)
+                for i, f in enumerate(frames):
+                    pre(f.image, i)
+                outputs = self.run_tensor(pre.tensor)  # warm-up, and a shape check
+                if b > 1 and any(o.ndim == 0 or o.shape[0] != b for o in outputs):
+                    log.info("batching off: an output of %s has no batch dimension",
+                             self.model_id)
+                    break
+                times = []
+                for _ in range(runs):
+                    t = time.perf_counter()
+                    self.run_tensor(pre.tensor)
+                    times.append((time.perf_counter() - t) * 1e3 / b)
+            except Exception as e:  # a graph with a hard-coded batch of 1 inside
+                log.info("batching off: %s cannot run a batch of %d (%s)", self.model_id, b,
+                         str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+                break
+            out[b] = float(np.median(times))
+        return out
 
     def describe(self) -> dict[str, Any]:
         m = self.manifest

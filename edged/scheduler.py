@@ -40,6 +40,7 @@ class Scheduler:
         self.next_tag = {c: 0.0 for c in weights}
         self.clock = 0.0
         self._waiting: list[_Waiter] = []
+        self._early: dict[str, asyncio.Future[None]] = {}  # see release(then=...)
         self._order = 0  # tie-break: arrival order
 
     def add(self, camera: str, weight: float) -> None:
@@ -49,16 +50,26 @@ class Scheduler:
 
     async def acquire(self, camera: str, rejoin: bool = False) -> None:
         """Wait until `camera` is granted an inference slot (`rejoin`: it was idle)."""
+        early = self._early.pop(camera, None)
+        if early is not None:  # asked for in release(then=camera)
+            await self._await(early)
+            return
         tag = self.next_tag.get(camera, 0.0)
         if rejoin:
             tag = max(tag, self.clock)
         if self.free > 0 and not self._waiting:
             self._grant(camera, tag)
             return
+        await self._await(self._enqueue(camera, tag))
+
+    def _enqueue(self, camera: str, tag: float) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._order += 1
         self._waiting.append(_Waiter(camera, tag, self._order, fut))
         self._dispatch()
+        return fut
+
+    async def _await(self, fut: asyncio.Future[None]) -> None:
         try:
             await fut
         except asyncio.CancelledError:
@@ -82,9 +93,27 @@ class Scheduler:
             self._grant(best.camera, best.vtime)
             best.future.set_result(None)
 
-    def release(self) -> None:
+    def release(self, then: str | None = None) -> None:
+        """Free a slot. `then`: a camera that will ask again at once (its next frame is
+        waiting); its request joins the queue before the slot is handed out, so it is not
+        passed over for the moment between its result and its next request."""
+        if then is not None and then not in self._early:
+            self.free += 1  # the request below may take this very slot
+            self._early[then] = self._enqueue(then, self.next_tag.get(then, 0.0))
+            return
         self.free += 1
         self._dispatch()
+
+    def forget(self, camera: str) -> None:
+        """A camera that stops: drop its early request, giving back a slot it was granted."""
+        early = self._early.pop(camera, None)
+        if early is None:
+            return
+        if early.done() and not early.cancelled():
+            self.release()
+        else:
+            early.cancel()
+            self._waiting = [w for w in self._waiting if w.future is not early]
 
 
 class RunningEstimate:

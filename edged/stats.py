@@ -15,10 +15,17 @@ from typing import Any
 import msgpack
 import zmq
 
-from edged.codec import PROTOCOL_VERSION, TOPIC_STATE, TOPIC_STATS, ProtocolError, topic
+from edged.codec import (
+    PROTOCOL_VERSION,
+    TOPIC_MODEL,
+    TOPIC_STATE,
+    TOPIC_STATS,
+    ProtocolError,
+    topic,
+)
 
 CAMERA_KEYS = ("state", "capture_fps", "processed_fps", "published", "late", "drops",
-               "e2e_ms", "stages_ms_p50", "budget_ms", "variant")
+               "e2e_ms", "stages_ms_p50", "budget_ms", "variant", "budget_misses")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,3 +100,40 @@ def decode_state(frames: Sequence[bytes | memoryview | zmq.Frame]) -> CameraStat
         raise
     except Exception as e:  # msgpack and type errors on garbage input
         raise ProtocolError(f"state: {e}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEvent:
+    """The degradation ladder switched the model variant (topic `_model`)."""
+
+    variant: str
+    rung: int  # 0 = the configured model, higher = cheaper
+    previous: str
+    reason: str
+    t_ns: int
+
+
+def encode_model_event(variant: str, rung: int, previous: str, reason: str) -> list[bytes]:
+    header = {"v": PROTOCOL_VERSION, "type": "model", "variant": variant, "rung": int(rung),
+              "previous": previous, "reason": reason, "t_ns": time.time_ns()}
+    return [TOPIC_MODEL.encode(), msgpack.packb(header)]
+
+
+def decode_model_event(frames: Sequence[bytes | memoryview | zmq.Frame]) -> ModelEvent:
+    try:
+        parts = [f.bytes if isinstance(f, zmq.Frame) else bytes(f) for f in frames]
+        if len(parts) != 2 or parts[0] != TOPIC_MODEL.encode():
+            raise ProtocolError(f"model: expected 2 frames on {TOPIC_MODEL!r}")
+        h = msgpack.unpackb(parts[1], raw=False, strict_map_key=True)
+        if not isinstance(h, dict) or h.get("type") != "model":
+            raise ProtocolError("model: header is not a model map")
+        if h.get("v") != PROTOCOL_VERSION:
+            raise ProtocolError(f"model: unsupported version {h.get('v')!r}")
+        strings = (h.get("variant"), h.get("previous"), h.get("reason"))
+        if not all(isinstance(x, str) for x in strings) or not isinstance(h.get("rung"), int):
+            raise ProtocolError("model: variant, previous, reason must be strings, rung an int")
+        return ModelEvent(h["variant"], h["rung"], h["previous"], h["reason"], int(h["t_ns"]))
+    except ProtocolError:
+        raise
+    except Exception as e:  # msgpack and type errors on garbage input
+        raise ProtocolError(f"model: {e}") from None

@@ -27,7 +27,10 @@ PLANTED_ROWS = np.array([
 
 def yoeo_model(path: Path, *, size: int = 416, mask: str = "uint8", rows: np.ndarray | None = None,
                opset: int = 17, det_name: str = "Detections", seg_name: str = "Segmentations",
-               input_name: str = "InputLayer", pad_rows: int = 64) -> Path:
+               input_name: str = "InputLayer", pad_rows: int = 64,
+               batch: int | str = 1) -> Path:
+    """`batch`: the batch dimension; a name (e.g. "N") makes it dynamic, and the
+    detections are then one copy of the planted rows per image."""
     rows = PLANTED_ROWS if rows is None else rows
     # pad with empty rows, like a real head with many anchors
     table = np.zeros((1, len(rows) + pad_rows, rows.shape[1]), np.float32)
@@ -35,23 +38,25 @@ def yoeo_model(path: Path, *, size: int = 416, mask: str = "uint8", rows: np.nda
     nodes = [
         helper.make_node("Constant", [], ["rows"], value=numpy_helper.from_array(table, "rows")),
         # tie the detections to the input so no optimiser treats the graph as constant
-        helper.make_node("ReduceMax", [input_name], ["imax"], keepdims=0),
-        helper.make_node("Mul", ["imax", "zero"], ["z"]),
+        helper.make_node("ReduceMax", [input_name], ["imax"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("Reshape", ["imax", "col"], ["imax3"]),  # [batch, 1, 1]
+        helper.make_node("Mul", ["imax3", "zero"], ["z"]),
         helper.make_node("Add", ["rows", "z"], [det_name]),
     ]
-    inits = [numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
+    inits = [numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+             numpy_helper.from_array(np.array([-1, 1, 1], np.int64), "col")]
     if mask == "logits":
         nodes.append(helper.make_node("Identity", [input_name], [seg_name]))
-        seg_type, seg_shape = TensorProto.FLOAT, [1, 3, size, size]
+        seg_type, seg_shape = TensorProto.FLOAT, [batch, 3, size, size]
     else:
         nodes.append(helper.make_node("ArgMax", [input_name], ["am"], axis=1, keepdims=0))
         to = TensorProto.UINT8 if mask == "uint8" else TensorProto.FLOAT
         nodes.append(helper.make_node("Cast", ["am"], [seg_name], to=to))
-        seg_type, seg_shape = to, [1, size, size]
+        seg_type, seg_shape = to, [batch, size, size]
     graph = helper.make_graph(
         nodes, "yoeo_test",
-        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [1, 3, size, size])],
-        [helper.make_tensor_value_info(det_name, TensorProto.FLOAT, list(table.shape)),
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [batch, 3, size, size])],
+        [helper.make_tensor_value_info(det_name, TensorProto.FLOAT, [batch, *table.shape[1:]]),
          helper.make_tensor_value_info(seg_name, seg_type, seg_shape)],
         inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])

@@ -1,0 +1,313 @@
+"""Inference workers: how many, the model variants they run, batching, stuck runs.
+
+`InferencePool` owns the worker threads (one single-thread executor each, so a wedged
+worker can be replaced without touching the others). Cameras `submit` frames after the
+scheduler granted them a slot; a free worker takes every frame that waits (up to
+`max_batch`) as one session run, so batches form only when frames queue up anyway and
+a lone frame never waits for company.
+
+A run that exceeds its deadline is reported by `stuck()`; `recreate()` abandons that
+worker's thread (a thread inside a C call cannot be killed), fails its frames, and
+starts a fresh thread with a freshly loaded session. Recreations have a budget; when it
+is spent the pool reports a failure and the daemon exits non-zero for systemd to restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+from edged.config import Config
+from edged.results import Frame, Result
+from edged.runner import ModelError, ModelOptions, ModelRunner, plan_workers
+
+log = logging.getLogger("edged.workers")
+
+RECREATE_BUDGET = 3  # worker recreations allowed within RECREATE_WINDOW_S
+RECREATE_WINDOW_S = 600.0
+
+
+class InferenceStuck(RuntimeError):
+    """A frame whose run passed the deadline; its worker was replaced."""
+
+
+class WorkersExhausted(RuntimeError):
+    """Workers were recreated too often: a fault that restarting a thread does not fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPlan:
+    workers: int
+    threads: int
+    cores: int
+
+
+def available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def plan(config: Config, cores: int | None = None) -> WorkerPlan:
+    """Workers and threads from `model.workers`/`model.threads` (0 = automatic)."""
+    cores = cores or available_cores()
+    cams = [c for c in config.cameras.values() if c.enabled]
+    single_rt = len(cams) == 1 and cams[0].resolved_mode() == "realtime"
+    w, t = plan_workers(config.model.workers, config.model.threads, cores=cores,
+                        cameras=len(cams), single_realtime=single_rt)
+    return WorkerPlan(w, t, cores)
+
+
+def load_rungs(config: Config, threads: int, warmup: bool = True) -> list[ModelRunner]:
+    """The model and its ladder variants (cheapest last), loaded and warmed up.
+
+    Raises ModelError naming the variant that failed.
+    """
+    base = replace(ModelOptions.from_config(config.model), threads=threads)
+    options = [base]
+    if config.model.ladder is not None:
+        options += [replace(base, path=v.path) for v in config.model.ladder.variants]
+    rungs = []
+    for i, opts in enumerate(options):
+        try:
+            runner = ModelRunner(opts)
+        except ModelError as e:
+            raise ModelError(f"model.ladder.variants[{i - 1}]: {e}" if i else str(e)) from None
+        if i and config.model.ladder is not None and config.model.ladder.variants[i - 1].name:
+            runner.model_id = config.model.ladder.variants[i - 1].name or runner.model_id
+        if warmup:
+            runner.warmup()
+            # measured here, side by side, so the ladder knows what each rung costs
+            runner.cost_ms = runner.batch_speedup((), runs=5).get(1)
+        rungs.append(runner)
+    return rungs
+
+
+def choose_batch(setting: int, per_frame_ms: dict[int, float], budget_ms: float,
+                 cameras: int) -> tuple[int, str]:
+    """The largest batch worth running, and why.
+
+    `setting` is `model.batch` (0 = decide from the measurements, 1 = off, N = up to N);
+    `per_frame_ms` maps the batch sizes the model could run to the measured time per
+    frame (batch 1 only: the batch dimension is fixed). Automatically, a batch must cut
+    the time per frame by 10% or more, and a whole batch must fit in half the latency
+    budget (it is one frame's inference time).
+    """
+    if setting == 1:
+        return 1, "model.batch is 1"
+    if len(per_frame_ms) < 2:
+        return 1, "the model's batch dimension is fixed"
+    if cameras < 2:
+        return 1, "one camera"
+    if setting > 1:
+        return setting, f"model.batch is {setting}"
+    best, why = 1, "no batch size was 10% faster per frame"
+    base = per_frame_ms[1]
+    for b, ms in sorted(per_frame_ms.items()):
+        if 2 <= b <= cameras and ms <= 0.9 * base and ms * b <= budget_ms / 2:
+            best, why = b, f"batch {b}: {ms:.2f} ms per frame vs {base:.2f} ms alone"
+    return best, why
+
+
+@dataclass(slots=True)
+class Models:
+    """What `edged run` loads before it reports ready."""
+
+    rungs: list[ModelRunner]
+    plan: WorkerPlan
+    max_batch: int
+    batch_reason: str
+
+
+def load_models(config: Config, cores: int | None = None) -> Models:
+    """Plan the workers, load the model and its variants, decide on batching."""
+    wp = plan(config, cores)
+    rungs = load_rungs(config, wp.threads)
+    cams = [c for c in config.cameras.values() if c.enabled]
+    first = rungs[0]
+    if config.model.batch == 1 or not first.dynamic_batch or len(cams) < 2:
+        per_frame = {1: first.cost_ms or 0.0}
+    else:
+        sizes = tuple(b for b in (2, 4, 8) if b <= max(len(cams), config.model.batch))
+        per_frame = first.batch_speedup(sizes)
+    budget = min(c.budget.latency_ms for c in cams) if cams else float("inf")
+    max_batch, why = choose_batch(config.model.batch, per_frame, budget, len(cams))
+    return Models(rungs, wp, max_batch, why)
+
+
+@dataclass(slots=True)
+class _Job:
+    frames: list[Frame]
+    futures: list[asyncio.Future[Result]]
+    started: float  # time.monotonic()
+    abandoned: bool = False
+
+
+@dataclass(slots=True)
+class _Worker:
+    index: int
+    executor: ThreadPoolExecutor
+    job: _Job | None = None
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class PoolStats:
+    batches: int = 0
+    frames: int = 0
+    recreated: int = 0
+    largest_batch: int = 0
+
+
+class InferencePool:
+    def __init__(self, rungs: list[ModelRunner], workers: int, max_batch: int = 1) -> None:
+        if not rungs:
+            raise ValueError("need a model")
+        self.rungs = rungs
+        self.rung = 0
+        self.max_batch = max(1, max_batch)
+        self._waiting: deque[tuple[Frame, asyncio.Future[Result]]] = deque()
+        self._workers = [self._new_worker(i) for i in range(workers)]
+        self._recreations: deque[float] = deque()
+        self.stats = PoolStats()
+        self.failed: str | None = None  # set when the recreation budget is spent
+        self._lock = threading.Lock()  # rungs may be replaced from a loader thread
+
+    @staticmethod
+    def _new_worker(index: int, generation: int = 0) -> _Worker:
+        ex = ThreadPoolExecutor(1, thread_name_prefix=f"infer{index}.{generation}")
+        return _Worker(index, ex, generation=generation)
+
+    @property
+    def runner(self) -> ModelRunner:
+        return self.rungs[self.rung]
+
+    @property
+    def workers(self) -> int:
+        return len(self._workers)
+
+    # ------------------------------------------------------------------ running
+
+    def submit(self, frame: Frame) -> asyncio.Future[Result]:
+        """Queue a frame (from the event loop); the future gets its result or error."""
+        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        if self.failed is not None:
+            fut.set_exception(WorkersExhausted(self.failed))
+            return fut
+        self._waiting.append((frame, fut))
+        self._dispatch()
+        return fut
+
+    def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        for worker in self._workers:
+            if not self._waiting:
+                return
+            if worker.job is not None:
+                continue
+            batch: list[tuple[Frame, asyncio.Future[Result]]] = []
+            while self._waiting and len(batch) < self.max_batch:
+                item = self._waiting.popleft()
+                if not item[1].done():  # the camera may have gone away
+                    batch.append(item)
+            if not batch:
+                continue
+            job = _Job([f for f, _ in batch], [f for _, f in batch], time.monotonic())
+            worker.job = job
+            runner = self.runner
+            done = loop.run_in_executor(worker.executor, self._run, runner, job.frames)
+            done.add_done_callback(lambda d, w=worker, j=job: self._finished(w, j, d))
+
+    @staticmethod
+    def _run(runner: ModelRunner, frames: list[Frame]) -> list[Result]:
+        t = time.monotonic_ns()
+        results = runner.infer_batch(frames)
+        for frame, result in zip(frames, results):
+            # the frame's age when its run began: capture, hand-over and scheduling
+            result.timings_ms["queue"] = (t - frame.t_mono_ns) / 1e6
+        return results
+
+    def _finished(self, worker: _Worker, job: _Job, done: asyncio.Future[list[Result]]) -> None:
+        if job.abandoned:  # a stuck run came back after its worker was replaced
+            if not done.cancelled() and done.exception() is None:
+                log.info("an abandoned inference run finished after all; result discarded")
+            return
+        worker.job = None
+        self.stats.batches += 1
+        self.stats.frames += len(job.frames)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(job.frames))
+        exc = done.exception() if not done.cancelled() else asyncio.CancelledError()
+        for i, fut in enumerate(job.futures):
+            if fut.done():
+                continue
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(done.result()[i])
+        self._dispatch()
+
+    # ------------------------------------------------------------------ faults
+
+    def stuck(self, deadline_s: float) -> list[tuple[float, int, Frame]]:
+        """(seconds running, worker index, first frame) of runs past `deadline_s`."""
+        now = time.monotonic()
+        out = []
+        for w in self._workers:
+            job = w.job
+            if job is not None and now - job.started > deadline_s:
+                out.append((now - job.started, w.index, job.frames[0]))
+        return out
+
+    def recreate(self, index: int, reason: str) -> bool:
+        """Replace worker `index` (from the event loop). False when the budget is spent."""
+        now = time.monotonic()
+        while self._recreations and now - self._recreations[0] > RECREATE_WINDOW_S:
+            self._recreations.popleft()
+        worker = self._workers[index]
+        job = worker.job
+        if job is not None:
+            job.abandoned = True
+            for fut in job.futures:
+                if not fut.done():
+                    fut.set_exception(InferenceStuck(reason))
+        worker.executor.shutdown(wait=False)  # its thread finishes (or not) on its own
+        if len(self._recreations) >= RECREATE_BUDGET:
+            self.failed = (f"inference workers were recreated {RECREATE_BUDGET} times within "
+                           f"{RECREATE_WINDOW_S / 60:.0f} min and one is stuck again ({reason})")
+            worker.job = job  # stays busy: nothing more runs on it
+            while self._waiting:
+                _, fut = self._waiting.popleft()
+                if not fut.done():
+                    fut.set_exception(WorkersExhausted(self.failed))
+            return False
+        self._recreations.append(now)
+        self.stats.recreated += 1
+        self._workers[index] = self._new_worker(index, worker.generation + 1)
+        self._dispatch()
+        return True
+
+    def replace_runner(self, rung: int, runner: ModelRunner) -> None:
+        with self._lock:
+            self.rungs[rung] = runner
+
+    def shutdown(self) -> None:
+        """Wait for runs in progress (not the abandoned or stuck ones) and stop the threads."""
+        for w in self._workers:
+            stuck = w.job is not None and (w.job.abandoned or self.failed is not None)
+            w.executor.shutdown(wait=not stuck)
+
+
+def reload_runner(runner: ModelRunner) -> ModelRunner:
+    """A fresh session for the same model and options (a replaced worker's)."""
+    fresh = ModelRunner(runner.options)
+    fresh.model_id = runner.model_id
+    fresh.warmup()
+    return fresh
+

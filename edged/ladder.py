@@ -8,7 +8,8 @@ latencies published since the last call:
 - down one rung when more than `miss_ratio` of the frames missed over the last
   `down_after_s` seconds (and at least that long after the previous switch);
 - up one rung when, for `up_after_s` seconds, nothing missed and every camera's p90
-  latency scaled by the cost ratio of the rung above fits `headroom` x its budget.
+  latency, plus what the rung above costs more per run times the runs a frame waits
+  for (`load`: realtime cameras per worker, at least 1), fits `headroom` x its budget.
 
 The two conditions cannot hold at once (up needs zero misses, down needs many), and the
 up condition predicts the cost of the rung above from measured costs, so the ladder
@@ -56,7 +57,8 @@ class Ladder:
         self._headroom_since = None
 
     def update(self, now: float, processed: int, missed: int,
-               e2e_ms: dict[str, list[float]], budgets_ms: dict[str, float]) -> Switch | None:
+               e2e_ms: dict[str, list[float]], budgets_ms: dict[str, float],
+               load: float = 1.0) -> Switch | None:
         """One observation: counts since the previous call, latencies by camera."""
         c = self.config
         self._samples.append((now, processed, missed))
@@ -78,7 +80,8 @@ class Ladder:
                                 f"{c.down_after_s:g} s")
         if self.rung == 0:
             return None
-        scale = self.costs[self.rung - 1] / max(self.costs[self.rung], 1e-6)
+        # only inference gets dearer: capture, pre/post-processing and sending do not
+        extra = max(0.0, self.costs[self.rung - 1] - self.costs[self.rung]) * max(load, 1.0)
         _, up_m = self._totals(now - c.up_after_s)
         worst = None
         window: dict[str, list[float]] = {}
@@ -89,7 +92,7 @@ class Ladder:
         for cam, values in window.items():
             if not values or cam not in budgets_ms:
                 continue
-            p90 = float(np.percentile(values, 90)) * scale
+            p90 = float(np.percentile(values, 90)) + extra
             share = p90 / budgets_ms[cam]
             worst = share if worst is None else max(worst, share)
             if share > c.headroom:

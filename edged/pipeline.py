@@ -183,7 +183,8 @@ class Pipeline:
             log.error("no camera could be started")
             self.publisher.close()
             return 1
-        self._sched = Scheduler(self.inference_workers, {})
+        # a worker may take a batch: that many frames may be granted and waiting
+        self._sched = Scheduler(self.inference_workers * self.pool.max_batch, {})
         started = self._started = time.monotonic()
         try:
             async with asyncio.TaskGroup() as tg:
@@ -554,7 +555,8 @@ class Pipeline:
                     values.append(s.ladder_e2e.popleft())
                 e2e[cam.name] = values
                 budgets[cam.name] = cam.budget.latency_ms
-            switch = ladder.update(time.monotonic(), processed, missed, e2e, budgets)
+            load = len(budgets) / self.pool.workers  # runs a frame may wait for
+            switch = ladder.update(time.monotonic(), processed, missed, e2e, budgets, load)
             if switch is None:
                 continue
             old, new = self.pool.rungs[switch.previous], self.pool.rungs[switch.rung]
@@ -571,10 +573,11 @@ class Pipeline:
     def _publish(self, cam: Camera, result: Result, encoder: MaskEncoder) -> None:
         t0 = time.perf_counter()
         now = time.monotonic_ns()
-        e2e = (now - result.t_capture_mono_ns) / 1e6
+        # judged with what encoding and sending will still add, so that "not late"
+        # holds when the message leaves, not only when the result came back
+        e2e = (now - result.t_capture_mono_ns) / 1e6 + (cam.budget.send.value or 0.0)
         # the stages after taking the frame; with its age this predicts a frame's e2e
         cam.budget.ahead.add(e2e - result.timings_ms.get("queue", 0.0))
-        cam.stats.ladder_e2e.append(e2e)
         if cam.budget.is_late(e2e):
             if cam.budget.on_late == "drop":
                 cam.stats.late_dropped += 1
@@ -586,9 +589,12 @@ class Pipeline:
             cam.stats.published += 1
             cam.last_seq = result.seq
         result.timings_ms["encode"] = (time.perf_counter() - t0) * 1e3
+        cam.budget.send.add(result.timings_ms["encode"])
+        done = (time.monotonic_ns() - result.t_capture_mono_ns) / 1e6
+        cam.stats.ladder_e2e.append(done)
         with cam.stats.lock:
             cam.stats.stages["encode"].append(result.timings_ms["encode"])
-            cam.stats.e2e_ms.append((time.monotonic_ns() - result.t_capture_mono_ns) / 1e6)
+            cam.stats.e2e_ms.append(done)
 
     # ------------------------------------------------------------------ stats
 

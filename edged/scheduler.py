@@ -134,6 +134,7 @@ class Budget:
     latency_ms: float
     on_late: str = "publish"  # or "drop"
     ahead: RunningEstimate = field(default_factory=RunningEstimate)
+    send: RunningEstimate = field(default_factory=RunningEstimate)  # encode + send, ms
 
     def can_finish(self, age_ms: float) -> bool:
         """Could a frame this old still be published in time? (True until we know.)"""

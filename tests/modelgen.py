@@ -28,23 +28,37 @@ PLANTED_ROWS = np.array([
 def yoeo_model(path: Path, *, size: int = 416, mask: str = "uint8", rows: np.ndarray | None = None,
                opset: int = 17, det_name: str = "Detections", seg_name: str = "Segmentations",
                input_name: str = "InputLayer", pad_rows: int = 64,
-               batch: int | str = 1) -> Path:
+               batch: int | str = 1, convs: bool = False) -> Path:
     """`batch`: the batch dimension; a name (e.g. "N") makes it dynamic, and the
-    detections are then one copy of the planted rows per image."""
+    detections are then one copy of the planted rows per image. `convs`: two real
+    convolutions (about 5 ms a frame on one core) feed the detections, so frames queue
+    up behind a run as they do behind a real network."""
     rows = PLANTED_ROWS if rows is None else rows
     # pad with empty rows, like a real head with many anchors
     table = np.zeros((1, len(rows) + pad_rows, rows.shape[1]), np.float32)
     table[0, :len(rows)] = rows
-    nodes = [
+    rng = np.random.default_rng(2)
+    feat = input_name
+    conv_inits = []
+    nodes = []
+    if convs:
+        for i, (cin, cout, stride) in enumerate(((3, 16, 1), (16, 16, 2))):
+            wname = f"conv{i}_w"
+            conv_inits.append(numpy_helper.from_array(
+                (rng.standard_normal((cout, cin, 3, 3)) * 0.1).astype(np.float32), wname))
+            nodes.append(helper.make_node("Conv", [feat, wname], [f"conv{i}"], pads=[1] * 4,
+                                          strides=[stride] * 2))
+            feat = f"conv{i}"
+    nodes += [
         helper.make_node("Constant", [], ["rows"], value=numpy_helper.from_array(table, "rows")),
         # tie the detections to the input so no optimiser treats the graph as constant
-        helper.make_node("ReduceMax", [input_name], ["imax"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("ReduceMax", [feat], ["imax"], axes=[1, 2, 3], keepdims=0),
         helper.make_node("Reshape", ["imax", "col"], ["imax3"]),  # [batch, 1, 1]
         helper.make_node("Mul", ["imax3", "zero"], ["z"]),
         helper.make_node("Add", ["rows", "z"], [det_name]),
     ]
     inits = [numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
-             numpy_helper.from_array(np.array([-1, 1, 1], np.int64), "col")]
+             numpy_helper.from_array(np.array([-1, 1, 1], np.int64), "col"), *conv_inits]
     if mask == "logits":
         nodes.append(helper.make_node("Identity", [input_name], [seg_name]))
         seg_type, seg_shape = TensorProto.FLOAT, [batch, 3, size, size]
@@ -134,5 +148,57 @@ def slow_yoeo_model(path: Path, matmuls: int = 6, size: int = 512) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def stalling_yoeo_model(path: Path, bright: float = 0.6, iterations: int = 8000,
+                        size: int = 256) -> Path:
+    """A YOEO-contract model that is quick on ordinary frames and takes seconds on a
+    near-white one (mean input above `bright`, letterbox padding included): a `Loop`
+    whose trip count comes from the image runs `iterations` `size`^3 MatMuls. A
+    stand-in for a wedged inference."""
+    rng = np.random.default_rng(1)
+    table = np.zeros((1, len(PLANTED_ROWS) + 8, 8), np.float32)
+    table[0, :len(PLANTED_ROWS)] = PLANTED_ROWS
+    w = (rng.standard_normal((size, size)) / np.sqrt(size)).astype(np.float32)
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("MatMul", ["z_in", "w"], ["z_out"])],
+        "spin",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("z_in", TensorProto.FLOAT, [size, size])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("z_out", TensorProto.FLOAT, [size, size])])
+    nodes = [
+        helper.make_node("Constant", [], ["rows"], value=numpy_helper.from_array(table, "rows")),
+        helper.make_node("ReduceMean", ["InputLayer"], ["m"], keepdims=0),
+        helper.make_node("Greater", ["m", "bright"], ["is_bright"]),
+        helper.make_node("Cast", ["is_bright"], ["b64"], to=TensorProto.INT64),
+        helper.make_node("Mul", ["b64", "iters"], ["trips"]),
+        helper.make_node("Mul", ["w", "m"], ["z0"]),
+        helper.make_node("Loop", ["trips", "true", "z0"], ["zn"], body=body),
+        helper.make_node("ReduceMax", ["zn"], ["zmax"], keepdims=0),
+        helper.make_node("Mul", ["zmax", "zero"], ["zz"]),
+        helper.make_node("Add", ["rows", "zz"], ["Detections"]),
+        helper.make_node("ArgMax", ["InputLayer"], ["am"], axis=1, keepdims=0),
+        helper.make_node("Cast", ["am"], ["Segmentations"], to=TensorProto.UINT8),
+    ]
+    inits = [numpy_helper.from_array(w, "w"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+             numpy_helper.from_array(np.array(bright, np.float32), "bright"),
+             numpy_helper.from_array(np.array(iterations, np.int64), "iters"),
+             numpy_helper.from_array(np.array(True), "true")]
+    graph = helper.make_graph(
+        nodes, "yoeo_stalling",
+        [helper.make_tensor_value_info("InputLayer", TensorProto.FLOAT, [1, 3, 416, 416])],
+        [helper.make_tensor_value_info("Detections", TensorProto.FLOAT, list(table.shape)),
+         helper.make_tensor_value_info("Segmentations", TensorProto.UINT8, [1, 416, 416])],
+        inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path

@@ -162,8 +162,28 @@ def cmd_check(args: argparse.Namespace) -> int:
     d = runner.describe()
     print(f"model: {d['path']}: OK\n  format {d['format']} ({d['why']})\n  input {d['input']}"
           f"\n  classes {', '.join(d['classes'])}; segmentation {', '.join(d['seg_classes'])}"
-          f"\n  providers {', '.join(d['providers'])}, {d['threads']} thread(s)")
+          f"\n  {d['threads']} thread(s)")
+    print(format_provider_report(d["providers"]))
     return 0
+
+
+def format_provider_report(p: dict) -> str:
+    """`edged check`'s provider lines: what was asked, what exists, what runs where."""
+    def opts(o: dict) -> str:
+        return f" {{{', '.join(f'{k}={v}' for k, v in o.items())}}}" if o else ""
+
+    lines = ["  providers:",
+             f"    requested  {', '.join(p['requested'])}",
+             f"    available  {', '.join(p['available'])} (this onnxruntime build)"]
+    if p["missing"]:
+        lines.append(f"    missing    {', '.join(p['missing'])} (skipped, next one used)")
+    lines.append("    chosen     " + " > ".join(c["name"] + opts(c["options"])
+                                             for c in p["chosen"]))
+    lines.append(f"    session    {', '.join(p['session'])}")
+    lines.append(f"    nodes      {p['summary']}")
+    if p.get("io_binding"):
+        lines.append(f"    io         IOBinding, outputs on {p['io_binding']}")
+    return "\n".join(lines)
 
 
 def cmd_echo(args: argparse.Namespace) -> int:

@@ -515,6 +515,7 @@ class Pipeline:
             "e2e_ms": dict(zip(("p50", "p90", "p99"), e2e)),
             "stages_ms_p50": {k: float(np.median(v)) for k, v in stage_windows.items()},
             "budget_ms": cam.budget.latency_ms, "variant": self.runner.model_id,
+            "providers": self.runner.placement_summary,
         }
 
     def _log_stats(self, elapsed: float, final: bool = False) -> dict[str, dict]:

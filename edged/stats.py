@@ -18,7 +18,7 @@ import zmq
 from edged.codec import PROTOCOL_VERSION, TOPIC_STATE, TOPIC_STATS, ProtocolError, topic
 
 CAMERA_KEYS = ("state", "capture_fps", "processed_fps", "published", "late", "drops",
-               "e2e_ms", "stages_ms_p50", "budget_ms", "variant")
+               "e2e_ms", "stages_ms_p50", "budget_ms", "variant", "providers")
 
 
 @dataclass(frozen=True, slots=True)

@@ -175,13 +175,13 @@ def config_frames(config: Any, count: int, holdout: int) -> FrameSet:
     """Frames from the configured cameras, read with edged's own sources, in turn."""
     from edged.sources import SourceError, redact, source_for
 
-    cams = [c for c in config.cameras.values() if c.enabled]
+    cams = [(name, c) for name, c in config.cameras.items() if c.enabled]
     if not cams:
         raise QuantizeError("the configuration has no enabled camera")
     per_cam = math.ceil((count + holdout) / len(cams))
     frames: list[np.ndarray] = []
     names = []
-    for cam in cams:
+    for name, cam in cams:
         src = source_for(cam, loop=False)
         try:
             src.open()
@@ -193,11 +193,11 @@ def config_frames(config: Any, count: int, holdout: int) -> FrameSet:
                 frames.append(img)
                 got += 1
         except SourceError as e:
-            raise QuantizeError(f"camera {cam.name}: {e}") from None
+            raise QuantizeError(f"camera {name}: {e}") from None
         finally:
             src.close()
-        names.append(f"{cam.name} ({redact(cam.source)})")
-    # interleave cameras in the held-out part too: take the tail of each camera's frames
+        names.append(f"{name} ({redact(cam.source)})")
+    # held out: the last frames read, i.e. the last camera's when there are several
     return _split(frames, count, holdout, "cameras " + ", ".join(names))
 
 

@@ -1,4 +1,4 @@
-"""`edged` command line: run, check, echo, eval."""
+"""`edged` command line: run, check, echo, bench, eval, inspect, quantize."""
 
 from __future__ import annotations
 
@@ -167,8 +167,28 @@ def cmd_check(args: argparse.Namespace) -> int:
     d = runner.describe()
     print(f"model: {d['path']}: OK\n  format {d['format']} ({d['why']})\n  input {d['input']}"
           f"\n  classes {', '.join(d['classes'])}; segmentation {', '.join(d['seg_classes'])}"
-          f"\n  providers {', '.join(d['providers'])}, {d['threads']} thread(s)")
+          f"\n  {d['threads']} thread(s)")
+    print(format_provider_report(d["providers"]))
     return 0
+
+
+def format_provider_report(p: dict) -> str:
+    """`edged check`'s provider lines: what was asked, what exists, what runs where."""
+    def opts(o: dict) -> str:
+        return f" {{{', '.join(f'{k}={v}' for k, v in o.items())}}}" if o else ""
+
+    lines = ["  providers:",
+             f"    requested  {', '.join(p['requested'])}",
+             f"    available  {', '.join(p['available'])} (this onnxruntime build)"]
+    if p["missing"]:
+        lines.append(f"    missing    {', '.join(p['missing'])} (skipped, next one used)")
+    lines.append("    chosen     " + " > ".join(c["name"] + opts(c["options"])
+                                             for c in p["chosen"]))
+    lines.append(f"    session    {', '.join(p['session'])}")
+    lines.append(f"    nodes      {p['summary']}")
+    if p.get("io_binding"):
+        lines.append(f"    io         IOBinding, outputs on {p['io_binding']}")
+    return "\n".join(lines)
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
@@ -303,6 +323,52 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0 if info["error"] is None else 1
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    setup_logging("warning")
+    try:
+        import onnx  # noqa: F401  (onnxruntime.quantization needs it; the daemon does not)
+    except ImportError:
+        print("edged quantize: the onnx package is missing: pip install 'edged[quantize]'",
+              file=sys.stderr)
+        return 2
+    import cv2
+
+    from edged.quantize import Gate, Progress, QuantizeError, frames_for, iter_lines, run_search
+
+    cv2.setNumThreads(1)
+    config = None
+    if args.config:
+        config = _load(args.config)
+        if config is None:
+            return 1
+    model = Path(args.model)
+    if not model.is_file():
+        print(f"edged quantize: model file not found: {model}", file=sys.stderr)
+        return 1
+    progress = Progress()
+    try:
+        frames = frames_for(args.frames, config, args.count, args.holdout)
+        report = run_search(
+            model, Path(args.out), frames, search=args.search, keep_float=args.keep_float or (),
+            default_keep=not args.no_keep_float,
+            gate=Gate(args.min_agreement, args.max_miou_drop), runs=args.runs,
+            use_truth=not args.no_truth, progress=progress,
+            log=lambda line: print(line, file=sys.stderr, flush=True))
+    except QuantizeError as e:
+        print(f"edged quantize: {e}", file=sys.stderr)
+        return 1
+    print(report.table())
+    for line in iter_lines(report):
+        print(line)
+    if report.chosen is None:
+        print("edged quantize: no candidate meets the accuracy gate (pixel agreement >= "
+              f"{100 * args.min_agreement:g}%, mIoU drop <= {100 * args.max_miou_drop:g} "
+              "point(s)); try --search full, more --count, or --keep-float for the layers "
+              "that disagree", file=sys.stderr)
+        return 3
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edged", description="Streaming edge-inference daemon.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -365,6 +431,42 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--runs", type=int, default=10, help="timed runs for the latency estimate")
     n.add_argument("--json", action="store_true", help="one JSON object instead of text")
     n.set_defaults(func=cmd_inspect)
+
+    q = sub.add_parser(
+        "quantize", help="static int8 (QDQ) with an accuracy gate against the fp32 model",
+        description="Quantize MODEL to int8: calibrate on frames through the model's own "
+                    "pre-processing, try the type/calibration candidates of --search, check "
+                    "each on held-out frames against the fp32 model, and write the fastest "
+                    "one that passes the gate, with its manifest (OUT.json). Frames: -c (the "
+                    "configured cameras), --frames (image folder or video), or by default "
+                    "synthetic RoboCup scenes, which also give ground truth. Exit 0: written; "
+                    "1: error; 2: the onnx package is missing; 3: no candidate passed.")
+    q.add_argument("model", help="fp32 ONNX file (its manifest beside it, if any, is used)")
+    q.add_argument("-o", "--out", required=True, help="int8 ONNX file to write")
+    src = q.add_mutually_exclusive_group()
+    src.add_argument("-c", "--config", help="calibrate on the cameras of this config")
+    src.add_argument("--frames", metavar="DIR|VIDEO", help="a folder of images or a video")
+    q.add_argument("--count", type=int, default=128, help="calibration frames (default 128)")
+    q.add_argument("--holdout", type=int, default=32,
+                   help="held-out frames for the accuracy gate (default 32)")
+    q.add_argument("--search", choices=["quick", "full"], default="quick",
+                   help="quick: U8S8 and S8S8 with MinMax, U8S8 with Percentile; full: both "
+                        "type pairs x MinMax, Percentile, Entropy")
+    q.add_argument("--keep-float", nargs="+", metavar="NODE",
+                   help="also keep these nodes in float (names as in the prepared graph)")
+    q.add_argument("--no-keep-float", action="store_true",
+                   help="do not keep the final convolutions and output tails in float")
+    q.add_argument("--min-agreement", type=float, default=0.98,
+                   help="gate: mask pixel agreement with fp32 (default 0.98)")
+    q.add_argument("--max-miou-drop", type=float, default=0.01,
+                   help="gate: mIoU drop vs fp32, as a fraction (default 0.01 = 1 point); "
+                        "against ground truth when the frames have it, else 1 - mIoU(int8 "
+                        "vs fp32)")
+    q.add_argument("--no-truth", action="store_true",
+                   help="ignore synthetic ground truth (e.g. for a model with random weights)")
+    q.add_argument("--runs", type=int, default=20,
+                   help="timed single-thread runs per candidate, alternating with fp32")
+    q.set_defaults(func=cmd_quantize)
     return p
 
 

@@ -233,14 +233,54 @@ class ProviderSpec(_Frozen):
         return _provider_options(str(info.data.get("name", "provider")), options)
 
 
+# The options each provider takes (onnxruntime's names; `fp16` is edged's short form of
+# trt_fp16_enable). A misspelt option would otherwise be ignored by some onnxruntime
+# builds and abort session creation in others, far from the config line.
+PROVIDER_OPTIONS: Final[dict[str, frozenset[str]]] = {
+    "cpu": frozenset({"use_arena"}),
+    "cuda": frozenset({
+        "device_id", "gpu_mem_limit", "arena_extend_strategy", "cudnn_conv_algo_search",
+        "do_copy_in_default_stream", "cudnn_conv_use_max_workspace", "cudnn_conv1d_pad_to_nc1d",
+        "enable_cuda_graph", "tunable_op_enable", "tunable_op_tuning_enable", "use_tf32",
+        "prefer_nhwc", "enable_skip_layer_norm_strict_mode", "use_ep_level_unified_stream"}),
+    "tensorrt": frozenset({
+        "fp16", "device_id", "trt_max_workspace_size", "trt_fp16_enable", "trt_int8_enable",
+        "trt_int8_calibration_table_name", "trt_int8_use_native_calibration_table",
+        "trt_engine_cache_enable", "trt_engine_cache_path", "trt_engine_cache_prefix",
+        "trt_timing_cache_enable", "trt_timing_cache_path", "trt_force_timing_cache",
+        "trt_builder_optimization_level", "trt_max_partition_iterations",
+        "trt_min_subgraph_size", "trt_dla_enable", "trt_dla_core",
+        "trt_force_sequential_engine_build", "trt_context_memory_sharing_enable",
+        "trt_layer_norm_fp32_fallback", "trt_cuda_graph_enable", "trt_detailed_build_log",
+        "trt_dump_subgraphs", "trt_sparsity_enable", "trt_auxiliary_streams",
+        "trt_profile_min_shapes", "trt_profile_max_shapes", "trt_profile_opt_shapes"}),
+    "openvino": frozenset({
+        "device_type", "precision", "num_of_threads", "num_streams", "cache_dir",
+        "enable_opencl_throttling", "disable_dynamic_shapes", "enable_qdq_optimizer",
+        "model_priority", "load_config", "context"}),
+}
+_CUDNN_SEARCH: Final = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
+
+
 def _provider_options(name: str, options: object) -> object:
     # Checked up front so a bad option gives one clear error instead of one per union member.
     if not isinstance(options, dict):
         raise _custom_error("provider_options", f"{name} options must be a mapping")
+    known = PROVIDER_OPTIONS.get(name)
     for key, value in options.items():
         if not isinstance(value, str | int | float | bool):
             raise _custom_error(
                 "provider_options", f"{name} option {key!r} must be a string, number or true/false"
+            )
+        if known is not None and key not in known:
+            raise _custom_error(
+                "provider_options",
+                f"unknown {name} option {key!r}; {_did_you_mean(str(key), sorted(known))}",
+            )
+        if key == "cudnn_conv_algo_search" and value not in _CUDNN_SEARCH:
+            raise _custom_error(
+                "provider_options",
+                f"cudnn_conv_algo_search must be one of {', '.join(_CUDNN_SEARCH)}",
             )
     return options
 
@@ -317,6 +357,19 @@ class ModelConfig(_Frozen):
     warmup_runs: Int = Field(3, ge=0)
     # an inference running longer than this is reported and stops the systemd watchdog
     stuck_after_s: Float = Field(10.0, gt=0)
+    # TensorRT engines / OpenVINO blobs; None: /var/cache/edged if writable, else
+    # ~/.cache/edged (created at the first start that needs it)
+    cache_dir: Path | None = None
+
+    @field_validator("cache_dir", mode="before")
+    @classmethod
+    def _resolve_cache_dir(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None or not isinstance(value, str | Path):
+            return value
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            path = Path((info.context or {}).get("base_dir") or Path.cwd()) / path
+        return Path(os.path.normpath(path.absolute()))
 
     @field_validator("path", mode="before")
     @classmethod

@@ -40,6 +40,9 @@ class Manifest:
     # format-specific settings (e.g. yolo-seg `layout`, `mask_threshold`), documented in
     # each format's module under edged/formats/
     options: dict[str, Any] = field(default_factory=dict)
+    # how an int8 model was made from its fp32 parent and what that cost in accuracy and
+    # gained in speed (written by `edged quantize`); empty for models not quantized by it
+    quantization: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -72,7 +75,7 @@ def load_manifest(path: Path) -> Manifest:
         raise ManifestError(f"{path}: unknown key(s) {', '.join(unknown)}")
     if "format" not in raw:
         raise ManifestError(f"{path}: missing key 'format'")
-    for key in ("outputs", "extra", "options"):
+    for key in ("outputs", "extra", "options", "quantization"):
         if not isinstance(raw.get(key, {}), dict):
             raise ManifestError(f"{path}: {key!r} must be a JSON object")
     try:

@@ -642,6 +642,7 @@ class Pipeline:
             "stages_ms_p50": {k: float(np.median(v)) for k, v in stage_windows.items()},
             "budget_ms": cam.budget.latency_ms, "variant": self.runner.model_id,
             "budget_misses": s.stale + s.late + s.late_dropped,
+            "providers": self.runner.placement_summary,
         }
 
     def _log_stats(self, elapsed: float, final: bool = False) -> dict[str, dict]:

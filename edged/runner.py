@@ -7,8 +7,11 @@ calling thread gets its own pre-processing buffers.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -65,6 +68,10 @@ class ModelOptions:
     seg_classes: tuple[str, ...] | None = None
     class_groups: tuple[tuple[str, ...], ...] | None = None
     warmup_runs: int = 3
+    cache_dir: Path | None = None  # None: default_cache_dir()
+    # "auto": IOBinding with outputs on the device when a CUDA provider runs the model;
+    # "off": plain run(); "cpu"/"cuda": force it (tests exercise the path on a CPU build)
+    io_binding: str = "auto"
 
     @classmethod
     def from_config(cls, m: Any) -> ModelOptions:
@@ -77,7 +84,7 @@ class ModelOptions:
             classes=tuple(m.classes) if m.classes else None,
             seg_classes=tuple(m.seg_classes) if m.seg_classes else None,
             class_groups=tuple(tuple(g) for g in m.class_groups) if m.class_groups else None,
-            warmup_runs=m.warmup_runs)
+            warmup_runs=m.warmup_runs, cache_dir=m.cache_dir)
 
 
 def tensor_infos(args: list[Any]) -> list[TensorInfo]:
@@ -98,9 +105,8 @@ def plan_workers(workers: int, threads: int, *, cores: int, cameras: int,
 
     One realtime camera wants its frame done soonest: one worker with every core. Several
     cameras or a file replayed frame by frame want throughput: parallel single-frame
-    runs scale better than intra-op threads on small convolutions (measured in
-    docs/benchmarks.md: 2x1 beats 1x2 by 1.3x on 2 cores), so about one worker per two
-    cores, at least two, at most four.
+    runs scale better than intra-op threads on small convolutions (docs/benchmarks.md
+    has the figures), so about one worker per two cores, at least two, at most four.
     """
     if workers <= 0:
         if single_realtime or cores <= 1:
@@ -112,21 +118,143 @@ def plan_workers(workers: int, threads: int, *, cores: int, cameras: int,
     return workers, threads
 
 
-def resolve_providers(requested: tuple[tuple[str, dict[str, Any]], ...]
-                      ) -> list[tuple[str, dict[str, Any]]]:
-    """The requested providers that this onnxruntime build offers, in order; CPU last."""
-    available = set(ort.get_available_providers())
-    chosen: list[tuple[str, dict[str, Any]]] = []
+# short option names edged accepts besides onnxruntime's own
+OPTION_ALIASES: dict[str, dict[str, str]] = {"tensorrt": {"fp16": "trt_fp16_enable"}}
+# providers that run on a CUDA device: their outputs can stay there (IOBinding)
+CUDA_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def default_cache_dir() -> Path:
+    """/var/cache/edged when this process may write there (a system service), else the
+    user's ~/.cache/edged. TensorRT engines and OpenVINO blobs live there across restarts."""
+    system = Path("/var/cache/edged")
+    if os.access(system if system.exists() else system.parent, os.W_OK):
+        return system
+    return Path.home() / ".cache" / "edged"
+
+
+def _ort_value(v: Any) -> str:
+    # onnxruntime's Python API takes option values as strings; its TensorRT binding only
+    # accepts "True"/"False" for switches, which its other providers read as well
+    if isinstance(v, bool):
+        return "True" if v else "False"
+    return str(v)
+
+
+def provider_options(name: str, options: dict[str, Any], cache_dir: Path) -> dict[str, str]:
+    """onnxruntime options for provider `name` (edged alias): edged's defaults for a
+    fixed-shape camera model, overridden by what the config says."""
+    opts = {OPTION_ALIASES.get(name, {}).get(k, k): v for k, v in options.items()}
+    defaults: dict[str, Any] = {}
+    if name == "cuda":
+        # fixed input shape: the exhaustive cuDNN search runs once, at the first frame
+        defaults = {"cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": True}
+    elif name == "tensorrt":
+        # engine builds take seconds to minutes: cache engines and timings across restarts
+        trt = cache_dir / "tensorrt"
+        defaults = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(trt),
+                    "trt_timing_cache_enable": True, "trt_timing_cache_path": str(trt),
+                    "trt_fp16_enable": False}
+    elif name == "openvino":
+        defaults = {"cache_dir": str(cache_dir / "openvino")}
+    return {k: _ort_value(v) for k, v in (defaults | opts).items()}
+
+
+@dataclass(frozen=True)
+class ProviderPlan:
+    """What was asked for, what this onnxruntime build has, and the order handed to it."""
+
+    requested: tuple[str, ...]
+    available: tuple[str, ...]
+    chosen: tuple[tuple[str, dict[str, str]], ...]
+    missing: tuple[str, ...]
+
+    def log_line(self) -> str | None:
+        if not self.missing:
+            return None
+        return (f"provider(s) {', '.join(self.missing)} not available in this onnxruntime "
+                f"build (it has {', '.join(self.available)}); using "
+                f"{', '.join(n for n, _ in self.chosen)}")
+
+
+def plan_providers(requested: tuple[tuple[str, dict[str, Any]], ...],
+                   cache_dir: Path | None = None) -> ProviderPlan:
+    """The requested providers that this onnxruntime build offers, in order; CPU last.
+
+    Cache directories of the chosen providers are created here (first start).
+    """
+    available = tuple(ort.get_available_providers())
+    cache = cache_dir or default_cache_dir()
+    chosen: list[tuple[str, dict[str, str]]] = []
+    missing: list[str] = []
     for name, opts in requested:
         full = PROVIDER_NAMES.get(name, name)
-        if full in available:
-            chosen.append((full, dict(opts)))
-        else:
-            log.warning("provider %s is not available in this onnxruntime build (%s); "
-                        "falling back to the next one", name, ", ".join(sorted(available)))
+        if full not in available:
+            missing.append(name)
+            continue
+        o = provider_options(name, opts, cache)
+        for key in ("trt_engine_cache_path", "trt_timing_cache_path", "cache_dir"):
+            if key in o:
+                Path(o[key]).mkdir(parents=True, exist_ok=True)
+        chosen.append((full, o))
     if not any(n == "CPUExecutionProvider" for n, _ in chosen):
         chosen.append(("CPUExecutionProvider", {}))
-    return chosen
+    return ProviderPlan(tuple(n for n, _ in requested), available, tuple(chosen),
+                        tuple(missing))
+
+
+def resolve_providers(requested: tuple[tuple[str, dict[str, Any]], ...],
+                      cache_dir: Path | None = None) -> list[tuple[str, dict[str, str]]]:
+    """The (provider, options) list handed to onnxruntime; logs what is missing."""
+    plan = plan_providers(requested, cache_dir)
+    if plan.log_line():
+        log.warning("%s", plan.log_line())
+    return list(plan.chosen)
+
+
+def _short(provider: str) -> str:
+    return provider.removesuffix("ExecutionProvider")
+
+
+def node_placement(session: ort.InferenceSession, profile: Path | None
+                   ) -> tuple[dict[str, dict[str, int]], str]:
+    """Per provider, the op types of the kernels that ran, from an ORT profile of one run.
+
+    The profile is the one placement record every onnxruntime build writes (verbose
+    logging goes to the C++ stderr, out of Python's reach). It lists the kernels of the
+    optimised graph: a TensorRT or OpenVINO subgraph counts as one fused node.
+    """
+    if profile is None or not profile.is_file():
+        return {}, "node placement unknown (no profile)"
+    try:
+        events = json.loads(profile.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        return {}, f"node placement unknown ({e})"
+    nodes: dict[str, tuple[str, str]] = {}
+    for e in events:
+        args = e.get("args") or {}
+        if e.get("cat") == "Node" and "provider" in args:
+            name = str(e.get("name", "")).removesuffix("_kernel_time")
+            nodes[name] = (str(args["provider"]), str(args.get("op_name", "?")))
+    placement: dict[str, dict[str, int]] = {}
+    for prov, op in nodes.values():
+        ops = placement.setdefault(prov, {})
+        ops[op] = ops.get(op, 0) + 1
+    if not placement:
+        return {}, "node placement unknown (the profile lists no kernels)"
+    # accelerators first (in the session's priority order), the CPU fallback last
+    rank = {p: i for i, p in enumerate(session.get_providers())}
+    order = sorted(placement, key=lambda p: (p == "CPUExecutionProvider",
+                                             rank.get(p, len(rank)), p))
+    parts = []
+    for p in order:
+        n = sum(placement[p].values())
+        part = f"{p}: {n} node{'s' if n != 1 else ''}"
+        if p == "CPUExecutionProvider" and len(order) > 1:
+            # the nodes an accelerator could not take: the interesting part of the report
+            part += f" ({', '.join(sorted(placement[p]))})"
+        parts.append(part)
+    return {p: placement[p] for p in order}, ", ".join(parts)
 
 
 class ModelRunner:
@@ -144,11 +272,20 @@ class ModelRunner:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
-        providers = resolve_providers(options.providers)
+        # profile the first run only, to learn where each node runs (see node_placement)
+        profile_dir = tempfile.mkdtemp(prefix="edged-placement-")
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(profile_dir) / "ort")
+        plan = plan_providers(options.providers, options.cache_dir)
+        self.provider_plan = plan
+        if plan.log_line():
+            log.warning("%s", plan.log_line())
+        providers = list(plan.chosen)
         try:
             self.session = ort.InferenceSession(str(path), so, providers=[p for p, _ in providers],
                                                 provider_options=[o for _, o in providers])
         except Exception as e:  # onnxruntime raises several unrelated types for bad files
+            shutil.rmtree(profile_dir, ignore_errors=True)
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelError(f"cannot load model {path}: {first}") from None
         self.threads = threads
@@ -177,6 +314,41 @@ class ModelRunner:
         self.model_id = f"{m.name or path.stem}"
         self.cost_ms: float | None = None  # measured ms per frame, when someone measured it
         self._local = threading.local()
+        self._bind_device, self._bind_device_id = self._io_binding_device()
+        self.placement, self.placement_summary = self._profile_placement(Path(profile_dir))
+        log.info("model %s: providers requested %s; session %s; %s%s", self.model_id,
+                 ", ".join(plan.requested), ", ".join(self.providers), self.placement_summary,
+                 f"; IOBinding outputs on {self._bind_device}" if self._bind_device else "")
+
+    def _io_binding_device(self) -> tuple[str | None, int]:
+        mode = self.options.io_binding
+        if mode == "off":
+            return None, 0
+        if mode in ("cpu", "cuda"):
+            return mode, 0
+        active = self.providers[0] if self.providers else ""
+        if mode == "auto" and active in CUDA_PROVIDERS:
+            opts = self.session.get_provider_options().get(active, {})
+            return "cuda", int(opts.get("device_id", 0) or 0)
+        return None, 0
+
+    def _profile_placement(self, profile_dir: Path) -> tuple[dict[str, dict[str, int]], str]:
+        """One profiled run on a blank input, then profiling stops for good (a profile
+        left on would grow in memory for every frame of a weeks-long run)."""
+        profile: Path | None = None
+        try:
+            spec = self.manifest.preprocess
+            shape = (1, 3, spec.input_h, spec.input_w)
+            try:
+                self.run_tensor(np.zeros(shape, np.float32))
+            except Exception as e:  # placement is a report: never fail the start over it
+                log.debug("placement run failed: %s", e)
+            profile = Path(self.session.end_profiling())
+            return node_placement(self.session, profile)
+        finally:
+            shutil.rmtree(profile_dir, ignore_errors=True)
+            if profile is not None and profile.parent != profile_dir:
+                profile.unlink(missing_ok=True)
 
     def _manifest(self) -> tuple[Manifest, str]:
         o = self.options
@@ -230,7 +402,18 @@ class ModelRunner:
     def run_tensor(self, tensor: np.ndarray) -> list[np.ndarray]:
         if self._unbatched:
             tensor = tensor[0]
-        return self.session.run(None, {self.manifest.input_name: tensor})
+        if self._bind_device is None:
+            return self.session.run(None, {self.manifest.input_name: tensor})
+        # IOBinding: the input is copied to the device once, outputs are allocated there
+        # (no per-run host allocation by the provider), then copied out in one step
+        binding = getattr(self._local, "binding", None)
+        if binding is None:
+            binding = self._local.binding = self.session.io_binding()
+        binding.bind_cpu_input(self.manifest.input_name, tensor)
+        for name in self.output_names:
+            binding.bind_output(name, self._bind_device, self._bind_device_id)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
 
     def infer(self, frame: Frame) -> Result:
         return self.infer_batch([frame])[0]
@@ -304,6 +487,16 @@ class ModelRunner:
     def describe(self) -> dict[str, Any]:
         m = self.manifest
         return {"path": str(self.options.path), "format": m.format, "why": self.format_reason,
-                "providers": self.providers, "threads": self.threads,
+                "providers": self.provider_report(), "threads": self.threads,
                 "input": f"{m.input_name} {m.preprocess.input_w}x{m.preprocess.input_h}",
                 "classes": list(m.classes), "seg_classes": list(self.mask_classes)}
+
+    def provider_report(self) -> dict[str, Any]:
+        """Requested, available, chosen (with options) and per-node placement."""
+        p = self.provider_plan
+        return {"requested": list(p.requested), "available": list(p.available),
+                "missing": list(p.missing),
+                "chosen": [{"name": n, "options": o} for n, o in p.chosen],
+                "session": list(self.providers), "placement": self.placement,
+                "summary": self.placement_summary,
+                "io_binding": self._bind_device}

@@ -116,20 +116,23 @@ def cameras(names_weights: list[tuple[str, float]], extra: str = "") -> str:
     weight: {w}{extra}""" for i, (n, w) in enumerate(names_weights))
 
 
-def test_weighted_fair_sharing_of_a_saturated_model(tmp_path, slow_model, tcp_endpoint,
-                                                    start_daemon):
-    cfg = write_config(tmp_path / "cfg.yaml", slow_model, [tcp_endpoint],
+def test_weighted_fair_sharing_of_a_saturated_model(tmp_path, tcp_endpoint, start_daemon):
+    # heavy enough that even camera a's fair share is far below its 100 fps: the model,
+    # not the camera, is the limit (with the automatic plan: 2 workers on 2 cores)
+    model = slow_yoeo_model(tmp_path / "heavy.onnx", matmuls=6, size=512)
+    cfg = write_config(tmp_path / "cfg.yaml", model, [tcp_endpoint],
                        cameras([("a", 2), ("b", 1), ("c", 1), ("d", 1)]))
     with Subscriber(tcp_endpoint) as sub:
         d = start_daemon(cfg)
         d.wait_for("ready")
         time.sleep(1.0)  # let the shares settle
-        got = processed_per_camera(sub, 3.0, at_least=250)
+        got = processed_per_camera(sub, 5.0, at_least=150)
         assert d.terminate()[0] == 0
-    assert sum(got.values()) >= 250, got
+    assert sum(got.values()) >= 150, got
     equal = [got["b"], got["c"], got["d"]]
     assert min(equal) > 0, got
     assert max(equal) <= 1.2 * min(equal), got  # equal weights: within 20%
+    print("shares", dict(got))
     assert 1.6 <= got["a"] / (sum(equal) / 3) <= 2.4, got  # weight 2: about twice
 
 

@@ -18,13 +18,17 @@ import numpy as np
 import torch
 
 from edged.manifest import Manifest
-from edged.preprocess import Preprocessor, PreprocessSpec
-from edged.synth import CLASS_NAMES, SEG_CLASS_NAMES, render
+from edged.preprocess import PreprocessSpec
+from edged.quantize import (
+    CalibrationReader,
+    default_keep_float,
+    prepare_model,
+    static_qdq,
+    synthetic_frames,
+    tensors,
+)
+from edged.synth import CLASS_NAMES, SEG_CLASS_NAMES
 from edged.training.model import DemoYOEO, ExportWrapper
-
-CALIBRATION_SEED = 700_000  # a training-range seed block, never an evaluation seed
-# final layers stay in float: their outputs are scores and logits where int8 steps show
-KEEP_FLOAT_PREFIXES = ("/net/head.", "/net/seg/")
 
 
 def conv_flops(net: torch.nn.Module, size: int = 416) -> float:
@@ -44,47 +48,23 @@ def conv_flops(net: torch.nn.Module, size: int = 416) -> float:
 
 
 def calibration_tensors(count: int, spec: PreprocessSpec) -> list[np.ndarray]:
-    pre = Preprocessor(spec)
-    out = []
-    for i in range(count):
-        scene = render(CALIBRATION_SEED + i // 8, (i % 8) * 131, 640, 480)
-        pre(scene.image)
-        out.append(pre.tensor.copy())
-    return out
+    return tensors(synthetic_frames(count, 0).calibration, spec)
 
 
-def quantize(fp32: Path, out: Path, tensors: list[np.ndarray], keep_float: bool = True) -> None:
+def quantize(fp32: Path, out: Path, data: list[np.ndarray], keep_float: bool = True) -> None:
+    """Static QDQ, U8S8 per-channel, MinMax: the same code path as `edged quantize`.
+
+    The box decode after the network (sigmoids, grid offsets, the concat of pixel
+    coordinates with probabilities) always stays float: one uint8 scale cannot hold both
+    0..416 and 0..1; with `keep_float` the head and segmentation convolutions too.
+    """
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(tensors)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            t = next(self.it, None)
-            return None if t is None else {"InputLayer": t}
 
     with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(fp32), str(pre))
-        model = onnx.load(str(pre))
-        # the box decode after the network (sigmoids, grid offsets, the concat of pixel
-        # coordinates with probabilities) must stay float: one uint8 scale cannot hold
-        # both 0..416 and 0..1
-        exclude = [n.name for n in model.graph.node if not n.name.startswith("/net/")
-                   or (keep_float and n.name.startswith(KEEP_FLOAT_PREFIXES))]
-        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                        nodes_to_exclude=exclude)
+        prepared, _ = prepare_model(fp32, Path(tmp))
+        exclude = default_keep_float(onnx.load(str(prepared)), final_convs=keep_float)
+        static_qdq(prepared, out, CalibrationReader("InputLayer", data, None), "U8S8",
+                   "MinMax", exclude)
 
 
 def manifest(name: str, precision: str, extra: dict) -> Manifest:

@@ -1,0 +1,721 @@
+"""`edged quantize`: static QDQ int8 for any model edged runs, kept only if it is accurate.
+
+The steps, each for a reason measured on the CPUs edged runs on (field notes):
+
+1. Frames. Calibration and held-out frames come from the configured cameras (`-c`), a
+   folder of images or a video (`--frames`), or by default synthetic RoboCup scenes
+   (`edged.synth`): calibration from a training seed block, held-out frames from the
+   evaluation seeds, which also gives ground truth. Every frame goes through the
+   model's own pre-processing (its manifest's `PreprocessSpec`), so the int8 ranges are
+   those of the tensors the daemon feeds.
+2. Prepare. Models below opset 13 are upgraded first (per-channel int8 weights of an
+   opset-11 graph fail to load), then `quant_pre_process` (shape inference and graph
+   optimisation) runs, as the onnxruntime docs require for good QDQ placement.
+3. Candidates. Static QDQ with per-channel weights for each activation/weight type pair
+   and calibration method of the search (`quick` or `full`). The final convolution(s)
+   feeding each output and everything after them (box decode, argmax) stay in float by
+   default: they produce scores, pixel coordinates and logits where int8 steps show.
+4. Gate. Each candidate runs on held-out frames (never the calibration ones) through
+   edged's own `ModelRunner` next to the fp32 model: mask pixel agreement and mIoU
+   against the fp32 masks, detection agreement (boxes matched at IoU >= 0.5) and the mean
+   score change; with ground truth (synthetic scenes) also real mIoU and mAP@0.5. Speed
+   is the median of single-thread runs alternating with the fp32 model, so both see the
+   same machine load. The fastest candidate that passes the gate is written, with a
+   manifest that records how it was made and what was measured.
+
+Needs the `onnx` package (`pip install 'edged[quantize]'`); the daemon never imports
+this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import version_converter
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from edged.evaluate import DetMeter, SegMeter, scene_ids
+from edged.manifest import manifest_path
+from edged.nms import box_iou
+from edged.preprocess import Preprocessor, PreprocessSpec
+from edged.results import Frame, Result
+from edged.runner import ModelError, ModelOptions, ModelRunner
+from edged.synth import CLASS_NAMES, SEG_CLASS_NAMES, render
+
+CALIBRATION_SEED = 700_000  # a training-range seed block, never an evaluation seed
+HOLDOUT_SEED = 1_000_000  # evaluation seeds, as `edged eval` uses
+MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis) needs opset 13
+# ops whose output is "the final layer" when walking back from a graph output
+COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
+TYPE_PAIRS: dict[str, tuple[QuantType, QuantType]] = {
+    "U8S8": (QuantType.QUInt8, QuantType.QInt8),  # the fast pair on x86 (VNNI)
+    "S8S8": (QuantType.QInt8, QuantType.QInt8),  # what ARM and GPUs prefer
+}
+METHODS: dict[str, CalibrationMethod] = {
+    "MinMax": CalibrationMethod.MinMax,
+    "Percentile": CalibrationMethod.Percentile,
+    "Entropy": CalibrationMethod.Entropy,
+}
+SEARCHES: dict[str, tuple[tuple[str, str], ...]] = {
+    # MinMax is the cheapest calibration; S8S8 is there to show what the pair costs here;
+    # Percentile is the usual fix when a few outliers stretch MinMax ranges
+    "quick": (("U8S8", "MinMax"), ("S8S8", "MinMax"), ("U8S8", "Percentile")),
+    "full": tuple((t, m) for m in METHODS for t in TYPE_PAIRS),
+}
+
+
+class QuantizeError(RuntimeError):
+    """Quantization cannot proceed; the message says what and why."""
+
+
+# ----------------------------------------------------------------------------- frames
+
+
+@dataclass
+class FrameSet:
+    """BGR frames for calibration and for the held-out check, and where they came from."""
+
+    calibration: list[np.ndarray]
+    holdout: list[np.ndarray]
+    source: str
+    truth: list[Any] | None = None  # edged.synth.Scene per held-out frame, when known
+
+
+def synthetic_frames(count: int, holdout: int, width: int = 640,
+                     height: int = 480) -> FrameSet:
+    """Calibration from training seeds (8 frames per sequence), held out from eval seeds."""
+    cal = [render(CALIBRATION_SEED + i // 8, (i % 8) * 131, width, height).image
+           for i in range(count)]
+    scenes = [render(seq, idx, width, height) for seq, idx in scene_ids(holdout, HOLDOUT_SEED)]
+    return FrameSet(cal, [s.image for s in scenes],
+                    f"synthetic scenes (calibration seeds {CALIBRATION_SEED}+, held-out seeds "
+                    f"{HOLDOUT_SEED}+)", truth=scenes)
+
+
+def _split(frames: list[np.ndarray], count: int, holdout: int, source: str) -> FrameSet:
+    """The last `holdout` frames are held out (later in a video: not near-duplicates of
+    calibration frames); with too few frames, a quarter is held out."""
+    if len(frames) < 2:
+        raise QuantizeError(f"{source}: need at least 2 readable frames (one to calibrate, "
+                            f"one to check), got {len(frames)}")
+    if len(frames) < count + holdout:
+        holdout = max(1, len(frames) // 4)
+    return FrameSet(frames[:len(frames) - holdout][:count], frames[len(frames) - holdout:],
+                    source)
+
+
+def _even_indices(total: int, want: int) -> set[int]:
+    if total <= want:
+        return set(range(total))
+    return {int(i * total / want) for i in range(want)}
+
+
+def video_frames(path: Path, count: int, holdout: int) -> FrameSet:
+    """Frames spread evenly over the whole video (neighbouring frames add little)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise QuantizeError(f"cannot open video {path}")
+    try:
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        keep = _even_indices(total, count + holdout) if total > 0 else None
+        frames: list[np.ndarray] = []
+        # streams without a frame count: the first count + holdout frames
+        last = total if keep is not None else count + holdout
+        for i in range(last):
+            ok, img = cap.read()
+            if not ok or img is None:
+                break
+            if keep is None or i in keep:
+                frames.append(img if img.ndim == 3 else cv2.cvtColor(img, cv2.COLOR_GRAY2BGR))
+    finally:
+        cap.release()
+    return _split(frames, count, holdout, f"video {path}")
+
+
+def image_frames(folder: Path, count: int, holdout: int) -> FrameSet:
+    import cv2
+
+    from edged.config import IMAGE_EXTENSIONS
+
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise QuantizeError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {folder}")
+    frames = []
+    for i in sorted(_even_indices(len(files), count + holdout)):
+        img = cv2.imread(str(files[i]), cv2.IMREAD_COLOR)
+        if img is not None:
+            frames.append(img)
+    return _split(frames, count, holdout, f"{len(frames)} images from {folder}")
+
+
+def config_frames(config: Any, count: int, holdout: int) -> FrameSet:
+    """Frames from the configured cameras, read with edged's own sources, in turn."""
+    from edged.sources import SourceError, redact, source_for
+
+    cams = [(name, c) for name, c in config.cameras.items() if c.enabled]
+    if not cams:
+        raise QuantizeError("the configuration has no enabled camera")
+    per_cam = math.ceil((count + holdout) / len(cams))
+    frames: list[np.ndarray] = []
+    names = []
+    for name, cam in cams:
+        src = source_for(cam, loop=False)
+        try:
+            src.open()
+            got = 0
+            while got < per_cam:
+                img = src.read()
+                if img is None:
+                    break
+                frames.append(img)
+                got += 1
+        except SourceError as e:
+            raise QuantizeError(f"camera {name}: {e}") from None
+        finally:
+            src.close()
+        names.append(f"{name} ({redact(cam.source)})")
+    # held out: the last frames read, i.e. the last camera's when there are several
+    return _split(frames, count, holdout, "cameras " + ", ".join(names))
+
+
+def frames_for(path: str | None, config: Any | None, count: int, holdout: int) -> FrameSet:
+    if config is not None:
+        return config_frames(config, count, holdout)
+    if path is None:
+        return synthetic_frames(count, holdout)
+    p = Path(path)
+    if p.is_dir():
+        return image_frames(p, count, holdout)
+    if p.is_file():
+        return video_frames(p, count, holdout)
+    raise QuantizeError(f"--frames {path}: no such folder or video file")
+
+
+def tensors(frames: Iterable[np.ndarray], spec: PreprocessSpec, unbatched: bool = False
+            ) -> list[np.ndarray]:
+    """The model's input tensors for `frames`, through edged's own pre-processing."""
+    pre = Preprocessor(spec)
+    out = []
+    for img in frames:
+        pre(img)
+        out.append(pre.tensor[0].copy() if unbatched else pre.tensor.copy())
+    return out
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """A bar on a terminal; plain lines every ~10 % (or 5 s) when stderr is a file/pipe."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self._last_line = 0.0
+        self._last_pct = -1
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        if self.tty:
+            width = 30
+            fill = int(width * done / max(total, 1))
+            end = "\n" if done >= total else ""
+            print(f"\r{label} [{'#' * fill}{'.' * (width - fill)}] {done}/{total}", end=end,
+                  file=self.stream, flush=True)
+            return
+        pct = int(100 * done / max(total, 1)) // 10 * 10
+        now = time.monotonic()
+        if done >= total or pct > self._last_pct or now - self._last_line >= 5.0:
+            if done < total and pct == self._last_pct and now - self._last_line < 5.0:
+                return
+            print(f"{label}: {done}/{total}", file=self.stream, flush=True)
+            self._last_pct, self._last_line = pct, now
+            if done >= total:
+                self._last_pct = -1
+
+
+class CalibrationReader(CalibrationDataReader):
+    """Feeds calibration tensors; `set_range` lets onnxruntime calibrate in strides so
+    the intermediate outputs of only a few frames are held in memory at once."""
+
+    def __init__(self, input_name: str, data: list[np.ndarray],
+                 progress: Callable[[int, int], None] | None) -> None:
+        self.input_name, self.data, self.progress = input_name, data, progress
+        self.start, self.end = 0, len(data)
+        self.pos = 0
+        self.served = 0
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.start, self.end = start_index, min(end_index, len(self.data))
+        self.pos = self.start
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.pos >= self.end:
+            return None
+        t = self.data[self.pos]
+        self.pos += 1
+        self.served += 1
+        if self.progress is not None:
+            self.progress(self.served, len(self.data))
+        return {self.input_name: t}
+
+    def rewind(self) -> None:
+        self.start, self.end, self.pos, self.served = 0, len(self.data), 0, 0
+
+
+# ----------------------------------------------------------------------------- graph
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _name_nodes(model: onnx.ModelProto) -> None:
+    """Unnamed nodes cannot be excluded from quantization by name: give them names."""
+    taken = {n.name for n in model.graph.node if n.name}
+    for i, n in enumerate(model.graph.node):
+        if not n.name:
+            name = f"{n.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            n.name = name
+            taken.add(name)
+
+
+def prepare_model(src: Path, workdir: Path) -> tuple[Path, int]:
+    """Upgrade to opset >= 13 when needed, name every node, run `quant_pre_process`.
+
+    Returns the prepared model's path and the source model's opset.
+    """
+    try:
+        model = onnx.load(str(src))
+    except Exception as e:  # onnx raises DecodeError, OSError, ...: all mean "not a model"
+        raise QuantizeError(f"cannot read {src} as an ONNX model: {e}") from None
+    opset = opset_of(model)
+    if opset < MIN_OPSET:
+        try:
+            model = version_converter.convert_version(model, MIN_OPSET)
+        except Exception as e:  # the converter raises plain RuntimeErrors per op
+            raise QuantizeError(f"{src}: cannot upgrade opset {opset} to {MIN_OPSET} "
+                                f"(per-channel int8 needs it): {e}") from None
+    _name_nodes(model)
+    staged = workdir / "staged.onnx"
+    onnx.save(model, str(staged))
+    pre = workdir / "prepared.onnx"
+    try:
+        quant_pre_process(str(staged), str(pre))
+    except Exception:
+        # symbolic shape inference does not know every op; ONNX shape inference and the
+        # ORT optimiser alone still give QDQ a graph it can place well
+        quant_pre_process(str(staged), str(pre), skip_symbolic_shape=True)
+    model = onnx.load(str(pre))
+    if any(not n.name for n in model.graph.node):
+        _name_nodes(model)
+        onnx.save(model, str(pre))
+    return pre, opset
+
+
+def default_keep_float(model: onnx.ModelProto, final_convs: bool = True) -> list[str]:
+    """Nodes between each graph output and the last compute layer(s) feeding it.
+
+    Walking back from every output until a Conv/MatMul/Gemm finds the post-processing
+    tail (box decode, sigmoids, argmax, casts); with `final_convs` the convolution(s) that
+    produce the raw outputs are kept in float too. For the demo YOEO this is exactly the
+    head and segmentation convolutions plus the decode, as its export did by name.
+    """
+    producer = {o: n for n in model.graph.node for o in n.output}
+    keep: list[str] = []
+    seen: set[str] = set()
+    stack = [o.name for o in model.graph.output]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type in COMPUTE_OPS:
+            if final_convs:
+                keep.append(node.name)
+            continue
+        keep.append(node.name)
+        stack.extend(i for i in node.input if i)
+    return keep
+
+
+def _supports_calibration_cache() -> bool:
+    return "calibration_cache_path" in inspect.signature(quantize_static).parameters
+
+
+def _stride(n: int, most: int = 8) -> int:
+    """Largest divisor of n up to `most` (onnxruntime requires strides to divide n)."""
+    return max(d for d in range(1, min(n, most) + 1) if n % d == 0)
+
+
+def static_qdq(prepared: Path, out: Path, reader: CalibrationReader, types: str = "U8S8",
+               method: str = "MinMax", exclude: Iterable[str] = (),
+               cache: Path | None = None) -> None:
+    """One static QDQ quantization, per-channel weights; `cache` reuses the calibration of
+    the same method across type pairs (onnxruntime >= 1.22 has the option)."""
+    act, weight = TYPE_PAIRS[types]
+    reader.rewind()
+    kw: dict[str, Any] = {}
+    if cache is not None and _supports_calibration_cache():
+        kw["calibration_cache_path"] = str(cache)
+    # onnxruntime's calibrators print() their progress: keep stdout for the table
+    with contextlib.redirect_stdout(sys.stderr):
+        quantize_static(str(prepared), str(out), reader, quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=act, weight_type=weight,
+                        calibrate_method=METHODS[method], nodes_to_exclude=list(exclude),
+                        extra_options={"CalibStridedMinMax": _stride(len(reader))}, **kw)
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class Agreement:
+    """int8 results against fp32 results (and against the truth when there is one)."""
+
+    pixels: int = 0
+    equal: int = 0
+    confusion: np.ndarray = field(default_factory=lambda: np.zeros((256, 256), np.int64))
+    fp32_boxes: int = 0
+    int8_boxes: int = 0
+    matched: int = 0
+    score_delta: float = 0.0
+    seg_truth: SegMeter | None = None
+    det_truth: DetMeter | None = None
+
+    def add(self, ref: Result, res: Result, truth: Any | None = None) -> None:
+        a, b = ref.mask_camera(), res.mask_camera()
+        if a is not None and b is not None:
+            a64 = np.minimum(a.astype(np.int64), 255).ravel()
+            b64 = np.minimum(b.astype(np.int64), 255).ravel()
+            self.pixels += a64.size
+            self.equal += int(np.count_nonzero(a64 == b64))
+            self.confusion += np.bincount(a64 * 256 + b64, minlength=65536).reshape(256, 256)
+        da, db = ref.detections, res.detections
+        self.fp32_boxes += len(da.scores)
+        self.int8_boxes += len(db.scores)
+        if len(da.scores) and len(db.scores):
+            iou = box_iou(da.boxes, db.boxes)
+            iou[da.class_ids[:, None] != db.class_ids[None, :]] = 0.0
+            taken = np.zeros(len(db.scores), bool)
+            for i in np.argsort(-da.scores):
+                cand = np.where(taken, -1.0, iou[i])
+                j = int(cand.argmax())
+                if cand[j] >= 0.5:
+                    taken[j] = True
+                    self.matched += 1
+                    self.score_delta += abs(float(da.scores[i]) - float(db.scores[j]))
+        if truth is not None:
+            if self.seg_truth is None:
+                self.seg_truth = SegMeter(len(SEG_CLASS_NAMES))
+                self.det_truth = DetMeter(len(CLASS_NAMES))
+            if b is not None:
+                self.seg_truth.add(b, truth.segmentation)
+            assert self.det_truth is not None
+            self.det_truth.add(db.boxes, db.scores, db.class_ids, truth.boxes, truth.classes)
+
+    def summary(self) -> dict[str, Any]:
+        c = self.confusion
+        tp = np.diag(c).astype(np.float64)
+        denom = c.sum(0) + c.sum(1) - tp
+        ious = tp[denom > 0] / denom[denom > 0]
+        boxes = max(self.fp32_boxes, self.int8_boxes)
+        out: dict[str, Any] = {
+            "pixel_agreement": self.equal / self.pixels if self.pixels else None,
+            "miou_vs_fp32": float(ious.mean()) if len(ious) else None,
+            # matched pairs over the larger of the two box counts: extra boxes count too
+            "det_agreement": self.matched / boxes if boxes else None,
+            "det_boxes": {"fp32": self.fp32_boxes, "int8": self.int8_boxes,
+                          "matched": self.matched},
+            "score_delta": self.score_delta / self.matched if self.matched else None,
+        }
+        if self.seg_truth is not None and self.det_truth is not None:
+            out["miou"] = float(np.nanmean(self.seg_truth.iou()))
+            aps = self.det_truth.ap()
+            out["map50"] = float(np.nanmean(aps)) if not np.all(np.isnan(aps)) else None
+        return out
+
+
+def _truth_metrics(results: list[Result], truth: list[Any]) -> dict[str, Any]:
+    seg = SegMeter(len(SEG_CLASS_NAMES))
+    det = DetMeter(len(CLASS_NAMES))
+    for r, t in zip(results, truth):
+        m = r.mask_camera()
+        if m is not None:
+            seg.add(m, t.segmentation)
+        d = r.detections
+        det.add(d.boxes, d.scores, d.class_ids, t.boxes, t.classes)
+    aps = det.ap()
+    return {"miou": float(np.nanmean(seg.iou())),
+            "map50": float(np.nanmean(aps)) if not np.all(np.isnan(aps)) else None}
+
+
+def time_pair(ref: ModelRunner, cand: ModelRunner, tensor: np.ndarray, runs: int
+              ) -> tuple[float, float]:
+    """Median ms of `ref` and `cand`, runs alternating so both see the same load."""
+    for _ in range(2):  # first runs are 1.2-2x slower
+        ref.run_tensor(tensor)
+        cand.run_tensor(tensor)
+    a, b = [], []
+    for _ in range(runs):
+        t = time.perf_counter()
+        ref.run_tensor(tensor)
+        a.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        cand.run_tensor(tensor)
+        b.append(time.perf_counter() - t)
+    return float(np.median(a)) * 1e3, float(np.median(b)) * 1e3
+
+
+# ----------------------------------------------------------------------------- the search
+
+
+@dataclass(frozen=True)
+class Gate:
+    min_agreement: float = 0.98
+    max_miou_drop: float = 0.01  # mIoU points / 100
+
+
+@dataclass
+class Candidate:
+    types: str
+    method: str
+    path: Path | None = None
+    ms: float | None = None
+    fp32_ms: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    miou_drop: float | None = None
+    passed: bool = False
+    why: str = ""
+
+    @property
+    def speedup(self) -> float | None:
+        return self.fp32_ms / self.ms if self.ms and self.fp32_ms else None
+
+
+@dataclass
+class Report:
+    model: Path
+    out: Path
+    candidates: list[Candidate]
+    fp32_ms: float | None
+    fp32_truth: dict[str, Any] | None
+    frames: FrameSet
+    keep_float: list[str]
+    opset: int
+    chosen: Candidate | None
+    seconds: float = 0.0
+
+    def table(self) -> str:
+        def f(v: float | None, fmt: str) -> str:
+            return "-" if v is None else format(v, fmt)
+
+        truth = self.fp32_truth is not None
+        head = ["candidate", "act/wgt", "method", "ms p50", "speed-up", "pix agree",
+                "mIoU vs fp32", "det agree", "|d score|"]
+        if truth:
+            head += ["mIoU", "mAP50"]
+        head.append("gate")
+        rows = [["fp32", "-", "-", f(self.fp32_ms, ".1f"), "1.00x", "-", "-", "-", "-"]
+                + ([f(self.fp32_truth["miou"], ".4f"), f(self.fp32_truth["map50"], ".4f")]
+                   if truth else []) + ["reference"]]
+        for i, c in enumerate(self.candidates):
+            m = c.metrics
+            mark = " *" if c is self.chosen else ""
+            row = [f"int8 #{i + 1}{mark}", c.types, c.method, f(c.ms, ".1f"),
+                   "-" if c.speedup is None else f"{c.speedup:.2f}x",
+                   f(m.get("pixel_agreement") and 100 * m["pixel_agreement"], ".2f") + (
+                       "%" if m.get("pixel_agreement") is not None else ""),
+                   f(m.get("miou_vs_fp32"), ".4f"), f(m.get("det_agreement"), ".3f"),
+                   f(m.get("score_delta"), ".4f")]
+            if truth:
+                row += [f(m.get("miou"), ".4f"), f(m.get("map50"), ".4f")]
+            row.append(("pass" if c.passed else "FAIL") + (f" ({c.why})" if c.why else ""))
+            rows.append(row)
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()
+                 for r in [head, *rows]]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+
+def run_search(model: Path, out: Path, frames: FrameSet, *, search: str = "quick",
+               keep_float: Iterable[str] = (), default_keep: bool = True,
+               gate: Gate = Gate(), runs: int = 20, use_truth: bool = True,
+               progress: Callable[[str, int, int], None] | None = None,
+               log: Callable[[str], None] = lambda s: None) -> Report:
+    """Quantize `model` with every candidate of `search`; write the best passing one."""
+    t_start = time.monotonic()
+    if not model.is_file():
+        raise QuantizeError(f"model file not found: {model}")
+    if out.resolve() == model.resolve():
+        raise QuantizeError(f"the output {out} would overwrite the input model")
+    if search not in SEARCHES:
+        raise QuantizeError(f"unknown search {search!r}; known: {', '.join(SEARCHES)}")
+    try:
+        fp32 = ModelRunner(ModelOptions(path=model, threads=1, warmup_runs=0))
+    except ModelError as e:
+        raise QuantizeError(str(e)) from None
+    m = fp32.manifest
+    unbatched = fp32._unbatched
+    cal = tensors(frames.calibration, m.preprocess, unbatched)
+    held = [Frame("holdout", i, img, 0, 0) for i, img in enumerate(frames.holdout)]
+    truth = frames.truth if use_truth and frames.truth is not None and \
+        tuple(m.seg_classes) == SEG_CLASS_NAMES and tuple(m.classes) == CLASS_NAMES else None
+    ref_results = [fp32.infer(f) for f in held]
+    fp32_truth = _truth_metrics(ref_results, truth) if truth else None
+    timing_tensor = tensors(frames.holdout[:1], m.preprocess, unbatched)[0]
+    if unbatched:
+        timing_tensor = timing_tensor[None]  # run_tensor strips the batch axis again
+
+    with tempfile.TemporaryDirectory(prefix="edged-quantize-") as tmp_s:
+        tmp = Path(tmp_s)
+        prepared, opset = prepare_model(model, tmp)
+        pmodel = onnx.load(str(prepared))
+        names = {n.name for n in pmodel.graph.node}
+        unknown = sorted(set(keep_float) - names)
+        if unknown:
+            import difflib
+
+            hints = [f"{u!r} (did you mean {difflib.get_close_matches(u, names, 1)[0]!r}?)"
+                     if difflib.get_close_matches(u, names, 1) else repr(u) for u in unknown]
+            raise QuantizeError("--keep-float: no such node(s) in the prepared graph: "
+                                + ", ".join(hints))
+        keep = (default_keep_float(pmodel) if default_keep else []) + \
+            [k for k in keep_float if k not in (default_keep_float(pmodel) if default_keep
+                                                else [])]
+        del pmodel
+        # the fp32 manifest beside each candidate, so its runner reads the same tensors
+        manifest_json = m.to_json()
+        reader = CalibrationReader(m.input_name, cal, None)
+        candidates = [Candidate(t, meth) for t, meth in SEARCHES[search]]
+        calibrated: set[str] = set()
+        for i, c in enumerate(candidates):
+            c.path = tmp / f"cand{i}.onnx"
+            fresh = c.method not in calibrated or not _supports_calibration_cache()
+            label = f"calibrating {c.method} ({len(cal)} frames)"
+            reader.progress = (lambda d, n, label=label: progress(label, d, n)) \
+                if progress is not None and fresh else None
+            log(f"candidate {i + 1}/{len(candidates)}: {c.types} {c.method}"
+                + ("" if fresh else " (calibration reused)"))
+            try:
+                static_qdq(prepared, c.path, reader, c.types, c.method, keep,
+                           cache=tmp / f"calib-{c.method}.json")
+            except Exception as e:  # onnxruntime.quantization raises many kinds
+                c.why = f"quantization failed: {str(e).strip().splitlines()[0][:120]}"
+                c.path = None
+                continue
+            calibrated.add(c.method)
+            c.path.with_suffix(".json").write_text(manifest_json)
+            try:
+                runner = ModelRunner(ModelOptions(path=c.path, threads=1, warmup_runs=0))
+            except ModelError as e:
+                c.why = f"does not load: {e}"
+                continue
+            agree = Agreement()
+            for f, ref in zip(held, ref_results):
+                agree.add(ref, runner.infer(f),
+                          truth[f.seq] if truth is not None else None)
+            c.metrics = agree.summary()
+            c.fp32_ms, c.ms = time_pair(fp32, runner, timing_tensor, runs)
+            del runner
+            _judge(c, gate, fp32_truth)
+        passing = [c for c in candidates if c.passed]
+        chosen = max(passing, key=lambda c: c.speedup or 0.0) if passing else None
+        fp32_ms = float(np.median([c.fp32_ms for c in candidates if c.fp32_ms])) \
+            if any(c.fp32_ms for c in candidates) else None
+        report = Report(model, out, candidates, fp32_ms, fp32_truth, frames, keep, opset, chosen)
+        report.seconds = time.monotonic() - t_start
+        if chosen is not None and chosen.path is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(chosen.path, out)
+            manifest_path(out).write_text(_manifest(report, fp32).to_json())
+    return report
+
+
+def _judge(c: Candidate, gate: Gate, fp32_truth: dict[str, Any] | None) -> None:
+    m = c.metrics
+    agree = m.get("pixel_agreement")
+    if fp32_truth is not None and m.get("miou") is not None:
+        # with ground truth, what matters is accuracy lost, not bit-exact masks
+        c.miou_drop = fp32_truth["miou"] - m["miou"]
+    elif m.get("miou_vs_fp32") is not None:
+        c.miou_drop = 1.0 - m["miou_vs_fp32"]
+    why = []
+    if agree is not None and agree < gate.min_agreement:
+        why.append(f"agreement {100 * agree:.2f}% < {100 * gate.min_agreement:g}%")
+    if c.miou_drop is not None and c.miou_drop > gate.max_miou_drop:
+        why.append(f"mIoU drop {100 * c.miou_drop:.2f} > {100 * gate.max_miou_drop:g} pt")
+    if agree is None and c.miou_drop is None:
+        why.append("no mask to compare")
+    c.passed = not why
+    c.why = "; ".join(why)
+
+
+def _manifest(report: Report, fp32: ModelRunner):
+    c = report.chosen
+    assert c is not None
+    act, wgt = c.types[:2], c.types[2:]
+    record = {
+        "format": "QDQ", "activations": act, "weights": wgt, "per_channel": True,
+        "method": c.method,
+        "calibration": {"source": report.frames.source,
+                        "frames": len(report.frames.calibration)},
+        "holdout": {"frames": len(report.frames.holdout),
+                    "ground_truth": report.fp32_truth is not None},
+        "kept_float": report.keep_float,
+        "opset_upgraded_from": report.opset if report.opset < MIN_OPSET else None,
+        "speedup": round(c.speedup, 3) if c.speedup else None,
+        "ms_p50": {"int8": round(c.ms or 0.0, 3), "fp32": round(c.fp32_ms or 0.0, 3),
+                   "threads": 1},
+        "agreement": {k: (round(v, 6) if isinstance(v, float) else v)
+                      for k, v in c.metrics.items()},
+        "fp32_truth": report.fp32_truth,
+        "source_model": report.model.name,
+        "onnxruntime": ort.__version__,
+    }
+    m = fp32.manifest
+    return replace(m, name=report.out.stem, extra={**m.extra, "precision": "int8"},
+                   quantization=json.loads(json.dumps(record)))
+
+
+def iter_lines(report: Report) -> Iterator[str]:
+    """The human summary printed after the table."""
+    f = report.frames
+    yield (f"calibration: {len(f.calibration)} frames, held out: {len(f.holdout)} frames "
+           f"({f.source}); kept in float: {len(report.keep_float)} node(s)")
+    if report.opset < MIN_OPSET:
+        yield f"opset {report.opset} upgraded to {MIN_OPSET} for per-channel int8"
+    c = report.chosen
+    if c is None:
+        yield "no candidate meets the accuracy gate: nothing written"
+    else:
+        yield (f"wrote {report.out} ({c.types} {c.method}, {c.speedup:.2f}x fp32 on 1 thread) "
+               f"and {manifest_path(report.out).name} in {report.seconds:.0f} s")

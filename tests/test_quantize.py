@@ -1,0 +1,201 @@
+"""`edged quantize` end to end on a small YOEO-layout conv model (real calibration, real
+int8 sessions, real video and image files), its gate, its manifest and its errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+
+from edged.cli import main
+from edged.manifest import load_manifest
+from edged.quantize import default_keep_float
+from edged.results import Frame
+from edged.runner import ModelOptions, ModelRunner
+from edged.synth import render
+from edged.training.refmodel import build
+
+REPO = Path(__file__).resolve().parent.parent
+# a lenient gate: a random-weight model with 4-16 channels per layer has too little
+# signal for int8 to match fp32 masks at 98% (the gate itself is tested with a strict one,
+# real accuracy on the trained demo model in docs/benchmarks.md)
+QUICK = ["--count", "8", "--holdout", "4", "--runs", "3", "--search", "quick",
+         "--min-agreement", "0.5", "--max-miou-drop", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference layout at 1/8 of the channels: ~0.35 GFLOPs, a few ms a run."""
+    path = tmp_path_factory.mktemp("qmodels") / "small-fp32.onnx"
+    build(path, width=0.125)
+    return path
+
+
+def scene_images(n: int, w: int = 320, h: int = 240) -> list[np.ndarray]:
+    return [render(50 + i // 4, (i % 4) * 97, w, h).image for i in range(n)]
+
+
+def write_video(path: Path, frames: list[np.ndarray]) -> Path:
+    h, w = frames[0].shape[:2]
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (w, h))
+    assert vw.isOpened()
+    for f in frames:
+        vw.write(f)
+    vw.release()
+    return path
+
+
+def check_output(out: Path, calib_frames: int, source_word: str) -> dict:
+    assert out.is_file()
+    m = load_manifest(out.with_suffix(".json"))
+    q = m.quantization
+    assert m.name == out.stem and m.extra["precision"] == "int8"
+    assert q["format"] == "QDQ" and q["per_channel"] is True
+    assert (q["activations"], q["weights"]) in {("U8", "S8"), ("S8", "S8")}
+    assert q["method"] in {"MinMax", "Percentile"}
+    assert q["calibration"]["frames"] == calib_frames
+    assert source_word in q["calibration"]["source"]
+    a = q["agreement"]
+    assert 0.5 <= a["pixel_agreement"] <= 1.0
+    assert 0.0 <= a["miou_vs_fp32"] <= 1.0
+    assert q["speedup"] > 0 and q["ms_p50"]["int8"] > 0 and q["ms_p50"]["threads"] == 1
+    # the final convolutions and the decode tail stayed float, by name
+    assert "conv_162" in q["kept_float"] and "argmax_163" in q["kept_float"]
+    # the int8 model runs in edged's runner and gives a mask and YOEO rows
+    runner = ModelRunner(ModelOptions(path=out, threads=1))
+    assert runner.model_id == out.stem
+    r = runner.infer(Frame("t", 0, render(7, 3, 320, 240).image, 0, 0))
+    assert r.mask_camera().shape == (240, 320)
+    qdq = [n for n in onnx.load(str(out)).graph.node if n.op_type == "QuantizeLinear"]
+    assert len(qdq) > 10
+    return q
+
+
+def test_video_calibration_through_the_cli(small_model, tmp_path):
+    video = write_video(tmp_path / "cal.avi", scene_images(16))
+    out = tmp_path / "small-int8.onnx"
+    r = subprocess.run([sys.executable, "-m", "edged", "quantize", str(small_model), "-o",
+                        str(out), "--frames", str(video), *QUICK],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:5] == ["candidate", "act/wgt", "method", "ms", "p50"]
+    assert lines[2].startswith("fp32 ") and "reference" in lines[2]
+    rows = [ln for ln in lines if ln.startswith("int8 #")]
+    assert len(rows) == 3 and sum("*" in ln for ln in rows) == 1
+    pairs = [(t, m) for ln in rows for t, m in re.findall(r"(U8S8|S8S8)\s+(\w+)", ln)]
+    assert pairs == [("U8S8", "MinMax"), ("S8S8", "MinMax"), ("U8S8", "Percentile")]
+    assert "calibration: 8 frames, held out: 4 frames (video " in r.stdout
+    assert f"wrote {out}" in r.stdout
+    # not a terminal: plain progress lines on stderr, none on stdout
+    assert "calibrating MinMax (8 frames): 8/8" in r.stderr
+    assert "calibrating" not in r.stdout
+    check_output(out, 8, "video")
+
+
+def test_image_folder(small_model, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, img in enumerate(scene_images(12)):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), img)
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "q.onnx"
+    assert main(["quantize", str(small_model), "-o", str(out), "--frames", str(folder),
+                 *QUICK]) == 0
+    assert "calibration: 8 frames, held out: 4 frames (12 images from" in capsys.readouterr().out
+    check_output(out, 8, "images")
+
+
+def test_config_cameras(small_model, tmp_path, capsys):
+    cfg = tmp_path / "edged.yaml"
+    cfg.write_text(f"model:\n  path: {small_model}\ncameras:\n  front:\n    source: synthetic\n"
+                   "    width: 320\n    height: 240\n    seed: 3\n")
+    out = tmp_path / "q.onnx"
+    assert main(["quantize", str(small_model), "-o", str(out), "-c", str(cfg), *QUICK]) == 0
+    assert "cameras front (synthetic)" in capsys.readouterr().out
+    check_output(out, 8, "cameras front")
+
+
+def test_gate_that_cannot_pass_exits_3_with_the_table(small_model, tmp_path, capsys):
+    out = tmp_path / "q.onnx"
+    code = main(["quantize", str(small_model), "-o", str(out), *QUICK,
+                 "--min-agreement", "1.01"])
+    cap = capsys.readouterr()
+    assert code == 3
+    assert cap.out.count("FAIL (agreement") == 3 and "fp32 " in cap.out
+    assert "< 101%" in cap.out
+    assert "nothing written" in cap.out
+    assert "no candidate meets the accuracy gate (pixel agreement >= 101%" in cap.err
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+def test_synthetic_default_has_ground_truth_columns(small_model, tmp_path, capsys):
+    out = tmp_path / "q.onnx"
+    assert main(["quantize", str(small_model), "-o", str(out), *QUICK]) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[0].split()[-3:] == ["mIoU", "mAP50", "gate"]
+    q = check_output(out, 8, "synthetic")
+    # random weights: ground-truth accuracy is low but measured, for fp32 and int8 alike
+    assert 0.0 <= q["fp32_truth"]["miou"] <= 1.0 and "miou" in q["agreement"]
+
+
+def test_opset11_model_is_upgraded(tmp_path, capsys):
+    src = tmp_path / "old.onnx"
+    build(src, width=0.125, opset=11)
+    assert onnx.load(str(src)).opset_import[0].version == 11
+    out = tmp_path / "old-int8.onnx"
+    assert main(["quantize", str(src), "-o", str(out), *QUICK]) == 0
+    assert "opset 11 upgraded to 13 for per-channel int8" in capsys.readouterr().out
+    q = onnx.load(str(out))
+    assert next(o.version for o in q.opset_import if o.domain in ("", "ai.onnx")) >= 13
+    assert json.loads(out.with_suffix(".json").read_text())["quantization"][
+        "opset_upgraded_from"] == 11
+    ModelRunner(ModelOptions(path=out, threads=1)).run_tensor(
+        np.zeros((1, 3, 416, 416), np.float32))
+
+
+def test_errors_are_clear(small_model, tmp_path, capsys):
+    assert main(["quantize", str(tmp_path / "nope.onnx"), "-o", str(tmp_path / "q.onnx")]) == 1
+    assert "model file not found" in capsys.readouterr().err
+    assert main(["quantize", str(small_model), "-o", str(small_model)]) == 1
+    assert "would overwrite the input model" in capsys.readouterr().err
+    assert main(["quantize", str(small_model), "-o", str(tmp_path / "q.onnx"),
+                 "--frames", str(tmp_path / "missing.avi")]) == 1
+    assert "no such folder or video file" in capsys.readouterr().err
+    assert main(["quantize", str(small_model), "-o", str(tmp_path / "q.onnx"), *QUICK,
+                 "--keep-float", "convv_162"]) == 1
+    assert "no such node(s) in the prepared graph: 'convv_162' (did you mean 'conv_162'" in \
+        capsys.readouterr().err
+
+
+def test_keep_float_defaults(small_model):
+    model = onnx.load(str(small_model))
+    keep = default_keep_float(model)
+    ops = {n.name: n.op_type for n in model.graph.node}
+    # the two head convolutions and the segmentation logits conv, nothing deeper
+    assert sorted(k for k in keep if ops[k] == "Conv") == ["conv_162", "conv_46", "conv_61"]
+    assert {"ArgMax", "Cast", "Sigmoid", "Exp", "Concat"} <= {ops[k] for k in keep}
+    assert not any(ops[k] in ("LeakyRelu", "MaxPool", "Resize") for k in keep)
+    assert [ops[k] for k in default_keep_float(model, final_convs=False)].count("Conv") == 0
+
+
+def test_without_onnx_quantize_exits_2_and_run_never_imports_it():
+    code = ("import sys; sys.modules['onnx'] = None; from edged.cli import main; "
+            "sys.exit(main(['quantize', 'm.onnx', '-o', 'q.onnx']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60, cwd=REPO)
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("edged quantize: the onnx package is missing: "
+                                "pip install 'edged[quantize]'")
+    code = ("import sys; import edged.cli, edged.runner, edged.pipeline, edged.config; "
+            "print('onnx' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60, cwd=REPO)
+    assert r.stdout.strip() == "False", r.stderr

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 
 import zmq
@@ -41,6 +41,11 @@ from edged.stats import (
 )
 
 log = logging.getLogger(__name__)
+
+
+# daemon-wide topics delivered with stats=True, and their decoders
+_DAEMON_TOPICS: dict[bytes, Callable[[list[zmq.Frame]], Stats | ModelEvent]] = {
+    TOPIC_STATS.encode(): decode_stats, TOPIC_MODEL.encode(): decode_model_event}
 
 
 class Subscriber:
@@ -127,27 +132,19 @@ class Subscriber:
 
     def _handle(self, frames: list[zmq.Frame], t_received: int
                 ) -> Message | EndOfStream | Stats | CameraState | ModelEvent | None:
-        if self.stats and frames[0].bytes == TOPIC_STATS.encode():
+        first = frames[0].bytes
+        kind = first.rpartition(b"/")[2]
+        decoder = None
+        if self.stats and first in _DAEMON_TOPICS:
+            decoder = _DAEMON_TOPICS[first]
+        elif self.states and kind == TOPIC_STATE.encode():
+            decoder = decode_state
+        if decoder is not None:
             try:
-                return decode_stats(frames)
+                return decoder(frames)
             except ProtocolError as e:
                 self.malformed += 1
-                log.debug("skipping malformed stats message: %s", e)
-                return None
-        if self.stats and frames[0].bytes == TOPIC_MODEL.encode():
-            try:
-                return decode_model_event(frames)
-            except ProtocolError as e:
-                self.malformed += 1
-                log.debug("skipping malformed model message: %s", e)
-                return None
-        kind = frames[0].bytes.rpartition(b"/")[2]
-        if self.states and kind == TOPIC_STATE.encode():
-            try:
-                return decode_state(frames)
-            except ProtocolError as e:
-                self.malformed += 1
-                log.debug("skipping malformed state message: %s", e)
+                log.debug("skipping malformed %r message: %s", first[:80], e)
                 return None
         if kind not in (TOPIC_RESULT.encode(), TOPIC_EOS.encode()):
             self.ignored += 1  # reserved topics: not ours to decode (yet)

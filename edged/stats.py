@@ -42,16 +42,25 @@ def encode_stats(cameras: dict[str, dict[str, Any]], interval_s: float) -> list[
     return [TOPIC_STATS.encode(), msgpack.packb(header, use_single_float=True)]
 
 
+def _header(frames: Sequence[bytes | memoryview | zmq.Frame], kind: str,
+            topic_bytes: bytes | None) -> tuple[bytes, dict[str, Any]]:
+    """(topic, header map) of a 2-frame daemon message of `type` `kind`; ProtocolError
+    for anything else. `topic_bytes`: the exact topic expected (None: checked by caller)."""
+    parts = [f.bytes if isinstance(f, zmq.Frame) else bytes(f) for f in frames]
+    if len(parts) != 2 or (topic_bytes is not None and parts[0] != topic_bytes):
+        raise ProtocolError(f"{kind}: expected 2 frames"
+                            + (f" on {topic_bytes.decode()!r}" if topic_bytes else ""))
+    h = msgpack.unpackb(parts[1], raw=False, strict_map_key=True)
+    if not isinstance(h, dict) or h.get("type") != kind:
+        raise ProtocolError(f"{kind}: header is not a {kind} map")
+    if h.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(f"{kind}: unsupported version {h.get('v')!r}")
+    return parts[0], h
+
+
 def decode_stats(frames: Sequence[bytes | memoryview | zmq.Frame]) -> Stats:
     try:
-        parts = [f.bytes if isinstance(f, zmq.Frame) else bytes(f) for f in frames]
-        if len(parts) != 2 or parts[0] != TOPIC_STATS.encode():
-            raise ProtocolError(f"stats: expected 2 frames on {TOPIC_STATS!r}")
-        h = msgpack.unpackb(parts[1], raw=False, strict_map_key=True)
-        if not isinstance(h, dict) or h.get("type") != "stats":
-            raise ProtocolError("stats: header is not a stats map")
-        if h.get("v") != PROTOCOL_VERSION:
-            raise ProtocolError(f"stats: unsupported version {h.get('v')!r}")
+        _, h = _header(frames, "stats", TOPIC_STATS.encode())
         cams = h.get("cameras")
         if not isinstance(cams, dict) or not all(isinstance(v, dict) for v in cams.values()):
             raise ProtocolError("stats: 'cameras' must map names to maps")
@@ -83,18 +92,11 @@ def encode_state(camera: str, state: str, detail: str = "") -> list[bytes]:
 
 def decode_state(frames: Sequence[bytes | memoryview | zmq.Frame]) -> CameraState:
     try:
-        parts = [f.bytes if isinstance(f, zmq.Frame) else bytes(f) for f in frames]
-        if len(parts) != 2:
-            raise ProtocolError("state: expected 2 frames")
-        h = msgpack.unpackb(parts[1], raw=False, strict_map_key=True)
-        if not isinstance(h, dict) or h.get("type") != "state":
-            raise ProtocolError("state: header is not a state map")
-        if h.get("v") != PROTOCOL_VERSION:
-            raise ProtocolError(f"state: unsupported version {h.get('v')!r}")
+        first, h = _header(frames, "state", None)
         cam, state, detail = h.get("camera"), h.get("state"), h.get("detail", "")
         if not all(isinstance(x, str) for x in (cam, state, detail)):
             raise ProtocolError("state: camera, state and detail must be strings")
-        if parts[0] != topic(cam, TOPIC_STATE):
+        if first != topic(cam, TOPIC_STATE):
             raise ProtocolError("state: topic does not match the camera")
         return CameraState(cam, state, detail, int(h["t_ns"]))
     except ProtocolError:
@@ -122,14 +124,7 @@ def encode_model_event(variant: str, rung: int, previous: str, reason: str) -> l
 
 def decode_model_event(frames: Sequence[bytes | memoryview | zmq.Frame]) -> ModelEvent:
     try:
-        parts = [f.bytes if isinstance(f, zmq.Frame) else bytes(f) for f in frames]
-        if len(parts) != 2 or parts[0] != TOPIC_MODEL.encode():
-            raise ProtocolError(f"model: expected 2 frames on {TOPIC_MODEL!r}")
-        h = msgpack.unpackb(parts[1], raw=False, strict_map_key=True)
-        if not isinstance(h, dict) or h.get("type") != "model":
-            raise ProtocolError("model: header is not a model map")
-        if h.get("v") != PROTOCOL_VERSION:
-            raise ProtocolError(f"model: unsupported version {h.get('v')!r}")
+        _, h = _header(frames, "model", TOPIC_MODEL.encode())
         strings = (h.get("variant"), h.get("previous"), h.get("reason"))
         if not all(isinstance(x, str) for x in strings) or not isinstance(h.get("rung"), int):
             raise ProtocolError("model: variant, previous, reason must be strings, rung an int")

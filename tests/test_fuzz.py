@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 from edged.codec import EndOfStream, Message, ProtocolError, decode
 from edged.config import ConfigError, parse_config
-from edged.stats import CameraState, Stats, decode_state, decode_stats
+from edged.stats import (
+    CameraState,
+    ModelEvent,
+    Stats,
+    decode_model_event,
+    decode_state,
+    decode_stats,
+)
 
 SETTINGS = settings(max_examples=300, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -117,3 +124,25 @@ def test_state_decoder_rejects_garbage_cleanly(header, topic):
         return
     with contextlib.suppress(ProtocolError):
         assert isinstance(decode_state([topic, packed]), CameraState)
+
+
+@SETTINGS
+@given(headers)
+def test_model_event_decoder_rejects_garbage_cleanly(header):
+    try:
+        packed = msgpack.packb(header, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError):
+        return
+    with contextlib.suppress(ProtocolError):
+        assert isinstance(decode_model_event([b"_model", packed]), ModelEvent)
+
+
+def test_model_event_round_trip():
+    from edged.stats import encode_model_event
+
+    ev = decode_model_event(encode_model_event("int8", 1, "fp32", "35% missed"))
+    assert (ev.variant, ev.rung, ev.previous, ev.reason) == ("int8", 1, "fp32", "35% missed")
+    import pytest
+
+    with pytest.raises(ProtocolError, match="model: expected 2 frames on '_model'"):
+        decode_model_event([b"_stats", encode_model_event("a", 0, "b", "c")[1]])

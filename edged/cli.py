@@ -138,7 +138,7 @@ def format_message(msg) -> str:
     flags = f" [{','.join(msg.flags)}]" if msg.flags else ""
     return (f"{msg.camera} #{msg.seq:<5d} e2e {msg.latency_ms:5.1f} ms  "
             f"inference {msg.timings_ms.get('inference', float('nan')):5.1f} ms  "
-            f"dets: {dets}  mask: {mask_summary(msg)}{flags}")
+            f"dets: {dets}  mask: {mask_summary(msg)}  [{msg.model}]{flags}")
 
 
 def _on_signal(pipeline, sig: signal.Signals) -> None:
@@ -169,6 +169,22 @@ def cmd_check(args: argparse.Namespace) -> int:
           f"\n  classes {', '.join(d['classes'])}; segmentation {', '.join(d['seg_classes'])}"
           f"\n  {d['threads']} thread(s)")
     print(format_provider_report(d["providers"]))
+    from edged.workers import plan
+
+    wp = plan(cfg)
+    print(f"  plan: {wp.workers} inference worker(s) x {wp.threads} thread(s) on {wp.cores} "
+          f"core(s) (model.workers {cfg.model.workers or 'auto'}, model.threads "
+          f"{cfg.model.threads or 'auto'})")
+    if cfg.model.ladder is not None:
+        for i, v in enumerate(cfg.model.ladder.variants):
+            try:
+                r = ModelRunner(ModelOptions.from_config(cfg.model.model_copy(
+                    update={"path": v.path})))
+            except ModelError as e:
+                print(f"model.ladder.variants[{i}]: {e}", file=sys.stderr)
+                return 1
+            print(f"  ladder rung {i + 1}: {v.name or r.model_id} ({v.path}, input "
+                  f"{r.describe()['input']}): OK")
     return 0
 
 
@@ -231,7 +247,8 @@ def cmd_echo(args: argparse.Namespace) -> int:
                     "detections": [{"class": c, "score": round(float(s), 3),
                                     "box": [round(float(v), 1) for v in b]}
                                    for c, s, b in zip(labels, msg.scores, msg.boxes)],
-                    "mask_classes": present, "flags": list(msg.flags)}), flush=True)
+                    "mask_classes": present, "model": msg.model,
+                    "flags": list(msg.flags)}), flush=True)
         if sub.gaps:
             print(f"edged echo: {sub.gaps} frame(s) missing in sequence numbers", file=sys.stderr)
     return 0

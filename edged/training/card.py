@@ -26,18 +26,22 @@ from edged.synth import render
 
 
 def latency(runners: list[ModelRunner], runs: int, frames: int = 16) -> list[dict]:
-    pre = Preprocessor(runners[0].manifest.preprocess)
-    tensors = []
-    for i in range(frames):
-        pre(render(2_000_000 + i, 50, 640, 480).image)
-        tensors.append(pre.tensor.copy())
-    for r in runners:  # warm-up
-        for t in tensors[:4]:
+    # each model gets the frames through its own pre-processing (input sizes may differ)
+    images = [render(2_000_000 + i, 50, 640, 480).image for i in range(frames)]
+    tensors: list[list[np.ndarray]] = []
+    for r in runners:
+        pre = Preprocessor(r.manifest.preprocess)
+        tensors.append([])
+        for img in images:
+            pre(img)
+            tensors[-1].append(pre.tensor.copy())
+    for r, ts in zip(runners, tensors):  # warm-up
+        for t in ts[:4]:
             r.run_tensor(t)
     times: list[list[float]] = [[] for _ in runners]
     for i in range(runs):
-        t = tensors[i % frames]
         for k, r in enumerate(runners):
+            t = tensors[k][i % frames]
             t0 = time.perf_counter()
             r.run_tensor(t)
             times[k].append((time.perf_counter() - t0) * 1e3)

@@ -275,6 +275,8 @@ class CaptureSource:
         self._bad_run = 0
         if img.ndim == 2:
             img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+        elif img.ndim == 3 and img.shape[2] == 4:  # e.g. a GStreamer pipeline ending in BGRx
+            img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
         return img
 
     def _rewind(self) -> np.ndarray | None:

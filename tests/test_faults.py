@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -207,3 +208,38 @@ def test_network_camera_sending_garbage_is_restarted(tmp_path, test_model, tcp_e
     log = d.log()
     assert "camera ipcam: undecodable frame from" in log
     assert "Traceback" not in log
+
+
+def test_image_swapped_for_a_non_image_mid_run_is_skipped(tmp_path, test_model, tcp_endpoint,
+                                                          start_daemon):
+    folder = tmp_path / "stills"
+    folder.mkdir()
+    widths = [320, 240, 200, 160]  # each image its own width: the results say which it was
+    for i, w in enumerate(widths):
+        cv2.imwrite(str(folder / f"{i}.png"), painted_frame(w, 120)[0])
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, [tcp_endpoint], cams(steady=10) + f"""
+  stills:
+    source: {folder}
+    fps: 10
+    loop: true""")
+    with Subscriber(tcp_endpoint, states=True) as sub:
+        d = start_daemon(cfg)
+        msgs = gather(sub, 0, until=count("stills", 6), limit=60)
+        junk = tmp_path / "junk.png"
+        junk.write_bytes(b"\x89PNG\r\n\x1a\n but then not a PNG")
+        os.replace(junk, folder / "2.png")
+        # frames read from here on (a read of the old file under way may still finish)
+        t_swapped = time.time_ns() + 200_000_000
+        d.wait_for(f"camera stills: unreadable image {folder / '2.png'}")
+        later = gather(sub, 0, until=lambda ms: sum(
+            isinstance(m, Message) and m.camera == "stills" and m.t_capture_ns > t_swapped
+            for m in ms) >= 9, limit=60)
+        code, _ = d.terminate()
+    assert code == 0, d.log()
+    assert {m.frame_w for m in later if isinstance(m, Message) and m.camera == "stills"
+            and m.t_capture_ns > t_swapped} == {320, 240, 160}  # skipped; the others go on
+    stills = [m.seq for m in msgs + later if isinstance(m, Message) and m.camera == "stills"]
+    assert stills == sorted(stills)
+    assert not [m for m in msgs + later if isinstance(m, EndOfStream)]
+    assert all(s == "running" for s, _ in states_of(msgs + later, "stills"))
+    assert "Traceback" not in d.log()

@@ -447,9 +447,8 @@ class _Session:
         self.frames = 0  # good frames delivered
         self.abandoned = False  # set by the supervisor under CaptureThread._lock
         self.abandoned_at = 0.0
-        # ("eos" | "stop" | "error" | "corrupt" | "crash", detail), set when the reader ends
+        # ("eos" | "stop" | "error" | "crash", detail), set when the reader ends
         self.outcome: tuple[str, str] = ("stop", "")
-        self.exc: BaseException | None = None
         self.done = threading.Event()
         self.thread: threading.Thread | None = None
 

@@ -27,6 +27,12 @@ from edged.results import Frame
 
 log = logging.getLogger("edged.sources")
 
+# FFmpeg prints every decode error of a garbage stream to stderr (the journal), 30 lines a
+# second for a 30 fps camera; edged counts them and logs once per state change instead.
+# Read by OpenCV when FFmpeg is first used; OPENCV_FFMPEG_DEBUG=1 with
+# OPENCV_FFMPEG_LOGLEVEL=32 in the environment brings FFmpeg's messages back for debugging.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")  # AV_LOG_FATAL
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -686,7 +692,7 @@ class CaptureThread:
 
     def _capture(self, session: _Session) -> tuple[str, str]:
         """Read until stopped ("stop"), end of stream ("eos") or too many corrupt frames
-        from a live source ("corrupt"). SourceError and crashes propagate."""
+        in a row from a live source ("error"). SourceError and crashes propagate."""
         src = session.source
         fps = self.fps or src.default_fps()
         period = 1.0 / fps if (self.pace and fps) else 0.0

@@ -265,7 +265,8 @@ class CaptureSource:
                 # a garbage part in an MJPEG stream fails one read and the next one works;
                 # a dropped connection fails every read: the capture thread tells them
                 # apart by counting failures in a row
-                raise CorruptFrame(f"undecodable frame from {self.description}")
+                raise CorruptFrame(f"no frame from {self.description} (undecodable data or "
+                                   "connection lost)")
             pos = int(cap.get(cv2.CAP_PROP_POS_FRAMES))
             count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
             if count > 0 and pos < count - 1 and self._bad_run < self.FILE_READ_RETRIES:

@@ -200,13 +200,14 @@ def test_network_camera_sending_garbage_is_restarted(tmp_path, test_model, tcp_e
     assert code == 0, d.log()
     states = states_of(msgs, "ipcam")
     detail = next(d_ for s, d_ in states if s == "reconnecting")
-    assert detail.startswith(f"5 bad frames in a row, last: undecodable frame from {server.url}")
+    assert detail.startswith(f"5 bad frames in a row, last: no frame from {server.url} "
+                             "(undecodable data or connection lost)")
     ipcam = [m for m in msgs if isinstance(m, Message) and m.camera == "ipcam"]
     assert all((m.frame_w, m.frame_h) == (160, 120) for m in ipcam)
     assert np.diff([m.seq for m in ipcam]).min() > 0
     assert len(steady_seqs(msgs)) >= 10
     log = d.log()
-    assert "camera ipcam: undecodable frame from" in log
+    assert f"camera ipcam: no frame from {server.url} (undecodable data" in log
     assert "[mjpeg @" not in log  # FFmpeg's per-frame errors stay out of the journal
     assert "Traceback" not in log
 
@@ -243,4 +244,27 @@ def test_image_swapped_for_a_non_image_mid_run_is_skipped(tmp_path, test_model, 
     assert stills == sorted(stills)
     assert not [m for m in msgs + later if isinstance(m, EndOfStream)]
     assert all(s == "running" for s, _ in states_of(msgs + later, "stills"))
+    assert "Traceback" not in d.log()
+
+
+def test_sigterm_while_a_reader_is_blocked_in_a_hung_stream(tmp_path, test_model, tcp_endpoint,
+                                                            start_daemon, mjpeg_server):
+    img, _ = painted_frame(160, 120)
+    server = mjpeg_server(lambda i: img)
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, [tcp_endpoint], cams(steady=10) + f"""
+  ipcam:
+    source: {server.url}
+    stall_timeout_s: 60""")
+    with Subscriber(tcp_endpoint) as sub:
+        d = start_daemon(cfg)
+        d.wait_for("camera ipcam: running")
+        gather(sub, 0, until=count("ipcam", 3), limit=30)
+        server.hang.set()  # the reader now sits inside FFmpeg's read, for a long time
+        gather(sub, 1.0)
+        code, took = d.terminate()
+        rest = gather(sub, 0, until=lambda ms: len(
+            {m.camera for m in ms if isinstance(m, EndOfStream)}) == 2, limit=5)
+    assert code == 0 and took < 5.0, (code, took, d.log())
+    assert {(m.camera, m.reason) for m in rest if isinstance(m, EndOfStream)} == {
+        ("steady", "shutdown"), ("ipcam", "shutdown")}
     assert "Traceback" not in d.log()

@@ -10,6 +10,7 @@ code raises (a bug, for the crash budget) and one blocked in a call that never r
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -322,3 +323,35 @@ def test_folder_with_no_readable_image_fails_clearly(tmp_path: Path):
         cap.join(5)
         rec.close()
     assert cap.error == f"no readable image in {folder}"
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_repeated_stalls_of_a_real_stream_leak_no_threads_or_fds(mjpeg_server):
+    img = np.full((120, 160, 3), 90, np.uint8)
+    server = mjpeg_server(lambda i: img, fps=30)
+    policy = RestartPolicy(stall_timeout_s=0.5)
+    rec = Recorder()
+    # FFmpeg's read timeout follows the policy (2 x 0.5 + 1 s): abandoned readers return
+    cap = start(rec, make_source("url", server.url, policy=policy), policy)
+    try:
+        rec.wait(lambda: len(rec.frames) >= 10)
+        threads, fds = threading.active_count(), open_fds()
+        for i in range(1, 5):
+            server.hang.set()
+            rec.wait(lambda i=i: cap.stalls == i)
+            server.hang.clear()
+            n = len(rec.frames)
+            rec.wait(lambda n=n: cap.state == "running" and len(rec.frames) > n + 5)
+        # every abandoned reader came back, closed its capture and its connection
+        rec.wait(lambda: cap.stuck_readers() == 0 and threading.active_count() == threads
+                 and open_fds() == fds)
+    finally:
+        cap.stop()
+        cap.join(5)
+        rec.close()
+    assert cap.abandoned_readers == 4 and cap.reconnects == 4
+    seqs = [f.seq for f in rec.frames]
+    assert seqs == list(range(len(seqs)))

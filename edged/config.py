@@ -411,6 +411,14 @@ class CameraConfig(_Frozen):
     # After loading this is the global budget with camera_defaults' and the camera's own
     # keys merged over it.
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    # Live sources: no frame for this long while open (or an open that hangs for the
+    # longer of twice this and 10 s) is a stall: the source is abandoned and reopened.
+    stall_timeout_s: Float = Field(5.0, gt=0)
+    # Live sources: give up (state failed) after this many reconnects in a row without a
+    # frame in between; none = retry forever with capped backoff.
+    max_reconnects: Int | None = Field(None, ge=0)
+    # Live sources: this many undecodable/malformed frames in a row restart the source.
+    max_corrupt_frames: Int = Field(10, ge=1)
 
     @field_validator("source", mode="before")
     @classmethod

@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,11 +27,54 @@ from edged.results import Frame
 
 log = logging.getLogger("edged.sources")
 
+# FFmpeg prints every decode error of a garbage stream to stderr (the journal), 30 lines a
+# second for a 30 fps camera; edged counts them and logs once per state change instead.
+# Read by OpenCV when FFmpeg is first used; OPENCV_FFMPEG_DEBUG=1 with
+# OPENCV_FFMPEG_LOGLEVEL=32 in the environment brings FFmpeg's messages back for debugging.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")  # AV_LOG_FATAL
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class SourceError(RuntimeError):
     """A source that cannot be opened or read; the message names the camera and source."""
+
+
+class CorruptFrame(SourceError):
+    """One frame could not be decoded; the source may still deliver good ones."""
+
+
+# An unexpected exception inside a source (a bug, not a SourceError) restarts it with
+# backoff at most this many times within the window; one more and the camera fails.
+CRASH_BUDGET = 5
+CRASH_WINDOW_S = 600.0
+# A reader thread stuck inside a C call cannot be killed, only abandoned; it normally
+# returns when the backend's own timeout fires. At most this many per camera may be
+# outstanding: beyond it the camera waits for one to return instead of piling up threads.
+MAX_ABANDONED_READERS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """How a capture thread reacts to stalls, corrupt frames, disconnects and crashes."""
+
+    stall_timeout_s: float = 5.0
+    max_reconnects: int | None = None  # None: retry forever (capped backoff)
+    max_corrupt_frames: int = 10
+    crash_budget: int = CRASH_BUDGET
+    crash_window_s: float = CRASH_WINDOW_S
+    max_abandoned: int = MAX_ABANDONED_READERS
+
+    @property
+    def open_timeout_s(self) -> float:
+        # opening a network stream probes it first: RTSP often takes seconds
+        return max(2 * self.stall_timeout_s, 10.0)
+
+    @classmethod
+    def from_camera(cls, cam: Any) -> RestartPolicy:
+        """From a camera's config (`edged.config.CameraConfig`)."""
+        return cls(stall_timeout_s=cam.stall_timeout_s, max_reconnects=cam.max_reconnects,
+                   max_corrupt_frames=cam.max_corrupt_frames)
 
 
 class Handoff:
@@ -129,6 +173,11 @@ class Source(Protocol):
     def close(self) -> None: ...
     def default_fps(self) -> float | None: ...
 
+    def fresh(self) -> Source:
+        """A new, unopened reader with the same settings. Used after a stall: the old one
+        may still be blocked in `read` in an abandoned thread and must not be touched."""
+        ...
+
 
 class SyntheticSource:
     """The RoboCup scene renderer as a camera (`edged.synth`)."""
@@ -156,45 +205,104 @@ class SyntheticSource:
     def default_fps(self) -> float | None:
         return 15.0
 
+    def fresh(self) -> SyntheticSource:
+        new = SyntheticSource(self.seed, self.width, self.height)
+        new.index = self.index  # the scene sequence carries on
+        return new
+
 
 class CaptureSource:
     """Anything OpenCV's VideoCapture opens: files, V4L2 devices, URLs, GStreamer."""
 
+    # A file whose read fails before its last frame has a corrupt frame there (skipped,
+    # counted); this many failures in a row and it is taken as the end (a truncated file).
+    FILE_READ_RETRIES = 8
+
     def __init__(self, target: str | int, backend: int, *, live: bool, loop: bool = False,
-                 props: dict[int, float] | None = None, description: str = "") -> None:
+                 props: dict[int, float] | None = None, description: str = "",
+                 open_params: list[int] | None = None) -> None:
         self.target, self.backend, self.live, self.loop = target, backend, live, loop
         self.props = props or {}
+        self.open_params = open_params or []  # properties only honoured at open (timeouts)
         self.description = description or str(target)
         self.cap: cv2.VideoCapture | None = None
+        self._bad_run = 0
+        self.end_detail = ""  # why a file ended, when it was not a clean end
 
-    def open(self) -> None:
+    def fresh(self) -> CaptureSource:
+        return CaptureSource(self.target, self.backend, live=self.live, loop=self.loop,
+                             props=self.props, description=self.description,
+                             open_params=self.open_params)
+
+    def _open_cap(self) -> cv2.VideoCapture:
         if isinstance(self.target, str) and not self.live and not Path(self.target).is_file():
             raise SourceError(f"video file not found: {self.target}")
         # a device that is not plugged in (yet): retried with backoff like any live failure
         if self.backend == cv2.CAP_V4L2 and isinstance(self.target, str) and \
                 not os.path.exists(self.target):
             raise SourceError(f"V4L2 device {self.target} does not exist")
-        cap = cv2.VideoCapture(self.target, self.backend)
+        if self.open_params:
+            cap = cv2.VideoCapture(self.target, self.backend, self.open_params)
+        else:
+            cap = cv2.VideoCapture(self.target, self.backend)
         for prop, value in self.props.items():
             cap.set(prop, value)
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"cannot open {self.description}")
-        self.cap = cap
+        return cap
+
+    def open(self) -> None:
+        self.cap = self._open_cap()
+        self._bad_run = 0
 
     def read(self) -> np.ndarray | None:
-        assert self.cap is not None
-        ok, img = self.cap.read()
+        cap = self.cap  # a local: nothing here may touch a capture another thread replaced
+        assert cap is not None
+        ok, img = cap.read()
         if not ok or img is None:
             if self.live:
-                raise SourceError(f"no frame from {self.description}")
-            if self.loop and self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
-                ok, img = self.cap.read()
-            if not ok or img is None:
+                # a garbage part in an MJPEG stream fails one read and the next one works;
+                # a dropped connection fails every read: the capture thread tells them
+                # apart by counting failures in a row
+                raise CorruptFrame(f"no frame from {self.description} (undecodable data or "
+                                   "connection lost)")
+            pos = int(cap.get(cv2.CAP_PROP_POS_FRAMES))
+            count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+            if count > 0 and pos < count - 1 and self._bad_run < self.FILE_READ_RETRIES:
+                self._bad_run += 1
+                raise CorruptFrame(f"undecodable frame {pos} of {count} in {self.description}")
+            if self._bad_run:
+                self.end_detail = (f"{self.description} ends at frame {pos} of {count} "
+                                   "(truncated or unreadable)")
+            self._bad_run = 0
+            img = self._rewind() if self.loop else None
+            if img is None:
                 return None
+        self._bad_run = 0
         if img.ndim == 2:
             img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+        elif img.ndim == 3 and img.shape[2] == 4:  # e.g. a GStreamer pipeline ending in BGRx
+            img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
         return img
+
+    def _rewind(self) -> np.ndarray | None:
+        """Start a file again. It is reopened rather than seeked, so a file replaced on
+        disk (os.replace of a new recording) is picked up at the next loop."""
+        assert self.cap is not None
+        try:
+            cap = self._open_cap()
+        except SourceError as e:
+            # the file is gone or unreadable now: keep playing what is already open
+            log.warning("%s; replaying the copy already open", e)
+            cap = None
+        if cap is not None:
+            self.cap.release()
+            self.cap = cap
+        elif not self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
+            return None
+        ok, img = self.cap.read()
+        return img if ok and img is not None else None
 
     def close(self) -> None:
         if self.cap is not None:
@@ -217,6 +325,7 @@ class ImageFolderSource:
         self.pattern, self.loop = pattern, loop
         self.files: list[str] = []
         self.pos = 0
+        self._bad_in_pass = 0  # a looping folder with no readable image is an error
         self.description = f"images {pattern}"
 
     def open(self) -> None:
@@ -230,17 +339,20 @@ class ImageFolderSource:
         self.files = files
 
     def read(self) -> np.ndarray | None:
-        while True:
-            if self.pos >= len(self.files):
-                if not self.loop:
-                    return None
-                self.pos = 0
-            path = self.files[self.pos]
-            self.pos += 1
-            img = cv2.imread(path, cv2.IMREAD_COLOR)
-            if img is not None:
-                return img
-            log.warning("skipping unreadable image %s", path)
+        if self.pos >= len(self.files):
+            if not self.loop:
+                return None
+            if self._bad_in_pass == len(self.files):
+                raise SourceError(f"no readable image in {self.pattern}")
+            self.pos = 0
+            self._bad_in_pass = 0
+        path = self.files[self.pos]
+        self.pos += 1
+        img = cv2.imread(path, cv2.IMREAD_COLOR)
+        if img is None:  # replaced, truncated or not an image: skipped and counted
+            self._bad_in_pass += 1
+            raise CorruptFrame(f"unreadable image {path}")
+        return img
 
     def close(self) -> None:
         pass
@@ -248,12 +360,26 @@ class ImageFolderSource:
     def default_fps(self) -> float | None:
         return None
 
+    def fresh(self) -> ImageFolderSource:
+        new = ImageFolderSource(self.pattern, self.loop)
+        new.pos = self.pos
+        return new
+
 
 def source_for(cam: Any, *, loop: bool | None = None) -> Source:
-    """The reader for a camera's config (`edged.config.CameraConfig`); `loop` overrides."""
-    return make_source(cam.resolved_type(), cam.source, width=cam.width, height=cam.height,
-                       fps=cam.fps, fourcc=cam.fourcc,
-                       loop=cam.loop if loop is None else loop, seed=cam.seed)
+    """The reader for a camera's config (`edged.config.CameraConfig`); `loop` overrides.
+
+    The camera's `RestartPolicy` travels with the source as `source.policy`, so a
+    `CaptureThread` built from it applies the camera's stall/corrupt/reconnect settings
+    without its caller passing them.
+    """
+    policy = RestartPolicy.from_camera(cam)
+    source = make_source(cam.resolved_type(), cam.source, width=cam.width, height=cam.height,
+                         fps=cam.fps, fourcc=cam.fourcc,
+                         loop=cam.loop if loop is None else loop, seed=cam.seed,
+                         policy=policy)
+    source.policy = policy  # type: ignore[attr-defined]
+    return source
 
 
 def gstreamer_available() -> bool:
@@ -266,8 +392,9 @@ def gstreamer_available() -> bool:
 
 def make_source(kind: str, source: str, *, width: int | None = None, height: int | None = None,
                 fps: float | None = None, fourcc: str | None = None, loop: bool = True,
-                seed: int = 0) -> Source:
+                seed: int = 0, policy: RestartPolicy | None = None) -> Source:
     """Build the reader for one camera from its resolved type."""
+    policy = policy or RestartPolicy()
     if kind == "synthetic":
         return SyntheticSource(seed, width or 640, height or 480)
     if kind == "video":
@@ -290,8 +417,14 @@ def make_source(kind: str, source: str, *, width: int | None = None, height: int
         return CaptureSource(target, cv2.CAP_V4L2, live=True, props=props,
                              description=f"V4L2 {source}")
     if kind == "url":
+        # FFmpeg's own timeouts (30 s by default) bound how long an abandoned reader stays
+        # stuck: a read gives up a little after the stall watchdog has moved on, an open
+        # a little after the watchdog's open allowance
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(policy.open_timeout_s * 1000),
+                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, int((2 * policy.stall_timeout_s + 1) * 1000)]
         return CaptureSource(source, cv2.CAP_FFMPEG, live=True,
-                             props={cv2.CAP_PROP_BUFFERSIZE: 1}, description=redact(source))
+                             props={cv2.CAP_PROP_BUFFERSIZE: 1}, description=redact(source),
+                             open_params=params)
     if kind == "gstreamer":
         if not gstreamer_available():
             raise SourceError("this OpenCV build has no GStreamer support; install an OpenCV "
@@ -310,24 +443,71 @@ def redact(url: str) -> str:
     return url
 
 
-class CaptureThread:
-    """Runs one source in its own thread: paces, stamps and hands over frames.
+class _Session:
+    """One open-read-close cycle of a source, run in its own reader thread."""
 
-    Live sources that fail are reopened with exponential backoff (capped), logging once
-    per state change rather than once per attempt. Files end the stream (or loop).
+    def __init__(self, source: Source, number: int) -> None:
+        self.source = source
+        self.number = number
+        self.busy_since: float | None = None  # monotonic start of the open/read under way
+        self.busy_in = ""  # "open" or "read"
+        self.frames = 0  # good frames delivered
+        self.abandoned = False  # set by the supervisor under CaptureThread._lock
+        self.abandoned_at = 0.0
+        # ("eos" | "stop" | "error" | "crash", detail), set when the reader ends
+        self.outcome: tuple[str, str] = ("stop", "")
+        self.done = threading.Event()
+        self.thread: threading.Thread | None = None
+
+
+class CaptureThread:
+    """Runs one source: paces, stamps, checks and hands over frames; restarts on failure.
+
+    Design: a supervisor thread (`capture-NAME`) starts one reader thread per session
+    (open, read until something goes wrong, close) and watches it. The reader does all
+    the blocking calls; the supervisor never blocks on the source, so it can see a stall
+    (a live source's open or read that does not return within `stall_timeout_s`) even
+    while the reader sits inside OpenCV. On a stall the reader is abandoned, not closed:
+    releasing a cv2.VideoCapture from another thread while its read() runs is a
+    use-after-free in the FFmpeg/V4L2 backends (a crash of the whole daemon), and a
+    thread blocked in C cannot be killed. A fresh reader (`source.fresh()`) takes over;
+    the abandoned one finds itself abandoned when its call returns (FFmpeg's own
+    timeouts are set to make sure it does), closes its own capture and exits without
+    touching state or hand-off. At most `max_abandoned` may be outstanding per camera.
+
+    Failures, all logged once per state change:
+    - SourceError on open or read of a live source, a stall, or `max_corrupt_frames`
+      undecodable/malformed frames in a row: `reconnecting`, reopened with exponential
+      backoff (capped), forever unless `max_reconnects` (in a row, without a frame) is
+      set. Files that cannot be opened: `failed`.
+    - an unexpected exception inside the source (a bug): restarted with the same
+      backoff, at most `crash_budget` times within `crash_window_s`, then `failed`.
+    - a corrupt frame from a file or folder is skipped and counted (`corrupt`).
     """
 
     def __init__(self, camera: str, source: Source, handoff: Handoff, *, fps: float | None,
                  pace: bool, backoff: tuple[float, float] = (0.5, 30.0),
-                 on_state: Callable[[str, str, str], None] | None = None) -> None:
+                 on_state: Callable[[str, str, str], None] | None = None,
+                 policy: RestartPolicy | None = None) -> None:
         self.camera, self.source, self.handoff = camera, source, handoff
         self.fps, self.pace = fps, pace
         self.backoff = backoff
         self.on_state = on_state  # (camera, state, detail), called from the capture thread
+        self.policy = policy or getattr(source, "policy", None) or RestartPolicy()
         self.seq = 0
         self.state = "starting"
         self.error: str | None = None
+        # counters, read by the stats snapshot
+        self.corrupt = 0  # frames that could not be decoded or were malformed, skipped
+        self.reconnects = 0  # sessions ended by a failure and reopened
+        self.stalls = 0  # of which: no frame within stall_timeout_s
+        self.crashes = 0  # unexpected exceptions inside the source
+        self.abandoned_readers = 0  # reader threads left stuck in the source, ever
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # state changes vs. abandoning a reader
+        self._abandoned: list[_Session] = []
+        self._sessions = 0
+        self._waiting_for_stuck = False
         self._thread = threading.Thread(target=self._run, name=f"capture-{camera}", daemon=True)
 
     def start(self) -> None:
@@ -339,72 +519,230 @@ class CaptureThread:
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
-    def _set_state(self, state: str, detail: str = "") -> None:
-        if state != self.state:
-            self.state = state
-            msg = f"camera {self.camera}: {state}" + (f" ({detail})" if detail else "")
-            (log.warning if state in ("reconnecting", "failed") else log.info)(msg)
-            if self.on_state is not None:
-                self.on_state(self.camera, state, detail)
+    def stuck_readers(self) -> int:
+        """Abandoned reader threads that have not returned yet."""
+        return sum(1 for s in self._abandoned if not s.done.is_set())
+
+    def _set_state(self, state: str, detail: str = "", session: _Session | None = None) -> None:
+        with self._lock:
+            if session is not None and session.abandoned:
+                return  # an abandoned reader has no say any more
+            if state != self.state:
+                self.state = state
+                msg = f"camera {self.camera}: {state}" + (f" ({detail})" if detail else "")
+                (log.warning if state in ("reconnecting", "failed") else log.info)(msg)
+                if self.on_state is not None:
+                    self.on_state(self.camera, state, detail)
+
+    # ------------------------------------------------------------ supervisor
 
     def _run(self) -> None:
         delay = self.backoff[0]
+        failures_in_row = 0  # reconnects without a good frame in between
+        crash_times: deque[float] = deque()
+        session: _Session | None = None
         try:
             while not self._stop.is_set():
-                try:
-                    self.source.open()
-                except SourceError as e:
-                    self.error = str(e)
-                    if not self.source.live:
-                        self._set_state("failed", str(e))
-                        return
-                    self._set_state("reconnecting",
-                                    f"{e}; retrying every <= {self.backoff[1]:.0f} s")
-                    self._stop.wait(delay)
-                    delay = min(delay * 2, self.backoff[1])
+                if not self._room_for_reader():
                     continue
-                delay = self.backoff[0]
-                self._set_state("running", self.source.description)
-                ended = self._capture()
-                self.source.close()
-                if ended:
-                    self._set_state("stopped", "end of stream")
+                self._sessions += 1
+                session = _Session(self.source, self._sessions)
+                session.thread = threading.Thread(
+                    target=self._reader, args=(session,), daemon=True,
+                    name=f"capture-{self.camera}-{session.number}")
+                session.thread.start()
+                kind, detail = self._watch(session)
+                if kind == "stop":
                     return
-        except Exception as e:  # a bug in one source must not take the daemon down
-            log.exception("camera %s: capture thread crashed", self.camera)
+                if kind == "eos":
+                    self._set_state("stopped", detail or "end of stream")
+                    return
+                self.error = detail
+                if session.frames:
+                    failures_in_row = 0
+                    delay = self.backoff[0]
+                failures_in_row += 1
+                if kind == "crash":
+                    self.crashes += 1
+                    now = time.monotonic()
+                    crash_times.append(now)
+                    while crash_times and now - crash_times[0] > self.policy.crash_window_s:
+                        crash_times.popleft()
+                    if len(crash_times) > self.policy.crash_budget:
+                        self.error = (f"camera {self.camera}: capture crashed {len(crash_times)}"
+                                      f" times within {self.policy.crash_window_s:.0f} s, "
+                                      f"giving up; last error: {detail}")
+                        self._set_state("failed", self.error)
+                        return
+                    detail = (f"{detail}; restart {len(crash_times)} of "
+                              f"{self.policy.crash_budget} within "
+                              f"{self.policy.crash_window_s:.0f} s")
+                elif not self.source.live:  # a file that cannot be opened or read
+                    self._set_state("failed", detail)
+                    return
+                elif self.policy.max_reconnects is not None and \
+                        failures_in_row > self.policy.max_reconnects:
+                    self.error = (f"camera {self.camera}: gave up after "
+                                  f"{self.policy.max_reconnects} reconnects without a frame; "
+                                  f"last error: {detail}")
+                    self._set_state("failed", self.error)
+                    return
+                self.reconnects += 1
+                self._set_state("reconnecting", f"{detail}; retrying every <= "
+                                f"{self.backoff[1]:g} s")
+                if self._stop.wait(delay):
+                    return
+                delay = min(delay * 2, self.backoff[1])
+        except Exception as e:  # a bug here must not take the daemon down
+            log.exception("camera %s: capture supervisor crashed", self.camera)
             self.error = f"capture crashed: {e}"
             self._set_state("failed", self.error)
         finally:
-            self.source.close()
+            self._stop.set()  # the reader stops after its current call
+            if session is not None and session.thread is not None and not session.abandoned:
+                session.thread.join(1.0)  # give the device back before a restart reopens it
             self.handoff.close()
             if self.state not in ("failed", "stopped"):
                 self._set_state("stopped")
 
-    def _capture(self) -> bool:
-        """Read until stopped (False: stop or reconnect) or end of stream (True)."""
-        fps = self.fps or self.source.default_fps()
+    def _room_for_reader(self) -> bool:
+        """False (after waiting a little) while too many abandoned readers are stuck."""
+        self._abandoned = [s for s in self._abandoned if not s.done.is_set()]
+        if len(self._abandoned) < self.policy.max_abandoned:
+            self._waiting_for_stuck = False
+            return True
+        if not self._waiting_for_stuck:  # once per episode, not once a second
+            self._waiting_for_stuck = True
+            log.error("camera %s: %d reader threads still stuck in the source; waiting for "
+                      "one to return before reopening it", self.camera, len(self._abandoned))
+        self._set_state("reconnecting", f"{len(self._abandoned)} reader threads stuck")
+        self._stop.wait(1.0)
+        return False
+
+    def _watch(self, session: _Session) -> tuple[str, str]:
+        """Wait for the reader to end, or abandon it on a stall; its outcome."""
+        live = self.source.live
+        limit = {"open": self.policy.open_timeout_s + 5.0,  # FFmpeg's own open timeout first
+                 "read": self.policy.stall_timeout_s}
+        poll = min(0.25, self.policy.stall_timeout_s / 4)
+        while not session.done.wait(poll):
+            if self._stop.is_set():
+                return "stop", ""
+            since = session.busy_since
+            if not live or since is None:
+                continue
+            waited = time.monotonic() - since
+            if waited < limit[session.busy_in]:
+                continue
+            with self._lock:
+                if session.done.is_set():
+                    break
+                session.abandoned = True
+                session.abandoned_at = time.monotonic()
+            self._abandoned.append(session)
+            self.abandoned_readers += 1
+            self.stalls += 1
+            log.warning("camera %s: reader thread %s abandoned, blocked in %s for %.1f s "
+                        "(%d stuck now, %d abandoned since start)", self.camera,
+                        session.thread.name if session.thread else "?", session.busy_in,
+                        waited, self.stuck_readers(), self.abandoned_readers)
+            self.source = self.source.fresh()  # the stuck reader keeps the old one
+            if session.busy_in == "open":
+                return "error", f"opening {self.source.description} did not return in " \
+                                f"{waited:.0f} s"
+            return "error", f"no frame for {self.policy.stall_timeout_s:g} s"
+        return session.outcome
+
+    # ------------------------------------------------------------ reader
+
+    def _reader(self, session: _Session) -> None:
+        src = session.source
+        try:
+            session.busy_in, session.busy_since = "open", time.monotonic()
+            src.open()
+            session.busy_since = None
+            self._set_state("running", src.description, session)
+            session.outcome = self._capture(session)
+        except SourceError as e:
+            session.outcome = ("error", str(e))
+        except Exception as e:  # a bug in one source must not take the daemon down
+            if not session.abandoned:
+                log.exception("camera %s: capture crashed", self.camera)
+            session.outcome = ("crash", f"capture crashed: {type(e).__name__}: {e}")
+        finally:
+            session.busy_since = None
+            try:
+                src.close()
+            except Exception:
+                log.exception("camera %s: closing the source failed", self.camera)
+            session.done.set()
+            if session.abandoned:
+                log.info("camera %s: abandoned reader %s returned after %.1f s and closed "
+                         "its source", self.camera, threading.current_thread().name,
+                         time.monotonic() - session.abandoned_at)
+
+    def _check(self, img: object, shape: tuple[int, ...] | None) -> str:
+        """Why a frame is malformed, or "" if it is fine."""
+        if not isinstance(img, np.ndarray):
+            return f"frame is {type(img).__name__}, not an image"
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3 or img.size == 0:
+            return f"malformed frame {img.dtype} {img.shape}, expected HxWx3 uint8"
+        if shape is not None and img.shape != shape:
+            return f"frame size changed from {shape[1]}x{shape[0]} to {img.shape[1]}x{img.shape[0]}"
+        return ""
+
+    def _capture(self, session: _Session) -> tuple[str, str]:
+        """Read until stopped ("stop"), end of stream ("eos") or too many corrupt frames
+        in a row from a live source ("error"). SourceError and crashes propagate."""
+        src = session.source
+        fps = self.fps or src.default_fps()
         period = 1.0 / fps if (self.pace and fps) else 0.0
         next_t = time.monotonic()
+        bad_run = 0
+        shape: tuple[int, ...] | None = None  # a live source's frame size, from its first frame
         while not self._stop.is_set():
             if period:
                 wait = next_t - time.monotonic()
                 if wait > 0 and self._stop.wait(wait):
-                    return False
+                    return "stop", ""
                 # never try to catch up on a backlog: fall back onto the schedule
                 next_t = max(next_t + period, time.monotonic() - period)
+            session.busy_in, session.busy_since = "read", time.monotonic()
             try:
-                img = self.source.read()
-            except SourceError as e:
-                self.error = str(e)
-                self._set_state("reconnecting", str(e))
-                return False
+                img = src.read()
+                problem = "" if img is None else self._check(img, shape)
+            except CorruptFrame as e:
+                problem = str(e)
+            finally:
+                session.busy_since = None
+            if session.abandoned:
+                return "stop", ""
+            if problem:
+                self.corrupt += 1
+                bad_run += 1
+                if bad_run == 1 or bad_run == self.policy.max_corrupt_frames:
+                    log.warning("camera %s: %s (%d corrupt frames so far)", self.camera,
+                                problem, self.corrupt)
+                if src.live and bad_run >= self.policy.max_corrupt_frames:
+                    return "error", f"{bad_run} bad frames in a row, last: {problem}"
+                continue
             if img is None:
-                return True
-            frame = Frame(self.camera, self.seq, img, time.time_ns(), time.monotonic_ns())
-            self.seq += 1
+                return "eos", getattr(src, "end_detail", "") or "end of stream"
+            if bad_run > 1:
+                log.info("camera %s: good frames again after %d bad ones", self.camera, bad_run)
+            bad_run = 0
+            if src.live and shape is None:
+                shape = img.shape
+            with self._lock:  # a reader abandoned just now must not take a sequence number
+                if session.abandoned:
+                    return "stop", ""
+                seq = self.seq
+                self.seq += 1
+            session.frames += 1
+            frame = Frame(self.camera, seq, img, time.time_ns(), time.monotonic_ns())
             queued = self.handoff.put(frame, timeout=0.2)
-            while queued is None and not self._stop.is_set():
+            while queued is None and not self._stop.is_set() and not session.abandoned:
                 queued = self.handoff.put(frame, timeout=0.2)
             if not queued:
-                return False
-        return False
+                return "stop", ""
+        return "stop", ""

@@ -89,7 +89,12 @@ def start_daemon(tmp_path: Path) -> Iterator:
 
 
 class MjpegServer:
-    """An HTTP MJPEG camera on loopback (multipart/x-mixed-replace), serving `frame_fn(i)`."""
+    """An HTTP MJPEG camera on loopback (multipart/x-mixed-replace), serving `frame_fn(i)`.
+
+    `frame_fn(i)` returns an image (JPEG-encoded here) or bytes sent as the part's body
+    unchanged (garbage parts for corrupt-frame tests). While `hang` is set the server
+    keeps every connection open and sends nothing: a camera that stalls without closing.
+    """
 
     def __init__(self, frame_fn, fps: float = 20.0, port: int = 0) -> None:
         import threading
@@ -107,10 +112,18 @@ class MjpegServer:
                 i = 0
                 try:
                     while not server_self.stopped.is_set():
-                        ok, jpg = cv2.imencode(".jpg", frame_fn(i), [cv2.IMWRITE_JPEG_QUALITY, 95])
+                        if server_self.hang.is_set():
+                            time.sleep(0.05)
+                            continue
+                        part = frame_fn(i)
+                        if isinstance(part, bytes):
+                            body = part
+                        else:
+                            body = cv2.imencode(".jpg", part, [cv2.IMWRITE_JPEG_QUALITY, 95])[1]
+                            body = body.tobytes()
                         self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
-                                         b"Content-Length: %d\r\n\r\n" % len(jpg))
-                        self.wfile.write(jpg.tobytes() + b"\r\n")
+                                         b"Content-Length: %d\r\n\r\n" % len(body))
+                        self.wfile.write(body + b"\r\n")
                         i += 1
                         server_self.served = i
                         time.sleep(1.0 / fps)
@@ -121,6 +134,7 @@ class MjpegServer:
                 pass
 
         self.stopped = threading.Event()
+        self.hang = threading.Event()
         self.served = 0
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True

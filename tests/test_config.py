@@ -285,6 +285,39 @@ def test_camera_defaults_cannot_set_source(tmp_path: Path) -> None:
     assert (issue.line, issue.path) == (7, "camera_defaults.source")
 
 
+def test_restart_keys_default_inherit_and_reach_the_capture_policy(tmp_path: Path) -> None:
+    from edged.sources import RestartPolicy, source_for
+
+    path = write(tmp_path, """\
+        model: {path: m.onnx}
+        camera_defaults:
+          stall_timeout_s: 2.5
+          max_reconnects: 20
+        cameras:
+          a: {source: synthetic}
+          b: {source: synthetic, stall_timeout_s: 8, max_corrupt_frames: 3}
+          c: {source: "http://cam/x.mjpg", max_reconnects: null}
+    """)
+    cams = load_config(path).cameras
+    a, b, c = cams["a"], cams["b"], cams["c"]
+    assert (a.stall_timeout_s, a.max_reconnects, a.max_corrupt_frames) == (2.5, 20, 10)
+    assert (b.stall_timeout_s, b.max_reconnects, b.max_corrupt_frames) == (8, 20, 3)
+    assert c.max_reconnects is None  # explicitly unlimited again
+    plain = CameraConfig(source="synthetic")
+    assert (plain.stall_timeout_s, plain.max_reconnects, plain.max_corrupt_frames) == \
+        (5.0, None, 10)
+    assert source_for(b).policy == RestartPolicy(stall_timeout_s=8, max_reconnects=20,
+                                                 max_corrupt_frames=3)
+
+
+@pytest.mark.parametrize("key, value", [("stall_timeout_s", "0"), ("stall_timeout_s", "soon"),
+                                        ("max_reconnects", "-1"), ("max_corrupt_frames", "0")])
+def test_bad_restart_keys_are_located(tmp_path: Path, key: str, value: str) -> None:
+    path = write(tmp_path, MINIMAL + f"    {key}: {value}\n")
+    issue = only_issue(path)
+    assert (issue.line, issue.path) == (6, f"cameras.front.{key}"), str(issue)
+
+
 # --------------------------------------------------------------------------- located errors
 
 def test_unknown_key_suggests(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ _GAUGES = {
 _COUNTERS = {
     "published": "Results published",
     "late": "Results published over the latency budget",
+    "budget_misses": "Frames that missed the latency budget (stale, late, late dropped)",
 }
 
 
@@ -50,6 +51,10 @@ def render(snapshot: dict[str, dict[str, Any]]) -> str:
     family("stage_latency_ms", "gauge", "Per-stage median latency (last 512 results)",
            [(f'camera="{_esc(c)}",stage="{st}"', v) for c, s in cams
             for st, v in s["stages_ms_p50"].items()])
+    family("capture_events_total", "counter",
+           "Capture faults by kind: corrupt frames, reconnects, stalls, crashes",
+           [(f'camera="{_esc(c)}",kind="{k}"', n) for c, s in cams
+            for k, n in s.get("capture", {}).items() if k != "stuck_readers"])
     family("camera_up", "gauge", "1 while the camera is running",
            [(f'camera="{_esc(c)}",state="{s["state"]}"', int(s["state"] == "running"))
             for c, s in cams])

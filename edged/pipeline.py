@@ -30,7 +30,7 @@ from edged.publisher import Publisher
 from edged.results import Frame, Result
 from edged.runner import ModelRunner
 from edged.scheduler import Budget, Scheduler
-from edged.sources import CaptureThread, Handoff, SourceError, source_for
+from edged.sources import CaptureThread, Handoff, RestartPolicy, SourceError, source_for
 from edged.stats import encode_model_event, encode_state, encode_stats
 from edged.workers import InferencePool, Models, WorkerPlan, reload_runner
 
@@ -135,7 +135,8 @@ class Pipeline:
         # is set; everything else is paced at its rate
         pace = not (mode == "every_frame" and not source.live and cam.fps is None)
         capture = CaptureThread(name, source, handoff, fps=cam.fps, pace=pace,
-                                on_state=self._state_from_thread)
+                                on_state=self._state_from_thread,
+                                policy=RestartPolicy.from_camera(cam))
         log.info("camera %s: %s source %s, mode %s", name, kind, source.description, mode)
         return Camera(name, cam, handoff, capture, CameraStats(),
                       Budget(cam.budget.latency_ms, cam.budget.on_late),
@@ -376,7 +377,7 @@ class Pipeline:
             if not await cam.handoff.wait():
                 reason = cam.stop_reason or ("shutdown" if self.stop_event.is_set() else (
                     f"camera failed: {cam.capture.error}" if cam.capture.state == "failed"
-                    else "end of stream"))
+                    else cam.capture.detail or "end of stream"))
                 break
             if min_period:  # max_fps cap: wait for the slot, then take the freshest frame
                 delay = next_start - time.monotonic()
@@ -642,6 +643,9 @@ class Pipeline:
             "stages_ms_p50": {k: float(np.median(v)) for k, v in stage_windows.items()},
             "budget_ms": cam.budget.latency_ms, "variant": self.runner.model_id,
             "budget_misses": s.stale + s.late + s.late_dropped,
+            "capture": {"corrupt": cam.capture.corrupt, "reconnects": cam.capture.reconnects,
+                        "stalls": cam.capture.stalls, "crashes": cam.capture.crashes,
+                        "stuck_readers": cam.capture.stuck_readers()},
             "providers": self.runner.placement_summary,
         }
 

@@ -369,17 +369,11 @@ class ImageFolderSource:
 def source_for(cam: Any, *, loop: bool | None = None) -> Source:
     """The reader for a camera's config (`edged.config.CameraConfig`); `loop` overrides.
 
-    The camera's `RestartPolicy` travels with the source as `source.policy`, so a
-    `CaptureThread` built from it applies the camera's stall/corrupt/reconnect settings
-    without its caller passing them.
+    Network sources take their open/read timeouts from the camera's `RestartPolicy`.
     """
-    policy = RestartPolicy.from_camera(cam)
-    source = make_source(cam.resolved_type(), cam.source, width=cam.width, height=cam.height,
-                         fps=cam.fps, fourcc=cam.fourcc,
-                         loop=cam.loop if loop is None else loop, seed=cam.seed,
-                         policy=policy)
-    source.policy = policy  # type: ignore[attr-defined]
-    return source
+    return make_source(cam.resolved_type(), cam.source, width=cam.width, height=cam.height,
+                       fps=cam.fps, fourcc=cam.fourcc, loop=cam.loop if loop is None else loop,
+                       seed=cam.seed, policy=RestartPolicy.from_camera(cam))
 
 
 def gstreamer_available() -> bool:
@@ -493,9 +487,10 @@ class CaptureThread:
         self.fps, self.pace = fps, pace
         self.backoff = backoff
         self.on_state = on_state  # (camera, state, detail), called from the capture thread
-        self.policy = policy or getattr(source, "policy", None) or RestartPolicy()
+        self.policy = policy or RestartPolicy()
         self.seq = 0
         self.state = "starting"
+        self.detail = ""  # what the last state change said (e.g. why a file ended)
         self.error: str | None = None
         # counters, read by the stats snapshot
         self.corrupt = 0  # frames that could not be decoded or were malformed, skipped
@@ -529,6 +524,7 @@ class CaptureThread:
                 return  # an abandoned reader has no say any more
             if state != self.state:
                 self.state = state
+                self.detail = detail
                 msg = f"camera {self.camera}: {state}" + (f" ({detail})" if detail else "")
                 (log.warning if state in ("reconnecting", "failed") else log.info)(msg)
                 if self.on_state is not None:

@@ -26,7 +26,7 @@ from edged.codec import (
 
 CAMERA_KEYS = ("state", "capture_fps", "processed_fps", "published", "late", "drops",
                "e2e_ms", "stages_ms_p50", "budget_ms", "variant", "budget_misses",
-               "providers")
+               "providers", "capture")
 
 
 @dataclass(frozen=True, slots=True)

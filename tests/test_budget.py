@@ -225,6 +225,10 @@ def test_stats_message_on_the_bus(tmp_path, test_model, tcp_endpoint, start_daem
     assert {"preprocess", "inference", "postprocess", "queue", "encode"} <= set(
         a["stages_ms_p50"])
     assert set(a["drops"]) == {"overwritten", "stale", "late", "errors"}
+    assert a["budget_misses"] == a["drops"]["stale"] + a["late"] + a["drops"]["late"]
+    assert a["capture"] == {"corrupt": 0, "reconnects": 0, "stalls": 0, "crashes": 0,
+                            "stuck_readers": 0}
+    assert a["providers"].startswith("CPUExecutionProvider: ")
 
 
 def test_scheduler_with_two_workers_runs_two_cameras_at_once():

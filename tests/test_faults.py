@@ -71,7 +71,9 @@ def test_truncated_video_without_loop_ends_cleanly(tmp_path, test_model, tcp_end
         code, took = d.terminate()
     assert code == 0 and took < 5.0, d.log()
     eos = [m for m in msgs if isinstance(m, EndOfStream)]
-    assert [(e.camera, e.reason, e.last_seq) for e in eos] == [("cut", "end of stream", good - 1)]
+    # the end-of-stream message says why the stream ended early
+    assert [(e.camera, e.reason, e.last_seq) for e in eos] == [
+        ("cut", f"video {video} ends at frame {good} of 50 (truncated or unreadable)", good - 1)]
     cut = [m.seq for m in msgs if isinstance(m, Message) and m.camera == "cut"]
     assert cut and cut == list(range(cut[0], good)), cut  # every decodable frame, in order
     assert ("stopped", f"video {video} ends at frame {good} of 50 (truncated or unreadable)") \

@@ -122,6 +122,8 @@ def test_prometheus_endpoint(tmp_path, test_model, tcp_endpoint, start_daemon):
     assert fps and 0 < fps[0] <= 30
     assert 'edged_dropped_total{camera="front",cause="stale"} 0' in body
     assert 'edged_camera_up{camera="front",state="running"} 1' in body
+    assert 'edged_capture_events_total{camera="front",kind="stalls"} 0' in body
+    assert 'edged_budget_misses_total{camera="front"} 0' in body
     assert 'edged_stage_latency_ms{camera="front",stage="inference"}' in body
     try:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/nope", timeout=5)

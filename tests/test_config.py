@@ -286,7 +286,7 @@ def test_camera_defaults_cannot_set_source(tmp_path: Path) -> None:
 
 
 def test_restart_keys_default_inherit_and_reach_the_capture_policy(tmp_path: Path) -> None:
-    from edged.sources import RestartPolicy, source_for
+    from edged.sources import RestartPolicy
 
     path = write(tmp_path, """\
         model: {path: m.onnx}
@@ -306,8 +306,8 @@ def test_restart_keys_default_inherit_and_reach_the_capture_policy(tmp_path: Pat
     plain = CameraConfig(source="synthetic")
     assert (plain.stall_timeout_s, plain.max_reconnects, plain.max_corrupt_frames) == \
         (5.0, None, 10)
-    assert source_for(b).policy == RestartPolicy(stall_timeout_s=8, max_reconnects=20,
-                                                 max_corrupt_frames=3)
+    assert RestartPolicy.from_camera(b) == RestartPolicy(stall_timeout_s=8, max_reconnects=20,
+                                                         max_corrupt_frames=3)
 
 
 @pytest.mark.parametrize("key, value", [("stall_timeout_s", "0"), ("stall_timeout_s", "soon"),

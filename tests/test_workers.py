@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 from modelgen import painted_frame, slow_yoeo_model, stalling_yoeo_model, yoeo_model
-from test_daemon import receive, write_config, write_video
+from test_daemon import write_config, write_video
 
 from edged.client import Subscriber
 from edged.codec import EndOfStream, Message
@@ -25,6 +25,22 @@ from edged.results import Frame
 from edged.runner import ModelOptions, ModelRunner, plan_workers
 from edged.stats import ModelEvent
 from edged.workers import choose_batch
+
+
+def until_eos(sub: Subscriber, cameras: set[str], timeout: float = 60.0
+              ) -> list[Message | EndOfStream]:
+    """Everything received until each camera's end-of-stream (or the timeout)."""
+    out: list[Message | EndOfStream] = []
+    ended: set[str] = set()
+    end = time.monotonic() + timeout
+    while ended != cameras and time.monotonic() < end:
+        m = sub.recv(timeout=0.2)
+        if isinstance(m, Message | EndOfStream):
+            out.append(m)
+            if isinstance(m, EndOfStream):
+                ended.add(m.camera)
+    return out
+
 
 FINAL_INFERENCE = re.compile(r"final inference: (\d+) frames in (\d+) runs \(mean batch "
                              r"([\d.]+), largest (\d+)\), (\d+) worker\(s\) recreated")
@@ -110,7 +126,7 @@ def test_daemon_batches_frames_of_several_cameras(tmp_path, batch_model, start_d
     with Subscriber(ep) as sub:
         time.sleep(0.3)
         d = start_daemon(tmp_path / "cfg.yaml")
-        msgs = receive(sub, 123, timeout=60)
+        msgs = until_eos(sub, set(sizes))
         assert d.proc.wait(20) == 0, d.log()
     results = [m for m in msgs if isinstance(m, Message)]
     assert {m.camera for m in msgs if isinstance(m, EndOfStream)} == set(sizes)
@@ -142,7 +158,8 @@ def _folder(path: Path, bright: list[int], n: int) -> Path:
 
 def test_stuck_inference_gets_a_new_worker_and_the_camera_carries_on(
         tmp_path, stalling_model, start_daemon):
-    folder = _folder(tmp_path / "imgs", bright=[2], n=12)
+    # the first frames give the subscriber time to connect; frame 8 wedges the model
+    folder = _folder(tmp_path / "imgs", bright=[8], n=16)
     ep = f"ipc://{tmp_path}/e.sock"
     cfg = write_config(tmp_path / "cfg.yaml", stalling_model, [ep], f"""\
   stills:
@@ -154,13 +171,14 @@ def test_stuck_inference_gets_a_new_worker_and_the_camera_carries_on(
     with Subscriber(ep) as sub:
         time.sleep(0.3)
         d = start_daemon(cfg)
-        msgs = receive(sub, 12, timeout=60)
+        msgs = until_eos(sub, {"stills"})
         assert d.proc.wait(20) == 0, d.log()
     log = d.log()
     seqs = [m.seq for m in msgs if isinstance(m, Message)]
-    assert 2 not in seqs and seqs[-1] == 11, seqs  # the bright frame is lost, nothing else
-    assert isinstance(msgs[-1], EndOfStream)
-    assert "inference stuck for" in log and "camera stills frame 2" in log
+    # the bright frame is lost, nothing else: every frame from the first received on
+    assert seqs == [i for i in range(seqs[0], 16) if i != 8] and seqs[0] < 8, seqs
+    assert isinstance(msgs[-1], EndOfStream) and msgs[-1].last_seq == 15
+    assert "inference stuck for" in log and "camera stills frame 8" in log
     assert "worker 0 recreated (1 so far)" in log
     assert int(FINAL_INFERENCE.search(log).group(5)) == 1
     assert re.search(r"final stills: .*errors 1,", log), log

@@ -1,18 +1,38 @@
-"""A YOEO-layout fp32 ONNX model of the reference size, with random weights.
+"""A YOEO-layout fp32 ONNX model of the reference size: random features, fitted head.
 
     python -m edged.training.refmodel --out /tmp/yoeo-ref-fp32.onnx [--opset 11]
+        [--fit-heads N | --no-fit-heads]
 
 The public YOEO export (field notes) is a YOLOv4-tiny-like encoder, a YOLO head at two
 strides (13x13 and 26x26, 3 anchors each) and a U-Net decoder up to full resolution:
 about 22 GFLOPs at 416x416, two thirds of them in the decoder. We cannot ship those
-weights, but quantization speed and int8-vs-fp32 agreement depend on the layer layout
-far more than on the weight values, so this builds the same layout (Conv, LeakyRelu,
-MaxPool, Resize, Concat, ArgMax; the box decode inside the graph) with random weights.
+weights, but quantization speed depends on the layer layout, not on the weight values,
+so this builds the same layout (Conv, LeakyRelu, MaxPool, Resize, Concat, ArgMax; the
+box decode inside the graph) with random weights.
 
 Weights are He-initialised for LeakyRelu with a folded batch-norm-like per-channel scale
 and shift, so activations keep a unit-ish range through the depth as in a trained
 network (a plain random init would blow up or die out, and int8 ranges would mean
-nothing). Needs the `onnx` package (training/quantization only, never the daemon).
+nothing).
+
+Segmentation head (`--fit-heads N`, default 24 scenes): with a purely random last
+layer the three class logits at a pixel nearly tie everywhere, a margin no trained
+network has, so int8-vs-fp32 mask agreement would measure the random head, not
+quantization. Training the whole 20-GFLOP network is out of reach here, so the body
+stays random ("random features") and only the final 1x1 segmentation conv (the class
+logits before ArgMax) is fitted, in closed form: a linear probe. The feature map feeding
+it becomes an extra graph output, onnxruntime computes it on N synthetic scenes
+(`edged.synth`, training seeds 600000+, letterboxed to the input with the model's own
+pre-processing: RGB, /255), 20k pixels per class are sampled (class-balanced, padding
+excluded) and ridge regression onto one-hot class targets gives the weights and bias,
+written back into the conv's initializers. Every layer that int8 quantizes keeps its
+random weights; only the (float-kept) head is fitted. The held-out mIoU of the probe
+(8 scenes, seeds 650000+) is printed; it is modest (about 0.57 at the reference size:
+20 random features cannot separate thin lines from field well), which is the honest
+price of not training. `--no-fit-heads` gives the old random head, centred on one scene.
+The detection head stays random (objectness shifted so ~1% of rows fire).
+
+Needs the `onnx` package (training/quantization only, never the daemon).
 """
 
 from __future__ import annotations

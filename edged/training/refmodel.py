@@ -1,18 +1,38 @@
-"""A YOEO-layout fp32 ONNX model of the reference size, with random weights.
+"""A YOEO-layout fp32 ONNX model of the reference size: random features, fitted head.
 
     python -m edged.training.refmodel --out /tmp/yoeo-ref-fp32.onnx [--opset 11]
+        [--fit-heads N | --no-fit-heads]
 
 The public YOEO export (field notes) is a YOLOv4-tiny-like encoder, a YOLO head at two
 strides (13x13 and 26x26, 3 anchors each) and a U-Net decoder up to full resolution:
 about 22 GFLOPs at 416x416, two thirds of them in the decoder. We cannot ship those
-weights, but quantization speed and int8-vs-fp32 agreement depend on the layer layout
-far more than on the weight values, so this builds the same layout (Conv, LeakyRelu,
-MaxPool, Resize, Concat, ArgMax; the box decode inside the graph) with random weights.
+weights, but quantization speed depends on the layer layout, not on the weight values,
+so this builds the same layout (Conv, LeakyRelu, MaxPool, Resize, Concat, ArgMax; the
+box decode inside the graph) with random weights.
 
 Weights are He-initialised for LeakyRelu with a folded batch-norm-like per-channel scale
 and shift, so activations keep a unit-ish range through the depth as in a trained
 network (a plain random init would blow up or die out, and int8 ranges would mean
-nothing). Needs the `onnx` package (training/quantization only, never the daemon).
+nothing).
+
+Segmentation head (`--fit-heads N`, default 24 scenes): with a purely random last
+layer the three class logits at a pixel nearly tie everywhere, a margin no trained
+network has, so int8-vs-fp32 mask agreement would measure the random head, not
+quantization. Training the whole 20-GFLOP network is out of reach here, so the body
+stays random ("random features") and only the final 1x1 segmentation conv (the class
+logits before ArgMax) is fitted, in closed form: a linear probe. The feature map feeding
+it becomes an extra graph output, onnxruntime computes it on N synthetic scenes
+(`edged.synth`, training seeds 600000+, letterboxed to the input with the model's own
+pre-processing: RGB, /255), 20k pixels per class are sampled (class-balanced, padding
+excluded) and ridge regression onto one-hot class targets gives the weights and bias,
+written back into the conv's initializers. Every layer that int8 quantizes keeps its
+random weights; only the (float-kept) head is fitted. The held-out mIoU of the probe
+(8 scenes, seeds 650000+) is printed; it is modest (about 0.57 at the reference size:
+20 random features cannot separate thin lines from field well), which is the honest
+price of not training. `--no-fit-heads` gives the old random head, centred on one scene.
+The detection head stays random (objectness shifted so ~1% of rows fire).
+
+Needs the `onnx` package (training/quantization only, never the daemon).
 """
 
 from __future__ import annotations
@@ -30,6 +50,9 @@ NUM_ANCHORS = 3
 # YOEO's default anchors (input pixels), large ones on the 13x13 level
 ANCHORS = {32: ((81, 82), (135, 169), (344, 319)), 16: ((10, 14), (23, 27), (37, 58))}
 LEAKY = 0.1
+FIT_SCENES = 24  # synthetic scenes for the segmentation head's linear probe
+FIT_SEED = 600_000  # training-range seeds, apart from edged quantize's calibration block
+FIT_EVAL_SEED = 650_000  # held-out scenes for the fitted head's mIoU
 
 
 @dataclass
@@ -110,7 +133,7 @@ def _decode(g: _Graph, raw: str, hw: int, stride: int) -> str:
     return g.node("Concat", [xy, wh, rest], axis=2)
 
 
-def _centre_biases(model: onnx.ModelProto, logits: str, raws: tuple[str, ...]) -> None:
+def _centre_biases(model: onnx.ModelProto, logits: str | None, raws: tuple[str, ...]) -> None:
     """Set output biases from one forward pass on a synthetic scene, as training would.
 
     Random weights give every class logit a different constant offset (channel means of
@@ -128,14 +151,15 @@ def _centre_biases(model: onnx.ModelProto, logits: str, raws: tuple[str, ...]) -
     pre(render(123, 0).image)
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    for name in (logits, *raws):
+    names = (*([logits] if logits else []), *raws)
+    for name in names:
         probe.graph.output.append(onnx.ValueInfoProto(name=name))
     sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    outs = sess.run([logits, *raws], {"InputLayer": pre.tensor})
+    outs = sess.run(list(names), {"InputLayer": pre.tensor})
     inits = {i.name: i for i in model.graph.initializer}
     producer = {n.output[0]: n for n in model.graph.node}
     k = 5 + NUM_CLASSES
-    for name, out in zip((logits, *raws), outs):
+    for name, out in zip(names, outs):
         bias = inits[producer[name].input[2]]
         b = numpy_helper.to_array(bias).astype(np.float64)
         if name == logits:
@@ -146,12 +170,106 @@ def _centre_biases(model: onnx.ModelProto, logits: str, raws: tuple[str, ...]) -
         bias.CopyFrom(numpy_helper.from_array(b.astype(np.float32), bias.name))
 
 
+def _scene_tensors(ids: list[tuple[int, int]], size: int):
+    """(NCHW float32 input as the model's pre-processing makes it, HxW labels with 255 on
+    the letterbox padding) per synthetic scene, rendered at camera resolution."""
+    from edged.preprocess import PreprocessSpec, letterbox_image, letterbox_labels
+    from edged.synth import render
+
+    spec = PreprocessSpec(input_w=size, input_h=size)  # RGB, /255, centred letterbox
+    for seq, idx in ids:
+        scene = render(seq, idx, 640, 480)
+        img, box = letterbox_image(scene.image, spec)
+        x = img[:, :, ::-1].transpose(2, 0, 1)[None].astype(np.float32) / 255.0
+        yield np.ascontiguousarray(x), letterbox_labels(scene.segmentation, box, fill=255)
+
+
+def _fit_seg_head(model: onnx.ModelProto, logits: str, scenes: int, *, per_class: int = 20_000,
+                  ridge: float = 1e-3, eval_scenes: int = 8, seed: int = 0) -> dict:
+    """Fit the final 1x1 segmentation conv as a linear probe on the random features.
+
+    The feature map feeding that conv (the last decoder activation) becomes an extra graph
+    output; onnxruntime computes it for `scenes` synthetic scenes (training seeds
+    FIT_SEED+); `per_class` pixels per class are drawn (class-balanced; letterbox padding
+    excluded) and the weights and bias solve ridge regression onto one-hot targets in
+    closed form: W = (X'X + ridge*n*I)^-1 X'Y, with X the features and a constant column.
+    Writes W and b into the conv's initializers; returns the held-out figures
+    (`eval_scenes` scenes from FIT_EVAL_SEED+, never calibration or evaluation seeds).
+    """
+    import onnxruntime as ort
+
+    from edged.evaluate import SEG_CLASS_NAMES, SegMeter, scene_ids
+
+    producer = {n.output[0]: n for n in model.graph.node}
+    conv = producer[logits]
+    feat = conv.input[0]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.append(onnx.ValueInfoProto(name=feat))
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    size = model.graph.input[0].type.tensor_type.shape.dim[2].dim_value
+    rng = np.random.default_rng(seed)
+    # per class: the pixels seen so far and a reservoir of per_class feature rows
+    feats: list[list[np.ndarray]] = [[] for _ in range(NUM_CLASSES)]
+    for x, lab in _scene_tensors(scene_ids(scenes, FIT_SEED), size):
+        f = sess.run([feat], {"InputLayer": x})[0][0]  # C x H x W
+        f = f.reshape(f.shape[0], -1).T
+        lab = lab.ravel()
+        for c in range(NUM_CLASSES):
+            idx = np.flatnonzero(lab == c)
+            # at most 4x the per-scene share, so no scene dominates a class
+            take = min(len(idx), 4 * per_class // max(scenes, 1))
+            if take:
+                feats[c].append(f[rng.choice(idx, take, replace=False)])
+    xs, ys = [], []
+    for c in range(NUM_CLASSES):
+        fc = np.concatenate(feats[c]) if feats[c] else np.zeros((0, f.shape[1]), np.float32)
+        if len(fc) > per_class:
+            fc = fc[rng.choice(len(fc), per_class, replace=False)]
+        xs.append(fc)
+        ys.append(np.full(len(fc), c))
+    x = np.concatenate(xs).astype(np.float64)
+    y = np.concatenate(ys)
+    x1 = np.hstack([x, np.ones((len(x), 1))])
+    onehot = np.eye(NUM_CLASSES)[y]
+    # standardise for the ridge term (not the constant column), solve, fold back
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    z = np.hstack([(x - mu) / sd, np.ones((len(x), 1))])
+    reg = ridge * len(x) * np.eye(z.shape[1])
+    reg[-1, -1] = 0.0
+    beta = np.linalg.solve(z.T @ z + reg, z.T @ onehot)  # (C+1) x K
+    w = (beta[:-1] / sd[:, None]).T  # K x C
+    b = beta[-1] - w @ mu
+    train_acc = float(np.mean(np.argmax(x1 @ np.vstack([w.T, b]), 1) == y))
+    inits = {i.name: i for i in model.graph.initializer}
+    wi, bi = inits[conv.input[1]], inits[conv.input[2]]
+    wi.CopyFrom(numpy_helper.from_array(
+        w.reshape(NUM_CLASSES, -1, 1, 1).astype(np.float32), wi.name))
+    bi.CopyFrom(numpy_helper.from_array(b.astype(np.float32), bi.name))
+    # held out: the fitted logits' argmax on the letterboxed content pixels
+    meter = SegMeter(NUM_CLASSES)
+    for xin, lab in _scene_tensors(scene_ids(eval_scenes, FIT_EVAL_SEED), size):
+        f = sess.run([feat], {"InputLayer": xin})[0][0]
+        pred = np.argmax(np.tensordot(w, f, axes=(1, 0)) + b[:, None, None], 0)
+        keep = lab != 255
+        meter.add(pred[keep], lab[keep])
+    ious = meter.iou()
+    return {"scenes": scenes, "pixels": len(x), "train_balanced_acc": train_acc,
+            "heldout_scenes": eval_scenes, "heldout_miou": float(np.nanmean(ious)),
+            "heldout_iou": {n: float(v) for n, v in zip(SEG_CLASS_NAMES, ious)},
+            "heldout_pixel_acc": meter.pixel_accuracy()}
+
+
 def build(path: Path, *, width: float = 1.0, size: int = 416, opset: int = 17, seed: int = 0,
-          decoder_width: float | None = None) -> dict[str, float]:
+          decoder_width: float | None = None, fit_heads: int = FIT_SCENES,
+          report: dict | None = None) -> dict[str, float]:
     """Write the model; returns GFLOPs per part (conv multiply-adds x 2) and the total.
 
     `width` scales every channel count (1.0: the reference size, ~20 GFLOPs; tests use
     a fraction); `decoder_width` scales the decoder separately (default: 1.25 x `width`).
+    `fit_heads`: synthetic scenes for the linear probe of the segmentation head (0: keep
+    the random, centred head); its held-out figures go into `report` when given.
     """
     if size % 32:
         raise ValueError(f"input size must be a multiple of 32, got {size}")
@@ -216,7 +334,13 @@ def build(path: Path, *, width: float = 1.0, size: int = 416, opset: int = 17, s
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="edged.training.refmodel")
     model.ir_version = 7 if opset <= 13 else 8
-    _centre_biases(model, logits, (raw32, raw16))
+    if fit_heads > 0:
+        fit = _fit_seg_head(model, logits, fit_heads, seed=seed)
+        if report is not None:
+            report.update(fit)
+        _centre_biases(model, None, (raw32, raw16))
+    else:
+        _centre_biases(model, logits, (raw32, raw16))
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
@@ -232,11 +356,27 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--width", type=float, default=1.0, help="channel scale (1.0: reference)")
     ap.add_argument("--opset", type=int, default=17, help="11 reproduces old exports")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fit-heads", type=int, default=FIT_SCENES, metavar="N",
+                    help="fit the segmentation head as a linear probe on the random features "
+                         f"of N synthetic scenes (default {FIT_SCENES})")
+    ap.add_argument("--no-fit-heads", dest="fit_heads", action="store_const", const=0,
+                    help="keep the purely random (centred) segmentation head")
     args = ap.parse_args(argv)
-    flops = build(args.out, width=args.width, opset=args.opset, seed=args.seed)
+    report: dict = {}
+    flops = build(args.out, width=args.width, opset=args.opset, seed=args.seed,
+                  fit_heads=args.fit_heads, report=report)
     parts = ", ".join(f"{k} {v:.2f}" for k, v in flops.items() if k != "total")
     print(f"wrote {args.out}: {flops['total']:.2f} GFLOPs at 416x416 ({parts}), "
           f"opset {args.opset}")
+    if report:
+        ious = ", ".join(f"{k} {v:.3f}" for k, v in report["heldout_iou"].items())
+        print(f"segmentation head: linear probe on {report['scenes']} scenes "
+              f"({report['pixels']} pixels, class-balanced accuracy "
+              f"{report['train_balanced_acc']:.3f}); held out ({report['heldout_scenes']} "
+              f"scenes, seeds {FIT_EVAL_SEED}+): mIoU {report['heldout_miou']:.3f} ({ious}), "
+              f"pixel accuracy {report['heldout_pixel_acc']:.3f}")
+    else:
+        print("segmentation head: random (--no-fit-heads)")
 
 
 if __name__ == "__main__":

@@ -155,6 +155,18 @@ def pipeline_run(models: Models, config: Config, n: int) -> dict[str, Any]:
                 "late": st.late_dropped, "errors": st.errors},
             "late": None if st is None else st.late,
         }
+    # shares of the model while every camera was running (each stops after n frames, so
+    # whole-run rates would mix in the time after the fastest camera had finished)
+    lasts = [msgs[-1].t_received_ns for msgs in received.values() if msgs]
+    firsts = [msgs[0].t_received_ns for msgs in received.values() if msgs]
+    if len(lasts) == len(config.cameras) > 1 and min(lasts) > max(firsts):
+        t0, t1 = max(firsts), min(lasts)
+        counts = {name: sum(t0 <= m.t_received_ns <= t1 for m in received[name])
+                  for name in config.cameras}
+        together = sum(counts.values())
+        for name, c in counts.items():
+            cams[name]["fps_all_running"] = c / ((t1 - t0) / 1e9)
+            cams[name]["share_all_running"] = c / together if together else None
     return {"cameras": cams, "total": {"received": total, "fps": total / wall,
                                        "wall_s": wall}}
 
@@ -215,7 +227,9 @@ def format_report(r: dict[str, Any]) -> str:
         if e["p50"] is None:
             lines.append(f"  {name}: nothing received")
             continue
-        lines.append(f"  {name}: {c['received']} results, {fps} fps, e2e p50/p90/p99 "
+        share = (f" ({c['fps_all_running']:.1f} fps, {c['share_all_running']:.0%} of the "
+                 f"model while all cameras ran)" if c.get("share_all_running") else "")
+        lines.append(f"  {name}: {c['received']} results, {fps} fps{share}, e2e p50/p90/p99 "
                      f"{e['p50']:.1f}/{e['p90']:.1f}/{e['p99']:.1f} ms; stages p50 ms: {st}; "
                      f"drops {c['drops']}, late {c['late']}")
     return "\n".join(lines)

@@ -38,6 +38,7 @@ log = logging.getLogger("edged.pipeline")
 
 PROBE_AFTER_STALE = 10  # consecutive stale drops before one frame is processed anyway
 LADDER_TICK_S = 0.5
+IDLE_GRACE_S = 0.1  # waiting longer than this for a frame counts as idle (fair queuing)
 RECREATE_AFTER = 1.5  # a run stuck this many times model.stuck_after_s gets a new worker
 
 
@@ -373,7 +374,10 @@ class Pipeline:
             if self.stop_event.is_set() or cam.stop_reason:
                 reason = cam.stop_reason or "shutdown"
                 break
-            backlogged = cam.handoff.ready()  # a frame was already waiting: not idle
+            # a camera that waits only briefly for its next frame is still busy (a live
+            # camera delivers at its frame rate): it keeps its place in the fair queue;
+            # one that was idle longer re-joins at the present and claims no old credit
+            waited_from = time.monotonic()
             if not await cam.handoff.wait():
                 reason = cam.stop_reason or ("shutdown" if self.stop_event.is_set() else (
                     f"camera failed: {cam.capture.error}" if cam.capture.state == "failed"
@@ -385,7 +389,8 @@ class Pipeline:
                     await asyncio.sleep(delay)
                     continue
             # weighted fair share of the inference workers
-            await sched.acquire(cam.name, rejoin=not backlogged)
+            await sched.acquire(cam.name,
+                                rejoin=time.monotonic() - waited_from > IDLE_GRACE_S)
             frame = cam.handoff.take()  # the freshest frame at the moment we can run it
             if frame is None:
                 sched.release()

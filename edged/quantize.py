@@ -327,12 +327,15 @@ def prepare_model(src: Path, workdir: Path) -> tuple[Path, int]:
     staged = workdir / "staged.onnx"
     onnx.save(model, str(staged))
     pre = workdir / "prepared.onnx"
-    try:
-        quant_pre_process(str(staged), str(pre))
-    except Exception:
-        # symbolic shape inference does not know every op; ONNX shape inference and the
-        # ORT optimiser alone still give QDQ a graph it can place well
-        quant_pre_process(str(staged), str(pre), skip_symbolic_shape=True)
+    # onnxruntime's symbolic shape inference drops a debug model into the working
+    # directory when it gives up: keep that in our scratch folder, not the user's
+    with contextlib.chdir(workdir):
+        try:
+            quant_pre_process(str(staged), str(pre))
+        except Exception:
+            # symbolic shape inference does not know every op; ONNX shape inference and
+            # the ORT optimiser alone still give QDQ a graph it can place well
+            quant_pre_process(str(staged), str(pre), skip_symbolic_shape=True)
     model = onnx.load(str(pre))
     if any(not n.name for n in model.graph.node):
         _name_nodes(model)

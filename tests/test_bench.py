@@ -26,3 +26,23 @@ def test_bench_reports_all_three_loops(tmp_path, test_model):
     assert r["ratios"]["edged_vs_raw"] > 0 and r["ratios"]["edged_vs_serial"] > 0
     p = run_cli("bench", "-c", str(cfg), "--frames", "10", timeout=120)
     assert "raw onnxruntime loop:" in p.stdout and "x serial" in p.stdout
+
+
+def test_bench_with_several_cameras_reports_their_shares(tmp_path, test_model):
+    cams = "\n".join(f"""\
+  {n}:
+    source: synthetic
+    seed: {i}
+    width: 160
+    height: 120
+    fps: 40
+    weight: {w}""" for i, (n, w) in enumerate([("a", 2), ("b", 1), ("c", 1)]))
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, [f"ipc://{tmp_path}/b.sock"], cams)
+    p = run_cli("bench", "-c", str(cfg), "--frames", "30", "--json", timeout=120)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    # the raw loop is also run by as many threads as edged has workers (the ceiling)
+    assert r["raw_onnxruntime_parallel"]["loops"] == r["model"]["workers"] >= 1
+    shares = {n: c["share_all_running"] for n, c in r["edged"]["cameras"].items()}
+    assert set(shares) == {"a", "b", "c"} and abs(sum(shares.values()) - 1) < 1e-6, shares
+    assert all(c["received"] >= 25 for c in r["edged"]["cameras"].values())

@@ -146,12 +146,16 @@ def test_synthetic_default_has_ground_truth_columns(small_model, tmp_path, capsy
     assert 0.0 <= q["fp32_truth"]["miou"] <= 1.0 and "miou" in q["agreement"]
 
 
-def test_opset11_model_is_upgraded(tmp_path, capsys):
+def test_opset11_model_is_upgraded(tmp_path, capsys, monkeypatch):
     src = tmp_path / "old.onnx"
     build(src, width=0.125, opset=11)
     assert onnx.load(str(src)).opset_import[0].version == 11
     out = tmp_path / "old-int8.onnx"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     assert main(["quantize", str(src), "-o", str(out), *QUICK]) == 0
+    assert list(cwd.iterdir()) == []  # no scratch files left where the user ran it
     assert "opset 11 upgraded to 13 for per-channel int8" in capsys.readouterr().out
     q = onnx.load(str(out))
     assert next(o.version for o in q.opset_import if o.domain in ("", "ai.onnx")) >= 13

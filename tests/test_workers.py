@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 from modelgen import painted_frame, slow_yoeo_model, stalling_yoeo_model, yoeo_model
-from test_daemon import write_config, write_video
+from test_daemon import run_cli, write_config, write_video
 
 from edged.client import Subscriber
 from edged.codec import EndOfStream, Message
@@ -424,3 +424,24 @@ log:
     # the camera outran the model: frames were replaced before inference, never queued
     over = int(re.search(r"final fast: .* dropped (\d+) overwritten", log).group(1))
     assert over > 0.3 * fps * seconds * 0.5, (over, fps, log)
+
+
+def test_check_shows_the_plan_and_loads_every_ladder_rung(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    p = run_cli("check", "-c", str(repo / "configs" / "ladder.yaml"))
+    assert p.returncode == 0, p.stderr
+    assert re.search(r"plan: \d+ inference worker\(s\) x \d+ thread\(s\)", p.stdout), p.stdout
+    assert "ladder rung 1: yoeo-demo-int8 (" in p.stdout
+    assert "ladder rung 2: yoeo-demo-int8-320 (" in p.stdout and "320x320): OK" in p.stdout
+    # a variant that is missing is named, and check fails
+    broken = tmp_path / "ladder.yaml"
+    broken.write_text((repo / "configs" / "ladder.yaml").read_text().replace(
+        "builtin:yoeo-demo-int8-320.onnx", str(tmp_path / "gone.onnx")))
+    p = run_cli("check", "-c", str(broken))
+    assert p.returncode == 1
+    assert f"model.ladder.variants[1]: model file not found: {tmp_path / 'gone.onnx'}" \
+        in p.stderr, p.stderr
+    # and `edged run` refuses to start with it, without a traceback
+    p = run_cli("run", "-c", str(broken), "--frames", "1")
+    assert p.returncode == 1 and "model.ladder.variants[1]: model file not found" in p.stderr
+    assert "Traceback" not in p.stderr

@@ -7,8 +7,8 @@ The public YOEO export (field notes) is a YOLOv4-tiny-like encoder, a YOLO head 
 strides (13x13 and 26x26, 3 anchors each) and a U-Net decoder up to full resolution:
 about 22 GFLOPs at 416x416, two thirds of them in the decoder. We cannot ship those
 weights, but quantization speed depends on the layer layout, not on the weight values,
-so this builds the same layout (Conv, LeakyRelu, MaxPool, Resize, Concat, ArgMax; the
-box decode inside the graph) with random weights.
+so this builds the same layout (Conv, LeakyRelu, Clip, MaxPool, Resize, Concat, ArgMax;
+the box decode inside the graph) with random weights.
 
 Hidden layers (`--norm-scenes N`, default 8): a random body must still have the
 statistics of a trained one, or int8 measures the random init. Three properties of a

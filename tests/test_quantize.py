@@ -67,7 +67,7 @@ def check_output(out: Path, calib_frames: int, source_word: str) -> dict:
     assert 0.0 <= a["miou_vs_fp32"] <= 1.0
     assert q["speedup"] > 0 and q["ms_p50"]["int8"] > 0 and q["ms_p50"]["threads"] == 1
     # the final convolutions and the decode tail stayed float, by name
-    assert "conv_162" in q["kept_float"] and "argmax_163" in q["kept_float"]
+    assert "conv_219" in q["kept_float"] and "argmax_220" in q["kept_float"]
     # the int8 model runs in edged's runner and gives a mask and YOEO rows
     runner = ModelRunner(ModelOptions(path=out, threads=1))
     assert runner.model_id == out.stem
@@ -174,8 +174,8 @@ def test_errors_are_clear(small_model, tmp_path, capsys):
                  "--frames", str(tmp_path / "missing.avi")]) == 1
     assert "no such folder or video file" in capsys.readouterr().err
     assert main(["quantize", str(small_model), "-o", str(tmp_path / "q.onnx"), *QUICK,
-                 "--keep-float", "convv_162"]) == 1
-    assert "no such node(s) in the prepared graph: 'convv_162' (did you mean 'conv_162'" in \
+                 "--keep-float", "convv_219"]) == 1
+    assert "no such node(s) in the prepared graph: 'convv_219' (did you mean 'conv_219'" in \
         capsys.readouterr().err
 
 
@@ -184,7 +184,7 @@ def test_keep_float_defaults(small_model):
     keep = default_keep_float(model)
     ops = {n.name: n.op_type for n in model.graph.node}
     # the two head convolutions and the segmentation logits conv, nothing deeper
-    assert sorted(k for k in keep if ops[k] == "Conv") == ["conv_162", "conv_46", "conv_61"]
+    assert sorted(k for k in keep if ops[k] == "Conv") == ["conv_219", "conv_76", "conv_97"]
     assert {"ArgMax", "Cast", "Sigmoid", "Exp", "Concat"} <= {ops[k] for k in keep}
     assert not any(ops[k] in ("LeakyRelu", "MaxPool", "Resize") for k in keep)
     assert [ops[k] for k in default_keep_float(model, final_convs=False)].count("Conv") == 0

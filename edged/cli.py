@@ -368,7 +368,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         report = run_search(
             model, Path(args.out), frames, search=args.search, keep_float=args.keep_float or (),
             default_keep=not args.no_keep_float,
-            gate=Gate(args.min_agreement, args.max_miou_drop), runs=args.runs,
+            gate=Gate(args.min_agreement, args.max_miou_drop, args.min_det_agreement),
+            runs=args.runs,
             use_truth=not args.no_truth, progress=progress,
             log=lambda line: print(line, file=sys.stderr, flush=True))
     except QuantizeError as e:
@@ -479,6 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gate: mIoU drop vs fp32, as a fraction (default 0.01 = 1 point); "
                         "against ground truth when the frames have it, else 1 - mIoU(int8 "
                         "vs fp32)")
+    q.add_argument("--min-det-agreement", type=float, default=0.9,
+                   help="gate: share of boxes matched between int8 and fp32 (IoU >= 0.5, "
+                        "same class; default 0.9); skipped when neither finds boxes")
     q.add_argument("--no-truth", action="store_true",
                    help="ignore synthetic ground truth (e.g. for a model with random weights)")
     q.add_argument("--runs", type=int, default=20,

@@ -504,6 +504,8 @@ def time_pair(ref: ModelRunner, cand: ModelRunner, tensor: np.ndarray, runs: int
 class Gate:
     min_agreement: float = 0.98
     max_miou_drop: float = 0.01  # mIoU points / 100
+    # boxes of int8 matched to fp32's (IoU >= 0.5, same class) over the larger count
+    min_det_agreement: float = 0.9
 
 
 @dataclass
@@ -676,8 +678,11 @@ def _judge(c: Candidate, gate: Gate, fp32_truth: dict[str, Any] | None) -> None:
         why.append(f"agreement {100 * agree:.2f}% < {100 * gate.min_agreement:g}%")
     if c.miou_drop is not None and c.miou_drop > gate.max_miou_drop:
         why.append(f"mIoU drop {100 * c.miou_drop:.2f} > {100 * gate.max_miou_drop:g} pt")
-    if agree is None and c.miou_drop is None:
-        why.append("no mask to compare")
+    det = m.get("det_agreement")
+    if det is not None and det < gate.min_det_agreement:
+        why.append(f"detection agreement {det:.3f} < {gate.min_det_agreement:g}")
+    if agree is None and c.miou_drop is None and det is None:
+        why.append("no mask or detections to compare")
     c.passed = not why
     c.why = "; ".join(why)
 

@@ -203,3 +203,21 @@ def test_without_onnx_quantize_exits_2_and_run_never_imports_it():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=60, cwd=REPO)
     assert r.stdout.strip() == "False", r.stderr
+
+
+def test_gate_judges_masks_and_detections():
+    from edged.quantize import Candidate, Gate, _judge
+
+    def judge(**metrics: float | None) -> Candidate:
+        c = Candidate("U8S8", "MinMax", metrics=dict(metrics))
+        _judge(c, Gate(), None)
+        return c
+
+    assert judge(pixel_agreement=0.999, miou_vs_fp32=0.995, det_agreement=0.98).passed
+    # masks fine, boxes moved (e.g. the box decode quantized): fails, and says why
+    c = judge(pixel_agreement=0.999, miou_vs_fp32=0.995, det_agreement=0.73)
+    assert not c.passed and c.why == "detection agreement 0.730 < 0.9"
+    c = judge(pixel_agreement=0.90, miou_vs_fp32=0.95, det_agreement=None)
+    assert not c.passed and c.why == "agreement 90.00% < 98%; mIoU drop 5.00 > 1 pt"
+    assert judge(pixel_agreement=None, miou_vs_fp32=None, det_agreement=0.95).passed
+    assert judge().why == "no mask or detections to compare"

@@ -161,11 +161,14 @@ def _letterbox_map(result: Result) -> dict[str, list[Any]] | None:
 
 
 def encode_result(result: Result, encoder: MaskEncoder | None,
-                  send_mask: bool = True) -> list[bytes]:
+                  send_mask: bool = True, budget_ms: float | None = None) -> list[bytes]:
     """[topic, header] or [topic, header, mask] for one result.
 
     The mask is left out when `send_mask` is false, there is none, or `encoder` is None.
     `t_publish_ns` is stamped here; time spent encoding is for the caller to measure.
+    With `budget_ms`, a result whose capture-to-publish time exceeds it when it is
+    stamped gets the `late` flag (also added to `result.flags`): judged at the stamp, so
+    no flag can disagree with the message's own timestamps.
     """
     check_camera(result.camera)
     det = result.detections
@@ -204,7 +207,11 @@ def encode_result(result: Result, encoder: MaskEncoder | None,
     if send_mask and encoder is not None and det.instance_masks is not None:
         header["instances"] = _encode_instances(det.boxes, det.instance_masks, encoder,
                                                 result.frame_w, result.frame_h)
-    header["t_publish_ns"] = time.time_ns()
+    header["t_publish_ns"] = now = time.time_ns()
+    if (budget_ms is not None and "late" not in result.flags
+            and (now - result.t_capture_wall_ns) / 1e6 > budget_ms):
+        result.flags = (*result.flags, "late")
+        header["flags"] = list(result.flags)
     frames = [topic(result.camera, TOPIC_RESULT), _packb(header)]
     if mask_bytes is not None:
         frames.append(mask_bytes)

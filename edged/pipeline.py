@@ -579,18 +579,24 @@ class Pipeline:
     def _publish(self, cam: Camera, result: Result, encoder: MaskEncoder) -> None:
         t0 = time.perf_counter()
         now = time.monotonic_ns()
-        # judged with what encoding and sending will still add, so that "not late"
-        # holds when the message leaves, not only when the result came back
+        # predicted with what encoding and sending will still add
         e2e = (now - result.t_capture_mono_ns) / 1e6 + (cam.budget.send.value or 0.0)
         # the stages after taking the frame; with its age this predicts a frame's e2e
         cam.budget.ahead.add(e2e - result.timings_ms.get("queue", 0.0))
-        if cam.budget.is_late(e2e):
+        late = cam.budget.is_late(e2e)
+        if late and cam.budget.on_late == "drop":
+            cam.stats.late_dropped += 1
+            return
+        if late:
+            result.flags = (*result.flags, "late")
+        # not late yet: judged again when the message is stamped, after the mask is encoded
+        frames = encode_result(result, encoder, send_mask=self.config.publish.send_masks,
+                               budget_ms=cam.budget.latency_ms)
+        if "late" in result.flags:
             if cam.budget.on_late == "drop":
                 cam.stats.late_dropped += 1
                 return
             cam.stats.late += 1
-            result.flags = (*result.flags, "late")
-        frames = encode_result(result, encoder, send_mask=self.config.publish.send_masks)
         if self.publisher is not None and self.publisher.send(frames):
             cam.stats.published += 1
             cam.last_seq = result.seq

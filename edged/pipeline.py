@@ -295,14 +295,17 @@ class Pipeline:
             kept = []
             if new.publish != old.publish:
                 kept.append("publish")
-            if new.model.workers != old.model.workers:
-                kept.append("model.workers")
+            # the worker plan and the batch size shape the running pool
+            fixed = ("workers", "threads", "batch")
+            kept += [f"model.{k}" for k in fixed
+                     if getattr(new.model, k) != getattr(old.model, k)]
             if kept:
                 log.warning("reload: %s changed; restart edged to apply (kept as running)",
                             ", ".join(kept))
             new = new.model_copy(update={
                 "publish": old.publish,
-                "model": new.model.model_copy(update={"workers": old.model.workers})})
+                "model": new.model.model_copy(update={k: getattr(old.model, k)
+                                                      for k in fixed})})
             if new.model != old.model:
                 threads = self.runner.threads
                 try:

@@ -46,12 +46,17 @@ def test_sighup_applies_changes_and_keeps_unchanged_cameras(tmp_path, test_model
         d.wait_for("ready")
         before = [m for m in gather(sub, 1.0, until=count("a", 3)) if isinstance(m, Message)]
         write_config(cfg, test_model, [tcp_endpoint], cams(a=10, b=5, c=10))
+        # the worker plan and batch size need a restart: said, and kept as running
+        cfg.write_text(cfg.read_text().replace("  threads: 1\n", "  threads: 2\n  batch: 2\n"))
         d.proc.send_signal(signal.SIGHUP)
         d.wait_for("reload done")
         after = gather(sub, 2.0, until=lambda ms: count("a", 3)(ms) and count("c", 1)(ms))
         assert d.terminate()[0] == 0
     log = d.log()
     assert "reload done: 1 camera(s) unchanged, 1 restarted, 1 added, 0 removed" in log
+    assert ("reload: model.threads, model.batch changed; restart edged to apply "
+            "(kept as running)") in log
+    assert "reload: model" not in log.replace("reload: model.threads", "")  # not reloaded
     eos = [m for m in after if isinstance(m, EndOfStream)]
     assert [(e.camera, e.reason) for e in eos] == [("b", "reconfigured")]
     res = [m for m in after if isinstance(m, Message)]

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -80,13 +81,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     if echo is not None:
         echo.start()
     try:
-        return asyncio.run(main())
+        code = asyncio.run(main())
     except PublishError as e:
         log.error("%s", e)
         return 1
     finally:
         if echo is not None:
             echo.stop()
+    stuck = pipeline.pool.stuck_threads()
+    if stuck:
+        # Python joins every worker thread at exit; one inside a wedged model never
+        # returns. Everything is published and closed by now: leave without them.
+        log.error("exiting with %d inference thread(s) still stuck in the model", stuck)
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(code)
+    return code
 
 
 class _EchoThread:

@@ -39,6 +39,7 @@ log = logging.getLogger("edged.pipeline")
 PROBE_AFTER_STALE = 10  # consecutive stale drops before one frame is processed anyway
 LADDER_TICK_S = 0.5
 IDLE_GRACE_S = 0.1  # waiting longer than this for a frame counts as idle (fair queuing)
+DRAIN_S = 3.0  # how long a stop waits for inference runs in flight
 RECREATE_AFTER = 1.5  # a run stuck this many times model.stuck_after_s gets a new worker
 
 
@@ -358,6 +359,16 @@ class Pipeline:
             for cam in self.cameras.values():
                 cam.capture.stop()
                 cam.handoff.close()
+            # frames in flight are finished and published, but a wedged run must not hold
+            # the stop hostage: after DRAIN_S it is given up and its frame counted an error
+            if self._loop is not None:
+                self._loop.call_later(DRAIN_S, self._give_up_in_flight)
+
+    def _give_up_in_flight(self) -> None:
+        n = self.pool.abandon_all("edged is stopping")
+        if n:
+            log.error("stopping: %d inference run(s) still busy after %.0f s, given up", n,
+                      DRAIN_S)
 
     async def _camera_loop(self, cam: Camera) -> None:
         loop = asyncio.get_running_loop()

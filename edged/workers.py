@@ -151,6 +151,7 @@ class _Job:
     futures: list[asyncio.Future[Result]]
     started: float  # time.monotonic()
     abandoned: bool = False
+    finished: bool = False  # its thread came back (even if abandoned)
 
 
 @dataclass(slots=True)
@@ -179,6 +180,7 @@ class InferencePool:
         self._waiting: deque[tuple[Frame, asyncio.Future[Result]]] = deque()
         self._workers = [self._new_worker(i) for i in range(workers)]
         self._recreations: deque[float] = deque()
+        self._abandoned: list[_Job] = []
         self.stats = PoolStats()
         self.failed: str | None = None  # set when the recreation budget is spent
         self._lock = threading.Lock()  # rungs may be replaced from a loader thread
@@ -238,6 +240,7 @@ class InferencePool:
         return results
 
     def _finished(self, worker: _Worker, job: _Job, done: asyncio.Future[list[Result]]) -> None:
+        job.finished = True
         if job.abandoned:  # a stuck run came back after its worker was replaced
             if not done.cancelled() and done.exception() is None:
                 log.info("an abandoned inference run finished after all; result discarded")
@@ -277,6 +280,7 @@ class InferencePool:
         job = worker.job
         if job is not None:
             job.abandoned = True
+            self._abandoned.append(job)
             for fut in job.futures:
                 if not fut.done():
                     fut.set_exception(InferenceStuck(reason))
@@ -295,6 +299,26 @@ class InferencePool:
         self._workers[index] = self._new_worker(index, worker.generation + 1)
         self._dispatch()
         return True
+
+    def abandon_all(self, reason: str) -> int:
+        """Fail every run in progress (shutting down): their threads are not waited for."""
+        n = 0
+        for w in self._workers:
+            job = w.job
+            if job is None or job.abandoned:
+                continue
+            job.abandoned = True
+            self._abandoned.append(job)
+            n += 1
+            for fut in job.futures:
+                if not fut.done():
+                    fut.set_exception(InferenceStuck(reason))
+        return n
+
+    def stuck_threads(self) -> int:
+        """Abandoned runs whose threads are still inside the model (they cannot be joined)."""
+        self._abandoned = [j for j in self._abandoned if not j.finished]
+        return len(self._abandoned)
 
     def replace_runner(self, rung: int, runner: ModelRunner) -> None:
         with self._lock:

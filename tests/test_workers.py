@@ -445,3 +445,37 @@ def test_check_shows_the_plan_and_loads_every_ladder_rung(tmp_path):
     p = run_cli("run", "-c", str(broken), "--frames", "1")
     assert p.returncode == 1 and "model.ladder.variants[1]: model file not found" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_sigterm_during_a_wedged_inference_exits_in_bounded_time(tmp_path, start_daemon):
+    # a run of about 20 s on the bright frame: far past the stop's drain time
+    model = stalling_yoeo_model(tmp_path / "wedge.onnx", iterations=40000)
+    folder = _folder(tmp_path / "imgs", bright=[5], n=12)
+    ep = f"ipc://{tmp_path}/e.sock"
+    cfg = write_config(tmp_path / "cfg.yaml", model, [ep], f"""\
+  stills:
+    source: {folder}
+    fps: 10
+    loop: false""", extra="")
+    cfg.write_text(cfg.read_text().replace("  threads: 1\n",
+                                           "  threads: 1\n  workers: 1\n  stuck_after_s: 60\n"))
+    with Subscriber(ep) as sub:
+        time.sleep(0.3)
+        d = start_daemon(cfg)
+        got: list[Message | EndOfStream] = []
+        end = time.monotonic() + 30
+        while time.monotonic() < end and not any(
+                isinstance(m, Message) and m.seq == 4 for m in got):
+            m = sub.recv(timeout=0.2)
+            if m is not None:
+                got.append(m)
+        time.sleep(1.0)  # frame 5 is inside the model now
+        code, took = d.terminate(timeout=15)
+        got += until_eos(sub, {"stills"}, timeout=5)
+    log = d.log()
+    assert code == 0 and took < 8.0, (code, took, log)
+    assert "stopping: 1 inference run(s) still busy after 3 s, given up" in log
+    assert "exiting with 1 inference thread(s) still stuck in the model" in log
+    eos = [m for m in got if isinstance(m, EndOfStream)]
+    assert len(eos) == 1 and eos[0].last_seq == 4, (eos, log)
+    assert "Traceback" not in log

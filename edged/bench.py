@@ -32,7 +32,7 @@ from edged.publisher import Publisher
 from edged.results import Frame
 from edged.runner import ModelRunner
 from edged.sources import source_for
-from edged.workers import Models, WorkerPlan
+from edged.workers import Models
 
 
 def _pct(values: list[float]) -> dict[str, float | None]:
@@ -171,10 +171,7 @@ def pipeline_run(models: Models, config: Config, n: int) -> dict[str, Any]:
                                        "wall_s": wall}}
 
 
-def bench(config: Config, models: Models | ModelRunner, frames: int) -> dict[str, Any]:
-    if isinstance(models, ModelRunner):
-        models = Models([models], WorkerPlan(config.model.workers or 1, models.threads, 0), 1,
-                        "not planned")
+def bench(config: Config, models: Models, frames: int) -> dict[str, Any]:
     runner = models.rungs[0]
     workers = models.plan.workers
     name, cam = next(iter(config.cameras.items()))

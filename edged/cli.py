@@ -161,40 +161,32 @@ def cmd_check(args: argparse.Namespace) -> int:
     if cfg is None:
         return 1
     setup_logging("warning")
-    from edged.runner import ModelError, ModelOptions, ModelRunner
+    from edged.runner import ModelError
     from edged.sources import redact
+    from edged.workers import load_rungs, plan
 
     print(f"config: {cfg.source_file or 'built-in default'}: OK")
     for name, cam in cfg.cameras.items():
         state = "" if cam.enabled else " (disabled)"
         print(f"camera {name}: {cam.resolved_type()} {redact(cam.source)!r}, "
               f"mode {cam.resolved_mode()}{state}")
-    try:
-        runner = ModelRunner(ModelOptions.from_config(cfg.model))
+    wp = plan(cfg)
+    try:  # the model and every ladder variant, with the threads edged would give them
+        rungs = load_rungs(cfg, wp.threads, warmup=False)
     except ModelError as e:
         print(f"model: {e}", file=sys.stderr)
         return 1
-    d = runner.describe()
+    d = rungs[0].describe()
     print(f"model: {d['path']}: OK\n  format {d['format']} ({d['why']})\n  input {d['input']}"
           f"\n  classes {', '.join(d['classes'])}; segmentation {', '.join(d['seg_classes'])}"
           f"\n  {d['threads']} thread(s)")
     print(format_provider_report(d["providers"]))
-    from edged.workers import plan
-
-    wp = plan(cfg)
     print(f"  plan: {wp.workers} inference worker(s) x {wp.threads} thread(s) on {wp.cores} "
           f"core(s) (model.workers {cfg.model.workers or 'auto'}, model.threads "
           f"{cfg.model.threads or 'auto'})")
-    if cfg.model.ladder is not None:
-        for i, v in enumerate(cfg.model.ladder.variants):
-            try:
-                r = ModelRunner(ModelOptions.from_config(cfg.model.model_copy(
-                    update={"path": v.path})))
-            except ModelError as e:
-                print(f"model.ladder.variants[{i}]: {e}", file=sys.stderr)
-                return 1
-            print(f"  ladder rung {i + 1}: {v.name or r.model_id} ({v.path}, input "
-                  f"{r.describe()['input']}): OK")
+    for i, r in enumerate(rungs[1:], 1):
+        print(f"  ladder rung {i}: {r.model_id} ({r.options.path}, input "
+              f"{r.describe()['input']}): OK")
     return 0
 
 

@@ -32,7 +32,7 @@ from edged.runner import ModelRunner
 from edged.scheduler import Budget, Scheduler
 from edged.sources import CaptureThread, Handoff, RestartPolicy, SourceError, source_for
 from edged.stats import encode_model_event, encode_state, encode_stats
-from edged.workers import InferencePool, Models, WorkerPlan, reload_runner
+from edged.workers import InferencePool, Models, reload_runner
 
 log = logging.getLogger("edged.pipeline")
 
@@ -80,21 +80,14 @@ class Camera:
 
 
 class Pipeline:
-    def __init__(self, config: Config, models: Models | ModelRunner, *,
-                 frames: int | None = None, duration: float | None = None,
-                 inference_workers: int | None = None,
-                 notifier: Notifier | None = None) -> None:
-        """`models`: from `edged.workers.load_models` (a bare runner: no ladder, no
-        batching, `inference_workers` workers)."""
+    def __init__(self, config: Config, models: Models, *, frames: int | None = None,
+                 duration: float | None = None, notifier: Notifier | None = None) -> None:
+        """`models`: from `edged.workers.load_models`."""
         self.config = config
-        if isinstance(models, ModelRunner):
-            n = inference_workers or 1
-            models = Models([models], WorkerPlan(n, models.threads, 0), 1, "not planned")
         self.models = models
         self.frames = frames
         self.duration = duration
-        self.inference_workers = inference_workers or models.plan.workers
-        self.pool = InferencePool(models.rungs, self.inference_workers, models.max_batch)
+        self.pool = InferencePool(models.rungs, models.plan.workers, models.max_batch)
         self.ladder: Ladder | None = None
         if config.model.ladder is not None and len(models.rungs) > 1:
             self.ladder = Ladder(config.model.ladder,
@@ -187,7 +180,7 @@ class Pipeline:
             self.publisher.close()
             return 1
         # a worker may take a batch: that many frames may be granted and waiting
-        self._sched = Scheduler(self.inference_workers * self.pool.max_batch, {})
+        self._sched = Scheduler(self.pool.workers * self.pool.max_batch, {})
         started = self._started = time.monotonic()
         try:
             async with asyncio.TaskGroup() as tg:
@@ -314,9 +307,7 @@ class Pipeline:
                 except ModelError as e:
                     log.error("reload rejected: %s; the running model and configuration stay", e)
                     return
-                self.pool.rungs = rungs
-                self.pool.rung = 0
-                self.pool.max_batch = self.pool.max_batch if rungs[0].dynamic_batch else 1
+                self.pool.use_rungs(rungs)
                 self.ladder = None
                 if new.model.ladder is not None and len(rungs) > 1:
                     self.ladder = Ladder(new.model.ladder, [r.cost_ms or 1.0 for r in rungs],
@@ -381,7 +372,7 @@ class Pipeline:
         stale_run = 0
         # frames in flight for this camera: every_frame cameras may use every worker
         # (results stay in order); realtime ones run one frame, always the freshest
-        depth = 1 if cam.realtime else self.inference_workers
+        depth = 1 if cam.realtime else self.pool.workers
         inflight: deque[tuple[asyncio.Future[Result], Frame]] = deque()
         submitted = 0
         while True:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +23,7 @@ from dataclasses import dataclass, replace
 
 from edged.config import Config
 from edged.results import Frame, Result
-from edged.runner import ModelError, ModelOptions, ModelRunner, plan_workers
+from edged.runner import ModelError, ModelOptions, ModelRunner, auto_threads, plan_workers
 
 log = logging.getLogger("edged.workers")
 
@@ -48,16 +46,9 @@ class WorkerPlan:
     cores: int
 
 
-def available_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def plan(config: Config, cores: int | None = None) -> WorkerPlan:
     """Workers and threads from `model.workers`/`model.threads` (0 = automatic)."""
-    cores = cores or available_cores()
+    cores = cores or auto_threads()  # the cores this process may use
     cams = [c for c in config.cameras.values() if c.enabled]
     single_rt = len(cams) == 1 and cams[0].resolved_mode() == "realtime"
     w, t = plan_workers(config.model.workers, config.model.threads, cores=cores,
@@ -66,7 +57,8 @@ def plan(config: Config, cores: int | None = None) -> WorkerPlan:
 
 
 def load_rungs(config: Config, threads: int, warmup: bool = True) -> list[ModelRunner]:
-    """The model and its ladder variants (cheapest last), loaded and warmed up.
+    """The model and its ladder variants (cheapest last), loaded and (with `warmup`)
+    warmed up and timed.
 
     Raises ModelError naming the variant that failed.
     """
@@ -81,7 +73,7 @@ def load_rungs(config: Config, threads: int, warmup: bool = True) -> list[ModelR
         except ModelError as e:
             raise ModelError(f"model.ladder.variants[{i - 1}]: {e}" if i else str(e)) from None
         if i and config.model.ladder is not None and config.model.ladder.variants[i - 1].name:
-            runner.model_id = config.model.ladder.variants[i - 1].name or runner.model_id
+            runner.model_id = config.model.ladder.variants[i - 1].name
         if warmup:
             runner.warmup()
             # measured here, side by side, so the ladder knows what each rung costs
@@ -183,7 +175,6 @@ class InferencePool:
         self._abandoned: list[_Job] = []
         self.stats = PoolStats()
         self.failed: str | None = None  # set when the recreation budget is spent
-        self._lock = threading.Lock()  # rungs may be replaced from a loader thread
 
     @staticmethod
     def _new_worker(index: int, generation: int = 0) -> _Worker:
@@ -193,6 +184,13 @@ class InferencePool:
     @property
     def runner(self) -> ModelRunner:
         return self.rungs[self.rung]
+
+    def use_rungs(self, rungs: list[ModelRunner]) -> None:
+        """A reloaded model (and ladder): from rung 0; no batches for a fixed batch size."""
+        self.rungs = rungs
+        self.rung = 0
+        if not rungs[0].dynamic_batch:
+            self.max_batch = 1
 
     @property
     def workers(self) -> int:
@@ -279,11 +277,7 @@ class InferencePool:
         worker = self._workers[index]
         job = worker.job
         if job is not None:
-            job.abandoned = True
-            self._abandoned.append(job)
-            for fut in job.futures:
-                if not fut.done():
-                    fut.set_exception(InferenceStuck(reason))
+            self._abandon(job, reason)
         worker.executor.shutdown(wait=False)  # its thread finishes (or not) on its own
         if len(self._recreations) >= RECREATE_BUDGET:
             self.failed = (f"inference workers were recreated {RECREATE_BUDGET} times within "
@@ -302,18 +296,18 @@ class InferencePool:
 
     def abandon_all(self, reason: str) -> int:
         """Fail every run in progress (shutting down): their threads are not waited for."""
-        n = 0
-        for w in self._workers:
-            job = w.job
-            if job is None or job.abandoned:
-                continue
-            job.abandoned = True
-            self._abandoned.append(job)
-            n += 1
-            for fut in job.futures:
-                if not fut.done():
-                    fut.set_exception(InferenceStuck(reason))
-        return n
+        busy = [w.job for w in self._workers if w.job is not None and not w.job.abandoned]
+        for job in busy:
+            self._abandon(job, reason)
+        return len(busy)
+
+    def _abandon(self, job: _Job, reason: str) -> None:
+        """Give up on a run: its frames fail now; its thread is left to come back or not."""
+        job.abandoned = True
+        self._abandoned.append(job)
+        for fut in job.futures:
+            if not fut.done():
+                fut.set_exception(InferenceStuck(reason))
 
     def stuck_threads(self) -> int:
         """Abandoned runs whose threads are still inside the model (they cannot be joined)."""
@@ -321,8 +315,7 @@ class InferencePool:
         return len(self._abandoned)
 
     def replace_runner(self, rung: int, runner: ModelRunner) -> None:
-        with self._lock:
-            self.rungs[rung] = runner
+        self.rungs[rung] = runner
 
     def shutdown(self) -> None:
         """Wait for runs in progress (not the abandoned or stuck ones) and stop the threads."""

@@ -156,18 +156,26 @@ def _folder(path: Path, bright: list[int], n: int) -> Path:
     return path
 
 
+def _stills_config(tmp_path: Path, model: Path, folder: Path, *, fps: int, loop: bool,
+                   stuck_after_s: float) -> Path:
+    """One image-folder camera on one worker, with the given stuck deadline."""
+    cfg = write_config(tmp_path / "cfg.yaml", model, [f"ipc://{tmp_path}/e.sock"], f"""\
+  stills:
+    source: {folder}
+    fps: {fps}
+    loop: {str(loop).lower()}""")
+    cfg.write_text(cfg.read_text().replace(
+        "  threads: 1\n", f"  threads: 1\n  workers: 1\n  stuck_after_s: {stuck_after_s}\n"))
+    return cfg
+
+
 def test_stuck_inference_gets_a_new_worker_and_the_camera_carries_on(
         tmp_path, stalling_model, start_daemon):
     # the first frames give the subscriber time to connect; frame 8 wedges the model
     folder = _folder(tmp_path / "imgs", bright=[8], n=16)
     ep = f"ipc://{tmp_path}/e.sock"
-    cfg = write_config(tmp_path / "cfg.yaml", stalling_model, [ep], f"""\
-  stills:
-    source: {folder}
-    fps: 10
-    loop: false""", extra="")
-    cfg.write_text(cfg.read_text().replace("  threads: 1\n",
-                                           "  threads: 1\n  workers: 1\n  stuck_after_s: 0.5\n"))
+    cfg = _stills_config(tmp_path, stalling_model, folder, fps=10, loop=False,
+                         stuck_after_s=0.5)
     with Subscriber(ep) as sub:
         time.sleep(0.3)
         d = start_daemon(cfg)
@@ -188,13 +196,8 @@ def test_stuck_inference_gets_a_new_worker_and_the_camera_carries_on(
 def test_a_worker_that_keeps_getting_stuck_ends_edged_with_status_1(
         tmp_path, stalling_model, start_daemon):
     folder = _folder(tmp_path / "imgs", bright=list(range(10)), n=10)
-    ep = f"ipc://{tmp_path}/e.sock"
-    cfg = write_config(tmp_path / "cfg.yaml", stalling_model, [ep], f"""\
-  stills:
-    source: {folder}
-    fps: 20""", extra="")
-    cfg.write_text(cfg.read_text().replace("  threads: 1\n",
-                                           "  threads: 1\n  workers: 1\n  stuck_after_s: 0.3\n"))
+    cfg = _stills_config(tmp_path, stalling_model, folder, fps=20, loop=True,
+                         stuck_after_s=0.3)
     d = start_daemon(cfg)
     code = d.proc.wait(60)
     log = d.log()
@@ -452,13 +455,7 @@ def test_sigterm_during_a_wedged_inference_exits_in_bounded_time(tmp_path, start
     model = stalling_yoeo_model(tmp_path / "wedge.onnx", iterations=40000)
     folder = _folder(tmp_path / "imgs", bright=[5], n=12)
     ep = f"ipc://{tmp_path}/e.sock"
-    cfg = write_config(tmp_path / "cfg.yaml", model, [ep], f"""\
-  stills:
-    source: {folder}
-    fps: 10
-    loop: false""", extra="")
-    cfg.write_text(cfg.read_text().replace("  threads: 1\n",
-                                           "  threads: 1\n  workers: 1\n  stuck_after_s: 60\n"))
+    cfg = _stills_config(tmp_path, model, folder, fps=10, loop=False, stuck_after_s=60)
     with Subscriber(ep) as sub:
         time.sleep(0.3)
         d = start_daemon(cfg)

@@ -180,6 +180,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"model: {d['path']}: OK\n  format {d['format']} ({d['why']})\n  input {d['input']}"
           f"\n  classes {', '.join(d['classes'])}; segmentation {', '.join(d['seg_classes'])}"
           f"\n  {d['threads']} thread(s)")
+    if d["disabled_optimizers"]:
+        print(f"  onnxruntime optimizers off (the manifest's session settings): "
+              f"{', '.join(d['disabled_optimizers'])}")
     print(format_provider_report(d["providers"]))
     print(f"  plan: {wp.workers} inference worker(s) x {wp.threads} thread(s) on {wp.cores} "
           f"core(s) (model.workers {cfg.model.workers or 'auto'}, model.threads "

@@ -16,6 +16,7 @@ from typing import Any
 from edged.preprocess import PreprocessSpec
 
 MANIFEST_VERSION = 1
+SESSION_KEYS = frozenset({"disabled_optimizers"})
 
 
 class ManifestError(ValueError):
@@ -43,6 +44,13 @@ class Manifest:
     # how an int8 model was made from its fp32 parent and what that cost in accuracy and
     # gained in speed (written by `edged quantize`); empty for models not quantized by it
     quantization: dict[str, Any] = field(default_factory=dict)
+    # onnxruntime session settings this model runs faster with, as measured where it was
+    # quantized: {"disabled_optimizers": ["NhwcTransformer"]} (see docs/quantize.md)
+    session: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def disabled_optimizers(self) -> tuple[str, ...]:
+        return tuple(self.session.get("disabled_optimizers", ()))
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -75,9 +83,18 @@ def load_manifest(path: Path) -> Manifest:
         raise ManifestError(f"{path}: unknown key(s) {', '.join(unknown)}")
     if "format" not in raw:
         raise ManifestError(f"{path}: missing key 'format'")
-    for key in ("outputs", "extra", "options", "quantization"):
+    for key in ("outputs", "extra", "options", "quantization", "session"):
         if not isinstance(raw.get(key, {}), dict):
             raise ManifestError(f"{path}: {key!r} must be a JSON object")
+    session = raw.get("session", {})
+    unknown = sorted(set(session) - SESSION_KEYS)
+    if unknown:
+        raise ManifestError(f"{path}: unknown key(s) in 'session': {', '.join(unknown)} "
+                            f"(known: {', '.join(sorted(SESSION_KEYS))})")
+    disabled = session.get("disabled_optimizers", [])
+    if not isinstance(disabled, list) or not all(isinstance(x, str) for x in disabled):
+        raise ManifestError(f"{path}: 'session.disabled_optimizers' must be a list of "
+                            "onnxruntime optimizer names")
     try:
         pre = PreprocessSpec(**raw.pop("preprocess", {}))
         for key in ("mean", "std"):

@@ -7,6 +7,7 @@ answers (tests/formatgen.expected) are worked out from the letterbox geometry by
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import formatgen as g
@@ -342,6 +343,34 @@ def test_manifest_options_round_trip(tmp_path, models):
     p = tmp_path / "m.json"
     p.write_text(m.to_json())
     assert load_manifest(p) == m
+
+
+def test_manifest_session_settings_reach_the_session(tmp_path):
+    """`session.disabled_optimizers` is handed to onnxruntime (the same outputs either way)
+    and reported; a malformed `session` is refused with the file and the key."""
+    import shutil
+
+    src = Path(__file__).resolve().parent.parent / "models" / "yoeo-demo-int8.onnx"
+    model = tmp_path / "m.onnx"
+    shutil.copyfile(src, model)
+    m = load_manifest(src.with_suffix(".json"))
+    tensor = np.random.default_rng(0).random((1, 3, 416, 416), np.float32)
+    outs = {}
+    for disabled in ([], ["NhwcTransformer"]):
+        manifest_path(model).write_text(
+            replace(m, session={"disabled_optimizers": disabled} if disabled else {}).to_json())
+        runner = ModelRunner(ModelOptions(path=model, threads=1))
+        assert runner.disabled_optimizers == tuple(disabled)
+        assert runner.describe()["disabled_optimizers"] == disabled
+        outs[len(disabled)] = runner.run_tensor(tensor)
+    assert np.array_equal(outs[0][1], outs[1][1])  # the mask
+    np.testing.assert_allclose(outs[0][0], outs[1][0], atol=1e-5)
+    raw = json.loads(m.to_json())
+    for session, match in [({"disable": ["x"]}, "unknown key.*'session': disable"),
+                           ({"disabled_optimizers": "NhwcTransformer"}, "must be a list")]:
+        manifest_path(model).write_text(json.dumps(raw | {"session": session}))
+        with pytest.raises(ModelError, match=match):
+            ModelRunner(ModelOptions(path=model, threads=1))
 
 
 def test_unbatched_torchvision_input_is_fed_as_3d(models):

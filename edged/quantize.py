@@ -15,6 +15,11 @@ The steps, each for a reason measured on the CPUs edged runs on (field notes):
    and calibration method of the search (`quick` or `full`). The final convolution(s)
    feeding each output and everything after them (box decode, argmax) stay in float by
    default: they produce scores, pixel coordinates and logits where int8 steps show.
+   Then the fastest passing candidate is refined, a step at a time, each step kept only
+   if it passes the gate and is faster: (a) the convolutions whose outputs only reach
+   the graph through a decision (a segmentation head's argmax) in int8 too; (b) the same
+   file run with onnxruntime's NhwcTransformer off, timed in the same runs as its parent
+   (recorded in the manifest's `session`, which edged's runner applies).
 4. Gate. Each candidate runs on held-out frames (never the calibration ones) through
    edged's own `ModelRunner` next to the fp32 model: mask pixel agreement and mIoU
    against the fp32 masks, detection agreement (boxes matched at IoU >= 0.5) and the mean
@@ -68,6 +73,18 @@ HOLDOUT_SEED = 1_000_000  # evaluation seeds, as `edged eval` uses
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis) needs opset 13
 # ops whose output is "the final layer" when walking back from a graph output
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
+# ops that only move values or compare them; DECISION_OPS also turn them into a choice
+# (an index, a boolean). An output reached from a conv through these alone depends on the
+# order of the conv's values, not on their size: int8 steps only matter near a tie.
+DECISION_OPS = frozenset({"ArgMax", "ArgMin", "Greater", "Less", "GreaterOrEqual",
+                          "LessOrEqual"})
+ORDER_OPS = DECISION_OPS | frozenset({
+    "Max", "Min", "Where", "Split", "Slice", "DepthToSpace", "SpaceToDepth", "Reshape",
+    "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast", "Concat"})
+# the onnxruntime transformer that moves int8 convolutions to NHWC; with it, this
+# onnxruntime runs uint8 nearest Resize in NHWC at about 10x the cost of NCHW, so for a
+# decoder with upsampling the graph can be faster without it: measured per model
+NHWC_TRANSFORMER = "NhwcTransformer"
 TYPE_PAIRS: dict[str, tuple[QuantType, QuantType]] = {
     "U8S8": (QuantType.QUInt8, QuantType.QInt8),  # the fast pair on x86 (VNNI)
     "S8S8": (QuantType.QInt8, QuantType.QInt8),  # what ARM and GPUs prefer
@@ -369,6 +386,45 @@ def default_keep_float(model: onnx.ModelProto, final_convs: bool = True) -> list
     return keep
 
 
+def _output_tails(model: onnx.ModelProto) -> Iterator[tuple[set[str], list[str]]]:
+    """Per graph output: the op types after its last compute layer(s), and those layers."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    for out in model.graph.output:
+        ops: set[str] = set()
+        finals: list[str] = []
+        seen: set[str] = set()
+        stack = [out.name]
+        while stack:
+            node = producer.get(stack.pop())
+            if node is None or node.name in seen:
+                continue
+            seen.add(node.name)
+            if node.op_type in COMPUTE_OPS:
+                finals.append(node.name)
+                continue
+            ops.add(node.op_type)
+            stack.extend(i for i in node.input if i)
+        yield ops, finals
+
+
+def decision_convs(model: onnx.ModelProto) -> list[str]:
+    """Final compute layers whose outputs only reach the graph through a decision.
+
+    A segmentation head's logits end in an argmax (or, in the demo export, a running
+    maximum): only which class is largest matters, so these convolutions can be int8
+    even though the ones that produce box coordinates and scores stay float. A layer
+    that also feeds a value output (scores, boxes) is not one of them.
+    """
+    decision: list[str] = []
+    valued: set[str] = set()
+    for ops, finals in _output_tails(model):
+        if ops and ops <= ORDER_OPS and ops & DECISION_OPS:
+            decision += [f for f in finals if f not in decision]
+        else:
+            valued.update(finals)
+    return [d for d in decision if d not in valued]
+
+
 def _supports_calibration_cache() -> bool:
     return "calibration_cache_path" in inspect.signature(quantize_static).parameters
 
@@ -480,21 +536,19 @@ def _truth_metrics(results: list[Result], truth: list[Any]) -> dict[str, Any]:
             "map50": float(np.nanmean(aps)) if not np.all(np.isnan(aps)) else None}
 
 
-def time_pair(ref: ModelRunner, cand: ModelRunner, tensor: np.ndarray, runs: int
-              ) -> tuple[float, float]:
-    """Median ms of `ref` and `cand`, runs alternating so both see the same load."""
+def time_alternating(runners: list[ModelRunner], tensor: np.ndarray, runs: int
+                     ) -> list[float]:
+    """Median ms of each runner, runs interleaved so all of them see the same load."""
     for _ in range(2):  # first runs are 1.2-2x slower
-        ref.run_tensor(tensor)
-        cand.run_tensor(tensor)
-    a, b = [], []
+        for r in runners:
+            r.run_tensor(tensor)
+    times: list[list[float]] = [[] for _ in runners]
     for _ in range(runs):
-        t = time.perf_counter()
-        ref.run_tensor(tensor)
-        a.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        cand.run_tensor(tensor)
-        b.append(time.perf_counter() - t)
-    return float(np.median(a)) * 1e3, float(np.median(b)) * 1e3
+        for r, t in zip(runners, times):
+            t0 = time.perf_counter()
+            r.run_tensor(tensor)
+            t.append(time.perf_counter() - t0)
+    return [float(np.median(t)) * 1e3 for t in times]
 
 
 # ----------------------------------------------------------------------------- the search
@@ -508,11 +562,23 @@ class Gate:
     min_det_agreement: float = 0.9
 
 
+# what a candidate keeps in float and how its session runs; the table's `variant` column
+VARIANT_BASE = "out convs float"  # every final conv and the decode/argmax tail float
+VARIANT_MASK = "mask conv int8"  # the decision (segmentation) convs int8 too
+NO_NHWC = ", no NHWC"  # the same file, run with onnxruntime's NhwcTransformer off
+
+
 @dataclass
 class Candidate:
     types: str
     method: str
+    variant: str = VARIANT_BASE
+    exclude: list[str] = field(default_factory=list)  # nodes left float
+    disabled: tuple[str, ...] = ()  # onnxruntime optimizers switched off
+    source: Path | None = None  # the parent's file, for a session variant
     path: Path | None = None
+    runner: ModelRunner | None = field(default=None, repr=False)
+    vs_parent: float | None = None  # parent ms / this ms, timed in the same runs
     ms: float | None = None
     fp32_ms: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -543,19 +609,22 @@ class Report:
             return "-" if v is None else format(v, fmt)
 
         truth = self.fp32_truth is not None
-        head = ["candidate", "act/wgt", "method", "ms p50", "speed-up", "pix agree",
+        head = ["candidate", "act/wgt", "method", "variant", "ms p50", "speed-up", "vs parent",
+                "pix agree",
                 "mIoU vs fp32", "det agree", "|d score|"]
         if truth:
             head += ["mIoU", "mAP50"]
         head.append("gate")
-        rows = [["fp32", "-", "-", f(self.fp32_ms, ".1f"), "1.00x", "-", "-", "-", "-"]
+        rows = [["fp32", "-", "-", "-", f(self.fp32_ms, ".1f"), "1.00x", "-", "-", "-", "-",
+                 "-"]
                 + ([f(self.fp32_truth["miou"], ".4f"), f(self.fp32_truth["map50"], ".4f")]
                    if truth else []) + ["reference"]]
         for i, c in enumerate(self.candidates):
             m = c.metrics
             mark = " *" if c is self.chosen else ""
-            row = [f"int8 #{i + 1}{mark}", c.types, c.method, f(c.ms, ".1f"),
+            row = [f"int8 #{i + 1}{mark}", c.types, c.method, c.variant, f(c.ms, ".1f"),
                    "-" if c.speedup is None else f"{c.speedup:.2f}x",
+                   "-" if c.vs_parent is None else f"{c.vs_parent:.2f}x",
                    f(m.get("pixel_agreement") and 100 * m["pixel_agreement"], ".2f") + (
                        "%" if m.get("pixel_agreement") is not None else ""),
                    f(m.get("miou_vs_fp32"), ".4f"), f(m.get("det_agreement"), ".3f"),
@@ -618,51 +687,100 @@ def run_search(model: Path, out: Path, frames: FrameSet, *, search: str = "quick
                                                 else [])]
         del pmodel
         # the fp32 manifest beside each candidate, so its runner reads the same tensors
-        manifest_json = m.to_json()
         reader = CalibrationReader(m.input_name, cal, None)
-        candidates = [Candidate(t, meth) for t, meth in SEARCHES[search]]
         calibrated: set[str] = set()
-        for i, c in enumerate(candidates):
+        made: list[Candidate] = []
+
+        def make(c: Candidate, parent: Candidate | None = None, note: str = "") -> Candidate:
+            """Quantize (or copy, for a session variant), check against fp32, time; a
+            refinement is timed in the same runs as its parent and kept only if faster."""
+            i = len(made)
+            made.append(c)
             c.path = tmp / f"cand{i}.onnx"
-            fresh = c.method not in calibrated or not _supports_calibration_cache()
-            label = f"calibrating {c.method} ({len(cal)} frames)"
-            reader.progress = (lambda d, n, label=label: progress(label, d, n)) \
-                if progress is not None and fresh else None
-            log(f"candidate {i + 1}/{len(candidates)}: {c.types} {c.method}"
-                + ("" if fresh else " (calibration reused)"))
+            log(f"candidate {i + 1}: {c.types} {c.method} {c.variant}{note}")
+            if c.disabled:  # same graph as its parent, another session setting
+                assert c.source is not None
+                shutil.copyfile(c.source, c.path)
+            else:
+                fresh = c.method not in calibrated or not _supports_calibration_cache()
+                label = f"calibrating {c.method} ({len(cal)} frames)"
+                reader.progress = (lambda d, n, label=label: progress(label, d, n)) \
+                    if progress is not None and fresh else None
+                try:
+                    static_qdq(prepared, c.path, reader, c.types, c.method, c.exclude,
+                               cache=tmp / f"calib-{c.method}.json")
+                except Exception as e:  # onnxruntime.quantization raises many kinds
+                    c.why = f"quantization failed: {str(e).strip().splitlines()[0][:120]}"
+                    c.path = None
+                    return c
+                calibrated.add(c.method)
+            c.path.with_suffix(".json").write_text(
+                replace(m, session={"disabled_optimizers": list(c.disabled)}
+                        if c.disabled else {}).to_json())
             try:
-                static_qdq(prepared, c.path, reader, c.types, c.method, keep,
-                           cache=tmp / f"calib-{c.method}.json")
-            except Exception as e:  # onnxruntime.quantization raises many kinds
-                c.why = f"quantization failed: {str(e).strip().splitlines()[0][:120]}"
-                c.path = None
-                continue
-            calibrated.add(c.method)
-            c.path.with_suffix(".json").write_text(manifest_json)
-            try:
-                runner = ModelRunner(ModelOptions(path=c.path, threads=1, warmup_runs=0))
+                c.runner = ModelRunner(ModelOptions(path=c.path, threads=1, warmup_runs=0))
             except ModelError as e:
                 c.why = f"does not load: {e}"
-                continue
+                return c
             agree = Agreement()
             for f, ref in zip(held, ref_results):
-                agree.add(ref, runner.infer(f),
-                          truth[f.seq] if truth is not None else None)
+                agree.add(ref, c.runner.infer(f), truth[f.seq] if truth is not None else None)
             c.metrics = agree.summary()
-            c.fp32_ms, c.ms = time_pair(fp32, runner, timing_tensor, runs)
-            del runner
             _judge(c, gate, fp32_truth)
-        passing = [c for c in candidates if c.passed]
-        chosen = max(passing, key=lambda c: c.speedup or 0.0) if passing else None
-        fp32_ms = float(np.median([c.fp32_ms for c in candidates if c.fp32_ms])) \
-            if any(c.fp32_ms for c in candidates) else None
-        report = Report(model, out, candidates, fp32_ms, fp32_truth, frames, keep, opset, chosen)
+            if parent is None or parent.runner is None:
+                c.fp32_ms, c.ms = time_alternating([fp32, c.runner], timing_tensor, runs)
+            else:
+                c.fp32_ms, parent_ms, c.ms = time_alternating(
+                    [fp32, parent.runner, c.runner], timing_tensor, runs)
+                c.vs_parent = parent_ms / c.ms
+            return c
+
+        def better(c: Candidate, parent: Candidate) -> Candidate:
+            return c if c.passed and c.vs_parent is not None and c.vs_parent > 1.0 else parent
+
+        best: Candidate | None = None
+        for types, method in SEARCHES[search]:
+            make(Candidate(types, method, exclude=keep))
+            best = _fastest(made)
+            _drop_runners(made, keep=best)
+        # refinement of the winner, one step at a time: int8 for the mask conv ...
+        asked = set(keep_float)  # what the user keeps float stays float
+        mask_convs = [n for n in decision_convs(onnx.load(str(prepared)))
+                      if n in keep and n not in asked]
+        if best is not None and mask_convs and default_keep:
+            best = better(make(Candidate(best.types, best.method, VARIANT_MASK,
+                                         exclude=[k for k in keep if k not in mask_convs]),
+                               parent=best), best)
+            _drop_runners(made, keep=best)
+        # ... then the session layout: the same file without onnxruntime's NhwcTransformer
+        if best is not None and best.path is not None:
+            best = better(make(Candidate(best.types, best.method, best.variant + NO_NHWC,
+                                         exclude=best.exclude, disabled=(NHWC_TRANSFORMER,),
+                                         source=best.path),
+                               parent=best, note=" (same file)"), best)
+        _drop_runners(made, keep=None)
+        chosen = best
+        fp32_ms = float(np.median([c.fp32_ms for c in made if c.fp32_ms])) \
+            if any(c.fp32_ms for c in made) else None
+        report = Report(model, out, made, fp32_ms, fp32_truth, frames, keep, opset, chosen)
         report.seconds = time.monotonic() - t_start
         if chosen is not None and chosen.path is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(chosen.path, out)
             manifest_path(out).write_text(_manifest(report, fp32).to_json())
     return report
+
+
+def _fastest(cands: list[Candidate]) -> Candidate | None:
+    passing = [c for c in cands if c.passed]
+    return max(passing, key=lambda c: c.speedup or 0.0) if passing else None
+
+
+def _drop_runners(cands: list[Candidate], keep: Candidate | None) -> None:
+    """Sessions hold the model's memory: keep only the one still needed for timing."""
+    for c in cands:
+        if c is not keep:
+            c.runner = None
 
 
 def _judge(c: Candidate, gate: Gate, fp32_truth: dict[str, Any] | None) -> None:
@@ -698,7 +816,8 @@ def _manifest(report: Report, fp32: ModelRunner):
                         "frames": len(report.frames.calibration)},
         "holdout": {"frames": len(report.frames.holdout),
                     "ground_truth": report.fp32_truth is not None},
-        "kept_float": report.keep_float,
+        "variant": c.variant,
+        "kept_float": c.exclude,
         "opset_upgraded_from": report.opset if report.opset < MIN_OPSET else None,
         "speedup": round(c.speedup, 3) if c.speedup else None,
         "ms_p50": {"int8": round(c.ms or 0.0, 3), "fp32": round(c.fp32_ms or 0.0, 3),
@@ -711,19 +830,28 @@ def _manifest(report: Report, fp32: ModelRunner):
     }
     m = fp32.manifest
     return replace(m, name=report.out.stem, extra={**m.extra, "precision": "int8"},
-                   quantization=json.loads(json.dumps(record)))
+                   quantization=json.loads(json.dumps(record)),
+                   session={"disabled_optimizers": list(c.disabled)} if c.disabled else {})
 
 
 def iter_lines(report: Report) -> Iterator[str]:
     """The human summary printed after the table."""
     f = report.frames
     yield (f"calibration: {len(f.calibration)} frames, held out: {len(f.holdout)} frames "
-           f"({f.source}); kept in float: {len(report.keep_float)} node(s)")
+           f"({f.source}); kept in float: "
+           f"{len(report.chosen.exclude if report.chosen else report.keep_float)} node(s)")
     if report.opset < MIN_OPSET:
         yield f"opset {report.opset} upgraded to {MIN_OPSET} for per-channel int8"
     c = report.chosen
     if c is None:
         yield "no candidate meets the accuracy gate: nothing written"
     else:
-        yield (f"wrote {report.out} ({c.types} {c.method}, {c.speedup:.2f}x fp32 on 1 thread) "
-               f"and {manifest_path(report.out).name} in {report.seconds:.0f} s")
+        yield (f"wrote {report.out} ({c.types} {c.method}, {c.variant}, {c.speedup:.2f}x fp32 "
+               f"on 1 thread) and {manifest_path(report.out).name} in {report.seconds:.0f} s")
+        if c.speedup is not None and c.speedup < 1.0:
+            yield ("int8 is slower than fp32 for this model on this machine (too few channels "
+                   "per layer for the int8 kernels to pay off): the fp32 model is the one to run")
+        if c.disabled:
+            yield (f"its manifest switches onnxruntime's {', '.join(c.disabled)} off: "
+                   f"{c.vs_parent:.2f}x faster than with it on this machine; measure again "
+                   "(re-run edged quantize) on a different CPU")

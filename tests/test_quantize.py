@@ -16,7 +16,7 @@ import pytest
 
 from edged.cli import main
 from edged.manifest import load_manifest
-from edged.quantize import default_keep_float
+from edged.quantize import decision_convs, default_keep_float
 from edged.results import Frame
 from edged.runner import ModelOptions, ModelRunner
 from edged.synth import render
@@ -66,11 +66,16 @@ def check_output(out: Path, calib_frames: int, source_word: str) -> dict:
     assert 0.5 <= a["pixel_agreement"] <= 1.0
     assert 0.0 <= a["miou_vs_fp32"] <= 1.0
     assert q["speedup"] > 0 and q["ms_p50"]["int8"] > 0 and q["ms_p50"]["threads"] == 1
-    # the final convolutions and the decode tail stayed float, by name
-    assert "conv_219" in q["kept_float"] and "argmax_220" in q["kept_float"]
+    # the head convolutions and the decode tail stayed float, by name; the segmentation
+    # conv too, unless the refinement that makes it int8 won
+    assert {"conv_76", "conv_97", "argmax_220"} <= set(q["kept_float"])
+    assert ("conv_219" in q["kept_float"]) == q["variant"].startswith("out convs float")
+    no_nhwc = q["variant"].endswith(", no NHWC")
+    assert m.session == ({"disabled_optimizers": ["NhwcTransformer"]} if no_nhwc else {})
     # the int8 model runs in edged's runner and gives a mask and YOEO rows
     runner = ModelRunner(ModelOptions(path=out, threads=1))
     assert runner.model_id == out.stem
+    assert runner.disabled_optimizers == (("NhwcTransformer",) if no_nhwc else ())
     r = runner.infer(Frame("t", 0, render(7, 3, 320, 240).image, 0, 0))
     assert r.mask_camera().shape == (240, 320)
     qdq = [n for n in onnx.load(str(out)).graph.node if n.op_type == "QuantizeLinear"]
@@ -86,12 +91,20 @@ def test_video_calibration_through_the_cli(small_model, tmp_path):
                        capture_output=True, text=True, timeout=120, cwd=REPO)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].split()[:5] == ["candidate", "act/wgt", "method", "ms", "p50"]
+    assert lines[0].split()[:6] == ["candidate", "act/wgt", "method", "variant", "ms", "p50"]
     assert lines[2].startswith("fp32 ") and "reference" in lines[2]
     rows = [ln for ln in lines if ln.startswith("int8 #")]
-    assert len(rows) == 3 and sum("*" in ln for ln in rows) == 1
-    pairs = [(t, m) for ln in rows for t, m in re.findall(r"(U8S8|S8S8)\s+(\w+)", ln)]
-    assert pairs == [("U8S8", "MinMax"), ("S8S8", "MinMax"), ("U8S8", "Percentile")]
+    assert len(rows) == 5 and sum("*" in ln for ln in rows) == 1
+    found = [re.search(r"(U8S8|S8S8)\s+(\w+)\s+(.+?)\s{2,}[\d.]+\s", ln) for ln in rows]
+    assert all(found), rows
+    cands = [f.groups() for f in found if f]
+    # the search, then the fastest refined: mask conv int8, then without NhwcTransformer
+    assert cands[:3] == [("U8S8", "MinMax", "out convs float"), ("S8S8", "MinMax",
+                         "out convs float"), ("U8S8", "Percentile", "out convs float")]
+    assert cands[3][2] == "mask conv int8" and cands[3][:2] in [c[:2] for c in cands[:3]]
+    assert cands[4][2] in ("mask conv int8, no NHWC", "out convs float, no NHWC")
+    # refinements are timed against their parent in the same runs: a ratio in the row
+    assert all(re.search(r"\dx\s+\d\.\d\dx\s", ln) for ln in rows[3:]), rows
     assert "calibration: 8 frames, held out: 4 frames (video " in r.stdout
     assert f"wrote {out}" in r.stdout
     # not a terminal: plain progress lines on stderr, none on stdout
@@ -188,6 +201,18 @@ def test_keep_float_defaults(small_model):
     assert {"ArgMax", "Cast", "Sigmoid", "Exp", "Concat"} <= {ops[k] for k in keep}
     assert not any(ops[k] in ("LeakyRelu", "MaxPool", "Resize") for k in keep)
     assert [ops[k] for k in default_keep_float(model, final_convs=False)].count("Conv") == 0
+    # only the segmentation conv feeds nothing but an argmax: the refinement's int8 layer
+    assert decision_convs(model) == ["conv_219"]
+
+
+def test_decision_convs_of_the_demo_export():
+    """The demo's mask is a running maximum over class planes, not an ArgMax: still only
+    the segmentation conv qualifies; the detection heads feed scores and boxes."""
+    model = onnx.load(str(REPO / "models" / "yoeo-demo-fp32.onnx"))
+    ops = {n.name: n.op_type for n in model.graph.node}
+    assert {ops[n] for n in ops if n not in default_keep_float(model)} >= {"Conv", "Resize"}
+    convs = decision_convs(model)
+    assert len(convs) == 1 and "seg" in convs[0] and ops[convs[0]] == "Conv"
 
 
 def test_without_onnx_quantize_exits_2_and_run_never_imports_it():

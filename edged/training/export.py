@@ -7,31 +7,26 @@
 degradation ladder, named `<name>-int8-<size>`); `--dynamic-batch` leaves the batch
 dimension symbolic, so edged can run frames of several cameras as one batch.
 
-Calibration frames are synthetic scenes from training seeds, run through edged's own
-pre-processing, so the int8 ranges are those of the tensors the daemon feeds.
+The int8 model is made by `edged quantize`'s own search (`edged.quantize.run_search`),
+gate included, on synthetic scenes: calibration frames from training seeds, held-out
+frames from evaluation seeds, all through edged's own pre-processing. Its manifest
+records the candidate chosen and what it measured; the table is printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from edged.manifest import Manifest
 from edged.preprocess import PreprocessSpec
-from edged.quantize import (
-    CalibrationReader,
-    default_keep_float,
-    prepare_model,
-    static_qdq,
-    synthetic_frames,
-    tensors,
-)
+from edged.quantize import iter_lines, run_search, synthetic_frames
 from edged.synth import CLASS_NAMES, SEG_CLASS_NAMES
 from edged.training.model import DemoYOEO, ExportWrapper
 
@@ -52,26 +47,6 @@ def conv_flops(net: torch.nn.Module, size: int = 416) -> float:
     return total / 1e9
 
 
-def calibration_tensors(count: int, spec: PreprocessSpec) -> list[np.ndarray]:
-    return tensors(synthetic_frames(count, 0).calibration, spec)
-
-
-def quantize(fp32: Path, out: Path, data: list[np.ndarray], keep_float: bool = True) -> None:
-    """Static QDQ, U8S8 per-channel, MinMax: the same code path as `edged quantize`.
-
-    The box decode after the network (sigmoids, grid offsets, the concat of pixel
-    coordinates with probabilities) always stays float: one uint8 scale cannot hold both
-    0..416 and 0..1; with `keep_float` the head and segmentation convolutions too.
-    """
-    import onnx
-
-    with tempfile.TemporaryDirectory() as tmp:
-        prepared, _ = prepare_model(fp32, Path(tmp))
-        exclude = default_keep_float(onnx.load(str(prepared)), final_convs=keep_float)
-        static_qdq(prepared, out, CalibrationReader("InputLayer", data, None), "U8S8",
-                   "MinMax", exclude)
-
-
 def manifest(name: str, precision: str, extra: dict, size: int = 416) -> Manifest:
     return Manifest(format="yoeo", name=name, input_name="InputLayer",
                     outputs={"detections": "Detections", "segmentation": "Segmentations"},
@@ -87,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("models"))
     ap.add_argument("--name", default="yoeo-demo")
     ap.add_argument("--calibration-frames", type=int, default=256)
-    ap.add_argument("--all-int8", action="store_true", help="quantize the final layers too")
+    ap.add_argument("--holdout-frames", type=int, default=64)
+    ap.add_argument("--runs", type=int, default=30, help="timed runs per int8 candidate")
     ap.add_argument("--size", type=int, default=416, help="input size (multiple of 32)")
     ap.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")
     ap.add_argument("--only-int8", action="store_true", help="write the int8 model only")
@@ -104,36 +80,36 @@ def main(argv: list[str] | None = None) -> None:
     params = sum(p.numel() for p in net.parameters())
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "" if size == 416 else f"-{size}"
-    fp32 = args.out / f"{args.name}-fp32{suffix}.onnx"
     int8 = args.out / f"{args.name}-int8{suffix}.onnx"
-    axes = ({"InputLayer": {0: "batch"}, "Detections": {0: "batch"},
-             "Segmentations": {0: "batch"}} if args.dynamic_batch else None)
-    torch.onnx.export(ExportWrapper(net), torch.zeros(1, 3, size, size), str(fp32),
-                      input_names=["InputLayer"], output_names=["Detections", "Segmentations"],
-                      opset_version=17, dynamo=False, dynamic_axes=axes)
-    t = time.time()
-    spec = PreprocessSpec(input_w=size, input_h=size)
-    quantize(fp32, int8, calibration_tensors(args.calibration_frames, spec),
-             keep_float=not args.all_int8)
     info = {"gflops": round(gflops, 3), "parameters": params, "input_size": size,
             "dynamic_batch": bool(args.dynamic_batch),
             "training_iterations": ckpt.get("it"),
             "training_seconds": round(float(ckpt.get("seconds", 0.0)), 1),
             "training_args": ckpt.get("args", {})}
-    if args.only_int8:
-        fp32.unlink()
-    else:
+    axes = ({"InputLayer": {0: "batch"}, "Detections": {0: "batch"},
+             "Segmentations": {0: "batch"}} if args.dynamic_batch else None)
+    with tempfile.TemporaryDirectory(prefix="edged-export-") as tmp:
+        fp32 = (Path(tmp) if args.only_int8 else args.out) / f"{args.name}-fp32{suffix}.onnx"
+        torch.onnx.export(ExportWrapper(net), torch.zeros(1, 3, size, size), str(fp32),
+                          input_names=["InputLayer"],
+                          output_names=["Detections", "Segmentations"],
+                          opset_version=17, dynamo=False, dynamic_axes=axes)
         fp32.with_suffix(".json").write_text(
             manifest(f"{args.name}-fp32{suffix}", "fp32", info, size).to_json())
-    int8.with_suffix(".json").write_text(manifest(f"{args.name}-int8{suffix}", "int8", info | {
-        "quantization": "static QDQ, U8 activations / S8 per-channel weights, MinMax, "
-                        f"{args.calibration_frames} synthetic frames"
-                        + ("" if args.all_int8 else "; detection and segmentation output "
-                           "convolutions kept in float")}, size).to_json())
-    written = [p for p in (fp32, int8) if p.exists()]
-    print(json.dumps({"written": [str(p) for p in written], "gflops": gflops, "params": params,
-                      "quantize_seconds": round(time.time() - t, 1),
-                      "bytes": {p.name: p.stat().st_size for p in written}}, indent=2))
+        # the int8 model is made exactly as `edged quantize` makes one, gate included
+        t = time.time()
+        report = run_search(fp32, int8, synthetic_frames(args.calibration_frames,
+                                                         args.holdout_frames),
+                            runs=args.runs, log=lambda line: print(line, file=sys.stderr))
+        print(report.table())
+        for line in iter_lines(report):
+            print(line)
+        if report.chosen is None:
+            raise SystemExit("no int8 candidate passed the gate: nothing written")
+        written = [p for p in (fp32, int8) if p.exists() and p.parent == args.out]
+        print(json.dumps({"written": [str(p) for p in written], "gflops": gflops,
+                          "params": params, "quantize_seconds": round(time.time() - t, 1),
+                          "bytes": {p.name: p.stat().st_size for p in written}}, indent=2))
 
 
 if __name__ == "__main__":

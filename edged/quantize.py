@@ -386,16 +386,29 @@ def default_keep_float(model: onnx.ModelProto, final_convs: bool = True) -> list
     return keep
 
 
+def _shape_tensors(model: onnx.ModelProto) -> set[str]:
+    """Tensors computed from shapes and constants only (a dynamic batch's Reshape
+    targets): they carry no activation values, so a walk over values skips them."""
+    known = {i.name for i in model.graph.initializer}
+    for n in model.graph.node:  # ONNX graphs are stored in topological order
+        if n.op_type in ("Shape", "Size", "Constant") or \
+                all(i in known for i in n.input if i):
+            known.update(n.output)
+    return known
+
+
 def _output_tails(model: onnx.ModelProto) -> Iterator[tuple[set[str], list[str]]]:
     """Per graph output: the op types after its last compute layer(s), and those layers."""
     producer = {o: n for n in model.graph.node for o in n.output}
+    shapes = _shape_tensors(model)
     for out in model.graph.output:
         ops: set[str] = set()
         finals: list[str] = []
         seen: set[str] = set()
         stack = [out.name]
         while stack:
-            node = producer.get(stack.pop())
+            name = stack.pop()
+            node = None if name in shapes else producer.get(name)
             if node is None or node.name in seen:
                 continue
             seen.add(node.name)
@@ -771,9 +784,24 @@ def run_search(model: Path, out: Path, frames: FrameSet, *, search: str = "quick
     return report
 
 
+def _accuracy(c: Candidate) -> float:
+    """Closeness to fp32 (mask mIoU + detection agreement), higher is better. Not the
+    ground-truth scores: on a few dozen held-out frames those move by chance (an int8
+    model can score above fp32), while agreement with fp32 measures only what int8 did."""
+    m = c.metrics
+    return (m.get("miou_vs_fp32") or 0.0) + (m.get("det_agreement") or 0.0)
+
+
 def _fastest(cands: list[Candidate]) -> Candidate | None:
+    """The fastest graph among the passing candidates, and of the candidates with that
+    graph (same types and variant, only the calibration differs) the most accurate: their
+    speed differences are the machine's noise, their accuracy differences are not."""
     passing = [c for c in cands if c.passed]
-    return max(passing, key=lambda c: c.speedup or 0.0) if passing else None
+    if not passing:
+        return None
+    top = max(passing, key=lambda c: c.speedup or 0.0)
+    same = [c for c in passing if (c.types, c.variant) == (top.types, top.variant)]
+    return max(same, key=_accuracy)
 
 
 def _drop_runners(cands: list[Candidate], keep: Candidate | None) -> None:

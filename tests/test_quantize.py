@@ -215,6 +215,34 @@ def test_decision_convs_of_the_demo_export():
     assert len(convs) == 1 and "seg" in convs[0] and ops[convs[0]] == "Conv"
 
 
+def test_decision_convs_look_through_computed_shapes():
+    """With a dynamic batch a mask's Reshape takes a computed shape (Shape, Gather,
+    Concat): not values, so the conv before it still only feeds a decision; a conv whose
+    values reach an output (the Sigmoid) does not."""
+    from onnx import TensorProto, helper
+
+    def conv(name: str, x: str, y: str) -> onnx.NodeProto:
+        return helper.make_node("Conv", [x, "w"], [y], name=name, kernel_shape=[1, 1])
+
+    nodes = [conv("seg", "x", "logits"), conv("det", "x", "raw"),
+             helper.make_node("Shape", ["logits"], ["shape"], name="shape"),
+             helper.make_node("Gather", ["shape", "zero"], ["batch"], name="gather"),
+             helper.make_node("Concat", ["batch", "rest"], ["target"], name="concat", axis=0),
+             helper.make_node("Reshape", ["logits", "target"], ["flat"], name="reshape"),
+             helper.make_node("ArgMax", ["flat"], ["mask"], name="argmax", axis=1),
+             helper.make_node("Sigmoid", ["raw"], ["scores"], name="sigmoid")]
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", f, ["n", 4, 8, 8])],
+        [helper.make_tensor_value_info("mask", TensorProto.INT64, None),
+         helper.make_tensor_value_info("scores", f, None)],
+        initializer=[helper.make_tensor("w", f, [4, 4, 1, 1], [0.1] * 16),
+                     helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+                     helper.make_tensor("rest", TensorProto.INT64, [2], [4, 64])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert decision_convs(model) == ["seg"]
+
+
 def test_without_onnx_quantize_exits_2_and_run_never_imports_it():
     code = ("import sys; sys.modules['onnx'] = None; from edged.cli import main; "
             "sys.exit(main(['quantize', 'm.onnx', '-o', 'q.onnx']))")
@@ -246,3 +274,22 @@ def test_gate_judges_masks_and_detections():
     assert not c.passed and c.why == "agreement 90.00% < 98%; mIoU drop 5.00 > 1 pt"
     assert judge(pixel_agreement=None, miou_vs_fp32=None, det_agreement=0.95).passed
     assert judge().why == "no mask or detections to compare"
+
+
+def test_winner_is_the_fastest_graph_then_the_most_accurate_calibration():
+    from edged.quantize import Candidate, _fastest
+
+    def cand(types: str, method: str, speedup: float, miou: float, passed: bool = True,
+             variant: str = "out convs float") -> Candidate:
+        return Candidate(types, method, variant, ms=10.0 / speedup, fp32_ms=10.0,
+                         passed=passed, metrics={"miou_vs_fp32": miou, "det_agreement": 1.0})
+
+    minmax = cand("U8S8", "MinMax", 2.0, 0.999)
+    pct = cand("U8S8", "Percentile", 2.2, 0.990)  # same graph: 10% is noise, not speed
+    s8 = cand("S8S8", "MinMax", 0.8, 1.0)
+    assert _fastest([minmax, s8, pct]) is minmax
+    # a faster graph wins on speed, whatever its calibration
+    mask = cand("U8S8", "Percentile", 2.5, 0.98, variant="mask conv int8")
+    assert _fastest([minmax, pct, mask]) is mask
+    assert _fastest([cand("U8S8", "MinMax", 3.0, 1.0, passed=False), s8]) is s8
+    assert _fastest([cand("U8S8", "MinMax", 3.0, 1.0, passed=False)]) is None

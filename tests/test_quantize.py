@@ -16,7 +16,7 @@ import pytest
 
 from edged.cli import main
 from edged.manifest import load_manifest
-from edged.quantize import decision_convs, default_keep_float
+from edged.quantize import decision_convs, default_keep_float, input_convs
 from edged.results import Frame
 from edged.runner import ModelOptions, ModelRunner
 from edged.synth import render
@@ -69,8 +69,9 @@ def check_output(out: Path, calib_frames: int, source_word: str) -> dict:
     # the head convolutions and the decode tail stayed float, by name; the segmentation
     # conv too, unless the refinement that makes it int8 won
     assert {"conv_76", "conv_97", "argmax_220"} <= set(q["kept_float"])
-    assert ("conv_219" in q["kept_float"]) == q["variant"].startswith("out convs float")
-    no_nhwc = q["variant"].endswith(", no NHWC")
+    assert ("conv_219" in q["kept_float"]) == ("mask conv int8" not in q["variant"])
+    assert ("conv_3" in q["kept_float"]) == ("input conv float" in q["variant"])
+    no_nhwc = q["variant"].endswith("no NHWC")
     assert m.session == ({"disabled_optimizers": ["NhwcTransformer"]} if no_nhwc else {})
     # the int8 model runs in edged's runner and gives a mask and YOEO rows
     runner = ModelRunner(ModelOptions(path=out, threads=1))
@@ -94,15 +95,19 @@ def test_video_calibration_through_the_cli(small_model, tmp_path):
     assert lines[0].split()[:6] == ["candidate", "act/wgt", "method", "variant", "ms", "p50"]
     assert lines[2].startswith("fp32 ") and "reference" in lines[2]
     rows = [ln for ln in lines if ln.startswith("int8 #")]
-    assert len(rows) == 5 and sum("*" in ln for ln in rows) == 1
+    assert len(rows) == 6 and sum("*" in ln for ln in rows) == 1
     found = [re.search(r"(U8S8|S8S8)\s+(\w+)\s+(.+?)\s{2,}[\d.]+\s", ln) for ln in rows]
     assert all(found), rows
     cands = [f.groups() for f in found if f]
-    # the search, then the fastest refined: mask conv int8, then without NhwcTransformer
+    # the search, then the fastest refined: mask conv int8, input conv float, then
+    # without NhwcTransformer; each step builds on the better of the step and its parent
     assert cands[:3] == [("U8S8", "MinMax", "out convs float"), ("S8S8", "MinMax",
                          "out convs float"), ("U8S8", "Percentile", "out convs float")]
     assert cands[3][2] == "mask conv int8" and cands[3][:2] in [c[:2] for c in cands[:3]]
-    assert cands[4][2] in ("mask conv int8, no NHWC", "out convs float, no NHWC")
+    assert cands[4][2] in ("mask conv int8, input conv float", "input conv float")
+    assert cands[5][2] in {v + ", no NHWC" for v in ("mask conv int8", "input conv float",
+                                                      "mask conv int8, input conv float")} | {
+                                                      "no NHWC"}
     # refinements are timed against their parent in the same runs: a ratio in the row
     assert all(re.search(r"\dx\s+\d\.\d\dx\s", ln) for ln in rows[3:]), rows
     assert "calibration: 8 frames, held out: 4 frames (video " in r.stdout
@@ -203,6 +208,8 @@ def test_keep_float_defaults(small_model):
     assert [ops[k] for k in default_keep_float(model, final_convs=False)].count("Conv") == 0
     # only the segmentation conv feeds nothing but an argmax: the refinement's int8 layer
     assert decision_convs(model) == ["conv_219"]
+    # the conv reading the 3-channel image: the refinement's float layer
+    assert input_convs(model) == ["conv_3"]
 
 
 def test_decision_convs_of_the_demo_export():

@@ -459,8 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
         "quantize", help="static int8 (QDQ) with an accuracy gate against the fp32 model",
         description="Quantize MODEL to int8: calibrate on frames through the model's own "
                     "pre-processing, try the type/calibration candidates of --search, check "
-                    "each on held-out frames against the fp32 model, and write the fastest "
-                    "one that passes the gate, with its manifest (OUT.json). Frames: -c (the "
+                    "each on held-out frames against the fp32 model, refine the fastest "
+                    "passing one (mask conv int8, input conv float, NhwcTransformer off: "
+                    "each step kept if it passes and is >= 2% faster than its parent in "
+                    "the same runs), and write it with its manifest (OUT.json). Frames: -c (the "
                     "configured cameras), --frames (image folder or video), or by default "
                     "synthetic RoboCup scenes, which also give ground truth. Exit 0: written; "
                     "1: error; 2: the onnx package is missing; 3: no candidate passed.")

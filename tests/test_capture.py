@@ -65,6 +65,20 @@ def start(rec: Recorder, source, policy: RestartPolicy, *, backoff=(0.05, 0.2),
     return cap
 
 
+def play_to_end(source) -> tuple[Recorder, CaptureThread]:
+    """Run a finite source (no loop) until its capture thread stops; every frame kept."""
+    rec = Recorder(lossless=True)
+    cap = start(rec, source, RestartPolicy())
+    try:
+        rec.wait(lambda: cap.state == "stopped")
+        rec.drain()
+    finally:
+        cap.stop()
+        cap.join(5)
+        rec.close()
+    return rec, cap
+
+
 class CrashingSource:
     """Delivers `good` frames per session, then raises like a buggy source would."""
 
@@ -255,15 +269,7 @@ def test_truncated_video_ends_early_with_frames_counted(tmp_path: Path):
     size = video.stat().st_size
     with open(video, "r+b") as f:
         f.truncate(int(size * 0.6))
-    rec = Recorder(lossless=True)
-    cap = start(rec, make_source("video", str(video), loop=False), RestartPolicy())
-    try:
-        rec.wait(lambda: cap.state == "stopped")
-        rec.drain()
-    finally:
-        cap.stop()
-        cap.join(5)
-        rec.close()
+    rec, cap = play_to_end(make_source("video", str(video), loop=False))
     good = len(rec.frames)
     assert 20 <= good < 40, good  # what the first 60 % of the file holds
     assert cap.corrupt == 8  # FILE_READ_RETRIES tries past the cut, then the end
@@ -278,15 +284,7 @@ def test_corrupt_frame_in_the_middle_of_a_video_is_skipped(tmp_path: Path):
     starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]
     data[starts[10]:starts[10] + 400] = bytes(400)  # wipe the 11th frame's JPEG header
     video.write_bytes(bytes(data))
-    rec = Recorder(lossless=True)
-    cap = start(rec, make_source("video", str(video), loop=False), RestartPolicy())
-    try:
-        rec.wait(lambda: cap.state == "stopped")
-        rec.drain()
-    finally:
-        cap.stop()
-        cap.join(5)
-        rec.close()
+    rec, cap = play_to_end(make_source("video", str(video), loop=False))
     assert cap.corrupt == 1 and len(rec.frames) == 29
     assert rec.states[-1] == ("stopped", "end of stream")
 
@@ -297,15 +295,7 @@ def test_image_swapped_for_garbage_is_skipped_and_counted(tmp_path: Path):
     for i in range(4):
         cv2.imwrite(str(folder / f"{i}.png"), np.full((30, 40, 3), 10 * i, np.uint8))
     (folder / "2.png").write_bytes(b"not a png at all")
-    rec = Recorder(lossless=True)
-    cap = start(rec, make_source("images", str(folder), loop=False), RestartPolicy())
-    try:
-        rec.wait(lambda: cap.state == "stopped")
-        rec.drain()
-    finally:
-        cap.stop()
-        cap.join(5)
-        rec.close()
+    rec, cap = play_to_end(make_source("images", str(folder), loop=False))
     assert [int(f.image.mean()) for f in rec.frames] == [0, 10, 30]
     assert cap.corrupt == 1
 

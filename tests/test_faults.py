@@ -45,6 +45,14 @@ def truncated_video(path: Path, frames: int = 50, keep: float = 0.6) -> int:
     return n
 
 
+def ipcam_config(tmp_path: Path, model: Path, endpoint: str, url: str, setting: str) -> Path:
+    """A steady synthetic camera plus `ipcam` on the MJPEG test server, with one setting."""
+    return write_config(tmp_path / "cfg.yaml", model, [endpoint], cams(steady=10) + f"""
+  ipcam:
+    source: {url}
+    {setting}""")
+
+
 def states_of(msgs: list, camera: str) -> list[tuple[str, str]]:
     return [(m.state, m.detail) for m in msgs if isinstance(m, CameraState) and m.camera == camera]
 
@@ -148,10 +156,7 @@ def test_network_camera_that_hangs_is_reopened(tmp_path, test_model, tcp_endpoin
                                                start_daemon, mjpeg_server):
     img, _ = painted_frame(160, 120)
     server = mjpeg_server(lambda i: img)
-    cfg = write_config(tmp_path / "cfg.yaml", test_model, [tcp_endpoint], cams(steady=10) + f"""
-  ipcam:
-    source: {server.url}
-    stall_timeout_s: 1.5""")
+    cfg = ipcam_config(tmp_path, test_model, tcp_endpoint, server.url, "stall_timeout_s: 1.5")
     with Subscriber(tcp_endpoint, states=True) as sub:
         d = start_daemon(cfg)
         d.wait_for("camera ipcam: running")
@@ -183,10 +188,7 @@ def test_network_camera_sending_garbage_is_restarted(tmp_path, test_model, tcp_e
     img, _ = painted_frame(160, 120)
     garbage = threading.Event()
     server = mjpeg_server(lambda i: garbage_jpeg(i) if garbage.is_set() or i % 4 == 1 else img)
-    cfg = write_config(tmp_path / "cfg.yaml", test_model, [tcp_endpoint], cams(steady=10) + f"""
-  ipcam:
-    source: {server.url}
-    max_corrupt_frames: 5""")
+    cfg = ipcam_config(tmp_path, test_model, tcp_endpoint, server.url, "max_corrupt_frames: 5")
     with Subscriber(tcp_endpoint, states=True) as sub:
         d = start_daemon(cfg)
         d.wait_for("camera ipcam: running")
@@ -253,10 +255,7 @@ def test_sigterm_while_a_reader_is_blocked_in_a_hung_stream(tmp_path, test_model
                                                             start_daemon, mjpeg_server):
     img, _ = painted_frame(160, 120)
     server = mjpeg_server(lambda i: img)
-    cfg = write_config(tmp_path / "cfg.yaml", test_model, [tcp_endpoint], cams(steady=10) + f"""
-  ipcam:
-    source: {server.url}
-    stall_timeout_s: 60""")
+    cfg = ipcam_config(tmp_path, test_model, tcp_endpoint, server.url, "stall_timeout_s: 60")
     with Subscriber(tcp_endpoint) as sub:
         d = start_daemon(cfg)
         d.wait_for("camera ipcam: running")

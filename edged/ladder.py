@@ -49,13 +49,6 @@ class Ladder:
     def last_rung(self) -> int:
         return len(self.costs) - 1
 
-    def reset(self, now: float) -> None:
-        self.rung = 0
-        self._switched_at = now
-        self._samples.clear()
-        self._e2e.clear()
-        self._headroom_since = None
-
     def update(self, now: float, processed: int, missed: int,
                e2e_ms: dict[str, list[float]], budgets_ms: dict[str, float],
                load: float = 1.0) -> Switch | None:

@@ -203,19 +203,6 @@ def plan_providers(requested: tuple[tuple[str, dict[str, Any]], ...],
                         tuple(missing))
 
 
-def resolve_providers(requested: tuple[tuple[str, dict[str, Any]], ...],
-                      cache_dir: Path | None = None) -> list[tuple[str, dict[str, str]]]:
-    """The (provider, options) list handed to onnxruntime; logs what is missing."""
-    plan = plan_providers(requested, cache_dir)
-    if plan.log_line():
-        log.warning("%s", plan.log_line())
-    return list(plan.chosen)
-
-
-def _short(provider: str) -> str:
-    return provider.removesuffix("ExecutionProvider")
-
-
 def node_placement(session: ort.InferenceSession, profile: Path | None
                    ) -> tuple[dict[str, dict[str, int]], str]:
     """Per provider, the op types of the kernels that ran, from an ORT profile of one run.

@@ -144,10 +144,14 @@ class Pipeline:
                 self._loop.call_soon_threadsafe(self._publish_state, camera, state, detail)
 
     def _publish_state(self, camera: str, state: str, detail: str) -> None:
+        self._send_soon(encode_state(camera, state, detail))
+
+    def _send_soon(self, frames: list[bytes]) -> None:
+        """Queue a message on the publish thread (from the event loop), if it still runs."""
         if self.publisher is None or self._publish_pool is None:
             return
         with contextlib.suppress(RuntimeError):  # the publish thread has been shut down
-            self._publish_pool.submit(self.publisher.send, encode_state(camera, state, detail))
+            self._publish_pool.submit(self.publisher.send, frames)
 
     def _start_camera(self, cam: Camera) -> None:
         """Start capture and the camera's task (inside the running TaskGroup)."""
@@ -575,11 +579,8 @@ class Pipeline:
             for cam in self.cameras.values():
                 cam.budget.ahead.value = None  # learn the new variant's cost afresh
             log.warning("ladder: %s -> %s (%s)", old.model_id, new.model_id, switch.reason)
-            if self.publisher is not None and self._publish_pool is not None:
-                msg = encode_model_event(new.model_id, switch.rung, old.model_id,
-                                         switch.reason)
-                with contextlib.suppress(RuntimeError):
-                    self._publish_pool.submit(self.publisher.send, msg)
+            self._send_soon(encode_model_event(new.model_id, switch.rung, old.model_id,
+                                               switch.reason))
 
     def _publish(self, cam: Camera, result: Result, encoder: MaskEncoder) -> None:
         t0 = time.perf_counter()

@@ -301,10 +301,14 @@ def _model_path(value: Any, info: ValidationInfo) -> Any:
                 "model_path", "write builtin:<file name>, e.g. builtin:yoeo-demo-int8.onnx"
             )
         return BUILTIN_MODELS_DIR / name
+    return _config_path(value, info)
+
+
+def _config_path(value: str | Path, info: ValidationInfo) -> Path:
+    """A path as written in the config -> absolute, relative ones from the config's folder."""
     path = Path(value).expanduser()
     if not path.is_absolute():
-        base = (info.context or {}).get("base_dir") or Path.cwd()
-        path = Path(base) / path
+        path = Path((info.context or {}).get("base_dir") or Path.cwd()) / path
     # normpath, not resolve(): keep symlinks as the user wrote them, only drop "..".
     return Path(os.path.normpath(path.absolute()))
 
@@ -366,10 +370,7 @@ class ModelConfig(_Frozen):
     def _resolve_cache_dir(cls, value: Any, info: ValidationInfo) -> Any:
         if value is None or not isinstance(value, str | Path):
             return value
-        path = Path(value).expanduser()
-        if not path.is_absolute():
-            path = Path((info.context or {}).get("base_dir") or Path.cwd()) / path
-        return Path(os.path.normpath(path.absolute()))
+        return _config_path(value, info)
 
     @field_validator("path", mode="before")
     @classmethod

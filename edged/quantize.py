@@ -66,7 +66,7 @@ from edged.manifest import manifest_path
 from edged.nms import box_iou
 from edged.preprocess import Preprocessor, PreprocessSpec
 from edged.results import Frame, Result
-from edged.runner import ModelError, ModelOptions, ModelRunner
+from edged.runner import ModelError, ModelOptions, ModelRunner, time_interleaved
 from edged.synth import CLASS_NAMES, SEG_CLASS_NAMES, render
 
 CALIBRATION_SEED = 700_000  # a training-range seed block, never an evaluation seed
@@ -565,17 +565,9 @@ def _truth_metrics(results: list[Result], truth: list[Any]) -> dict[str, Any]:
 
 def time_alternating(runners: list[ModelRunner], tensor: np.ndarray, runs: int
                      ) -> list[float]:
-    """Median ms of each runner, runs interleaved so all of them see the same load."""
-    for _ in range(2):  # first runs are 1.2-2x slower
-        for r in runners:
-            r.run_tensor(tensor)
-    times: list[list[float]] = [[] for _ in runners]
-    for _ in range(runs):
-        for r, t in zip(runners, times):
-            t0 = time.perf_counter()
-            r.run_tensor(tensor)
-            t.append(time.perf_counter() - t0)
-    return [float(np.median(t)) * 1e3 for t in times]
+    """Median ms of each runner on one tensor, runs interleaved (same machine load)."""
+    times = time_interleaved(runners, [[tensor]] * len(runners), runs)
+    return [float(np.median(t)) for t in times]
 
 
 # ----------------------------------------------------------------------------- the search

@@ -244,6 +244,26 @@ def node_placement(session: ort.InferenceSession, profile: Path | None
     return {p: placement[p] for p in order}, ", ".join(parts)
 
 
+def time_interleaved(runners: list[ModelRunner], inputs: list[list[np.ndarray]], runs: int,
+                     warmup: int = 2) -> list[list[float]]:
+    """Milliseconds of each run of each runner, the runners taking turns run by run so
+    that all of them see the same machine load (a fair ratio on a shared machine).
+
+    `inputs[k]` holds runner k's pre-processed tensors, used in rotation.
+    """
+    for r, tensors in zip(runners, inputs):
+        for i in range(warmup):  # first runs are 1.2-2x slower
+            r.run_tensor(tensors[i % len(tensors)])
+    times: list[list[float]] = [[] for _ in runners]
+    for i in range(runs):
+        for r, tensors, t in zip(runners, inputs, times):
+            tensor = tensors[i % len(tensors)]
+            t0 = time.perf_counter()
+            r.run_tensor(tensor)
+            t.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
 class ModelRunner:
     def __init__(self, options: ModelOptions) -> None:
         self.options = options

@@ -116,3 +116,23 @@ def test_planted_rows_are_what_the_test_model_outputs(tmp_path):
     runner = ModelRunner(ModelOptions(path=yoeo_model(tmp_path / "m.onnx"), threads=1))
     out = runner.run_tensor(np.zeros((1, 3, 416, 416), np.float32))
     np.testing.assert_array_equal(out[0][0, :len(PLANTED_ROWS)], PLANTED_ROWS)
+
+
+def test_time_interleaved_takes_turns_on_each_runners_own_inputs(tmp_path):
+    """Two real sessions of very different cost, each fed its own input size in rotation:
+    every run is timed, and the expensive model measures slower in the same runs."""
+    from pathlib import Path
+
+    from edged.runner import time_interleaved
+
+    demo = Path(__file__).resolve().parent.parent / "models" / "yoeo-demo-fp32.onnx"
+    tiny = ModelRunner(ModelOptions(path=yoeo_model(tmp_path / "tiny.onnx", size=320),
+                                    threads=1))
+    big = ModelRunner(ModelOptions(path=demo, threads=1))
+    inputs = [[np.zeros(r.inputs[0].shape, np.float32) + v for v in (0.0, 0.5)]
+              for r in (tiny, big)]
+    times = time_interleaved([tiny, big], inputs, runs=6, warmup=1)
+    assert [i[0].shape[-1] for i in inputs] == [320, 416]
+    assert [len(t) for t in times] == [6, 6]
+    assert all(t > 0 for ts in times for t in ts)
+    assert np.median(times[1]) > 3 * np.median(times[0])

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import numpy as np
 from edged.evaluate import evaluate
 from edged.manifest import load_manifest
 from edged.preprocess import Preprocessor
-from edged.runner import ModelOptions, ModelRunner
+from edged.runner import ModelOptions, ModelRunner, time_interleaved
 from edged.synth import render
 
 
@@ -35,16 +34,7 @@ def latency(runners: list[ModelRunner], runs: int, frames: int = 16) -> list[dic
         for img in images:
             pre(img)
             tensors[-1].append(pre.tensor.copy())
-    for r, ts in zip(runners, tensors):  # warm-up
-        for t in ts[:4]:
-            r.run_tensor(t)
-    times: list[list[float]] = [[] for _ in runners]
-    for i in range(runs):
-        for k, r in enumerate(runners):
-            t = tensors[k][i % frames]
-            t0 = time.perf_counter()
-            r.run_tensor(t)
-            times[k].append((time.perf_counter() - t0) * 1e3)
+    times = time_interleaved(runners, tensors, runs, warmup=4)
     return [{"p50_ms": float(np.median(v)), "p10_ms": float(np.percentile(v, 10)),
              "p90_ms": float(np.percentile(v, 90)), "runs": runs} for v in times]
 

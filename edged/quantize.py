@@ -706,9 +706,12 @@ def run_search(model: Path, out: Path, frames: FrameSet, *, search: str = "quick
                      if difflib.get_close_matches(u, names, 1) else repr(u) for u in unknown]
             raise QuantizeError("--keep-float: no such node(s) in the prepared graph: "
                                 + ", ".join(hints))
-        keep = (default_keep_float(pmodel) if default_keep else []) + \
-            [k for k in keep_float if k not in (default_keep_float(pmodel) if default_keep
-                                                else [])]
+        defaults = default_keep_float(pmodel) if default_keep else []
+        keep = defaults + [k for k in keep_float if k not in defaults]
+        # what the refinements below may change; what the user keeps float stays float
+        mask_convs = [n for n in decision_convs(pmodel)
+                      if n in defaults and n not in set(keep_float)]
+        image_convs = input_convs(pmodel)
         del pmodel
         # the fp32 manifest beside each candidate, so its runner reads the same tensors
         reader = CalibrationReader(m.input_name, cal, None)
@@ -769,12 +772,9 @@ def run_search(model: Path, out: Path, frames: FrameSet, *, search: str = "quick
             best = _fastest(made)
             _drop_runners(made, keep=best)
         # refinement of the winner, one step at a time, each kept only if it passes and
-        # is faster than its parent in the same runs; what the user keeps float stays
-        asked = set(keep_float)
-        graph = onnx.load(str(prepared))
+        # is faster than its parent in the same runs
         # (a) int8 for convs whose values only feed a decision (a segmentation argmax)
-        mask_convs = [n for n in decision_convs(graph) if n in keep and n not in asked]
-        if best is not None and mask_convs and default_keep:
+        if best is not None and mask_convs:
             best = better(make(Candidate(best.types, best.method,
                                          _variant(best.variant, MASK_INT8),
                                          exclude=[k for k in best.exclude
@@ -784,14 +784,13 @@ def run_search(model: Path, out: Path, frames: FrameSet, *, search: str = "quick
         # (b) float for the conv that reads the image: 3 input channels give int8 kernels
         # little to gain, and its input no longer needs quantizing (on this VM the demo's
         # int8 stem took 0.86 ms, fp32 0.63 ms)
-        firsts = [n for n in input_convs(graph) if n not in (best.exclude if best else [])]
+        firsts = [n for n in image_convs if n not in (best.exclude if best else [])]
         if best is not None and firsts:
             best = better(make(Candidate(best.types, best.method,
                                          _variant(best.variant, INPUT_FLOAT),
                                          exclude=best.exclude + firsts),
                                parent=best), best)
             _drop_runners(made, keep=best)
-        del graph
         # (c) the session layout: the same file without onnxruntime's NhwcTransformer
         if best is not None and best.path is not None:
             best = better(make(Candidate(best.types, best.method,

@@ -45,9 +45,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level or cfg.log.level)
     import cv2
 
-    from edged.publisher import PublishError
-    from edged.runner import ModelError
-    from edged.workers import load_models
+    from edged.inference.pool import load_models
+    from edged.inference.runner import ModelError
+    from edged.wire.publisher import PublishError
 
     cv2.setNumThreads(1)  # OpenCV must not fight ONNX Runtime for the cores
     src = cfg.source_file or "built-in default"
@@ -64,8 +64,8 @@ def cmd_run(args: argparse.Namespace) -> int:
              runner.manifest.format, ",".join(runner.providers), models.plan.workers,
              runner.threads, models.plan.cores, runner.cost_ms or float("nan"),
              (time.perf_counter() - t) * 1e3)
-    from edged.notify import Notifier
-    from edged.pipeline import Pipeline
+    from edged.daemon.notify import Notifier
+    from edged.daemon.pipeline import Pipeline
 
     pipeline = Pipeline(cfg, models, frames=args.frames, duration=args.duration,
                         notifier=Notifier())
@@ -118,8 +118,8 @@ class _EchoThread:
         self._thread.join(2.0)
 
     def _run(self) -> None:
-        from edged.client import Subscriber
-        from edged.codec import EndOfStream
+        from edged.wire.client import Subscriber
+        from edged.wire.codec import EndOfStream
 
         last: dict[str, float] = {}
         with Subscriber(self.endpoint) as sub:
@@ -161,9 +161,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     if cfg is None:
         return 1
     setup_logging("warning")
-    from edged.runner import ModelError
-    from edged.sources import redact
-    from edged.workers import load_rungs, plan
+    from edged.capture.sources import redact
+    from edged.inference.pool import load_rungs, plan
+    from edged.inference.runner import ModelError
 
     print(f"config: {cfg.source_file or 'built-in default'}: OK")
     for name, cam in cfg.cameras.items():
@@ -213,8 +213,8 @@ def format_provider_report(p: dict) -> str:
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
-    from edged.client import Subscriber
-    from edged.codec import EndOfStream
+    from edged.wire.client import Subscriber
+    from edged.wire.codec import EndOfStream
 
     cameras = args.camera or None
     n = 0
@@ -266,9 +266,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     setup_logging("warning")
     import cv2
 
-    from edged.bench import bench, format_report
-    from edged.runner import ModelError
-    from edged.workers import load_models
+    from edged.inference.pool import load_models
+    from edged.inference.runner import ModelError
+    from edged.tools.bench import bench, format_report
 
     cv2.setNumThreads(1)
     try:
@@ -282,7 +282,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_synth_video(args: argparse.Namespace) -> int:
-    from edged.bench import write_synthetic_video
+    from edged.tools.bench import write_synthetic_video
 
     write_synthetic_video(Path(args.out), args.frames, args.seed, args.width, args.height)
     print(f"wrote {args.frames} frames to {args.out}")
@@ -291,8 +291,8 @@ def cmd_synth_video(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     setup_logging("warning")
-    from edged.evaluate import evaluate
-    from edged.runner import ModelError, ModelOptions, ModelRunner
+    from edged.inference.runner import ModelError, ModelOptions, ModelRunner
+    from edged.tools.evaluate import evaluate
 
     try:
         runner = ModelRunner(ModelOptions(path=Path(args.model), threads=args.threads,
@@ -323,7 +323,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     setup_logging("warning")
-    from edged.formats.inspection import (
+    from edged.tools.inspection import (
         InspectError,
         inspect_model,
         render_report,
@@ -355,7 +355,14 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         return 2
     import cv2
 
-    from edged.quantize import Gate, Progress, QuantizeError, frames_for, iter_lines, run_search
+    from edged.tools.quantize import (
+        Gate,
+        Progress,
+        QuantizeError,
+        frames_for,
+        iter_lines,
+        run_search,
+    )
 
     cv2.setNumThreads(1)
     config = None

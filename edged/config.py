@@ -345,7 +345,7 @@ class ModelConfig(_Frozen):
     providers: list[ProviderSpec] = Field(default_factory=_default_providers, min_length=1)
     threads: Int = Field(0, ge=0)  # intra-op threads; 0 = let the runner decide
     # inference workers running frames in parallel (each with `threads` intra-op threads);
-    # 0 = chosen from the cores and the cameras (see edged.runner.plan_workers)
+    # 0 = chosen from the cores and the cameras (see edged.inference.runner.plan_workers)
     workers: Int = Field(0, ge=0, le=64)
     # frames from several cameras run as one batch: 0 = when measured faster (models with
     # a dynamic batch dimension), 1 = never, N = up to N frames

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edged.preprocess import Letterbox
+from edged.inference.preprocess import Letterbox
 
 
 def nearest_indices(src: int, dst: int) -> np.ndarray:

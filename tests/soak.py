@@ -40,9 +40,9 @@ sys.path.insert(0, str(HERE.parent))
 
 from conftest import MjpegServer, free_port  # noqa: E402
 
-from edged.client import Subscriber  # noqa: E402
-from edged.codec import EndOfStream, Message  # noqa: E402
-from edged.stats import CameraState  # noqa: E402
+from edged.wire.client import Subscriber  # noqa: E402
+from edged.wire.codec import EndOfStream, Message  # noqa: E402
+from edged.wire.telemetry import CameraState  # noqa: E402
 
 
 def proc_sample(pid: int) -> dict[str, int]:

@@ -11,8 +11,8 @@ import pytest
 from modelgen import slow_yoeo_model
 from test_daemon import receive, write_config, write_video
 
-from edged.client import Subscriber
-from edged.codec import EndOfStream, Message
+from edged.wire.client import Subscriber
+from edged.wire.codec import EndOfStream, Message
 
 FINAL = re.compile(r"final (\S+): .* dropped (\d+) overwritten (\d+) stale (\d+) late, "
                    r"(\d+) published late")
@@ -155,7 +155,7 @@ def test_max_fps_caps_a_camera(tmp_path, slow_model, tcp_endpoint, start_daemon)
 def test_scheduler_shares_slots_by_weight_and_rejoins_idle_cameras():
     import asyncio
 
-    from edged.scheduler import Scheduler
+    from edged.daemon.scheduler import Scheduler
 
     async def main() -> Counter:
         sched = Scheduler(1, {"a": 2.0, "b": 1.0, "c": 1.0, "d": 1.0, "late": 1.0})
@@ -190,7 +190,7 @@ def test_scheduler_shares_slots_by_weight_and_rejoins_idle_cameras():
 
 
 def test_stats_message_on_the_bus(tmp_path, test_model, tcp_endpoint, start_daemon):
-    from edged.stats import Stats
+    from edged.wire.telemetry import Stats
 
     cfg = write_config(tmp_path / "cfg.yaml", test_model, [tcp_endpoint], """\
   a:
@@ -234,7 +234,7 @@ def test_stats_message_on_the_bus(tmp_path, test_model, tcp_endpoint, start_daem
 def test_scheduler_with_two_workers_runs_two_cameras_at_once():
     import asyncio
 
-    from edged.scheduler import Scheduler
+    from edged.daemon.scheduler import Scheduler
 
     async def main() -> int:
         sched = Scheduler(2, {"a": 1.0, "b": 1.0, "c": 1.0})

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from test_daemon import write_video
 
-from edged.sources import (
+from edged.capture.sources import (
     CaptureThread,
     Handoff,
     RestartPolicy,

@@ -12,7 +12,9 @@ import pytest
 import zmq
 import zstandard as zstd
 
-from edged.codec import (
+from edged.inference.preprocess import Letterbox
+from edged.results import Detections, Result
+from edged.wire.codec import (
     PROTOCOL_VERSION,
     EndOfStream,
     MaskEncoder,
@@ -24,8 +26,6 @@ from edged.codec import (
     encode_result,
     nearest_indices,
 )
-from edged.preprocess import Letterbox
-from edged.results import Detections, Result
 
 CLASSES = ("ball", "goalpost", "robot")
 MASK_CLASSES = ("background", "field", "lines")

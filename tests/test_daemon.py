@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from modelgen import expected_camera_boxes, painted_frame
 
-from edged.client import Subscriber
-from edged.codec import EndOfStream, Message
+from edged.wire.client import Subscriber
+from edged.wire.codec import EndOfStream, Message
 
 
 def write_config(path: Path, model: Path, endpoints: list[str], cameras: str,

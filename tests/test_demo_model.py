@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edged.client import Subscriber
-from edged.codec import Message
-from edged.evaluate import DetMeter, SegMeter
-from edged.manifest import load_manifest
+from edged.inference.manifest import load_manifest
 from edged.synth import CLASS_NAMES, SEG_CLASS_NAMES, render
+from edged.tools.evaluate import DetMeter, SegMeter
+from edged.wire.client import Subscriber
+from edged.wire.codec import Message
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 INT8 = MODELS / "yoeo-demo-int8.onnx"

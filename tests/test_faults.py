@@ -20,9 +20,9 @@ from test_capture import garbage_jpeg
 from test_daemon import write_config, write_video
 from test_reload import cams, count, gather
 
-from edged.client import Subscriber
-from edged.codec import EndOfStream, Message
-from edged.stats import CameraState
+from edged.wire.client import Subscriber
+from edged.wire.codec import EndOfStream, Message
+from edged.wire.telemetry import CameraState
 
 
 def decodable_frames(path: Path) -> int:

@@ -16,12 +16,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edged.codec import MaskEncoder, ProtocolError, decode, encode_result
-from edged.formats import FORMATS, FormatError, TensorInfo, parse_names, recognise
-from edged.formats.yolact import make_priors
-from edged.manifest import Manifest, load_manifest, manifest_path
+from edged.inference.formats import FORMATS, FormatError, TensorInfo, parse_names, recognise
+from edged.inference.formats.yolact import make_priors
+from edged.inference.manifest import Manifest, load_manifest, manifest_path
+from edged.inference.runner import ModelError, ModelOptions, ModelRunner
 from edged.results import Frame, Result, instance_extents
-from edged.runner import ModelError, ModelOptions, ModelRunner
+from edged.wire.codec import MaskEncoder, ProtocolError, decode, encode_result
 
 BLACK = np.zeros((g.FRAME_H, g.FRAME_W, 3), np.uint8)
 CONFIG_CLASSES = {"mask-rcnn": ("__background__", "person", "bicycle", "car"),
@@ -406,7 +406,7 @@ def test_explicit_yolo_format_accepts_any_anchor_count(tmp_path):
 
 
 def test_model_header_reads_opsets_and_producer(tmp_path):
-    from edged.formats.inspection import model_header
+    from edged.tools.inspection import model_header
 
     path = g.const_model(tmp_path / "m.onnx", [("y", np.zeros((1, 2), np.float32), None)])
     model = onnx.load(str(path))

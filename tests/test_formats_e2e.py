@@ -16,8 +16,8 @@ import formatgen as g
 import numpy as np
 import pytest
 
-from edged.client import Subscriber
-from edged.codec import EndOfStream, Message
+from edged.wire.client import Subscriber
+from edged.wire.codec import EndOfStream, Message
 
 CASES = {
     # format: (model builder, config classes or None)

@@ -9,9 +9,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edged.codec import EndOfStream, Message, ProtocolError, decode
 from edged.config import ConfigError, parse_config
-from edged.stats import (
+from edged.wire.codec import EndOfStream, Message, ProtocolError, decode
+from edged.wire.telemetry import (
     CameraState,
     ModelEvent,
     Stats,
@@ -138,7 +138,7 @@ def test_model_event_decoder_rejects_garbage_cleanly(header):
 
 
 def test_model_event_round_trip():
-    from edged.stats import encode_model_event
+    from edged.wire.telemetry import encode_model_event
 
     ev = decode_model_event(encode_model_event("int8", 1, "fp32", "35% missed"))
     assert (ev.variant, ev.rung, ev.previous, ev.reason) == ("int8", 1, "fp32", "35% missed")

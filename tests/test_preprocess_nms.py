@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edged.nms import box_iou, nms
-from edged.preprocess import Letterbox, Preprocessor, PreprocessSpec
+from edged.inference.nms import box_iou, nms
+from edged.inference.preprocess import Letterbox, Preprocessor, PreprocessSpec
 
 
 def naive(frame: np.ndarray, spec: PreprocessSpec) -> np.ndarray:

@@ -14,14 +14,14 @@ import pytest
 from modelgen import painted_frame, yoeo_model
 
 from edged.config import ConfigError, load_config
-from edged.results import Frame
-from edged.runner import (
+from edged.inference.runner import (
     ModelOptions,
     ModelRunner,
     node_placement,
     plan_providers,
     provider_options,
 )
+from edged.results import Frame
 
 REPO = Path(__file__).resolve().parent.parent
 CPU_ONLY = "CUDAExecutionProvider" not in ort.get_available_providers()
@@ -36,7 +36,7 @@ def config(tmp_path: Path, providers: str, model: Path) -> Path:
 
 @pytest.mark.skipif(not CPU_ONLY, reason="needs a CPU-only onnxruntime build")
 def test_accelerators_missing_fall_back_to_cpu_with_one_clear_line(tmp_path, test_model, caplog):
-    caplog.set_level(logging.INFO, logger="edged.runner")
+    caplog.set_level(logging.INFO, logger="edged.inference.runner")
     runner = ModelRunner(ModelOptions(path=test_model, providers=(
         ("tensorrt", {"fp16": True}), ("cuda", {"device_id": 0}), ("cpu", {})),
         cache_dir=tmp_path / "cache"))

@@ -12,9 +12,9 @@ import pytest
 import zmq
 from test_codec import make_result, regions_mask
 
-from edged.client import Subscriber
-from edged.codec import EndOfStream, MaskEncoder, Message, encode_eos, encode_result
-from edged.publisher import Publisher, PublishError
+from edged.wire.client import Subscriber
+from edged.wire.codec import EndOfStream, MaskEncoder, Message, encode_eos, encode_result
+from edged.wire.publisher import Publisher, PublishError
 
 
 def free_tcp_endpoint() -> str:

@@ -15,11 +15,11 @@ import onnx
 import pytest
 
 from edged.cli import main
-from edged.manifest import load_manifest
-from edged.quantize import decision_convs, default_keep_float, input_convs
+from edged.inference.manifest import load_manifest
+from edged.inference.runner import ModelOptions, ModelRunner
 from edged.results import Frame
-from edged.runner import ModelOptions, ModelRunner
 from edged.synth import render
+from edged.tools.quantize import decision_convs, default_keep_float, input_convs
 from edged.training.refmodel import build
 
 REPO = Path(__file__).resolve().parent.parent
@@ -258,7 +258,8 @@ def test_without_onnx_quantize_exits_2_and_run_never_imports_it():
     assert r.returncode == 2
     assert r.stderr.strip() == ("edged quantize: the onnx package is missing: "
                                 "pip install 'edged[quantize]'")
-    code = ("import sys; import edged.cli, edged.runner, edged.pipeline, edged.config; "
+    code = ("import sys; import edged.cli, edged.inference.runner, edged.daemon.pipeline, "
+            "edged.config; "
             "print('onnx' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=60, cwd=REPO)
@@ -266,7 +267,7 @@ def test_without_onnx_quantize_exits_2_and_run_never_imports_it():
 
 
 def test_gate_judges_masks_and_detections():
-    from edged.quantize import Candidate, Gate, _judge
+    from edged.tools.quantize import Candidate, Gate, _judge
 
     def judge(**metrics: float | None) -> Candidate:
         c = Candidate("U8S8", "MinMax", metrics=dict(metrics))
@@ -284,7 +285,7 @@ def test_gate_judges_masks_and_detections():
 
 
 def test_winner_is_the_fastest_graph_then_the_most_accurate_calibration():
-    from edged.quantize import Candidate, _fastest
+    from edged.tools.quantize import Candidate, _fastest
 
     def cand(types: str, method: str, speedup: float, miou: float, passed: bool = True,
              variant: str = "out convs float") -> Candidate:

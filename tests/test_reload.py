@@ -8,8 +8,8 @@ import time
 
 from test_daemon import write_config
 
-from edged.client import Subscriber
-from edged.codec import EndOfStream, Message
+from edged.wire.client import Subscriber
+from edged.wire.codec import EndOfStream, Message
 
 
 def cams(**fps: float) -> str:
@@ -92,7 +92,7 @@ def test_network_camera_reconnects_and_states_go_on_the_bus(tmp_path, test_model
                                                             mjpeg_server):
     from modelgen import painted_frame
 
-    from edged.stats import CameraState
+    from edged.wire.telemetry import CameraState
 
     img, _ = painted_frame(160, 120)
     server = mjpeg_server(lambda i: img)

@@ -8,9 +8,9 @@ import pytest
 from modelgen import PLANTED_ROWS, expected_camera_boxes, painted_frame, yoeo_model
 from onnx import TensorProto, helper
 
-from edged.manifest import Manifest, load_manifest, manifest_path
+from edged.inference.manifest import Manifest, load_manifest, manifest_path
+from edged.inference.runner import ModelError, ModelOptions, ModelRunner
 from edged.results import Frame
-from edged.runner import ModelError, ModelOptions, ModelRunner
 
 
 def frame(img: np.ndarray, seq: int = 0) -> Frame:
@@ -123,7 +123,7 @@ def test_time_interleaved_takes_turns_on_each_runners_own_inputs(tmp_path):
     every run is timed, and the expensive model measures slower in the same runs."""
     from pathlib import Path
 
-    from edged.runner import time_interleaved
+    from edged.inference.runner import time_interleaved
 
     demo = Path(__file__).resolve().parent.parent / "models" / "yoeo-demo-fp32.onnx"
     tiny = ModelRunner(ModelOptions(path=yoeo_model(tmp_path / "tiny.onnx", size=320),

@@ -17,14 +17,14 @@ import pytest
 from modelgen import painted_frame, slow_yoeo_model, stalling_yoeo_model, yoeo_model
 from test_daemon import run_cli, write_config, write_video
 
-from edged.client import Subscriber
-from edged.codec import EndOfStream, Message
 from edged.config import LadderConfig
-from edged.ladder import Ladder
+from edged.inference.ladder import Ladder
+from edged.inference.pool import choose_batch
+from edged.inference.runner import ModelOptions, ModelRunner, plan_workers
 from edged.results import Frame
-from edged.runner import ModelOptions, ModelRunner, plan_workers
-from edged.stats import ModelEvent
-from edged.workers import choose_batch
+from edged.wire.client import Subscriber
+from edged.wire.codec import EndOfStream, Message
+from edged.wire.telemetry import ModelEvent
 
 
 def until_eos(sub: Subscriber, cameras: set[str], timeout: float = 60.0

@@ -5,7 +5,7 @@
 
 Latency: one intra-op thread, the models' sessions alternating frame by frame on the same
 pre-processed synthetic frames, so that machine noise hits both alike and the ratio is
-fair. Accuracy: `edged.evaluate` on scenes from seeds never used in training.
+fair. Accuracy: `edged.tools.evaluate` on scenes from seeds never used in training.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edged.evaluate import evaluate
-from edged.manifest import load_manifest
-from edged.preprocess import Preprocessor
-from edged.runner import ModelOptions, ModelRunner, time_interleaved
+from edged.inference.manifest import load_manifest
+from edged.inference.preprocess import Preprocessor
+from edged.inference.runner import ModelOptions, ModelRunner, time_interleaved
 from edged.synth import render
+from edged.tools.evaluate import evaluate
 
 
 def latency(runners: list[ModelRunner], runs: int, frames: int = 16) -> list[dict]:

@@ -7,7 +7,7 @@
 degradation ladder, named `<name>-int8-<size>`); `--dynamic-batch` leaves the batch
 dimension symbolic, so edged can run frames of several cameras as one batch.
 
-The int8 model is made by `edged quantize`'s own search (`edged.quantize.run_search`),
+The int8 model is made by `edged quantize`'s own search (`edged.tools.quantize.run_search`),
 gate included, on synthetic scenes: calibration frames from training seeds, held-out
 frames from evaluation seeds, all through edged's own pre-processing. Its manifest
 records the candidate chosen and what it measured; the table is printed.
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from edged.manifest import Manifest
-from edged.preprocess import PreprocessSpec
-from edged.quantize import iter_lines, run_search, synthetic_frames
+from edged.inference.manifest import Manifest
+from edged.inference.preprocess import PreprocessSpec
 from edged.synth import CLASS_NAMES, SEG_CLASS_NAMES
+from edged.tools.quantize import iter_lines, run_search, synthetic_frames
 from edged.training.model import DemoYOEO, ExportWrapper
 
 

@@ -179,7 +179,7 @@ def _centre_biases(model: onnx.ModelProto, logits: str | None, raws: tuple[str, 
     """
     import onnxruntime as ort
 
-    from edged.preprocess import Preprocessor, PreprocessSpec
+    from edged.inference.preprocess import Preprocessor, PreprocessSpec
     from edged.synth import render
 
     size = model.graph.input[0].type.tensor_type.shape.dim[2].dim_value
@@ -209,7 +209,7 @@ def _centre_biases(model: onnx.ModelProto, logits: str | None, raws: tuple[str, 
 def _scene_tensors(ids: list[tuple[int, int]], size: int):
     """(NCHW float32 input as the model's pre-processing makes it, HxW labels with 255 on
     the letterbox padding) per synthetic scene, rendered at camera resolution."""
-    from edged.preprocess import PreprocessSpec, letterbox_image, letterbox_labels
+    from edged.inference.preprocess import PreprocessSpec, letterbox_image, letterbox_labels
     from edged.synth import render
 
     spec = PreprocessSpec(input_w=size, input_h=size)  # RGB, /255, centred letterbox
@@ -249,7 +249,7 @@ def _normalise(model: onnx.ModelProto, convs: list[str], scenes: int, seed: int 
     """
     import onnxruntime as ort
 
-    from edged.evaluate import scene_ids
+    from edged.tools.evaluate import scene_ids
 
     size = model.graph.input[0].type.tensor_type.shape.dim[2].dim_value
     xs = [x for x, _ in _scene_tensors(scene_ids(scenes, NORM_SEED), size)]
@@ -307,7 +307,7 @@ def _fit_seg_head(model: onnx.ModelProto, logits: str, scenes: int, *, per_class
     """
     import onnxruntime as ort
 
-    from edged.evaluate import SEG_CLASS_NAMES, SegMeter, scene_ids
+    from edged.tools.evaluate import SEG_CLASS_NAMES, SegMeter, scene_ids
 
     producer = {n.output[0]: n for n in model.graph.node}
     conv = producer[logits]

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from edged.preprocess import PreprocessSpec, letterbox_image, letterbox_labels
+from edged.inference.preprocess import PreprocessSpec, letterbox_image, letterbox_labels
 from edged.synth import render
 from edged.training.model import ANCHORS, NUM_CLASSES, STRIDES, DemoYOEO, decode_level
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from edged.results import Frame
 
-log = logging.getLogger("edged.sources")
+log = logging.getLogger("edged.capture.sources")
 
 # FFmpeg prints every decode error of a garbage stream to stderr (the journal), 30 lines a
 # second for a 30 fps camera; edged counts them and logs once per state change instead.

@@ -5,7 +5,7 @@ so that the frame count stays 2 or 3 and v1 decoders that predate them keep work
 
 The normative description, written for implementers in other languages, is
 docs/protocol.md; keep the two in step. Encoding is done by the daemon's publish
-thread, decoding by subscribers (see `edged.client`).
+thread, decoding by subscribers (see `edged.wire.client`).
 """
 
 from __future__ import annotations

@@ -61,13 +61,13 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from edged.evaluate import DetMeter, SegMeter, scene_ids
-from edged.manifest import manifest_path
-from edged.nms import box_iou
-from edged.preprocess import Preprocessor, PreprocessSpec
+from edged.inference.manifest import manifest_path
+from edged.inference.nms import box_iou
+from edged.inference.preprocess import Preprocessor, PreprocessSpec
+from edged.inference.runner import ModelError, ModelOptions, ModelRunner, time_interleaved
 from edged.results import Frame, Result
-from edged.runner import ModelError, ModelOptions, ModelRunner, time_interleaved
 from edged.synth import CLASS_NAMES, SEG_CLASS_NAMES, render
+from edged.tools.evaluate import DetMeter, SegMeter, scene_ids
 
 CALIBRATION_SEED = 700_000  # a training-range seed block, never an evaluation seed
 HOLDOUT_SEED = 1_000_000  # evaluation seeds, as `edged eval` uses
@@ -194,7 +194,7 @@ def image_frames(folder: Path, count: int, holdout: int) -> FrameSet:
 
 def config_frames(config: Any, count: int, holdout: int) -> FrameSet:
     """Frames from the configured cameras, read with edged's own sources, in turn."""
-    from edged.sources import SourceError, redact, source_for
+    from edged.capture.sources import SourceError, redact, source_for
 
     cams = [(name, c) for name, c in config.cameras.items() if c.enabled]
     if not cams:

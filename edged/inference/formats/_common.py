@@ -1,7 +1,7 @@
 """What the format adapters share: tensor descriptions, class names, scoring, NMS set-up.
 
 Kept free of imports from the adapter modules so that every adapter can use it while
-`edged.formats` is still being imported.
+`edged.inference.formats` is still being imported.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from edged.manifest import Manifest
-from edged.nms import nms
-from edged.preprocess import PreprocessSpec
+from edged.inference.manifest import Manifest
+from edged.inference.nms import nms
+from edged.inference.preprocess import PreprocessSpec
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edged.nms import box_iou
+from edged.inference.nms import box_iou
 from edged.synth import CLASS_NAMES, SEG_CLASS_NAMES
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from edged.preprocess import Letterbox
+from edged.inference.preprocess import Letterbox
 from edged.results import instance_extents, nearest_indices
 
 # (instance, rows, cols) -> that window of the instance's field, float

@@ -25,14 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from edged.client import Subscriber
-from edged.codec import EndOfStream, MaskEncoder, Message, encode_result
+from edged.capture.sources import source_for
 from edged.config import Config
-from edged.publisher import Publisher
+from edged.inference.pool import Models
+from edged.inference.runner import ModelRunner
 from edged.results import Frame
-from edged.runner import ModelRunner
-from edged.sources import source_for
-from edged.workers import Models
+from edged.wire.client import Subscriber
+from edged.wire.codec import EndOfStream, MaskEncoder, Message, encode_result
+from edged.wire.publisher import Publisher
 
 
 def _pct(values: list[float]) -> dict[str, float | None]:
@@ -45,7 +45,7 @@ def _pct(values: list[float]) -> dict[str, float | None]:
 def raw_loop(runner: ModelRunner, frame: np.ndarray, n: int, loops: int = 1
              ) -> dict[str, float]:
     """`loops` threads each running `session.run` on a ready tensor, n runs in all."""
-    from edged.preprocess import Preprocessor
+    from edged.inference.preprocess import Preprocessor
 
     pre = Preprocessor(runner.manifest.preprocess)
     pre(frame)
@@ -108,7 +108,7 @@ def serial_loop(runner: ModelRunner, config: Config, n: int) -> dict[str, float]
 
 
 def pipeline_run(models: Models, config: Config, n: int) -> dict[str, Any]:
-    from edged.pipeline import Pipeline
+    from edged.daemon.pipeline import Pipeline
 
     received: dict[str, list[Message]] = defaultdict(list)
     ended: set[str] = set()

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edged.manifest import manifest_path
+from edged.inference.manifest import manifest_path
 
 
 class InspectError(RuntimeError):
@@ -97,7 +97,7 @@ def inspect_model(path: Path, fmt: str = "auto", runs: int = 10) -> dict[str, An
     """
     import onnxruntime as ort
 
-    from edged.runner import ModelError, ModelOptions, ModelRunner, tensor_infos
+    from edged.inference.runner import ModelError, ModelOptions, ModelRunner, tensor_infos
 
     if not path.is_file():
         raise InspectError(f"model file not found: {path}")
@@ -170,7 +170,7 @@ def write_manifest(info: dict[str, Any], fmt: str = "auto", force: bool = False)
     Derived, never read back: with --force an existing manifest is replaced by what the
     graph (and its metadata) says, the way to start over after a bad edit.
     """
-    from edged.formats import FormatError, TensorInfo, manifest_from_graph
+    from edged.inference.formats import FormatError, TensorInfo, manifest_from_graph
 
     path = Path(info["path"])
     target = manifest_path(path)

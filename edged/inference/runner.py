@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from edged.formats import (
+from edged.inference.formats import (
     FORMATS,
     FormatError,
     TensorInfo,
@@ -29,11 +29,11 @@ from edged.formats import (
     classes_from_metadata,
     manifest_from_graph,
 )
-from edged.manifest import Manifest, ManifestError, load_manifest, manifest_path
-from edged.preprocess import Preprocessor
+from edged.inference.manifest import Manifest, ManifestError, load_manifest, manifest_path
+from edged.inference.preprocess import Preprocessor
 from edged.results import Frame, Result
 
-log = logging.getLogger("edged.runner")
+log = logging.getLogger("edged.inference.runner")
 
 PROVIDER_NAMES = {
     "cpu": "CPUExecutionProvider",

@@ -21,15 +21,15 @@ from __future__ import annotations
 from dataclasses import replace
 from types import ModuleType
 
-from edged.formats import mask_rcnn, semantic, sparseinst, yoeo, yolact, yolo, yolo_seg
-from edged.formats._common import (
+from edged.inference.formats import mask_rcnn, semantic, sparseinst, yoeo, yolact, yolo, yolo_seg
+from edged.inference.formats._common import (
     FormatError,
     TensorInfo,
     classes_from_metadata,
     describe,
     parse_names,
 )
-from edged.manifest import Manifest
+from edged.inference.manifest import Manifest
 
 __all__ = ["FORMATS", "FormatError", "TensorInfo", "apply_metadata_names",
            "classes_from_metadata", "describe", "fits", "manifest_from_graph", "parse_names",

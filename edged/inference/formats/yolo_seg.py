@@ -17,7 +17,7 @@ is applied to the logit (no sigmoid over maps); the logit field is interpolated,
 differs from ultralytics' interpolated probabilities only by sub-pixel amounts at edges.
 
 Plain YOLO detection exports (the same detections output, no prototypes) are the `yolo`
-format (`edged.formats.yolo`), served by this adapter with M = 0.
+format (`edged.inference.formats.yolo`), served by this adapter with M = 0.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-from edged.formats._common import (
+from edged.inference.formats._common import (
     TensorInfo,
     batch1,
     class_group_ids,
@@ -46,9 +46,9 @@ from edged.formats._common import (
     xywh_to_xyxy,
     yolo_anchor_counts,
 )
-from edged.formats._instances import paint, render
-from edged.manifest import Manifest
-from edged.preprocess import Letterbox
+from edged.inference.formats._instances import paint, render
+from edged.inference.manifest import Manifest
+from edged.inference.preprocess import Letterbox
 from edged.results import Detections
 
 Layout = Literal["anchors_last", "rows"]

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from edged.formats._common import (
+from edged.inference.formats._common import (
     TensorInfo,
     batch1,
     class_group_ids,
@@ -40,9 +40,9 @@ from edged.formats._common import (
     output_index,
     pick,
 )
-from edged.formats._instances import paint, render
-from edged.manifest import Manifest
-from edged.preprocess import Letterbox, PreprocessSpec
+from edged.inference.formats._instances import paint, render
+from edged.inference.manifest import Manifest
+from edged.inference.preprocess import Letterbox, PreprocessSpec
 from edged.results import Detections
 
 DEFAULT_PRIORS: dict[str, Any] = {
@@ -186,7 +186,7 @@ def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> Man
             raise ValueError(
                 f"yolact: the graph has no priors output and its {p} predictions do not "
                 f"match the default YOLACT priors for a {hw[1]}x{hw[0]} input ({default}); "
-                f"write a manifest with option 'priors' (see edged/formats/yolact.py)")
+                f"write a manifest with option 'priors' (see edged/inference/formats/yolact.py)")
         options["priors"] = {"max_size": max(hw), **DEFAULT_PRIORS}
     outs = {"loc": r.loc.name, "conf": r.conf.name, "mask": r.mask.name, "proto": r.proto.name}
     if r.priors is not None:

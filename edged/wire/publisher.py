@@ -1,6 +1,6 @@
 """ZeroMQ PUB side of the wire protocol: non-blocking sends of encoded frames.
 
-Frames come from `edged.codec.encode_result` / `encode_eos`. A ZeroMQ socket is not
+Frames come from `edged.wire.codec.encode_result` / `encode_eos`. A ZeroMQ socket is not
 thread-safe: all calls on one `Publisher` must come from one thread (the daemon's
 publish thread).
 

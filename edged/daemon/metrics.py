@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-log = logging.getLogger("edged.metrics")
+log = logging.getLogger("edged.daemon.metrics")
 
 _GAUGES = {
     "capture_fps": "Frames captured per second (last stats window)",

@@ -1,6 +1,6 @@
 """Subscriber library: receive edged results in Python.
 
-    from edged.client import Subscriber
+    from edged.wire.client import Subscriber
 
     with Subscriber("ipc:///run/edged/results.sock", cameras=["front"]) as sub:
         for msg in sub:  # ends after end-of-stream from every listed camera
@@ -19,7 +19,7 @@ from types import TracebackType
 
 import zmq
 
-from edged.codec import (
+from edged.wire.codec import (
     TOPIC_EOS,
     TOPIC_MODEL,
     TOPIC_RESULT,
@@ -31,7 +31,7 @@ from edged.codec import (
     check_camera,
     decode,
 )
-from edged.stats import (
+from edged.wire.telemetry import (
     CameraState,
     ModelEvent,
     Stats,

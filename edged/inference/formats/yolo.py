@@ -5,9 +5,9 @@ same adapter serves both (boxes only, no mask in the result).
 
 from __future__ import annotations
 
-from edged.formats._common import TensorInfo, image_input
-from edged.formats.yolo_seg import Adapter, Roles, detection_roles, manifest_for
-from edged.manifest import Manifest
+from edged.inference.formats._common import TensorInfo, image_input
+from edged.inference.formats.yolo_seg import Adapter, Roles, detection_roles, manifest_for
+from edged.inference.manifest import Manifest
 
 __all__ = ["Adapter", "default_manifest", "fits", "names_match", "recognise"]
 

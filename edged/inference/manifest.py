@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edged.preprocess import PreprocessSpec
+from edged.inference.preprocess import PreprocessSpec
 
 MANIFEST_VERSION = 1
 SESSION_KEYS = frozenset({"disabled_optimizers"})
@@ -39,7 +39,7 @@ class Manifest:
     multi_label: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # precision, metrics, provenance
     # format-specific settings (e.g. yolo-seg `layout`, `mask_threshold`), documented in
-    # each format's module under edged/formats/
+    # each format's module under edged/inference/formats/
     options: dict[str, Any] = field(default_factory=dict)
     # how an int8 model was made from its fp32 parent and what that cost in accuracy and
     # gained in speed (written by `edged quantize`); empty for models not quantized by it

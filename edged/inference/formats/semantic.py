@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edged.formats._common import (
+from edged.inference.formats._common import (
     TensorInfo,
     batch1,
     dims,
@@ -29,8 +29,8 @@ from edged.formats._common import (
     output_index,
     preprocess_for,
 )
-from edged.manifest import Manifest
-from edged.preprocess import Letterbox
+from edged.inference.manifest import Manifest
+from edged.inference.preprocess import Letterbox
 from edged.results import Detections
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from edged.codec import (
+from edged.wire.codec import (
     PROTOCOL_VERSION,
     TOPIC_MODEL,
     TOPIC_STATE,

@@ -1,7 +1,7 @@
 """The daemon's pipeline: sources -> model runner -> codec -> publisher, under asyncio.
 
 Every task lives in one `asyncio.TaskGroup` owned by `Pipeline.run`; blocking work runs
-in threads (capture: one per camera; inference: `edged.workers.InferencePool`; encode +
+in threads (capture: one per camera; inference: `edged.inference.pool.InferencePool`; encode +
 send: one thread, because a ZeroMQ socket belongs to one thread). Stopping is a single
 event: capture threads stop, in-flight frames are finished and published, each camera
 gets an end-of-stream message, and the socket is closed.
@@ -21,20 +21,20 @@ from typing import Any
 
 import numpy as np
 
-from edged.codec import MaskEncoder, encode_eos, encode_result
+from edged.capture.sources import CaptureThread, Handoff, RestartPolicy, SourceError, source_for
 from edged.config import CameraConfig, Config
-from edged.ladder import Ladder
-from edged.metrics import serve as serve_metrics
-from edged.notify import Notifier
-from edged.publisher import Publisher
+from edged.daemon.metrics import serve as serve_metrics
+from edged.daemon.notify import Notifier
+from edged.daemon.scheduler import Budget, Scheduler
+from edged.inference.ladder import Ladder
+from edged.inference.pool import InferencePool, Models, reload_runner
+from edged.inference.runner import ModelRunner
 from edged.results import Frame, Result
-from edged.runner import ModelRunner
-from edged.scheduler import Budget, Scheduler
-from edged.sources import CaptureThread, Handoff, RestartPolicy, SourceError, source_for
-from edged.stats import encode_model_event, encode_state, encode_stats
-from edged.workers import InferencePool, Models, reload_runner
+from edged.wire.codec import MaskEncoder, encode_eos, encode_result
+from edged.wire.publisher import Publisher
+from edged.wire.telemetry import encode_model_event, encode_state, encode_stats
 
-log = logging.getLogger("edged.pipeline")
+log = logging.getLogger("edged.daemon.pipeline")
 
 PROBE_AFTER_STALE = 10  # consecutive stale drops before one frame is processed anyway
 LADDER_TICK_S = 0.5
@@ -82,7 +82,7 @@ class Camera:
 class Pipeline:
     def __init__(self, config: Config, models: Models, *, frames: int | None = None,
                  duration: float | None = None, notifier: Notifier | None = None) -> None:
-        """`models`: from `edged.workers.load_models`."""
+        """`models`: from `edged.inference.pool.load_models`."""
         self.config = config
         self.models = models
         self.frames = frames
@@ -277,8 +277,8 @@ class Pipeline:
 
     async def _reload(self) -> None:
         from edged.config import ConfigError, load_config
-        from edged.runner import ModelError
-        from edged.workers import load_rungs
+        from edged.inference.pool import load_rungs
+        from edged.inference.runner import ModelError
 
         loop = asyncio.get_running_loop()
         self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")

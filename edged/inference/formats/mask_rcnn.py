@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edged.formats._common import (
+from edged.inference.formats._common import (
     TensorInfo,
     batch1,
     dims,
@@ -32,9 +32,9 @@ from edged.formats._common import (
     output_index,
     preprocess_for,
 )
-from edged.formats._instances import paint, render
-from edged.manifest import Manifest
-from edged.preprocess import Letterbox
+from edged.inference.formats._instances import paint, render
+from edged.inference.manifest import Manifest
+from edged.inference.preprocess import Letterbox
 from edged.results import Detections
 
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

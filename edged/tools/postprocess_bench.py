@@ -1,4 +1,4 @@
-"""Benchmark of format post-processing (not a test): `python -m edged.formats.bench`.
+"""Benchmark of format post-processing (not a test): `python -m edged.tools.postprocess_bench`.
 
 Times the yolo-seg adapter's `postprocess` alone (no model, no pre-processing) on
 synthetic outputs of a 416x416 YOLOv8-seg export: 3549 anchors, 80 classes, 32 mask
@@ -17,9 +17,9 @@ import time
 
 import numpy as np
 
-from edged.formats.yolo_seg import Adapter
-from edged.manifest import Manifest
-from edged.preprocess import Letterbox, PreprocessSpec
+from edged.inference.formats.yolo_seg import Adapter
+from edged.inference.manifest import Manifest
+from edged.inference.preprocess import Letterbox, PreprocessSpec
 
 SIZE, ANCHORS, CLASSES, MASKS = 416, 3549, 80, 32
 
@@ -70,7 +70,7 @@ def run(runs: int, frame_w: int = 640, frame_h: int = 480) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m edged.formats.bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m edged.tools.postprocess_bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=500)
     args = p.parse_args(argv)

@@ -22,10 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from edged.config import Config
+from edged.inference.runner import ModelError, ModelOptions, ModelRunner, auto_threads, plan_workers
 from edged.results import Frame, Result
-from edged.runner import ModelError, ModelOptions, ModelRunner, auto_threads, plan_workers
 
-log = logging.getLogger("edged.workers")
+log = logging.getLogger("edged.inference.pool")
 
 RECREATE_BUDGET = 3  # worker recreations allowed within RECREATE_WINDOW_S
 RECREATE_WINDOW_S = 600.0

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edged.formats._common import class_group_ids, class_nms, pick, xywh_to_xyxy
-from edged.manifest import Manifest
-from edged.preprocess import Letterbox, PreprocessSpec
+from edged.inference.formats._common import class_group_ids, class_nms, pick, xywh_to_xyxy
+from edged.inference.manifest import Manifest
+from edged.inference.preprocess import Letterbox, PreprocessSpec
 from edged.results import Detections
 
 if TYPE_CHECKING:
-    from edged.formats import TensorInfo
+    from edged.inference.formats import TensorInfo
 
 DEFAULT_CLASSES = ("ball", "goalpost", "robot")
 DEFAULT_SEG_CLASSES = ("background", "lines", "field")

@@ -1,0 +1,1 @@
+"""Capture stage: camera sources, each read by its own thread; the latest frame wins."""

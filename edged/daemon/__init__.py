@@ -1,0 +1,1 @@
+"""The daemon: lifecycle, camera loops, the latency budget, sinks, health, telemetry."""

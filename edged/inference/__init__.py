@@ -1,0 +1,1 @@
+"""Inference: pre-process, manifest, providers, runner, formats, worker pool, ladder."""

@@ -1,0 +1,1 @@
+"""The wire: message codec, protocol constants, the ZeroMQ publisher and the subscriber client."""

@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -39,56 +38,33 @@ def _load(path: str | None):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from edged.daemon.lifecycle import EarlySignals
+
+    # from the first instant: a SIGHUP or SIGTERM during start-up is recorded, not fatal
+    early = EarlySignals()
     cfg = _load(args.config)
     if cfg is None:
         return 1
     setup_logging(args.log_level or cfg.log.level)
     import cv2
 
-    from edged.inference.pool import load_models
-    from edged.inference.runner import ModelError
-    from edged.wire.publisher import PublishError
+    from edged.daemon.lifecycle import Daemon
+    from edged.daemon.notify import Notifier
 
     cv2.setNumThreads(1)  # OpenCV must not fight ONNX Runtime for the cores
-    src = cfg.source_file or "built-in default"
-    log.info("configuration %s", src)
-    t = time.perf_counter()
-    try:
-        models = load_models(cfg)
-    except ModelError as e:
-        log.error("%s", e)
-        return 1
-    runner = models.rungs[0]
-    log.info("model %s (%s) loaded on %s, %d worker(s) x %d thread(s) (%d cores), "
-             "%.1f ms per frame; loaded and warmed up in %.0f ms", runner.model_id,
-             runner.manifest.format, ",".join(runner.providers), models.plan.workers,
-             runner.threads, models.plan.cores, runner.cost_ms or float("nan"),
-             (time.perf_counter() - t) * 1e3)
-    from edged.daemon.notify import Notifier
-    from edged.daemon.pipeline import Pipeline
-
-    pipeline = Pipeline(cfg, models, frames=args.frames, duration=args.duration,
-                        notifier=Notifier())
+    log.info("configuration %s", cfg.source_file or "built-in default")
+    daemon = Daemon(cfg, frames=args.frames, duration=args.duration, notifier=Notifier(),
+                    early=early)
     echo = _EchoThread(cfg.publish.endpoints[0]) if args.echo else None
-
-    async def main() -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, _on_signal, pipeline, sig)
-        loop.add_signal_handler(signal.SIGHUP, pipeline.request_reload)
-        return await pipeline.run()
-
     if echo is not None:
         echo.start()
     try:
-        code = asyncio.run(main())
-    except PublishError as e:
-        log.error("%s", e)
-        return 1
+        code = asyncio.run(daemon.run())
     finally:
         if echo is not None:
             echo.stop()
-    stuck = pipeline.pool.stuck_threads()
+    pipeline = daemon.pipeline
+    stuck = pipeline.pool.stuck_threads() if pipeline is not None else 0
     if stuck:
         # Python joins every worker thread at exit; one inside a wedged model never
         # returns. Everything is published and closed by now: leave without them.
@@ -149,11 +125,6 @@ def format_message(msg) -> str:
     return (f"{msg.camera} #{msg.seq:<5d} e2e {msg.latency_ms:5.1f} ms  "
             f"inference {msg.timings_ms.get('inference', float('nan')):5.1f} ms  "
             f"dets: {dets}  mask: {mask_summary(msg)}  [{msg.model}]{flags}")
-
-
-def _on_signal(pipeline, sig: signal.Signals) -> None:
-    log.info("%s received, stopping", signal.Signals(sig).name)
-    pipeline.stop()
 
 
 def cmd_check(args: argparse.Namespace) -> int:

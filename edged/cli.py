@@ -63,12 +63,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if echo is not None:
             echo.stop()
-    pipeline = daemon.pipeline
-    stuck = pipeline.pool.stuck_threads() if pipeline is not None else 0
-    if stuck:
-        # Python joins every worker thread at exit; one inside a wedged model never
-        # returns. Everything is published and closed by now: leave without them.
-        log.error("exiting with %d inference thread(s) still stuck in the model", stuck)
+    left = daemon.left_behind()
+    if left:
+        # Python joins every worker thread at exit, and one inside onnxruntime (a wedged
+        # model, a load a stop did not wait for) never returns or aborts the interpreter
+        # as it finalises. Everything is published and closed by now: leave without them.
+        stuck = left.count("inference")
+        if stuck:
+            log.error("exiting with %d inference thread(s) still stuck in the model", stuck)
+        others = [n for n in left if n != "inference"]
+        if others:
+            log.info("exiting without waiting for %s", ", ".join(others))
         logging.shutdown()
         sys.stdout.flush()
         os._exit(code)

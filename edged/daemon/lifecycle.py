@@ -30,7 +30,7 @@ from edged.config import Config
 from edged.daemon.notify import Notifier
 from edged.daemon.pipeline import SINK_CLOSE_S, Pipeline, make_stage
 from edged.daemon.publish import PublishStage
-from edged.daemon.threads import in_thread
+from edged.daemon.threads import BlockingCalls
 
 log = logging.getLogger("edged.daemon.lifecycle")
 
@@ -70,6 +70,7 @@ class Daemon:
         self.notifier = notifier or Notifier({})
         self.early = early
         self.pipeline: Pipeline | None = None
+        self.blocking = BlockingCalls()
         self._stopping = asyncio.Event()
         self._reload_pending = False
         self._stopped = False
@@ -128,6 +129,14 @@ class Daemon:
             return
         self.pipeline.request_reload()
 
+    def left_behind(self) -> list[str]:
+        """Threads still inside blocking calls (a model load, a wedged inference) that
+        the process must not wait for at exit."""
+        busy = self.blocking.busy()
+        if self.pipeline is not None:
+            busy += ["inference"] * self.pipeline.pool.stuck_threads()
+        return busy
+
     def _overdue(self) -> None:
         log.error("stop did not finish within %.0f s; exiting with status 1", STOP_DEADLINE_S)
         logging.shutdown()
@@ -159,7 +168,7 @@ class Daemon:
             log.error("%s", e)
             return 1
         t = time.perf_counter()
-        load = asyncio.ensure_future(in_thread(load_models, cfg, name="load-model"))
+        load = asyncio.ensure_future(self.blocking.run(load_models, cfg, name="load-model"))
         stopping = asyncio.ensure_future(self._stopping.wait())
         await asyncio.wait({load, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if not load.done():
@@ -179,7 +188,7 @@ class Daemon:
                  runner.threads, models.plan.cores, runner.cost_ms or float("nan"),
                  (time.perf_counter() - t) * 1e3)
         pipeline = Pipeline(cfg, models, frames=self.frames, duration=self.duration,
-                            notifier=self.notifier, stage=stage)
+                            notifier=self.notifier, stage=stage, blocking=self.blocking)
         self.pipeline = pipeline
         if self._reload_pending:
             pipeline.request_reload()  # applied as soon as the pipeline is ready

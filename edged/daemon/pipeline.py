@@ -32,7 +32,7 @@ from edged.daemon.notify import Notifier
 from edged.daemon.publish import PublishStage
 from edged.daemon.scheduler import Budget, Scheduler
 from edged.daemon.sinks import SinkRunner, ZmqSink
-from edged.daemon.threads import in_thread
+from edged.daemon.threads import BlockingCalls
 from edged.inference.ladder import Ladder
 from edged.inference.pool import InferencePool, Models, reload_runner
 from edged.inference.runner import ModelRunner
@@ -102,7 +102,8 @@ class Camera:
 class Pipeline:
     def __init__(self, config: Config, models: Models, *, frames: int | None = None,
                  duration: float | None = None, notifier: Notifier | None = None,
-                 stage: PublishStage | None = None) -> None:
+                 stage: PublishStage | None = None,
+                 blocking: BlockingCalls | None = None) -> None:
         """`models`: from `edged.inference.pool.load_models`. `stage`: a started publish
         stage (the lifecycle binds it before the model loads); without one, `bind` or
         `run` makes it."""
@@ -116,6 +117,7 @@ class Pipeline:
         self.cameras: dict[str, Camera] = {}
         self.stop_event = asyncio.Event()
         self.stage = stage
+        self.blocking = blocking or BlockingCalls()  # config and model loads, joins
         self.notifier = notifier or Notifier({})
         self._stuck_reported = False
         self._latest_stats: dict[str, dict] = {}
@@ -335,7 +337,7 @@ class Pipeline:
         task = self._tasks.pop(name, None)
         if task is not None:
             await asyncio.wait([task])
-        await in_thread(cam.capture.join, 2.0, name=f"join-{name}")
+        await self.blocking.run(cam.capture.join, 2.0, name=f"join-{name}")
 
     async def _reload(self) -> None:
         from edged.config import ConfigError, load_config
@@ -346,7 +348,7 @@ class Pipeline:
         log.info("SIGHUP: reloading %s", old.source_file or "the built-in default")
         try:
             try:
-                new = await in_thread(load_config, old.source_file, name="reload-config")
+                new = await self.blocking.run(load_config, old.source_file, name="reload-config")
             except (ConfigError, OSError) as e:
                 log.error("reload rejected, the running configuration stays:\n%s", e)
                 return
@@ -367,7 +369,7 @@ class Pipeline:
             if new.model != old.model:
                 threads = self.runner.threads
                 try:
-                    rungs = await in_thread(load_rungs, new, threads, name="reload-model")
+                    rungs = await self.blocking.run(load_rungs, new, threads, name="reload-model")
                 except Exception as e:  # noqa: BLE001 - any failure to load or warm up
                     # the new model (a bad file, a manifest that does not fit the graph,
                     # a provider error) rejects the reload; nothing running has changed
@@ -590,7 +592,7 @@ class Pipeline:
         try:
             rung = self.pool.rung
             try:
-                fresh = await in_thread(reload_runner, self.pool.rungs[rung],
+                fresh = await self.blocking.run(reload_runner, self.pool.rungs[rung],
                                         name=f"recreate-{index}")
                 self.pool.replace_runner(rung, fresh)
             except Exception as e:  # the old session is still there; the thread is replaced

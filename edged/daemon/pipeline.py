@@ -229,8 +229,9 @@ class Pipeline:
             for cam in self.cameras.values():
                 cam.capture.stop()
                 cam.handoff.close()
+            deadline = time.monotonic() + 2.0  # one 2 s allowance for all, not 2 s each
             for cam in self.cameras.values():
-                cam.capture.join(timeout=2.0)
+                cam.capture.join(timeout=max(0.0, deadline - time.monotonic()))
             self.pool.shutdown()
             publish_pool.shutdown(wait=True)
             self.publisher.close()
@@ -252,7 +253,8 @@ class Pipeline:
         connect before the first frame)."""
         if self.publisher is None:
             cfg = self.config.publish
-            self.publisher = Publisher(cfg.endpoints, sndhwm=cfg.sndhwm)
+            cameras = sum(c.enabled for c in self.config.cameras.values())
+            self.publisher = Publisher(cfg.endpoints, sndhwm=cfg.sndhwm, cameras=cameras)
 
     # ------------------------------------------------------------------ reload
 

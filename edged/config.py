@@ -70,6 +70,10 @@ IMAGE_EXTENSIONS: Final = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".
 URL_SCHEMES: Final = frozenset({"rtsp", "rtsps", "http", "https", "udp"})
 # The sections a config file may have; `source_file` is a Config field but is set by the
 # loader, never written in the file.
+# Cameras one daemon serves (enabled ones; disabled ones cost nothing). Measured up to
+# 100 synthetic cameras on 2 cores in docs/benchmarks.md ("Scale: many cameras"); far
+# beyond it start-up and stop outgrow systemd's timeouts, so more is a config error.
+MAX_CAMERAS: Final = 128
 FILE_SECTIONS: Final = ("model", "camera_defaults", "cameras", "publish", "budget", "log")
 
 Loc = tuple[str | int, ...]
@@ -511,6 +515,14 @@ class Config(_Frozen):
     def _at_least_one(cls, cameras: dict[str, CameraConfig]) -> dict[str, CameraConfig]:
         if not cameras:
             raise _custom_error("no_cameras", "at least one camera is required")
+        enabled = sum(c.enabled for c in cameras.values())
+        if enabled > MAX_CAMERAS:
+            raise _custom_error(
+                "too_many_cameras",
+                f"{enabled} enabled cameras; edged serves at most MAX_CAMERAS = {MAX_CAMERAS} "
+                "per daemon (each is a capture thread, a publish queue share and, when "
+                "synthetic, 15 to 35 MB of scene; see docs/benchmarks.md, \"Scale: many "
+                "cameras\"): disable some (enabled: false) or run a second edged")
         return cameras
 
 

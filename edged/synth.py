@@ -14,9 +14,13 @@ gives occlusion for free; an id buffer tells how much of each object stays visib
 
 from __future__ import annotations
 
+import ctypes
 import math
+import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
+from typing import Any
 
 import cv2
 import numpy as np
@@ -108,7 +112,11 @@ def _draw_field(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     blot = cv2.resize(rng.uniform(0.85, 1.15, (8, 12)).astype(np.float32), (cw, ch))
     grain = cv2.resize(rng.uniform(0.9, 1.1, (ch // 4, cw // 4)).astype(np.float32), (cw, ch),
                        interpolation=cv2.INTER_NEAREST)
-    tex[y0:y1, x0:x1] = green * stripe * (blot * grain)[:, :, None]
+    # row bands: the same float64 arithmetic as one expression, without its 40 MB temporary
+    shade = green * stripe
+    gain = blot * grain
+    for r in range(0, ch, 64):
+        tex[y0 + r:min(y0 + r + 64, y1), x0:x1] = shade * gain[r:r + 64, :, None]
     labels[y0:y1, x0:x1] = 2
 
     line_img = np.zeros((h, w), np.uint8)
@@ -143,7 +151,7 @@ def _draw_field(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     white = rng.uniform(200, 250)
     tex[on_line] = white * rng.uniform(0.93, 1.0, 3).astype(np.float32)
     labels[on_line] = 1
-    return np.clip(tex, 0, 255).astype(np.uint8), labels
+    return np.clip(tex, 0, 255, out=tex).astype(np.uint8), labels
 
 
 def _draw_backdrop(rng: np.random.Generator) -> np.ndarray:
@@ -209,8 +217,41 @@ def _robot_sprites(rng: np.random.Generator) -> tuple[tuple[np.ndarray, np.ndarr
     return tuple(frames)
 
 
-@lru_cache(maxsize=8)
+LAYOUT_BUILDS = [0]  # layouts built since import (tests count rebuilds with it)
+
+
 def _layout(seed: int) -> _Layout:
+    """The seed's layout, from its `Renderer` (built once while anything holds it)."""
+    return renderer(seed).layout
+
+
+def _trim_heap() -> None:
+    """Give the build's freed temporaries back to the OS (glibc only; else nothing).
+
+    A build allocates ~30 MB of short-lived float images; freed in a thread's malloc
+    arena they stay resident, so 32 cameras building in parallel kept ~0.6 GB extra."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None
+
+
+def _build_layout(seed: int) -> _Layout:
+    try:
+        return _draw_layout(seed)
+    finally:
+        _trim_heap()
+
+
+def _draw_layout(seed: int) -> _Layout:
+    LAYOUT_BUILDS[0] += 1
     rng = np.random.default_rng([seed, 0x5EED])
     texture, labels = _draw_field(rng)
     backdrop = _draw_backdrop(rng)
@@ -306,9 +347,98 @@ def _project(k: np.ndarray, rot: np.ndarray, centre: np.ndarray, pts: np.ndarray
     return uv, z
 
 
+class Renderer:
+    """One seed's layout and the per-size images derived from it, built once.
+
+    A camera (`edged.capture.sources.SyntheticSource`) holds its own renderer, so any
+    number of cameras with different seeds never evict each other's layouts; memory is
+    bounded by the renderers alive (about 10 MB per seed plus 2 to 16 MB per frame size
+    in use, see docs/benchmarks.md). Cameras with the same seed share one (`renderer`).
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+        self.layout = _build_layout(self.seed)
+        self._lock = threading.Lock()
+        self._backdrops: dict[int, np.ndarray] = {}
+        self._noise: dict[tuple[int, int], np.ndarray] = {}
+
+    def render(self, index: int, width: int = 640, height: int = 480) -> Scene:
+        """Frame `index` of this seed's sequence (same as `render(seed, index, ...)`)."""
+        return _render(self, index, width, height)
+
+    def backdrop_scaled(self, height: int) -> np.ndarray:
+        """The backdrop panorama at the scale a frame of `height` rows shows it."""
+        bd = self._backdrops.get(height)
+        if bd is None:
+            with self._lock:
+                src = self.layout.backdrop
+                scale = height / 300.0
+                bd = cv2.resize(src, (int(src.shape[1] * scale), int(src.shape[0] * scale)),
+                                interpolation=cv2.INTER_LINEAR)
+                self._backdrops[height] = bd
+        return bd
+
+    def noise_field(self, height: int, width: int) -> np.ndarray:
+        """The noise tile repeated to cover `height` x `width` (crops of it are shifts)."""
+        nf = self._noise.get((height, width))
+        if nf is None:
+            with self._lock:
+                nz = self.layout.noise
+                reps = (height // nz.shape[0] + 1, width // nz.shape[1] + 1, 1)
+                nf = np.ascontiguousarray(np.tile(nz, reps)[:height, :width])
+                self._noise[(height, width)] = nf
+        return nf
+
+
+# Renderers alive anywhere, by seed: a camera that holds one shares it with every other
+# user of the seed; it goes away with its last holder.
+_live: weakref.WeakValueDictionary[int, Renderer] = weakref.WeakValueDictionary()
+# Recently used by plain `render(seed, ...)` calls (training, evaluation): kept alive
+# here, so a loop over a few seeds does not rebuild them. Cameras do not rely on it.
+_RECENT = 8
+_recent: OrderedDict[int, Renderer] = OrderedDict()
+_registry_lock = threading.Lock()
+
+
+_building: dict[int, threading.Lock] = {}  # seed -> held while its layout is built
+
+
+def renderer(seed: int) -> Renderer:
+    """The seed's renderer: the live one if any holder has it, else a new one.
+
+    Layouts of different seeds are built in parallel (about 0.2 s of CPU each); two
+    callers wanting the same seed wait for one build."""
+    seed = int(seed)
+    with _registry_lock:
+        r = _live.get(seed)
+        if r is None:
+            build_lock = _building.setdefault(seed, threading.Lock())
+    if r is None:
+        with build_lock:
+            with _registry_lock:
+                r = _live.get(seed)
+            if r is None:
+                r = Renderer(seed)
+            with _registry_lock:
+                _live[seed] = r
+                if _building.get(seed) is build_lock:
+                    del _building[seed]
+    with _registry_lock:
+        _recent[seed] = r
+        _recent.move_to_end(seed)
+        while len(_recent) > _RECENT:
+            _recent.popitem(last=False)
+    return r
+
+
 def render(seed: int, index: int, width: int = 640, height: int = 480) -> Scene:
     """Render frame `index` of sequence `seed` at `width`x`height` with its ground truth."""
-    lay = _layout(int(seed))
+    return _render(renderer(seed), index, width, height)
+
+
+def _render(ren: Renderer, index: int, width: int, height: int) -> Scene:
+    lay = ren.layout
     k = _intrinsics(lay, width, height)
     rot, centre, speed = _camera(lay, index)
 
@@ -348,7 +478,7 @@ def render(seed: int, index: int, width: int = 640, height: int = 480) -> Scene:
         sky = np.zeros((sky_rows, width), np.uint8)
         cv2.fillPoly(sky, [np.round(poly * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
         sky[:full_sky] = 1
-        bd = _backdrop_scaled(int(seed), height)
+        bd = ren.backdrop_scaled(height)
         yaw = math.atan2(rot[2, 1], rot[2, 0])
         off = int((yaw / math.tau) * bd.shape[1]) % bd.shape[1]
         # horizon row at the image centre column, so the backdrop sits on it
@@ -376,27 +506,10 @@ def render(seed: int, index: int, width: int = 640, height: int = 480) -> Scene:
     sigma = 2.0 + 4.0 * (1.0 / max(gain, 0.5))
     th, tw = lay.noise.shape[:2]
     r0, c0 = (index * 37) % th, (index * 91) % tw
-    cv2.scaleAdd(_noise_field(int(seed), height + th, width + tw)[r0:r0 + height, c0:c0 + width],
+    cv2.scaleAdd(ren.noise_field(height + th, width + tw)[r0:r0 + height, c0:c0 + width],
                  sigma, img, dst=img)
     np.clip(img, 0, 255, out=img)
     return Scene(img.astype(np.uint8), seg, boxes, classes)
-
-
-@lru_cache(maxsize=8)
-def _backdrop_scaled(seed: int, height: int) -> np.ndarray:
-    """The seed's backdrop panorama at the scale a frame of `height` rows shows it."""
-    bd = _layout(seed).backdrop
-    scale = height / 300.0
-    return cv2.resize(bd, (int(bd.shape[1] * scale), int(bd.shape[0] * scale)),
-                      interpolation=cv2.INTER_LINEAR)
-
-
-@lru_cache(maxsize=8)
-def _noise_field(seed: int, height: int, width: int) -> np.ndarray:
-    """The seed's noise tile repeated to cover `height` x `width` (crops of it are shifts)."""
-    nz = _layout(seed).noise
-    reps = (height // nz.shape[0] + 1, width // nz.shape[1] + 1, 1)
-    return np.ascontiguousarray(np.tile(nz, reps)[:height, :width])
 
 
 def _clip_halfplane(poly: np.ndarray, vals: np.ndarray) -> np.ndarray:

@@ -630,3 +630,19 @@ def test_resolved_mode(source: str, mode: str, expected: str) -> None:
 def test_config_type_is_exported() -> None:
     assert Config.model_fields.keys() == {"model", "cameras", "publish", "budget", "log",
                                           "source_file"}
+
+
+def test_too_many_cameras_is_a_config_error(tmp_path: Path) -> None:
+    from edged.config import MAX_CAMERAS
+
+    cams = "".join(f"  c{i}:\n    source: synthetic\n" for i in range(MAX_CAMERAS + 1))
+    path = write(tmp_path, f"model:\n  path: m.onnx\ncameras:\n{cams}")
+    issue = only_issue(path)
+    assert (issue.line, issue.path) == (3, "cameras")
+    assert f"{MAX_CAMERAS + 1} enabled cameras" in issue.message
+    assert f"MAX_CAMERAS = {MAX_CAMERAS}" in issue.message
+    # disabled cameras do not count
+    disabled = cams.replace("  c0:\n    source: synthetic\n",
+                            "  c0:\n    source: synthetic\n    enabled: false\n")
+    ok = write(tmp_path, f"model:\n  path: m.onnx\ncameras:\n{disabled}")
+    assert len(load_config(ok).cameras) == MAX_CAMERAS + 1

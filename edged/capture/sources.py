@@ -167,6 +167,7 @@ class Source(Protocol):
 
     live: bool
     description: str
+    # optional `can_stall = False`: reads always return (CaptureThread runs no watchdog)
 
     def open(self) -> None: ...
     def read(self) -> np.ndarray | None: ...
@@ -180,27 +181,34 @@ class Source(Protocol):
 
 
 class SyntheticSource:
-    """The RoboCup scene renderer as a camera (`edged.synth`)."""
+    """The RoboCup scene renderer as a camera (`edged.synth`).
+
+    It holds its seed's `edged.synth.Renderer` (layout and per-size images) for as long
+    as the camera exists, so cameras with different seeds never evict each other's
+    layouts (they used to share an 8-entry cache and rebuilt a layout every frame)."""
 
     live = True
+    can_stall = False  # rendering never blocks: no watchdog (reader) thread needed
 
     def __init__(self, seed: int, width: int, height: int) -> None:
         self.seed, self.width, self.height = seed, width, height
         self.index = 0
         self.description = f"synthetic seed {seed} {width}x{height}"
+        self._renderer: Any = None  # edged.synth.Renderer, from the first open
 
     def open(self) -> None:
-        from edged import synth  # only cameras that use it pay for the import
+        if self._renderer is None:
+            from edged import synth  # only cameras that use it pay for the import
 
-        self._render = synth.render
+            self._renderer = synth.renderer(self.seed)
 
     def read(self) -> np.ndarray | None:
-        img = self._render(self.seed, self.index, self.width, self.height).image
+        img = self._renderer.render(self.index, self.width, self.height).image
         self.index += 1
         return img
 
     def close(self) -> None:
-        pass
+        pass  # the renderer stays: a reopen after a restart needs it again
 
     def default_fps(self) -> float | None:
         return 15.0
@@ -208,6 +216,7 @@ class SyntheticSource:
     def fresh(self) -> SyntheticSource:
         new = SyntheticSource(self.seed, self.width, self.height)
         new.index = self.index  # the scene sequence carries on
+        new._renderer = self._renderer
         return new
 
 
@@ -468,6 +477,8 @@ class CaptureThread:
     the abandoned one finds itself abandoned when its call returns (FFmpeg's own
     timeouts are set to make sure it does), closes its own capture and exits without
     touching state or hand-off. At most `max_abandoned` may be outstanding per camera.
+    A source that cannot block (`can_stall = False`: the synthetic renderer) needs no
+    watching: the supervisor thread reads it itself, one thread per camera, not two.
 
     Failures, all logged once per state change:
     - SourceError on open or read of a live source, a stall, or `max_corrupt_frames`
@@ -543,11 +554,15 @@ class CaptureThread:
                     continue
                 self._sessions += 1
                 session = _Session(self.source, self._sessions)
-                session.thread = threading.Thread(
-                    target=self._reader, args=(session,), daemon=True,
-                    name=f"capture-{self.camera}-{session.number}")
-                session.thread.start()
-                kind, detail = self._watch(session)
+                if getattr(self.source, "can_stall", True):
+                    session.thread = threading.Thread(
+                        target=self._reader, args=(session,), daemon=True,
+                        name=f"capture-{self.camera}-{session.number}")
+                    session.thread.start()
+                    kind, detail = self._watch(session)
+                else:  # nothing to watch for: read here, one thread per camera
+                    self._reader(session)
+                    kind, detail = session.outcome
                 if kind == "stop":
                     return
                 if kind == "eos":

@@ -270,8 +270,9 @@ class Pipeline:
             for cam in self.cameras.values():
                 cam.capture.stop()
                 cam.handoff.close()
+            deadline = time.monotonic() + 2.0  # one 2 s allowance for all, not 2 s each
             for cam in self.cameras.values():
-                cam.capture.join(timeout=2.0)
+                cam.capture.join(timeout=max(0.0, deadline - time.monotonic()))
             self.pool.shutdown()
             stage.close(SINK_CLOSE_S)
             self._log_stats(time.monotonic() - started, final=True)
@@ -729,7 +730,8 @@ def make_stage(config: Config) -> PublishStage:
     """Bind the ZeroMQ publisher and start the publish stage with it as its first sink
     (raises `edged.wire.publisher.PublishError` when an endpoint cannot be bound)."""
     pc = config.publish
-    publisher = Publisher(pc.endpoints, sndhwm=pc.sndhwm)
+    cameras = sum(c.enabled for c in config.cameras.values())
+    publisher = Publisher(pc.endpoints, sndhwm=pc.sndhwm, cameras=cameras)
     stage = PublishStage([SinkRunner(ZmqSink(publisher))],
                          MaskEncoder(pc.mask_encoding, pc.zstd_level), send_masks=pc.send_masks)
     stage.start()

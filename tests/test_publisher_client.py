@@ -184,6 +184,31 @@ def test_malformed_and_reserved_topics_are_skipped(tcp_ctx_pub: tuple[Publisher,
         assert sub.malformed == 2 and sub.ignored == 2
 
 
+def test_typed_stats_and_states_reach_the_subscriber(tcp_ctx_pub: tuple[Publisher, str],
+                                                     ctx: zmq.Context) -> None:
+    """A daemon snapshot -> `_stats` on the bus -> the client's typed snapshots, equal."""
+    from test_telemetry import FRONT
+
+    from edged.daemon.telemetry import CameraState, DaemonSnapshot
+    from edged.wire.telemetry import CameraState as StateMessage
+    from edged.wire.telemetry import Stats, encode_state, encode_stats
+
+    pub, endpoint = tcp_ctx_pub
+    snap = DaemonSnapshot(uptime_s=5.0, interval_s=1.0, cameras={"cam1": FRONT})
+    with Subscriber(endpoint, ["cam1"], context=ctx, stats=True, states=True) as sub:
+        sync(pub, sub)
+        pub.send(encode_stats(snap.to_wire(), snap.interval_s))
+        pub.send(encode_state("cam1", CameraState.STOPPED, "end of file"))
+        stats, state = sub.recv(timeout=5), sub.recv(timeout=5)
+    assert isinstance(stats, Stats) and isinstance(state, StateMessage)
+    assert stats.cameras == snap.to_wire()
+    (got,) = stats.snapshots.values()
+    assert got.camera == "cam1" and got.state is CameraState.RUNNING
+    assert got.to_wire() == FRONT.to_wire() and got.drops == FRONT.drops
+    assert got.log_line(1.0) == FRONT.log_line(1.0).replace("stats front:", "stats cam1:")
+    assert state.state is CameraState.STOPPED and state.detail == "end of file"
+
+
 def test_recv_timeout_returns_none(tcp_ctx_pub: tuple[Publisher, str], ctx: zmq.Context) -> None:
     _, endpoint = tcp_ctx_pub
     with Subscriber(endpoint, ["cam1"], context=ctx) as sub:

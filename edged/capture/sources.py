@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from edged.daemon.telemetry import CameraState
 from edged.results import Frame
 
 log = logging.getLogger("edged.capture.sources")
@@ -492,7 +493,7 @@ class CaptureThread:
 
     def __init__(self, camera: str, source: Source, handoff: Handoff, *, fps: float | None,
                  pace: bool, backoff: tuple[float, float] = (0.5, 30.0),
-                 on_state: Callable[[str, str, str], None] | None = None,
+                 on_state: Callable[[str, CameraState, str], None] | None = None,
                  policy: RestartPolicy | None = None) -> None:
         self.camera, self.source, self.handoff = camera, source, handoff
         self.fps, self.pace = fps, pace
@@ -500,7 +501,7 @@ class CaptureThread:
         self.on_state = on_state  # (camera, state, detail), called from the capture thread
         self.policy = policy or RestartPolicy()
         self.seq = 0
-        self.state = "starting"
+        self.state = CameraState.STARTING
         self.detail = ""  # what the last state change said (e.g. why a file ended)
         self.error: str | None = None
         # counters, read by the stats snapshot
@@ -529,7 +530,8 @@ class CaptureThread:
         """Abandoned reader threads that have not returned yet."""
         return sum(1 for s in self._abandoned if not s.done.is_set())
 
-    def _set_state(self, state: str, detail: str = "", session: _Session | None = None) -> None:
+    def _set_state(self, state: CameraState, detail: str = "",
+                   session: _Session | None = None) -> None:
         with self._lock:
             if session is not None and session.abandoned:
                 return  # an abandoned reader has no say any more
@@ -537,7 +539,8 @@ class CaptureThread:
                 self.state = state
                 self.detail = detail
                 msg = f"camera {self.camera}: {state}" + (f" ({detail})" if detail else "")
-                (log.warning if state in ("reconnecting", "failed") else log.info)(msg)
+                bad = state in (CameraState.RECONNECTING, CameraState.FAILED)
+                (log.warning if bad else log.info)(msg)
                 if self.on_state is not None:
                     self.on_state(self.camera, state, detail)
 
@@ -566,7 +569,7 @@ class CaptureThread:
                 if kind == "stop":
                     return
                 if kind == "eos":
-                    self._set_state("stopped", detail or "end of stream")
+                    self._set_state(CameraState.STOPPED, detail or "end of stream")
                     return
                 self.error = detail
                 if session.frames:
@@ -583,23 +586,23 @@ class CaptureThread:
                         self.error = (f"camera {self.camera}: capture crashed {len(crash_times)}"
                                       f" times within {self.policy.crash_window_s:.0f} s, "
                                       f"giving up; last error: {detail}")
-                        self._set_state("failed", self.error)
+                        self._set_state(CameraState.FAILED, self.error)
                         return
                     detail = (f"{detail}; restart {len(crash_times)} of "
                               f"{self.policy.crash_budget} within "
                               f"{self.policy.crash_window_s:.0f} s")
                 elif not self.source.live:  # a file that cannot be opened or read
-                    self._set_state("failed", detail)
+                    self._set_state(CameraState.FAILED, detail)
                     return
                 elif self.policy.max_reconnects is not None and \
                         failures_in_row > self.policy.max_reconnects:
                     self.error = (f"camera {self.camera}: gave up after "
                                   f"{self.policy.max_reconnects} reconnects without a frame; "
                                   f"last error: {detail}")
-                    self._set_state("failed", self.error)
+                    self._set_state(CameraState.FAILED, self.error)
                     return
                 self.reconnects += 1
-                self._set_state("reconnecting", f"{detail}; retrying every <= "
+                self._set_state(CameraState.RECONNECTING, f"{detail}; retrying every <= "
                                 f"{self.backoff[1]:g} s")
                 if self._stop.wait(delay):
                     return
@@ -607,14 +610,14 @@ class CaptureThread:
         except Exception as e:  # a bug here must not take the daemon down
             log.exception("camera %s: capture supervisor crashed", self.camera)
             self.error = f"capture crashed: {e}"
-            self._set_state("failed", self.error)
+            self._set_state(CameraState.FAILED, self.error)
         finally:
             self._stop.set()  # the reader stops after its current call
             if session is not None and session.thread is not None and not session.abandoned:
                 session.thread.join(1.0)  # give the device back before a restart reopens it
             self.handoff.close()
-            if self.state not in ("failed", "stopped"):
-                self._set_state("stopped")
+            if self.state not in (CameraState.FAILED, CameraState.STOPPED):
+                self._set_state(CameraState.STOPPED)
 
     def _room_for_reader(self) -> bool:
         """False (after waiting a little) while too many abandoned readers are stuck."""
@@ -626,7 +629,7 @@ class CaptureThread:
             self._waiting_for_stuck = True
             log.error("camera %s: %d reader threads still stuck in the source; waiting for "
                       "one to return before reopening it", self.camera, len(self._abandoned))
-        self._set_state("reconnecting", f"{len(self._abandoned)} reader threads stuck")
+        self._set_state(CameraState.RECONNECTING, f"{len(self._abandoned)} reader threads stuck")
         self._stop.wait(1.0)
         return False
 
@@ -672,7 +675,7 @@ class CaptureThread:
             session.busy_in, session.busy_since = "open", time.monotonic()
             src.open()
             session.busy_since = None
-            self._set_state("running", src.description, session)
+            self._set_state(CameraState.RUNNING, src.description, session)
             session.outcome = self._capture(session)
         except SourceError as e:
             session.outcome = ("error", str(e))

@@ -10,26 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+
+from edged.daemon.telemetry import CameraState, DaemonSnapshot
 
 log = logging.getLogger("edged.daemon.metrics")
-
-_GAUGES = {
-    "capture_fps": "Frames captured per second (last stats window)",
-    "processed_fps": "Frames run through the model per second (last stats window)",
-}
-_COUNTERS = {
-    "published": "Results published",
-    "late": "Results published over the latency budget",
-    "budget_misses": "Frames that missed the latency budget (stale, late, late dropped)",
-}
 
 
 def _esc(v: str) -> str:
     return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render(snapshot: dict[str, dict[str, Any]]) -> str:
+def render(snapshot: DaemonSnapshot) -> str:
     out: list[str] = []
 
     def family(name: str, kind: str, help_: str, rows: list[tuple[str, float]]) -> None:
@@ -37,31 +28,37 @@ def render(snapshot: dict[str, dict[str, Any]]) -> str:
         out.append(f"# TYPE edged_{name} {kind}")
         out.extend(f"edged_{name}{{{labels}}} {value}" for labels, value in rows)
 
-    cams = sorted(snapshot.items())
-    for key, help_ in _GAUGES.items():
-        family(key, "gauge", help_, [(f'camera="{_esc(c)}"', s[key]) for c, s in cams])
-    for key, help_ in _COUNTERS.items():
-        family(f"{key}_total", "counter", help_, [(f'camera="{_esc(c)}"', s[key]) for c, s in cams])
+    cams = [(f'camera="{_esc(name)}"', c) for name, c in sorted(snapshot.cameras.items())]
+    family("capture_fps", "gauge", "Frames captured per second (last stats window)",
+           [(cl, c.capture_fps) for cl, c in cams])
+    family("processed_fps", "gauge",
+           "Frames run through the model per second (last stats window)",
+           [(cl, c.processed_fps) for cl, c in cams])
+    family("published_total", "counter", "Results published",
+           [(cl, c.published) for cl, c in cams])
+    family("late_total", "counter", "Results published over the latency budget",
+           [(cl, c.late) for cl, c in cams])
+    family("budget_misses_total", "counter",
+           "Frames that missed the latency budget (stale, late, late dropped)",
+           [(cl, c.budget_misses) for cl, c in cams])
     family("dropped_total", "counter", "Frames dropped, by cause",
-           [(f'camera="{_esc(c)}",cause="{cause}"', n) for c, s in cams
-            for cause, n in s["drops"].items()])
+           [(f'{cl},cause="{cause}"', n) for cl, c in cams
+            for cause, n in c.drops.to_wire().items()])
     family("e2e_latency_ms", "gauge", "Capture-to-send latency percentiles (last 512 results)",
-           [(f'camera="{_esc(c)}",quantile="{q[1:]}"', v) for c, s in cams
-            for q, v in s["e2e_ms"].items() if v is not None])
+           [(f'{cl},quantile="{q[1:]}"', v) for cl, c in cams
+            for q, v in c.e2e_ms.to_wire().items() if v is not None])
     family("stage_latency_ms", "gauge", "Per-stage median latency (last 512 results)",
-           [(f'camera="{_esc(c)}",stage="{st}"', v) for c, s in cams
-            for st, v in s["stages_ms_p50"].items()])
+           [(f'{cl},stage="{st}"', v) for cl, c in cams for st, v in c.stages_ms_p50.items()])
     family("capture_events_total", "counter",
            "Capture faults by kind: corrupt frames, reconnects, stalls, crashes",
-           [(f'camera="{_esc(c)}",kind="{k}"', n) for c, s in cams
-            for k, n in s.get("capture", {}).items() if k != "stuck_readers"])
+           [(f'{cl},kind="{k}"', n) for cl, c in cams for k, n in c.capture.events().items()])
     family("camera_up", "gauge", "1 while the camera is running",
-           [(f'camera="{_esc(c)}",state="{s["state"]}"', int(s["state"] == "running"))
-            for c, s in cams])
+           [(f'{cl},state="{c.state.value}"', int(c.state is CameraState.RUNNING))
+            for cl, c in cams])
     return "\n".join(out) + "\n"
 
 
-async def serve(address: str, snapshot: Callable[[], dict[str, dict[str, Any]]]) -> None:
+async def serve(address: str, snapshot: Callable[[], DaemonSnapshot]) -> None:
     """Serve until cancelled."""
     host, _, port = address.rpartition(":")
     host = host.strip("[]")

@@ -32,6 +32,15 @@ from edged.daemon.notify import Notifier
 from edged.daemon.publish import PublishStage
 from edged.daemon.scheduler import Budget, Scheduler
 from edged.daemon.sinks import SinkRunner, ZmqSink
+from edged.daemon.telemetry import (
+    CameraSnapshot,
+    CameraState,
+    CaptureCounters,
+    DaemonSnapshot,
+    Drops,
+    InferenceCounters,
+    LatencyPercentiles,
+)
 from edged.daemon.threads import BlockingCalls
 from edged.inference.ladder import Ladder
 from edged.inference.pool import InferencePool, Models, reload_runner
@@ -120,7 +129,7 @@ class Pipeline:
         self.blocking = blocking or BlockingCalls()  # config and model loads, joins
         self.notifier = notifier or Notifier({})
         self._stuck_reported = False
-        self._latest_stats: dict[str, dict] = {}
+        self._latest_stats: DaemonSnapshot | None = None
         self._started = time.monotonic()
         self._tg: asyncio.TaskGroup | None = None
         self._sched: Scheduler | None = None
@@ -283,7 +292,7 @@ class Pipeline:
                      self.runner.model_id)
         if self.pool.failed is not None:
             return 1
-        if all(c.capture.state == "failed" for c in self.cameras.values()):
+        if all(c.capture.state == CameraState.FAILED for c in self.cameras.values()):
             log.error("every camera failed")
             return 1
         return self.exit_code
@@ -457,7 +466,7 @@ class Pipeline:
             waited_from = time.monotonic()
             if not await cam.handoff.wait():
                 reason = cam.stop_reason or ("shutdown" if self.stop_event.is_set() else (
-                    f"camera failed: {cam.capture.error}" if cam.capture.state == "failed"
+                    f"camera failed: {cam.capture.error}" if cam.capture.state == CameraState.FAILED
                     else cam.capture.detail or "end of stream"))
                 break
             if min_period:  # max_fps cap: wait for the slot, then take the freshest frame
@@ -544,12 +553,19 @@ class Pipeline:
                         "(about %.0f ms): most frames are dropped as stale, the rest published "
                         "late", cam.name, cam.budget.latency_ms, cam.budget.ahead.value or 0.0)
 
-    def latest_stats(self) -> dict[str, dict]:
-        """The last stats window; before the first one, figures since the start."""
-        if self._latest_stats:
+    def latest_stats(self) -> DaemonSnapshot:
+        """The last stats window (the whole run once stopped); before the first window,
+        figures since the start."""
+        if self._latest_stats is not None:
             return self._latest_stats
-        elapsed = time.monotonic() - self._started
-        return {c.name: self._snapshot(c, elapsed, final=True) for c in self.cameras.values()}
+        now = time.monotonic()
+        elapsed = now - self._started
+        ps = self.pool.stats
+        return DaemonSnapshot(
+            uptime_s=elapsed, interval_s=elapsed, final=True,
+            cameras={c.name: self._snapshot(c, elapsed, final=True)
+                     for c in self.cameras.values()},
+            inference=InferenceCounters(ps.frames, ps.batches, ps.largest_batch, ps.recreated))
 
     def stuck(self) -> tuple[float, str, int] | None:
         """(seconds, camera, seq) of an inference running past model.stuck_after_s."""
@@ -663,13 +679,11 @@ class Pipeline:
                 log.exception("statistics failed; the pipeline carries on")
                 last = now
                 continue
-            self._latest_stats = snapshot
             last = now
-            self.notifier.status(", ".join(f"{n} {c['processed_fps']:.1f} fps ({c['state']})"
-                                           for n, c in snapshot.items()))
-            self._send_soon(encode_stats(snapshot, interval))
+            self.notifier.status(snapshot.status_line())
+            self._send_soon(encode_stats(snapshot.to_wire(), snapshot.interval_s))
 
-    def _snapshot(self, cam: Camera, elapsed: float, final: bool) -> dict:
+    def _snapshot(self, cam: Camera, elapsed: float, final: bool) -> CameraSnapshot:
         s = cam.stats
         captured = cam.handoff.put_count
         if final:
@@ -681,44 +695,38 @@ class Pipeline:
         with s.lock:  # the publish thread appends to these windows
             e2e_window = list(s.e2e_ms)
             stage_windows = {k: list(v) for k, v in s.stages.items() if v}
-        e2e = np.percentile(e2e_window, [50, 90, 99]).tolist() if e2e_window \
-            else [None, None, None]
-        return {
-            "state": cam.capture.state, "capture_fps": round(cap_fps, 2),
-            "processed_fps": round(proc_fps, 2),
-            "published": self.zmq.published.get(cam.name, 0), "late": s.late,
-            "drops": {"overwritten": cam.handoff.overwritten, "stale": s.stale,
-                      "late": s.late_dropped, "errors": s.errors},
-            "e2e_ms": dict(zip(("p50", "p90", "p99"), e2e)),
-            "stages_ms_p50": {k: float(np.median(v)) for k, v in stage_windows.items()},
-            "budget_ms": cam.budget.latency_ms, "variant": self.runner.model_id,
-            "budget_misses": s.stale + s.late + s.late_dropped,
-            "capture": {"corrupt": cam.capture.corrupt, "reconnects": cam.capture.reconnects,
-                        "stalls": cam.capture.stalls, "crashes": cam.capture.crashes,
-                        "stuck_readers": cam.capture.stuck_readers()},
-            "providers": self.runner.placement_summary,
-        }
+        e2e = LatencyPercentiles(*np.percentile(e2e_window, [50, 90, 99]).tolist()) \
+            if e2e_window else LatencyPercentiles()
+        cap = cam.capture
+        return CameraSnapshot(
+            camera=cam.name, state=cap.state, capture_fps=round(cap_fps, 2),
+            processed_fps=round(proc_fps, 2), published=self.zmq.published.get(cam.name, 0),
+            late=s.late,
+            drops=Drops(overwritten=cam.handoff.overwritten, stale=s.stale,
+                        late=s.late_dropped, errors=s.errors),
+            e2e_ms=e2e,
+            stages_ms_p50={k: float(np.median(v)) for k, v in stage_windows.items()},
+            budget_ms=cam.budget.latency_ms, variant=self.runner.model_id,
+            capture=CaptureCounters(corrupt=cap.corrupt, reconnects=cap.reconnects,
+                                    stalls=cap.stalls, crashes=cap.crashes,
+                                    stuck_readers=cap.stuck_readers()),
+            providers=self.runner.placement_summary, processed=s.processed)
 
-    def _log_stats(self, elapsed: float, final: bool = False) -> dict[str, dict]:
-        """One line per camera (the last window, or the whole run when final)."""
-        out = {}
+    def _log_stats(self, elapsed: float, final: bool = False) -> DaemonSnapshot:
+        """One line per camera (the last window, or the whole run when final); the
+        snapshot becomes `latest_stats()`."""
+        cameras = {}
         for cam in self.cameras.values():
-            snap = self._snapshot(cam, elapsed, final)
-            out[cam.name] = snap
-            s = cam.stats
-            e2e = [v if v is not None else float("nan") for v in snap["e2e_ms"].values()]
-            d = snap["drops"]
-            log.info("%s %s: capture %.1f fps, processed %.1f fps, e2e p50/p90/p99 "
-                     "%.1f/%.1f/%.1f ms, inference p50 %.1f ms, dropped %d overwritten "
-                     "%d stale %d late, %d published late, errors %d, state %s%s",
-                     "final" if final else "stats", cam.name, snap["capture_fps"],
-                     snap["processed_fps"], *e2e,
-                     snap["stages_ms_p50"].get("inference", float("nan")), d["overwritten"],
-                     d["stale"], d["late"], s.late, s.errors, cam.capture.state,
-                     f", {s.processed} frames in {elapsed:.1f} s" if final else "")
-            s.captured_at_report = cam.handoff.put_count
-            s.window_processed = 0
-        return out
+            snap = cameras[cam.name] = self._snapshot(cam, elapsed, final)
+            log.info("%s", snap.log_line(elapsed, final=final))
+            cam.stats.captured_at_report = cam.handoff.put_count
+            cam.stats.window_processed = 0
+        ps = self.pool.stats
+        self._latest_stats = DaemonSnapshot(
+            uptime_s=time.monotonic() - self._started, interval_s=elapsed, final=final,
+            cameras=cameras,
+            inference=InferenceCounters(ps.frames, ps.batches, ps.largest_batch, ps.recreated))
+        return self._latest_stats
 
 
 def _forget_costs(budgets: list[Budget]) -> None:

@@ -134,6 +134,7 @@ def pipeline_run(models: Models, config: Config, n: int) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     th.join(5)
     stop.set()
+    snapshot = pipeline.latest_stats()  # once stopped: the whole run
     cams: dict[str, Any] = {}
     total = 0
     for name in config.cameras:
@@ -144,16 +145,14 @@ def pipeline_run(models: Models, config: Config, n: int) -> dict[str, Any]:
         for m in msgs:
             for k, v in m.timings_ms.items():
                 stages[k].append(v)
-        st = pipeline.cameras[name].stats if name in pipeline.cameras else None
+        snap = snapshot.cameras.get(name)
         cams[name] = {
             "received": len(msgs),
             "fps": (len(msgs) - 1) / span if span > 0 else None,
             "e2e_ms": _pct([m.latency_ms for m in msgs]),
             "stages_ms_p50": {k: float(np.median(v)) for k, v in stages.items()},
-            "drops": None if st is None else {
-                "overwritten": pipeline.cameras[name].handoff.overwritten, "stale": st.stale,
-                "late": st.late_dropped, "errors": st.errors},
-            "late": None if st is None else st.late,
+            "drops": None if snap is None else snap.drops.to_wire(),
+            "late": None if snap is None else snap.late,
         }
     # shares of the model while every camera was running (each stops after n frames, so
     # whole-run rates would mix in the time after the fastest camera had finished)

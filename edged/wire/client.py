@@ -60,8 +60,8 @@ class Subscriber:
     def __init__(self, endpoint: str | Sequence[str], cameras: Sequence[str] | None = None, *,
                  rcvhwm: int = 100, context: zmq.Context | None = None,
                  stats: bool = False, states: bool = False) -> None:
-        """`stats=True` also delivers the daemon's periodic `Stats` messages and the
-        degradation ladder's `ModelEvent`s,
+        """`stats=True` also delivers the daemon's periodic `Stats` messages (typed per
+        camera in `Stats.snapshots`) and the degradation ladder's `ModelEvent`s,
         `states=True` the cameras' `CameraState` changes."""
         endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
         if not endpoints:

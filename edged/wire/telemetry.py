@@ -2,19 +2,21 @@
 
 Frames: topic `_stats`, then a msgpack map (see docs/protocol.md, "Statistics"):
 `{"v": 1, "type": "stats", "t_ns": wall clock ns, "interval_s": float,
-"cameras": {name: {...}}}` with, per camera, the keys of `CAMERA_KEYS`.
+"cameras": {name: {...}}}` with, per camera, the keys of `CAMERA_KEYS`: the wire form of
+`edged.daemon.telemetry.CameraSnapshot`, which `Stats.snapshots` holds decoded.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 import zmq
 
+from edged.daemon import telemetry as typed
 from edged.wire.codec import (
     PROTOCOL_VERSION,
     TOPIC_MODEL,
@@ -31,9 +33,13 @@ CAMERA_KEYS = ("state", "capture_fps", "processed_fps", "published", "late", "dr
 
 @dataclass(frozen=True, slots=True)
 class Stats:
+    """A `_stats` message: `cameras` as on the wire, `snapshots` the same validated and
+    typed."""
+
     t_ns: int
     interval_s: float
     cameras: dict[str, dict[str, Any]]
+    snapshots: dict[str, typed.CameraSnapshot] = field(default_factory=dict)
 
 
 def encode_stats(cameras: dict[str, dict[str, Any]], interval_s: float) -> list[bytes]:
@@ -64,14 +70,19 @@ def decode_stats(frames: Sequence[bytes | memoryview | zmq.Frame]) -> Stats:
         cams = h.get("cameras")
         if not isinstance(cams, dict) or not all(isinstance(v, dict) for v in cams.values()):
             raise ProtocolError("stats: 'cameras' must map names to maps")
-        return Stats(int(h["t_ns"]), float(h["interval_s"]), cams)
+        snapshots = {}
+        for name, cam in cams.items():
+            if not isinstance(name, str):
+                raise ProtocolError("stats: camera names must be strings")
+            snapshots[name] = typed.CameraSnapshot.from_wire(name, cam)
+        return Stats(int(h["t_ns"]), float(h["interval_s"]), cams, snapshots)
     except ProtocolError:
         raise
     except Exception as e:  # msgpack and type errors on garbage input
         raise ProtocolError(f"stats: {e}") from None
 
 
-CAMERA_STATES = ("starting", "running", "reconnecting", "stopped", "failed")
+CAMERA_STATES = tuple(s.value for s in typed.CameraState)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,13 +90,15 @@ class CameraState:
     """A camera's state change (topic `<camera>/state`)."""
 
     camera: str
-    state: str
+    state: typed.CameraState
     detail: str
     t_ns: int
 
 
-def encode_state(camera: str, state: str, detail: str = "") -> list[bytes]:
-    header = {"v": PROTOCOL_VERSION, "type": "state", "camera": camera, "state": state,
+def encode_state(camera: str, state: typed.CameraState | str, detail: str = "") -> list[bytes]:
+    """`state`: a CameraState or its value (ValueError for anything else)."""
+    header = {"v": PROTOCOL_VERSION, "type": "state", "camera": camera,
+              "state": typed.CameraState(state).value,
               "detail": detail, "t_ns": time.time_ns()}
     return [topic(camera, TOPIC_STATE), msgpack.packb(header)]
 
@@ -98,7 +111,7 @@ def decode_state(frames: Sequence[bytes | memoryview | zmq.Frame]) -> CameraStat
             raise ProtocolError("state: camera, state and detail must be strings")
         if first != topic(cam, TOPIC_STATE):
             raise ProtocolError("state: topic does not match the camera")
-        return CameraState(cam, state, detail, int(h["t_ns"]))
+        return CameraState(cam, typed.CameraState(state), detail, int(h["t_ns"]))
     except ProtocolError:
         raise
     except Exception as e:  # msgpack and type errors on garbage input

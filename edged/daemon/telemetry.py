@@ -1,0 +1,226 @@
+"""Typed telemetry: what the daemon knows about each camera, as frozen dataclasses.
+
+`Pipeline` takes one `CameraSnapshot` per camera per stats window and wraps them in a
+`DaemonSnapshot`; everything else is rendered from those: the log lines (`log_line`),
+the `_stats` message (`to_wire`, see docs/protocol.md, "Statistics"), the systemd
+status text, the Prometheus endpoint (`edged.daemon.metrics.render`) and `edged bench`.
+Subscribers get the same `CameraSnapshot`s back from the wire (`from_wire`).
+
+Standard library only: the capture threads and the subscriber client import it too.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class CameraState(enum.StrEnum):
+    """A camera's capture state; the value is the text on the wire and in the logs."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    RECONNECTING = "reconnecting"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+def _int(d: Mapping[str, Any], key: str) -> int:
+    v = d[key]
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise TypeError(f"{key!r} must be an int, not {type(v).__name__}")
+    return v
+
+
+def _float(d: Mapping[str, Any], key: str) -> float:
+    v = d[key]
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        raise TypeError(f"{key!r} must be a number, not {type(v).__name__}")
+    return v
+
+
+def _float_or_none(d: Mapping[str, Any], key: str) -> float | None:
+    return None if d[key] is None else _float(d, key)
+
+
+def _str(d: Mapping[str, Any], key: str) -> str:
+    v = d[key]
+    if not isinstance(v, str):
+        raise TypeError(f"{key!r} must be a string, not {type(v).__name__}")
+    return v
+
+
+def _map(d: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    v = d[key]
+    if not isinstance(v, Mapping):
+        raise TypeError(f"{key!r} must be a map, not {type(v).__name__}")
+    return v
+
+
+def _nan(v: float | None) -> float:
+    return math.nan if v is None else v
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyPercentiles:
+    """p50/p90/p99 in ms; all None before the first value."""
+
+    p50: float | None = None
+    p90: float | None = None
+    p99: float | None = None
+
+    def to_wire(self) -> dict[str, float | None]:
+        return {"p50": self.p50, "p90": self.p90, "p99": self.p99}
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> LatencyPercentiles:
+        return cls(_float_or_none(d, "p50"), _float_or_none(d, "p90"),
+                   _float_or_none(d, "p99"))
+
+
+@dataclass(frozen=True, slots=True)
+class Drops:
+    """Frames not published since start, by cause."""
+
+    overwritten: int = 0  # a newer frame replaced it before it was taken
+    stale: int = 0  # dropped before inference: could not finish inside the budget
+    late: int = 0  # over budget and not published (budget.on_late: drop)
+    errors: int = 0  # inference failed
+
+    def to_wire(self) -> dict[str, int]:
+        """Cause -> count, in this order (also the Prometheus `cause` label)."""
+        return {"overwritten": self.overwritten, "stale": self.stale, "late": self.late,
+                "errors": self.errors}
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> Drops:
+        return cls(_int(d, "overwritten"), _int(d, "stale"), _int(d, "late"),
+                   _int(d, "errors"))
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureCounters:
+    """Capture faults since start, and reader threads stuck now."""
+
+    corrupt: int = 0
+    reconnects: int = 0
+    stalls: int = 0
+    crashes: int = 0
+    stuck_readers: int = 0
+
+    def events(self) -> dict[str, int]:
+        """The fault counters (not `stuck_readers`, a level): kind -> count."""
+        return {"corrupt": self.corrupt, "reconnects": self.reconnects,
+                "stalls": self.stalls, "crashes": self.crashes}
+
+    def to_wire(self) -> dict[str, int]:
+        return {**self.events(), "stuck_readers": self.stuck_readers}
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> CaptureCounters:
+        return cls(_int(d, "corrupt"), _int(d, "reconnects"), _int(d, "stalls"),
+                   _int(d, "crashes"), _int(d, "stuck_readers"))
+
+
+@dataclass(frozen=True, slots=True)
+class CameraSnapshot:
+    """One camera's figures for one stats window (rates) and since start (counts)."""
+
+    camera: str
+    state: CameraState
+    capture_fps: float
+    processed_fps: float
+    published: int  # results published since start
+    late: int  # of those, published over budget (flag "late")
+    drops: Drops
+    e2e_ms: LatencyPercentiles  # capture to send, last 512 results
+    stages_ms_p50: dict[str, float]  # stage -> median ms, last 512 results
+    budget_ms: float
+    variant: str  # the model variant in use
+    capture: CaptureCounters
+    providers: str  # where the model's nodes run
+    processed: int | None = None  # frames run since start; not on the wire (None there)
+
+    @property
+    def budget_misses(self) -> int:
+        """Frames that missed the budget since start: stale + published late + late dropped."""
+        return self.drops.stale + self.late + self.drops.late
+
+    def to_wire(self) -> dict[str, Any]:
+        """The camera's map in the `_stats` message (docs/protocol.md, "Statistics")."""
+        return {
+            "state": self.state.value, "capture_fps": self.capture_fps,
+            "processed_fps": self.processed_fps, "published": self.published,
+            "late": self.late, "drops": self.drops.to_wire(), "e2e_ms": self.e2e_ms.to_wire(),
+            "stages_ms_p50": dict(self.stages_ms_p50), "budget_ms": self.budget_ms,
+            "variant": self.variant, "budget_misses": self.budget_misses,
+            "capture": self.capture.to_wire(), "providers": self.providers,
+        }
+
+    @classmethod
+    def from_wire(cls, camera: str, d: Mapping[str, Any]) -> CameraSnapshot:
+        """Validate and type one camera's `_stats` map; unknown keys are ignored.
+
+        Raises ValueError, TypeError or KeyError for a map that does not follow the
+        protocol."""
+        stages = _map(d, "stages_ms_p50")
+        if not all(isinstance(k, str) for k in stages):
+            raise TypeError("'stages_ms_p50' must map stage names to numbers")
+        return cls(
+            camera=camera, state=CameraState(_str(d, "state")),
+            capture_fps=_float(d, "capture_fps"), processed_fps=_float(d, "processed_fps"),
+            published=_int(d, "published"), late=_int(d, "late"),
+            drops=Drops.from_wire(_map(d, "drops")),
+            e2e_ms=LatencyPercentiles.from_wire(_map(d, "e2e_ms")),
+            stages_ms_p50={k: _float(stages, k) for k in stages},
+            budget_ms=_float(d, "budget_ms"), variant=_str(d, "variant"),
+            capture=CaptureCounters.from_wire(_map(d, "capture")),
+            providers=_str(d, "providers"))
+
+    def log_line(self, elapsed_s: float, *, final: bool = False) -> str:
+        """The daemon's stats line: the last window, or the whole run when `final`."""
+        e, d = self.e2e_ms, self.drops
+        return (f"{'final' if final else 'stats'} {self.camera}: capture "
+                f"{self.capture_fps:.1f} fps, processed {self.processed_fps:.1f} fps, "
+                f"e2e p50/p90/p99 {_nan(e.p50):.1f}/{_nan(e.p90):.1f}/{_nan(e.p99):.1f} ms, "
+                f"inference p50 {self.stages_ms_p50.get('inference', math.nan):.1f} ms, "
+                f"dropped {d.overwritten} overwritten {d.stale} stale {d.late} late, "
+                f"{self.late} published late, errors {d.errors}, state {self.state.value}"
+                + (f", {self.processed} frames in {elapsed_s:.1f} s"
+                   if final and self.processed is not None else ""))
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceCounters:
+    """The inference pool since start."""
+
+    frames: int = 0
+    batches: int = 0
+    largest_batch: int = 0
+    recreated: int = 0  # workers replaced after a stuck run
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonSnapshot:
+    """Every camera's snapshot for one window (`interval_s`), or for the whole run."""
+
+    uptime_s: float
+    interval_s: float  # the window the rates cover (the whole run when `final`)
+    final: bool = False
+    cameras: dict[str, CameraSnapshot] = field(default_factory=dict)
+    inference: InferenceCounters = field(default_factory=InferenceCounters)
+
+    def to_wire(self) -> dict[str, dict[str, Any]]:
+        """The `cameras` map of the `_stats` message."""
+        return {name: c.to_wire() for name, c in self.cameras.items()}
+
+    def log_lines(self) -> list[str]:
+        return [c.log_line(self.interval_s, final=self.final) for c in self.cameras.values()]
+
+    def status_line(self) -> str:
+        """The service manager's STATUS= text."""
+        return ", ".join(f"{n} {c.processed_fps:.1f} fps ({c.state.value})"
+                         for n, c in self.cameras.items())

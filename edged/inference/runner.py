@@ -31,16 +31,11 @@ from edged.inference.formats import (
 )
 from edged.inference.manifest import Manifest, ManifestError, load_manifest, manifest_path
 from edged.inference.preprocess import Preprocessor
+from edged.inference.providers import OPTION_ALIASES, PROVIDER_NAMES
 from edged.results import Frame, Result
 
 log = logging.getLogger("edged.inference.runner")
 
-PROVIDER_NAMES = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "openvino": "OpenVINOExecutionProvider",
-}
 
 _ORT_TYPES = {
     "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
@@ -118,8 +113,6 @@ def plan_workers(workers: int, threads: int, *, cores: int, cameras: int,
     return workers, threads
 
 
-# short option names edged accepts besides onnxruntime's own
-OPTION_ALIASES: dict[str, dict[str, str]] = {"tensorrt": {"fp16": "trt_fp16_enable"}}
 # providers that run on a CUDA device: their outputs can stay there (IOBinding)
 CUDA_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 

@@ -30,6 +30,8 @@ from types import TracebackType
 
 import zmq
 
+from edged.names import parse_endpoint
+
 log = logging.getLogger(__name__)
 
 # Dead peers (unplugged cable, crashed host) would otherwise hold a connection and its
@@ -81,13 +83,11 @@ def _remove_stale_ipc(endpoint: str) -> None:
 
 
 def _check_endpoint(endpoint: str) -> None:
-    scheme, sep, address = endpoint.partition("://")
-    if not sep or scheme not in ("tcp", "ipc", "inproc") or not address:
-        raise PublishError(f"cannot bind {endpoint!r}: expected tcp://host:port, ipc://path "
-                           "or inproc://name")
-    if scheme == "tcp" and address.rpartition(":")[2] in ("*", "0", ""):
-        # subscribers could not know an OS-chosen port
-        raise PublishError(f"cannot bind {endpoint}: give an explicit port")
+    # the rules the config validated publish.endpoints with (edged.names.parse_endpoint)
+    try:
+        parse_endpoint(endpoint)
+    except ValueError as e:
+        raise PublishError(f"cannot bind {endpoint!r}: {e}") from None
 
 
 class Publisher:

@@ -272,15 +272,24 @@ def _print_model(cfg: Config, rungs: list[ModelRunner], wp: WorkerPlan, sizes: s
 def _try_binds(cfg: Config) -> None:
     """Bind what `edged run` binds, all at once (so that two of them clashing shows
     too), and release it: PublishError or MetricsError when one cannot be bound."""
-    from edged.daemon.metrics import bind as bind_metrics
-    from edged.wire.publisher import Publisher
+    import zmq
 
-    with Publisher(cfg.publish.endpoints, sndhwm=cfg.publish.sndhwm, linger_ms=0):
+    from edged.daemon.metrics import bind as bind_metrics
+    from edged.wire.publisher import Publisher, release_ipc
+
+    ctx = zmq.Context()  # its own, so that term() waits until every socket is closed
+    try:
+        with Publisher(cfg.publish.endpoints, sndhwm=cfg.publish.sndhwm, context=ctx,
+                       linger_ms=0):
+            for ep in cfg.publish.endpoints:
+                print(f"publish: {ep}: bound OK")
+            if cfg.log.metrics:
+                bind_metrics(cfg.log.metrics).close()
+                print(f"metrics: {cfg.log.metrics}: bound OK")
+    finally:
+        ctx.term()  # every socket closed
         for ep in cfg.publish.endpoints:
-            print(f"publish: {ep}: bound OK")
-        if cfg.log.metrics:
-            bind_metrics(cfg.log.metrics).close()
-            print(f"metrics: {cfg.log.metrics}: bound OK")
+            release_ipc(ep)
 
 
 def format_provider_report(p: dict) -> str:

@@ -82,6 +82,14 @@ def _remove_stale_ipc(endpoint: str) -> None:
     log.info("removed stale ipc socket file %s", path)
 
 
+def release_ipc(endpoint: str) -> None:
+    """Remove the socket file of a closed ipc:// endpoint if no process listens on it
+    (libzmq 4.3 leaves it behind on close; `edged check` cleans up after its bind test)."""
+    if endpoint.startswith("ipc://"):
+        with contextlib.suppress(PublishError):
+            _remove_stale_ipc(endpoint)
+
+
 def _check_endpoint(endpoint: str) -> None:
     # the rules the config validated publish.endpoints with (edged.names.parse_endpoint)
     try:
@@ -171,7 +179,8 @@ class Publisher:
         if self._closed:
             return
         self._closed = True
-        self._sock.close()  # libzmq removes the ipc socket files it created
+        # libzmq 4.3 leaves ipc socket files behind; the next bind removes a stale one
+        self._sock.close()
 
     def __enter__(self) -> Publisher:
         return self

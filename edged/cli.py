@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -110,55 +109,47 @@ def report_error(command: str, e: BaseException) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from edged.daemon.lifecycle import EarlySignals
+
+    # from the first instant: a SIGHUP or SIGTERM during start-up is recorded, not fatal
+    early = EarlySignals()
     cfg = _load(args.config)
     setup_logging(args.log_level or cfg.log.level)
     import cv2
 
     from edged.daemon import metrics
-    from edged.inference.pool import load_models
+    from edged.daemon.lifecycle import Daemon
+    from edged.daemon.notify import Notifier
 
     cv2.setNumThreads(1)  # OpenCV must not fight ONNX Runtime for the cores
-    src = cfg.source_file or "built-in default"
-    log.info("configuration %s", src)
-    t = time.perf_counter()
-    models = load_models(cfg)
-    runner = models.rungs[0]
-    log.info("model %s (%s) loaded on %s, %d worker(s) x %d thread(s) (%d cores), "
-             "%.1f ms per frame; loaded and warmed up in %.0f ms", runner.model_id,
-             runner.manifest.format, ",".join(runner.providers), models.plan.workers,
-             runner.threads, models.plan.cores, runner.cost_ms or float("nan"),
-             (time.perf_counter() - t) * 1e3)
-    from edged.daemon.notify import Notifier
-    from edged.daemon.pipeline import Pipeline
-
-    pipeline = Pipeline(cfg, models, frames=args.frames, duration=args.duration,
-                        notifier=Notifier())
+    log.info("configuration %s", cfg.source_file or "built-in default")
+    daemon = Daemon(cfg, frames=args.frames, duration=args.duration, notifier=Notifier(),
+                    early=early)
     echo = _EchoThread(cfg.publish.endpoints[0]) if args.echo else None
-
-    async def main() -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, _on_signal, pipeline, sig)
-        loop.add_signal_handler(signal.SIGHUP, pipeline.request_reload)
-        return await pipeline.run()
-
     try:
         if cfg.log.metrics:
-            # listening before READY: a port in use ends the start here (MetricsError),
-            # and the pipeline's metrics.serve(cfg.log.metrics, ...) serves this socket
+            # listening before READY: a port in use ends the start here (MetricsError,
+            # reported by main), and the pipeline's metrics.serve(cfg.log.metrics, ...)
+            # serves this very socket
             metrics.listen_early(cfg.log.metrics)
         if echo is not None:
             echo.start()
-        code = asyncio.run(main())
+        code = asyncio.run(daemon.run())
     finally:
         metrics.release_early()
         if echo is not None:
             echo.stop()
-    stuck = pipeline.pool.stuck_threads()
-    if stuck:
-        # Python joins every worker thread at exit; one inside a wedged model never
-        # returns. Everything is published and closed by now: leave without them.
-        log.error("exiting with %d inference thread(s) still stuck in the model", stuck)
+    left = daemon.left_behind()
+    if left:
+        # Python joins every worker thread at exit, and one inside onnxruntime (a wedged
+        # model, a load a stop did not wait for) never returns or aborts the interpreter
+        # as it finalises. Everything is published and closed by now: leave without them.
+        stuck = left.count("inference")
+        if stuck:
+            log.error("exiting with %d inference thread(s) still stuck in the model", stuck)
+        others = [n for n in left if n != "inference"]
+        if others:
+            log.info("exiting without waiting for %s", ", ".join(others))
         logging.shutdown()
         sys.stdout.flush()
         os._exit(code)
@@ -217,11 +208,6 @@ def format_message(msg) -> str:
             f"dets: {dets}  mask: {mask_summary(msg)}  [{msg.model}]{flags}")
 
 
-def _on_signal(pipeline, sig: signal.Signals) -> None:
-    log.info("%s received, stopping", signal.Signals(sig).name)
-    pipeline.stop()
-
-
 def cmd_check(args: argparse.Namespace) -> int:
     """Exit 1 exactly when `edged run` would fail to start: the config, the model and
     every ladder variant (loaded, one warm-up inference at each configured camera size),
@@ -272,22 +258,18 @@ def _print_model(cfg: Config, rungs: list[ModelRunner], wp: WorkerPlan, sizes: s
 def _try_binds(cfg: Config) -> None:
     """Bind what `edged run` binds, all at once (so that two of them clashing shows
     too), and release it: PublishError or MetricsError when one cannot be bound."""
-    import zmq
-
     from edged.daemon.metrics import bind as bind_metrics
     from edged.wire.publisher import Publisher, release_ipc
 
-    ctx = zmq.Context()  # its own, so that term() waits until every socket is closed
     try:
-        with Publisher(cfg.publish.endpoints, sndhwm=cfg.publish.sndhwm, context=ctx,
-                       linger_ms=0):
+        # the publisher's own context: closing it waits until every socket is closed
+        with Publisher(cfg.publish.endpoints, sndhwm=cfg.publish.sndhwm, linger_ms=0):
             for ep in cfg.publish.endpoints:
                 print(f"publish: {ep}: bound OK")
             if cfg.log.metrics:
                 bind_metrics(cfg.log.metrics).close()
                 print(f"metrics: {cfg.log.metrics}: bound OK")
     finally:
-        ctx.term()  # every socket closed
         for ep in cfg.publish.endpoints:
             release_ipc(ep)
 

@@ -1,10 +1,14 @@
-"""The daemon's pipeline: sources -> model runner -> codec -> publisher, under asyncio.
+"""The camera stage of the daemon: per-camera loops feeding the inference pool under the
+latency budget, reload, the watchdog and the ladder, and the hand-off of finished results
+to the publish stage (`edged.daemon.publish`), which fans them out to the sinks.
 
-Every task lives in one `asyncio.TaskGroup` owned by `Pipeline.run`; blocking work runs
-in threads (capture: one per camera; inference: `edged.inference.pool.InferencePool`; encode +
-send: one thread, because a ZeroMQ socket belongs to one thread). Stopping is a single
-event: capture threads stop, in-flight frames are finished and published, each camera
-gets an end-of-stream message, and the socket is closed.
+Every task lives in the `asyncio.TaskGroup` of `Pipeline.run` and is cancelled or ended
+by it; blocking work runs in threads (capture: one per camera; inference:
+`edged.inference.pool.InferencePool`; judge + encode: the publish stage's thread; each
+sink: its own thread). Stopping is a single event: capture threads stop, in-flight frames
+are finished and published, each camera gets an end-of-stream message, and the sinks are
+closed. The process lifecycle around it (signals, model load, exit) is
+`edged.daemon.lifecycle`.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import logging
 import threading
 import time
 from collections import defaultdict, deque
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,12 +29,15 @@ from edged.capture.sources import CaptureThread, Handoff, RestartPolicy, SourceE
 from edged.config import CameraConfig, Config
 from edged.daemon.metrics import serve as serve_metrics
 from edged.daemon.notify import Notifier
+from edged.daemon.publish import PublishStage
 from edged.daemon.scheduler import Budget, Scheduler
+from edged.daemon.sinks import SinkRunner, ZmqSink
+from edged.daemon.threads import BlockingCalls
 from edged.inference.ladder import Ladder
 from edged.inference.pool import InferencePool, Models, reload_runner
 from edged.inference.runner import ModelRunner
 from edged.results import Frame, Result
-from edged.wire.codec import MaskEncoder, encode_eos, encode_result
+from edged.wire.codec import MaskEncoder
 from edged.wire.publisher import Publisher
 from edged.wire.telemetry import encode_model_event, encode_state, encode_stats
 
@@ -41,15 +48,21 @@ LADDER_TICK_S = 0.5
 IDLE_GRACE_S = 0.1  # waiting longer than this for a frame counts as idle (fair queuing)
 DRAIN_S = 3.0  # how long a stop waits for inference runs in flight
 RECREATE_AFTER = 1.5  # a run stuck this many times model.stuck_after_s gets a new worker
+SINK_CLOSE_S = 1.0  # how long a stop waits for each sink to deliver what it holds
 
 
 @dataclass(slots=True)
 class CameraStats:
-    """Counters for one camera; the window lists are trimmed at each report."""
+    """Counters for one camera; the window lists are trimmed at each report.
+
+    Writers: the event loop writes `processed`, `stale`, `errors`, `window_processed`,
+    `captured_at_report`, `ladder_seen` and the inference stage windows; the publish
+    stage's thread writes `late`, `late_dropped`, `ladder_e2e`, `e2e_ms` and the encode
+    window (`record_published`). Readers on the other side take `lock` for the windows.
+    """
 
     captured_at_report: int = 0
     processed: int = 0
-    published: int = 0
     stale: int = 0  # dropped before inference: could not finish inside the budget
     late: int = 0  # published over budget, flagged "late"
     late_dropped: int = 0  # over budget and not published (budget.on_late: drop)
@@ -59,10 +72,16 @@ class CameraStats:
     ladder_seen: tuple[int, int] = (0, 0)
     ladder_e2e: deque[float] = field(default_factory=lambda: deque(maxlen=1024))
     e2e_ms: deque[float] = field(default_factory=lambda: deque(maxlen=512))
-    # the windows are filled from the publish thread and read by the stats task
     lock: threading.Lock = field(default_factory=threading.Lock)
     stages: defaultdict[str, deque[float]] = field(
         default_factory=lambda: defaultdict(lambda: deque(maxlen=512)))
+
+    def record_published(self, e2e_ms: float, encode_ms: float) -> None:
+        """A result handed to the sinks (publish stage's thread)."""
+        self.ladder_e2e.append(e2e_ms)
+        with self.lock:
+            self.stages["encode"].append(encode_ms)
+            self.e2e_ms.append(e2e_ms)
 
 
 @dataclass(slots=True)
@@ -74,29 +93,31 @@ class Camera:
     stats: CameraStats
     budget: Budget
     realtime: bool
-    last_seq: int = -1  # last seq published
     stop_reason: str = ""  # set when the camera is stopped on purpose (reload)
     budget_warned: bool = False
+    # set when the camera must stop: wakes a max_fps wait at once
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Pipeline:
     def __init__(self, config: Config, models: Models, *, frames: int | None = None,
-                 duration: float | None = None, notifier: Notifier | None = None) -> None:
-        """`models`: from `edged.inference.pool.load_models`."""
+                 duration: float | None = None, notifier: Notifier | None = None,
+                 stage: PublishStage | None = None,
+                 blocking: BlockingCalls | None = None) -> None:
+        """`models`: from `edged.inference.pool.load_models`. `stage`: a started publish
+        stage (the lifecycle binds it before the model loads); without one, `bind` or
+        `run` makes it."""
         self.config = config
         self.models = models
         self.frames = frames
         self.duration = duration
         self.pool = InferencePool(models.rungs, models.plan.workers, models.max_batch)
-        self.ladder: Ladder | None = None
-        if config.model.ladder is not None and len(models.rungs) > 1:
-            self.ladder = Ladder(config.model.ladder,
-                                 [r.cost_ms or 1.0 for r in models.rungs], time.monotonic())
+        self.ladder: Ladder | None = self._make_ladder(config, models.rungs)
         self.exit_code = 0
         self.cameras: dict[str, Camera] = {}
         self.stop_event = asyncio.Event()
-        self.publisher: Publisher | None = None
-        self._publish_pool: ThreadPoolExecutor | None = None
+        self.stage = stage
+        self.blocking = blocking or BlockingCalls()  # config and model loads, joins
         self.notifier = notifier or Notifier({})
         self._stuck_reported = False
         self._latest_stats: dict[str, dict] = {}
@@ -104,15 +125,36 @@ class Pipeline:
         self._tg: asyncio.TaskGroup | None = None
         self._sched: Scheduler | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # every task that is not a camera loop; all are cancelled when the cameras are done
+        self._helpers: set[asyncio.Task[None]] = set()
         self._recreating: set[int] = set()
-        self._encoder: MaskEncoder | None = None
         self._reload_task: asyncio.Task[None] | None = None
+        self._reload_again = False
+        self._reload_pending = False  # asked for before the pipeline was ready
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.ready = asyncio.Event()
 
     @property
     def runner(self) -> ModelRunner:
         """The model variant running now."""
         return self.pool.runner
+
+    @property
+    def reloading(self) -> bool:
+        return self._reload_task is not None and not self._reload_task.done()
+
+    @property
+    def zmq(self) -> ZmqSink:
+        assert self.stage is not None
+        sink = self.stage.sinks[0].sink
+        assert isinstance(sink, ZmqSink)
+        return sink
+
+    @staticmethod
+    def _make_ladder(config: Config, rungs: list[ModelRunner]) -> Ladder | None:
+        if config.model.ladder is None or len(rungs) < 2:
+            return None
+        return Ladder(config.model.ladder, [r.cost_ms or 1.0 for r in rungs], time.monotonic())
 
     # ------------------------------------------------------------------ setup
 
@@ -147,11 +189,9 @@ class Pipeline:
         self._send_soon(encode_state(camera, state, detail))
 
     def _send_soon(self, frames: list[bytes]) -> None:
-        """Queue a message on the publish thread (from the event loop), if it still runs."""
-        if self.publisher is None or self._publish_pool is None:
-            return
-        with contextlib.suppress(RuntimeError):  # the publish thread has been shut down
-            self._publish_pool.submit(self.publisher.send, frames)
+        """Queue a control message to every sink, behind what the stage holds."""
+        if self.stage is not None:
+            self.stage.control(frames)
 
     def _start_camera(self, cam: Camera) -> None:
         """Start capture and the camera's task (inside the running TaskGroup)."""
@@ -174,14 +214,13 @@ class Pipeline:
         self._loop = loop
         cfg = self.config
         self.bind()
-        publish_pool = ThreadPoolExecutor(1, thread_name_prefix="publish")
-        self._publish_pool = publish_pool
-        self._encoder = MaskEncoder(cfg.publish.mask_encoding, cfg.publish.zstd_level)
+        stage = self.stage
+        assert stage is not None
         initial = [c for n, cc in cfg.cameras.items() if cc.enabled
                    and (c := self._make_camera(n, cc, loop)) is not None]
         if not initial:
             log.error("no camera could be started")
-            self.publisher.close()
+            stage.close(SINK_CLOSE_S)
             return 1
         # a worker may take a batch: that many frames may be granted and waiting
         self._sched = Scheduler(self.pool.workers * self.pool.max_batch, {})
@@ -203,15 +242,17 @@ class Pipeline:
                         for r in self.pool.rungs))
                 # READY only now: the model is warm and the sockets are bound
                 self.notifier.ready(f"{len(self.cameras)} camera(s) starting")
-                helpers = [tg.create_task(self._stats_loop(), name="stats"),
-                           tg.create_task(self._watchdog_loop(), name="watchdog")]
-                if self.ladder is not None:
-                    helpers.append(tg.create_task(self._ladder_loop(), name="ladder"))
+                self.ready.set()
+                if self._reload_pending:
+                    self._reload_pending = False
+                    self.request_reload()
+                self._spawn(self._stats_loop(), "stats")
+                self._spawn(self._watchdog_loop(), "watchdog")
+                self._spawn(self._ladder_loop(), "ladder")  # idle while there is no ladder
                 if cfg.log.metrics:
-                    helpers.append(tg.create_task(
-                        serve_metrics(cfg.log.metrics, self.latest_stats), name="metrics"))
+                    self._spawn(serve_metrics(cfg.log.metrics, self.latest_stats), "metrics")
                 if self.duration is not None:
-                    tg.create_task(self._stop_after(self.duration), name="duration")
+                    self._spawn(self._stop_after(self.duration), "duration")
                 # a reload may add cameras while we wait: done when none is left running
                 # and no reload is under way
                 while True:
@@ -222,7 +263,7 @@ class Pipeline:
                         break
                     await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 self.stop_event.set()
-                for h in helpers:
+                for h in list(self._helpers):
                     h.cancel()
         finally:
             self._tg = None
@@ -232,8 +273,7 @@ class Pipeline:
             for cam in self.cameras.values():
                 cam.capture.join(timeout=2.0)
             self.pool.shutdown()
-            publish_pool.shutdown(wait=True)
-            self.publisher.close()
+            stage.close(SINK_CLOSE_S)
             self._log_stats(time.monotonic() - started, final=True)
             ps = self.pool.stats
             log.info("final inference: %d frames in %d runs (mean batch %.2f, largest %d), "
@@ -248,45 +288,67 @@ class Pipeline:
         return self.exit_code
 
     def bind(self) -> None:
-        """Bind the publishing socket (run() does it; call earlier to let subscribers
-        connect before the first frame)."""
-        if self.publisher is None:
-            cfg = self.config.publish
-            self.publisher = Publisher(cfg.endpoints, sndhwm=cfg.sndhwm)
+        """Bind the publishing socket and start the publish stage (run() does it; call
+        earlier to let subscribers connect before the first frame)."""
+        if self.stage is None:
+            self.stage = make_stage(self.config)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None] | None:
+        """A helper task owned by the running TaskGroup, cancelled when the cameras are
+        done (None, and the coroutine closed, once the group has ended)."""
+        if self._tg is None:
+            coro.close()
+            return None
+        task = self._tg.create_task(coro, name=name)
+        self._helpers.add(task)
+        task.add_done_callback(self._helpers.discard)
+        return task
 
     # ------------------------------------------------------------------ reload
 
     def request_reload(self) -> None:
-        """SIGHUP: re-read the config file and apply what changed."""
-        if self._tg is None or self.stop_event.is_set():
+        """SIGHUP: re-read the config file and apply what changed. A SIGHUP during a
+        reload is queued: one more reload follows, so the last file written wins."""
+        if self.stop_event.is_set():
             return
-        if self._reload_task is not None and not self._reload_task.done():
-            log.warning("reload already under way; SIGHUP ignored")
+        if self._tg is None:  # not running yet: applied once ready
+            self._reload_pending = True
             return
-        self._reload_task = self._tg.create_task(self._reload(), name="reload")
+        if self.reloading:
+            if not self._reload_again:
+                log.info("SIGHUP during a reload: reloading again when it is done")
+            self._reload_again = True
+            return
+        self._reload_task = self._spawn(self._reload_until_current(), "reload")
+
+    async def _reload_until_current(self) -> None:
+        while True:
+            self._reload_again = False
+            await self._reload()
+            if not self._reload_again or self.stop_event.is_set():
+                return
 
     async def _stop_camera(self, name: str, reason: str) -> None:
         cam = self.cameras.pop(name)
         cam.stop_reason = reason
+        cam.stopping.set()
         cam.capture.stop()
         cam.handoff.close()
         task = self._tasks.pop(name, None)
         if task is not None:
             await asyncio.wait([task])
-        await asyncio.get_running_loop().run_in_executor(None, cam.capture.join, 2.0)
+        await self.blocking.run(cam.capture.join, 2.0, name=f"join-{name}")
 
     async def _reload(self) -> None:
         from edged.config import ConfigError, load_config
         from edged.inference.pool import load_rungs
-        from edged.inference.runner import ModelError
 
-        loop = asyncio.get_running_loop()
         self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         old = self.config
         log.info("SIGHUP: reloading %s", old.source_file or "the built-in default")
         try:
             try:
-                new = await loop.run_in_executor(None, load_config, old.source_file)
+                new = await self.blocking.run(load_config, old.source_file, name="reload-config")
             except (ConfigError, OSError) as e:
                 log.error("reload rejected, the running configuration stays:\n%s", e)
                 return
@@ -307,17 +369,15 @@ class Pipeline:
             if new.model != old.model:
                 threads = self.runner.threads
                 try:
-                    rungs = await loop.run_in_executor(None, load_rungs, new, threads)
-                except ModelError as e:
-                    log.error("reload rejected: %s; the running model and configuration stay", e)
+                    rungs = await self.blocking.run(load_rungs, new, threads, name="reload-model")
+                except Exception as e:  # noqa: BLE001 - any failure to load or warm up
+                    # the new model (a bad file, a manifest that does not fit the graph,
+                    # a provider error) rejects the reload; nothing running has changed
+                    log.error("reload rejected: %s; the running model and configuration "
+                              "stay", e)
                     return
                 self.pool.use_rungs(rungs)
-                self.ladder = None
-                if new.model.ladder is not None and len(rungs) > 1:
-                    self.ladder = Ladder(new.model.ladder, [r.cost_ms or 1.0 for r in rungs],
-                                         time.monotonic())
-                    if self._tg is not None:
-                        self._tg.create_task(self._ladder_loop(), name="ladder")
+                self.ladder = self._make_ladder(new, rungs)
                 log.info("reload: model %s loaded", self.runner.model_id)
             want = {n: c for n, c in new.cameras.items() if c.enabled}
             removed = [n for n in self.cameras if n not in want]
@@ -328,7 +388,10 @@ class Pipeline:
             for n in changed:
                 await self._stop_camera(n, "reconfigured")
             self.config = new
+            loop = asyncio.get_running_loop()
             for n in changed + added:
+                if self.stop_event.is_set():
+                    break  # stopping: no new camera starts
                 cam = self._make_camera(n, want[n], loop)
                 if cam is not None:
                     self._start_camera(cam)
@@ -352,8 +415,13 @@ class Pipeline:
             self.stop_event.set()
             self.notifier.stopping()
             for cam in self.cameras.values():
+                cam.stopping.set()
                 cam.capture.stop()
                 cam.handoff.close()
+            # a reload under way ends where it is: cameras it stopped have had their
+            # end-of-stream, and it starts no new ones
+            if self._reload_task is not None and not self._reload_task.done():
+                self._reload_task.cancel()
             # frames in flight are finished and published, but a wedged run must not hold
             # the stop hostage: after DRAIN_S it is given up and its frame counted an error
             if self._loop is not None:
@@ -366,9 +434,8 @@ class Pipeline:
                       DRAIN_S)
 
     async def _camera_loop(self, cam: Camera) -> None:
-        loop = asyncio.get_running_loop()
-        sched, publish_pool = self._sched, self._publish_pool
-        assert sched is not None and publish_pool is not None
+        sched, stage = self._sched, self.stage
+        assert sched is not None and stage is not None
         pending: asyncio.Future[None] | None = None
         reason = "end of stream"
         min_period = 1.0 / cam.config.max_fps if cam.config.max_fps else 0.0
@@ -395,7 +462,9 @@ class Pipeline:
             if min_period:  # max_fps cap: wait for the slot, then take the freshest frame
                 delay = next_start - time.monotonic()
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    # a stop or reload ends the wait at once, however low max_fps is
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(cam.stopping.wait(), delay)
                     continue
             # weighted fair share of the inference workers
             await sched.acquire(cam.name,
@@ -439,16 +508,15 @@ class Pipeline:
             await pending
         cam.capture.stop()
         cam.handoff.close()
-        frames = encode_eos(cam.name, cam.last_seq, reason)
-        await loop.run_in_executor(publish_pool, self.publisher.send, frames)  # type: ignore[union-attr]
+        await stage.end_of_stream(cam.name, reason)
         log.info("camera %s: end of stream published (%s)", cam.name, reason)
 
     async def _finish(self, cam: Camera, fut: asyncio.Future[Result], frame: Frame,
                       pending: asyncio.Future[None] | None) -> asyncio.Future[None] | None:
         """Wait for one frame's result, count it and hand it to the publish thread.
 
-        Returns the publish future: encode + send of this result overlap the next
-        frame's inference, and at most one result per camera waits for the socket.
+        Returns the publish future: judging and encoding this result overlap the next
+        frame's inference, and at most one result per camera waits for the publish stage.
         """
         try:
             result = await fut
@@ -465,9 +533,8 @@ class Pipeline:
                 cam.stats.stages[stage].append(ms)
         if pending is not None:
             await pending
-        assert self._publish_pool is not None and self._encoder is not None
-        return asyncio.get_running_loop().run_in_executor(
-            self._publish_pool, self._publish, cam, result, self._encoder)
+        assert self.stage is not None
+        return self.stage.publish(cam.budget, cam.stats, result, frame)
 
     def _warn_budget(self, cam: Camera) -> None:
         if not cam.budget_warned:
@@ -514,25 +581,19 @@ class Pipeline:
             for seconds, index, frame in self.pool.stuck(limit):
                 if index not in self._recreating:
                     self._recreating.add(index)
-                    self._tg_spawn(self._recreate(index, seconds, frame), f"recreate-{index}")
+                    self._spawn(self._recreate(index, seconds, frame), f"recreate-{index}")
             await asyncio.sleep(period)
-
-    def _tg_spawn(self, coro: Any, name: str) -> None:
-        if self._tg is not None:
-            self._tg.create_task(coro, name=name)
-        else:
-            coro.close()
 
     async def _recreate(self, index: int, seconds: float, frame: Frame) -> None:
         """Replace a stuck worker: a fresh session first (so a wedged one is not reused),
         then a fresh thread; the stuck frame is failed and counted as an error."""
-        loop = asyncio.get_running_loop()
         reason = (f"inference on camera {frame.camera} frame {frame.seq} stuck for "
                   f"{seconds:.1f} s")
         try:
             rung = self.pool.rung
             try:
-                fresh = await loop.run_in_executor(None, reload_runner, self.pool.rungs[rung])
+                fresh = await self.blocking.run(reload_runner, self.pool.rungs[rung],
+                                        name=f"recreate-{index}")
                 self.pool.replace_runner(rung, fresh)
             except Exception as e:  # the old session is still there; the thread is replaced
                 log.error("recreating worker %d: cannot reload the model: %s", index, e)
@@ -550,9 +611,11 @@ class Pipeline:
     # ------------------------------------------------------------------ ladder
 
     async def _ladder_loop(self) -> None:
-        ladder = self.ladder
-        while ladder is not None and ladder is self.ladder:
+        while True:  # one task for the whole run: a reload may add or replace the ladder
             await asyncio.sleep(LADDER_TICK_S)
+            ladder = self.ladder
+            if ladder is None:
+                continue
             processed = missed = 0
             e2e: dict[str, list[float]] = {}
             budgets: dict[str, float] = {}
@@ -576,49 +639,19 @@ class Pipeline:
                 continue
             old, new = self.pool.rungs[switch.previous], self.pool.rungs[switch.rung]
             self.pool.rung = switch.rung
-            for cam in self.cameras.values():
-                cam.budget.ahead.value = None  # learn the new variant's cost afresh
+            # learn the new variant's cost afresh (the estimate belongs to the publish
+            # stage's thread, so it is reset there)
+            budgets_now = [cam.budget for cam in self.cameras.values()]
+            if self.stage is not None:
+                self.stage.call(lambda bs=budgets_now: _forget_costs(bs))
             log.warning("ladder: %s -> %s (%s)", old.model_id, new.model_id, switch.reason)
             self._send_soon(encode_model_event(new.model_id, switch.rung, old.model_id,
                                                switch.reason))
-
-    def _publish(self, cam: Camera, result: Result, encoder: MaskEncoder) -> None:
-        t0 = time.perf_counter()
-        now = time.monotonic_ns()
-        # predicted with what encoding and sending will still add
-        e2e = (now - result.t_capture_mono_ns) / 1e6 + (cam.budget.send.value or 0.0)
-        # the stages after taking the frame; with its age this predicts a frame's e2e
-        cam.budget.ahead.add(e2e - result.timings_ms.get("queue", 0.0))
-        late = cam.budget.is_late(e2e)
-        if late and cam.budget.on_late == "drop":
-            cam.stats.late_dropped += 1
-            return
-        if late:
-            result.flags = (*result.flags, "late")
-        # not late yet: judged again when the message is stamped, after the mask is encoded
-        frames = encode_result(result, encoder, send_mask=self.config.publish.send_masks,
-                               budget_ms=cam.budget.latency_ms)
-        if "late" in result.flags:
-            if cam.budget.on_late == "drop":
-                cam.stats.late_dropped += 1
-                return
-            cam.stats.late += 1
-        if self.publisher is not None and self.publisher.send(frames):
-            cam.stats.published += 1
-            cam.last_seq = result.seq
-        result.timings_ms["encode"] = (time.perf_counter() - t0) * 1e3
-        cam.budget.send.add(result.timings_ms["encode"])
-        done = (time.monotonic_ns() - result.t_capture_mono_ns) / 1e6
-        cam.stats.ladder_e2e.append(done)
-        with cam.stats.lock:
-            cam.stats.stages["encode"].append(result.timings_ms["encode"])
-            cam.stats.e2e_ms.append(done)
 
     # ------------------------------------------------------------------ stats
 
     async def _stats_loop(self) -> None:
         last = time.monotonic()
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.config.log.stats_interval_s)  # a reload may change it
             now = time.monotonic()
@@ -633,9 +666,7 @@ class Pipeline:
             last = now
             self.notifier.status(", ".join(f"{n} {c['processed_fps']:.1f} fps ({c['state']})"
                                            for n, c in snapshot.items()))
-            if self.publisher is not None and self._publish_pool is not None:
-                frames = encode_stats(snapshot, interval)
-                await loop.run_in_executor(self._publish_pool, self.publisher.send, frames)
+            self._send_soon(encode_stats(snapshot, interval))
 
     def _snapshot(self, cam: Camera, elapsed: float, final: bool) -> dict:
         s = cam.stats
@@ -653,7 +684,8 @@ class Pipeline:
             else [None, None, None]
         return {
             "state": cam.capture.state, "capture_fps": round(cap_fps, 2),
-            "processed_fps": round(proc_fps, 2), "published": s.published, "late": s.late,
+            "processed_fps": round(proc_fps, 2),
+            "published": self.zmq.published.get(cam.name, 0), "late": s.late,
             "drops": {"overwritten": cam.handoff.overwritten, "stale": s.stale,
                       "late": s.late_dropped, "errors": s.errors},
             "e2e_ms": dict(zip(("p50", "p90", "p99"), e2e)),
@@ -686,3 +718,19 @@ class Pipeline:
             s.captured_at_report = cam.handoff.put_count
             s.window_processed = 0
         return out
+
+
+def _forget_costs(budgets: list[Budget]) -> None:
+    for b in budgets:
+        b.ahead.value = None
+
+
+def make_stage(config: Config) -> PublishStage:
+    """Bind the ZeroMQ publisher and start the publish stage with it as its first sink
+    (raises `edged.wire.publisher.PublishError` when an endpoint cannot be bound)."""
+    pc = config.publish
+    publisher = Publisher(pc.endpoints, sndhwm=pc.sndhwm)
+    stage = PublishStage([SinkRunner(ZmqSink(publisher))],
+                         MaskEncoder(pc.mask_encoding, pc.zstd_level), send_masks=pc.send_masks)
+    stage.start()
+    return stage

@@ -163,16 +163,35 @@ def _letterbox_map(result: Result) -> dict[str, list[Any]] | None:
 
 
 def encode_result(result: Result, encoder: MaskEncoder | None,
-                  send_mask: bool = True, budget_ms: float | None = None) -> list[bytes]:
+                  send_mask: bool = True) -> list[bytes]:
     """[topic, header] or [topic, header, mask] for one result.
 
     The mask is left out when `send_mask` is false, there is none, or `encoder` is None.
     `t_publish_ns` is stamped here; time spent encoding is for the caller to measure.
-    With `budget_ms`, a result whose capture-to-publish time exceeds it when it is
-    stamped gets the `late` flag (also added to `result.flags`): judged at the stamp, so
-    no flag can disagree with the message's own timestamps.
+    """
+    return encode_stamped(result, encoder, send_mask).frames
+
+
+@dataclass(frozen=True, slots=True)
+class Stamped:
+    """An encoded result message, its publish stamp and whether it was late then."""
+
+    frames: list[bytes]
+    t_publish_ns: int
+    late: bool
+
+
+def encode_stamped(result: Result, encoder: MaskEncoder | None, send_mask: bool = True,
+                   budget_ms: float | None = None,
+                   flags: tuple[str, ...] | None = None) -> Stamped:
+    """`encode_result` with the budget verdict taken at the stamp; `result` is not changed.
+
+    `flags` replaces `result.flags` in the message. With `budget_ms`, a result whose
+    capture-to-publish time exceeds it when it is stamped gets the `late` flag: judged at
+    the stamp, so no flag can disagree with the message's own timestamps.
     """
     check_camera(result.camera)
+    flags = result.flags if flags is None else flags
     det = result.detections
     header: dict[str, Any] = {
         "v": PROTOCOL_VERSION,
@@ -189,7 +208,7 @@ def encode_result(result: Result, encoder: MaskEncoder | None,
         "class_ids": np.asarray(det.class_ids, np.int64).reshape(-1).tolist(),
         "mask": None,
         "timing_ms": {str(k): float(v) for k, v in result.timings_ms.items()},
-        "flags": list(result.flags),
+        "flags": list(flags),
     }
     if not len(header["boxes"]) == len(header["scores"]) == len(header["class_ids"]):
         raise ValueError("detections: boxes, scores and class_ids differ in length")
@@ -210,14 +229,15 @@ def encode_result(result: Result, encoder: MaskEncoder | None,
         header["instances"] = _encode_instances(det.boxes, det.instance_masks, encoder,
                                                 result.frame_w, result.frame_h)
     header["t_publish_ns"] = now = time.time_ns()
-    if (budget_ms is not None and "late" not in result.flags
+    late = "late" in flags
+    if (budget_ms is not None and not late
             and (now - result.t_capture_wall_ns) / 1e6 > budget_ms):
-        result.flags = (*result.flags, "late")
-        header["flags"] = list(result.flags)
+        late = True
+        header["flags"] = [*flags, "late"]
     frames = [topic(result.camera, TOPIC_RESULT), _packb(header)]
     if mask_bytes is not None:
         frames.append(mask_bytes)
-    return frames
+    return Stamped(frames, now, late)
 
 
 def _encode_instances(boxes: np.ndarray, masks: list[np.ndarray], encoder: MaskEncoder,

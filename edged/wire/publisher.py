@@ -112,7 +112,11 @@ class Publisher:
         self.endpoints: tuple[str, ...] = tuple(endpoints)
         self.sent = 0
         self.dropped = 0
-        self._ctx = context if context is not None else zmq.Context.instance()
+        # a context of its own unless given one: closing then waits (up to linger_ms) until
+        # queued messages have left, so an end-of-stream sent last is not lost when the
+        # process exits right after
+        self._own_ctx = context is None
+        self._ctx = context if context is not None else zmq.Context()
         self._sock: zmq.Socket = self._ctx.socket(zmq.PUB)
         try:
             self._sock.setsockopt(zmq.SNDHWM, sndhwm)
@@ -136,6 +140,8 @@ class Publisher:
                     raise PublishError(f"cannot bind {ep}: {e.strerror}") from e
         except BaseException:
             self._sock.close(linger=0)
+            if self._own_ctx:
+                self._ctx.term()
             raise
         self._closed = False
 
@@ -181,6 +187,8 @@ class Publisher:
         self._closed = True
         # libzmq 4.3 leaves ipc socket files behind; the next bind removes a stale one
         self._sock.close()
+        if self._own_ctx:
+            self._ctx.term()  # returns once queued messages are sent or linger_ms passed
 
     def __enter__(self) -> Publisher:
         return self

@@ -1,0 +1,208 @@
+"""The daemon's one lifecycle: starting -> ready -> (reloading -> ready)* -> stopping ->
+stopped.
+
+- Signals are handled from the first instant: `EarlySignals` records SIGTERM, SIGINT and
+  SIGHUP from the moment `edged run` starts, before anything is imported or loaded;
+  `Daemon.run` takes them over on the event loop and acts on what came early.
+- The publisher is bound before the model loads, so a stop at any point sends each
+  camera its end-of-stream. The model loads on a daemon thread: a stop during warm-up
+  does not wait for it.
+- A SIGHUP before ready is applied once ready; a SIGHUP during a reload is queued, so
+  the last file written is the one running (`Pipeline.request_reload`).
+- A stop is bounded: in-flight inference is given up after `pipeline.DRAIN_S`, sinks
+  after `pipeline.SINK_CLOSE_S`, and should anything still hold the process after
+  `STOP_DEADLINE_S`, it exits with status 1 and a line saying so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from types import FrameType
+
+from edged.config import Config
+from edged.daemon.notify import Notifier
+from edged.daemon.pipeline import SINK_CLOSE_S, Pipeline, make_stage
+from edged.daemon.publish import PublishStage
+from edged.daemon.threads import BlockingCalls
+
+log = logging.getLogger("edged.daemon.lifecycle")
+
+STOP_DEADLINE_S = 10.0
+_HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class State(enum.StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    RELOADING = "reloading"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class EarlySignals:
+    """Records the daemon's signals until the event loop takes them over."""
+
+    def __init__(self) -> None:
+        self.received: list[signal.Signals] = []
+        for s in _HANDLED:
+            signal.signal(s, self._record)
+
+    def _record(self, signum: int, _frame: FrameType | None) -> None:
+        self.received.append(signal.Signals(signum))
+
+
+class Daemon:
+    """`edged run`: owns the publish stage, the model load and the pipeline."""
+
+    def __init__(self, config: Config, *, frames: int | None = None,
+                 duration: float | None = None, notifier: Notifier | None = None,
+                 early: EarlySignals | None = None) -> None:
+        self.config = config
+        self.frames = frames
+        self.duration = duration
+        self.notifier = notifier or Notifier({})
+        self.early = early
+        self.pipeline: Pipeline | None = None
+        self.blocking = BlockingCalls()
+        self._stopping = asyncio.Event()
+        self._reload_pending = False
+        self._stopped = False
+        self._deadline: threading.Timer | None = None
+
+    @property
+    def state(self) -> State:
+        p = self.pipeline
+        if self._stopped:
+            return State.STOPPED
+        if self._stopping.is_set():
+            return State.STOPPING
+        if p is None or not p.ready.is_set():
+            return State.STARTING
+        return State.RELOADING if p.reloading else State.READY
+
+    # ------------------------------------------------------------------ signals
+
+    def _install(self, loop: asyncio.AbstractEventLoop) -> None:
+        for s in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(s, self.stop, s)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        if self.early is not None:
+            # the loop's handlers have replaced the early ones: act on what came before
+            for s in list(self.early.received):
+                if s == signal.SIGHUP:
+                    self.reload()
+                else:
+                    self.stop(s)
+
+    def _uninstall(self, loop: asyncio.AbstractEventLoop) -> None:
+        for s in _HANDLED:
+            loop.remove_signal_handler(s)
+
+    def stop(self, sig: signal.Signals | None = None) -> None:
+        if self._stopping.is_set():
+            return
+        if sig is not None:
+            log.info("%s received, stopping", signal.Signals(sig).name)
+        self._stopping.set()
+        self._deadline = threading.Timer(STOP_DEADLINE_S, self._overdue)
+        self._deadline.daemon = True
+        self._deadline.start()
+        if self.pipeline is not None:
+            self.pipeline.stop()
+        else:
+            self.notifier.stopping()
+
+    def reload(self) -> None:
+        if self._stopping.is_set():
+            return
+        if self.pipeline is None:
+            if not self._reload_pending:
+                log.info("SIGHUP while starting: the configuration is re-read once ready")
+            self._reload_pending = True
+            return
+        self.pipeline.request_reload()
+
+    def left_behind(self) -> list[str]:
+        """Threads still inside blocking calls (a model load, a wedged inference) that
+        the process must not wait for at exit."""
+        busy = self.blocking.busy()
+        if self.pipeline is not None:
+            busy += ["inference"] * self.pipeline.pool.stuck_threads()
+        return busy
+
+    def _overdue(self) -> None:
+        log.error("stop did not finish within %.0f s; exiting with status 1", STOP_DEADLINE_S)
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(1)
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._install(loop)
+        try:
+            return await self._run()
+        finally:
+            self._uninstall(loop)
+            self._stopped = True
+            if self._deadline is not None:
+                self._deadline.cancel()
+
+    async def _run(self) -> int:
+        from edged.inference.pool import load_models
+        from edged.inference.runner import ModelError
+        from edged.wire.publisher import PublishError
+
+        cfg = self.config
+        try:
+            stage = make_stage(cfg)
+        except PublishError as e:
+            log.error("%s", e)
+            return 1
+        t = time.perf_counter()
+        load = asyncio.ensure_future(self.blocking.run(load_models, cfg, name="load-model"))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait({load, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not load.done():
+            load.cancel()  # the loading thread is a daemon: the process need not wait
+            return await self._stop_before_ready(stage)
+        stopping.cancel()
+        try:
+            models = load.result()
+        except ModelError as e:
+            log.error("%s", e)
+            stage.close(SINK_CLOSE_S)
+            return 1
+        runner = models.rungs[0]
+        log.info("model %s (%s) loaded on %s, %d worker(s) x %d thread(s) (%d cores), "
+                 "%.1f ms per frame; loaded and warmed up in %.0f ms", runner.model_id,
+                 runner.manifest.format, ",".join(runner.providers), models.plan.workers,
+                 runner.threads, models.plan.cores, runner.cost_ms or float("nan"),
+                 (time.perf_counter() - t) * 1e3)
+        pipeline = Pipeline(cfg, models, frames=self.frames, duration=self.duration,
+                            notifier=self.notifier, stage=stage, blocking=self.blocking)
+        self.pipeline = pipeline
+        if self._reload_pending:
+            pipeline.request_reload()  # applied as soon as the pipeline is ready
+        if self._stopping.is_set():
+            pipeline.stop()
+        return await pipeline.run()
+
+    async def _stop_before_ready(self, stage: PublishStage) -> int:
+        """Stopped while the model loaded: every camera that would have run gets its
+        end-of-stream, then the sinks close."""
+        names = [n for n, c in self.config.cameras.items() if c.enabled]
+        for name in names:
+            await stage.end_of_stream(name, "shutdown")
+        stage.close(SINK_CLOSE_S)
+        log.info("stopped before ready: end of stream published for %d camera(s)",
+                 len(names))
+        return 0

@@ -1,0 +1,140 @@
+"""The publish stage: the one place a finished result is judged against its camera's
+latency budget, encoded for the wire, stamped, and fanned out to every sink.
+
+It runs on one thread ("publish"). The verdict is taken once, here, before fan-out, so
+every sink sees the same `late` flag and the same `t_publish_ns`; the flag is judged
+when the message is stamped, after the mask is encoded, so a result without it is within
+budget by its own timestamps (docs/protocol.md). The stage never waits for a sink: each
+sink has its own bounded queue (`edged.daemon.sinks`).
+
+Thread ownership: the stage's thread is the only writer of each camera's budget
+estimates (`Budget.ahead`, `Budget.send`) and of its publish-side counters (`late`,
+`late_dropped`, the e2e and encode windows). The event loop asks for changes to them
+through `call`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+from typing import Protocol
+
+from edged.daemon.scheduler import Budget
+from edged.daemon.sinks import Outcome, SinkRunner, SinkStats
+from edged.results import Frame, Result
+from edged.wire.codec import MaskEncoder, encode_stamped
+
+log = logging.getLogger("edged.daemon.publish")
+
+
+class PublishCounters(Protocol):
+    """The publish-side counters of one camera (see `edged.daemon.pipeline.CameraStats`)."""
+
+    late: int
+    late_dropped: int
+
+    def record_published(self, e2e_ms: float, encode_ms: float) -> None: ...
+
+
+class PublishStage:
+    """Judge, encode, stamp and fan out finished results on one thread."""
+
+    def __init__(self, sinks: Sequence[SinkRunner], encoder: MaskEncoder, *,
+                 send_masks: bool) -> None:
+        self.sinks = tuple(sinks)
+        self.send_masks = send_masks
+        self._encoder = encoder  # not thread-safe: used on the stage's thread only
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="publish")
+        self._closed = False
+
+    def start(self) -> None:
+        for s in self.sinks:
+            s.start()
+
+    # ------------------------------------------------------------------ from the loop
+
+    def publish(self, budget: Budget, counters: PublishCounters, result: Result,
+                frame: Frame | None) -> asyncio.Future[None]:
+        """Hand a result to the stage; the future is done once every sink has it queued."""
+        return asyncio.wrap_future(self._pool.submit(self._publish, budget, counters,
+                                                     result, frame))
+
+    def call(self, fn: Callable[[], None]) -> Future[None] | None:
+        """Run `fn` on the stage's thread, after what is queued (None once closed)."""
+        try:
+            return self._pool.submit(fn)
+        except RuntimeError:  # shut down
+            return None
+
+    def control(self, frames: list[bytes]) -> None:
+        """A control message (state, stats, model event) to every sink, in order."""
+        self.call(lambda: self._control(frames))
+
+    async def end_of_stream(self, camera: str, reason: str) -> None:
+        """Queue `camera`'s end-of-stream behind its results and wait until every sink
+        has handled it (each sink is bounded by its own close timeout at stop)."""
+        fut = self.call(lambda: None)  # everything the stage holds reaches the sinks first
+        if fut is not None:
+            await asyncio.wrap_future(fut)
+        waits = [asyncio.wrap_future(s.end_of_stream(camera, reason)) for s in self.sinks]
+        if waits:
+            await asyncio.gather(*waits)
+
+    def sink_stats(self) -> list[SinkStats]:
+        return [s.stats for s in self.sinks]
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Finish what is queued, then close every sink (each within `timeout`)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.shutdown(wait=True)
+        for s in self.sinks:
+            if not s.close(timeout):
+                log.error("sink %s did not finish within %.1f s; left behind", s.sink.name,
+                          timeout)
+
+    # ------------------------------------------------------------------ stage thread
+
+    def _control(self, frames: list[bytes]) -> None:
+        for s in self.sinks:
+            s.control(frames)
+
+    def _publish(self, budget: Budget, counters: PublishCounters, result: Result,
+                 frame: Frame | None) -> None:
+        t0 = time.perf_counter()
+        now = time.monotonic_ns()
+        # predicted with what encoding and sending will still add
+        e2e = (now - result.t_capture_mono_ns) / 1e6 + (budget.send.value or 0.0)
+        # the stages after taking the frame; with its age this predicts a frame's e2e
+        budget.ahead.add(e2e - result.timings_ms.get("queue", 0.0))
+        late = budget.is_late(e2e)
+        if late and budget.on_late == "drop":
+            counters.late_dropped += 1
+            return
+        flags = (*result.flags, "late") if late and "late" not in result.flags \
+            else result.flags
+        # not late yet: judged again when the message is stamped, after the mask is encoded
+        msg = encode_stamped(result, self._encoder, send_mask=self.send_masks,
+                             budget_ms=budget.latency_ms, flags=flags)
+        if msg.late:
+            if budget.on_late == "drop":
+                counters.late_dropped += 1
+                return
+            counters.late += 1
+            if "late" not in flags:
+                flags = (*flags, "late")
+        # the result every sink sees carries the verdict; the camera loop's copy is left
+        # as the model returned it
+        outcome = Outcome(replace(result, flags=flags), frame, msg.late, msg.t_publish_ns,
+                          tuple(msg.frames))
+        for s in self.sinks:
+            s.offer(outcome)
+        encode_ms = (time.perf_counter() - t0) * 1e3
+        budget.send.add(encode_ms)
+        counters.record_published((time.monotonic_ns() - result.t_capture_mono_ns) / 1e6,
+                                  encode_ms)

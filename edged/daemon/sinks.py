@@ -1,0 +1,257 @@
+"""Outputs as sinks: each sink gets every finished result on its own thread, behind a
+bounded queue, so a slow or failing sink is counted and never delays the camera loops,
+the publish stage or the other sinks.
+
+A sink implements `Sink.deliver(outcome)`; `SinkRunner` owns the sink's thread and its
+queue. The queue keeps the newest `queue_size` outcomes: when it is full the oldest one
+is dropped and counted (for a robot a fresh result is worth more than an old one).
+Control messages (state, stats, end-of-stream, model events) are never dropped: they
+are few, and a subscriber must see every end-of-stream.
+
+The ZeroMQ publisher (`ZmqSink`) is the first sink; the view, Foxglove, the recorder and
+ROS 2 follow the same interface.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from edged.results import Frame, Result
+from edged.wire.codec import encode_eos
+from edged.wire.publisher import Publisher
+
+log = logging.getLogger("edged.daemon.sinks")
+
+DEFAULT_QUEUE = 8  # outcomes a sink may have waiting before the oldest is dropped
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A finished result after the publish stage's one budget decision.
+
+    `late` and `t_publish_ns` are the verdict every sink sees; `wire` is the ZeroMQ
+    message (encoded once, stamped at `t_publish_ns`); `frame` is the camera frame the
+    result was computed from (for sinks that show or record the image).
+    """
+
+    result: Result
+    frame: Frame | None
+    late: bool
+    t_publish_ns: int
+    wire: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SinkStats:
+    """Counts since start for one sink; written only by the sink's runner."""
+
+    name: str
+    delivered: int
+    dropped: int  # queue full: the oldest waiting outcome was discarded
+    failed: int  # deliver() raised
+    queued: int  # waiting now
+
+
+class Sink(ABC):
+    """One output. `deliver` and `control` run on the sink's own thread only."""
+
+    name: str = "sink"
+
+    def open(self) -> None:  # noqa: B027 - optional hook
+        """Called on the sink's thread before the first delivery."""
+
+    @abstractmethod
+    def deliver(self, outcome: Outcome) -> None:
+        """Hand one finished result to the output. May block; may raise (counted)."""
+
+    def control(self, frames: list[bytes]) -> None:  # noqa: B027 - optional hook
+        """A control message of the wire protocol (state, stats, model event)."""
+
+    def end_of_stream(self, camera: str, reason: str) -> None:  # noqa: B027
+        """`camera` publishes nothing more."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Called on the sink's thread after the last item."""
+
+
+_Item = tuple[str, object, Future[None] | None]  # kind, payload, done
+
+
+class SinkRunner:
+    """Owns one sink's thread and bounded queue."""
+
+    def __init__(self, sink: Sink, queue_size: int = DEFAULT_QUEUE) -> None:
+        if queue_size < 1:
+            raise ValueError("a sink queue holds at least one outcome")
+        self.sink = sink
+        self.queue_size = queue_size
+        # one queue in arrival order, so an end-of-stream follows its camera's last
+        # result; only outcomes are ever dropped
+        self._items: deque[_Item] = deque()
+        self._outcomes = 0  # outcomes in _items
+        self._cv = threading.Condition()
+        self._closing = False
+        self._delivered = 0
+        self._dropped = 0
+        self._failed = 0
+        self._thread = threading.Thread(target=self._run, name=f"sink-{sink.name}",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def stats(self) -> SinkStats:
+        with self._cv:
+            return SinkStats(self.sink.name, self._delivered, self._dropped, self._failed,
+                             self._outcomes)
+
+    def offer(self, outcome: Outcome) -> bool:
+        """Queue an outcome without waiting; False when an older one had to make room."""
+        with self._cv:
+            if self._closing:
+                return False
+            dropped = self._outcomes >= self.queue_size
+            if dropped:
+                for i, item in enumerate(self._items):
+                    if item[0] == "outcome":
+                        del self._items[i]
+                        break
+                self._dropped += 1
+            else:
+                self._outcomes += 1
+            self._items.append(("outcome", outcome, None))
+            self._cv.notify()
+        return not dropped
+
+    def control(self, frames: list[bytes]) -> None:
+        """Queue a control message (never dropped)."""
+        self._push(("control", frames, None))
+
+    def end_of_stream(self, camera: str, reason: str) -> Future[None]:
+        """Queue an end-of-stream after everything already queued; the future is done
+        once the sink has handled it."""
+        done: Future[None] = Future()
+        if not self._push(("eos", (camera, reason), done)):
+            done.set_result(None)
+        return done
+
+    def call(self, fn: Callable[[], None]) -> Future[None]:
+        """Run `fn` on the sink's thread, in queue order (e.g. a reset of state that
+        thread owns)."""
+        done: Future[None] = Future()
+        if not self._push(("call", fn, done)):
+            done.set_result(None)
+        return done
+
+    def _push(self, item: _Item) -> bool:
+        with self._cv:
+            if self._closing:
+                return False
+            self._items.append(item)
+            self._cv.notify()
+        return True
+
+    def close(self, timeout: float = 2.0) -> bool:
+        """Deliver what is queued, close the sink and end its thread. False if the sink
+        did not finish within `timeout` (its thread is a daemon and is left behind)."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _next(self) -> _Item | None:
+        with self._cv:
+            while not self._items:
+                if self._closing:
+                    return None
+                self._cv.wait()
+            item = self._items.popleft()
+            if item[0] == "outcome":
+                self._outcomes -= 1
+            return item
+
+    def _run(self) -> None:
+        sink = self.sink
+        try:
+            sink.open()
+        except Exception as e:
+            log.error("sink %s cannot open: %s; it receives nothing", sink.name, e)
+            self._drain_failed()
+            return
+        while (item := self._next()) is not None:
+            kind, payload, done = item
+            try:
+                if kind == "outcome":
+                    assert isinstance(payload, Outcome)
+                    sink.deliver(payload)
+                    with self._cv:
+                        self._delivered += 1
+                elif kind == "control":
+                    sink.control(payload)  # type: ignore[arg-type]
+                elif kind == "eos":
+                    camera, reason = payload  # type: ignore[misc]
+                    sink.end_of_stream(camera, reason)
+                else:
+                    payload()  # type: ignore[operator]
+            except Exception as e:  # a failing sink is counted and never stops the others
+                with self._cv:
+                    self._failed += 1
+                    n = self._failed
+                if n == 1 or n % 1000 == 0:
+                    log.error("sink %s: %s failed (%d so far): %s", sink.name, kind, n, e)
+            finally:
+                if done is not None and not done.done():
+                    done.set_result(None)
+        try:
+            sink.close()
+        except Exception as e:
+            log.error("sink %s: close failed: %s", sink.name, e)
+
+    def _drain_failed(self) -> None:
+        while (item := self._next()) is not None:
+            done = item[2]
+            if done is not None and not done.done():
+                done.set_result(None)
+
+
+class ZmqSink(Sink):
+    """The ZeroMQ publisher as a sink: the socket lives on this sink's thread only.
+
+    It counts what it has handed to ZeroMQ per camera, and remembers each camera's last
+    published sequence number for its end-of-stream message.
+    """
+
+    name = "zmq"
+
+    def __init__(self, publisher: Publisher) -> None:
+        self.publisher = publisher
+        self.published: dict[str, int] = {}  # written by this sink's thread only
+        self.last_seq: dict[str, int] = {}
+        self.send_ms: dict[str, float] = {}  # the latest send time per camera
+
+    def deliver(self, outcome: Outcome) -> None:
+        t0 = time.perf_counter()
+        cam = outcome.result.camera
+        if self.publisher.send(list(outcome.wire)):
+            self.published[cam] = self.published.get(cam, 0) + 1
+            self.last_seq[cam] = outcome.result.seq
+        self.send_ms[cam] = (time.perf_counter() - t0) * 1e3
+
+    def control(self, frames: list[bytes]) -> None:
+        self.publisher.send(frames)
+
+    def end_of_stream(self, camera: str, reason: str) -> None:
+        self.publisher.send(encode_eos(camera, self.last_seq.get(camera, -1), reason))
+
+    def close(self) -> None:
+        self.publisher.close()

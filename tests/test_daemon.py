@@ -373,8 +373,8 @@ def test_publish_port_in_use_fails_check(tmp_path, test_model):
                            "  a:\n    source: synthetic")
         check, run = run_both(cfg)
     for p in (check, run):
-        assert_clean_failure(p, f"publish.endpoints: cannot bind tcp://127.0.0.1:{port}: "
-                                "Address already in use")
+        assert_clean_failure(p, f"cannot bind tcp://127.0.0.1:{port}: Address already in use")
+    assert f"edged check: publish.endpoints: cannot bind tcp://127.0.0.1:{port}" in check.stderr
 
 
 def test_check_binds_and_releases_every_address(tmp_path, test_model, tcp_endpoint):

@@ -10,31 +10,102 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from edged.config import Config
+    from edged.inference.pool import WorkerPlan
+    from edged.inference.runner import ModelRunner
 
 log = logging.getLogger("edged")
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+_logging_set_up = False  # `run` reports errors as log lines once its logging is set up
 
 
 def setup_logging(level: str = "info") -> None:
+    global _logging_set_up
+    _logging_set_up = True
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", force=True)
 
 
-def _load(path: str | None):
-    from edged.config import ConfigError, load_config
+def _load(path: str | None) -> Config:
+    """The config; ConfigError is reported by `main` (see `error_message`)."""
+    from edged.config import load_config
 
-    try:
-        return load_config(path)
-    except ConfigError as e:
-        print(f"edged: invalid configuration:\n{e}", file=sys.stderr)
-        return None
-    except OSError as e:
-        print(f"edged: cannot read configuration: {e}", file=sys.stderr)
-        return None
+    return load_config(path)
+
+
+# --------------------------------------------------------------------------- errors
+# Every command's errors end up here, through `main`: bad config, model, bind or
+# environment gets one clear message and exit 1, never a traceback.
+
+# (module, exception class, prefix): only modules already imported are looked at (an
+# error of a module that was never imported cannot have been raised), so reporting an
+# error never imports onnxruntime or zmq.
+_USER_ERRORS: tuple[tuple[str, str, str], ...] = (
+    ("edged.config", "ConfigError", "invalid configuration:\n"),
+    ("edged.inference.runner", "ModelError", ""),
+    ("edged.inference.manifest", "ManifestError", ""),
+    ("edged.wire.publisher", "PublishError", "publish.endpoints: "),
+    ("edged.daemon.metrics", "MetricsError", ""),
+    ("edged.inference.pool", "WorkersExhausted", ""),
+    ("edged.tools.inspection", "InspectError", ""),
+    ("edged.tools.quantize", "QuantizeError", ""),
+)
+
+
+def _leaves(e: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, e.g. from an asyncio.TaskGroup."""
+    if isinstance(e, BaseExceptionGroup):
+        return [leaf for sub in e.exceptions for leaf in _leaves(sub)]
+    return [e]
+
+
+def error_message(e: BaseException) -> str | None:
+    """The message for an error a user can fix (config, model, address, file), or None
+    for anything else (a bug)."""
+    for module, name, prefix in _USER_ERRORS:
+        mod = sys.modules.get(module)
+        cls = getattr(mod, name, None) if mod is not None else None
+        if isinstance(cls, type) and isinstance(e, cls):
+            return f"{prefix}{e}"
+    if isinstance(e, OSError):
+        return str(e) if not e.filename else f"{e.strerror or e}: {e.filename}"
+    return None
+
+
+def report_error(command: str, e: BaseException) -> int:
+    """Report `e` (what a command raised) without a traceback; the exit code (1).
+
+    `run` with its logging set up logs one ERROR line per error (the journal); every
+    other case prints `edged COMMAND: message` to stderr. An unexpected error is named
+    as one; EDGED_TRACEBACK=1 adds its traceback for a bug report.
+    """
+    lines: list[str] = []
+    unexpected = False
+    for leaf in _leaves(e):
+        msg = error_message(leaf)
+        if msg is None:
+            unexpected = True
+            msg = (f"internal error: {type(leaf).__name__}: {leaf} "
+                   "(set EDGED_TRACEBACK=1 to see where)")
+        if msg not in lines:
+            lines.append(msg)
+    for msg in lines:
+        if command == "run" and _logging_set_up:
+            log.error("%s", msg)
+        else:
+            print(f"edged {command}: {msg}", file=sys.stderr)
+    if unexpected and os.environ.get("EDGED_TRACEBACK"):
+        import traceback
+
+        traceback.print_exception(e, file=sys.stderr)
+    return 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -43,8 +114,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     # from the first instant: a SIGHUP or SIGTERM during start-up is recorded, not fatal
     early = EarlySignals()
     cfg = _load(args.config)
-    if cfg is None:
-        return 1
     setup_logging(args.log_level or cfg.log.level)
     import cv2
 
@@ -56,9 +125,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     daemon = Daemon(cfg, frames=args.frames, duration=args.duration, notifier=Notifier(),
                     early=early)
     echo = _EchoThread(cfg.publish.endpoints[0]) if args.echo else None
-    if echo is not None:
-        echo.start()
     try:
+        if echo is not None:
+            echo.start()
         code = asyncio.run(daemon.run())
     finally:
         if echo is not None:
@@ -133,29 +202,40 @@ def format_message(msg) -> str:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Exit 1 exactly when `edged run` would fail to start: the config, the model and
+    every ladder variant (loaded, one warm-up inference at each configured camera size),
+    and every address run binds (publish endpoints, log.metrics), bound and released."""
     cfg = _load(args.config)
-    if cfg is None:
-        return 1
     setup_logging("warning")
     from edged.capture.sources import redact
-    from edged.inference.pool import load_rungs, plan
-    from edged.inference.runner import ModelError
+    from edged.inference.pool import load_rungs, plan, warmup_sizes
 
     print(f"config: {cfg.source_file or 'built-in default'}: OK")
     for name, cam in cfg.cameras.items():
         state = "" if cam.enabled else " (disabled)"
         print(f"camera {name}: {cam.resolved_type()} {redact(cam.source)!r}, "
               f"mode {cam.resolved_mode()}{state}")
+    failed = 0
     wp = plan(cfg)
+    sizes = ", ".join(f"{w}x{h}" for w, h in warmup_sizes(cfg))
     try:  # the model and every ladder variant, with the threads edged would give them
-        rungs = load_rungs(cfg, wp.threads, warmup=False)
-    except ModelError as e:
-        print(f"model: {e}", file=sys.stderr)
-        return 1
+        rungs = load_rungs(cfg, wp.threads, warmup_runs=1, measure=False)
+    except Exception as e:  # reported like run's; the addresses are still checked
+        failed = report_error("check", e)
+    else:
+        _print_model(cfg, rungs, wp, sizes)
+    try:
+        _try_binds(cfg)
+    except Exception as e:
+        failed = report_error("check", e)
+    return failed
+
+
+def _print_model(cfg: Config, rungs: list[ModelRunner], wp: WorkerPlan, sizes: str) -> None:
     d = rungs[0].describe()
     print(f"model: {d['path']}: OK\n  format {d['format']} ({d['why']})\n  input {d['input']}"
           f"\n  classes {', '.join(d['classes'])}; segmentation {', '.join(d['seg_classes'])}"
-          f"\n  {d['threads']} thread(s)")
+          f"\n  {d['threads']} thread(s); warm-up inference at {sizes}: OK")
     if d["disabled_optimizers"]:
         print(f"  onnxruntime optimizers off (the manifest's session settings): "
               f"{', '.join(d['disabled_optimizers'])}")
@@ -166,7 +246,25 @@ def cmd_check(args: argparse.Namespace) -> int:
     for i, r in enumerate(rungs[1:], 1):
         print(f"  ladder rung {i}: {r.model_id} ({r.options.path}, input "
               f"{r.describe()['input']}): OK")
-    return 0
+
+
+def _try_binds(cfg: Config) -> None:
+    """Bind what `edged run` binds, all at once (so that two of them clashing shows
+    too), and release it: PublishError or MetricsError when one cannot be bound."""
+    from edged.daemon.metrics import bind as bind_metrics
+    from edged.wire.publisher import Publisher, release_ipc
+
+    try:
+        # the publisher's own context: closing it waits until every socket is closed
+        with Publisher(cfg.publish.endpoints, sndhwm=cfg.publish.sndhwm, linger_ms=0):
+            for ep in cfg.publish.endpoints:
+                print(f"publish: {ep}: bound OK")
+            if cfg.log.metrics:
+                bind_metrics(cfg.log.metrics).close()
+                print(f"metrics: {cfg.log.metrics}: bound OK")
+    finally:
+        for ep in cfg.publish.endpoints:
+            release_ipc(ep)
 
 
 def format_provider_report(p: dict) -> str:
@@ -237,8 +335,6 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
-    if cfg is None:
-        return 1
     setup_logging("warning")
     import cv2
 
@@ -344,8 +440,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     config = None
     if args.config:
         config = _load(args.config)
-        if config is None:
-            return 1
     model = Path(args.model)
     if not model.is_file():
         print(f"edged quantize: model file not found: {model}", file=sys.stderr)
@@ -487,8 +581,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-
-
+    except Exception as e:  # the one place errors become messages (report_error)
+        return report_error(args.command, e)
 
 
 if __name__ == "__main__":

@@ -41,8 +41,11 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from edged.inference.providers import PROVIDER_NAMES, PROVIDER_OPTIONS
+from edged.names import CAMERA_NAME_RE, camera_name_problem, parse_endpoint, parse_host_port
+
 __all__ = [
-    "KNOWN_FORMATS",
+    "CAMERA_NAME_RE",
     "KNOWN_PROVIDERS",
     "NO_VALUE",
     "BudgetConfig",
@@ -55,19 +58,31 @@ __all__ = [
     "ProviderSpec",
     "PublishConfig",
     "default_config_path",
+    "known_formats",
     "load_config",
     "parse_config",
 ]
 
-KNOWN_FORMATS: Final = ("auto", "yoeo", "yolo-seg", "yolo", "semantic", "yolact", "mask-rcnn",
-                         "sparseinst")
-KNOWN_PROVIDERS: Final = ("cpu", "cuda", "tensorrt", "openvino")
+# The providers the runner can map to onnxruntime's (edged.inference.providers, a table
+# without imports). KNOWN_FORMATS is `known_formats()`, read lazily (see there).
+KNOWN_PROVIDERS: Final = tuple(PROVIDER_NAMES)
 BUILTIN_PREFIX: Final = "builtin:"
 BUILTIN_MODELS_DIR: Final = Path(__file__).parent / "models"
-# a leading "_" is kept for daemon-wide topics such as "_stats"
-CAMERA_NAME_RE: Final = re.compile(r"^[A-Za-z0-9.-][A-Za-z0-9_.-]{0,63}$")
 IMAGE_EXTENSIONS: Final = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 URL_SCHEMES: Final = frozenset({"rtsp", "rtsps", "http", "https", "udp"})
+# Upper bounds where a larger value would hurt: onnxruntime and ZeroMQ take C ints (1e12
+# overflows), and a huge thread count, queue or interval starves or stalls the daemon
+# long before it does anything useful.
+MAX_THREADS: Final = 256  # model.threads: intra-op threads per worker
+MAX_WORKERS: Final = 64  # model.workers
+MAX_BATCH: Final = 64  # model.batch
+MAX_WARMUP_RUNS: Final = 100  # model.warmup_runs: each one delays READY
+MAX_STUCK_AFTER_S: Final = 3600.0  # model.stuck_after_s
+# publish.sndhwm: messages queued per subscriber; memory is about sndhwm x message size
+# (a frame with its mask is up to a few hundred KB) for every subscriber
+MAX_SNDHWM: Final = 10_000
+MIN_STATS_INTERVAL_S: Final = 0.1  # log.stats_interval_s: each report costs a snapshot
+MAX_STATS_INTERVAL_S: Final = 3600.0
 # The sections a config file may have; `source_file` is a Config field but is set by the
 # loader, never written in the file.
 # Cameras one daemon serves (enabled ones; disabled ones cost nothing). Measured up to
@@ -141,6 +156,26 @@ def _did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
     return "expected one of " + ", ".join(repr(c) for c in choices)
 
 
+# --------------------------------------------------------------------------- registries
+
+def known_formats() -> tuple[str, ...]:
+    """"auto" and the formats of the runner's registry (edged.inference.formats.FORMATS).
+
+    Imported on first use, not with this module: the registry's adapters pull in numpy
+    and OpenCV, which reading a config does not otherwise need.
+    """
+    from edged.inference.formats import FORMATS
+
+    return ("auto", *FORMATS)
+
+
+def __getattr__(name: str) -> Any:
+    # `KNOWN_FORMATS` stays importable as before, read from the registry when asked for
+    if name == "KNOWN_FORMATS":
+        return known_formats()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # --------------------------------------------------------------------------- schema
 
 def _not_bool(value: object) -> object:
@@ -157,12 +192,10 @@ Float = Annotated[float, BeforeValidator(_not_bool), Field(allow_inf_nan=False)]
 
 
 def _check_camera_name(name: str) -> str:
-    if not CAMERA_NAME_RE.fullmatch(name):
-        raise _custom_error(
-            "camera_name",
-            "invalid camera name: use 1-64 letters, digits, '_', '.' or '-' "
-            "(the name becomes the ZeroMQ topic)",
-        )
+    # the codec's rule (edged.names): the name becomes the ZeroMQ topic
+    problem = camera_name_problem(name)
+    if problem is not None:
+        raise _custom_error("camera_name", problem)
     return name
 
 
@@ -170,13 +203,11 @@ CameraName = Annotated[str, AfterValidator(_check_camera_name)]
 
 
 def _check_endpoint(endpoint: str) -> str:
-    scheme, sep, address = endpoint.partition("://")
-    if not sep or scheme not in ("tcp", "ipc", "inproc"):
-        raise _custom_error(
-            "endpoint_scheme", "a ZeroMQ endpoint must start with tcp://, ipc:// or inproc://"
-        )
-    if not address:
-        raise _custom_error("endpoint_address", f"the {scheme}:// endpoint has no address")
+    # the publisher's own parser: what passes here, the publisher accepts
+    try:
+        parse_endpoint(endpoint)
+    except ValueError as e:
+        raise _custom_error("endpoint", str(e)) from None
     return endpoint
 
 
@@ -237,32 +268,6 @@ class ProviderSpec(_Frozen):
         return _provider_options(str(info.data.get("name", "provider")), options)
 
 
-# The options each provider takes (onnxruntime's names; `fp16` is edged's short form of
-# trt_fp16_enable). A misspelt option would otherwise be ignored by some onnxruntime
-# builds and abort session creation in others, far from the config line.
-PROVIDER_OPTIONS: Final[dict[str, frozenset[str]]] = {
-    "cpu": frozenset({"use_arena"}),
-    "cuda": frozenset({
-        "device_id", "gpu_mem_limit", "arena_extend_strategy", "cudnn_conv_algo_search",
-        "do_copy_in_default_stream", "cudnn_conv_use_max_workspace", "cudnn_conv1d_pad_to_nc1d",
-        "enable_cuda_graph", "tunable_op_enable", "tunable_op_tuning_enable", "use_tf32",
-        "prefer_nhwc", "enable_skip_layer_norm_strict_mode", "use_ep_level_unified_stream"}),
-    "tensorrt": frozenset({
-        "fp16", "device_id", "trt_max_workspace_size", "trt_fp16_enable", "trt_int8_enable",
-        "trt_int8_calibration_table_name", "trt_int8_use_native_calibration_table",
-        "trt_engine_cache_enable", "trt_engine_cache_path", "trt_engine_cache_prefix",
-        "trt_timing_cache_enable", "trt_timing_cache_path", "trt_force_timing_cache",
-        "trt_builder_optimization_level", "trt_max_partition_iterations",
-        "trt_min_subgraph_size", "trt_dla_enable", "trt_dla_core",
-        "trt_force_sequential_engine_build", "trt_context_memory_sharing_enable",
-        "trt_layer_norm_fp32_fallback", "trt_cuda_graph_enable", "trt_detailed_build_log",
-        "trt_dump_subgraphs", "trt_sparsity_enable", "trt_auxiliary_streams",
-        "trt_profile_min_shapes", "trt_profile_max_shapes", "trt_profile_opt_shapes"}),
-    "openvino": frozenset({
-        "device_type", "precision", "num_of_threads", "num_streams", "cache_dir",
-        "enable_opencl_throttling", "disable_dynamic_shapes", "enable_qdq_optimizer",
-        "model_priority", "load_config", "context"}),
-}
 _CUDNN_SEARCH: Final = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 
 
@@ -347,13 +352,13 @@ class ModelConfig(_Frozen):
     path: Path  # absolute after loading; the file is checked by `edged check`, not here
     format: str = "auto"
     providers: list[ProviderSpec] = Field(default_factory=_default_providers, min_length=1)
-    threads: Int = Field(0, ge=0)  # intra-op threads; 0 = let the runner decide
+    threads: Int = Field(0, ge=0, le=MAX_THREADS)  # intra-op threads; 0 = the runner decides
     # inference workers running frames in parallel (each with `threads` intra-op threads);
     # 0 = chosen from the cores and the cameras (see edged.inference.runner.plan_workers)
-    workers: Int = Field(0, ge=0, le=64)
+    workers: Int = Field(0, ge=0, le=MAX_WORKERS)
     # frames from several cameras run as one batch: 0 = when measured faster (models with
     # a dynamic batch dimension), 1 = never, N = up to N frames
-    batch: Int = Field(0, ge=0, le=64)
+    batch: Int = Field(0, ge=0, le=MAX_BATCH)
     ladder: LadderConfig | None = None  # cheaper variants to fall back to under overload
     # None: the model manifest's value (its format's default for a model without one)
     conf_threshold: Float | None = Field(None, gt=0, le=1)
@@ -362,9 +367,9 @@ class ModelConfig(_Frozen):
     classes: list[str] | None = None  # for models without a manifest
     seg_classes: list[str] | None = None
     class_groups: list[list[str]] | None = None  # classes suppressed together in NMS
-    warmup_runs: Int = Field(3, ge=0)
+    warmup_runs: Int = Field(3, ge=0, le=MAX_WARMUP_RUNS)
     # an inference running longer than this is reported and stops the systemd watchdog
-    stuck_after_s: Float = Field(10.0, gt=0)
+    stuck_after_s: Float = Field(10.0, gt=0, le=MAX_STUCK_AFTER_S)
     # TensorRT engines / OpenVINO blobs; None: /var/cache/edged if writable, else
     # ~/.cache/edged (created at the first start that needs it)
     cache_dir: Path | None = None
@@ -384,10 +389,11 @@ class ModelConfig(_Frozen):
     @field_validator("format")
     @classmethod
     def _known_format(cls, value: str) -> str:
-        if value not in KNOWN_FORMATS:
-            raise _custom_error(
-                "model_format", f"unknown format; {_did_you_mean(value, KNOWN_FORMATS)}"
-            )
+        if value == "auto":
+            return value  # without importing the registry
+        known = known_formats()
+        if value not in known:
+            raise _custom_error("model_format", f"unknown format; {_did_you_mean(value, known)}")
         return value
 
 
@@ -484,14 +490,37 @@ class PublishConfig(_Frozen):
     mask_encoding: Literal["raw", "zstd", "png"] = "zstd"
     zstd_level: Int = Field(1, ge=1, le=22)
     send_masks: bool = True
-    sndhwm: Int = Field(8, ge=1)
+    sndhwm: Int = Field(8, ge=1, le=MAX_SNDHWM)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _distinct(cls, endpoints: list[str]) -> list[str]:
+        seen: dict[str, int] = {}
+        for i, ep in enumerate(endpoints):
+            if ep in seen:
+                raise _custom_error("endpoint_duplicate",
+                                    f"{ep} is listed twice (items {seen[ep]} and {i}); "
+                                    "an endpoint can be bound once")
+            seen[ep] = i
+        return endpoints
 
 
 class LogConfig(_Frozen):
     level: Literal["debug", "info", "warning", "error"] = "info"
-    stats_interval_s: Float = Field(5.0, gt=0)
-    # Prometheus text endpoint "HOST:PORT" (e.g. "127.0.0.1:9464"); None: off
-    metrics: str | None = Field(None, pattern=r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$")
+    stats_interval_s: Float = Field(5.0, ge=MIN_STATS_INTERVAL_S, le=MAX_STATS_INTERVAL_S)
+    # Prometheus text endpoint "HOST:PORT" (e.g. "127.0.0.1:9464", "[::1]:9464"); None: off
+    metrics: str | None = None
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_address(cls, value: str | None) -> str | None:
+        # the parser edged.daemon.metrics binds with
+        if value is not None:
+            try:
+                parse_host_port(value)
+            except ValueError as e:
+                raise _custom_error("metrics_address", str(e)) from None
+        return value
 
     @field_validator("level", mode="before")
     @classmethod

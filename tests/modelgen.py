@@ -28,11 +28,12 @@ PLANTED_ROWS = np.array([
 def yoeo_model(path: Path, *, size: int = 416, mask: str = "uint8", rows: np.ndarray | None = None,
                opset: int = 17, det_name: str = "Detections", seg_name: str = "Segmentations",
                input_name: str = "InputLayer", pad_rows: int = 64,
-               batch: int | str = 1, convs: bool = False) -> Path:
+               batch: int | str = 1, convs: bool = False, channels: int = 3) -> Path:
     """`batch`: the batch dimension; a name (e.g. "N") makes it dynamic, and the
     detections are then one copy of the planted rows per image. `convs`: two real
     convolutions (about 5 ms a frame on one core) feed the detections, so frames queue
-    up behind a run as they do behind a real network."""
+    up behind a run as they do behind a real network. `channels`: the input's channels
+    (edged feeds 3: another number makes a graph that loads but cannot run a frame)."""
     rows = PLANTED_ROWS if rows is None else rows
     # pad with empty rows, like a real head with many anchors
     table = np.zeros((1, len(rows) + pad_rows, rows.shape[1]), np.float32)
@@ -42,7 +43,7 @@ def yoeo_model(path: Path, *, size: int = 416, mask: str = "uint8", rows: np.nda
     conv_inits = []
     nodes = []
     if convs:
-        for i, (cin, cout, stride) in enumerate(((3, 16, 1), (16, 16, 2))):
+        for i, (cin, cout, stride) in enumerate(((channels, 16, 1), (16, 16, 2))):
             wname = f"conv{i}_w"
             conv_inits.append(numpy_helper.from_array(
                 (rng.standard_normal((cout, cin, 3, 3)) * 0.1).astype(np.float32), wname))
@@ -61,7 +62,7 @@ def yoeo_model(path: Path, *, size: int = 416, mask: str = "uint8", rows: np.nda
              numpy_helper.from_array(np.array([-1, 1, 1], np.int64), "col"), *conv_inits]
     if mask == "logits":
         nodes.append(helper.make_node("Identity", [input_name], [seg_name]))
-        seg_type, seg_shape = TensorProto.FLOAT, [batch, 3, size, size]
+        seg_type, seg_shape = TensorProto.FLOAT, [batch, channels, size, size]
     else:
         nodes.append(helper.make_node("ArgMax", [input_name], ["am"], axis=1, keepdims=0))
         to = TensorProto.UINT8 if mask == "uint8" else TensorProto.FLOAT
@@ -69,7 +70,8 @@ def yoeo_model(path: Path, *, size: int = 416, mask: str = "uint8", rows: np.nda
         seg_type, seg_shape = to, [batch, size, size]
     graph = helper.make_graph(
         nodes, "yoeo_test",
-        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [batch, 3, size, size])],
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT,
+                                       [batch, channels, size, size])],
         [helper.make_tensor_value_info(det_name, TensorProto.FLOAT, [batch, *table.shape[1:]]),
          helper.make_tensor_value_info(seg_name, seg_type, seg_shape)],
         inits)

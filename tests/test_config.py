@@ -646,3 +646,145 @@ def test_too_many_cameras_is_a_config_error(tmp_path: Path) -> None:
                             "  c0:\n    source: synthetic\n    enabled: false\n")
     ok = write(tmp_path, f"model:\n  path: m.onnx\ncameras:\n{disabled}")
     assert len(load_config(ok).cameras) == MAX_CAMERAS + 1
+
+
+# --------------------------------------------------------------------------- one source of truth
+
+ENDPOINT_CASES = [
+    pytest.param("tcp://127.0.0.1:0", "explicit port", id="port-0"),
+    pytest.param("tcp://127.0.0.1:70000", "out of range (1-65535)", id="port-70000"),
+    pytest.param("tcp://127.0.0.1:65536", "out of range (1-65535)", id="port-65536"),
+    pytest.param("tcp://*:*", "explicit port", id="wildcard-port"),
+    pytest.param("tcp://127.0.0.1", "port is missing", id="no-port"),
+    pytest.param("tcp://127.0.0.1:55x", "not a number", id="port-not-number"),
+    pytest.param("tcp://:5555", "host is missing", id="no-host"),
+    pytest.param("tcp://::1:5555", "IPv6 address in brackets", id="ipv6-no-brackets"),
+    pytest.param("udp://127.0.0.1:5555", "must start with tcp://", id="scheme"),
+    pytest.param("ipc://", "has no address", id="ipc-empty"),
+    pytest.param("ipc:///run/" + "x" * 120, "at most 107", id="ipc-too-long"),
+]
+
+
+@pytest.mark.parametrize(("endpoint", "fragment"), ENDPOINT_CASES)
+def test_endpoints_validated_with_the_publishers_parser(tmp_path: Path, endpoint: str,
+                                                        fragment: str) -> None:
+    from edged.wire.publisher import Publisher, PublishError
+
+    path = write(tmp_path, MINIMAL + "publish:\n  endpoints:\n    - inproc://first\n"
+                 f"    - {endpoint}\n")
+    issue = only_issue(path)
+    assert (issue.line, issue.path, issue.value) == (line_of(path, endpoint),
+                                                     "publish.endpoints[1]", endpoint)
+    assert fragment in issue.message
+    # the publisher refuses it with the same words, before touching a socket
+    with pytest.raises(PublishError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        Publisher([endpoint], linger_ms=0)
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://127.0.0.1:1", "tcp://127.0.0.1:65535",
+                                      "tcp://*:5555", "tcp://eth0:5555", "tcp://[::1]:5555",
+                                      "tcp://localhost:5555", "ipc:///run/edged/pub.sock",
+                                      "ipc://@edged", "inproc://x"])
+def test_good_endpoints(endpoint: str) -> None:
+    from edged.names import parse_endpoint
+
+    cfg = parse_config(MINIMAL + f"publish:\n  endpoints: ['{endpoint}']\n")
+    assert cfg.publish.endpoints == [endpoint]
+    assert parse_endpoint(endpoint).scheme == endpoint.split(":")[0]
+
+
+def test_duplicate_endpoint(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "publish:\n  endpoints: [tcp://127.0.0.1:5555, "
+                 "ipc:///tmp/x.sock, tcp://127.0.0.1:5555]\n")
+    issue = only_issue(path)
+    assert issue.path == "publish.endpoints"
+    assert "listed twice (items 0 and 2)" in issue.message
+
+
+BOUND_CASES = [
+    pytest.param("publish:\n  sndhwm: 1000000000000\n", "sndhwm", "publish.sndhwm",
+                 "less than or equal to 10000", id="sndhwm"),
+    pytest.param("publish:\n  sndhwm: 1.0e+12\n", "sndhwm", "publish.sndhwm",
+                 "less than or equal to 10000", id="sndhwm-float"),
+    pytest.param("model:\n  path: m\n  threads: 1000\n", "threads", "model.threads",
+                 "less than or equal to 256", id="threads"),
+    pytest.param("model:\n  path: m\n  workers: 65\n", "workers", "model.workers",
+                 "less than or equal to 64", id="workers"),
+    pytest.param("model:\n  path: m\n  batch: 1000000000\n", "batch", "model.batch",
+                 "less than or equal to 64", id="batch"),
+    pytest.param("model:\n  path: m\n  warmup_runs: 100000\n", "warmup_runs",
+                 "model.warmup_runs", "less than or equal to 100", id="warmup-runs"),
+    pytest.param("model:\n  path: m\n  stuck_after_s: 1e9\n", "stuck_after_s",
+                 "model.stuck_after_s", "less than or equal to 3600", id="stuck-after"),
+    pytest.param("log:\n  stats_interval_s: 86400\n", "stats_interval_s",
+                 "log.stats_interval_s", "less than or equal to 3600", id="stats-interval-max"),
+    pytest.param("log:\n  stats_interval_s: 0.001\n", "stats_interval_s",
+                 "log.stats_interval_s", "greater than or equal to 0.1", id="stats-interval-min"),
+    pytest.param("log:\n  metrics: 127.0.0.1:0\n", "metrics", "log.metrics",
+                 "explicit port", id="metrics-port-0"),
+    pytest.param("log:\n  metrics: 127.0.0.1:70000\n", "metrics", "log.metrics",
+                 "out of range (1-65535)", id="metrics-port-70000"),
+    pytest.param("log:\n  metrics: '9464'\n", "metrics", "log.metrics",
+                 "port is missing", id="metrics-no-host"),
+]
+
+
+@pytest.mark.parametrize(("extra", "needle", "key_path", "fragment"), BOUND_CASES)
+def test_upper_bounds(tmp_path: Path, extra: str, needle: str, key_path: str,
+                      fragment: str) -> None:
+    text = MINIMAL.replace("model:\n  path: model.onnx\n", "") if "model:" in extra else MINIMAL
+    path = write(tmp_path, text + extra)
+    issue = only_issue(path)
+    assert (issue.line, issue.path) == (line_of(path, needle), key_path)
+    assert fragment in issue.message
+
+
+@pytest.mark.parametrize("name", ["front", "cam-1", "a.b", "x_y", "0", "_stats", "_x", "a/b",
+                                  "", "é", "a" * 64, "a" * 65, "-", ".", "a b"])
+def test_camera_names_one_rule_for_config_and_codec(name: str) -> None:
+    from edged.wire.codec import CAMERA_RE, check_camera, encode_eos
+
+    assert CAMERA_RE is edged.config.CAMERA_NAME_RE
+    try:
+        parse_config(f"model:\n  path: m\ncameras:\n  '{name}':\n    source: synthetic\n")
+        config_ok = True
+    except ConfigError as e:
+        assert "invalid camera name" in str(e)
+        config_ok = False
+    try:
+        check_camera(name)
+        encode_eos(name, 0, "end")
+        codec_ok = True
+    except ValueError:
+        codec_ok = False
+    assert config_ok == codec_ok
+    assert config_ok == (name in ("front", "cam-1", "a.b", "x_y", "0", "a" * 64, "-", "."))
+
+
+def test_registries_are_the_runtimes() -> None:
+    from edged.config import KNOWN_FORMATS, KNOWN_PROVIDERS, known_formats
+    from edged.inference.formats import FORMATS
+    from edged.inference.providers import OPTION_ALIASES, PROVIDER_OPTIONS
+    from edged.inference.runner import PROVIDER_NAMES
+
+    assert KNOWN_FORMATS == known_formats() == ("auto", *FORMATS)
+    assert tuple(PROVIDER_NAMES) == KNOWN_PROVIDERS
+    assert set(PROVIDER_OPTIONS) == set(PROVIDER_NAMES)
+    assert all(set(a) <= PROVIDER_OPTIONS[p] for p, a in OPTION_ALIASES.items())
+    for name in FORMATS:
+        assert parse_config(MINIMAL.replace("model:\n", f"model:\n  format: {name}\n")
+                            ).model.format == name
+
+
+def test_config_import_stays_light() -> None:
+    """Importing the config imports none of the runtime's heavy modules; parsing one that
+    names a format reads the format registry, still without onnxruntime or zmq."""
+    import subprocess
+    import sys
+
+    heavy = "sorted(m for m in ('onnxruntime', 'cv2', 'zmq', 'numpy') if m in sys.modules)"
+    code = (f"import sys, edged.config as c; print({heavy}); "
+            f"c.parse_config(open(sys.argv[1]).read()); print({heavy})")
+    out = subprocess.run([sys.executable, "-c", code, str(REPO / "configs" / "default.yaml")],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[:2] == ["[]", "['cv2', 'numpy']"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -306,3 +307,137 @@ def test_echo_stops_at_end_of_stream(tmp_path, test_model, start_daemon):
     assert echo.returncode == 0, err
     assert d.proc.wait(10) == 0
     assert out.splitlines()[-1] == "stills end of stream after seq 2 (end of stream)"
+
+
+# ------------------------------------------------- `check` fails exactly when `run` would
+
+
+def assert_clean_failure(p: subprocess.CompletedProcess, *needles: str) -> None:
+    out = p.stdout + p.stderr
+    assert p.returncode == 1, out
+    for needle in needles:
+        assert needle in p.stderr, out
+    assert "Traceback" not in out, out
+
+
+def run_both(cfg: Path) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
+    """`edged check` and `edged run` on the same config (run stops itself if it starts)."""
+    return run_cli("check", "-c", str(cfg)), run_cli("run", "-c", str(cfg), "--frames", "2")
+
+
+@pytest.mark.parametrize(("endpoint", "why"), [
+    ("tcp://127.0.0.1:0", "give an explicit port"),
+    ("tcp://127.0.0.1:70000", "the port 70000 is out of range (1-65535)"),
+])
+def test_bad_port_fails_check_and_run_alike(tmp_path, test_model, endpoint, why):
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, [endpoint], "  a:\n    source: synthetic")
+    for p in run_both(cfg):
+        assert_clean_failure(p, "cfg.yaml:10: publish.endpoints[0]: " + why, repr(endpoint))
+
+
+def test_huge_sndhwm_is_a_config_error(tmp_path, test_model, tcp_endpoint):
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, [tcp_endpoint],
+                       "  a:\n    source: synthetic")
+    cfg.write_text(cfg.read_text().replace("publish:\n", "publish:\n  sndhwm: 1000000000000\n"))
+    for p in run_both(cfg):
+        assert_clean_failure(p, "publish.sndhwm: Input should be less than or equal to 10000")
+
+
+def listening_socket() -> tuple[socket.socket, int]:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s, s.getsockname()[1]
+
+
+def test_metrics_port_in_use_fails_check_and_run_before_ready(tmp_path, test_model,
+                                                              tcp_endpoint):
+    held, port = listening_socket()
+    with held:
+        cfg = write_config(tmp_path / "cfg.yaml", test_model, [tcp_endpoint],
+                           "  a:\n    source: synthetic", extra=f'  metrics: "127.0.0.1:{port}"\n')
+        check, run = run_both(cfg)
+    why = f"cannot listen on log.metrics 127.0.0.1:{port}: Address already in use"
+    assert_clean_failure(check, f"edged check: {why}")
+    assert f"publish: {tcp_endpoint}: bound OK" in check.stdout  # the rest was checked too
+    assert_clean_failure(run, why)
+    errors = [ln for ln in run.stderr.splitlines() if " ERROR " in ln]
+    assert len(errors) == 1 and errors[0].endswith(why), run.stderr
+    assert "pipeline: ready" not in run.stderr  # never started: no READY for systemd
+
+
+def test_publish_port_in_use_fails_check(tmp_path, test_model):
+    held, port = listening_socket()
+    with held:
+        cfg = write_config(tmp_path / "cfg.yaml", test_model, [f"tcp://127.0.0.1:{port}"],
+                           "  a:\n    source: synthetic")
+        check, run = run_both(cfg)
+    for p in (check, run):
+        assert_clean_failure(p, f"cannot bind tcp://127.0.0.1:{port}: Address already in use")
+    assert f"edged check: publish.endpoints: cannot bind tcp://127.0.0.1:{port}" in check.stderr
+
+
+def test_check_binds_and_releases_every_address(tmp_path, test_model, tcp_endpoint):
+    from conftest import free_port
+
+    port = free_port()
+    ipc = f"ipc://{tmp_path}/pub.sock"
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, [tcp_endpoint, ipc],
+                       "  a:\n    source: synthetic", extra=f'  metrics: "127.0.0.1:{port}"\n')
+    p = run_cli("check", "-c", str(cfg))
+    assert p.returncode == 0, p.stderr
+    for line in (f"publish: {tcp_endpoint}: bound OK", f"publish: {ipc}: bound OK",
+                 f"metrics: 127.0.0.1:{port}: bound OK", "warm-up inference at 640x480: OK"):
+        assert line in p.stdout
+    # released again: edged run can bind all of them right after
+    for addr in (("127.0.0.1", port), ("127.0.0.1", int(tcp_endpoint.rsplit(":", 1)[1]))):
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(addr)
+    assert not (tmp_path / "pub.sock").exists()
+
+
+def manifest_320(model: Path) -> Path:
+    """A manifest that says 320x320 beside a graph that takes 416x416."""
+    manifest = json.loads((Path(__file__).parent.parent / "models" /
+                           "yoeo-demo-int8-320.json").read_text())
+    manifest["name"] = model.stem
+    model.with_suffix(".json").write_text(json.dumps(manifest))
+    return model
+
+
+@pytest.mark.parametrize("kind", ["manifest-320-graph-416", "one-channel-input"])
+def test_model_that_cannot_run_a_frame_fails_check_and_run_alike(tmp_path, tcp_endpoint, kind):
+    from modelgen import yoeo_model
+
+    if kind == "manifest-320-graph-416":
+        model = manifest_320(yoeo_model(tmp_path / "m.onnx", size=416))
+        detail = ("edged feeds input InputLayer as 1x3x320x320, as the manifest m.json says; "
+                  "the graph takes 1x3x416x416")
+    else:
+        model = yoeo_model(tmp_path / "m.onnx", channels=1)
+        detail = "edged feeds input InputLayer as 1x3x416x416, as the graph says; the graph " \
+                 "takes 1x1x416x416"
+    cfg = write_config(tmp_path / "cfg.yaml", model, [tcp_endpoint], """\
+  a:
+    source: synthetic
+    width: 320
+    height: 240""")
+    check, run = run_both(cfg)
+    why = f"{model}: the warm-up inference on a 320x240 frame failed: "
+    for p in (check, run):
+        assert_clean_failure(p, why, detail)
+    assert "pipeline: ready" not in run.stderr
+
+
+def test_check_warms_up_at_each_camera_size(tmp_path, test_model, tcp_endpoint):
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, [tcp_endpoint], """\
+  a:
+    source: synthetic
+    width: 320
+    height: 240
+  b:
+    source: synthetic""")
+    p = run_cli("check", "-c", str(cfg))
+    assert p.returncode == 0, p.stderr
+    assert "warm-up inference at 320x240, 640x480: OK" in p.stdout

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 
 from modelgen import stalling_yoeo_model
 from test_daemon import write_config
-from test_reload import cams, count, gather
-from test_workers import until_eos
+from test_reload import cams, count
 
 from edged.wire.client import Subscriber
 from edged.wire.codec import EndOfStream, Message
@@ -27,9 +27,51 @@ def slow_warmup_model(path: Path, iterations: int) -> Path:
     return stalling_yoeo_model(path, bright=-1.0, iterations=iterations)
 
 
-def stop_and_collect(d, sub: Subscriber, cameras: set[str]) -> list[EndOfStream]:
+class Collector:
+    """A subscriber read all the time on its own thread, as a real consumer reads: a
+    test that only waited would let its receive queue fill, and ZeroMQ would then drop
+    what follows, end-of-stream included."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.sub = Subscriber(endpoint)
+        self.got: list = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Collector:
+        self.sub.__enter__()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sub.__exit__(None, None, None)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            m = self.sub.recv(timeout=0.1)
+            if m is not None:
+                with self._lock:
+                    self.got.append(m)
+
+    def messages(self) -> list:
+        with self._lock:
+            return list(self.got)
+
+    def wait(self, pred, timeout: float = 20.0) -> list:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and not pred(self.messages()):
+            time.sleep(0.05)
+        return self.messages()
+
+
+def stop_and_collect(d, sub: Collector, cameras: set[str]) -> list[EndOfStream]:
+    seen = len(sub.messages())  # what the stop publishes comes after these
     code, took = d.terminate(timeout=15)
-    got = until_eos(sub, cameras, timeout=5)
+    got = sub.wait(lambda ms: {m.camera for m in ms[seen:] if isinstance(m, EndOfStream)}
+                   >= cameras, timeout=5)[seen:]
     log = d.log()
     assert code == 0, (code, log)
     assert took < STOP_S, (took, log)
@@ -44,7 +86,7 @@ def test_sigterm_during_warmup_exits_0_with_end_of_stream_for_every_camera(tmp_p
     model = slow_warmup_model(tmp_path / "slow.onnx", iterations=40000)  # ~60 s warm-up
     ep = f"ipc://{tmp_path}/e.sock"
     cfg = write_config(tmp_path / "cfg.yaml", model, [ep], cams(a=10, b=10))
-    with Subscriber(ep) as sub:
+    with Collector(ep) as sub:
         d = start_daemon(cfg)
         d.wait_for("configuration")
         # nothing is published before ready: give the subscriber time to connect to the
@@ -60,7 +102,7 @@ def test_sighup_during_warmup_is_applied_once_ready(tmp_path, start_daemon):
     model = slow_warmup_model(tmp_path / "slow.onnx", iterations=400)
     ep = f"ipc://{tmp_path}/e.sock"
     cfg = write_config(tmp_path / "cfg.yaml", model, [ep], cams(a=2))
-    with Subscriber(ep) as sub:
+    with Collector(ep) as sub:
         d = start_daemon(cfg)
         d.wait_for("configuration")
         write_config(cfg, model, [ep], cams(a=2, late=2))
@@ -76,7 +118,7 @@ def test_sighup_during_a_reload_is_queued_and_the_last_file_wins(tmp_path, test_
     slow = slow_warmup_model(tmp_path / "slow.onnx", iterations=1500)  # seconds to warm
     ep = f"ipc://{tmp_path}/e.sock"
     cfg = write_config(tmp_path / "cfg.yaml", test_model, [ep], cams(a=10))
-    with Subscriber(ep) as sub:
+    with Collector(ep) as sub:
         d = start_daemon(cfg)
         d.wait_for("ready")
         write_config(cfg, slow, [ep], cams(a=10, b=10))
@@ -92,7 +134,7 @@ def test_sighup_during_a_reload_is_queued_and_the_last_file_wins(tmp_path, test_
         log = d.log()
         assert log.count("reload done") == 2, log
         # the last file runs: camera c publishes, b is gone again
-        msgs = gather(sub, 1.0, until=count("c", 3))
+        msgs = sub.wait(count("c", 3))
         assert sum(isinstance(m, Message) and m.camera == "c" for m in msgs) >= 3, log
         assert any(isinstance(m, EndOfStream) and m.camera == "b"
                    and m.reason == "removed by reload" for m in msgs) or \
@@ -108,7 +150,7 @@ def test_sigterm_after_a_reload_that_changed_the_model_and_the_ladder(tmp_path,
     text = (repo / "configs" / "ladder.yaml").read_text()
     cfg.write_text(_with_endpoint(text, ep))
     cameras = _camera_names(cfg)
-    with Subscriber(ep) as sub:
+    with Collector(ep) as sub:
         d = start_daemon(cfg)
         d.wait_for("ready", timeout=60)
         # one value of the ladder edited: the model and its ladder are loaded anew
@@ -126,10 +168,10 @@ def test_stop_with_a_tiny_max_fps_is_prompt(tmp_path, test_model, start_daemon):
     ep = f"ipc://{tmp_path}/e.sock"
     cfg = write_config(tmp_path / "cfg.yaml", test_model, [ep],
                        cams(slow=10) + "\n    max_fps: 0.05")
-    with Subscriber(ep) as sub:
+    with Collector(ep) as sub:
         d = start_daemon(cfg)
         d.wait_for("ready")
-        msgs = gather(sub, 0.5, until=count("slow", 1))
+        msgs = sub.wait(count("slow", 1))
         assert any(isinstance(m, Message) for m in msgs), d.log()
         time.sleep(0.5)  # now inside the 20 s wait for the next slot
         stop_and_collect(d, sub, {"slow"})
@@ -143,11 +185,11 @@ def test_stop_during_reconnect_backoff(tmp_path, test_model, start_daemon):
     cfg = write_config(tmp_path / "cfg.yaml", test_model, [ep], cams(steady=10) + f"""
   ipcam:
     source: {dead}""")
-    with Subscriber(ep) as sub:
+    with Collector(ep) as sub:
         d = start_daemon(cfg)
         d.wait_for("ready")
         d.wait_for("camera ipcam: reconnecting", timeout=20)
-        msgs = gather(sub, 0.5, until=count("steady", 2))  # the subscriber is connected
+        msgs = sub.wait(count("steady", 2))  # the subscriber is connected
         assert any(isinstance(m, Message) for m in msgs), d.log()
         stop_and_collect(d, sub, {"steady", "ipcam"})
 
@@ -165,7 +207,7 @@ def test_a_reload_whose_model_fails_at_warmup_is_rejected(tmp_path, test_model,
         "seg_classes": ["background", "lines", "field"]}))
     ep = f"ipc://{tmp_path}/e.sock"
     cfg = write_config(tmp_path / "cfg.yaml", test_model, [ep], cams(a=10))
-    with Subscriber(ep) as sub:
+    with Collector(ep) as sub:
         d = start_daemon(cfg)
         d.wait_for("ready")
         write_config(cfg, bad, [ep], cams(a=10))
@@ -173,8 +215,11 @@ def test_a_reload_whose_model_fails_at_warmup_is_rejected(tmp_path, test_model,
         d.wait_for("reload rejected")
         log = d.log()
         assert "the running model and configuration stay" in log, log
-        msgs = gather(sub, 1.0, until=count("a", 3))  # still serving the old model
-        assert sum(isinstance(m, Message) and m.model == "yoeo-test" for m in msgs) >= 3
+        seen = len(sub.messages())
+        msgs = sub.wait(lambda ms: sum(isinstance(m, Message) and m.model == "yoeo-test"
+                                       for m in ms[seen:]) >= 3)
+        # still serving the old model
+        assert sum(isinstance(m, Message) and m.model == "yoeo-test" for m in msgs[seen:]) >= 3
         stop_and_collect(d, sub, {"a"})
 
 

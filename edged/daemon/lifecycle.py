@@ -27,6 +27,8 @@ import time
 from types import FrameType
 
 from edged.config import Config
+from edged.daemon.metrics import MetricsError
+from edged.daemon.metrics import bind as bind_metrics
 from edged.daemon.notify import Notifier
 from edged.daemon.pipeline import SINK_CLOSE_S, Pipeline, make_stage
 from edged.daemon.publish import PublishStage
@@ -167,12 +169,21 @@ class Daemon:
         except PublishError as e:
             log.error("%s", e)
             return 1
+        # listening before READY too: a metrics port in use ends the start here
+        try:
+            metrics_sock = bind_metrics(cfg.log.metrics) if cfg.log.metrics else None
+        except MetricsError as e:
+            log.error("%s", e)
+            stage.close(SINK_CLOSE_S)
+            return 1
         t = time.perf_counter()
         load = asyncio.ensure_future(self.blocking.run(load_models, cfg, name="load-model"))
         stopping = asyncio.ensure_future(self._stopping.wait())
         await asyncio.wait({load, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if not load.done():
             load.cancel()  # the loading thread is a daemon: the process need not wait
+            if metrics_sock is not None:
+                metrics_sock.close()
             return await self._stop_before_ready(stage)
         stopping.cancel()
         try:
@@ -180,6 +191,8 @@ class Daemon:
         except ModelError as e:
             log.error("%s", e)
             stage.close(SINK_CLOSE_S)
+            if metrics_sock is not None:
+                metrics_sock.close()
             return 1
         runner = models.rungs[0]
         log.info("model %s (%s) loaded on %s, %d worker(s) x %d thread(s) (%d cores), "
@@ -188,7 +201,8 @@ class Daemon:
                  runner.threads, models.plan.cores, runner.cost_ms or float("nan"),
                  (time.perf_counter() - t) * 1e3)
         pipeline = Pipeline(cfg, models, frames=self.frames, duration=self.duration,
-                            notifier=self.notifier, stage=stage, blocking=self.blocking)
+                            notifier=self.notifier, stage=stage, blocking=self.blocking,
+                            metrics_sock=metrics_sock)
         self.pipeline = pipeline
         if self._reload_pending:
             pipeline.request_reload()  # applied as soon as the pipeline is ready

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections import defaultdict, deque
@@ -112,7 +113,8 @@ class Pipeline:
     def __init__(self, config: Config, models: Models, *, frames: int | None = None,
                  duration: float | None = None, notifier: Notifier | None = None,
                  stage: PublishStage | None = None,
-                 blocking: BlockingCalls | None = None) -> None:
+                 blocking: BlockingCalls | None = None,
+                 metrics_sock: socket.socket | None = None) -> None:
         """`models`: from `edged.inference.pool.load_models`. `stage`: a started publish
         stage (the lifecycle binds it before the model loads); without one, `bind` or
         `run` makes it."""
@@ -127,6 +129,7 @@ class Pipeline:
         self.stop_event = asyncio.Event()
         self.stage = stage
         self.blocking = blocking or BlockingCalls()  # config and model loads, joins
+        self._metrics_sock = metrics_sock  # bound before READY by the lifecycle
         self.notifier = notifier or Notifier({})
         self._stuck_reported = False
         self._latest_stats: DaemonSnapshot | None = None
@@ -259,7 +262,8 @@ class Pipeline:
                 self._spawn(self._watchdog_loop(), "watchdog")
                 self._spawn(self._ladder_loop(), "ladder")  # idle while there is no ladder
                 if cfg.log.metrics:
-                    self._spawn(serve_metrics(cfg.log.metrics, self.latest_stats), "metrics")
+                    self._spawn(serve_metrics(cfg.log.metrics, self.latest_stats,
+                                             sock=self._metrics_sock), "metrics")
                 if self.duration is not None:
                     self._spawn(self._stop_after(self.duration), "duration")
                 # a reload may add cameras while we wait: done when none is left running

@@ -56,26 +56,51 @@ def plan(config: Config, cores: int | None = None) -> WorkerPlan:
     return WorkerPlan(w, t, cores)
 
 
-def load_rungs(config: Config, threads: int, warmup: bool = True) -> list[ModelRunner]:
-    """The model and its ladder variants (cheapest last), loaded and (with `warmup`)
-    warmed up and timed.
+# a camera whose config gives no size: the synthetic source's default (the real size of
+# a video or a USB camera is known only once it is open)
+DEFAULT_FRAME_SIZE = (640, 480)
 
-    Raises ModelError naming the variant that failed.
+
+def warmup_sizes(config: Config) -> list[tuple[int, int]]:
+    """(width, height) of the enabled cameras as configured, each size once, first camera
+    first; DEFAULT_FRAME_SIZE for a camera that does not say."""
+    sizes: list[tuple[int, int]] = []
+    for cam in config.cameras.values():
+        size = (cam.width or DEFAULT_FRAME_SIZE[0], cam.height or DEFAULT_FRAME_SIZE[1])
+        if cam.enabled and size not in sizes:
+            sizes.append(size)
+    return sizes or [DEFAULT_FRAME_SIZE]
+
+
+def load_rungs(config: Config, threads: int, warmup: bool = True, *,
+               warmup_runs: int | None = None, measure: bool = True) -> list[ModelRunner]:
+    """The model and its ladder variants (cheapest last), loaded, warmed up (with
+    `warmup`) and, with `measure`, timed.
+
+    The warm-up runs frames of the configured camera sizes (`warmup_sizes`): at least
+    one for each size, `warmup_runs` (default model.warmup_runs) for the first. It is
+    the test that the model runs at all, so `edged check` (one run, no timing) fails
+    where `edged run` would. Raises ModelError naming the variant that failed.
     """
     base = replace(ModelOptions.from_config(config.model), threads=threads)
     options = [base]
     if config.model.ladder is not None:
         options += [replace(base, path=v.path) for v in config.model.ladder.variants]
+    sizes = warmup_sizes(config)
+    runs = max(1, config.model.warmup_runs if warmup_runs is None else warmup_runs)
     rungs = []
     for i, opts in enumerate(options):
         try:
             runner = ModelRunner(opts)
+            if warmup:
+                runner.warmup(runs, sizes[0])
+                for size in sizes[1:]:
+                    runner.warmup(1, size)
         except ModelError as e:
             raise ModelError(f"model.ladder.variants[{i - 1}]: {e}" if i else str(e)) from None
         if i and config.model.ladder is not None and config.model.ladder.variants[i - 1].name:
             runner.model_id = config.model.ladder.variants[i - 1].name
-        if warmup:
-            runner.warmup()
+        if warmup and measure:
             # measured here, side by side, so the ladder knows what each rung costs
             runner.cost_ms = runner.batch_speedup((), runs=5).get(1)
         rungs.append(runner)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -31,22 +32,22 @@ from edged.inference.formats import (
 )
 from edged.inference.manifest import Manifest, ManifestError, load_manifest, manifest_path
 from edged.inference.preprocess import Preprocessor
+from edged.inference.providers import OPTION_ALIASES, PROVIDER_NAMES
 from edged.results import Frame, Result
 
 log = logging.getLogger("edged.inference.runner")
 
-PROVIDER_NAMES = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "openvino": "OpenVINOExecutionProvider",
-}
 
 _ORT_TYPES = {
     "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
     "tensor(uint8)": "uint8", "tensor(int8)": "int8", "tensor(int32)": "int32",
     "tensor(int64)": "int64", "tensor(bool)": "bool",
 }
+
+
+# "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : " before onnxruntime's actual message
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : ")
+_ORT_SUFFIX = " Please fix either the inputs/outputs or the model."
 
 
 class ModelError(RuntimeError):
@@ -118,8 +119,6 @@ def plan_workers(workers: int, threads: int, *, cores: int, cameras: int,
     return workers, threads
 
 
-# short option names edged accepts besides onnxruntime's own
-OPTION_ALIASES: dict[str, dict[str, str]] = {"tensorrt": {"fp16": "trt_fp16_enable"}}
 # providers that run on a CUDA device: their outputs can stay there (IOBinding)
 CUDA_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -411,13 +410,34 @@ class ModelRunner:
         return pre
 
     def warmup(self, runs: int | None = None, size: tuple[int, int] = (640, 480)) -> float:
-        """Run a few frames so that the first real frame is not 1.2-2x slower; returns ms."""
+        """Run a few frames of `size` (width, height) so that the first real frame is not
+        1.2-2x slower; returns ms. ModelError if the model cannot run such a frame (a
+        manifest whose input size is not the graph's, a graph that wants another number
+        of channels, ...): the same error for `edged check` as for `edged run`."""
         n = self.options.warmup_runs if runs is None else runs
         img = np.zeros((size[1], size[0], 3), np.uint8)
         t = time.perf_counter()
-        for i in range(n):
-            self.infer(Frame("_warmup", i, img, 0, 0))
+        try:
+            for i in range(n):
+                self.infer(Frame("_warmup", i, img, 0, 0))
+        except ModelError:
+            raise
+        except Exception as e:  # onnxruntime's own types, or an adapter meeting odd outputs
+            raise ModelError(self._run_failed(e, size)) from None
         return (time.perf_counter() - t) * 1000
+
+    def _run_failed(self, e: Exception, size: tuple[int, int]) -> str:
+        m = self.manifest
+        graph = next((i for i in self.inputs if i.name == m.input_name), None)
+        shape = "x".join(str(d) for d in graph.shape) if graph is not None else "?"
+        text = " ".join(str(e).split()) or type(e).__name__
+        text = _ORT_PREFIX.sub("", text).removesuffix(_ORT_SUFFIX)
+        source = (f"the manifest {manifest_path(self.options.path).name}"
+                  if self._file_manifest is not None else "the graph")
+        return (f"{self.options.path}: the warm-up inference on a {size[0]}x{size[1]} frame "
+                f"failed: {text} (edged feeds input {m.input_name} as 1x3x"
+                f"{m.preprocess.input_h}x{m.preprocess.input_w}, as {source} says; the "
+                f"graph takes {shape})")
 
     def run_tensor(self, tensor: np.ndarray) -> list[np.ndarray]:
         if self._unbatched:

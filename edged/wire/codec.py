@@ -10,7 +10,6 @@ thread, decoding by subscribers (see `edged.wire.client`).
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,13 +21,15 @@ import numpy as np
 import zmq
 import zstandard as zstd
 
+from edged.names import CAMERA_NAME_RE, camera_name_problem
 from edged.results import Result, instance_extents, nearest_indices
 
 PROTOCOL_VERSION = 1
 MaskEncoding = Literal["raw", "zstd", "png"]
 MASK_ENCODINGS: tuple[str, ...] = get_args(MaskEncoding)
 
-CAMERA_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# one definition of a valid camera name, shared with the config (see edged.names)
+CAMERA_RE = CAMERA_NAME_RE
 TOPIC_RESULT = "result"
 TOPIC_EOS = "eos"
 TOPIC_STATE = "state"  # reserved
@@ -50,8 +51,9 @@ class ProtocolError(ValueError):
 
 def check_camera(camera: str) -> str:
     """Return `camera` if it is a valid camera name, else raise ValueError."""
-    if not isinstance(camera, str) or CAMERA_RE.fullmatch(camera) is None:
-        raise ValueError(f"invalid camera name {camera!r}: must match [A-Za-z0-9_.-]{{1,64}}")
+    problem = camera_name_problem(camera)
+    if problem is not None:
+        raise ValueError(f"{problem} (got {camera!r:.80})")
     return camera
 
 

@@ -207,3 +207,38 @@ def test_zmq_sink_publishes_and_ends_each_camera_with_its_last_seq(tmp_path):
                 got.append(m)
     assert [m.seq for m in got if isinstance(m, Message)] == [4, 5, 6]
     assert isinstance(got[-1], EndOfStream) and got[-1].last_seq == 6
+
+
+def test_sink_counts_reach_the_log_stats_and_prometheus(tmp_path, test_model, start_daemon):
+    import urllib.request
+
+    from conftest import free_port
+    from test_daemon import write_config
+
+    ep = f"ipc://{tmp_path}/e.sock"
+    port = free_port()
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, [ep], """\
+  a:
+    source: synthetic
+    width: 160
+    height: 120
+    fps: 20""", extra=f"  metrics: 127.0.0.1:{port}\n")
+    cfg.write_text(cfg.read_text().replace("log:\n  stats_interval_s: 1\n  metrics",
+                                           "log:\n  stats_interval_s: 0.5\n  metrics"))
+    with Subscriber(ep, stats=True) as sub:
+        d = start_daemon(cfg)
+        d.wait_for("ready")
+        stats = None
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            m = sub.recv(timeout=0.2)
+            if m is not None and hasattr(m, "sinks") and m.sinks.get("zmq", {}).get(
+                    "delivered", 0) > 0:
+                stats = m
+                break
+        assert stats is not None, d.log()
+        assert set(stats.sinks["zmq"]) == {"delivered", "dropped", "failed", "queued"}
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        assert 'edged_sink_delivered_total{sink="zmq"}' in body.decode()
+        assert d.terminate()[0] == 0
+    assert "sink zmq: delivered " in d.log()  # the final line names every sink

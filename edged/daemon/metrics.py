@@ -61,6 +61,17 @@ def render(snapshot: DaemonSnapshot) -> str:
     family("camera_up", "gauge", "1 while the camera is running",
            [(f'{cl},state="{c.state.value}"', int(c.state is CameraState.RUNNING))
             for cl, c in cams])
+    sinks = [(f'sink="{_esc(s.name)}"', s) for s in snapshot.sinks]
+    if sinks:
+        family("sink_delivered_total", "counter", "Results an output has handled",
+               [(sl, s.delivered) for sl, s in sinks])
+        family("sink_dropped_total", "counter",
+               "Results an output dropped because its queue was full",
+               [(sl, s.dropped) for sl, s in sinks])
+        family("sink_failed_total", "counter", "Results and messages an output failed on",
+               [(sl, s.failed) for sl, s in sinks])
+        family("sink_queued", "gauge", "Results waiting for an output now",
+               [(sl, s.queued) for sl, s in sinks])
     return "\n".join(out) + "\n"
 
 

@@ -685,7 +685,8 @@ class Pipeline:
                 continue
             last = now
             self.notifier.status(snapshot.status_line())
-            self._send_soon(encode_stats(snapshot.to_wire(), snapshot.interval_s))
+            self._send_soon(encode_stats(snapshot.to_wire(), snapshot.interval_s,
+                                         snapshot.sinks_to_wire()))
 
     def _snapshot(self, cam: Camera, elapsed: float, final: bool) -> CameraSnapshot:
         s = cam.stats
@@ -721,16 +722,18 @@ class Pipeline:
         snapshot becomes `latest_stats()`."""
         cameras = {}
         for cam in self.cameras.values():
-            snap = cameras[cam.name] = self._snapshot(cam, elapsed, final)
-            log.info("%s", snap.log_line(elapsed, final=final))
+            cameras[cam.name] = self._snapshot(cam, elapsed, final)
             cam.stats.captured_at_report = cam.handoff.put_count
             cam.stats.window_processed = 0
         ps = self.pool.stats
-        self._latest_stats = DaemonSnapshot(
+        snap = self._latest_stats = DaemonSnapshot(
             uptime_s=time.monotonic() - self._started, interval_s=elapsed, final=final,
             cameras=cameras,
-            inference=InferenceCounters(ps.frames, ps.batches, ps.largest_batch, ps.recreated))
-        return self._latest_stats
+            inference=InferenceCounters(ps.frames, ps.batches, ps.largest_batch, ps.recreated),
+            sinks=tuple(self.stage.sink_stats()) if self.stage is not None else ())
+        for line in snap.log_lines():
+            log.info("%s", line)
+        return snap
 
 
 def _forget_costs(budgets: list[Budget]) -> None:

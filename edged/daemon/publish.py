@@ -24,7 +24,8 @@ from dataclasses import replace
 from typing import Protocol
 
 from edged.daemon.scheduler import Budget
-from edged.daemon.sinks import Outcome, SinkRunner, SinkStats
+from edged.daemon.sinks import Outcome, SinkRunner
+from edged.daemon.telemetry import SinkStats
 from edged.results import Frame, Result
 from edged.wire.codec import MaskEncoder, encode_stamped
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+from edged.daemon.telemetry import SinkStats
 from edged.results import Frame, Result
 from edged.wire.codec import encode_eos
 from edged.wire.publisher import Publisher
@@ -46,17 +47,6 @@ class Outcome:
     late: bool
     t_publish_ns: int
     wire: tuple[bytes, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class SinkStats:
-    """Counts since start for one sink; written only by the sink's runner."""
-
-    name: str
-    delivered: int
-    dropped: int  # queue full: the oldest waiting outcome was discarded
-    failed: int  # deliver() raised
-    queued: int  # waiting now
 
 
 class Sink(ABC):

@@ -204,6 +204,25 @@ class InferenceCounters:
 
 
 @dataclass(frozen=True, slots=True)
+class SinkStats:
+    """One output (sink) since start; counted by its runner (`edged.daemon.sinks`)."""
+
+    name: str
+    delivered: int = 0
+    dropped: int = 0  # its queue was full: the oldest waiting result was discarded
+    failed: int = 0  # the sink raised while handling a result or message
+    queued: int = 0  # waiting now
+
+    def to_wire(self) -> dict[str, int]:
+        return {"delivered": self.delivered, "dropped": self.dropped, "failed": self.failed,
+                "queued": self.queued}
+
+    def log_line(self) -> str:
+        return (f"sink {self.name}: delivered {self.delivered}, dropped {self.dropped} "
+                f"(queue full), failed {self.failed}, queued {self.queued}")
+
+
+@dataclass(frozen=True, slots=True)
 class DaemonSnapshot:
     """Every camera's snapshot for one window (`interval_s`), or for the whole run."""
 
@@ -212,13 +231,21 @@ class DaemonSnapshot:
     final: bool = False
     cameras: dict[str, CameraSnapshot] = field(default_factory=dict)
     inference: InferenceCounters = field(default_factory=InferenceCounters)
+    sinks: tuple[SinkStats, ...] = ()
 
     def to_wire(self) -> dict[str, dict[str, Any]]:
         """The `cameras` map of the `_stats` message."""
         return {name: c.to_wire() for name, c in self.cameras.items()}
 
+    def sinks_to_wire(self) -> dict[str, dict[str, int]]:
+        """The `sinks` map of the `_stats` message."""
+        return {s.name: s.to_wire() for s in self.sinks}
+
     def log_lines(self) -> list[str]:
-        return [c.log_line(self.interval_s, final=self.final) for c in self.cameras.values()]
+        """A line per camera; a line per sink when it lost anything, and at the end."""
+        lines = [c.log_line(self.interval_s, final=self.final) for c in self.cameras.values()]
+        lines += [s.log_line() for s in self.sinks if self.final or s.dropped or s.failed]
+        return lines
 
     def status_line(self) -> str:
         """The service manager's STATUS= text."""

@@ -40,11 +40,14 @@ class Stats:
     interval_s: float
     cameras: dict[str, dict[str, Any]]
     snapshots: dict[str, typed.CameraSnapshot] = field(default_factory=dict)
+    # the daemon's outputs: name -> {"delivered", "dropped", "failed", "queued"}
+    sinks: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def encode_stats(cameras: dict[str, dict[str, Any]], interval_s: float) -> list[bytes]:
+def encode_stats(cameras: dict[str, dict[str, Any]], interval_s: float,
+                 sinks: dict[str, dict[str, int]] | None = None) -> list[bytes]:
     header = {"v": PROTOCOL_VERSION, "type": "stats", "t_ns": time.time_ns(),
-              "interval_s": float(interval_s), "cameras": cameras}
+              "interval_s": float(interval_s), "cameras": cameras, "sinks": sinks or {}}
     return [TOPIC_STATS.encode(), msgpack.packb(header, use_single_float=True)]
 
 
@@ -75,7 +78,12 @@ def decode_stats(frames: Sequence[bytes | memoryview | zmq.Frame]) -> Stats:
             if not isinstance(name, str):
                 raise ProtocolError("stats: camera names must be strings")
             snapshots[name] = typed.CameraSnapshot.from_wire(name, cam)
-        return Stats(int(h["t_ns"]), float(h["interval_s"]), cams, snapshots)
+        sinks = h.get("sinks", {})  # optional: daemons before it sent none
+        if not isinstance(sinks, dict) or not all(
+                isinstance(k, str) and isinstance(v, dict)
+                and all(isinstance(n, int) for n in v.values()) for k, v in sinks.items()):
+            raise ProtocolError("stats: 'sinks' must map names to maps of counts")
+        return Stats(int(h["t_ns"]), float(h["interval_s"]), cams, snapshots, sinks)
     except ProtocolError:
         raise
     except Exception as e:  # msgpack and type errors on garbage input

@@ -28,6 +28,7 @@ import numpy as np
 
 from edged.capture.sources import CaptureThread, Handoff, RestartPolicy, SourceError, source_for
 from edged.config import CameraConfig, Config
+from edged.daemon.health import Health
 from edged.daemon.metrics import serve as serve_metrics
 from edged.daemon.notify import Notifier
 from edged.daemon.publish import PublishStage
@@ -44,7 +45,7 @@ from edged.daemon.telemetry import (
 )
 from edged.daemon.threads import BlockingCalls
 from edged.inference.ladder import Ladder
-from edged.inference.pool import InferencePool, Models, reload_runner
+from edged.inference.pool import InferencePool, Models
 from edged.inference.runner import ModelRunner
 from edged.results import Frame, Result
 from edged.wire.codec import MaskEncoder
@@ -57,7 +58,6 @@ PROBE_AFTER_STALE = 10  # consecutive stale drops before one frame is processed 
 LADDER_TICK_S = 0.5
 IDLE_GRACE_S = 0.1  # waiting longer than this for a frame counts as idle (fair queuing)
 DRAIN_S = 3.0  # how long a stop waits for inference runs in flight
-RECREATE_AFTER = 1.5  # a run stuck this many times model.stuck_after_s gets a new worker
 SINK_CLOSE_S = 1.0  # how long a stop waits for each sink to deliver what it holds
 
 
@@ -131,7 +131,6 @@ class Pipeline:
         self.blocking = blocking or BlockingCalls()  # config and model loads, joins
         self._metrics_sock = metrics_sock  # bound before READY by the lifecycle
         self.notifier = notifier or Notifier({})
-        self._stuck_reported = False
         self._latest_stats: DaemonSnapshot | None = None
         self._started = time.monotonic()
         self._tg: asyncio.TaskGroup | None = None
@@ -139,12 +138,14 @@ class Pipeline:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         # every task that is not a camera loop; all are cancelled when the cameras are done
         self._helpers: set[asyncio.Task[None]] = set()
-        self._recreating: set[int] = set()
         self._reload_task: asyncio.Task[None] | None = None
         self._reload_again = False
         self._reload_pending = False  # asked for before the pipeline was ready
         self._loop: asyncio.AbstractEventLoop | None = None
         self.ready = asyncio.Event()
+        self.health = Health(self.pool, self.notifier, self.blocking,
+                             lambda: self.config.model.stuck_after_s, self._spawn,
+                             self._give_up)
 
     @property
     def runner(self) -> ModelRunner:
@@ -259,7 +260,7 @@ class Pipeline:
                     self._reload_pending = False
                     self.request_reload()
                 self._spawn(self._stats_loop(), "stats")
-                self._spawn(self._watchdog_loop(), "watchdog")
+                self._spawn(self.health.run(), "watchdog")
                 self._spawn(self._ladder_loop(), "ladder")  # idle while there is no ladder
                 if cfg.log.metrics:
                     self._spawn(serve_metrics(cfg.log.metrics, self.latest_stats,
@@ -571,63 +572,10 @@ class Pipeline:
                      for c in self.cameras.values()},
             inference=InferenceCounters(ps.frames, ps.batches, ps.largest_batch, ps.recreated))
 
-    def stuck(self) -> tuple[float, str, int] | None:
-        """(seconds, camera, seq) of an inference running past model.stuck_after_s."""
-        runs = self.pool.stuck(self.config.model.stuck_after_s)
-        if not runs:
-            return None
-        seconds, _, frame = max(runs, key=lambda r: r[0])
-        return seconds, frame.camera, frame.seq
-
-    async def _watchdog_loop(self) -> None:
-        """WATCHDOG=1 while the pipeline can make progress: this task running proves the
-        event loop is alive, and no inference may be stuck past its deadline.
-
-        A run stuck for RECREATE_AFTER x the deadline gets its worker replaced (a fresh
-        thread and session); pings resume once nothing is stuck. When the pool's
-        recreation budget is spent, edged stops with exit code 1.
-        """
-        period = min((self.notifier.watchdog_s or 2.0) / 3,
-                     self.config.model.stuck_after_s / 4)
-        while True:
-            stuck = self.stuck()
-            if stuck is None:
-                self.notifier.watchdog()
-                self._stuck_reported = False
-            elif not self._stuck_reported:
-                self._stuck_reported = True
-                log.error("inference stuck for %.1f s on camera %s frame %d; watchdog pings "
-                          "withheld", *stuck)
-            limit = self.config.model.stuck_after_s * RECREATE_AFTER
-            for seconds, index, frame in self.pool.stuck(limit):
-                if index not in self._recreating:
-                    self._recreating.add(index)
-                    self._spawn(self._recreate(index, seconds, frame), f"recreate-{index}")
-            await asyncio.sleep(period)
-
-    async def _recreate(self, index: int, seconds: float, frame: Frame) -> None:
-        """Replace a stuck worker: a fresh session first (so a wedged one is not reused),
-        then a fresh thread; the stuck frame is failed and counted as an error."""
-        reason = (f"inference on camera {frame.camera} frame {frame.seq} stuck for "
-                  f"{seconds:.1f} s")
-        try:
-            rung = self.pool.rung
-            try:
-                fresh = await self.blocking.run(reload_runner, self.pool.rungs[rung],
-                                        name=f"recreate-{index}")
-                self.pool.replace_runner(rung, fresh)
-            except Exception as e:  # the old session is still there; the thread is replaced
-                log.error("recreating worker %d: cannot reload the model: %s", index, e)
-            if self.pool.recreate(index, reason):
-                log.error("%s: worker %d recreated (%d so far)", reason, index,
-                          self.pool.stats.recreated)
-            else:
-                log.error("giving up: %s; exiting with status 1 so that the service manager "
-                          "restarts edged", self.pool.failed)
-                self.exit_code = 1
-                self.stop()
-        finally:
-            self._recreating.discard(index)
+    def _give_up(self) -> None:
+        """The pool's recreation budget is spent: stop with exit code 1."""
+        self.exit_code = 1
+        self.stop()
 
     # ------------------------------------------------------------------ ladder
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from edged.config import Config
     from edged.inference.pool import WorkerPlan
     from edged.inference.runner import ModelRunner
+    from edged.wire.codec import Message
 
 log = logging.getLogger("edged")
 
@@ -169,13 +170,13 @@ class _EchoThread:
 
     def _run(self) -> None:
         from edged.wire.client import Subscriber
-        from edged.wire.codec import EndOfStream
+        from edged.wire.codec import Message
 
         last: dict[str, float] = {}
         with Subscriber(self.endpoint) as sub:
             while not self._stop.is_set():
                 msg = sub.recv(timeout=0.2)
-                if msg is None or isinstance(msg, EndOfStream):
+                if not isinstance(msg, Message):  # nothing, or an end-of-stream
                     continue
                 now = time.monotonic()
                 if now - last.get(msg.camera, 0.0) < 0.5:
@@ -184,7 +185,7 @@ class _EchoThread:
                 print(format_message(msg), flush=True)
 
 
-def mask_summary(msg) -> str:
+def mask_summary(msg: Message) -> str:
     if msg.mask is None:
         return "-"
     counts = np.bincount(msg.mask.ravel(), minlength=len(msg.mask_classes))
@@ -193,7 +194,7 @@ def mask_summary(msg) -> str:
                     f"{100 * c / total:.0f}%" for i, c in enumerate(counts) if c)
 
 
-def format_message(msg) -> str:
+def format_message(msg: Message) -> str:
     dets = ", ".join(f"{c} {s:.2f}" for c, s in zip(msg.labels(), msg.scores)) or "-"
     flags = f" [{','.join(msg.flags)}]" if msg.flags else ""
     return (f"{msg.camera} #{msg.seq:<5d} e2e {msg.latency_ms:5.1f} ms  "
@@ -288,7 +289,7 @@ def format_provider_report(p: dict) -> str:
 
 def cmd_echo(args: argparse.Namespace) -> int:
     from edged.wire.client import Subscriber
-    from edged.wire.codec import EndOfStream
+    from edged.wire.codec import EndOfStream, Message
 
     cameras = args.camera or None
     n = 0
@@ -310,6 +311,8 @@ def cmd_echo(args: argparse.Namespace) -> int:
                       flush=True)
                 if cameras and set(cameras) <= sub.ended:
                     break
+                continue
+            if not isinstance(msg, Message):  # this subscriber asks for results only
                 continue
             n += 1
             present: list[str] = []

@@ -250,6 +250,10 @@ def _build_layout(seed: int) -> _Layout:
         _trim_heap()
 
 
+def _bgr(c: np.ndarray) -> tuple[int, int, int]:
+    return int(c[0]), int(c[1]), int(c[2])
+
+
 def _draw_layout(seed: int) -> _Layout:
     LAYOUT_BUILDS[0] += 1
     rng = np.random.default_rng([seed, 0x5EED])
@@ -268,8 +272,7 @@ def _draw_layout(seed: int) -> _Layout:
     ball = (float(rng.uniform(-3.5, 3.5)), float(rng.uniform(-2.5, 2.5)),
             float(rng.uniform(0, 1.5)), float(rng.uniform(0, 1.0)),
             float(rng.uniform(0, math.tau)))
-    ball_colors = (tuple(int(c) for c in rng.uniform(200, 255, 3)),
-                   tuple(int(c) for c in rng.uniform(0, 80, 3)))
+    ball_colors = (_bgr(rng.uniform(200, 255, 3)), _bgr(rng.uniform(0, 80, 3)))
     if rng.uniform() < 0.3:  # an orange ball now and then
         ball_colors = ((30, 120, 240), (20, 60, 160))
     # camera path: a start position, walking direction and head-scan oscillation
@@ -289,7 +292,7 @@ def _draw_layout(seed: int) -> _Layout:
                       rng.uniform(-0.08, 0.08), rng.uniform(-0.08, 0.08), rng.uniform(0, math.tau)])
     return _Layout(texture, labels, backdrop, noise, float(rng.uniform(0.35, 0.9)),
                    float(rng.uniform(math.radians(60), math.radians(90))), path, tuple(robots),
-                   ball, ball_colors, tuple(int(c) for c in rng.uniform(200, 255, 3)), light)
+                   ball, ball_colors, _bgr(rng.uniform(200, 255, 3)), light)
 
 
 # ----------------------------------------------------------------------------- camera
@@ -340,7 +343,8 @@ def _intrinsics(lay: _Layout, width: int, height: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- render
 
 
-def _project(k: np.ndarray, rot: np.ndarray, centre: np.ndarray, pts: np.ndarray) -> tuple:
+def _project(k: np.ndarray, rot: np.ndarray, centre: np.ndarray, pts: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
     cam = (pts - centre) @ rot.T
     z = cam[..., 2]
     uv = (cam[..., :2] / np.maximum(z, 1e-6)[..., None]) * k[0, 0] + k[:2, 2]
@@ -496,7 +500,8 @@ def _render(ren: Renderer, index: int, width: int, height: int) -> Scene:
     li = lay.light
     gain = li[0] * (1 + li[1] * math.sin(li[2] * index + li[5]))
     cast = np.array([1 + li[3], 1.0, 1 + li[4]], np.float32) * gain
-    img = cv2.multiply(image, (float(cast[0]), float(cast[1]), float(cast[2]), 0.0),
+    # OpenCV takes a Scalar (4-tuple) as src2; its stubs only list arrays
+    img = cv2.multiply(image, (float(cast[0]), float(cast[1]), float(cast[2]), 0.0),  # type: ignore[call-overload]
                        dtype=cv2.CV_32F)
     # motion blur along the direction of head motion when the head turns quickly
     if speed > 0.012:
@@ -531,7 +536,8 @@ def _draw_objects(lay: _Layout, index: int, k: np.ndarray, rot: np.ndarray, cent
                   image: np.ndarray, seg: np.ndarray, width: int, height: int
                   ) -> tuple[np.ndarray, np.ndarray]:
     f = k[0, 0]
-    objs: list[tuple[float, int, object]] = []  # (depth, class, drawing args)
+    # (depth, class, drawing args); the args' shape depends on the class, see the loop below
+    objs: list[tuple[float, int, Any]] = []
     right = rot[0]
     horiz = np.array([right[0], right[1], 0.0])
     horiz /= max(np.linalg.norm(horiz), 1e-9)
@@ -570,7 +576,7 @@ def _draw_objects(lay: _Layout, index: int, k: np.ndarray, rot: np.ndarray, cent
     ids = np.zeros((height, width), np.uint8)
     full_boxes: list[tuple[float, float, float, float]] = []
     full_area: list[float] = []
-    kept_cls: list[int] = []
+    kept_cls: list[tuple[int, int]] = []  # (object id, class)
     for oid, (_, cls, args) in enumerate(objs, start=1):
         if cls == 0:
             (u, v), rad, _pos = args
@@ -607,13 +613,13 @@ def _draw_objects(lay: _Layout, index: int, k: np.ndarray, rot: np.ndarray, cent
             _paste_sprite(image, seg, ids, oid, box, robot.sprites[pose])
         full_boxes.append(box)
         full_area.append((box[2] - box[0]) * (box[3] - box[1]))
-        kept_cls.append((oid, cls))  # type: ignore[arg-type]
+        kept_cls.append((oid, cls))
 
     if not full_boxes:
         return np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
     counts = np.bincount(ids.ravel(), minlength=len(objs) + 1)
     out_boxes, out_cls = [], []
-    for box, area, (oid, cls) in zip(full_boxes, full_area, kept_cls):  # type: ignore[misc]
+    for box, area, (oid, cls) in zip(full_boxes, full_area, kept_cls):
         x1, y1 = max(box[0], 0.0), max(box[1], 0.0)
         x2, y2 = min(box[2], float(width)), min(box[3], float(height))
         if x2 - x1 < 3 or y2 - y1 < 3:

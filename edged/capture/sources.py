@@ -269,7 +269,8 @@ class CaptureSource:
     def read(self) -> np.ndarray | None:
         cap = self.cap  # a local: nothing here may touch a capture another thread replaced
         assert cap is not None
-        ok, img = cap.read()
+        ok, frame = cap.read()
+        img: np.ndarray | None = frame
         if not ok or img is None:
             if self.live:
                 # a garbage part in an MJPEG stream fails one read and the next one works;

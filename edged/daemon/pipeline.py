@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import threading
@@ -612,7 +613,7 @@ class Pipeline:
             # stage's thread, so it is reset there)
             budgets_now = [cam.budget for cam in self.cameras.values()]
             if self.stage is not None:
-                self.stage.call(lambda bs=budgets_now: _forget_costs(bs))
+                self.stage.call(functools.partial(_forget_costs, budgets_now))
             log.warning("ladder: %s -> %s (%s)", old.model_id, new.model_id, switch.reason)
             self._send_soon(encode_model_event(new.model_id, switch.rung, old.model_id,
                                                switch.reason))

@@ -71,7 +71,25 @@ class Sink(ABC):
         """Called on the sink's thread after the last item."""
 
 
-_Item = tuple[str, object, Future[None] | None]  # kind, payload, done
+@dataclass(frozen=True, slots=True)
+class _Control:
+    frames: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class _EndOfStream:
+    camera: str
+    reason: str
+    done: Future[None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    fn: Callable[[], None]
+    done: Future[None]
+
+
+_Item = Outcome | _Control | _EndOfStream | _Call
 
 
 class SinkRunner:
@@ -111,25 +129,25 @@ class SinkRunner:
             dropped = self._outcomes >= self.queue_size
             if dropped:
                 for i, item in enumerate(self._items):
-                    if item[0] == "outcome":
+                    if isinstance(item, Outcome):
                         del self._items[i]
                         break
                 self._dropped += 1
             else:
                 self._outcomes += 1
-            self._items.append(("outcome", outcome, None))
+            self._items.append(outcome)
             self._cv.notify()
         return not dropped
 
     def control(self, frames: list[bytes]) -> None:
         """Queue a control message (never dropped)."""
-        self._push(("control", frames, None))
+        self._push(_Control(frames))
 
     def end_of_stream(self, camera: str, reason: str) -> Future[None]:
         """Queue an end-of-stream after everything already queued; the future is done
         once the sink has handled it."""
         done: Future[None] = Future()
-        if not self._push(("eos", (camera, reason), done)):
+        if not self._push(_EndOfStream(camera, reason, done)):
             done.set_result(None)
         return done
 
@@ -137,7 +155,7 @@ class SinkRunner:
         """Run `fn` on the sink's thread, in queue order (e.g. a reset of state that
         thread owns)."""
         done: Future[None] = Future()
-        if not self._push(("call", fn, done)):
+        if not self._push(_Call(fn, done)):
             done.set_result(None)
         return done
 
@@ -166,7 +184,7 @@ class SinkRunner:
                     return None
                 self._cv.wait()
             item = self._items.popleft()
-            if item[0] == "outcome":
+            if isinstance(item, Outcome):
                 self._outcomes -= 1
             return item
 
@@ -179,29 +197,26 @@ class SinkRunner:
             self._drain_failed()
             return
         while (item := self._next()) is not None:
-            kind, payload, done = item
             try:
-                if kind == "outcome":
-                    assert isinstance(payload, Outcome)
-                    sink.deliver(payload)
+                if isinstance(item, Outcome):
+                    sink.deliver(item)
                     with self._cv:
                         self._delivered += 1
-                elif kind == "control":
-                    sink.control(payload)  # type: ignore[arg-type]
-                elif kind == "eos":
-                    camera, reason = payload  # type: ignore[misc]
-                    sink.end_of_stream(camera, reason)
+                elif isinstance(item, _Control):
+                    sink.control(item.frames)
+                elif isinstance(item, _EndOfStream):
+                    sink.end_of_stream(item.camera, item.reason)
                 else:
-                    payload()  # type: ignore[operator]
+                    item.fn()
             except Exception as e:  # a failing sink is counted and never stops the others
                 with self._cv:
                     self._failed += 1
                     n = self._failed
                 if n == 1 or n % 1000 == 0:
-                    log.error("sink %s: %s failed (%d so far): %s", sink.name, kind, n, e)
+                    log.error("sink %s: %s failed (%d so far): %s", sink.name,
+                              type(item).__name__.strip("_"), n, e)
             finally:
-                if done is not None and not done.done():
-                    done.set_result(None)
+                _settle(item)
         try:
             sink.close()
         except Exception as e:
@@ -209,9 +224,13 @@ class SinkRunner:
 
     def _drain_failed(self) -> None:
         while (item := self._next()) is not None:
-            done = item[2]
-            if done is not None and not done.done():
-                done.set_result(None)
+            _settle(item)
+
+
+def _settle(item: _Item) -> None:
+    """Whoever waits for this item is told it has been handled."""
+    if isinstance(item, _EndOfStream | _Call) and not item.done.done():
+        item.done.set_result(None)
 
 
 class ZmqSink(Sink):

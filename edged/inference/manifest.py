@@ -100,7 +100,9 @@ def load_manifest(path: Path) -> Manifest:
         for key in ("mean", "std"):
             v = getattr(pre, key)
             if v is not None:
-                pre = replace(pre, **{key: tuple(float(x) for x in v)})
+                # as many values as the JSON gives (not checked to be 3 here)
+                floats: dict[str, Any] = {key: tuple(float(x) for x in v)}
+                pre = replace(pre, **floats)
         return Manifest(
             preprocess=pre,
             classes=tuple(raw.pop("classes", ())),

@@ -15,6 +15,7 @@ is spent the pool reports a failure and the daemon exits non-zero for systemd to
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -98,8 +99,9 @@ def load_rungs(config: Config, threads: int, warmup: bool = True, *,
                     runner.warmup(1, size)
         except ModelError as e:
             raise ModelError(f"model.ladder.variants[{i - 1}]: {e}" if i else str(e)) from None
-        if i and config.model.ladder is not None and config.model.ladder.variants[i - 1].name:
-            runner.model_id = config.model.ladder.variants[i - 1].name
+        ladder = config.model.ladder
+        if i and ladder is not None and (name := ladder.variants[i - 1].name):
+            runner.model_id = name
         if warmup and measure:
             # measured here, side by side, so the ladder knows what each rung costs
             runner.cost_ms = runner.batch_speedup((), runs=5).get(1)
@@ -251,7 +253,7 @@ class InferencePool:
             worker.job = job
             runner = self.runner
             done = loop.run_in_executor(worker.executor, self._run, runner, job.frames)
-            done.add_done_callback(lambda d, w=worker, j=job: self._finished(w, j, d))
+            done.add_done_callback(functools.partial(self._finished, worker, job))
 
     @staticmethod
     def _run(runner: ModelRunner, frames: list[Frame]) -> list[Result]:

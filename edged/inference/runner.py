@@ -217,10 +217,10 @@ def node_placement(session: ort.InferenceSession, profile: Path | None
     except (OSError, json.JSONDecodeError) as e:
         return {}, f"node placement unknown ({e})"
     nodes: dict[str, tuple[str, str]] = {}
-    for e in events:
-        args = e.get("args") or {}
-        if e.get("cat") == "Node" and "provider" in args:
-            name = str(e.get("name", "")).removesuffix("_kernel_time")
+    for ev in events:
+        args = ev.get("args") or {}
+        if ev.get("cat") == "Node" and "provider" in args:
+            name = str(ev.get("name", "")).removesuffix("_kernel_time")
             nodes[name] = (str(args["provider"]), str(args.get("op_name", "?")))
     placement: dict[str, dict[str, int]] = {}
     for prov, op in nodes.values():

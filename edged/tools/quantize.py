@@ -632,7 +632,8 @@ class Report:
         def f(v: float | None, fmt: str) -> str:
             return "-" if v is None else format(v, fmt)
 
-        truth = self.fp32_truth is not None
+        fp32_truth = self.fp32_truth
+        truth = fp32_truth is not None
         head = ["candidate", "act/wgt", "method", "variant", "ms p50", "speed-up", "vs parent",
                 "pix agree",
                 "mIoU vs fp32", "det agree", "|d score|"]
@@ -641,8 +642,8 @@ class Report:
         head.append("gate")
         rows = [["fp32", "-", "-", "-", f(self.fp32_ms, ".1f"), "1.00x", "-", "-", "-", "-",
                  "-"]
-                + ([f(self.fp32_truth["miou"], ".4f"), f(self.fp32_truth["map50"], ".4f")]
-                   if truth else []) + ["reference"]]
+                + ([f(fp32_truth["miou"], ".4f"), f(fp32_truth["map50"], ".4f")]
+                   if fp32_truth is not None else []) + ["reference"]]
         for i, c in enumerate(self.candidates):
             m = c.metrics
             mark = " *" if c is self.chosen else ""

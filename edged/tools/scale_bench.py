@@ -61,7 +61,7 @@ def _proc_status(pid: int) -> tuple[float, int]:
 
 
 def measure(n: int, width: int, height: int, fps: float, settle: float,
-            ready_timeout: float = 300.0) -> dict[str, float]:
+            ready_timeout: float = 300.0) -> dict[str, float | None]:
     with tempfile.TemporaryDirectory() as tmp:
         endpoint = f"tcp://127.0.0.1:{_free_port()}"
         cfg = write_config(Path(tmp) / "cfg.yaml", n, width, height, endpoint, fps)

@@ -96,7 +96,7 @@ class _Graph:
         self.n += 1
         return f"{prefix}_{self.n}"
 
-    def const(self, value: np.ndarray, prefix: str = "c") -> str:
+    def const(self, value: np.ndarray | np.generic, prefix: str = "c") -> str:
         name = self.name(prefix)
         self.inits.append(numpy_helper.from_array(np.asarray(value), name))
         return name
@@ -160,7 +160,7 @@ def _decode(g: _Graph, raw: str, hw: int, stride: int) -> str:
     gy, gx = np.meshgrid(np.arange(hw), np.arange(hw), indexing="ij")
     grid = np.stack([gx, gy], -1).reshape(1, 1, hw * hw, 2).repeat(NUM_ANCHORS, 1)
     grid = grid.reshape(1, -1, 2).astype(np.float32)
-    anchors = np.array(ANCHORS[stride], np.float32).reshape(1, NUM_ANCHORS, 1, 2)
+    anchors: np.ndarray = np.array(ANCHORS[stride], np.float32).reshape(1, NUM_ANCHORS, 1, 2)
     anchors = np.broadcast_to(anchors, (1, NUM_ANCHORS, hw * hw, 2)).reshape(1, -1, 2)
     xy = g.node("Sigmoid", [cols(0, 2)])
     xy = g.node("Mul", [g.node("Add", [xy, g.const(grid)]), g.const(np.float32(stride))])

@@ -134,7 +134,7 @@ class Subscriber:
                 ) -> Message | EndOfStream | Stats | CameraState | ModelEvent | None:
         first = frames[0].bytes
         kind = first.rpartition(b"/")[2]
-        decoder = None
+        decoder: Callable[[list[zmq.Frame]], Stats | CameraState | ModelEvent] | None = None
         if self.stats and first in _DAEMON_TOPICS:
             decoder = _DAEMON_TOPICS[first]
         elif self.states and kind == TOPIC_STATE.encode():
@@ -185,7 +185,7 @@ class Subscriber:
         """True once every listed camera has sent end-of-stream (never without `cameras`)."""
         return self.cameras is not None and self.cameras <= self._ended
 
-    def __iter__(self) -> Iterator[Message | EndOfStream]:
+    def __iter__(self) -> Iterator[Message | EndOfStream | Stats | CameraState | ModelEvent]:
         """Blocks for each message; stops once `finished` (the last EOS is yielded)."""
         while not self.finished:
             msg = self.recv()

@@ -98,7 +98,7 @@ class MaskEncoder:
             return mask.tobytes()
         data = np.ascontiguousarray(mask)
         if self._zstd is not None:
-            return self._zstd.compress(data)
+            return self._zstd.compress(data.data)  # the array's buffer, no copy
         ok, png = cv2.imencode(".png", data, [cv2.IMWRITE_PNG_COMPRESSION, 1])
         if not ok:
             raise ValueError("PNG encoding failed")

@@ -115,7 +115,7 @@ def decode_state(frames: Sequence[bytes | memoryview | zmq.Frame]) -> CameraStat
     try:
         first, h = _header(frames, "state", None)
         cam, state, detail = h.get("camera"), h.get("state"), h.get("detail", "")
-        if not all(isinstance(x, str) for x in (cam, state, detail)):
+        if not (isinstance(cam, str) and isinstance(state, str) and isinstance(detail, str)):
             raise ProtocolError("state: camera, state and detail must be strings")
         if first != topic(cam, TOPIC_STATE):
             raise ProtocolError("state: topic does not match the camera")

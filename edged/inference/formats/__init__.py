@@ -108,11 +108,11 @@ def manifest_from_graph(inputs: list[TensorInfo], outputs: list[TensorInfo],
     else:
         if fmt not in FORMATS:
             raise FormatError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
-        why = fits(fmt, inputs, outputs)
-        if why is None:
+        fit = fits(fmt, inputs, outputs)
+        if fit is None:
             raise FormatError(f"the graph's outputs do not fit format {fmt!r} "
                               f"(outputs: {describe(outputs)})")
-        reason = f"format set in the config: {why}"
+        reason = f"format set in the config: {fit}"
     m = FORMATS[fmt].default_manifest(inputs, outputs)
     m, note = apply_metadata_names(m, classes_from_metadata(metadata))
     return m, reason + (f"; {note}" if note else "")

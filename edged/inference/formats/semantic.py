@@ -37,7 +37,7 @@ from edged.results import Detections
 def _kind(o: TensorInfo) -> str | None:
     s = o.shape
     if len(s) == 4 and batch1(s[0]):
-        if is_int(s[1]) and s[1] >= 2:  # type: ignore[operator]
+        if is_int(s[1]) and s[1] >= 2:
             return "logits" if is_float(o) else None
         if s[1] == 1:
             return "class ids"
@@ -59,7 +59,7 @@ def _fits(inputs: list[TensorInfo], outputs: list[TensorInfo], strict: bool) -> 
     if hw is not None and is_int(h) and is_int(w):
         ih, iw = hw
         # same aspect ratio as the input, to within one cell (strided heads round up)
-        if abs(h - ih * w / iw) > 1.0 or h < 2 or w < 2:  # type: ignore[operator]
+        if abs(h - ih * w / iw) > 1.0 or h < 2 or w < 2:
             return None
         where = f"{h}x{w} map of the {ih}x{iw} input"
         if strict and kind == "logits" and tuple(o.shape) == tuple(inputs[0].shape):
@@ -89,7 +89,7 @@ def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> Man
         raise ValueError("outputs do not follow the semantic layout")
     o = outputs[0]
     n = o.shape[1] if len(o.shape) == 4 and is_int(o.shape[1]) else None
-    seg = generic_classes(n) if n is not None and n >= 2 else ()  # type: ignore[arg-type]
+    seg = generic_classes(n) if n is not None and n >= 2 else ()
     return Manifest(format="semantic", input_name=inputs[0].name,
                     outputs={"segmentation": o.name}, preprocess=preprocess_for(inputs, 512),
                     seg_classes=seg)

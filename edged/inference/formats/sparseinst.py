@@ -85,7 +85,7 @@ def roles(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> Roles | None:
     if len(s.shape) == (2 if batched else 1):
         return Roles(masks, s, None, 1)
     if batched and len(s.shape) == 3 and is_int(s.shape[2]):
-        return Roles(masks, s, None, int(s.shape[2]))  # type: ignore[arg-type]
+        return Roles(masks, s, None, int(s.shape[2]))
     return None
 
 
@@ -153,7 +153,9 @@ class Adapter:
         # boxes: the extent of each mask's cells above the threshold (vectorised over
         # the kept queries)
         on = maps[cand] > self.threshold
-        rows, cols = on.any(axis=2), on.any(axis=1)
+        # np.any, not on.any: numpy's stubs type the method's result as maybe a scalar
+        rows: np.ndarray = np.any(on, axis=2)
+        cols: np.ndarray = np.any(on, axis=1)
         found = rows.any(axis=1)
         cand, rows, cols = cand[found], rows[found], cols[found]
         r0, r1 = rows.argmax(1), mh - rows[:, ::-1].argmax(1)

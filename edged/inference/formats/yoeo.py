@@ -29,9 +29,10 @@ def _is_mask(o: TensorInfo, in_h: object, in_w: object) -> bool:
     if len(o.shape) not in (3, 4):
         return False
     h, w = o.shape[-2], o.shape[-1]
-    if not all(isinstance(v, int) for v in (h, w, in_h, in_w)):
+    if not (isinstance(h, int) and isinstance(w, int)
+            and isinstance(in_h, int) and isinstance(in_w, int)):
         return len(o.shape) == 4 or o.dtype == "uint8"
-    return h * in_w == w * in_h  # type: ignore[operator]
+    return h * in_w == w * in_h
 
 
 def _roles(inputs: list[TensorInfo], outputs: list[TensorInfo]
@@ -46,7 +47,8 @@ def _roles(inputs: list[TensorInfo], outputs: list[TensorInfo]
         return None
     det, mask = dets[0], masks[0]
     n_rows, n_cols = det.shape[1], det.shape[2]
-    if isinstance(n_rows, int) and n_rows <= n_cols:  # type: ignore[operator]
+    # n_cols is an int: dets keeps only heads with a fixed width
+    if isinstance(n_rows, int) and isinstance(n_cols, int) and n_rows <= n_cols:
         return None  # more columns than rows: a channels-first head (YOLOv8-seg), not rows
     if len(mask.shape) == 4 and mask.shape[1] == n_rows:
         return None  # one map per detection row: per-query instance masks (SparseInst)
@@ -62,9 +64,11 @@ def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> str | None
     if roles is None:
         return None
     det, mask = roles
+    n_cols = det.shape[2]
+    assert isinstance(n_cols, int)  # _roles keeps only heads with a fixed width
     kind = "logits [1,C,H,W]" if len(mask.shape) == 4 else f"{mask.dtype} class map [1,H,W]"
-    return (f"one image input, box rows {det.name} [1,N,{det.shape[2]}] = 5 + "
-            f"{det.shape[2] - 5} classes, and segmentation {mask.name} as {kind}")
+    return (f"one image input, box rows {det.name} [1,N,{n_cols}] = 5 + "
+            f"{n_cols - 5} classes, and segmentation {mask.name} as {kind}")
 
 
 def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> Manifest:
@@ -72,7 +76,9 @@ def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> Man
     if roles is None:
         raise ValueError("outputs do not follow the yoeo layout")
     det, mask = roles
-    n_cls = int(det.shape[2]) - 5  # type: ignore[operator]
+    n_cols = det.shape[2]
+    assert isinstance(n_cols, int)  # _roles keeps only heads with a fixed width
+    n_cls = n_cols - 5
     h, w = inputs[0].shape[2], inputs[0].shape[3]
     pre = PreprocessSpec(input_w=w if isinstance(w, int) else 416,
                          input_h=h if isinstance(h, int) else 416)

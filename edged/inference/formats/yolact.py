@@ -54,6 +54,12 @@ DEFAULT_PRIORS: dict[str, Any] = {
 _MEAN_BGR, _STD_BGR = (103.94, 116.78, 123.68), (57.38, 57.12, 58.40)
 
 
+def _rgb_unit(bgr: tuple[float, float, float]) -> tuple[float, float, float]:
+    """BGR pixel values -> RGB in the 0..1 units PreprocessSpec takes."""
+    b, g, r = bgr
+    return r / 255, g / 255, b / 255
+
+
 @dataclass(frozen=True, slots=True)
 class Roles:
     loc: TensorInfo
@@ -101,7 +107,7 @@ def roles(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> Roles | None:
         return None
     mask = masks[0]
     conf = pair[0] if pair[1] is mask else pair[1]
-    if not is_int(conf.shape[2]) or conf.shape[2] < 2:  # type: ignore[operator]
+    if not is_int(conf.shape[2]) or conf.shape[2] < 2:
         return None
     p = {o.shape[1] for o in threes} | {o.shape[-2] for o in priors}
     if len(p) != 1:
@@ -148,7 +154,7 @@ def _prior_count(inputs: list[TensorInfo], r: Roles) -> tuple[int | None, int | 
     hw = input_hw(inputs)
     p = r.loc.shape[1]
     default = len(make_priors({}, *hw)) if hw is not None else None
-    return (p if is_int(p) else None), default  # type: ignore[return-value]
+    return (p if is_int(p) else None), default
 
 
 def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> str | None:
@@ -162,8 +168,10 @@ def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> str | None
         priors = f"{p} predictions = yolact_base's default priors"
     else:
         priors = "no priors output: give them in the manifest option 'priors'"
+    n_conf = r.conf.shape[2]
+    assert is_int(n_conf)  # roles checked it
     return (f"YOLACT: loc {r.loc.name} {dims(r.loc)}, conf {r.conf.name} {dims(r.conf)} "
-            f"({r.conf.shape[2]} = background + {r.conf.shape[2] - 1} classes), mask "  # type: ignore[operator]
+            f"({n_conf} = background + {n_conf - 1} classes), mask "
             f"coefficients {r.mask.name} {dims(r.mask)}, prototypes {r.proto.name} "
             f"{dims(r.proto)} ({r.proto_layout}); {priors}")
 
@@ -191,10 +199,11 @@ def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> Man
     outs = {"loc": r.loc.name, "conf": r.conf.name, "mask": r.mask.name, "proto": r.proto.name}
     if r.priors is not None:
         outs["priors"] = r.priors.name
-    n_cls = int(r.conf.shape[2]) - 1  # type: ignore[arg-type]
+    n_conf = r.conf.shape[2]
+    assert is_int(n_conf)  # roles checked it
+    n_cls = n_conf - 1
     pre = PreprocessSpec(input_w=hw[1], input_h=hw[0], resize="stretch",
-                         mean=tuple(v / 255 for v in reversed(_MEAN_BGR)),  # type: ignore[arg-type]
-                         std=tuple(v / 255 for v in reversed(_STD_BGR)))  # type: ignore[arg-type]
+                         mean=_rgb_unit(_MEAN_BGR), std=_rgb_unit(_STD_BGR))
     return Manifest(format="yolact", input_name=inputs[0].name, outputs=outs, preprocess=pre,
                     classes=generic_classes(n_cls), conf_threshold=0.3, iou_threshold=0.5,
                     max_detections=100, multi_label=False, options=options)
@@ -232,8 +241,11 @@ class Adapter:
         loc = outputs[self.idx["loc"]].reshape(-1, 4)
         conf = outputs[self.idx["conf"]].reshape(loc.shape[0], -1)
         coef = outputs[self.idx["mask"]].reshape(loc.shape[0], -1)
-        priors = (self.priors if self.priors_index is None
-                  else outputs[self.priors_index].reshape(-1, 4))
+        if self.priors_index is None:
+            assert self.priors is not None  # generated in __init__ when there is no output
+            priors = self.priors
+        else:
+            priors = outputs[self.priors_index].reshape(-1, 4)
         if len(priors) != len(loc):
             raise ValueError(f"yolact: {len(priors)} priors for {len(loc)} predictions")
         proto = outputs[self.idx["proto"]][0]

@@ -81,20 +81,20 @@ def detection_roles(inputs: list[TensorInfo], det: TensorInfo, masks: int,
     layouts: list[tuple[Layout, object, object]] = [("anchors_last", a, b), ("rows", b, a)]
     for layout, per_anchor, anchors in layouts:
         extra = 4 if layout == "anchors_last" else 5
-        if not is_int(per_anchor) or per_anchor - extra - masks < 1:  # type: ignore[operator]
+        if not is_int(per_anchor) or per_anchor - extra - masks < 1:
             continue
         if hw is not None and is_int(anchors):
-            head = counts.get(anchors)  # type: ignore[arg-type]
+            head = counts.get(anchors)
             if head is None or (layout == "anchors_last") != head.startswith("1 per"):
                 continue
             evidence = f"{anchors} anchors = {head} at {hw[1]}x{hw[0]}"
         elif is_int(anchors):
-            if anchors <= per_anchor:  # type: ignore[operator]
+            if anchors <= per_anchor:
                 continue
             evidence = f"{anchors} anchors (not checked against the strides)"
         else:
             evidence = "dynamic anchor count"
-        n_cls = per_anchor - extra - masks  # type: ignore[operator]
+        n_cls = per_anchor - extra - masks
         what = ("4 box + {c} classes" if layout == "anchors_last"
                 else "4 box + objectness + {c} classes").format(c=n_cls)
         if masks:
@@ -123,7 +123,9 @@ def roles(inputs: list[TensorInfo], outputs: list[TensorInfo], strict: bool = Tr
     for det, p in ((outputs[0], outputs[1]), (outputs[1], outputs[0])):
         if not _proto_ok(inputs, p):
             continue
-        r = detection_roles(inputs, det, int(p.shape[1]), strict)  # type: ignore[arg-type]
+        n_masks = p.shape[1]
+        assert is_int(n_masks)  # _proto_ok checked it
+        r = detection_roles(inputs, det, n_masks, strict)
         if r is not None:
             return Roles(det, p, r.layout, r.classes, r.masks,
                          f"{r.why}; prototypes {p.name} {dims(p)} at 1/4 input resolution")

@@ -23,12 +23,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("edged")
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
-_logging_set_up = False  # `run` reports errors as log lines once its logging is set up
 
 
 def setup_logging(level: str = "info") -> None:
-    global _logging_set_up
-    _logging_set_up = True
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", force=True)
@@ -80,12 +77,13 @@ def error_message(e: BaseException) -> str | None:
     return None
 
 
-def report_error(command: str, e: BaseException) -> int:
+def report_error(command: str, e: BaseException, *, logged: bool = False) -> int:
     """Report `e` (what a command raised) without a traceback; the exit code (1).
 
-    `run` with its logging set up logs one ERROR line per error (the journal); every
-    other case prints `edged COMMAND: message` to stderr. An unexpected error is named
-    as one; EDGED_TRACEBACK=1 adds its traceback for a bug report.
+    With `logged` (`run` once its logging is set up) one ERROR line per error goes to
+    the log (the journal); every other case prints `edged COMMAND: message` to stderr.
+    An unexpected error is named as one; EDGED_TRACEBACK=1 adds its traceback for a bug
+    report.
     """
     lines: list[str] = []
     unexpected = False
@@ -98,7 +96,7 @@ def report_error(command: str, e: BaseException) -> int:
         if msg not in lines:
             lines.append(msg)
     for msg in lines:
-        if command == "run" and _logging_set_up:
+        if logged:
             log.error("%s", msg)
         else:
             print(f"edged {command}: {msg}", file=sys.stderr)
@@ -116,6 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     early = EarlySignals()
     cfg = _load(args.config)
     setup_logging(args.log_level or cfg.log.level)
+    args.errors_to_log = True  # from here on `main` reports errors as log lines
     import cv2
 
     from edged.daemon.lifecycle import Daemon
@@ -585,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # the one place errors become messages (report_error)
-        return report_error(args.command, e)
+        return report_error(args.command, e, logged=getattr(args, "errors_to_log", False))
 
 
 if __name__ == "__main__":

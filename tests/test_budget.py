@@ -189,6 +189,58 @@ def test_scheduler_shares_slots_by_weight_and_rejoins_idle_cameras():
     assert got["late"] == pytest.approx(2500 / 6, rel=0.05)
 
 
+def test_scheduler_does_not_charge_slots_given_back_unused():
+    """A camera that drops its frame as stale after it was granted a slot (as the daemon
+    does when a loaded machine pushes the estimate over budget) gives the slot back
+    unused: it keeps its share of the inference runs that actually happen."""
+    import asyncio
+
+    from edged.daemon.scheduler import Scheduler
+
+    inference_ticks = 20  # an inference takes this many loop turns, the next frame one
+
+    async def main() -> tuple[Counter, Counter]:
+        sched = Scheduler(2, {"a": 2.0, "b": 1.0, "c": 1.0, "d": 1.0})
+        ran: Counter = Counter()
+        dropped: Counter = Counter()
+        stop = asyncio.Event()
+
+        async def camera(name: str, drop_every: int = 0) -> None:
+            granted = 0
+            while not stop.is_set():
+                await sched.acquire(name)
+                granted += 1
+                if drop_every and granted % drop_every == 0:  # stale: nothing runs
+                    dropped[name] += 1
+                    sched.release_unused(name)
+                    await asyncio.sleep(0)  # waiting for the next frame
+                    continue
+                ran[name] += 1
+                if sum(ran.values()) >= 4000:
+                    stop.set()
+                for _ in range(inference_ticks):
+                    await asyncio.sleep(0)
+                # the next frame is already waiting: ask again at once (release(then=))
+                sched.release(then=None if stop.is_set() else name)
+            sched.forget(name)
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(camera("a", drop_every=4))  # one grant in four is dropped
+            tg.create_task(camera("b"))
+            tg.create_task(camera("c", drop_every=2))  # every other grant is dropped
+            tg.create_task(camera("d"))
+        assert sched.free == 2
+        return ran, dropped
+
+    ran, dropped = asyncio.run(main())
+    assert dropped["a"] > 0.3 * ran["a"] and dropped["c"] > 0.9 * ran["c"], (ran, dropped)
+    assert dropped["b"] == dropped["d"] == 0
+    # shares of the runs, as if nothing had been dropped
+    assert ran["c"] == pytest.approx(ran["b"], rel=0.02), ran
+    assert ran["d"] == pytest.approx(ran["b"], rel=0.02), ran
+    assert ran["a"] == pytest.approx(2 * ran["b"], rel=0.02), ran
+
+
 def test_stats_message_on_the_bus(tmp_path, test_model, tcp_endpoint, start_daemon):
     from edged.wire.telemetry import Stats
 

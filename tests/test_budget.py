@@ -118,16 +118,25 @@ def cameras(names_weights: list[tuple[str, float]], extra: str = "") -> str:
 
 def test_weighted_fair_sharing_of_a_saturated_model(tmp_path, tcp_endpoint, start_daemon):
     # heavy enough that even camera a's fair share is far below its 100 fps: the model,
-    # not the camera, is the limit (with the automatic plan: 2 workers on 2 cores)
+    # not the camera, is the limit (with the automatic plan: 2 workers on 2 cores).
+    # The budget is out of reach: with the default 250 ms a loaded machine pushes the
+    # estimate over budget, and a camera dropping stale frames asks for inference only
+    # once in PROBE_AFTER_STALE frames, however high its weight: its share is then set
+    # by the machine's speed and the budget, not by the scheduler under test
     model = slow_yoeo_model(tmp_path / "heavy.onnx", matmuls=6, size=512)
     cfg = write_config(tmp_path / "cfg.yaml", model, [tcp_endpoint],
-                       cameras([("a", 2), ("b", 1), ("c", 1), ("d", 1)]))
+                       cameras([("a", 2), ("b", 1), ("c", 1), ("d", 1)]),
+                       extra="budget:\n  latency_ms: 600000\n")
     with Subscriber(tcp_endpoint) as sub:
         d = start_daemon(cfg)
         d.wait_for("ready")
         time.sleep(1.0)  # let the shares settle
         got = processed_per_camera(sub, 5.0, at_least=150)
         assert d.terminate()[0] == 0
+    # every camera asked for every run it could get: nothing was dropped for the budget
+    counts = final_counts(d.log())
+    assert set(counts) == {"a", "b", "c", "d"}, d.log()
+    assert all(c["stale"] == 0 and c["late_dropped"] == 0 for c in counts.values()), counts
     assert sum(got.values()) >= 150, got
     equal = [got["b"], got["c"], got["d"]]
     assert min(equal) > 0, got

@@ -43,6 +43,36 @@ def test_bench_with_several_cameras_reports_their_shares(tmp_path, test_model):
     r = json.loads(p.stdout)
     # the raw loop is also run by as many threads as edged has workers (the ceiling)
     assert r["raw_onnxruntime_parallel"]["loops"] == r["model"]["workers"] >= 1
+    # the run lasts until every camera has its frames while all of them run, however
+    # late one of them starts, so there is always a window to count shares in
+    assert "shares_all_running_missing" not in r["edged"], r["edged"]
     shares = {n: c["share_all_running"] for n, c in r["edged"]["cameras"].items()}
     assert set(shares) == {"a", "b", "c"} and abs(sum(shares.values()) - 1) < 1e-6, shares
     assert all(c["received"] >= 25 for c in r["edged"]["cameras"].values())
+
+
+def test_shares_are_counted_while_all_cameras_ran_or_say_why_not():
+    from types import SimpleNamespace
+
+    from edged.tools.bench import _all_running_from, _shares_all_running
+
+    def msgs(*ms: int) -> list:
+        return [SimpleNamespace(t_received_ns=t * 1_000_000) for t in ms]
+
+    # c starts last (at 40 ms); a and b ran before that, which does not count
+    received = {"a": msgs(0, 10, 20, 40, 50, 60, 70), "b": msgs(5, 45, 65), "c": msgs(40, 60)}
+    assert _all_running_from(received, set(), {"a", "b", "c"}) == 40_000_000
+    assert _all_running_from({"a": received["a"]}, set(), {"a", "b"}) is None  # b not yet
+    assert _all_running_from({"a": received["a"]}, {"b"}, {"a", "b"}) == 0  # b ended silent
+    shares, why = _shares_all_running(received, {"a", "b", "c"})
+    assert why == ""
+    # window 40..60 ms (c's last result): a 3, b 1, c 2
+    assert {n: s["share_all_running"] for n, s in shares.items()} == {
+        "a": 3 / 6, "b": 1 / 6, "c": 2 / 6}
+    assert shares["a"]["fps_all_running"] == 3 / 0.020
+    # a camera that finished before another began: no window, and the reason
+    shares, why = _shares_all_running({"a": msgs(0, 10), "b": msgs(30, 40)}, {"a", "b"})
+    assert shares == {} and why == ("the cameras never all ran at once: a's last result "
+                                    "came 20 ms before b's first")
+    shares, why = _shares_all_running({"a": msgs(0, 10)}, {"a", "b"})
+    assert shares == {} and why == "no results from b"

@@ -487,7 +487,7 @@ class Pipeline:
                                 rejoin=time.monotonic() - waited_from > IDLE_GRACE_S)
             frame = cam.handoff.take()  # the freshest frame at the moment we can run it
             if frame is None:
-                sched.release()
+                sched.release_unused(cam.name)
                 continue
             age = (time.monotonic_ns() - frame.t_mono_ns) / 1e6
             if cam.realtime and not cam.budget.can_finish(age):
@@ -497,7 +497,7 @@ class Pipeline:
                 cam.stats.stale += 1
                 stale_run += 1
                 if stale_run < PROBE_AFTER_STALE:
-                    sched.release()
+                    sched.release_unused(cam.name)
                     continue
                 self._warn_budget(cam)
             stale_run = 0

@@ -3,7 +3,9 @@
 `Scheduler` hands inference slots to cameras by weighted fair queuing: each request
 carries a virtual start tag that advances by 1/weight per frame a camera is given, and a
 free slot goes to the waiting request with the smallest tag. Equal weights give round
-robin; weights 2:1 give twice the frames; nobody starves.
+robin; weights 2:1 give twice the frames; nobody starves. A slot handed back unused
+(`release_unused`: no frame, or a frame dropped as stale) costs the camera nothing, so
+shares are shares of the inference runs, however many frames a camera drops.
 
 `Budget` decides, per frame, whether it can still be published inside the latency
 budget (judged from its age and a running estimate of the stages still ahead).
@@ -41,6 +43,7 @@ class Scheduler:
         self.clock = 0.0
         self._waiting: list[_Waiter] = []
         self._early: dict[str, asyncio.Future[None]] = {}  # see release(then=...)
+        self._granted_at: dict[str, float] = {}  # start tag of each camera's latest grant
         self._order = 0  # tie-break: arrival order
 
     def add(self, camera: str, weight: float) -> None:
@@ -82,6 +85,7 @@ class Scheduler:
     def _grant(self, camera: str, tag: float) -> None:
         self.free -= 1
         self.clock = tag
+        self._granted_at[camera] = tag
         self.next_tag[camera] = tag + 1.0 / self.weights.get(camera, 1.0)
 
     def _dispatch(self) -> None:
@@ -103,6 +107,15 @@ class Scheduler:
             return
         self.free += 1
         self._dispatch()
+
+    def release_unused(self, camera: str) -> None:
+        """Free the slot just granted to `camera` without charging it: nothing ran (no
+        frame, or its frame was dropped as stale), so its next request keeps the start tag
+        of this grant. Only what actually ran counts towards a camera's share."""
+        tag = self._granted_at.pop(camera, None)
+        if tag is not None:
+            self.next_tag[camera] = tag
+        self.release()
 
     def forget(self, camera: str) -> None:
         """A camera that stops: drop its early request, giving back a slot it was granted."""

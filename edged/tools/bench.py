@@ -107,30 +107,75 @@ def serial_loop(runner: ModelRunner, config: Config, n: int) -> dict[str, float]
     return {"fps": n / wall, "frames": n}
 
 
+def _all_running_from(received: dict[str, list[Message]], ended: set[str],
+                      names: set[str]) -> int | None:
+    """When the last camera's first result came (t_received_ns), once every camera has
+    sent one or ended; None before that."""
+    if not all(received.get(n) or n in ended for n in names):
+        return None
+    firsts = [received[n][0].t_received_ns for n in names if received.get(n)]
+    return max(firsts) if firsts else None
+
+
 def pipeline_run(models: Models, config: Config, n: int) -> dict[str, Any]:
+    """The real pipeline, `n` frames per camera, received by a real subscriber.
+
+    Several cameras: their first frames come at different times (a camera's start-up
+    takes longer on a loaded machine), so a fixed `n` frames each could end one camera
+    before another has begun, and shares of the model are only meaningful while all of
+    them run. So the run goes on until every camera has `n` results from the moment the
+    last one started (or has ended), and shares are counted in the window all ran.
+    """
     from edged.daemon.pipeline import Pipeline
 
     received: dict[str, list[Message]] = defaultdict(list)
     ended: set[str] = set()
     names = set(config.cameras)
+    several = len(names) > 1
     stop = threading.Event()
+    enough = threading.Event()  # several cameras: n results each while all ran
 
     def collect() -> None:
+        t_all: int | None = None  # when the last camera started
+        together: dict[str, int] = {}  # results per camera since then
         with Subscriber(config.publish.endpoints[0]) as sub:
             while not stop.is_set() and ended != names:
                 m = sub.recv(timeout=0.05)
                 if isinstance(m, Message):
                     received[m.camera].append(m)
+                    if t_all is not None:
+                        together[m.camera] += 1
                 elif isinstance(m, EndOfStream):
                     ended.add(m.camera)
+                else:
+                    continue
+                if not several or enough.is_set():
+                    continue
+                if t_all is None:
+                    t_all = _all_running_from(received, ended, names)
+                    if t_all is None:
+                        continue
+                    together = {c: sum(x.t_received_ns >= t_all for x in received[c])
+                                for c in names}
+                if all(c in ended or together[c] >= n for c in names):
+                    enough.set()
 
-    pipeline = Pipeline(config, models, frames=n)
+    pipeline = Pipeline(config, models, frames=None if several else n)
+
+    async def run() -> None:
+        task = asyncio.ensure_future(pipeline.run())
+        while not task.done() and not enough.is_set():
+            await asyncio.wait({task}, timeout=0.02)
+        if not task.done():
+            pipeline.stop()  # in-flight frames are finished and published
+        await task
+
     pipeline.bind()  # bound first, so the subscriber is connected before the first frame
     th = threading.Thread(target=collect, daemon=True)
     th.start()
     time.sleep(0.5)  # the subscription reaches the publisher (PUB/SUB slow joiner)
     t0 = time.perf_counter()
-    asyncio.run(pipeline.run())
+    asyncio.run(run())
     wall = time.perf_counter() - t0
     th.join(5)
     stop.set()
@@ -154,20 +199,38 @@ def pipeline_run(models: Models, config: Config, n: int) -> dict[str, Any]:
             "drops": None if snap is None else snap.drops.to_wire(),
             "late": None if snap is None else snap.late,
         }
-    # shares of the model while every camera was running (each stops after n frames, so
-    # whole-run rates would mix in the time after the fastest camera had finished)
-    lasts = [msgs[-1].t_received_ns for msgs in received.values() if msgs]
-    firsts = [msgs[0].t_received_ns for msgs in received.values() if msgs]
-    if len(lasts) == len(config.cameras) > 1 and min(lasts) > max(firsts):
-        t0, t1 = max(firsts), min(lasts)
-        counts = {name: sum(t0 <= m.t_received_ns <= t1 for m in received[name])
-                  for name in config.cameras}
-        together = sum(counts.values())
-        for name, c in counts.items():
-            cams[name]["fps_all_running"] = c / ((t1 - t0) / 1e9)
-            cams[name]["share_all_running"] = c / together if together else None
-    return {"cameras": cams, "total": {"received": total, "fps": total / wall,
-                                       "wall_s": wall}}
+    out: dict[str, Any] = {"cameras": cams, "total": {"received": total, "fps": total / wall,
+                                                      "wall_s": wall}}
+    if several:
+        shares, why = _shares_all_running(received, names)
+        for name in config.cameras:
+            cams[name].update(shares.get(name, {"fps_all_running": None,
+                                                "share_all_running": None}))
+        if why:
+            out["shares_all_running_missing"] = why
+    return out
+
+
+def _shares_all_running(received: dict[str, list[Message]], names: set[str]
+                        ) -> tuple[dict[str, dict[str, float | None]], str]:
+    """Each camera's fps and share of the results in the window all cameras ran (from
+    the last camera's first result to the first camera's last), or why there is none."""
+    silent = sorted(n for n in names if not received.get(n))
+    if silent:
+        return {}, f"no results from {', '.join(silent)}"
+    first = {n: received[n][0].t_received_ns for n in names}
+    last = {n: received[n][-1].t_received_ns for n in names}
+    t0, t1 = max(first.values()), min(last.values())
+    if t1 <= t0:
+        early = min(last, key=lambda n: last[n])
+        late = max(first, key=lambda n: first[n])
+        return {}, (f"the cameras never all ran at once: {early}'s last result came "
+                    f"{(t0 - t1) / 1e6:.0f} ms before {late}'s first")
+    counts = {n: sum(t0 <= m.t_received_ns <= t1 for m in received[n]) for n in names}
+    together = sum(counts.values())
+    return {n: {"fps_all_running": c / ((t1 - t0) / 1e9),
+                "share_all_running": c / together if together else None}
+            for n, c in counts.items()}, ""
 
 
 def bench(config: Config, models: Models, frames: int) -> dict[str, Any]:
@@ -224,10 +287,13 @@ def format_report(r: dict[str, Any]) -> str:
             lines.append(f"  {name}: nothing received")
             continue
         share = (f" ({c['fps_all_running']:.1f} fps, {c['share_all_running']:.0%} of the "
-                 f"model while all cameras ran)" if c.get("share_all_running") else "")
+                 f"model while all cameras ran)"
+                 if c.get("share_all_running") is not None else "")
         lines.append(f"  {name}: {c['received']} results, {fps} fps{share}, e2e p50/p90/p99 "
                      f"{e['p50']:.1f}/{e['p90']:.1f}/{e['p99']:.1f} ms; stages p50 ms: {st}; "
                      f"drops {c['drops']}, late {c['late']}")
+    if r["edged"].get("shares_all_running_missing"):
+        lines.append(f"  no shares of the model: {r['edged']['shares_all_running_missing']}")
     return "\n".join(lines)
 
 

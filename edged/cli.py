@@ -499,7 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="the pipeline vs a raw ONNX Runtime loop and a serial loop")
     b.add_argument("-c", "--config")
-    b.add_argument("--frames", type=int, default=300, help="frames per camera and per loop")
+    b.add_argument("--frames", type=int, default=300,
+                   help="frames per loop; with several cameras, at least N results per "
+                        "camera while all of them run (so shares always have a window)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 

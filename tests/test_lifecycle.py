@@ -142,6 +142,25 @@ def test_sighup_during_a_reload_is_queued_and_the_last_file_wins(tmp_path, test_
         stop_and_collect(d, sub, {"a", "c"})
 
 
+def test_sigterm_during_a_reload_exits_0_with_end_of_stream_for_every_camera(
+        tmp_path, test_model, start_daemon):
+    slow = slow_warmup_model(tmp_path / "slow.onnx", iterations=40000)  # a minute to warm
+    ep = f"ipc://{tmp_path}/e.sock"
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, [ep], cams(a=10, b=10))
+    with Collector(ep) as sub:
+        d = start_daemon(cfg)
+        d.wait_for("ready")
+        sub.wait(lambda ms: count("a", 2)(ms) and count("b", 2)(ms))
+        write_config(cfg, slow, [ep], cams(a=10, b=10, c=10))
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_for("SIGHUP: reloading")
+        time.sleep(0.5)  # the new model is warming up on its thread
+        assert "reload done" not in d.log()
+        eos = stop_and_collect(d, sub, {"a", "b"})
+    assert all(m.reason == "shutdown" for m in eos), eos
+    assert "camera c" not in d.log()  # the reload was abandoned before any change
+
+
 def test_sigterm_after_a_reload_that_changed_the_model_and_the_ladder(tmp_path,
                                                                      start_daemon):
     repo = Path(__file__).resolve().parents[1]

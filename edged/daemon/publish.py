@@ -120,8 +120,9 @@ class PublishStage:
         flags = (*result.flags, "late") if late and "late" not in result.flags \
             else result.flags
         # not late yet: judged again when the message is stamped, after the mask is encoded
-        msg = encode_stamped(result, self._encoder, send_mask=self.send_masks,
-                             budget_ms=budget.latency_ms, flags=flags)
+        capture_ns = result.t_capture_wall_ns
+        msg = encode_stamped(result, self._encoder, send_mask=self.send_masks, flags=flags,
+                             late_at=lambda now_ns: budget.is_late((now_ns - capture_ns) / 1e6))
         if msg.late:
             if budget.on_late == "drop":
                 counters.late_dropped += 1

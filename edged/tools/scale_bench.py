@@ -118,6 +118,10 @@ def measure(n: int, width: int, height: int, fps: float, settle: float,
             "stop_s": stop, "eos": len(eos), "exit": code}
 
 
+def _fmt(v: float | None, digits: int = 1) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cameras", type=int, nargs="+", default=[1, 8, 32, 100])
@@ -131,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for n in args.cameras:
         r = measure(n, w, h, args.fps, args.settle)
-        print(f"| {n} | {w}x{h} | {r['rss_mb']:.0f} | {r['threads']} | {r['ready_s']:.1f} | "
-              f"{r['all_s']:.1f} | "
-              f"{r['stop_s']:.1f} | {r['eos']}/{n} | {r['exit']} |", flush=True)
+        print(f"| {n} | {w}x{h} | {_fmt(r['rss_mb'], 0)} | {r['threads']} | "
+              f"{_fmt(r['ready_s'])} | {_fmt(r['all_s'])} | {_fmt(r['stop_s'])} | "
+              f"{r['eos']}/{n} | {r['exit']} |", flush=True)
     return 0
 
 

@@ -11,7 +11,7 @@ thread, decoding by subscribers (see `edged.wire.client`).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -182,13 +182,14 @@ class Stamped:
 
 
 def encode_stamped(result: Result, encoder: MaskEncoder | None, send_mask: bool = True,
-                   budget_ms: float | None = None,
+                   late_at: Callable[[int], bool] | None = None,
                    flags: tuple[str, ...] | None = None) -> Stamped:
-    """`encode_result` with the budget verdict taken at the stamp; `result` is not changed.
+    """`encode_result` that asks whether the result is late at the moment it is stamped;
+    `result` is not changed.
 
-    `flags` replaces `result.flags` in the message. With `budget_ms`, a result whose
-    capture-to-publish time exceeds it when it is stamped gets the `late` flag: judged at
-    the stamp, so no flag can disagree with the message's own timestamps.
+    `flags` replaces `result.flags` in the message. `late_at(t_publish_ns)` is the
+    caller's budget rule (edged.daemon.publish): asked at the stamp, so no `late` flag can
+    disagree with the message's own timestamps.
     """
     check_camera(result.camera)
     flags = result.flags if flags is None else flags
@@ -230,8 +231,7 @@ def encode_stamped(result: Result, encoder: MaskEncoder | None, send_mask: bool 
                                                 result.frame_w, result.frame_h)
     header["t_publish_ns"] = now = time.time_ns()
     late = "late" in flags
-    if (budget_ms is not None and not late
-            and (now - result.t_capture_wall_ns) / 1e6 > budget_ms):
+    if not late and late_at is not None and late_at(now):
         late = True
         header["flags"] = [*flags, "late"]
     frames = [topic(result.camera, TOPIC_RESULT), _packb(header)]

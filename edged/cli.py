@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
+# numpy and the rest load inside the commands: importing this module must be quick, since
+# `edged run` installs its signal handlers only once it is imported (EarlySignals)
 if TYPE_CHECKING:
     from edged.config import Config
     from edged.inference.pool import WorkerPlan
@@ -108,7 +108,7 @@ def report_error(command: str, e: BaseException, *, logged: bool = False) -> int
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edged.daemon.lifecycle import EarlySignals
+    from edged.daemon.signals import EarlySignals
 
     # from the first instant: a SIGHUP or SIGTERM during start-up is recorded, not fatal
     early = EarlySignals()
@@ -187,6 +187,8 @@ class _EchoThread:
 def mask_summary(msg: Message) -> str:
     if msg.mask is None:
         return "-"
+    import numpy as np
+
     counts = np.bincount(msg.mask.ravel(), minlength=len(msg.mask_classes))
     total = max(int(counts.sum()), 1)
     return " ".join(f"{msg.mask_classes[i] if i < len(msg.mask_classes) else i} "
@@ -316,6 +318,8 @@ def cmd_echo(args: argparse.Namespace) -> int:
             n += 1
             present: list[str] = []
             if msg.mask is not None:
+                import numpy as np
+
                 ids = np.unique(msg.mask)
                 present = [msg.mask_classes[i] if i < len(msg.mask_classes) else str(i)
                            for i in ids]

@@ -24,7 +24,6 @@ import signal
 import sys
 import threading
 import time
-from types import FrameType
 
 from edged.config import Config
 from edged.daemon.metrics import MetricsError
@@ -32,12 +31,12 @@ from edged.daemon.metrics import bind as bind_metrics
 from edged.daemon.notify import Notifier
 from edged.daemon.pipeline import SINK_CLOSE_S, Pipeline, make_stage
 from edged.daemon.publish import PublishStage
+from edged.daemon.signals import HANDLED, EarlySignals
 from edged.daemon.threads import BlockingCalls
 
 log = logging.getLogger("edged.daemon.lifecycle")
 
 STOP_DEADLINE_S = 10.0
-_HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class State(enum.StrEnum):
@@ -46,18 +45,6 @@ class State(enum.StrEnum):
     RELOADING = "reloading"
     STOPPING = "stopping"
     STOPPED = "stopped"
-
-
-class EarlySignals:
-    """Records the daemon's signals until the event loop takes them over."""
-
-    def __init__(self) -> None:
-        self.received: list[signal.Signals] = []
-        for s in _HANDLED:
-            signal.signal(s, self._record)
-
-    def _record(self, signum: int, _frame: FrameType | None) -> None:
-        self.received.append(signal.Signals(signum))
 
 
 class Daemon:
@@ -104,7 +91,7 @@ class Daemon:
                     self.stop(s)
 
     def _uninstall(self, loop: asyncio.AbstractEventLoop) -> None:
-        for s in _HANDLED:
+        for s in HANDLED:
             loop.remove_signal_handler(s)
 
     def stop(self, sig: signal.Signals | None = None) -> None:

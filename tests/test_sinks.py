@@ -242,3 +242,25 @@ def test_sink_counts_reach_the_log_stats_and_prometheus(tmp_path, test_model, st
         assert 'edged_sink_delivered_total{sink="zmq"}' in body.decode()
         assert d.terminate()[0] == 0
     assert "sink zmq: delivered " in d.log()  # the final line names every sink
+
+
+def test_a_stuck_sink_does_not_hold_up_an_end_of_stream():
+    gate = threading.Event()
+    stuck, fine = Recorder("stuck", gate), Recorder("fine")
+    stage = PublishStage([SinkRunner(stuck), SinkRunner(fine)], MaskEncoder(),
+                         send_masks=False)
+    stage.start()
+    budget, counters = Budget(10_000.0), Counters()
+
+    async def main() -> float:
+        await stage.publish(budget, counters, replace(make_result(seq=1), flags=()), None)
+        t = time.monotonic()
+        await stage.end_of_stream("cam1", "shutdown", timeout=0.3)
+        return time.monotonic() - t
+
+    waited = asyncio.run(main())
+    assert 0.3 <= waited < 5.0  # bounded by the timeout, not by the stuck sink
+    gate.set()
+    stage.close(5)
+    assert fine.items == [("outcome", 1), ("eos", "cam1")]
+    assert stuck.items == [("outcome", 1), ("eos", "cam1")]  # delivered once unstuck

@@ -31,6 +31,8 @@ from edged.wire.codec import MaskEncoder, encode_stamped
 
 log = logging.getLogger("edged.daemon.publish")
 
+EOS_WAIT_S = 2.0  # how long a camera's end-of-stream waits for each sink to handle it
+
 
 class PublishCounters(Protocol):
     """The publish-side counters of one camera (see `edged.daemon.pipeline.CameraStats`)."""
@@ -75,15 +77,21 @@ class PublishStage:
         """A control message (state, stats, model event) to every sink, in order."""
         self.call(lambda: self._control(frames))
 
-    async def end_of_stream(self, camera: str, reason: str) -> None:
+    async def end_of_stream(self, camera: str, reason: str,
+                            timeout: float = EOS_WAIT_S) -> None:
         """Queue `camera`'s end-of-stream behind its results and wait until every sink
-        has handled it (each sink is bounded by its own close timeout at stop)."""
+        has handled it, or `timeout`: a sink stuck in a delivery must not hold up a stop
+        (it keeps the end-of-stream queued, and is closed with a bound of its own)."""
         fut = self.call(lambda: None)  # everything the stage holds reaches the sinks first
         if fut is not None:
             await asyncio.wrap_future(fut)
-        waits = [asyncio.wrap_future(s.end_of_stream(camera, reason)) for s in self.sinks]
-        if waits:
-            await asyncio.gather(*waits)
+        waits = {asyncio.wrap_future(s.end_of_stream(camera, reason)): s for s in self.sinks}
+        if not waits:
+            return
+        _, late = await asyncio.wait(waits, timeout=timeout)
+        for w in late:
+            log.error("camera %s: sink %s has not handled the end-of-stream within %.1f s",
+                      camera, waits[w].sink.name, timeout)
 
     def sink_stats(self) -> list[SinkStats]:
         return [s.stats for s in self.sinks]

@@ -17,6 +17,7 @@ from test_reload import cams, count
 
 from edged.wire.client import Subscriber
 from edged.wire.codec import EndOfStream, Message
+from edged.wire.telemetry import Stats
 
 STOP_S = 5.0
 
@@ -33,7 +34,7 @@ class Collector:
     what follows, end-of-stream included."""
 
     def __init__(self, endpoint: str) -> None:
-        self.sub = Subscriber(endpoint)
+        self.sub = Subscriber(endpoint, stats=True)
         self.got: list = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -59,6 +60,12 @@ class Collector:
     def messages(self) -> list:
         with self._lock:
             return list(self.got)
+
+    def wait_subscribed(self) -> None:
+        """Until a `_stats` message arrives: from then on nothing published is missed
+        (PUB/SUB drops whatever is sent before the subscription reaches the socket)."""
+        got = self.wait(lambda ms: any(isinstance(m, Stats) for m in ms))
+        assert any(isinstance(m, Stats) for m in got), "no _stats message within 20 s"
 
     def wait(self, pred, timeout: float = 20.0) -> list:
         end = time.monotonic() + timeout
@@ -190,10 +197,11 @@ def test_stop_with_a_tiny_max_fps_is_prompt(tmp_path, test_model, start_daemon):
     with Collector(ep) as sub:
         d = start_daemon(cfg)
         d.wait_for("ready")
-        msgs = sub.wait(count("slow", 1))
-        assert any(isinstance(m, Message) for m in msgs), d.log()
-        time.sleep(0.5)  # now inside the 20 s wait for the next slot
+        # a _stats message comes a second after ready: the first frame went through at
+        # once, the camera now waits 20 s for its next slot
+        sub.wait_subscribed()
         stop_and_collect(d, sub, {"slow"})
+    assert "final slow: " in d.log() and ", 1 frames in " in d.log(), d.log()
 
 
 def test_stop_during_reconnect_backoff(tmp_path, test_model, start_daemon):

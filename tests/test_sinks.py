@@ -18,6 +18,7 @@ from edged.daemon.sinks import Outcome, Sink, SinkRunner, ZmqSink
 from edged.wire.client import Subscriber
 from edged.wire.codec import EndOfStream, MaskEncoder, Message, decode
 from edged.wire.publisher import Publisher
+from edged.wire.telemetry import Stats, encode_stats
 
 
 class Recorder(Sink):
@@ -182,11 +183,14 @@ async def _publish_then_eos(stage, budget, counters, res) -> None:
 
 def test_zmq_sink_publishes_and_ends_each_camera_with_its_last_seq(tmp_path):
     ep = f"ipc://{tmp_path}/s.sock"
-    with Subscriber(ep) as sub:
+    with Subscriber(ep, stats=True) as sub:
         stage = PublishStage([SinkRunner(ZmqSink(Publisher([ep])))], MaskEncoder(),
                              send_masks=False)
         stage.start()
-        time.sleep(0.5)  # PUB/SUB slow joiner
+        # PUB/SUB slow joiner: control messages until one arrives, then nothing is missed
+        end = time.monotonic() + 20
+        while time.monotonic() < end and not isinstance(sub.recv(timeout=0.1), Stats):
+            stage.control(encode_stats({}, 1.0))
         budget, counters = Budget(10_000.0), Counters()
 
         async def main() -> None:
@@ -203,7 +207,7 @@ def test_zmq_sink_publishes_and_ends_each_camera_with_its_last_seq(tmp_path):
         end = time.monotonic() + 5
         while time.monotonic() < end and not any(isinstance(m, EndOfStream) for m in got):
             m = sub.recv(timeout=0.2)
-            if m is not None:
+            if m is not None and not isinstance(m, Stats):
                 got.append(m)
     assert [m.seq for m in got if isinstance(m, Message)] == [4, 5, 6]
     assert isinstance(got[-1], EndOfStream) and got[-1].last_seq == 6

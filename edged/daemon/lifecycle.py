@@ -17,7 +17,6 @@ stopped.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import os
 import signal
@@ -39,14 +38,6 @@ log = logging.getLogger("edged.daemon.lifecycle")
 STOP_DEADLINE_S = 10.0
 
 
-class State(enum.StrEnum):
-    STARTING = "starting"
-    READY = "ready"
-    RELOADING = "reloading"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-
-
 class Daemon:
     """`edged run`: owns the publish stage, the model load and the pipeline."""
 
@@ -62,19 +53,7 @@ class Daemon:
         self.blocking = BlockingCalls()
         self._stopping = asyncio.Event()
         self._reload_pending = False
-        self._stopped = False
         self._deadline: threading.Timer | None = None
-
-    @property
-    def state(self) -> State:
-        p = self.pipeline
-        if self._stopped:
-            return State.STOPPED
-        if self._stopping.is_set():
-            return State.STOPPING
-        if p is None or not p.ready.is_set():
-            return State.STARTING
-        return State.RELOADING if p.reloading else State.READY
 
     # ------------------------------------------------------------------ signals
 
@@ -141,7 +120,6 @@ class Daemon:
             return await self._run()
         finally:
             self._uninstall(loop)
-            self._stopped = True
             if self._deadline is not None:
                 self._deadline.cancel()
 
@@ -201,8 +179,8 @@ class Daemon:
         """Stopped while the model loaded: every camera that would have run gets its
         end-of-stream, then the sinks close."""
         names = [n for n, c in self.config.cameras.items() if c.enabled]
-        for name in names:
-            await stage.end_of_stream(name, "shutdown")
+        # all at once, as the camera loops would: each waits for the sinks on its own
+        await asyncio.gather(*(stage.end_of_stream(n, "shutdown") for n in names))
         stage.close(SINK_CLOSE_S)
         log.info("stopped before ready: end of stream published for %d camera(s)",
                  len(names))

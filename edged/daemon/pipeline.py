@@ -272,7 +272,7 @@ class Pipeline:
                 # and no reload is under way
                 while True:
                     pending = [t for t in self._tasks.values() if not t.done()]
-                    if self._reload_task is not None and not self._reload_task.done():
+                    if self._reload_task is not None and self.reloading:
                         pending.append(self._reload_task)
                     if not pending:
                         break
@@ -290,12 +290,8 @@ class Pipeline:
                 cam.capture.join(timeout=max(0.0, deadline - time.monotonic()))
             self.pool.shutdown()
             stage.close(SINK_CLOSE_S)
-            self._log_stats(time.monotonic() - started, final=True)
-            ps = self.pool.stats
-            log.info("final inference: %d frames in %d runs (mean batch %.2f, largest %d), "
-                     "%d worker(s) recreated, variant %s", ps.frames, ps.batches,
-                     ps.frames / max(ps.batches, 1), ps.largest_batch, ps.recreated,
-                     self.runner.model_id)
+            final = self._log_stats(time.monotonic() - started, final=True)
+            log.info("%s", final.inference.log_line(self.runner.model_id))
         if self.pool.failed is not None:
             return 1
         if all(c.capture.state == CameraState.FAILED for c in self.cameras.values()):
@@ -436,7 +432,7 @@ class Pipeline:
                 cam.handoff.close()
             # a reload under way ends where it is: cameras it stopped have had their
             # end-of-stream, and it starts no new ones
-            if self._reload_task is not None and not self._reload_task.done():
+            if self._reload_task is not None and self.reloading:
                 self._reload_task.cancel()
             # frames in flight are finished and published, but a wedged run must not hold
             # the stop hostage: after DRAIN_S it is given up and its frame counted an error

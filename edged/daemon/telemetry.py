@@ -202,6 +202,12 @@ class InferenceCounters:
     largest_batch: int = 0
     recreated: int = 0  # workers replaced after a stuck run
 
+    def log_line(self, variant: str) -> str:
+        """The final line at exit, with the variant running then."""
+        return (f"final inference: {self.frames} frames in {self.batches} runs (mean batch "
+                f"{self.frames / max(self.batches, 1):.2f}, largest {self.largest_batch}), "
+                f"{self.recreated} worker(s) recreated, variant {variant}")
+
 
 @dataclass(frozen=True, slots=True)
 class SinkStats:

@@ -20,12 +20,12 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
 
 from edged.config import Config
-from edged.daemon.metrics import MetricsError
 from edged.daemon.metrics import bind as bind_metrics
 from edged.daemon.notify import Notifier
 from edged.daemon.pipeline import SINK_CLOSE_S, Pipeline, make_stage
@@ -125,40 +125,37 @@ class Daemon:
 
     async def _run(self) -> int:
         from edged.inference.pool import load_models
-        from edged.inference.runner import ModelError
-        from edged.wire.publisher import PublishError
 
+        # A bind or model error propagates to `edged.cli.main`, the one place errors
+        # become messages (the same text `edged check` prints); what was opened for the
+        # start is closed first.
         cfg = self.config
+        stage = make_stage(cfg)
+        metrics_sock: socket.socket | None = None
         try:
-            stage = make_stage(cfg)
-        except PublishError as e:
-            log.error("%s", e)
-            return 1
-        # listening before READY too: a metrics port in use ends the start here
-        try:
-            metrics_sock = bind_metrics(cfg.log.metrics) if cfg.log.metrics else None
-        except MetricsError as e:
-            log.error("%s", e)
+            # listening before READY too: a metrics port in use ends the start here
+            if cfg.log.metrics:
+                metrics_sock = bind_metrics(cfg.log.metrics)
+            t = time.perf_counter()
+            load = asyncio.ensure_future(self.blocking.run(load_models, cfg,
+                                                           name="load-model"))
+            stopping = asyncio.ensure_future(self._stopping.wait())
+            await asyncio.wait({load, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not load.done():
+                load.cancel()  # the loading thread is a daemon: the process need not wait
+                models = None
+            else:
+                models = load.result()
+        except BaseException:
+            if metrics_sock is not None:
+                metrics_sock.close()
             stage.close(SINK_CLOSE_S)
-            return 1
-        t = time.perf_counter()
-        load = asyncio.ensure_future(self.blocking.run(load_models, cfg, name="load-model"))
-        stopping = asyncio.ensure_future(self._stopping.wait())
-        await asyncio.wait({load, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if not load.done():
-            load.cancel()  # the loading thread is a daemon: the process need not wait
+            raise
+        if models is None:
             if metrics_sock is not None:
                 metrics_sock.close()
             return await self._stop_before_ready(stage)
-        stopping.cancel()
-        try:
-            models = load.result()
-        except ModelError as e:
-            log.error("%s", e)
-            stage.close(SINK_CLOSE_S)
-            if metrics_sock is not None:
-                metrics_sock.close()
-            return 1
         runner = models.rungs[0]
         log.info("model %s (%s) loaded on %s, %d worker(s) x %d thread(s) (%d cores), "
                  "%.1f ms per frame; loaded and warmed up in %.0f ms", runner.model_id,

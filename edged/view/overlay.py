@@ -1,0 +1,137 @@
+"""What the view draws: the camera frame with the class mask blended in, instance masks,
+and boxes labelled with class name and score.
+
+Colours are fixed per class index (not per name), so a legend built from the manifest's
+class names matches every frame; a mask class named like a background is left clear.
+Runs on the view sink's thread; never on the event loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from edged.results import Frame, Result, instance_extents
+
+MASK_ALPHA = 0.5  # share of the class colour in a masked pixel
+BACKGROUND_NAMES = frozenset({"background", "bg", "unlabeled", "unlabelled", "void", "other"})
+
+# BGR, saturated, distinct from grass green and from each other; index 0 is usually the
+# background (left clear when its name says so)
+MASK_COLOURS: tuple[tuple[int, int, int], ...] = (
+    (128, 128, 128), (0, 215, 255), (255, 40, 150), (255, 160, 0), (0, 90, 255),
+    (200, 0, 255), (255, 255, 0), (80, 0, 160), (0, 255, 140), (160, 80, 0),
+    (255, 120, 255), (0, 160, 160),
+)
+BOX_COLOURS: tuple[tuple[int, int, int], ...] = (
+    (40, 40, 255), (255, 200, 0), (255, 0, 255), (0, 255, 255), (0, 140, 255),
+    (255, 80, 80), (120, 255, 120), (200, 200, 255),
+)
+
+
+def mask_colour(index: int) -> tuple[int, int, int]:
+    return MASK_COLOURS[index % len(MASK_COLOURS)]
+
+
+def box_colour(index: int) -> tuple[int, int, int]:
+    return BOX_COLOURS[index % len(BOX_COLOURS)]
+
+
+def is_background(name: str) -> bool:
+    return name.strip().lower() in BACKGROUND_NAMES
+
+
+def css(bgr: tuple[int, int, int]) -> str:
+    b, g, r = bgr
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+@dataclass(frozen=True, slots=True)
+class Legend:
+    """The page's legend: class names with their colours (CSS hex)."""
+
+    mask: tuple[tuple[str, str], ...]  # (name, colour); background classes left out
+    boxes: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, result: Result) -> Legend:
+        return cls(tuple((n, css(mask_colour(i))) for i, n in enumerate(result.mask_classes)
+                         if not is_background(n)),
+                   tuple((n, css(box_colour(i))) for i, n in enumerate(result.class_names)))
+
+    def to_json(self) -> dict[str, list[list[str]]]:
+        return {"mask": [list(p) for p in self.mask], "boxes": [list(p) for p in self.boxes]}
+
+
+class Overlay:
+    """Draws results onto their frames; keeps a colour table per set of mask classes."""
+
+    def __init__(self) -> None:
+        self._lut_for: tuple[str, ...] | None = None
+        self._lut = np.zeros((256, 3), np.uint8)
+        self._paint = np.zeros(256, np.uint8)  # 1 where the class gets a colour
+
+    def _tables(self, classes: tuple[str, ...]) -> None:
+        if classes == self._lut_for:
+            return
+        self._lut[:] = 0
+        self._paint[:] = 0
+        for i, name in enumerate(classes[:256]):
+            if not is_background(name):
+                self._lut[i] = mask_colour(i)
+                self._paint[i] = 1
+        self._lut_for = classes
+
+    def draw(self, frame: Frame, result: Result) -> np.ndarray:
+        """A new BGR image: `frame` with `result` drawn on it (the frame is not changed)."""
+        img = frame.image
+        out = img.copy()
+        h, w = img.shape[:2]
+        mask = result.mask_camera()
+        if mask is not None and mask.shape == (h, w):
+            self._tables(result.mask_classes)
+            paint = self._paint[mask]
+            if paint.any():
+                colour = self._lut[mask]
+                blended = cv2.addWeighted(img, 1.0 - MASK_ALPHA, colour, MASK_ALPHA, 0.0)
+                cv2.copyTo(blended, paint, out)
+        det = result.detections
+        boxes = np.asarray(det.boxes, np.float32).reshape(-1, 4)
+        ids = np.asarray(det.class_ids).reshape(-1)
+        if det.instance_masks is not None and len(boxes):
+            for (x0, y0, x1, y1), m, c in zip(instance_extents(boxes), det.instance_masks, ids):
+                x0c, y0c, x1c, y1c = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+                if x1c <= x0c or y1c <= y0c:
+                    continue
+                sub = m[y0c - y0:y1c - y0, x0c - x0:x1c - x0]
+                roi = out[y0c:y1c, x0c:x1c]
+                tint = np.empty_like(roi)
+                tint[:] = box_colour(int(c))
+                cv2.copyTo(cv2.addWeighted(roi, 1.0 - MASK_ALPHA, tint, MASK_ALPHA, 0.0),
+                           sub, roi)
+        thick = max(2, round(min(w, h) / 240))
+        scale = max(0.4, min(w, h) / 800)
+        for (x1, y1, x2, y2), c, s in zip(boxes, ids, np.asarray(det.scores).reshape(-1)):
+            col = box_colour(int(c))
+            p1 = (int(round(x1)), int(round(y1)))
+            p2 = (int(round(x2)), int(round(y2)))
+            cv2.rectangle(out, p1, p2, col, thick, cv2.LINE_AA)
+            name = result.class_names[int(c)] if 0 <= int(c) < len(result.class_names) \
+                else str(int(c))
+            label = f"{name} {float(s):.2f}"
+            (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+            ty = p1[1] - 3 if p1[1] - th - base - 3 >= 0 else p2[1] + th + 3
+            cv2.rectangle(out, (p1[0], ty - th - 2), (p1[0] + tw + 4, ty + base - 1), col,
+                          cv2.FILLED)
+            cv2.putText(out, label, (p1[0] + 2, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                        (0, 0, 0), 1, cv2.LINE_AA)
+        return out
+
+
+def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()

@@ -367,7 +367,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except ModelError as e:
         print(f"edged bench: {e}", file=sys.stderr)
         return 1
-    report = bench(cfg, models, args.frames)
+    if args.view:
+        from edged.view import require_aiohttp
+
+        require_aiohttp()
+    report = bench(cfg, models, args.frames, with_view=args.view)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -519,6 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--frames", type=int, default=300,
                    help="frames per loop; with several cameras, at least N results per "
                         "camera while all of them run (so shares always have a window)")
+    b.add_argument("--view", action="store_true",
+                   help="also run the pipeline with the live view on, without and with a "
+                        "connected viewer, and report both")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 

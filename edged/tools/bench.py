@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,8 @@ def _all_running_from(received: dict[str, list[Message]], ended: set[str],
     return max(firsts) if firsts else None
 
 
-def pipeline_run(models: Models, config: Config, n: int) -> dict[str, Any]:
+def pipeline_run(models: Models, config: Config, n: int,
+                 on_bound: Callable[[], None] | None = None) -> dict[str, Any]:
     """The real pipeline, `n` frames per camera, received by a real subscriber.
 
     Several cameras: their first frames come at different times (a camera's start-up
@@ -171,6 +173,8 @@ def pipeline_run(models: Models, config: Config, n: int) -> dict[str, Any]:
         await task
 
     pipeline.bind()  # bound first, so the subscriber is connected before the first frame
+    if on_bound is not None:
+        on_bound()
     th = threading.Thread(target=collect, daemon=True)
     th.start()
     time.sleep(0.5)  # the subscription reaches the publisher (PUB/SUB slow joiner)
@@ -233,7 +237,85 @@ def _shares_all_running(received: dict[str, list[Message]], names: set[str]
             for n, c in counts.items()}, ""
 
 
-def bench(config: Config, models: Models, frames: int) -> dict[str, Any]:
+class _Viewer:
+    """A browser's part, without the browser: a WebSocket client of the live view that
+    takes every frame it is sent (on a thread and loop of its own)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.frames = 0
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self.connected.wait(10):
+            raise RuntimeError(f"bench: the view at {self.url} did not accept a viewer")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    async def _run(self) -> None:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as s:
+            for _ in range(100):
+                try:
+                    ws = await s.ws_connect(self.url)
+                    break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.1)
+            else:
+                return
+            self.connected.set()
+            async with ws:
+                while not self._stop.is_set():
+                    try:
+                        msg = await ws.receive(timeout=0.1)
+                    except TimeoutError:
+                        continue
+                    if msg.type == aiohttp.WSMsgType.BINARY:
+                        self.frames += 1
+                    elif msg.type != aiohttp.WSMsgType.TEXT:
+                        return
+
+
+def _summary(run: dict[str, Any]) -> dict[str, Any]:
+    cams = run["cameras"].values()
+    return {"fps": run["total"]["fps"],
+            "inference_ms_p50": [c["stages_ms_p50"].get("inference") for c in cams],
+            "e2e_ms": [c["e2e_ms"] for c in cams]}
+
+
+def view_cost(config: Config, models: Models, frames: int) -> dict[str, Any]:
+    """The pipeline with the live view on, without and then with a connected viewer."""
+    import socket
+
+    from edged.config import ViewConfig
+
+    view = config.view
+    if view is None:
+        with socket.socket() as s:  # a free loopback port for the view
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        view = ViewConfig(listen=f"127.0.0.1:{port}")
+    cfg = config.model_copy(update={"view": view})
+    token = f"?token={view.token}" if view.token else ""
+    host, _, port_s = view.listen.rpartition(":")
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '*') else host}:{port_s}/ws{token}"
+    unwatched = pipeline_run(models, cfg, frames)
+    viewer = _Viewer(url)
+    watched = pipeline_run(models, cfg, frames, on_bound=viewer.start)
+    viewer.stop()
+    return {"view": {"listen": view.listen, "fps": view.fps, "quality": view.quality},
+            "no_viewer": _summary(unwatched),
+            "one_viewer": {**_summary(watched), "frames_received": viewer.frames}}
+
+
+def bench(config: Config, models: Models, frames: int, with_view: bool = False
+          ) -> dict[str, Any]:
     runner = models.rungs[0]
     workers = models.plan.workers
     name, cam = next(iter(config.cameras.items()))
@@ -262,6 +344,7 @@ def bench(config: Config, models: Models, frames: int) -> dict[str, Any]:
         "ratios": {"edged_vs_raw": ef / raw["fps"], "edged_vs_raw_parallel": ef / raw_par["fps"],
                    "edged_vs_serial": ef / serial["fps"]},
         "overhead_ms_p50": [None if a is None or b is None else a - b for a, b in zip(e2e, inf)],
+        "view": view_cost(config, models, frames) if with_view else None,
     }
 
 
@@ -294,6 +377,18 @@ def format_report(r: dict[str, Any]) -> str:
                      f"drops {c['drops']}, late {c['late']}")
     if r["edged"].get("shares_all_running_missing"):
         lines.append(f"  no shares of the model: {r['edged']['shares_all_running_missing']}")
+    v = r.get("view")
+    if v:
+        lines.append(f"live view ({v['view']['listen']}, {v['view']['fps']:g} fps per camera, "
+                     f"JPEG quality {v['view']['quality']}):")
+        for label, key in (("no viewer ", "no_viewer"), ("one viewer", "one_viewer")):
+            x = v[key]
+            e2e = ", ".join(f"{e['p50']:.1f}/{e['p99']:.1f}" for e in x["e2e_ms"]
+                            if e["p50"] is not None)
+            inf = ", ".join(f"{i:.2f}" for i in x["inference_ms_p50"] if i is not None)
+            extra = f", {x['frames_received']} frames shown" if "frames_received" in x else ""
+            lines.append(f"  {label}: {x['fps']:.1f} fps, inference p50 {inf} ms, "
+                         f"e2e p50/p99 {e2e} ms{extra}")
     return "\n".join(lines)
 
 

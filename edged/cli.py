@@ -53,6 +53,7 @@ _USER_ERRORS: tuple[tuple[str, str, str], ...] = (
     ("edged.wire.publisher", "PublishError", "publish.endpoints: "),
     ("edged.daemon.listen", "ListenError", ""),
     ("edged.view", "ViewError", "view: "),
+    ("edged.foxglove", "FoxgloveError", ""),
     ("edged.inference.pool", "WorkersExhausted", ""),
     ("edged.tools.inspection", "InspectError", ""),
     ("edged.tools.quantize", "QuantizeError", ""),
@@ -258,6 +259,7 @@ def _try_binds(cfg: Config) -> None:
     too), and release it: PublishError or ListenError when one cannot be bound."""
     from edged.daemon.listen import bind_tcp
     from edged.daemon.metrics import bind as bind_metrics
+    from edged.foxglove import require_foxglove
     from edged.view import require_aiohttp
     from edged.wire.publisher import Publisher, release_ipc
 
@@ -275,6 +277,14 @@ def _try_binds(cfg: Config) -> None:
                 held.append(bind_tcp(cfg.view.listen, "view.listen"))
                 print(f"view: http://{cfg.view.listen}/: bound OK"
                       + (" (token required)" if cfg.view.token else ""))
+            if cfg.foxglove is not None:
+                require_foxglove()
+                import foxglove
+
+                from edged.foxglove.sink import start_server
+
+                start_server(cfg.foxglove, foxglove.Context()).stop()
+                print(f"foxglove: ws://{cfg.foxglove.listen}: bound OK")
     finally:
         for sock in held:
             sock.close()

@@ -91,7 +91,7 @@ MAX_STATS_INTERVAL_S: Final = 3600.0
 # beyond it start-up and stop outgrow systemd's timeouts, so more is a config error.
 MAX_CAMERAS: Final = 128
 FILE_SECTIONS: Final = ("model", "camera_defaults", "cameras", "publish", "budget", "log",
-                        "view")
+                        "view", "foxglove")
 
 Loc = tuple[str | int, ...]
 
@@ -584,6 +584,35 @@ class ViewConfig(_Frozen):
         return self
 
 
+class FoxgloveConfig(_Frozen):
+    """Foxglove live (`edged[foxglove]`): a Foxglove WebSocket server in the daemon."""
+
+    listen: str = "127.0.0.1:8765"  # HOST:PORT
+    quality: Int = Field(80, ge=10, le=100)  # JPEG quality of the camera image channel
+    # the Foxglove WebSocket protocol has no authentication: off loopback only on request
+    allow_remote: bool = False
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_address(cls, value: str) -> str:
+        try:
+            parse_host_port(value)
+        except ValueError as e:
+            raise _custom_error("listen_address", str(e)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _remote_on_request(self) -> FoxgloveConfig:
+        if not self.allow_remote and not is_loopback_host(parse_host_port(self.listen).host):
+            raise _custom_error(
+                "foxglove_remote",
+                f"foxglove.listen {self.listen!r} is reachable from other machines, and the "
+                "Foxglove WebSocket protocol has no authentication: listen on 127.0.0.1 and "
+                "tunnel (ssh -L 8765:127.0.0.1:8765 robot), or set foxglove.allow_remote: "
+                "true on a trusted network")
+        return self
+
+
 class Config(_Frozen):
     model: ModelConfig
     cameras: dict[CameraName, CameraConfig]  # camera_defaults and budget already merged in
@@ -591,6 +620,7 @@ class Config(_Frozen):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     view: ViewConfig | None = None  # the live view; None: off
+    foxglove: FoxgloveConfig | None = None  # Foxglove live; None: off
     source_file: Path | None = None  # None: parsed from a string
 
     @field_validator("cameras")

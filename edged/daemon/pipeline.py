@@ -369,6 +369,8 @@ class Pipeline:
                 kept.append("publish")
             if new.view != old.view:
                 kept.append("view")
+            if new.foxglove != old.foxglove:
+                kept.append("foxglove")
             # the worker plan and the batch size shape the running pool
             fixed = ("workers", "threads", "batch")
             kept += [f"model.{k}" for k in fixed
@@ -377,7 +379,7 @@ class Pipeline:
                 log.warning("reload: %s changed; restart edged to apply (kept as running)",
                             ", ".join(kept))
             new = new.model_copy(update={
-                "publish": old.publish, "view": old.view,
+                "publish": old.publish, "view": old.view, "foxglove": old.foxglove,
                 "model": new.model.model_copy(update={k: getattr(old.model, k)
                                                       for k in fixed})})
             if new.model != old.model:
@@ -703,6 +705,18 @@ def make_stage(config: Config) -> PublishStage:
             sinks.append(SinkRunner(make_view_sink(config.view, names), queue_size=2))
         except BaseException:
             publisher.close()
+            raise
+    if config.foxglove is not None:
+        from edged.foxglove import require_foxglove
+
+        try:
+            require_foxglove()
+            from edged.foxglove.sink import FoxgloveSink
+
+            sinks.append(SinkRunner(FoxgloveSink(config.foxglove, names), queue_size=4))
+        except BaseException:
+            for s in sinks:
+                s.sink.close()  # not started yet: closes the sockets they bound
             raise
     stage = PublishStage(sinks, MaskEncoder(pc.mask_encoding, pc.zstd_level),
                          send_masks=pc.send_masks)

@@ -84,6 +84,11 @@ class Overlay:
                 self._paint[i] = 1
         self._lut_for = classes
 
+    def colours(self, classes: tuple[str, ...]) -> np.ndarray:
+        """256x3 BGR, the colour of each class index (black for background classes)."""
+        self._tables(classes)
+        return self._lut
+
     def draw(self, frame: Frame, result: Result) -> np.ndarray:
         """A new BGR image: `frame` with `result` drawn on it (the frame is not changed)."""
         img = frame.image

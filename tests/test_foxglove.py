@@ -1,0 +1,199 @@
+"""Foxglove live: a real Foxglove WebSocket client (tests/foxglove_client.py) subscribes
+to the daemon's channels, decodes every message with the schemas the server advertised,
+and checks them against the ZeroMQ output of the same frames and the synthetic scene's
+ground truth."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from conftest import free_port
+from foxglove_client import collect
+from test_daemon import run_cli
+
+from edged import synth
+from edged.wire.client import Subscriber
+from edged.wire.codec import Message
+
+SEED = 38  # its ball is in view in the first seconds
+FIELD = 2
+CHANNELS = ("image", "mask", "mask_color", "annotations")
+
+
+def _config(tmp_path: Path, port: int, *, extra: str = "") -> Path:
+    cfg = tmp_path / "fox.yaml"
+    cfg.write_text(f"""\
+model:
+  path: builtin:yoeo-demo-int8.onnx
+  threads: 1
+  warmup_runs: 1
+cameras:
+  front:
+    source: synthetic
+    seed: {SEED}
+    width: 640
+    height: 480
+    fps: 10
+publish:
+  endpoints: [ipc://{tmp_path}/pub.sock]
+log:
+  stats_interval_s: 1
+foxglove:
+  listen: 127.0.0.1:{port}
+{extra}""")
+    return cfg
+
+
+def _encoded(log: str) -> dict[str, int]:
+    m = re.search(r"foxglove: encoded for subscribers: (.*)", log)
+    assert m, log
+    return {k: int(n) for k, n in (p.rsplit(" ", 1) for p in m.group(1).split(", "))}
+
+
+def test_foxglove_channels_carry_the_results_of_the_zeromq_stream(tmp_path, start_daemon):
+    port = free_port()
+    cfg = _config(tmp_path, port)
+    zmq_msgs: dict[int, Message] = {}
+    stop = threading.Event()
+
+    def listen() -> None:
+        with Subscriber(f"ipc://{tmp_path}/pub.sock") as sub:
+            while not stop.is_set():
+                m = sub.recv(timeout=0.1)
+                if isinstance(m, Message):
+                    zmq_msgs[m.t_capture_ns] = m
+
+    th = threading.Thread(target=listen, daemon=True)
+    th.start()
+    d = start_daemon(cfg)
+    d.wait_for("ready")
+    topics = {f"/front/{c}" for c in CHANNELS} | {"/edged/stats"}
+    channels, got = asyncio.run(collect(f"ws://127.0.0.1:{port}", topics, 4.0))
+    time.sleep(0.3)
+    stop.set()
+    th.join(5)
+    assert d.terminate()[0] == 0
+    # every channel advertised with its Foxglove schema
+    schemas = {t: c["schemaName"] for t, c in channels.items()}
+    assert schemas["/front/image"] == "foxglove.CompressedImage"
+    assert schemas["/front/mask"] == schemas["/front/mask_color"] == "foxglove.RawImage"
+    assert schemas["/front/annotations"] == "foxglove.ImageAnnotations"
+    assert channels["/edged/stats"]["encoding"] == "json"
+    by_topic: dict[str, list] = {t: [r for r in got if r.topic == t] for t in topics}
+    for t in topics:
+        assert by_topic[t], (t, [r.topic for r in got])
+    # each result: the same capture time on both outputs, as log time and in the message
+    checked = 0
+    for r in by_topic["/front/mask"]:
+        ts = r.message.timestamp
+        t_ns = ts.seconds * 1_000_000_000 + ts.nanos
+        assert r.log_time_ns == t_ns
+        zm = zmq_msgs.get(t_ns)
+        if zm is None:
+            continue  # before the ZeroMQ subscription took
+        mask = np.frombuffer(r.message.data, np.uint8).reshape(r.message.height,
+                                                               r.message.width)
+        assert (r.message.width, r.message.height, r.message.encoding, r.message.step) \
+            == (640, 480, "mono8", 640)
+        assert r.message.frame_id == "front"
+        # class ids at camera resolution: exactly the ZeroMQ mask scaled by its rule
+        assert np.array_equal(mask, zm.mask_camera())
+        # and the scene: the field where the ground truth says field
+        gt = synth.render(SEED, zm.seq, 640, 480)
+        inter = ((mask == FIELD) & (gt.segmentation == FIELD)).sum()
+        union = ((mask == FIELD) | (gt.segmentation == FIELD)).sum()
+        assert inter / union > 0.9, (zm.seq, inter / union)
+        checked += 1
+    assert checked >= 5, (checked, len(by_topic["/front/mask"]), len(zmq_msgs))
+    ball_checked = 0
+    for r in by_topic["/front/annotations"]:
+        ts = r.message.timestamp
+        zm = zmq_msgs.get(ts.seconds * 1_000_000_000 + ts.nanos)
+        if zm is None:
+            continue
+        # one outline and one label per detection, at the ZeroMQ boxes (float32 exact)
+        assert len(r.message.points) == len(r.message.texts) == len(zm.boxes)
+        for pa, box, text, cid, score in zip(r.message.points, zm.boxes, r.message.texts,
+                                             zm.class_ids, zm.scores):
+            xs = np.array([p.x for p in pa.points], np.float32)
+            ys = np.array([p.y for p in pa.points], np.float32)
+            assert pa.type == 2  # LINE_LOOP
+            assert np.array_equal([xs.min(), ys.min(), xs.max(), ys.max()], box)
+            assert text.text == f"{zm.class_names[cid]} {score:.2f}"
+        gt = synth.render(SEED, zm.seq, 640, 480)
+        gt_balls = [b for b, c in zip(gt.boxes, gt.classes) if c == 0]
+        ours = [b for b, c in zip(zm.boxes, zm.class_ids) if zm.class_names[c] == "ball"]
+        if gt_balls and ours:
+            g, o = gt_balls[0], ours[0]
+            iw = max(0.0, min(g[2], o[2]) - max(g[0], o[0]))
+            ih = max(0.0, min(g[3], o[3]) - max(g[1], o[1]))
+            inter = iw * ih
+            iou = inter / ((g[2] - g[0]) * (g[3] - g[1]) + (o[2] - o[0]) * (o[3] - o[1])
+                           - inter)
+            assert iou > 0.5, (zm.seq, g, o)
+            ball_checked += 1
+    assert ball_checked >= 3, ball_checked
+    for r in by_topic["/front/image"][:5]:
+        ts = r.message.timestamp
+        zm = zmq_msgs.get(ts.seconds * 1_000_000_000 + ts.nanos)
+        assert r.message.format == "jpeg"
+        img = cv2.imdecode(np.frombuffer(r.message.data, np.uint8), cv2.IMREAD_COLOR)
+        assert img.shape == (480, 640, 3)
+        if zm is not None:  # the camera's frame itself
+            gt = synth.render(SEED, zm.seq, 640, 480).image
+            assert cv2.PSNR(img, gt) > 28, zm.seq
+    colour = by_topic["/front/mask_color"][-1].message
+    assert (colour.encoding, colour.step) == ("rgb8", 3 * 640)
+    stats = by_topic["/edged/stats"][-1].message
+    assert stats["cameras"]["front"]["state"] == "running"
+    print(f"foxglove: {checked} masks and {ball_checked} ball boxes checked against the "
+          f"ground truth")
+
+
+def test_a_channel_is_encoded_only_while_subscribed(tmp_path, start_daemon):
+    port = free_port()
+    # nobody connected: nothing is encoded
+    d = start_daemon(_config(tmp_path, port))
+    d.wait_for("ready")
+    time.sleep(2.0)
+    assert d.terminate()[0] == 0
+    assert _encoded(d.log()) == dict.fromkeys((*CHANNELS, "stats"), 0), d.log()
+    # a client of the mask only: the mask is encoded, the image (JPEG) never
+    d = start_daemon(_config(tmp_path, port))
+    d.wait_for("ready")
+    _, got = asyncio.run(collect(f"ws://127.0.0.1:{port}", {"/front/mask"}, 3.0))
+    assert d.terminate()[0] == 0
+    n = _encoded(d.log())
+    assert n["image"] == n["mask_color"] == n["annotations"] == n["stats"] == 0, n
+    assert n["mask"] >= len(got) >= 10, (n, len(got))
+
+
+def test_foxglove_config_errors_and_check_parity(tmp_path):
+    cfg = _config(tmp_path, free_port())
+    text = cfg.read_text()
+    cfg.write_text(text.replace("listen: 127.0.0.1:", "listen: 0.0.0.0:"))
+    p = run_cli("check", "-c", str(cfg))
+    assert p.returncode == 1 and "has no authentication" in p.stderr, p.stderr
+    cfg.write_text(text.replace("listen: 127.0.0.1:", "listen: 0.0.0.0:")
+                   + "  allow_remote: true\n")
+    assert run_cli("check", "-c", str(cfg)).returncode == 0
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        cfg = _config(tmp_path, port)
+        p = run_cli("check", "-c", str(cfg))
+        want = f"cannot listen on foxglove.listen 127.0.0.1:{port}: Address already in use"
+        assert p.returncode == 1 and want in p.stderr, p.stderr
+        r = run_cli("run", "-c", str(cfg), "--frames", "1")
+        assert r.returncode == 1 and want in r.stderr, r.stderr
+        assert "Traceback" not in p.stderr + r.stderr
+    p = run_cli("check", "-c", str(_config(tmp_path, free_port())))
+    assert p.returncode == 0 and "foxglove: ws://127.0.0.1:" in p.stdout

@@ -54,6 +54,7 @@ _USER_ERRORS: tuple[tuple[str, str, str], ...] = (
     ("edged.daemon.listen", "ListenError", ""),
     ("edged.view", "ViewError", "view: "),
     ("edged.foxglove", "FoxgloveError", ""),
+    ("edged.record", "RecordError", ""),
     ("edged.inference.pool", "WorkersExhausted", ""),
     ("edged.tools.inspection", "InspectError", ""),
     ("edged.tools.quantize", "QuantizeError", ""),
@@ -116,6 +117,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # from the first instant: a SIGHUP or SIGTERM during start-up is recorded, not fatal
     early = EarlySignals()
     cfg = _load(args.config)
+    if args.command == "record":
+        cfg = _recording(cfg, args)
     setup_logging(args.log_level or cfg.log.level)
     args.errors_to_log = True  # from here on `main` reports errors as log lines
     import cv2
@@ -206,6 +209,31 @@ def format_message(msg: Message) -> str:
             f"dets: {dets}  mask: {mask_summary(msg)}  [{msg.model}]{flags}")
 
 
+def _recording(cfg: Config, args: argparse.Namespace) -> Config:
+    """`edged record`: the config with everything recorded (its record section's limits
+    where it has one), into --dir."""
+    from edged.config import RecordConfig
+
+    base = cfg.record
+    fields: dict[str, object] = {} if base is None else base.model_dump()
+    fields.update(trigger="always", dir=Path(args.dir) if args.dir else
+                  (base.dir if base is not None else Path("recordings")))
+    if args.no_frames:
+        fields["frames"] = False
+    return cfg.model_copy(update={"record": RecordConfig.model_validate(fields)})
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level or "info")
+    from edged.record import require_record
+
+    require_record()
+    from edged.record.replay import replay
+
+    replay(Path(args.file), args.endpoint, speed=args.speed)
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     """Exit 1 exactly when `edged run` would fail to start: the config, the model and
     every ladder variant (loaded, one warm-up inference at each configured camera size),
@@ -260,6 +288,7 @@ def _try_binds(cfg: Config) -> None:
     from edged.daemon.listen import bind_tcp
     from edged.daemon.metrics import bind as bind_metrics
     from edged.foxglove import require_foxglove
+    from edged.record import require_record
     from edged.view import require_aiohttp
     from edged.wire.publisher import Publisher, release_ipc
 
@@ -285,6 +314,11 @@ def _try_binds(cfg: Config) -> None:
 
                 start_server(cfg.foxglove, foxglove.Context()).stop()
                 print(f"foxglove: ws://{cfg.foxglove.listen}: bound OK")
+            if cfg.record is not None:
+                require_record()
+                from edged.record.sink import check_dir
+
+                print(f"record: {check_dir(cfg.record)}: writable OK")
     finally:
         for sock in held:
             sock.close()
@@ -515,6 +549,25 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--echo", action="store_true",
                    help="also subscribe to the first endpoint and print what arrives")
     r.set_defaults(func=cmd_run)
+
+    rec = sub.add_parser("record", help="run the daemon and record everything to MCAP")
+    rec.add_argument("-c", "--config")
+    rg = rec.add_mutually_exclusive_group(required=True)
+    rg.add_argument("--duration", type=float, help="stop after S seconds")
+    rg.add_argument("--frames", type=int, help="stop each camera after N processed frames")
+    rec.add_argument("--dir", help="where the files go (default: record.dir of the config, "
+                     "else ./recordings)")
+    rec.add_argument("--no-frames", action="store_true",
+                     help="results only, without the camera images")
+    rec.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    rec.set_defaults(func=cmd_run, echo=False)
+
+    rp = sub.add_parser("replay", help="publish a recording on ZeroMQ with its timing")
+    rp.add_argument("file", help="an .mcap file written by edged")
+    rp.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="where to publish (bound)")
+    rp.add_argument("--speed", type=float, default=1.0, help="2 = twice as fast")
+    rp.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    rp.set_defaults(func=cmd_replay)
 
     c = sub.add_parser("check", help="validate the config and the model, exit 0 or 1")
     c.add_argument("-c", "--config")

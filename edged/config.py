@@ -91,7 +91,7 @@ MAX_STATS_INTERVAL_S: Final = 3600.0
 # beyond it start-up and stop outgrow systemd's timeouts, so more is a config error.
 MAX_CAMERAS: Final = 128
 FILE_SECTIONS: Final = ("model", "camera_defaults", "cameras", "publish", "budget", "log",
-                        "view", "foxglove")
+                        "view", "foxglove", "record")
 
 Loc = tuple[str | int, ...]
 
@@ -613,6 +613,29 @@ class FoxgloveConfig(_Frozen):
         return self
 
 
+class RecordConfig(_Frozen):
+    """MCAP recording (`edged[record]`): everything, or a flight recorder of the seconds
+    around a missed budget, a stall, a reconnect or a failed inference."""
+
+    dir: Path
+    frames: bool = True  # the camera images (JPEG) too; results alone are much smaller
+    quality: Int = Field(80, ge=10, le=100)
+    max_mb: Float = Field(500.0, gt=0)  # edged's files in `dir`, oldest deleted past it
+    rotate_mb: Float = Field(100.0, gt=0)  # a file is closed and a new one begun past it
+    trigger: Literal["always", "on_miss"] = "always"
+    before_s: Float = Field(10.0, ge=0, le=600)  # on_miss: kept in memory before the event
+    after_s: Float = Field(5.0, ge=0, le=600)  # on_miss: written after the (last) event
+    buffer_mb: Float = Field(64.0, gt=0, le=4096)  # on_miss: memory bound of that buffer
+
+    @model_validator(mode="after")
+    def _sizes(self) -> RecordConfig:
+        if self.rotate_mb > self.max_mb:
+            raise _custom_error("rotate_over_max",
+                                f"record.rotate_mb ({self.rotate_mb:g}) is more than "
+                                f"record.max_mb ({self.max_mb:g}): one file could not fit")
+        return self
+
+
 class Config(_Frozen):
     model: ModelConfig
     cameras: dict[CameraName, CameraConfig]  # camera_defaults and budget already merged in
@@ -621,6 +644,7 @@ class Config(_Frozen):
     log: LogConfig = Field(default_factory=LogConfig)
     view: ViewConfig | None = None  # the live view; None: off
     foxglove: FoxgloveConfig | None = None  # Foxglove live; None: off
+    record: RecordConfig | None = None  # MCAP recording; None: off
     source_file: Path | None = None  # None: parsed from a string
 
     @field_validator("cameras")

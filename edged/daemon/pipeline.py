@@ -371,6 +371,8 @@ class Pipeline:
                 kept.append("view")
             if new.foxglove != old.foxglove:
                 kept.append("foxglove")
+            if new.record != old.record:
+                kept.append("record")
             # the worker plan and the batch size shape the running pool
             fixed = ("workers", "threads", "batch")
             kept += [f"model.{k}" for k in fixed
@@ -380,6 +382,7 @@ class Pipeline:
                             ", ".join(kept))
             new = new.model_copy(update={
                 "publish": old.publish, "view": old.view, "foxglove": old.foxglove,
+                "record": old.record,
                 "model": new.model.model_copy(update={k: getattr(old.model, k)
                                                       for k in fixed})})
             if new.model != old.model:
@@ -717,6 +720,19 @@ def make_stage(config: Config) -> PublishStage:
         except BaseException:
             for s in sinks:
                 s.sink.close()  # not started yet: closes the sockets they bound
+            raise
+    if config.record is not None:
+        from edged.record import require_record
+
+        try:
+            require_record()
+            from edged.record.sink import RecorderSink
+
+            # a queue of a few seconds: a disk pausing for a moment loses nothing
+            sinks.append(SinkRunner(RecorderSink(config.record), queue_size=64))
+        except BaseException:
+            for s in sinks:
+                s.sink.close()
             raise
     stage = PublishStage(sinks, MaskEncoder(pc.mask_encoding, pc.zstd_level),
                          send_masks=pc.send_masks)

@@ -1,0 +1,270 @@
+"""The recorder: a sink writing MCAP, all the time or as a flight recorder.
+
+`trigger: always` writes every result into files rotated at `rotate_mb`. `trigger:
+on_miss` keeps the last `before_s` seconds in memory (at most `buffer_mb`) and writes
+them, and the `after_s` seconds after, into one file per event when a camera misses its
+budget (a late result, or frames dropped as stale), a frame fails (a replaced worker
+counts its frame as an error), or a camera stalls or reconnects. A new event while one
+is being written extends it. Files are named `<camera>-<UTC time>-<cause>.mcap`.
+
+Nothing here can stop a camera: a write error (a full disk, a directory gone read-only)
+is logged and counted, the file in progress is deleted, and recording resumes after
+`RETRY_S`. `max_mb` bounds edged's files in the directory (oldest deleted first).
+Runs on the recorder's sink thread only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from foxglove.messages import CompressedImage, ImageAnnotations, RawImage
+
+from edged.config import RecordConfig
+from edged.daemon.sinks import Outcome, Sink
+from edged.daemon.telemetry import CameraSnapshot
+from edged.foxglove import messages
+from edged.foxglove.sink import STATS_SCHEMA, STATS_TOPIC
+from edged.record import WIRE_ENCODING, RecordError
+from edged.record.files import MB, McapFile, Schema, enforce_limit
+from edged.wire.codec import TOPIC_STATS, encode_eos
+from edged.wire.telemetry import decode_state, decode_stats
+
+log = logging.getLogger("edged.record")
+
+RETRY_S = 5.0  # after a write error, how long before a new file is tried
+MAX_EVENT_S = 120.0  # an event extended again and again is cut into files this long
+CONTROL_TOPIC = "/edged/control"
+
+
+def _schema(kind: Any) -> Schema:
+    s = kind.get_schema()
+    return Schema(s.name, s.encoding, bytes(s.data))
+
+
+IMAGE = _schema(CompressedImage)
+MASK = _schema(RawImage)
+ANNOTATIONS = _schema(ImageAnnotations)
+STATS = Schema("edged.Stats", "jsonschema", json.dumps(STATS_SCHEMA).encode())
+
+
+@dataclass(frozen=True, slots=True)
+class _Rec:
+    topic: str
+    encoding: str
+    schema: Schema | None
+    log_time: int
+    data: bytes
+
+
+def check_dir(config: RecordConfig) -> Path:
+    """The recording directory, created if missing; RecordError if it cannot be
+    written (`edged check` asks the same)."""
+    d = config.dir.expanduser().absolute()
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        probe = d / ".edged-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise RecordError(f"record.dir {d}: cannot write there ({e.strerror or e})") from None
+    return d
+
+
+def _utc(t_ns: int) -> str:
+    return datetime.fromtimestamp(t_ns / 1e9, UTC).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
+
+
+class RecorderSink(Sink):
+    name = "record"
+
+    def __init__(self, config: RecordConfig) -> None:
+        self.config = config
+        self.dir = check_dir(config)
+        self._file: McapFile | None = None
+        self._event_end_ns = 0
+        self._event_start_ns = 0
+        self._ring: deque[_Rec] = deque()
+        self._ring_bytes = 0
+        self._paused_until = 0.0
+        self._last_seq: dict[str, int] = {}
+        self._seen: dict[str, CameraSnapshot] = {}
+        # since start: files finished, messages written, write errors, files deleted
+        self.files: list[Path] = []
+        self.written = 0
+        self.errors = 0
+        self.deleted = 0
+        self.events: list[tuple[str, str]] = []  # (camera, cause)
+
+    # ------------------------------------------------------------------ sink interface
+
+    def open(self) -> None:
+        log.info("recording %s into %s (max %g MB, files of %g MB)",
+                 "everything" if self.config.trigger == "always" else
+                 f"{self.config.before_s:g} s before and {self.config.after_s:g} s after "
+                 "each missed budget, stall, reconnect or failed frame", self.dir,
+                 self.config.max_mb, self.config.rotate_mb)
+
+    def deliver(self, outcome: Outcome) -> None:
+        r, frame = outcome.result, outcome.frame
+        t = r.t_capture_wall_ns
+        cam = r.camera
+        self._last_seq[cam] = r.seq
+        recs = []
+        if self.config.frames and frame is not None:
+            recs.append(_Rec(f"/{cam}/image", "protobuf", IMAGE, t,
+                             messages.image(frame, self.config.quality).encode()))
+        mask = messages.class_mask(r)
+        if mask is not None:
+            recs.append(_Rec(f"/{cam}/mask", "protobuf", MASK, t, mask.encode()))
+        recs.append(_Rec(f"/{cam}/annotations", "protobuf", ANNOTATIONS, t,
+                         messages.image_annotations(r).encode()))
+        recs.append(_Rec(f"/{cam}/edged", WIRE_ENCODING, None, t,
+                         msgpack.packb([bytes(f) for f in outcome.wire])))
+        for rec in recs:
+            self._add(rec)
+        if outcome.late:
+            self._trigger(cam, "late")
+
+    def control(self, frames: list[bytes]) -> None:
+        now = time.time_ns()
+        topic = bytes(frames[0]) if frames else b""
+        self._add(_Rec(CONTROL_TOPIC, WIRE_ENCODING, None, now,
+                       msgpack.packb([bytes(f) for f in frames])))
+        if topic == TOPIC_STATS.encode():
+            st = decode_stats(frames)
+            self._add(_Rec(STATS_TOPIC, "json", STATS, st.t_ns, json.dumps(
+                {"interval_s": st.interval_s, "cameras": st.cameras}).encode()))
+            for name, snap in st.snapshots.items():
+                cause = self._cause(name, snap)
+                if cause:
+                    self._trigger(name, cause)
+        elif topic.endswith(b"/state"):
+            state = decode_state(frames)
+            if state.state.value == "reconnecting":
+                self._trigger(state.camera, "reconnect")
+
+    def end_of_stream(self, camera: str, reason: str) -> None:
+        self._add(_Rec(f"/{camera}/edged", WIRE_ENCODING, None, time.time_ns(), msgpack.packb(
+            [bytes(f) for f in encode_eos(camera, self._last_seq.get(camera, -1), reason)])))
+
+    def close(self) -> None:
+        self._finish()
+        log.info("recorder: %d file(s) written, %d message(s), %d write error(s), %d old "
+                 "file(s) deleted%s", len(self.files), self.written, self.errors,
+                 self.deleted, "".join(f"; event {c} {k}" for c, k in self.events[-5:]))
+
+    # ------------------------------------------------------------------ mechanics
+
+    def _cause(self, camera: str, snap: CameraSnapshot) -> str | None:
+        """What went wrong for `camera` since the previous `_stats`, if anything."""
+        before = self._seen.get(camera)
+        self._seen[camera] = snap
+        if before is None:
+            return None
+        if snap.drops.stale > before.drops.stale:
+            return "stale"
+        if snap.drops.errors > before.drops.errors:
+            return "error"
+        if snap.capture.stalls > before.capture.stalls:
+            return "stall"
+        if snap.capture.reconnects > before.capture.reconnects:
+            return "reconnect"
+        return None
+
+    def _add(self, rec: _Rec) -> None:
+        if self.config.trigger == "always":
+            self._write(rec)
+            return
+        now = time.time_ns()
+        if self._file is not None:
+            if now > self._event_end_ns or now - self._event_start_ns > MAX_EVENT_S * 1e9:
+                self._finish()
+            else:
+                self._write(rec)
+                return
+        self._ring.append(rec)
+        self._ring_bytes += len(rec.data)
+        horizon = now - int(self.config.before_s * 1e9)
+        limit = self.config.buffer_mb * MB
+        while self._ring and (self._ring[0].log_time < horizon or self._ring_bytes > limit):
+            self._ring_bytes -= len(self._ring.popleft().data)
+
+    def _trigger(self, camera: str, cause: str) -> None:
+        if self.config.trigger == "always":
+            return
+        now = time.time_ns()
+        if self._file is not None:  # during an event: it goes on
+            self._event_end_ns = now + int(self.config.after_s * 1e9)
+            return
+        if time.monotonic() < self._paused_until:
+            return
+        self.events.append((camera, cause))
+        log.warning("recorder: %s %s: writing the last %g s and the next %g s", camera, cause,
+                    self.config.before_s, self.config.after_s)
+        if not self._open(f"{camera}-{_utc(now)}-{cause}.mcap"):
+            return
+        self._event_start_ns = now
+        self._event_end_ns = now + int(self.config.after_s * 1e9)
+        ring, self._ring, self._ring_bytes = self._ring, deque(), 0
+        for rec in ring:
+            if self._file is None:
+                break
+            self._write(rec)
+
+    def _open(self, name: str) -> bool:
+        # room for one more file under max_mb before it is begun
+        self.deleted += len(enforce_limit(self.dir, (self.config.max_mb - self.config.rotate_mb)
+                                          * MB, set()))
+        try:
+            self._file = McapFile(self.dir / name)
+        except OSError as e:
+            self._failed(e, self.dir / name)
+            return False
+        return True
+
+    def _write(self, rec: _Rec) -> None:
+        if self._file is None:
+            if self.config.trigger != "always" or time.monotonic() < self._paused_until:
+                return
+            if not self._open(f"edged-{_utc(rec.log_time)}.mcap"):
+                return
+        f = self._file
+        assert f is not None
+        try:
+            f.write(rec.topic, rec.encoding, rec.schema, rec.log_time, rec.data)
+            self.written += 1
+            if f.size >= self.config.rotate_mb * MB:
+                self._finish()
+        except OSError as e:
+            self._failed(e, f.part)
+
+    def _finish(self) -> None:
+        f, self._file = self._file, None
+        if f is None:
+            return
+        try:
+            self.files.append(f.close())
+        except OSError as e:
+            f.abandon()
+            self._failed(e, f.part)
+            return
+        self.deleted += len(enforce_limit(self.dir, self.config.max_mb * MB, set()))
+
+    def _failed(self, e: OSError, path: Path) -> None:
+        self.errors += 1
+        if self._file is not None:
+            self._file.abandon()
+            self._file = None
+        self._paused_until = time.monotonic() + RETRY_S
+        if self.errors == 1 or self.errors % 100 == 0:
+            log.error("recorder: cannot write %s: %s (%d error(s) so far); the file is "
+                      "dropped, recording resumes in %g s, the cameras go on", path,
+                      e.strerror or e, self.errors, RETRY_S)

@@ -1,0 +1,308 @@
+"""MCAP recording: files read back with the independent `mcap` reader and the Foxglove
+protobuf schemas stored in them, checked against the ZeroMQ stream of the same run;
+rotation and the size bound; the flight recorder around a missed budget; replay; and a
+full or unusable directory (errors named, cameras unaffected)."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+from foxglove_client import _message_class
+from mcap.reader import make_reader
+from test_daemon import run_cli
+
+from edged.wire.client import Subscriber
+from edged.wire.codec import EndOfStream, Message, decode
+
+SEED = 38
+MB = 1024 * 1024
+
+
+def _config(tmp_path: Path, record: str, *, budget_ms: float = 10000, fps: float = 10,
+            name: str = "rec.yaml") -> Path:
+    cfg = tmp_path / name
+    cfg.write_text(f"""\
+model:
+  path: builtin:yoeo-demo-int8.onnx
+  threads: 1
+  warmup_runs: 1
+cameras:
+  front:
+    source: synthetic
+    seed: {SEED}
+    width: 640
+    height: 480
+    fps: {fps}
+budget:
+  latency_ms: {budget_ms}
+publish:
+  endpoints: [ipc://{tmp_path}/pub.sock]
+log:
+  stats_interval_s: 1
+record:
+{record}""")
+    return cfg
+
+
+def _read(path: Path) -> list[tuple[str, str, str, int, bytes, bytes]]:
+    """(topic, message encoding, schema name, log time, data, schema data) in file order."""
+    out = []
+    with open(path, "rb") as fh:
+        for schema, channel, message in make_reader(fh).iter_messages(log_time_order=False):
+            out.append((channel.topic, channel.message_encoding,
+                        schema.name if schema else "", message.log_time, message.data,
+                        schema.data if schema else b""))
+    return out
+
+
+class _Collector:
+    def __init__(self, endpoint: str) -> None:
+        self.msgs: list[Message] = []
+        self.eos: list[EndOfStream] = []
+        self._stop = threading.Event()
+        self._ep = endpoint
+        self._th = threading.Thread(target=self._run, daemon=True)
+        self._th.start()
+
+    def _run(self) -> None:
+        with Subscriber(self._ep) as sub:
+            while not self._stop.is_set():
+                m = sub.recv(timeout=0.1)
+                if isinstance(m, Message):
+                    self.msgs.append(m)
+                elif isinstance(m, EndOfStream):
+                    self.eos.append(m)
+
+    def stop(self) -> None:
+        time.sleep(0.3)
+        self._stop.set()
+        self._th.join(5)
+
+
+def test_a_recording_holds_what_was_published(tmp_path, start_daemon):
+    rec = tmp_path / "rec"
+    cfg = _config(tmp_path, f"  dir: {rec}\n")
+    col = _Collector(f"ipc://{tmp_path}/pub.sock")
+    d = start_daemon(cfg)
+    d.wait_for("ready")
+    time.sleep(3.0)
+    assert d.terminate()[0] == 0
+    col.stop()
+    files = sorted(rec.iterdir())
+    assert len(files) == 1 and files[0].name.endswith(".mcap"), files  # no .part left
+    assert re.fullmatch(r"edged-\d{8}T\d{6}\.\d{3}Z\.mcap", files[0].name)
+    rows = _read(files[0])
+    by: dict[str, list] = {}
+    for row in rows:
+        by.setdefault(row[0], []).append(row)
+    assert {t: (e, s) for t, (_, e, s, *_) in ((t, v[0]) for t, v in by.items())} == {
+        "/front/image": ("protobuf", "foxglove.CompressedImage"),
+        "/front/mask": ("protobuf", "foxglove.RawImage"),
+        "/front/annotations": ("protobuf", "foxglove.ImageAnnotations"),
+        "/front/edged": ("edged.multipart", ""),
+        "/edged/control": ("edged.multipart", ""),
+        "/edged/stats": ("json", "edged.Stats"),
+    }
+    # edged's own messages: exactly what the subscriber received, in order, then the
+    # end-of-stream
+    wire = [decode([bytes(f) for f in msgpack.unpackb(r[4])]) for r in by["/front/edged"]]
+    results = [m for m in wire if isinstance(m, Message)]
+    assert isinstance(wire[-1], EndOfStream) and wire[-1].last_seq == results[-1].seq
+    got = {m.seq for m in col.msgs}
+    assert got and got <= {m.seq for m in results}
+    assert [m.seq for m in results] == list(range(results[0].seq, results[-1].seq + 1))
+    for r, m in zip(by["/front/edged"], wire):
+        if isinstance(m, Message):
+            assert r[3] == m.t_capture_ns  # log time = capture time
+    # one image, one mask, one annotation per result, stamped like it
+    n = len(results)
+    assert len(by["/front/image"]) == len(by["/front/mask"]) == len(by["/front/annotations"]) \
+        == n >= 20
+    mask_cls = _message_class("foxglove.RawImage", _b64(by["/front/mask"][0][5]))
+    zmq_by_t = {m.t_capture_ns: m for m in results}
+    for _, _, _, t, data, _ in by["/front/mask"]:
+        mk = mask_cls.FromString(data)
+        assert mk.timestamp.seconds * 1_000_000_000 + mk.timestamp.nanos == t
+        mask = np.frombuffer(mk.data, np.uint8).reshape(mk.height, mk.width)
+        assert np.array_equal(mask, zmq_by_t[t].mask_camera())
+    times = [r[3] for r in by["/front/image"]]
+    assert times == sorted(times) and times == [m.t_capture_ns for m in results]
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode()
+
+
+def test_files_rotate_and_the_directory_stays_under_max_mb(tmp_path, start_daemon):
+    rec = tmp_path / "rec"
+    cfg = _config(tmp_path, f"  dir: {rec}\n  rotate_mb: 0.25\n  max_mb: 0.8\n", fps=15)
+    d = start_daemon(cfg)
+    d.wait_for("ready")
+    time.sleep(5.0)  # about 2.5 MB of frames and results
+    assert d.terminate()[0] == 0
+    log = d.log()
+    m = re.search(r"recorder: (\d+) file\(s\) written, (\d+) message\(s\), (\d+) write "
+                  r"error\(s\), (\d+) old file\(s\) deleted", log)
+    assert m, log
+    written, errors, deleted = int(m.group(1)), int(m.group(3)), int(m.group(4))
+    assert written >= 4 and deleted >= 1 and errors == 0, m.group(0)
+    left = sorted(rec.iterdir())
+    assert all(p.name.endswith(".mcap") for p in left), left
+    assert sum(p.stat().st_size for p in left) <= 0.8 * MB
+    assert len(left) == written - deleted
+    # each file whole: its summary readable, its messages in time order per channel
+    last_end = 0
+    for p in left:
+        rows = _read(p)
+        assert rows
+        t = [r[3] for r in rows if r[0] == "/front/image"]
+        assert t == sorted(t) and t[0] > last_end
+        last_end = t[-1]
+
+
+def test_the_flight_recorder_keeps_the_seconds_before_a_missed_budget(tmp_path,
+                                                                     start_daemon):
+    rec = tmp_path / "rec"
+    section = f"  dir: {rec}\n  trigger: on_miss\n  before_s: 1.5\n  after_s: 1\n"
+    cfg = _config(tmp_path, section)
+    d = start_daemon(cfg)
+    d.wait_for("ready")
+    time.sleep(2.5)
+    assert list(rec.iterdir()) == []  # nothing missed: nothing written
+    t_miss = time.time_ns()
+    _config(tmp_path, section, budget_ms=1)  # every frame misses now
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_for("recorder: front ")
+    _config(tmp_path, section)  # and then nothing does
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_for("reload done", timeout=10)
+    time.sleep(2.5)  # after_s passes: the event file is finished
+    files = [p for p in rec.iterdir() if p.name.endswith(".mcap")]
+    assert len(files) == 1, list(rec.iterdir())
+    name = files[0].name
+    assert re.fullmatch(r"front-\d{8}T\d{6}\.\d{3}Z-(late|stale)\.mcap", name), name
+    rows = _read(files[0])
+    images = [r[3] for r in rows if r[0] == "/front/image"]
+    # the seconds before the event came from memory: frames captured before the budget
+    # changed, at most before_s (and a stats interval, the slowest trigger) earlier
+    assert images and images[0] < t_miss, (images[0], t_miss)
+    assert t_miss - images[0] <= (1.5 + 1.0 + 0.5) * 1e9
+    assert images == sorted(images)
+    assert d.terminate()[0] == 0
+    # stopping wrote nothing more: the event had ended
+    assert [p.name for p in rec.iterdir()] == [name]
+
+
+def test_replay_publishes_a_recording_with_its_timing(tmp_path):
+    rec = tmp_path / "rec"
+    p = run_cli("record", "-c", str(_config(tmp_path, f"  dir: {rec}\n")), "--duration", "2",
+                "--no-frames")
+    assert p.returncode == 0, p.stderr
+    (f,) = list(rec.iterdir())
+    rows = [r for r in _read(f) if r[0] == "/front/image"]
+    assert rows == []  # --no-frames
+    recorded = [decode([bytes(x) for x in msgpack.unpackb(r[4])])
+                for r in _read(f) if r[0] == "/front/edged"]
+    results = [m for m in recorded if isinstance(m, Message)]
+    ep = f"ipc://{tmp_path}/replay.sock"
+    got: list[Message | EndOfStream] = []
+    arrival: list[float] = []
+    with Subscriber(ep) as sub:
+        proc = subprocess.Popen([*_edged(), "replay", str(f), "--endpoint", ep],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            m = sub.recv(timeout=0.1)
+            if isinstance(m, Message | EndOfStream):
+                got.append(m)
+                arrival.append(time.monotonic())
+                if isinstance(m, EndOfStream):
+                    break
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    msgs = [m for m in got if isinstance(m, Message)]
+    # the same messages, in order, stamps untouched
+    assert [m.seq for m in msgs] == [m.seq for m in results]
+    assert [m.t_capture_ns for m in msgs] == [m.t_capture_ns for m in results]
+    assert isinstance(got[-1], EndOfStream)
+    # with the original spacing: the replay takes as long as the recording did
+    span = (results[-1].t_capture_ns - results[0].t_capture_ns) / 1e9
+    took = arrival[len(msgs) - 1] - arrival[0]
+    assert took >= 0.8 * span, (took, span)
+    wire_rows = [r for r in _read(f) if r[1] == "edged.multipart"]  # results and control
+    assert f"replayed {len(wire_rows)} message(s)" in err, err
+
+
+def _edged() -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "edged"]
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, options: str) -> Iterator[Path]:
+    path.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}); a full disk needs one")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_full_disk_is_logged_and_counted_and_the_camera_goes_on(tmp_path, start_daemon):
+    with _tmpfs(tmp_path / "small", "size=400k") as small:
+        cfg = _config(tmp_path, f"  dir: {small}\n  rotate_mb: 5\n  max_mb: 10\n", fps=15)
+        col = _Collector(f"ipc://{tmp_path}/pub.sock")
+        d = start_daemon(cfg)
+        d.wait_for("ready")
+        d.wait_for("recorder: cannot write", timeout=20)
+        time.sleep(1.0)
+        code, _ = d.terminate()
+        col.stop()
+        log = d.log()
+        assert code == 0
+        assert "No space left on device" in log, log
+        m = re.search(r"recorder: \d+ file\(s\) written, \d+ message\(s\), (\d+) write", log)
+        assert m and int(m.group(1)) >= 1, log
+        # the camera never waited for the disk: results kept coming, in order
+        seqs = [x.seq for x in col.msgs]
+        assert len(seqs) >= 20 and seqs == sorted(seqs)
+        assert col.eos and col.eos[0].last_seq == seqs[-1]
+        # what was being written when the disk filled is gone, not left half-written
+        assert not [p for p in small.iterdir() if p.name.endswith(".part")]
+
+
+def test_an_unusable_record_dir_fails_check_and_run_alike(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    cfg = _config(tmp_path, f"  dir: {blocker}/rec\n")
+    p = run_cli("check", "-c", str(cfg))
+    want = f"record.dir {blocker}/rec: cannot write there (Not a directory)"
+    assert p.returncode == 1 and want in p.stderr, p.stderr
+    r = run_cli("run", "-c", str(cfg), "--frames", "1")
+    assert r.returncode == 1 and want in r.stderr, r.stderr
+    assert "Traceback" not in p.stderr + r.stderr
+    with _tmpfs(tmp_path / "ro", "ro,size=64k") as ro:
+        cfg = _config(tmp_path, f"  dir: {ro}\n")
+        p = run_cli("check", "-c", str(cfg))
+        assert p.returncode == 1
+        assert f"record.dir {ro}: cannot write there (Read-only file system)" in p.stderr
+    cfg = _config(tmp_path, f"  dir: {tmp_path}/ok\n  rotate_mb: 50\n  max_mb: 10\n")
+    p = run_cli("check", "-c", str(cfg))
+    assert p.returncode == 1 and "record.rotate_mb (50) is more than record.max_mb (10)" \
+        in p.stderr, p.stderr

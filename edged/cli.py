@@ -411,11 +411,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except ModelError as e:
         print(f"edged bench: {e}", file=sys.stderr)
         return 1
-    if args.view:
+    if args.sinks:
+        from edged.foxglove import require_foxglove
+        from edged.record import require_record
         from edged.view import require_aiohttp
 
         require_aiohttp()
-    report = bench(cfg, models, args.frames, with_view=args.view)
+        require_foxglove()
+        require_record()
+    report = bench(cfg, models, args.frames, with_sinks=args.sinks)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -586,9 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--frames", type=int, default=300,
                    help="frames per loop; with several cameras, at least N results per "
                         "camera while all of them run (so shares always have a window)")
-    b.add_argument("--view", action="store_true",
-                   help="also run the pipeline with the live view on, without and with a "
-                        "connected viewer, and report both")
+    b.add_argument("--sinks", action="store_true",
+                   help="also run the pipeline with each output on (live view, Foxglove, "
+                        "recorder), without and with a consumer, and report each")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 

@@ -179,8 +179,10 @@ def pipeline_run(models: Models, config: Config, n: int,
     th.start()
     time.sleep(0.5)  # the subscription reaches the publisher (PUB/SUB slow joiner)
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     asyncio.run(run())
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
     th.join(5)
     stop.set()
     snapshot = pipeline.latest_stats()  # once stopped: the whole run
@@ -203,8 +205,10 @@ def pipeline_run(models: Models, config: Config, n: int,
             "drops": None if snap is None else snap.drops.to_wire(),
             "late": None if snap is None else snap.late,
         }
-    out: dict[str, Any] = {"cameras": cams, "total": {"received": total, "fps": total / wall,
-                                                      "wall_s": wall}}
+    # the process's CPU time (every thread, the subscriber's and clients' included)
+    out: dict[str, Any] = {"cameras": cams, "total": {
+        "received": total, "fps": total / wall, "wall_s": wall,
+        "cpu_ms_per_frame": cpu * 1e3 / total if total else None}}
     if several:
         shares, why = _shares_all_running(received, names)
         for name in config.cameras:
@@ -237,13 +241,15 @@ def _shares_all_running(received: dict[str, list[Message]], names: set[str]
             for n, c in counts.items()}, ""
 
 
-class _Viewer:
-    """A browser's part, without the browser: a WebSocket client of the live view that
-    takes every frame it is sent (on a thread and loop of its own)."""
+class _Client:
+    """A consumer of one output, on a thread and loop of its own: a WebSocket client of
+    the live view (`foxglove=False`) or a Foxglove WebSocket client subscribed to every
+    channel; it takes and counts every message it is sent."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, foxglove: bool = False) -> None:
         self.url = url
-        self.frames = 0
+        self.foxglove = foxglove
+        self.messages = 0
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
@@ -251,25 +257,30 @@ class _Viewer:
     def start(self) -> None:
         self._thread.start()
         if not self.connected.wait(10):
-            raise RuntimeError(f"bench: the view at {self.url} did not accept a viewer")
+            raise RuntimeError(f"bench: {self.url} did not accept a client")
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
 
     async def _run(self) -> None:
+        import json
+
         import aiohttp
 
+        protocols = ("foxglove.sdk.v1", "foxglove.websocket.v1") if self.foxglove else ()
         async with aiohttp.ClientSession() as s:
             for _ in range(100):
                 try:
-                    ws = await s.ws_connect(self.url)
+                    ws = await s.ws_connect(self.url, protocols=protocols,
+                                            max_msg_size=64 * 1024 * 1024)
                     break
                 except aiohttp.ClientError:
                     await asyncio.sleep(0.1)
             else:
                 return
             self.connected.set()
+            sub_id = 0
             async with ws:
                 while not self._stop.is_set():
                     try:
@@ -277,44 +288,68 @@ class _Viewer:
                     except TimeoutError:
                         continue
                     if msg.type == aiohttp.WSMsgType.BINARY:
-                        self.frames += 1
-                    elif msg.type != aiohttp.WSMsgType.TEXT:
+                        self.messages += 1
+                    elif msg.type == aiohttp.WSMsgType.TEXT:
+                        data = json.loads(msg.data)
+                        if self.foxglove and data.get("op") == "advertise":
+                            subs = []
+                            for ch in data["channels"]:
+                                sub_id += 1
+                                subs.append({"id": sub_id, "channelId": ch["id"]})
+                            await ws.send_str(json.dumps({"op": "subscribe",
+                                                          "subscriptions": subs}))
+                    else:
                         return
 
 
 def _summary(run: dict[str, Any]) -> dict[str, Any]:
-    cams = run["cameras"].values()
-    return {"fps": run["total"]["fps"],
+    cams = list(run["cameras"].values())
+    return {"fps": run["total"]["fps"], "cpu_ms_per_frame": run["total"].get("cpu_ms_per_frame"),
             "inference_ms_p50": [c["stages_ms_p50"].get("inference") for c in cams],
             "e2e_ms": [c["e2e_ms"] for c in cams]}
 
 
-def view_cost(config: Config, models: Models, frames: int) -> dict[str, Any]:
-    """The pipeline with the live view on, without and then with a connected viewer."""
+def _free_port() -> int:
     import socket
 
-    from edged.config import ViewConfig
-
-    view = config.view
-    if view is None:
-        with socket.socket() as s:  # a free loopback port for the view
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        view = ViewConfig(listen=f"127.0.0.1:{port}")
-    cfg = config.model_copy(update={"view": view})
-    token = f"?token={view.token}" if view.token else ""
-    host, _, port_s = view.listen.rpartition(":")
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '*') else host}:{port_s}/ws{token}"
-    unwatched = pipeline_run(models, cfg, frames)
-    viewer = _Viewer(url)
-    watched = pipeline_run(models, cfg, frames, on_bound=viewer.start)
-    viewer.stop()
-    return {"view": {"listen": view.listen, "fps": view.fps, "quality": view.quality},
-            "no_viewer": _summary(unwatched),
-            "one_viewer": {**_summary(watched), "frames_received": viewer.frames}}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
-def bench(config: Config, models: Models, frames: int, with_view: bool = False
+def sink_costs(config: Config, models: Models, frames: int) -> list[dict[str, Any]]:
+    """The pipeline with each new output on, without and with a consumer."""
+    from edged.config import FoxgloveConfig, RecordConfig, ViewConfig
+
+    rows: list[dict[str, Any]] = []
+
+    def case(label: str, cfg: Config, client: _Client | None = None) -> None:
+        run = pipeline_run(models, cfg, frames,
+                           on_bound=client.start if client is not None else None)
+        if client is not None:
+            client.stop()
+        rows.append({"case": label, **_summary(run),
+                     "consumed": client.messages if client is not None else None})
+
+    base = config.model_copy(update={"view": None, "foxglove": None, "record": None})
+    case("no extra output", base)
+    view = ViewConfig(listen=f"127.0.0.1:{_free_port()}")
+    case("view, nobody watching", base.model_copy(update={"view": view}))
+    case("view, one viewer", base.model_copy(update={"view": view}),
+         _Client(f"http://{view.listen}/ws"))
+    fox = FoxgloveConfig(listen=f"127.0.0.1:{_free_port()}")
+    case("foxglove, no client", base.model_copy(update={"foxglove": fox}))
+    case("foxglove, one client on every channel", base.model_copy(update={"foxglove": fox}),
+         _Client(f"ws://{fox.listen}", foxglove=True))
+    with tempfile.TemporaryDirectory(prefix="edged-bench-rec-") as d:
+        rec = RecordConfig(dir=Path(d), max_mb=2000, rotate_mb=500)
+        case("record everything, with frames", base.model_copy(update={"record": rec}))
+        rec = RecordConfig(dir=Path(d), trigger="on_miss", max_mb=2000, rotate_mb=500)
+        case("record on_miss (buffering, no miss)", base.model_copy(update={"record": rec}))
+    return rows
+
+
+def bench(config: Config, models: Models, frames: int, with_sinks: bool = False
           ) -> dict[str, Any]:
     runner = models.rungs[0]
     workers = models.plan.workers
@@ -344,7 +379,7 @@ def bench(config: Config, models: Models, frames: int, with_view: bool = False
         "ratios": {"edged_vs_raw": ef / raw["fps"], "edged_vs_raw_parallel": ef / raw_par["fps"],
                    "edged_vs_serial": ef / serial["fps"]},
         "overhead_ms_p50": [None if a is None or b is None else a - b for a, b in zip(e2e, inf)],
-        "view": view_cost(config, models, frames) if with_view else None,
+        "sinks": sink_costs(config, models, frames) if with_sinks else None,
     }
 
 
@@ -377,18 +412,17 @@ def format_report(r: dict[str, Any]) -> str:
                      f"drops {c['drops']}, late {c['late']}")
     if r["edged"].get("shares_all_running_missing"):
         lines.append(f"  no shares of the model: {r['edged']['shares_all_running_missing']}")
-    v = r.get("view")
-    if v:
-        lines.append(f"live view ({v['view']['listen']}, {v['view']['fps']:g} fps per camera, "
-                     f"JPEG quality {v['view']['quality']}):")
-        for label, key in (("no viewer ", "no_viewer"), ("one viewer", "one_viewer")):
-            x = v[key]
+    rows = r.get("sinks")
+    if rows:
+        lines.append("outputs (fps, CPU per frame, inference p50, e2e p50/p99 per camera):")
+        for x in rows:
             e2e = ", ".join(f"{e['p50']:.1f}/{e['p99']:.1f}" for e in x["e2e_ms"]
                             if e["p50"] is not None)
             inf = ", ".join(f"{i:.2f}" for i in x["inference_ms_p50"] if i is not None)
-            extra = f", {x['frames_received']} frames shown" if "frames_received" in x else ""
-            lines.append(f"  {label}: {x['fps']:.1f} fps, inference p50 {inf} ms, "
-                         f"e2e p50/p99 {e2e} ms{extra}")
+            cpu = x["cpu_ms_per_frame"]
+            used = f", {x['consumed']} messages consumed" if x["consumed"] is not None else ""
+            lines.append(f"  {x['case']:<40} {x['fps']:6.1f} fps, "
+                         f"{cpu:.2f} CPU ms/frame, inference {inf} ms, e2e {e2e} ms{used}")
     return "\n".join(lines)
 
 

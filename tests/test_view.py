@@ -161,11 +161,9 @@ def test_view_costs_nothing_unwatched_and_sends_at_most_view_fps(tmp_path, start
     assert seqs == sorted(set(seqs))
     st = asyncio.run(_status(port))
     assert "a" not in st["rendered"], st
-    # at most view.fps per camera: frames at least 1/fps apart in capture time (less
-    # what the camera's own frame interval rounds it down to)
-    gaps = np.diff([f["t_capture_ns"] for f in frames]) / 1e9
-    assert (gaps >= 1 / 4 - 1 / 15 - 0.01).all(), gaps
-    assert len(frames) <= 3.0 * 4 + 2, len(frames)
+    # at most view.fps per camera (the camera makes 15): the sink draws a frame at most
+    # every 1/fps s, so a 3 s window holds at most 3 x 4 of them, and one more at its edge
+    assert len(frames) <= 3.0 * 4 + 1, len(frames)
     assert all(f["width"] == 640 and f["height"] == 480 for f in frames)
     # stats reach the viewer once a second, typed from the daemon's own `_stats`
     stats = [t for t in texts if t["type"] == "stats"]

@@ -306,3 +306,50 @@ def test_an_unusable_record_dir_fails_check_and_run_alike(tmp_path):
     p = run_cli("check", "-c", str(cfg))
     assert p.returncode == 1 and "record.rotate_mb (50) is more than record.max_mb (10)" \
         in p.stderr, p.stderr
+
+
+def test_the_flight_recorder_writes_a_stalled_camera_s_last_seconds(tmp_path, start_daemon,
+                                                                   mjpeg_server):
+    from edged import synth
+
+    server = mjpeg_server(lambda i: synth.render(SEED, i, 320, 240).image, fps=10)
+    rec = tmp_path / "rec"
+    cfg = tmp_path / "stall.yaml"
+    cfg.write_text(f"""\
+model:
+  path: builtin:yoeo-demo-int8.onnx
+  threads: 1
+  warmup_runs: 1
+cameras:
+  door:
+    source: {server.url}
+    stall_timeout_s: 1
+publish:
+  endpoints: [ipc://{tmp_path}/pub.sock]
+log:
+  stats_interval_s: 0.5
+record:
+  dir: {rec}
+  trigger: on_miss
+  before_s: 2
+  after_s: 0.5
+""")
+    d = start_daemon(cfg)
+    d.wait_for("ready")
+    time.sleep(2.5)
+    assert list(rec.iterdir()) == []
+    t_hang = time.time_ns()
+    server.hang.set()  # the camera stops sending without closing
+    d.wait_for("recorder: door ", timeout=20)
+    server.hang.clear()
+    time.sleep(2.0)
+    assert d.terminate()[0] == 0
+    files = sorted(p.name for p in rec.iterdir())
+    assert files and re.fullmatch(r"door-\d{8}T\d{6}\.\d{3}Z-(stall|reconnect)\.mcap",
+                                  files[0]), files
+    images = [r[3] for r in _read(rec / files[0]) if r[0] == "/door/image"]
+    # the seconds before the camera went quiet are in it (before_s 2, from memory)
+    assert images and t_hang - int(3e9) <= images[0] < t_hang, (images[:1], t_hang)
+    # the stall is noticed stall_timeout_s (1 s) after the hang, so the 2 s kept reach
+    # about 1 s before it: 10 frames at 10 fps, at least half of them on a loaded machine
+    assert sum(t < t_hang for t in images) >= 5

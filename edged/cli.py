@@ -55,6 +55,7 @@ _USER_ERRORS: tuple[tuple[str, str, str], ...] = (
     ("edged.view", "ViewError", "view: "),
     ("edged.foxglove", "FoxgloveError", ""),
     ("edged.record", "RecordError", ""),
+    ("edged.ros2", "Ros2Error", ""),
     ("edged.inference.pool", "WorkersExhausted", ""),
     ("edged.tools.inspection", "InspectError", ""),
     ("edged.tools.quantize", "QuantizeError", ""),
@@ -289,6 +290,7 @@ def _try_binds(cfg: Config) -> None:
     from edged.daemon.metrics import bind as bind_metrics
     from edged.foxglove import require_foxglove
     from edged.record import require_record
+    from edged.ros2 import require_ros2
     from edged.view import require_aiohttp
     from edged.wire.publisher import Publisher, release_ipc
 
@@ -319,6 +321,14 @@ def _try_binds(cfg: Config) -> None:
                 from edged.record.sink import check_dir
 
                 print(f"record: {check_dir(cfg.record)}: writable OK")
+            if cfg.ros2 is not None:
+                require_ros2()
+                from edged.ros2.sink import Ros2Sink
+
+                r2 = Ros2Sink(cfg.ros2, {n: c.frame_id or n for n, c in cfg.cameras.items()
+                                         if c.enabled})
+                print(f"ros2: DDS domain {r2.domain_id}, Cyclone DDS started OK")
+                r2.close()
     finally:
         for sock in held:
             sock.close()

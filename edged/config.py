@@ -91,7 +91,7 @@ MAX_STATS_INTERVAL_S: Final = 3600.0
 # beyond it start-up and stop outgrow systemd's timeouts, so more is a config error.
 MAX_CAMERAS: Final = 128
 FILE_SECTIONS: Final = ("model", "camera_defaults", "cameras", "publish", "budget", "log",
-                        "view", "foxglove", "record")
+                        "view", "foxglove", "record", "ros2")
 
 Loc = tuple[str | int, ...]
 
@@ -432,6 +432,9 @@ class CameraConfig(_Frozen):
     max_reconnects: Int | None = Field(None, ge=0)
     # Live sources: this many undecodable/malformed frames in a row restart the source.
     max_corrupt_frames: Int = Field(10, ge=1)
+    # header.frame_id of this camera's ROS 2 messages (and Foxglove's frame_id); None: the
+    # camera name
+    frame_id: str | None = None
 
     @field_validator("source", mode="before")
     @classmethod
@@ -636,6 +639,45 @@ class RecordConfig(_Frozen):
         return self
 
 
+ROS_NAME_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class Ros2Config(_Frozen):
+    """ROS 2 topics over DDS (`edged[ros2]`): Cyclone DDS in the daemon, no ROS runtime."""
+
+    namespace: str = "edged"  # topics /<namespace>/<camera>/...; "" for /<camera>/...
+    # the DDS domain; None: the ROS_DOMAIN_ID environment variable, else 0
+    domain_id: Int | None = Field(None, ge=0, le=232)
+    # a Cyclone DDS XML file (interfaces, multicast, unicast peers); None: CYCLONEDDS_URI,
+    # else Cyclone's defaults
+    cyclonedds_config: Path | None = None
+    mask_color: bool = False  # also /<ns>/<camera>/mask_color (rgb8)
+    image: bool = False  # also /<ns>/<camera>/image/compressed (JPEG)
+    image_fps: Float = Field(5.0, gt=0, le=60)  # the most images per second per camera
+    quality: Int = Field(80, ge=10, le=100)
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        parts = value.strip("/").split("/") if value.strip("/") else []
+        bad = [p for p in parts if not ROS_NAME_RE.fullmatch(p)]
+        if bad:
+            raise _custom_error("ros_name", f"{bad[0]!r} is not a ROS 2 name token: use "
+                                "letters, digits and _, not starting with a digit")
+        return "/".join(parts)
+
+    @field_validator("cyclonedds_config")
+    @classmethod
+    def _xml_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        path = value if value.is_absolute() else \
+            Path((info.context or {}).get("base_dir") or Path.cwd()) / value
+        if not path.is_file():
+            raise _custom_error("file_not_found", f"Cyclone DDS config not found: {path}")
+        return path
+
+
 class Config(_Frozen):
     model: ModelConfig
     cameras: dict[CameraName, CameraConfig]  # camera_defaults and budget already merged in
@@ -645,7 +687,20 @@ class Config(_Frozen):
     view: ViewConfig | None = None  # the live view; None: off
     foxglove: FoxgloveConfig | None = None  # Foxglove live; None: off
     record: RecordConfig | None = None  # MCAP recording; None: off
+    ros2: Ros2Config | None = None  # ROS 2 topics over DDS; None: off
     source_file: Path | None = None  # None: parsed from a string
+
+    @model_validator(mode="after")
+    def _ros_camera_names(self) -> Config:
+        if self.ros2 is not None:
+            bad = [n for n, c in self.cameras.items() if c.enabled and not ROS_NAME_RE.fullmatch(n)]
+            if bad:
+                raise _custom_error(
+                    "ros_camera_name",
+                    f"camera {bad[0]!r}: with ros2 on, each camera name is part of its ROS 2 "
+                    "topics (/<namespace>/<camera>/...), so it must be letters, digits and _, "
+                    "not starting with a digit: rename the camera")
+        return self
 
     @field_validator("cameras")
     @classmethod

@@ -629,7 +629,7 @@ def test_resolved_mode(source: str, mode: str, expected: str) -> None:
 
 def test_config_type_is_exported() -> None:
     assert Config.model_fields.keys() == {"model", "cameras", "publish", "budget", "log",
-                                          "view", "foxglove", "record", "source_file"}
+                                          "view", "foxglove", "record", "ros2", "source_file"}
 
 
 def test_too_many_cameras_is_a_config_error(tmp_path: Path) -> None:

@@ -207,9 +207,10 @@ def test_echo_prints_one_json_line_per_message(tmp_path, test_model, tcp_endpoin
     assert d.terminate()[0] == 0
 
 
-def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: float = 60,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edged", *args], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=env)
 
 
 def test_missing_model_is_a_clear_error(tmp_path, tcp_endpoint):

@@ -373,6 +373,8 @@ class Pipeline:
                 kept.append("foxglove")
             if new.record != old.record:
                 kept.append("record")
+            if new.ros2 != old.ros2:
+                kept.append("ros2")
             # the worker plan and the batch size shape the running pool
             fixed = ("workers", "threads", "batch")
             kept += [f"model.{k}" for k in fixed
@@ -382,7 +384,7 @@ class Pipeline:
                             ", ".join(kept))
             new = new.model_copy(update={
                 "publish": old.publish, "view": old.view, "foxglove": old.foxglove,
-                "record": old.record,
+                "record": old.record, "ros2": old.ros2,
                 "model": new.model.model_copy(update={k: getattr(old.model, k)
                                                       for k in fixed})})
             if new.model != old.model:
@@ -730,6 +732,19 @@ def make_stage(config: Config) -> PublishStage:
 
             # a queue of a few seconds: a disk pausing for a moment loses nothing
             sinks.append(SinkRunner(RecorderSink(config.record), queue_size=64))
+        except BaseException:
+            for s in sinks:
+                s.sink.close()
+            raise
+    if config.ros2 is not None:
+        from edged.ros2 import require_ros2
+
+        try:
+            require_ros2()
+            from edged.ros2.sink import Ros2Sink
+
+            frame_ids = {n: config.cameras[n].frame_id or n for n in names}
+            sinks.append(SinkRunner(Ros2Sink(config.ros2, frame_ids), queue_size=4))
         except BaseException:
             for s in sinks:
                 s.sink.close()

@@ -1,0 +1,290 @@
+"""ROS 2 topics over DDS: a Cyclone DDS participant in the daemon, and the sink that
+writes each camera's results as standard ROS 2 messages (no ROS runtime needed).
+
+Topics per camera, under `/<namespace>/<camera>/` (ROS 2 names; on the DDS wire each is
+`rt/` + the name):
+
+- `mask`: sensor_msgs/msg/Image `mono8`, class ids at camera resolution;
+- `mask/label_info`: vision_msgs/msg/LabelInfo, segmentation class names (latched);
+- `mask_color`: Image `rgb8`, with `ros2.mask_color`;
+- `detections`: vision_msgs/msg/Detection2DArray, one hypothesis per box (class id as
+  text, score), `id` = the detection's index + 1;
+- `label_info`: LabelInfo, detection class names (latched);
+- `instances`: Image `mono16` for formats with instance masks, pixel = detection id;
+- `image/compressed`: sensor_msgs/msg/CompressedImage `jpeg`, with `ros2.image`, at
+  most `image_fps`;
+
+and `/diagnostics` (diagnostic_msgs/msg/DiagnosticArray, one status per camera from each
+`_stats`). `header.stamp` is the capture time, `header.frame_id` the camera's
+`frame_id`. QoS: reliable, keep last 1, volatile (transient local for LabelInfo), which
+both the sensor-data profile (best effort) and the default profile (reliable) of a ROS 2
+subscriber match. A message is built only while a reader is matched (LabelInfo always).
+
+Thread ownership: this sink's thread writes; Cyclone DDS has threads of its own, and its
+listener callbacks only update the matched counts (a dict assignment).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from cyclonedds._clayer import ddspy_write_ts
+from cyclonedds.core import DDSException, Listener
+from cyclonedds.domain import Domain, DomainParticipant
+from cyclonedds.pub import DataWriter
+from cyclonedds.qos import Policy, Qos
+from cyclonedds.topic import Topic
+from cyclonedds.util import duration
+
+from edged.config import Ros2Config
+from edged.daemon.sinks import Outcome, Sink
+from edged.daemon.telemetry import CameraSnapshot, CameraState
+from edged.results import Result, instance_extents
+from edged.ros2 import Ros2Error, cdr, msgs
+from edged.view.overlay import Overlay, encode_jpeg
+from edged.wire.codec import TOPIC_STATS
+from edged.wire.telemetry import decode_stats
+
+log = logging.getLogger("edged.ros2")
+
+STREAM_QOS = Qos(Policy.Reliability.Reliable(duration(milliseconds=100)),
+                 Policy.History.KeepLast(1), Policy.Durability.Volatile)
+LATCHED_QOS = Qos(Policy.Reliability.Reliable(duration(milliseconds=100)),
+                  Policy.History.KeepLast(1), Policy.Durability.TransientLocal)
+
+
+def _stamp(t_ns: int) -> msgs.Time:
+    return msgs.Time(t_ns // 1_000_000_000, t_ns % 1_000_000_000)
+
+
+class _Writer:
+    """A DataWriter that knows whether any reader is matched."""
+
+    def __init__(self, participant: DomainParticipant, name: str, kind: type,
+                 qos: Qos) -> None:
+        self.name = name
+        self.matched = 0
+
+        def on_matched(_writer: Any, status: Any) -> None:
+            self.matched = int(status.current_count)
+
+        self.topic: Topic[Any] = Topic(participant, "rt" + name, kind)
+        self.writer = DataWriter(participant, self.topic, qos=qos,
+                                 listener=Listener(on_publication_matched=on_matched))
+
+    def write(self, sample: Any, t_ns: int) -> None:
+        self.writer.write(sample, timestamp=t_ns)
+
+    def write_cdr(self, data: bytes, t_ns: int) -> None:
+        ret = ddspy_write_ts(self.writer._ref, data, t_ns)
+        if ret < 0:
+            raise DDSException(ret, f"writing {self.name}")
+
+
+@dataclass(slots=True)
+class _Camera:
+    frame_id: str
+    mask: _Writer
+    mask_labels: _Writer
+    detections: _Writer
+    labels: _Writer
+    instances: _Writer
+    mask_color: _Writer | None
+    image: _Writer | None
+    labels_for: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+    next_image_ns: int = 0
+    written: dict[str, int] = field(default_factory=dict)
+
+
+def domain_id_of(config: Ros2Config) -> int:
+    if config.domain_id is not None:
+        return config.domain_id
+    raw = os.environ.get("ROS_DOMAIN_ID", "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit() or int(raw) > 232:
+        raise Ros2Error(f"ROS_DOMAIN_ID={raw!r}: expected a number 0-232 (or set "
+                        "ros2.domain_id)")
+    return int(raw)
+
+
+class Ros2Sink(Sink):
+    name = "ros2"
+
+    def __init__(self, config: Ros2Config, cameras: dict[str, str]) -> None:
+        """`cameras`: name -> frame_id."""
+        self.config = config
+        self.domain_id = domain_id_of(config)
+        try:
+            # a Domain made first with the XML configures the participant after it
+            self._domain = Domain(self.domain_id, config=config.cyclonedds_config.read_text()) \
+                if config.cyclonedds_config is not None else None
+            self.participant = DomainParticipant(self.domain_id)
+        except DDSException as e:
+            where = f" with {config.cyclonedds_config}" if config.cyclonedds_config else ""
+            raise Ros2Error(f"ros2: Cyclone DDS cannot start on domain {self.domain_id}"
+                            f"{where}: {e}") from None
+        self._prefix = "/" + config.namespace if config.namespace else ""
+        self._frame_ids = dict(cameras)
+        self._cams: dict[str, _Camera] = {}
+        for name in cameras:
+            self._camera(name)
+        self.diagnostics = _Writer(self.participant, "/diagnostics", msgs.DiagnosticArray,
+                                   STREAM_QOS)
+        self._overlay = Overlay()
+        self.build_ms: list[float] = []  # per delivery with a reader, for the bench
+
+    def _camera(self, name: str) -> _Camera:
+        cam = self._cams.get(name)
+        if cam is None:
+            p, base, c = self.participant, f"{self._prefix}/{name}", self.config
+            cam = self._cams[name] = _Camera(
+                self._frame_ids.get(name, name),
+                _Writer(p, f"{base}/mask", msgs.Image, STREAM_QOS),
+                _Writer(p, f"{base}/mask/label_info", msgs.LabelInfo, LATCHED_QOS),
+                _Writer(p, f"{base}/detections", msgs.Detection2DArray, STREAM_QOS),
+                _Writer(p, f"{base}/label_info", msgs.LabelInfo, LATCHED_QOS),
+                _Writer(p, f"{base}/instances", msgs.Image, STREAM_QOS),
+                _Writer(p, f"{base}/mask_color", msgs.Image, STREAM_QOS)
+                if c.mask_color else None,
+                _Writer(p, f"{base}/image/compressed", msgs.CompressedImage, STREAM_QOS)
+                if c.image else None)
+        return cam
+
+    def open(self) -> None:
+        log.info("ROS 2 topics on DDS domain %d under %s/<camera>/ (Cyclone DDS%s)",
+                 self.domain_id, self._prefix or "", f", {self.config.cyclonedds_config}"
+                 if self.config.cyclonedds_config else "")
+
+    # ------------------------------------------------------------------ results
+
+    def deliver(self, outcome: Outcome) -> None:
+        r, frame = outcome.result, outcome.frame
+        cam = self._camera(r.camera)
+        t = r.t_capture_wall_ns
+        t0 = time.perf_counter()
+        any_reader = False
+        self._labels(cam, r, t)
+        header = msgs.Header(stamp=_stamp(t), frame_id=cam.frame_id)
+        if cam.mask.matched or (cam.mask_color is not None and cam.mask_color.matched):
+            mask = r.mask_camera()
+            if mask is not None:
+                mask = np.ascontiguousarray(mask, np.uint8)
+                h, w = mask.shape
+                if cam.mask.matched:
+                    cam.mask.write_cdr(cdr.image(t, cam.frame_id, h, w, "mono8", w,
+                                                 mask.data), t)
+                if cam.mask_color is not None and cam.mask_color.matched:
+                    rgb = np.ascontiguousarray(
+                        self._overlay.colours(r.mask_classes)[mask][..., ::-1])
+                    cam.mask_color.write_cdr(cdr.image(t, cam.frame_id, h, w, "rgb8", 3 * w,
+                                                       rgb.data), t)
+                any_reader = True
+        if cam.detections.matched:
+            cam.detections.write(detections(r, header), t)
+            any_reader = True
+        if cam.instances.matched and r.detections.instance_masks is not None:
+            ids = instance_ids(r)
+            h, w = ids.shape
+            cam.instances.write_cdr(cdr.image(t, cam.frame_id, h, w, "mono16", 2 * w,
+                                              ids.data), t)
+            any_reader = True
+        if cam.image is not None and cam.image.matched and frame is not None:
+            now = time.monotonic_ns()
+            if now >= cam.next_image_ns:
+                cam.next_image_ns = now + int(1e9 / self.config.image_fps)
+                cam.image.write_cdr(cdr.compressed_image(
+                    t, cam.frame_id, "jpeg", encode_jpeg(frame.image, self.config.quality)), t)
+                any_reader = True
+        if any_reader and len(self.build_ms) < 100_000:
+            self.build_ms.append((time.perf_counter() - t0) * 1e3)
+
+    def _labels(self, cam: _Camera, r: Result, t: int) -> None:
+        """LabelInfo once per model (and again after a model switch); transient local, so
+        a late joiner gets the last one."""
+        key = (r.class_names, r.mask_classes)
+        if cam.labels_for == key:
+            return
+        cam.labels_for = key
+        header = msgs.Header(stamp=_stamp(t), frame_id=cam.frame_id)
+        cam.labels.write(msgs.LabelInfo(header=header, class_map=[
+            msgs.VisionClass(i, n) for i, n in enumerate(r.class_names)]), t)
+        cam.mask_labels.write(msgs.LabelInfo(header=header, class_map=[
+            msgs.VisionClass(i, n) for i, n in enumerate(r.mask_classes)]), t)
+
+    # ------------------------------------------------------------------ statistics
+
+    def control(self, frames: list[bytes]) -> None:
+        if not frames or bytes(frames[0]) != TOPIC_STATS.encode() or \
+                not self.diagnostics.matched:
+            return
+        st = decode_stats(frames)
+        statuses = [diagnostic_status(name, snap) for name, snap in st.snapshots.items()]
+        self.diagnostics.write(msgs.DiagnosticArray(
+            header=msgs.Header(stamp=_stamp(st.t_ns), frame_id=""), status=statuses), st.t_ns)
+
+    def close(self) -> None:
+        if self.build_ms:
+            log.info("ros2: built and wrote %d result(s) for readers, %.2f ms median",
+                     len(self.build_ms), float(np.median(self.build_ms)))
+        # deleting the participant deletes its topics and writers
+        self.participant = None  # type: ignore[assignment]
+        self._cams.clear()
+
+
+def detections(r: Result, header: msgs.Header) -> msgs.Detection2DArray:
+    """One Detection2D per box: bbox centre and size in camera pixels, one hypothesis
+    (class id as text, score); `id` is the detection's index + 1 (the `instances`
+    image's pixel value)."""
+    det = r.detections
+    boxes = np.asarray(det.boxes, np.float64).reshape(-1, 4)
+    out = []
+    for i, ((x1, y1, x2, y2), c, s) in enumerate(zip(boxes.tolist(),
+                                                     np.asarray(det.class_ids).tolist(),
+                                                     np.asarray(det.scores).tolist())):
+        out.append(msgs.Detection2D(
+            header=header,
+            results=[msgs.ObjectHypothesisWithPose(
+                hypothesis=msgs.ObjectHypothesis(class_id=str(int(c)), score=float(s)))],
+            bbox=msgs.BoundingBox2D(center=msgs.Pose2D(
+                position=msgs.Point2D((x1 + x2) / 2, (y1 + y2) / 2)),
+                size_x=x2 - x1, size_y=y2 - y1),
+            id=str(i + 1)))
+    return msgs.Detection2DArray(header=header, detections=out)
+
+
+def instance_ids(r: Result) -> np.ndarray:
+    """uint16 at camera resolution: 0 nowhere, i + 1 where detection i's mask is (a later
+    detection over an earlier one)."""
+    ids = np.zeros((r.frame_h, r.frame_w), np.uint16)
+    masks = r.detections.instance_masks or []
+    boxes = np.asarray(r.detections.boxes, np.float32).reshape(-1, 4)
+    for i, ((x0, y0, x1, y1), m) in enumerate(zip(instance_extents(boxes), masks)):
+        x0c, y0c = max(int(x0), 0), max(int(y0), 0)
+        x1c, y1c = min(int(x1), r.frame_w), min(int(y1), r.frame_h)
+        if x1c > x0c and y1c > y0c:
+            sub = m[y0c - y0:y1c - y0, x0c - x0:x1c - x0].astype(bool)
+            ids[y0c:y1c, x0c:x1c][sub] = i + 1
+    return ids
+
+
+def diagnostic_status(camera: str, s: CameraSnapshot) -> msgs.DiagnosticStatus:
+    ok = s.state is CameraState.RUNNING
+    level = 0 if ok else (2 if s.state is CameraState.FAILED else 1)
+    e = s.e2e_ms
+    values = {"state": s.state.value, "capture_fps": f"{s.capture_fps:.2f}",
+              "processed_fps": f"{s.processed_fps:.2f}",
+              "e2e_ms_p50": "" if e.p50 is None else f"{e.p50:.2f}",
+              "e2e_ms_p99": "" if e.p99 is None else f"{e.p99:.2f}",
+              "budget_ms": f"{s.budget_ms:g}", "published": str(s.published),
+              "late": str(s.late), "variant": s.variant, "providers": s.providers,
+              **{f"dropped_{k}": str(v) for k, v in s.drops.to_wire().items()}}
+    return msgs.DiagnosticStatus(
+        level=level, name=f"edged: {camera}", hardware_id=camera,
+        message=f"{s.state.value}, {s.processed_fps:.1f} fps",
+        values=[msgs.KeyValue(k, v) for k, v in values.items()])

@@ -1,0 +1,247 @@
+"""ROS 2 over DDS: a second, real DDS participant (Cyclone DDS) in the test process
+subscribes to the daemon's topics with the ROS 2 type definitions and QoS profiles,
+decodes every message and checks it against the ZeroMQ stream of the same frames and the
+synthetic scene's ground truth. Both sides are pinned to the loopback interface with
+multicast off and a unicast peer on 127.0.0.1: no packet leaves the machine."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cyclonedds.domain import Domain, DomainParticipant
+from cyclonedds.qos import Policy, Qos
+from cyclonedds.sub import DataReader
+from cyclonedds.topic import Topic
+from cyclonedds.util import duration
+from test_daemon import run_cli
+
+from edged import synth
+from edged.ros2 import cdr, msgs
+from edged.wire.client import Subscriber
+from edged.wire.codec import Message
+
+SEED = 38
+FIELD = 2
+LOOPBACK_XML = """<?xml version="1.0" encoding="UTF-8" ?>
+<CycloneDDS xmlns="https://cdds.io/config">
+  <Domain Id="any">
+    <General>
+      <Interfaces><NetworkInterface address="127.0.0.1"/></Interfaces>
+      <AllowMulticast>false</AllowMulticast>
+    </General>
+    <Discovery>
+      <ParticipantIndex>auto</ParticipantIndex>
+      <MaxAutoParticipantIndex>120</MaxAutoParticipantIndex>
+      <Peers><Peer address="127.0.0.1"/></Peers>
+    </Discovery>
+  </Domain>
+</CycloneDDS>
+"""
+# ROS 2's profiles (rmw_qos_profile_sensor_data, rmw_qos_profile_default)
+SENSOR_DATA = Qos(Policy.Reliability.BestEffort, Policy.History.KeepLast(5),
+                  Policy.Durability.Volatile)
+DEFAULT = Qos(Policy.Reliability.Reliable(duration(milliseconds=100)),
+              Policy.History.KeepLast(10), Policy.Durability.Volatile)
+LATCHED = Qos(Policy.Reliability.Reliable(duration(milliseconds=100)),
+              Policy.History.KeepLast(1), Policy.Durability.TransientLocal)
+
+
+@pytest.fixture(scope="module")
+def domain(tmp_path_factory) -> tuple[int, Path, DomainParticipant]:
+    # a domain of its own, so parallel runs on one machine never meet
+    domain_id = random.Random(os.getpid()).randrange(100, 230)
+    xml = tmp_path_factory.mktemp("dds") / "loopback.xml"
+    xml.write_text(LOOPBACK_XML)
+    dom = Domain(domain_id, config=LOOPBACK_XML)
+    participant = DomainParticipant(domain_id)
+    participant._keep_domain = dom  # type: ignore[attr-defined]
+    return domain_id, xml, participant
+
+
+def _config(tmp_path: Path, domain_id: int, xml: Path, *, camera: str = "front",
+            extra: str = "") -> Path:
+    cfg = tmp_path / "ros2.yaml"
+    cfg.write_text(f"""\
+model:
+  path: builtin:yoeo-demo-int8.onnx
+  threads: 1
+  warmup_runs: 1
+cameras:
+  {camera}:
+    source: synthetic
+    seed: {SEED}
+    width: 640
+    height: 480
+    fps: 10
+    frame_id: cam_front_optical
+publish:
+  endpoints: [ipc://{tmp_path}/pub.sock]
+log:
+  stats_interval_s: 1
+ros2:
+  namespace: robot/perception
+  domain_id: {domain_id}
+  cyclonedds_config: {xml}
+  image: true
+  image_fps: 2
+{extra}""")
+    return cfg
+
+
+def _stamp_ns(h: msgs.Header) -> int:
+    return h.stamp.sec * 1_000_000_000 + h.stamp.nanosec
+
+
+def test_cdr_of_the_image_messages_is_byte_for_byte_cyclone_s():
+    rng = np.random.default_rng(0)
+    for h, w, enc, ch in ((48, 64, "mono8", 1), (5, 7, "rgb8", 3), (3, 9, "mono16", 2)):
+        data = rng.integers(0, 255, (h, w * ch), np.uint8)
+        ref = msgs.Image(header=msgs.Header(stamp=msgs.Time(1796170577, 914600511),
+                                            frame_id="cam_front"), height=h, width=w,
+                         encoding=enc, step=w * ch, data=data.tobytes()).serialize()
+        ref = ref.ljust((len(ref) + 3) & ~3, b"\0")  # as DataWriter.write pads it
+        assert cdr.image(1796170577914600511, "cam_front", h, w, enc, w * ch, data.data) == ref
+    ref = msgs.CompressedImage(header=msgs.Header(stamp=msgs.Time(5, 7), frame_id="ab"),
+                               format="jpeg", data=b"\xff\xd8xyz").serialize()
+    assert cdr.compressed_image(5_000_000_007, "ab", "jpeg", b"\xff\xd8xyz") == \
+        ref.ljust((len(ref) + 3) & ~3, b"\0")
+
+
+def test_ros2_topics_carry_the_results_to_a_dds_reader(tmp_path, start_daemon, domain):
+    domain_id, xml, p = domain
+    ns = "rt/robot/perception/front"
+    # the mask twice: once with each ROS 2 profile a subscriber might use
+    readers = {
+        "mask_sensor": DataReader(p, Topic(p, f"{ns}/mask", msgs.Image), qos=SENSOR_DATA),
+        "mask_default": DataReader(p, Topic(p, f"{ns}/mask", msgs.Image), qos=DEFAULT),
+        "detections": DataReader(p, Topic(p, f"{ns}/detections", msgs.Detection2DArray),
+                                 qos=DEFAULT),
+        "image": DataReader(p, Topic(p, f"{ns}/image/compressed", msgs.CompressedImage),
+                            qos=SENSOR_DATA),
+        "diagnostics": DataReader(p, Topic(p, "rt/diagnostics", msgs.DiagnosticArray),
+                                  qos=DEFAULT),
+    }
+    zmq_msgs: dict[int, Message] = {}
+    stop = threading.Event()
+
+    def listen() -> None:
+        with Subscriber(f"ipc://{tmp_path}/pub.sock") as sub:
+            while not stop.is_set():
+                m = sub.recv(timeout=0.1)
+                if isinstance(m, Message):
+                    zmq_msgs[m.t_capture_ns] = m
+
+    th = threading.Thread(target=listen, daemon=True)
+    th.start()
+    d = start_daemon(_config(tmp_path, domain_id, xml))
+    d.wait_for("ready")
+    got: dict[str, list] = {k: [] for k in readers}
+    end = time.monotonic() + 4.0
+    while time.monotonic() < end:
+        for k, r in readers.items():
+            got[k].extend(r.take(N=50))
+        time.sleep(0.05)
+    # a late joiner gets the class names (transient local)
+    labels = DataReader(p, Topic(p, f"{ns}/label_info", msgs.LabelInfo), qos=LATCHED)
+    mask_labels = DataReader(p, Topic(p, f"{ns}/mask/label_info", msgs.LabelInfo), qos=LATCHED)
+    late: dict[str, list] = {"labels": [], "mask_labels": []}
+    end = time.monotonic() + 5.0
+    while time.monotonic() < end and not (late["labels"] and late["mask_labels"]):
+        late["labels"].extend(labels.take(N=5))
+        late["mask_labels"].extend(mask_labels.take(N=5))
+        time.sleep(0.05)
+    stop.set()
+    th.join(5)
+    assert d.terminate()[0] == 0
+    for k, v in got.items():
+        assert v, (k, {k2: len(v2) for k2, v2 in got.items()}, d.log())
+    # masks: class ids at camera resolution, the ZeroMQ mask exactly, the scene's field
+    checked = 0
+    for m in got["mask_sensor"] + got["mask_default"]:
+        assert (m.width, m.height, m.encoding, m.step, m.is_bigendian) == \
+            (640, 480, "mono8", 640, 0)
+        assert m.header.frame_id == "cam_front_optical"
+        zm = zmq_msgs.get(_stamp_ns(m.header))
+        if zm is None:
+            continue
+        mask = np.frombuffer(bytes(m.data), np.uint8).reshape(480, 640)
+        assert np.array_equal(mask, zm.mask_camera())
+        gt = synth.render(SEED, zm.seq, 640, 480).segmentation
+        inter = ((mask == FIELD) & (gt == FIELD)).sum()
+        assert inter / ((mask == FIELD) | (gt == FIELD)).sum() > 0.9, zm.seq
+        checked += 1
+    assert checked >= 10, checked
+    # detections: one per ZeroMQ box, centre and size in camera pixels
+    balls = 0
+    for arr in got["detections"]:
+        zm = zmq_msgs.get(_stamp_ns(arr.header))
+        if zm is None:
+            continue
+        assert len(arr.detections) == len(zm.boxes)
+        for i, (det, box, cid, score) in enumerate(zip(arr.detections, zm.boxes.astype(float),
+                                                       zm.class_ids, zm.scores)):
+            x1, y1, x2, y2 = box
+            c = det.bbox.center.position
+            assert (c.x, c.y, det.bbox.size_x, det.bbox.size_y) == \
+                ((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1)
+            (hyp,) = det.results
+            assert hyp.hypothesis.class_id == str(cid)
+            assert hyp.hypothesis.score == float(score)
+            assert det.id == str(i + 1) and _stamp_ns(det.header) == zm.t_capture_ns
+        gt = synth.render(SEED, zm.seq, 640, 480)
+        gb = [b for b, k in zip(gt.boxes, gt.classes) if k == 0]
+        ours = [d_.bbox for d_ in arr.detections if d_.results[0].hypothesis.class_id == "0"]
+        if gb and ours:
+            b, o = gb[0], ours[0]
+            ox1, oy1 = o.center.position.x - o.size_x / 2, o.center.position.y - o.size_y / 2
+            ix = max(0.0, min(b[2], ox1 + o.size_x) - max(b[0], ox1))
+            iy = max(0.0, min(b[3], oy1 + o.size_y) - max(b[1], oy1))
+            union = (b[2] - b[0]) * (b[3] - b[1]) + o.size_x * o.size_y - ix * iy
+            assert ix * iy / union > 0.5, zm.seq
+            balls += 1
+    assert balls >= 5, balls
+    assert [c.class_name for c in late["labels"][-1].class_map] == ["ball", "goalpost",
+                                                                    "robot"]
+    assert [c.class_id for c in late["labels"][-1].class_map] == [0, 1, 2]
+    assert [c.class_name for c in late["mask_labels"][-1].class_map] == \
+        ["background", "lines", "field"]
+    # images: JPEG at most image_fps (2) in the 4 s
+    assert all(i.format == "jpeg" and bytes(i.data[:2]) == b"\xff\xd8" for i in got["image"])
+    assert len(got["image"]) <= 4 * 2 + 1, len(got["image"])
+    st = got["diagnostics"][-1].status[0]
+    values = {kv.key: kv.value for kv in st.values}
+    assert st.name == "edged: front" and st.level == 0 and values["state"] == "running"
+    assert float(values["processed_fps"]) > 0 and "dropped_stale" in values
+
+
+def test_nothing_is_built_without_a_reader(tmp_path, start_daemon, domain):
+    domain_id, xml, _ = domain
+    d = start_daemon(_config(tmp_path, domain_id, xml, camera="lonely"))
+    d.wait_for("ready")
+    time.sleep(2.0)
+    assert d.terminate()[0] == 0
+    log = d.log()
+    assert "ROS 2 topics on DDS domain" in log
+    assert "ros2: built and wrote" not in log, log  # no result was built for anyone
+
+
+def test_ros2_config_errors(tmp_path, domain):
+    domain_id, xml, _ = domain
+    cfg = _config(tmp_path, domain_id, xml, camera="front-left")
+    p = run_cli("check", "-c", str(cfg))
+    assert p.returncode == 1 and "camera 'front-left': with ros2 on" in p.stderr, p.stderr
+    cfg = _config(tmp_path, domain_id, tmp_path / "missing.xml")
+    p = run_cli("check", "-c", str(cfg))
+    assert p.returncode == 1 and "Cyclone DDS config not found" in p.stderr, p.stderr
+    cfg = _config(tmp_path, domain_id, xml)
+    cfg.write_text(cfg.read_text().replace(f"  domain_id: {domain_id}\n", ""))
+    p = run_cli("check", "-c", str(cfg), env={**os.environ, "ROS_DOMAIN_ID": "lots"})
+    assert p.returncode == 1 and "ROS_DOMAIN_ID='lots'" in p.stderr, p.stderr
+    p = run_cli("check", "-c", str(cfg), env={**os.environ, "ROS_DOMAIN_ID": str(domain_id)})
+    assert p.returncode == 0 and f"ros2: DDS domain {domain_id}" in p.stdout, p.stderr

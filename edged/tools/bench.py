@@ -302,6 +302,65 @@ class _Client:
                         return
 
 
+_BENCH_DOMAIN = 231  # a DDS domain robots rarely use
+LOOPBACK_DDS = """<CycloneDDS xmlns="https://cdds.io/config"><Domain Id="any"><General>
+<Interfaces><NetworkInterface address="127.0.0.1"/></Interfaces>
+<AllowMulticast>false</AllowMulticast></General><Discovery>
+<ParticipantIndex>auto</ParticipantIndex><Peers><Peer address="127.0.0.1"/></Peers>
+</Discovery></Domain></CycloneDDS>"""
+
+
+class _DdsReader:
+    """A DDS participant reading each camera's mask and detections (ROS 2's default
+    profile), and the capture-to-received latency of each mask."""
+
+    def __init__(self, domain_id: int, xml: str, cameras: list[str]) -> None:
+        self.domain_id, self.xml, self.cameras = domain_id, xml, cameras
+        self.messages = 0
+        self.latencies_ms: list[float] = []
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait(10)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        from cyclonedds.domain import Domain, DomainParticipant
+        from cyclonedds.qos import Policy, Qos
+        from cyclonedds.sub import DataReader
+        from cyclonedds.topic import Topic
+        from cyclonedds.util import duration
+
+        from edged.ros2 import msgs
+
+        dom = Domain(self.domain_id, config=self.xml)
+        p = DomainParticipant(self.domain_id)
+        qos = Qos(Policy.Reliability.Reliable(duration(milliseconds=100)),
+                  Policy.History.KeepLast(10), Policy.Durability.Volatile)
+        masks = [DataReader(p, Topic(p, f"rt/edged/{c}/mask", msgs.Image), qos=qos)
+                 for c in self.cameras]
+        dets = [DataReader(p, Topic(p, f"rt/edged/{c}/detections", msgs.Detection2DArray),
+                           qos=qos) for c in self.cameras]
+        self._ready.set()
+        while not self._stop.is_set():
+            for r in masks:
+                for m in r.take(N=20):
+                    now = time.time_ns()
+                    t = m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec
+                    self.latencies_ms.append((now - t) / 1e6)
+                    self.messages += 1
+            for dr in dets:
+                self.messages += len(dr.take(N=20))
+            time.sleep(0.002)
+        del dom
+
+
 def _summary(run: dict[str, Any]) -> dict[str, Any]:
     cams = list(run["cameras"].values())
     return {"fps": run["total"]["fps"], "cpu_ms_per_frame": run["total"].get("cpu_ms_per_frame"),
@@ -319,11 +378,11 @@ def _free_port() -> int:
 
 def sink_costs(config: Config, models: Models, frames: int) -> list[dict[str, Any]]:
     """The pipeline with each new output on, without and with a consumer."""
-    from edged.config import FoxgloveConfig, RecordConfig, ViewConfig
+    from edged.config import FoxgloveConfig, RecordConfig, Ros2Config, ViewConfig
 
     rows: list[dict[str, Any]] = []
 
-    def case(label: str, cfg: Config, client: _Client | None = None) -> None:
+    def case(label: str, cfg: Config, client: _Client | _DdsReader | None = None) -> None:
         run = pipeline_run(models, cfg, frames,
                            on_bound=client.start if client is not None else None)
         if client is not None:
@@ -341,6 +400,20 @@ def sink_costs(config: Config, models: Models, frames: int) -> list[dict[str, An
     case("foxglove, no client", base.model_copy(update={"foxglove": fox}))
     case("foxglove, one client on every channel", base.model_copy(update={"foxglove": fox}),
          _Client(f"ws://{fox.listen}", foxglove=True))
+    try:
+        import cyclonedds  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        with tempfile.TemporaryDirectory(prefix="edged-bench-dds-") as d:
+            xml = Path(d) / "loopback.xml"
+            xml.write_text(LOOPBACK_DDS)
+            ros = Ros2Config(domain_id=_BENCH_DOMAIN, cyclonedds_config=xml)
+            case("ros2, no reader", base.model_copy(update={"ros2": ros}))
+            reader = _DdsReader(_BENCH_DOMAIN, LOOPBACK_DDS, [n for n in base.cameras])
+            case("ros2, a reader of mask and detections", base.model_copy(update={"ros2": ros}),
+                 reader)
+            rows[-1]["dds_e2e_ms"] = _pct(reader.latencies_ms)
     with tempfile.TemporaryDirectory(prefix="edged-bench-rec-") as d:
         rec = RecordConfig(dir=Path(d), max_mb=2000, rotate_mb=500)
         case("record everything, with frames", base.model_copy(update={"record": rec}))
@@ -421,6 +494,9 @@ def format_report(r: dict[str, Any]) -> str:
             inf = ", ".join(f"{i:.2f}" for i in x["inference_ms_p50"] if i is not None)
             cpu = x["cpu_ms_per_frame"]
             used = f", {x['consumed']} messages consumed" if x["consumed"] is not None else ""
+            if x.get("dds_e2e_ms") and x["dds_e2e_ms"]["p50"] is not None:
+                dd = x["dds_e2e_ms"]
+                used += f"; capture to DDS reader p50/p99 {dd['p50']:.1f}/{dd['p99']:.1f} ms"
             lines.append(f"  {x['case']:<40} {x['fps']:6.1f} fps, "
                          f"{cpu:.2f} CPU ms/frame, inference {inf} ms, e2e {e2e} ms{used}")
     return "\n".join(lines)

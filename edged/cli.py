@@ -219,6 +219,8 @@ def _recording(cfg: Config, args: argparse.Namespace) -> Config:
     fields: dict[str, object] = {} if base is None else base.model_dump()
     fields.update(trigger="always", dir=Path(args.dir) if args.dir else
                   (base.dir if base is not None else Path("recordings")))
+    if args.rosbag:
+        fields.update(format="rosbag2", dir=Path(args.rosbag))
     if args.no_frames:
         fields["frames"] = False
     return cfg.model_copy(update={"record": RecordConfig.model_validate(fields)})
@@ -316,7 +318,17 @@ def _try_binds(cfg: Config) -> None:
 
                 start_server(cfg.foxglove, foxglove.Context()).stop()
                 print(f"foxglove: ws://{cfg.foxglove.listen}: bound OK")
-            if cfg.record is not None:
+            if cfg.record is not None and cfg.record.format == "rosbag2":
+                require_record()
+                require_ros2()
+                d = cfg.record.dir.expanduser().absolute()
+                if d.exists():  # what RosbagSink refuses
+                    from edged.record import RecordError
+
+                    raise RecordError(f"record.dir {d}: a rosbag2 bag needs a new directory, "
+                                      "and this one exists (choose another, or remove it)")
+                print(f"record: rosbag2 into {d} (created at start)")
+            elif cfg.record is not None:
                 require_record()
                 from edged.record.sink import check_dir
 
@@ -571,6 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--frames", type=int, help="stop each camera after N processed frames")
     rec.add_argument("--dir", help="where the files go (default: record.dir of the config, "
                      "else ./recordings)")
+    rec.add_argument("--rosbag", metavar="DIR",
+                     help="write a rosbag2 bag (MCAP storage) into the new directory DIR, "
+                          "for `ros2 bag play`")
     rec.add_argument("--no-frames", action="store_true",
                      help="results only, without the camera images")
     rec.add_argument("--log-level", choices=["debug", "info", "warning", "error"])

@@ -621,6 +621,9 @@ class RecordConfig(_Frozen):
     around a missed budget, a stall, a reconnect or a failed inference."""
 
     dir: Path
+    # mcap: edged's files (Foxglove messages + the wire protocol); rosbag2: one ROS 2 bag
+    # (MCAP storage) in a new directory, for `ros2 bag play`
+    format: Literal["mcap", "rosbag2"] = "mcap"
     frames: bool = True  # the camera images (JPEG) too; results alone are much smaller
     quality: Int = Field(80, ge=10, le=100)
     max_mb: Float = Field(500.0, gt=0)  # edged's files in `dir`, oldest deleted past it
@@ -632,6 +635,10 @@ class RecordConfig(_Frozen):
 
     @model_validator(mode="after")
     def _sizes(self) -> RecordConfig:
+        if self.format == "rosbag2" and self.trigger != "always":
+            raise _custom_error("rosbag_trigger",
+                                "record.format rosbag2 records everything into one bag: "
+                                "use trigger: always (the flight recorder writes mcap)")
         if self.rotate_mb > self.max_mb:
             raise _custom_error("rotate_over_max",
                                 f"record.rotate_mb ({self.rotate_mb:g}) is more than "

@@ -34,7 +34,7 @@ from edged.daemon.metrics import serve as serve_metrics
 from edged.daemon.notify import Notifier
 from edged.daemon.publish import PublishStage
 from edged.daemon.scheduler import Budget, Scheduler
-from edged.daemon.sinks import SinkRunner, ZmqSink
+from edged.daemon.sinks import Sink, SinkRunner, ZmqSink
 from edged.daemon.telemetry import (
     CameraSnapshot,
     CameraState,
@@ -728,10 +728,21 @@ def make_stage(config: Config) -> PublishStage:
 
         try:
             require_record()
-            from edged.record.sink import RecorderSink
+            rec: Sink
+            if config.record.format == "rosbag2":
+                from edged.record.rosbag import RosbagSink
+                from edged.ros2 import require_ros2
 
+                require_ros2()
+                rec = RosbagSink(config.record, {n: config.cameras[n].frame_id or n
+                                                 for n in names},
+                                 config.ros2.namespace if config.ros2 else "edged")
+            else:
+                from edged.record.sink import RecorderSink
+
+                rec = RecorderSink(config.record)
             # a queue of a few seconds: a disk pausing for a moment loses nothing
-            sinks.append(SinkRunner(RecorderSink(config.record), queue_size=64))
+            sinks.append(SinkRunner(rec, queue_size=64))
         except BaseException:
             for s in sinks:
                 s.sink.close()

@@ -305,3 +305,26 @@ def test_record_rosbag_writes_a_bag_rosbags_reads(tmp_path, domain):
     p = run_cli("record", "-c", str(cfg), "--duration", "1", "--rosbag", str(bag))
     assert p.returncode == 1 and f"record.dir {bag}: a rosbag2 bag needs a new directory" \
         in p.stderr, p.stderr
+
+
+def test_instance_ids_and_detections_follow_the_boxes():
+    from edged.results import Detections, Result
+    from edged.ros2.sink import detections, instance_ids
+
+    a = np.zeros((10, 20), np.uint8)
+    a[2:8, 3:20] = 1  # x 13-29, y 22-27 in camera pixels
+    b = np.ones((6, 6), np.uint8)
+    det = Detections(np.array([[10.0, 20.0, 30.0, 30.0], [25.0, 24.0, 31.0, 30.0]], np.float32),
+                     np.array([0.9, 0.6], np.float32), np.array([2, 0], np.int32), [a, b])
+    r = Result("c", 0, 7, 7, 64, 48, det, ("ball", "goalpost", "robot"), None, (), None)
+    ids = instance_ids(r)
+    assert ids.dtype == np.uint16 and ids.shape == (48, 64)
+    assert ids[22, 13] == 1 and ids[20, 10] == 0  # inside a's mask / in its box, not mask
+    assert ids[25, 26] == 2  # a and b overlap here: the later detection is on top
+    assert ids[23, 26] == 1  # a alone (b starts at y 24)
+    assert set(np.unique(ids)) == {0, 1, 2}
+    arr = detections(r, msgs.Header(frame_id="f"))
+    assert [d.id for d in arr.detections] == ["1", "2"]
+    assert [d.results[0].hypothesis.class_id for d in arr.detections] == ["2", "0"]
+    c = arr.detections[0].bbox
+    assert (c.center.position.x, c.center.position.y, c.size_x, c.size_y) == (20, 25, 20, 10)

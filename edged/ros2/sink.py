@@ -80,6 +80,11 @@ class _Writer:
     def write(self, sample: Any, t_ns: int) -> None:
         self.writer.write(sample, timestamp=t_ns)
 
+    def delete(self) -> None:
+        # Cyclone's Python entities stay registered until deleted explicitly
+        self.writer.__del__()
+        self.topic.__del__()
+
     def write_cdr(self, data: bytes, t_ns: int) -> None:
         ret = ddspy_write_ts(self.writer._ref, data, t_ns)
         if ret < 0:
@@ -232,9 +237,19 @@ class Ros2Sink(Sink):
         if self.build_ms:
             log.info("ros2: built and wrote %d result(s) for readers, %.2f ms median",
                      len(self.build_ms), float(np.median(self.build_ms)))
-        # deleting the participant deletes its topics and writers
-        self.participant = None  # type: ignore[assignment]
+        # explicitly, writers first: the Python entities are never garbage-collected, and
+        # a domain configured again in this process (a restart, the bench) must be free
+        for cam in self._cams.values():
+            for w in (cam.mask, cam.mask_labels, cam.detections, cam.labels, cam.instances,
+                      cam.mask_color, cam.image):
+                if w is not None:
+                    w.delete()
         self._cams.clear()
+        self.diagnostics.delete()
+        self.participant.__del__()
+        if self._domain is not None:
+            self._domain.__del__()
+            self._domain = None
 
 
 def detections(r: Result, header: msgs.Header) -> msgs.Detection2DArray:

@@ -331,7 +331,8 @@ class _DdsReader:
         self._thread.join(5)
 
     def _run(self) -> None:
-        from cyclonedds.domain import Domain, DomainParticipant
+        from cyclonedds.core import DDSException
+        from cyclonedds.domain import DomainParticipant
         from cyclonedds.qos import Policy, Qos
         from cyclonedds.sub import DataReader
         from cyclonedds.topic import Topic
@@ -339,7 +340,7 @@ class _DdsReader:
 
         from edged.ros2 import msgs
 
-        dom = Domain(self.domain_id, config=self.xml)
+        # the domain is the ROS 2 sink's, configured by it in this process
         p = DomainParticipant(self.domain_id)
         qos = Qos(Policy.Reliability.Reliable(duration(milliseconds=100)),
                   Policy.History.KeepLast(10), Policy.Durability.Volatile)
@@ -348,17 +349,27 @@ class _DdsReader:
         dets = [DataReader(p, Topic(p, f"rt/edged/{c}/detections", msgs.Detection2DArray),
                            qos=qos) for c in self.cameras]
         self._ready.set()
-        while not self._stop.is_set():
-            for r in masks:
-                for m in r.take(N=20):
-                    now = time.time_ns()
-                    t = m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec
-                    self.latencies_ms.append((now - t) / 1e6)
-                    self.messages += 1
+        try:
+            while not self._stop.is_set():
+                for r in masks:
+                    for m in r.take(N=20):
+                        if not isinstance(m, msgs.Image):
+                            continue  # a writer's end (an invalid sample), not a message
+                        now = time.time_ns()
+                        t = m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec
+                        self.latencies_ms.append((now - t) / 1e6)
+                        self.messages += 1
+                for dr in dets:
+                    self.messages += len(dr.take(N=20))
+                time.sleep(0.002)
+        except DDSException:
+            pass  # the pipeline stopped first and its domain went with it
+        finally:
+            for mr in masks:
+                mr.__del__()
             for dr in dets:
-                self.messages += len(dr.take(N=20))
-            time.sleep(0.002)
-        del dom
+                dr.__del__()
+            p.__del__()
 
 
 def _summary(run: dict[str, Any]) -> dict[str, Any]:

@@ -160,3 +160,40 @@ def mjpeg_server() -> Iterator:
     yield start
     for s in servers:
         s.close()
+
+
+class ZmqCollector:
+    """A subscriber on its own thread, keeping every result and end-of-stream (for tests
+    that compare another output with the ZeroMQ stream of the same frames)."""
+
+    def __init__(self, endpoint: str) -> None:
+        import threading
+
+        from edged.wire.client import Subscriber
+        from edged.wire.codec import EndOfStream, Message
+
+        self.msgs: list[Message] = []
+        self.eos: list[EndOfStream] = []
+        self._stop = threading.Event()
+
+        def run() -> None:
+            with Subscriber(endpoint) as sub:
+                while not self._stop.is_set():
+                    m = sub.recv(timeout=0.1)
+                    if isinstance(m, Message):
+                        self.msgs.append(m)
+                    elif isinstance(m, EndOfStream):
+                        self.eos.append(m)
+
+        self._th = threading.Thread(target=run, daemon=True)
+        self._th.start()
+
+    @property
+    def by_capture(self) -> dict:
+        """Results by their `t_capture_ns` (the stamp every output carries)."""
+        return {m.t_capture_ns: m for m in self.msgs}
+
+    def stop(self) -> None:
+        time.sleep(0.3)  # what is in flight arrives
+        self._stop.set()
+        self._th.join(5)

@@ -8,19 +8,16 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-import threading
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
-from conftest import free_port
+from conftest import ZmqCollector, free_port
 from foxglove_client import collect
 from test_daemon import run_cli
 
 from edged import synth
-from edged.wire.client import Subscriber
-from edged.wire.codec import Message
 
 SEED = 38  # its ball is in view in the first seconds
 FIELD = 2
@@ -60,25 +57,13 @@ def _encoded(log: str) -> dict[str, int]:
 def test_foxglove_channels_carry_the_results_of_the_zeromq_stream(tmp_path, start_daemon):
     port = free_port()
     cfg = _config(tmp_path, port)
-    zmq_msgs: dict[int, Message] = {}
-    stop = threading.Event()
-
-    def listen() -> None:
-        with Subscriber(f"ipc://{tmp_path}/pub.sock") as sub:
-            while not stop.is_set():
-                m = sub.recv(timeout=0.1)
-                if isinstance(m, Message):
-                    zmq_msgs[m.t_capture_ns] = m
-
-    th = threading.Thread(target=listen, daemon=True)
-    th.start()
+    col = ZmqCollector(f"ipc://{tmp_path}/pub.sock")
     d = start_daemon(cfg)
     d.wait_for("ready")
     topics = {f"/front/{c}" for c in CHANNELS} | {"/edged/stats"}
     channels, got = asyncio.run(collect(f"ws://127.0.0.1:{port}", topics, 4.0))
-    time.sleep(0.3)
-    stop.set()
-    th.join(5)
+    col.stop()
+    zmq_msgs = col.by_capture
     assert d.terminate()[0] == 0
     # every channel advertised with its Foxglove schema
     schemas = {t: c["schemaName"] for t, c in channels.items()}

@@ -9,7 +9,6 @@ import contextlib
 import re
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
+from conftest import ZmqCollector
 from foxglove_client import _message_class
 from mcap.reader import make_reader
 from test_daemon import run_cli
@@ -65,34 +65,10 @@ def _read(path: Path) -> list[tuple[str, str, str, int, bytes, bytes]]:
     return out
 
 
-class _Collector:
-    def __init__(self, endpoint: str) -> None:
-        self.msgs: list[Message] = []
-        self.eos: list[EndOfStream] = []
-        self._stop = threading.Event()
-        self._ep = endpoint
-        self._th = threading.Thread(target=self._run, daemon=True)
-        self._th.start()
-
-    def _run(self) -> None:
-        with Subscriber(self._ep) as sub:
-            while not self._stop.is_set():
-                m = sub.recv(timeout=0.1)
-                if isinstance(m, Message):
-                    self.msgs.append(m)
-                elif isinstance(m, EndOfStream):
-                    self.eos.append(m)
-
-    def stop(self) -> None:
-        time.sleep(0.3)
-        self._stop.set()
-        self._th.join(5)
-
-
 def test_a_recording_holds_what_was_published(tmp_path, start_daemon):
     rec = tmp_path / "rec"
     cfg = _config(tmp_path, f"  dir: {rec}\n")
-    col = _Collector(f"ipc://{tmp_path}/pub.sock")
+    col = ZmqCollector(f"ipc://{tmp_path}/pub.sock")
     d = start_daemon(cfg)
     d.wait_for("ready")
     time.sleep(3.0)
@@ -267,7 +243,7 @@ def _tmpfs(path: Path, options: str) -> Iterator[Path]:
 def test_a_full_disk_is_logged_and_counted_and_the_camera_goes_on(tmp_path, start_daemon):
     with _tmpfs(tmp_path / "small", "size=400k") as small:
         cfg = _config(tmp_path, f"  dir: {small}\n  rotate_mb: 5\n  max_mb: 10\n", fps=15)
-        col = _Collector(f"ipc://{tmp_path}/pub.sock")
+        col = ZmqCollector(f"ipc://{tmp_path}/pub.sock")
         d = start_daemon(cfg)
         d.wait_for("ready")
         d.wait_for("recorder: cannot write", timeout=20)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import random
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ZmqCollector
 from cyclonedds.domain import Domain, DomainParticipant
 from cyclonedds.qos import Policy, Qos
 from cyclonedds.sub import DataReader
@@ -23,8 +23,6 @@ from test_daemon import run_cli
 
 from edged import synth
 from edged.ros2 import cdr, msgs
-from edged.wire.client import Subscriber
-from edged.wire.codec import Message
 
 SEED = 38
 FIELD = 2
@@ -127,18 +125,7 @@ def test_ros2_topics_carry_the_results_to_a_dds_reader(tmp_path, start_daemon, d
         "diagnostics": DataReader(p, Topic(p, "rt/diagnostics", msgs.DiagnosticArray),
                                   qos=DEFAULT),
     }
-    zmq_msgs: dict[int, Message] = {}
-    stop = threading.Event()
-
-    def listen() -> None:
-        with Subscriber(f"ipc://{tmp_path}/pub.sock") as sub:
-            while not stop.is_set():
-                m = sub.recv(timeout=0.1)
-                if isinstance(m, Message):
-                    zmq_msgs[m.t_capture_ns] = m
-
-    th = threading.Thread(target=listen, daemon=True)
-    th.start()
+    col = ZmqCollector(f"ipc://{tmp_path}/pub.sock")
     d = start_daemon(_config(tmp_path, domain_id, xml))
     d.wait_for("ready")
     got: dict[str, list] = {k: [] for k in readers}
@@ -156,8 +143,8 @@ def test_ros2_topics_carry_the_results_to_a_dds_reader(tmp_path, start_daemon, d
         late["labels"].extend(labels.take(N=5))
         late["mask_labels"].extend(mask_labels.take(N=5))
         time.sleep(0.05)
-    stop.set()
-    th.join(5)
+    col.stop()
+    zmq_msgs = col.by_capture
     assert d.terminate()[0] == 0
     for k, v in got.items():
         assert v, (k, {k2: len(v2) for k2, v2 in got.items()}, d.log())

@@ -177,9 +177,10 @@ class ViewServer:
         else:
             # loopback without a token: a web page elsewhere must not reach it through a
             # name that resolves to 127.0.0.1 (DNS rebinding), so the Host must be local
-            host = (request.host or "").rsplit(":", 1)[0].strip("[]") \
-                if not (request.host or "").startswith("[") \
-                else (request.host or "")[1:].split("]", 1)[0]
+            try:
+                host = urlsplit("//" + (request.host or "")).hostname or ""
+            except ValueError:  # a malformed Host header
+                host = ""
             if not is_loopback_host(host):
                 return web.Response(status=403, text=f"edged view: Host {request.host!r} is "
                                     "not this machine's loopback address\n")

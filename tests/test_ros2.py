@@ -258,6 +258,12 @@ def test_record_rosbag_writes_a_bag_rosbags_reads(tmp_path, domain):
             f"{ns}/image/compressed": "sensor_msgs/msg/CompressedImage",
             "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray",
         }, types
+        # the QoS `ros2 bag play` will offer: the live writers' (metadata v9 lists)
+        qos = {c.topic: c.ext.offered_qos_profiles[0] for c in r.connections}
+        assert qos[f"{ns}/label_info"].durability.name == "TRANSIENT_LOCAL"
+        assert qos[f"{ns}/mask"].durability.name == "VOLATILE"
+        assert qos[f"{ns}/mask"].reliability.name == "RELIABLE"
+        assert qos[f"{ns}/mask"].depth == 1
         n = counts[f"{ns}/mask"]
         assert n >= 15 and counts[f"{ns}/detections"] == counts[f"{ns}/image/compressed"] == n
         assert counts[f"{ns}/label_info"] == counts[f"{ns}/mask/label_info"] == 1

@@ -36,13 +36,21 @@ from edged.wire.telemetry import decode_stats
 
 log = logging.getLogger("edged.record")
 
-QOS_STREAM = ("- history: 3\n  depth: 1\n  reliability: 1\n  durability: 2\n"
-              "  deadline:\n    sec: 2147483647\n    nsec: 4294967295\n"
-              "  lifespan:\n    sec: 2147483647\n    nsec: 4294967295\n"
-              "  liveliness: 1\n  liveliness_lease_duration:\n    sec: 2147483647\n"
-              "    nsec: 4294967295\n  avoid_ros_namespace_conventions: false\n")
-# latched topics (LabelInfo): transient local, so `ros2 bag play` republishes them so
-QOS_LATCHED = QOS_STREAM.replace("durability: 2", "durability: 1")
+_FOREVER = {"sec": 2147483647, "nsec": 4294967295}  # rmw's "infinite" duration
+
+
+def _qos(durability: str) -> list[dict[str, Any]]:
+    """The writer's QoS as rosbag2 metadata v9 lists it (what `ros2 bag play` offers)."""
+    return [{"history": "keep_last", "depth": 1, "reliability": "reliable",
+             "durability": durability, "deadline": dict(_FOREVER),
+             "lifespan": dict(_FOREVER), "liveliness": "automatic",
+             "liveliness_lease_duration": dict(_FOREVER),
+             "avoid_ros_namespace_conventions": False}]
+
+
+QOS_STREAM = _qos("volatile")
+# latched topics (LabelInfo): transient local, so `ros2 bag play` offers them so too
+QOS_LATCHED = _qos("transient_local")
 
 
 def check_bag_dir(config: RecordConfig) -> Path:
@@ -73,7 +81,8 @@ class RosbagSink(Sink):
         self._w.start(profile="ros2", library="edged")
         self._frame_ids = frame_ids
         self._schemas: dict[str, int] = {}
-        self._channels: dict[str, tuple[int, str, str]] = {}  # topic -> (id, type, qos)
+        # topic -> (channel id, type, QoS)
+        self._channels: dict[str, tuple[int, str, list[dict[str, Any]]]] = {}
         self._counts: dict[str, int] = {}
         self._labels_for: dict[str, Any] = {}
         self._first = self._last = 0
@@ -97,8 +106,9 @@ class RosbagSink(Sink):
                     sid = self._schemas[type_name] = self._w.register_schema(
                         type_name, "ros2msg", definition(type_name).encode())
                 qos = QOS_LATCHED if latched else QOS_STREAM
-                cid = self._w.register_channel(topic, "cdr", sid,
-                                               {"offered_qos_profiles": qos})
+                # the MCAP channel holds the same list as YAML text
+                cid = self._w.register_channel(
+                    topic, "cdr", sid, {"offered_qos_profiles": yaml.safe_dump(qos)})
                 ch = self._channels[topic] = (cid, type_name, qos)
             self._w.add_message(ch[0], t_ns, data, t_ns)
             self._counts[topic] = self._counts.get(topic, 0) + 1

@@ -245,9 +245,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     setup_logging("warning")
     from edged.capture.sources import redact
+    from edged.inference.cpu import detect as detect_cpu
+    from edged.inference.cpu import int8_mismatch
     from edged.inference.pool import load_rungs, plan, warmup_sizes
 
+    cpu = detect_cpu()
     print(f"config: {cfg.source_file or 'built-in default'}: OK")
+    print(f"cpu: {cpu.describe()}")
     for name, cam in cfg.cameras.items():
         state = "" if cam.enabled else " (disabled)"
         print(f"camera {name}: {cam.resolved_type()} {redact(cam.source)!r}, "
@@ -261,6 +265,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         failed = report_error("check", e)
     else:
         _print_model(cfg, rungs, wp, sizes)
+        for r in rungs:
+            warning = int8_mismatch(r.manifest.quantization, cpu, r.model_id)
+            if warning:
+                print(f"  warning: {warning}")
     try:
         _try_binds(cfg)
     except Exception as e:

@@ -66,6 +66,10 @@ def check_output(out: Path, calib_frames: int, source_word: str) -> dict:
     assert 0.5 <= a["pixel_agreement"] <= 1.0
     assert 0.0 <= a["miou_vs_fp32"] <= 1.0
     assert q["speedup"] > 0 and q["ms_p50"]["int8"] > 0 and q["ms_p50"]["threads"] == 1
+    # the CPU class the gate passed on, so a run elsewhere can warn
+    from edged.inference.cpu import detect
+
+    assert q["validated_on"] == detect().to_json()
     # the head convolutions and the decode tail stayed float, by name; the segmentation
     # conv too, unless the refinement that makes it int8 won
     assert {"conv_76", "conv_97", "argmax_220"} <= set(q["kept_float"])

@@ -32,6 +32,8 @@ from edged.daemon.pipeline import SINK_CLOSE_S, Pipeline, make_stage
 from edged.daemon.publish import PublishStage
 from edged.daemon.signals import HANDLED, EarlySignals
 from edged.daemon.threads import BlockingCalls
+from edged.inference.cpu import detect as detect_cpu
+from edged.inference.cpu import int8_mismatch
 
 log = logging.getLogger("edged.daemon.lifecycle")
 
@@ -130,6 +132,8 @@ class Daemon:
         # become messages (the same text `edged check` prints); what was opened for the
         # start is closed first.
         cfg = self.config
+        cpu = detect_cpu()
+        log.info("cpu: %s", cpu.describe())
         stage = make_stage(cfg)
         metrics_sock: socket.socket | None = None
         try:
@@ -157,6 +161,10 @@ class Daemon:
                 metrics_sock.close()
             return await self._stop_before_ready(stage)
         runner = models.rungs[0]
+        for r in models.rungs:  # an int8 model validated on another CPU class
+            warning = int8_mismatch(r.manifest.quantization, cpu, r.model_id)
+            if warning:
+                log.warning("%s", warning)
         log.info("model %s (%s) loaded on %s, %d worker(s) x %d thread(s) (%d cores), "
                  "%.1f ms per frame; loaded and warmed up in %.0f ms", runner.model_id,
                  runner.manifest.format, ",".join(runner.providers), models.plan.workers,

@@ -28,6 +28,7 @@ import numpy as np
 
 from edged.capture.sources import source_for
 from edged.config import Config
+from edged.inference.cpu import detect as detect_cpu
 from edged.inference.pool import Models
 from edged.inference.runner import ModelRunner
 from edged.results import Frame
@@ -453,6 +454,7 @@ def bench(config: Config, models: Models, frames: int, with_sinks: bool = False
     e2e = [c["e2e_ms"]["p50"] for c in edged["cameras"].values()]
     return {
         "machine": {"cpu": platform.processor() or platform.machine(),
+                    "cpu_info": detect_cpu().to_json(),
                     "cores": len(os.sched_getaffinity(0)), "python": platform.python_version()},
         "model": {"path": str(runner.options.path), "id": runner.model_id,
                   "providers": runner.providers, "threads": runner.threads,
@@ -470,7 +472,10 @@ def bench(config: Config, models: Models, frames: int, with_sinks: bool = False
 def format_report(r: dict[str, Any]) -> str:
     m = r["model"]
     rp = r["raw_onnxruntime_parallel"]
-    lines = [f"model {m['id']} on {', '.join(m['providers'])}, {m['workers']} worker(s) x "
+    ci = r["machine"].get("cpu_info") or {}
+    lines = [f"cpu: {ci.get('model') or '?'}, {' '.join(ci.get('features', []))} (int8 class "
+             f"{ci.get('int8_class', '?')})",
+             f"model {m['id']} on {', '.join(m['providers'])}, {m['workers']} worker(s) x "
              f"{m['threads']} thread(s), batch up to {m['max_batch']}; "
              f"{r['machine']['cores']} cores",
              f"raw onnxruntime loop: {r['raw_onnxruntime']['fps']:.1f} fps "

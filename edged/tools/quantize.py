@@ -61,6 +61,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from edged.inference.cpu import detect as detect_cpu
 from edged.inference.manifest import manifest_path
 from edged.inference.nms import box_iou
 from edged.inference.preprocess import Preprocessor, PreprocessSpec
@@ -883,6 +884,8 @@ def _manifest(report: Report, fp32: ModelRunner):
         "fp32_truth": report.fp32_truth,
         "source_model": report.model.name,
         "onnxruntime": ort.__version__,
+        # the CPU class the gate passed on: edged warns when the model runs on another
+        "validated_on": detect_cpu().to_json(),
     }
     m = fp32.manifest
     return replace(m, name=report.out.stem, extra={**m.extra, "precision": "int8"},

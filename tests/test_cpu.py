@@ -1,0 +1,87 @@
+"""CPU class detection for int8, and the warning for an int8 model validated on another
+class (it must name both classes and the remedy, in `check` and at start)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+from test_daemon import run_cli
+
+from edged.inference.cpu import detect, int8_mismatch, parse
+
+REPO = Path(__file__).resolve().parents[1]
+AVX2_ONLY = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 7B12
+flags\t\t: fpu vme sse sse2 ssse3 sse4_1 sse4_2 avx f16c avx2 fma bmi2
+"""
+VNNI = AVX2_ONLY.replace("avx2 fma", "avx2 fma avx512f avx512bw avx512_vnni")
+AVX_VNNI = AVX2_ONLY.replace("avx2 fma", "avx2 fma avx_vnni")  # e.g. Alder Lake
+AMX = VNNI.replace("avx512_vnni", "avx512_vnni amx_tile amx_int8")
+ARM = """processor\t: 0
+BogoMIPS\t: 108.00
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp asimddp
+CPU implementer\t: 0x41
+"""
+
+
+def test_the_int8_class_of_each_cpu_kind():
+    assert parse(AVX2_ONLY, "x86_64").int8_class == "x86-avx2"
+    assert parse(VNNI, "x86_64").int8_class == "x86-vnni"
+    assert parse(AVX_VNNI, "x86_64").int8_class == "x86-vnni"
+    assert parse(AMX, "x86_64").int8_class == "x86-amx"
+    assert parse(VNNI.replace(" avx512_vnni", ""), "x86_64").int8_class == "x86-avx512"
+    assert parse(ARM, "aarch64").int8_class == "arm-dotprod"
+    assert parse(ARM.replace("asimddp", "asimddp i8mm"), "aarch64").int8_class == "arm-i8mm"
+    c = parse(AVX2_ONLY, "x86_64")
+    assert c.model == "AMD EPYC 7B12" and c.features == ("avx2",)
+    assert c.describe() == "AMD EPYC 7B12 (x86_64): avx2; int8 class x86-avx2"
+
+
+def test_detect_reads_this_machine():
+    c = detect()
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.lower().startswith(("flags", "features")):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    assert set(c.features) <= flags and all(f in flags for f in c.features)
+    if c.machine == "x86_64":
+        assert ("avx512_vnni" in flags or "avx_vnni" in flags) == \
+            (c.int8_class in ("x86-vnni", "x86-amx"))
+
+
+def test_an_int8_model_validated_elsewhere_is_warned_about(tmp_path):
+    here = detect()
+    other = "x86-avx2" if here.int8_class != "x86-avx2" else "x86-vnni"
+    q = {"validated_on": {"int8_class": other}}
+    msg = int8_mismatch(q, here, "m-int8")
+    assert msg is not None and f"validated on a CPU of int8 class {other};" in msg
+    assert f"this one is {here.int8_class}" in msg and "edged quantize" in msg
+    assert int8_mismatch({"validated_on": {"int8_class": here.int8_class}}, here, "m") is None
+    assert int8_mismatch({}, here, "m") is None  # fp32, or a record from before the field
+    # end to end: a copy of the shipped int8 model whose record names the other class
+    model = tmp_path / "demo-int8.onnx"
+    shutil.copy(REPO / "models" / "yoeo-demo-int8.onnx", model)
+    manifest = json.loads((REPO / "models" / "yoeo-demo-int8.json").read_text())
+    manifest["quantization"]["validated_on"]["int8_class"] = other
+    (tmp_path / "demo-int8.json").write_text(json.dumps(manifest))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"model:\n  path: {model}\n  threads: 1\n  warmup_runs: 1\ncameras:\n"
+                   f"  a:\n    source: synthetic\npublish:\n  endpoints: [ipc://{tmp_path}/p]\n")
+    p = run_cli("check", "-c", str(cfg))
+    assert p.returncode == 0, p.stderr  # a warning, not a failure
+    assert "cpu: " in p.stdout and f"int8 class {here.int8_class}" in p.stdout
+    assert re.search(rf"warning: model yoeo-demo-int8 was quantized and validated on a CPU "
+                     rf"of int8 class {other}; this one is {here.int8_class}", p.stdout), \
+        p.stdout
+    r = run_cli("run", "-c", str(cfg), "--frames", "2")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count(f"validated on a CPU of int8 class {other}") == 1, r.stderr
+    # the shipped model, on the class it was validated on, says nothing
+    p = run_cli("check")
+    if here.int8_class == "x86-vnni":
+        assert "warning" not in p.stdout, p.stdout

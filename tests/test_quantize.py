@@ -99,21 +99,28 @@ def test_video_calibration_through_the_cli(small_model, tmp_path):
     assert lines[0].split()[:6] == ["candidate", "act/wgt", "method", "variant", "ms", "p50"]
     assert lines[2].startswith("fp32 ") and "reference" in lines[2]
     rows = [ln for ln in lines if ln.startswith("int8 #")]
-    assert len(rows) == 6 and sum("*" in ln for ln in rows) == 1
-    found = [re.search(r"(U8S8|S8S8)\s+(\w+)\s+(.+?)\s{2,}[\d.]+\s", ln) for ln in rows]
+    # the search this machine's CPU class gets (7-bit weights too where U8S8 saturates)
+    from edged.inference.cpu import detect
+    from edged.tools.quantize import search_for
+
+    searched = search_for("quick", detect().int8_class)
+    n = len(searched)
+    assert len(rows) == n + 3 and sum("*" in ln for ln in rows) == 1
+    found = [re.search(r"(U8S8|S8S8|U8S7)\s+(\w+)\s+(.+?)\s{2,}[\d.]+\s", ln) for ln in rows]
     assert all(found), rows
     cands = [f.groups() for f in found if f]
     # the search, then the fastest refined: mask conv int8, input conv float, then
     # without NhwcTransformer; each step builds on the better of the step and its parent
+    assert cands[:n] == [(t, m, "out convs float") for t, m in searched]
     assert cands[:3] == [("U8S8", "MinMax", "out convs float"), ("S8S8", "MinMax",
                          "out convs float"), ("U8S8", "Percentile", "out convs float")]
-    assert cands[3][2] == "mask conv int8" and cands[3][:2] in [c[:2] for c in cands[:3]]
-    assert cands[4][2] in ("mask conv int8, input conv float", "input conv float")
-    assert cands[5][2] in {v + ", no NHWC" for v in ("mask conv int8", "input conv float",
-                                                      "mask conv int8, input conv float")} | {
-                                                      "no NHWC"}
+    assert cands[n][2] == "mask conv int8" and cands[n][:2] in [c[:2] for c in cands[:n]]
+    assert cands[n + 1][2] in ("mask conv int8, input conv float", "input conv float")
+    assert cands[n + 2][2] in {v + ", no NHWC" for v in (
+        "mask conv int8", "input conv float", "mask conv int8, input conv float")} | {
+        "no NHWC"}
     # refinements are timed against their parent in the same runs: a ratio in the row
-    assert all(re.search(r"\dx\s+\d\.\d\dx\s", ln) for ln in rows[3:]), rows
+    assert all(re.search(r"\dx\s+\d\.\d\dx\s", ln) for ln in rows[n:]), rows
     assert "calibration: 8 frames, held out: 4 frames (video " in r.stdout
     assert f"wrote {out}" in r.stdout
     # not a terminal: plain progress lines on stderr, none on stdout
@@ -305,3 +312,36 @@ def test_winner_is_the_fastest_graph_then_the_most_accurate_calibration():
     assert _fastest([minmax, pct, mask]) is mask
     assert _fastest([cand("U8S8", "MinMax", 3.0, 1.0, passed=False), s8]) is s8
     assert _fastest([cand("U8S8", "MinMax", 3.0, 1.0, passed=False)]) is None
+
+
+def test_without_vnni_the_search_adds_7_bit_weights_and_they_are_7_bit(small_model,
+                                                                         tmp_path):
+    from edged.tools.quantize import (
+        SEARCHES,
+        CalibrationReader,
+        prepare_model,
+        search_for,
+        static_qdq,
+        tensors,
+    )
+
+    # what the search tries, by CPU class: U8S8's twins with 7-bit weights where U8S8
+    # saturates (x86 without VNNI), nothing more elsewhere
+    quick = SEARCHES["quick"]
+    assert search_for("quick", "x86-vnni") == quick == search_for("quick", "arm-dotprod")
+    assert search_for("quick", "x86-avx2") == quick + (("U8S7", "MinMax"),
+                                                       ("U8S7", "Percentile"))
+    assert search_for("quick", "x86-avx512")[len(quick):] == (("U8S7", "MinMax"),
+                                                              ("U8S7", "Percentile"))
+    # and such a model really has weights in the 7-bit range
+    m = ModelRunner(ModelOptions(path=small_model, threads=1)).manifest
+    prepared, _ = prepare_model(small_model, tmp_path)
+    data = tensors(scene_images(4), m.preprocess)
+    for types in ("U8S7", "U8S8"):
+        out = tmp_path / f"{types}.onnx"
+        static_qdq(prepared, out, CalibrationReader(m.input_name, data, None), types)
+        g = onnx.load(str(out)).graph
+        weights = [onnx.numpy_helper.to_array(t) for t in g.initializer
+                   if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
+        peak = max(int(np.abs(w.astype(np.int16)).max()) for w in weights)
+        assert weights and (peak <= 64 if types == "U8S7" else peak > 64), (types, peak)

@@ -93,7 +93,13 @@ MIN_STEP_GAIN = 1.02
 TYPE_PAIRS: dict[str, tuple[QuantType, QuantType]] = {
     "U8S8": (QuantType.QUInt8, QuantType.QInt8),  # the fast pair on x86 (VNNI)
     "S8S8": (QuantType.QInt8, QuantType.QInt8),  # what ARM and GPUs prefer
+    # U8S8 with 7-bit weights (onnxruntime's reduce_range): on x86 without VNNI the U8S8
+    # kernels multiply-add in 16 bits with saturation, which the reduced range avoids
+    "U8S7": (QuantType.QUInt8, QuantType.QInt8),
 }
+REDUCED_RANGE = frozenset({"U8S7"})
+# x86 classes whose int8 kernels saturate (edged.inference.cpu)
+SATURATING_CLASSES = frozenset({"x86-avx2", "x86-avx512", "x86"})
 METHODS: dict[str, CalibrationMethod] = {
     "MinMax": CalibrationMethod.MinMax,
     "Percentile": CalibrationMethod.Percentile,
@@ -105,6 +111,18 @@ SEARCHES: dict[str, tuple[tuple[str, str], ...]] = {
     "quick": (("U8S8", "MinMax"), ("S8S8", "MinMax"), ("U8S8", "Percentile")),
     "full": tuple((t, m) for m in METHODS for t in TYPE_PAIRS),
 }
+
+
+
+
+def search_for(search: str, int8_class: str) -> tuple[tuple[str, str], ...]:
+    """The candidates of `search` on a CPU of `int8_class`: where U8S8 saturates, the
+    7-bit-weight pair is tried too (the accuracy gate is the same)."""
+    base = SEARCHES[search]
+    if int8_class not in SATURATING_CLASSES:
+        return base
+    extra = tuple(("U8S7", m) for t, m in base if t == "U8S8")
+    return base + extra
 
 
 class QuantizeError(RuntimeError):
@@ -475,7 +493,8 @@ def static_qdq(prepared: Path, out: Path, reader: CalibrationReader, types: str 
     # onnxruntime's calibrators print() their progress: keep stdout for the table
     with contextlib.redirect_stdout(sys.stderr):
         quantize_static(str(prepared), str(out), reader, quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=act, weight_type=weight,
+                        per_channel=True, reduce_range=types in REDUCED_RANGE,
+                        activation_type=act, weight_type=weight,
                         calibrate_method=METHODS[method], nodes_to_exclude=list(exclude),
                         extra_options={"CalibStridedMinMax": _stride(len(reader))}, **kw)
 
@@ -769,7 +788,7 @@ def run_search(model: Path, out: Path, frames: FrameSet, *, search: str = "quick
             return c if c.passed and gain else parent
 
         best: Candidate | None = None
-        for types, method in SEARCHES[search]:
+        for types, method in search_for(search, detect_cpu().int8_class):
             make(Candidate(types, method, exclude=keep))
             best = _fastest(made)
             _drop_runners(made, keep=best)
@@ -865,9 +884,10 @@ def _judge(c: Candidate, gate: Gate, fp32_truth: dict[str, Any] | None) -> None:
 def _manifest(report: Report, fp32: ModelRunner):
     c = report.chosen
     assert c is not None
-    act, wgt = c.types[:2], c.types[2:]
+    act, wgt = c.types[:2], ("S8" if c.types in REDUCED_RANGE else c.types[2:])
     record = {
         "format": "QDQ", "activations": act, "weights": wgt, "per_channel": True,
+        "reduce_range": c.types in REDUCED_RANGE,  # 7-bit weights
         "method": c.method,
         "calibration": {"source": report.frames.source,
                         "frames": len(report.frames.calibration)},

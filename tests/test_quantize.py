@@ -58,7 +58,7 @@ def check_output(out: Path, calib_frames: int, source_word: str) -> dict:
     q = m.quantization
     assert m.name == out.stem and m.extra["precision"] == "int8"
     assert q["format"] == "QDQ" and q["per_channel"] is True
-    assert (q["activations"], q["weights"]) in {("U8", "S8"), ("S8", "S8")}
+    assert (q["activations"], q["weights"]) in {("U8", "S8"), ("S8", "S8"), ("U8", "U8")}
     assert q["method"] in {"MinMax", "Percentile"}
     assert q["calibration"]["frames"] == calib_frames
     assert source_word in q["calibration"]["source"]
@@ -106,7 +106,7 @@ def test_video_calibration_through_the_cli(small_model, tmp_path):
     searched = search_for("quick", detect().int8_class)
     n = len(searched)
     assert len(rows) == n + 3 and sum("*" in ln for ln in rows) == 1
-    found = [re.search(r"(U8S8|S8S8|U8S7)\s+(\w+)\s+(.+?)\s{2,}[\d.]+\s", ln) for ln in rows]
+    found = [re.search(r"(U8S8|S8S8|U8S7|U8U8)\s+(\w+)\s+(.+?)\s{2,}[\d.]+\s", ln) for ln in rows]
     assert all(found), rows
     cands = [f.groups() for f in found if f]
     # the search, then the fastest refined: mask conv int8, input conv float, then
@@ -329,10 +329,10 @@ def test_without_vnni_the_search_adds_7_bit_weights_and_they_are_7_bit(small_mod
     # saturates (x86 without VNNI), nothing more elsewhere
     quick = SEARCHES["quick"]
     assert search_for("quick", "x86-vnni") == quick == search_for("quick", "arm-dotprod")
-    assert search_for("quick", "x86-avx2") == quick + (("U8S7", "MinMax"),
-                                                       ("U8S7", "Percentile"))
-    assert search_for("quick", "x86-avx512")[len(quick):] == (("U8S7", "MinMax"),
-                                                              ("U8S7", "Percentile"))
+    twins = (("U8S7", "MinMax"), ("U8S7", "Percentile"), ("U8U8", "MinMax"),
+             ("U8U8", "Percentile"))
+    assert search_for("quick", "x86-avx2") == quick + twins
+    assert search_for("quick", "x86-avx512")[len(quick):] == twins
     # and such a model really has weights in the 7-bit range
     m = ModelRunner(ModelOptions(path=small_model, threads=1)).manifest
     prepared, _ = prepare_model(small_model, tmp_path)
@@ -345,3 +345,12 @@ def test_without_vnni_the_search_adds_7_bit_weights_and_they_are_7_bit(small_mod
                    if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
         peak = max(int(np.abs(w.astype(np.int16)).max()) for w in weights)
         assert weights and (peak <= 64 if types == "U8S7" else peak > 64), (types, peak)
+    # the unsigned-weight twin quantizes and runs in edged's runner
+    out = tmp_path / "U8U8.onnx"
+    static_qdq(prepared, out, CalibrationReader(m.input_name, data, None), "U8U8")
+    g = onnx.load(str(out)).graph
+    assert any(t.data_type == onnx.TensorProto.UINT8 and len(t.dims) == 4
+               for t in g.initializer)
+    r = ModelRunner(ModelOptions(path=out, threads=1)).infer(
+        Frame("q", 0, scene_images(1)[0], 0, 0))
+    assert r.mask is not None

@@ -96,6 +96,8 @@ TYPE_PAIRS: dict[str, tuple[QuantType, QuantType]] = {
     # U8S8 with 7-bit weights (onnxruntime's reduce_range): on x86 without VNNI the U8S8
     # kernels multiply-add in 16 bits with saturation, which the reduced range avoids
     "U8S7": (QuantType.QUInt8, QuantType.QInt8),
+    # unsigned weights: the other way around the saturation that onnxruntime's docs give
+    "U8U8": (QuantType.QUInt8, QuantType.QUInt8),
 }
 REDUCED_RANGE = frozenset({"U8S7"})
 # x86 classes whose int8 kernels saturate (edged.inference.cpu)
@@ -116,12 +118,13 @@ SEARCHES: dict[str, tuple[tuple[str, str], ...]] = {
 
 
 def search_for(search: str, int8_class: str) -> tuple[tuple[str, str], ...]:
-    """The candidates of `search` on a CPU of `int8_class`: where U8S8 saturates, the
-    7-bit-weight pair is tried too (the accuracy gate is the same)."""
+    """The candidates of `search` on a CPU of `int8_class`: where U8S8 saturates, 7-bit
+    weights (U8S7) and unsigned weights (U8U8) are tried too, as onnxruntime's
+    quantization docs advise there (the accuracy gate is the same)."""
     base = SEARCHES[search]
     if int8_class not in SATURATING_CLASSES:
         return base
-    extra = tuple(("U8S7", m) for t, m in base if t == "U8S8")
+    extra = tuple((pair, m) for pair in ("U8S7", "U8U8") for t, m in base if t == "U8S8")
     return base + extra
 
 

@@ -121,6 +121,12 @@ def test_video_calibration_through_the_cli(small_model, tmp_path):
         "no NHWC"}
     # refinements are timed against their parent in the same runs: a ratio in the row
     assert all(re.search(r"\dx\s+\d\.\d\dx\s", ln) for ln in rows[n:]), rows
+    # each row's speed-up is its own fp32 time (printed beside it) over its ms
+    for ln in rows:
+        t = re.search(r"\s(\d+\.\d)\s+(\d+\.\d)\s+(\d+\.\d\d)x\s", ln)
+        assert t, ln
+        ms, fp32_ms, sp = (float(v) for v in t.groups())
+        assert abs(sp - fp32_ms / ms) <= sp * (0.05 / ms + 0.05 / fp32_ms) + 0.006, ln
     assert "calibration: 8 frames, held out: 4 frames (video " in r.stdout
     assert f"wrote {out}" in r.stdout
     # not a terminal: plain progress lines on stderr, none on stdout

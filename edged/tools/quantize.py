@@ -657,21 +657,24 @@ class Report:
 
         fp32_truth = self.fp32_truth
         truth = fp32_truth is not None
-        head = ["candidate", "act/wgt", "method", "variant", "ms p50", "speed-up", "vs parent",
+        # each speed-up is against the fp32 time measured in the same runs as its row
+        # (printed beside it), so ms and speed-up read together
+        head = ["candidate", "act/wgt", "method", "variant", "ms p50", "fp32 ms", "speed-up",
+                "vs parent",
                 "pix agree",
                 "mIoU vs fp32", "det agree", "|d score|"]
         if truth:
             head += ["mIoU", "mAP50"]
         head.append("gate")
-        rows = [["fp32", "-", "-", "-", f(self.fp32_ms, ".1f"), "1.00x", "-", "-", "-", "-",
-                 "-"]
+        rows = [["fp32", "-", "-", "-", f(self.fp32_ms, ".1f"), f(self.fp32_ms, ".1f"),
+                 "1.00x", "-", "-", "-", "-", "-"]
                 + ([f(fp32_truth["miou"], ".4f"), f(fp32_truth["map50"], ".4f")]
                    if fp32_truth is not None else []) + ["reference"]]
         for i, c in enumerate(self.candidates):
             m = c.metrics
             mark = " *" if c is self.chosen else ""
             row = [f"int8 #{i + 1}{mark}", c.types, c.method, c.variant, f(c.ms, ".1f"),
-                   "-" if c.speedup is None else f"{c.speedup:.2f}x",
+                   f(c.fp32_ms, ".1f"), "-" if c.speedup is None else f"{c.speedup:.2f}x",
                    "-" if c.vs_parent is None else f"{c.vs_parent:.2f}x",
                    f(m.get("pixel_agreement") and 100 * m["pixel_agreement"], ".2f") + (
                        "%" if m.get("pixel_agreement") is not None else ""),

@@ -360,3 +360,37 @@ def test_without_vnni_the_search_adds_7_bit_weights_and_they_are_7_bit(small_mod
     r = ModelRunner(ModelOptions(path=out, threads=1)).infer(
         Frame("q", 0, scene_images(1)[0], 0, 0))
     assert r.mask is not None
+
+
+def test_decision_convs_see_through_strictly_increasing_element_wise_ops():
+    """A real YOEO export ends its segmentation head Conv -> LeakyRelu -> ArgMax: the
+    conv still only feeds a decision. Relu (ties) and a LeakyRelu with alpha <= 0 do not
+    preserve the order, so there the conv stays float."""
+    from onnx import TensorProto, helper
+
+    def model(act: onnx.NodeProto | None) -> onnx.ModelProto:
+        nodes = [helper.make_node("Conv", ["x", "w"], ["logits"], name="seg",
+                                  kernel_shape=[1, 1])]
+        src = "logits"
+        if act is not None:
+            nodes.append(act)
+            src = act.output[0]
+        nodes.append(helper.make_node("ArgMax", [src], ["mask"], name="argmax", axis=1))
+        f = TensorProto.FLOAT
+        graph = helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info("x", f, [1, 4, 8, 8])],
+            [helper.make_tensor_value_info("mask", TensorProto.INT64, None)],
+            initializer=[helper.make_tensor("w", f, [4, 4, 1, 1], [0.1] * 16)])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    def act(op: str, **attrs: float) -> onnx.NodeProto:
+        return helper.make_node(op, ["logits"], ["a"], name="act", **attrs)
+
+    assert decision_convs(model(None)) == ["seg"]
+    assert decision_convs(model(act("LeakyRelu", alpha=0.1))) == ["seg"]
+    assert decision_convs(model(act("LeakyRelu"))) == ["seg"]  # the default alpha, 0.01
+    assert decision_convs(model(act("Sigmoid"))) == ["seg"]
+    assert decision_convs(model(act("Selu"))) == ["seg"]
+    assert decision_convs(model(act("Relu"))) == []
+    assert decision_convs(model(act("LeakyRelu", alpha=-0.5))) == []
+    assert decision_convs(model(act("Elu", alpha=0.0))) == []

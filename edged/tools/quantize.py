@@ -80,7 +80,11 @@ COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
 # order of the conv's values, not on their size: int8 steps only matter near a tie.
 DECISION_OPS = frozenset({"ArgMax", "ArgMin", "Greater", "Less", "GreaterOrEqual",
                           "LessOrEqual"})
-ORDER_OPS = DECISION_OPS | frozenset({
+# element-wise and strictly increasing: a decision after them is the decision before them
+# (a real YOEO export ends its segmentation head Conv -> LeakyRelu -> ArgMax). Relu is
+# not one: it maps every negative logit to 0, and ties change an argmax
+MONOTONIC_OPS = frozenset({"LeakyRelu", "Sigmoid", "Tanh", "Exp", "Elu", "Selu", "Softplus"})
+ORDER_OPS = DECISION_OPS | MONOTONIC_OPS | frozenset({
     "Max", "Min", "Where", "Split", "Slice", "DepthToSpace", "SpaceToDepth", "Reshape",
     "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast", "Concat"})
 # the onnxruntime transformer that moves int8 convolutions to NHWC; with it, this
@@ -441,9 +445,22 @@ def _output_tails(model: onnx.ModelProto) -> Iterator[tuple[set[str], list[str]]
             if node.op_type in COMPUTE_OPS:
                 finals.append(node.name)
                 continue
-            ops.add(node.op_type)
+            ops.add(_order_kind(node))
             stack.extend(i for i in node.input if i)
         yield ops, finals
+
+
+def _order_kind(node: onnx.NodeProto) -> str:
+    """The node's op type, unless its attributes make a monotonic op not strictly
+    increasing (then a name no rule accepts)."""
+    defaults = {"LeakyRelu": {"alpha": 0.01}, "Elu": {"alpha": 1.0},
+                "Selu": {"alpha": 1.67326, "gamma": 1.0507}}
+    if node.op_type in defaults:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        # strictly increasing only with every one of these factors above 0
+        if any(float(attrs.get(k, v)) <= 0 for k, v in defaults[node.op_type].items()):
+            return f"{node.op_type}(not strictly increasing)"
+    return node.op_type
 
 
 def decision_convs(model: onnx.ModelProto) -> list[str]:

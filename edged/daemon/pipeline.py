@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -702,65 +702,57 @@ def make_stage(config: Config) -> PublishStage:
     names = [n for n, c in config.cameras.items() if c.enabled]
     publisher = Publisher(pc.endpoints, sndhwm=pc.sndhwm, cameras=len(names))
     sinks = [SinkRunner(ZmqSink(publisher))]
-    if config.view is not None:
-        from edged.view import make_view_sink
-
-        try:
-            # a small queue: the view draws at most view.fps per camera anyway
-            sinks.append(SinkRunner(make_view_sink(config.view, names), queue_size=2))
-        except BaseException:
-            publisher.close()
-            raise
-    if config.foxglove is not None:
-        from edged.foxglove import require_foxglove
-
-        try:
-            require_foxglove()
-            from edged.foxglove.sink import FoxgloveSink
-
-            sinks.append(SinkRunner(FoxgloveSink(config.foxglove, names), queue_size=4))
-        except BaseException:
-            for s in sinks:
-                s.sink.close()  # not started yet: closes the sockets they bound
-            raise
-    if config.record is not None:
-        from edged.record import require_record
-
-        try:
-            require_record()
-            rec: Sink
-            if config.record.format == "rosbag2":
-                from edged.record.rosbag import RosbagSink
-                from edged.ros2 import require_ros2
-
-                require_ros2()
-                rec = RosbagSink(config.record, {n: config.cameras[n].frame_id or n
-                                                 for n in names},
-                                 config.ros2.namespace if config.ros2 else "edged")
-            else:
-                from edged.record.sink import RecorderSink
-
-                rec = RecorderSink(config.record)
-            # a queue of a few seconds: a disk pausing for a moment loses nothing
-            sinks.append(SinkRunner(rec, queue_size=64))
-        except BaseException:
-            for s in sinks:
-                s.sink.close()
-            raise
-    if config.ros2 is not None:
-        from edged.ros2 import require_ros2
-
-        try:
-            require_ros2()
-            from edged.ros2.sink import Ros2Sink
-
-            frame_ids = {n: config.cameras[n].frame_id or n for n in names}
-            sinks.append(SinkRunner(Ros2Sink(config.ros2, frame_ids), queue_size=4))
-        except BaseException:
-            for s in sinks:
-                s.sink.close()
-            raise
+    try:
+        for runner in _output_sinks(config, names):
+            sinks.append(runner)
+    except BaseException:
+        for r in sinks:
+            r.sink.close()  # not started yet: closes the sockets and files they opened
+        raise
     stage = PublishStage(sinks, MaskEncoder(pc.mask_encoding, pc.zstd_level),
                          send_masks=pc.send_masks)
     stage.start()
     return stage
+
+
+def _output_sinks(config: Config, names: list[str]) -> Iterator[SinkRunner]:
+    """The configured outputs after ZeroMQ, each built (its extra imported, its address
+    bound, its directory checked) in turn."""
+    frame_ids = {n: config.cameras[n].frame_id or n for n in names}
+    if config.view is not None:
+        from edged.view import make_view_sink
+
+        # a small queue: the view draws at most view.fps per camera anyway
+        yield SinkRunner(make_view_sink(config.view, names), queue_size=2)
+    if config.foxglove is not None:
+        from edged.foxglove import require_foxglove
+
+        require_foxglove()
+        from edged.foxglove.sink import FoxgloveSink
+
+        yield SinkRunner(FoxgloveSink(config.foxglove, names), queue_size=4)
+    if config.record is not None:
+        from edged.record import require_record
+
+        require_record()
+        rec: Sink
+        if config.record.format == "rosbag2":
+            from edged.record.rosbag import RosbagSink
+            from edged.ros2 import require_ros2
+
+            require_ros2()
+            rec = RosbagSink(config.record, frame_ids,
+                             config.ros2.namespace if config.ros2 else "edged")
+        else:
+            from edged.record.sink import RecorderSink
+
+            rec = RecorderSink(config.record)
+        # a queue of a few seconds: a disk pausing for a moment loses nothing
+        yield SinkRunner(rec, queue_size=64)
+    if config.ros2 is not None:
+        from edged.ros2 import require_ros2
+
+        require_ros2()
+        from edged.ros2.sink import Ros2Sink
+
+        yield SinkRunner(Ros2Sink(config.ros2, frame_ids), queue_size=4)

@@ -432,8 +432,8 @@ class CameraConfig(_Frozen):
     max_reconnects: Int | None = Field(None, ge=0)
     # Live sources: this many undecodable/malformed frames in a row restart the source.
     max_corrupt_frames: Int = Field(10, ge=1)
-    # header.frame_id of this camera's ROS 2 messages (and Foxglove's frame_id); None: the
-    # camera name
+    # header.frame_id of this camera's ROS 2 messages (live and in rosbag2 output); None:
+    # the camera name
     frame_id: str | None = None
 
     @field_validator("source", mode="before")

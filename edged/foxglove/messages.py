@@ -39,24 +39,19 @@ def image(frame: Frame, quality: int) -> CompressedImage:
                            data=encode_jpeg(frame.image, quality), format="jpeg")
 
 
-def class_mask(result: Result) -> RawImage | None:
-    """mono8 class ids at camera resolution (the wire protocol's nearest-neighbour rule)."""
-    m = result.mask_camera()
-    if m is None:
-        return None
-    m = np.ascontiguousarray(m, np.uint8)
+def class_mask(result: Result, mask: np.ndarray) -> RawImage:
+    """mono8 class ids; `mask` is `result.mask_camera()` (camera resolution, the wire
+    protocol's nearest-neighbour rule), computed once by the caller for every use."""
+    m = np.ascontiguousarray(mask, np.uint8)
     h, w = m.shape
     return RawImage(timestamp=stamp(result.t_capture_wall_ns), frame_id=result.camera,
                     width=w, height=h, encoding="mono8", step=w, data=m.tobytes())
 
 
-def colour_mask(result: Result, overlay: Overlay) -> RawImage | None:
+def colour_mask(result: Result, mask: np.ndarray, overlay: Overlay) -> RawImage:
     """rgb8: each class in the view's colour (background black)."""
-    m = result.mask_camera()
-    if m is None:
-        return None
-    rgb = np.ascontiguousarray(overlay.colours(result.mask_classes)[m][..., ::-1])
-    h, w = m.shape
+    rgb = overlay.colour_mask_rgb(mask, result.mask_classes)
+    h, w = mask.shape
     return RawImage(timestamp=stamp(result.t_capture_wall_ns), frame_id=result.camera,
                     width=w, height=h, encoding="rgb8", step=3 * w, data=rgb.tobytes())
 

@@ -16,7 +16,6 @@ sink calls it from its sink thread only. Each daemon has its own `foxglove.Conte
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -98,16 +97,14 @@ class FoxgloveSink(Sink):
         if frame is not None and cam.image.has_sinks():
             cam.image.log(messages.image(frame, self.config.quality), log_time=t)
             self.encoded["image"] += 1
-        if cam.mask.has_sinks():
-            m = messages.class_mask(result)
-            if m is not None:
-                cam.mask.log(m, log_time=t)
-                self.encoded["mask"] += 1
-        if cam.mask_color.has_sinks():
-            c = messages.colour_mask(result, self._overlay)
-            if c is not None:
-                cam.mask_color.log(c, log_time=t)
-                self.encoded["mask_color"] += 1
+        want_mask, want_colour = cam.mask.has_sinks(), cam.mask_color.has_sinks()
+        mask = result.mask_camera() if want_mask or want_colour else None
+        if mask is not None and want_mask:
+            cam.mask.log(messages.class_mask(result, mask), log_time=t)
+            self.encoded["mask"] += 1
+        if mask is not None and want_colour:
+            cam.mask_color.log(messages.colour_mask(result, mask, self._overlay), log_time=t)
+            self.encoded["mask_color"] += 1
         if cam.annotations.has_sinks():
             cam.annotations.log(messages.image_annotations(result), log_time=t)
             self.encoded["annotations"] += 1
@@ -115,8 +112,7 @@ class FoxgloveSink(Sink):
     def control(self, frames: list[bytes]) -> None:
         if frames and bytes(frames[0]) == TOPIC_STATS.encode() and self._stats.has_sinks():
             st = decode_stats(frames)
-            self._stats.log(json.loads(json.dumps({"interval_s": st.interval_s,
-                                                   "cameras": st.cameras})),
+            self._stats.log({"interval_s": st.interval_s, "cameras": st.cameras},
                             log_time=st.t_ns)
             self.encoded["stats"] += 1
 

@@ -121,9 +121,10 @@ class RecorderSink(Sink):
         if self.config.frames and frame is not None:
             recs.append(_Rec(f"/{cam}/image", "protobuf", IMAGE, t,
                              messages.image(frame, self.config.quality).encode()))
-        mask = messages.class_mask(r)
+        mask = r.mask_camera()
         if mask is not None:
-            recs.append(_Rec(f"/{cam}/mask", "protobuf", MASK, t, mask.encode()))
+            recs.append(_Rec(f"/{cam}/mask", "protobuf", MASK, t,
+                             messages.class_mask(r, mask).encode()))
         recs.append(_Rec(f"/{cam}/annotations", "protobuf", ANNOTATIONS, t,
                          messages.image_annotations(r).encode()))
         recs.append(_Rec(f"/{cam}/edged", WIRE_ENCODING, None, t,

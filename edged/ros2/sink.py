@@ -185,8 +185,7 @@ class Ros2Sink(Sink):
                     cam.mask.write_cdr(cdr.image(t, cam.frame_id, h, w, "mono8", w,
                                                  mask.data), t)
                 if cam.mask_color is not None and cam.mask_color.matched:
-                    rgb = np.ascontiguousarray(
-                        self._overlay.colours(r.mask_classes)[mask][..., ::-1])
+                    rgb = self._overlay.colour_mask_rgb(mask, r.mask_classes)
                     cam.mask_color.write_cdr(cdr.image(t, cam.frame_id, h, w, "rgb8", 3 * w,
                                                        rgb.data), t)
                 any_reader = True

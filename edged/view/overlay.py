@@ -84,10 +84,11 @@ class Overlay:
                 self._paint[i] = 1
         self._lut_for = classes
 
-    def colours(self, classes: tuple[str, ...]) -> np.ndarray:
-        """256x3 BGR, the colour of each class index (black for background classes)."""
+    def colour_mask_rgb(self, mask: np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
+        """HxWx3 RGB: each pixel of a class-index mask in its class's colour (background
+        classes black), for the colourised mask topics of Foxglove and ROS 2."""
         self._tables(classes)
-        return self._lut
+        return np.ascontiguousarray(self._lut[mask][..., ::-1])
 
     def draw(self, frame: Frame, result: Result) -> np.ndarray:
         """A new BGR image: `frame` with `result` drawn on it (the frame is not changed)."""

@@ -329,13 +329,10 @@ def _try_binds(cfg: Config) -> None:
             if cfg.record is not None and cfg.record.format == "rosbag2":
                 require_record()
                 require_ros2()
-                d = cfg.record.dir.expanduser().absolute()
-                if d.exists():  # what RosbagSink refuses
-                    from edged.record import RecordError
+                from edged.record.rosbag import check_bag_dir
 
-                    raise RecordError(f"record.dir {d}: a rosbag2 bag needs a new directory, "
-                                      "and this one exists (choose another, or remove it)")
-                print(f"record: rosbag2 into {d} (created at start)")
+                print(f"record: rosbag2 into {check_bag_dir(cfg.record, create=False)} "
+                      "(created at start)")
             elif cfg.record is not None:
                 require_record()
                 from edged.record.sink import check_dir

@@ -53,12 +53,15 @@ QOS_STREAM = _qos("volatile")
 QOS_LATCHED = _qos("transient_local")
 
 
-def check_bag_dir(config: RecordConfig) -> Path:
-    """A new bag directory: rosbag2 refuses to write into one that exists."""
+def check_bag_dir(config: RecordConfig, *, create: bool = True) -> Path:
+    """A new bag directory: rosbag2 refuses to write into one that exists. `create`:
+    make it (`edged check` asks the same question without making it)."""
     d = config.dir.expanduser().absolute()
     if d.exists():
         raise RecordError(f"record.dir {d}: a rosbag2 bag needs a new directory, and this "
                           "one exists (choose another, or remove it)")
+    if not create:
+        return d
     try:
         d.mkdir(parents=True)
     except OSError as e:

@@ -153,8 +153,8 @@ def test_view_costs_nothing_unwatched_and_sends_at_most_view_fps(tmp_path, start
     time.sleep(2.0)  # about 60 results with nobody watching
     st = asyncio.run(_status(port))
     assert st == {"viewers": 0, "rendered": {}, "sent": 0, "skipped": 0}, st
-    # a viewer of camera b only: b is drawn, a is not
-    frames, texts = asyncio.run(_watch(port, 3.0, watch=["b"]))
+    # a viewer of camera b only (chosen when it connects): b is drawn, a never is
+    frames, texts = asyncio.run(_watch(port, 3.0, query="?watch=b"))
     assert texts and texts[0]["type"] == "hello" and set(texts[0]["cameras"]) == {"a", "b"}
     assert frames and {f["camera"] for f in frames} == {"b"}, frames
     seqs = [f["seq"] for f in frames]
@@ -169,6 +169,10 @@ def test_view_costs_nothing_unwatched_and_sends_at_most_view_fps(tmp_path, start
     stats = [t for t in texts if t["type"] == "stats"]
     assert stats and stats[-1]["cameras"]["b"]["state"] == "running", texts
     assert stats[-1]["cameras"]["b"]["variant"] == "yoeo-demo-int8"
+    # a viewer that changes its choice with a message (the page does, on a click) gets
+    # the camera it now watches
+    switched, _ = asyncio.run(_watch(port, 2.0, watch=["a"], query="?watch=b"))
+    assert "a" in {f["camera"] for f in switched}, switched
     # the viewer has gone: nothing is drawn any more
     time.sleep(0.5)
     n1 = asyncio.run(_status(port))

@@ -223,7 +223,11 @@ class ViewServer:
                                 "viewers already (view.max_viewers)\n")
         ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=64 * 1024)
         await ws.prepare(request)
-        viewer = _Viewer(ws)
+        # `?watch=a,b` chooses the cameras from the first frame on (without it: all, until
+        # a {"watch": [...]} message says otherwise)
+        watch = request.query.get("watch")
+        viewer = _Viewer(ws, None if watch is None else
+                         frozenset(c for c in watch.split(",") if c))
         viewer.texts.append(json.dumps(self._hello))
         if self._stats is not None:
             viewer.texts.append(self._stats)

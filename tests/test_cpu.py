@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from test_daemon import run_cli
 
-from edged.inference.cpu import detect, int8_mismatch, parse
+from edged.inference.cpu import cpuid_features, detect, int8_mismatch, int8_numerics, parse
 
 REPO = Path(__file__).resolve().parents[1]
 AVX2_ONLY = """processor\t: 0
@@ -56,7 +59,8 @@ def test_detect_reads_this_machine():
 
 def test_an_int8_model_validated_elsewhere_is_warned_about(tmp_path):
     here = detect()
-    other = "x86-avx2" if here.int8_class != "x86-avx2" else "x86-vnni"
+    # a class whose kernels compute other integers than this machine's
+    other = "x86-avx2" if int8_numerics(here.int8_class) != "saturating" else "x86-vnni"
     q = {"validated_on": {"int8_class": other}}
     msg = int8_mismatch(q, here, "m-int8")
     assert msg is not None and f"validated on a CPU of int8 class {other};" in msg
@@ -83,5 +87,47 @@ def test_an_int8_model_validated_elsewhere_is_warned_about(tmp_path):
     assert r.stderr.count(f"validated on a CPU of int8 class {other}") == 1, r.stderr
     # the shipped model, on the class it was validated on, says nothing
     p = run_cli("check")
-    if here.int8_class == "x86-vnni":
-        assert "warning" not in p.stdout, p.stdout
+    assert "warning" not in p.stdout, p.stdout
+
+
+def test_classes_with_the_same_integers_share_a_validation():
+    vnni, amx = parse(VNNI, "x86_64"), parse(AMX, "x86_64")
+    avx2, avx512 = parse(AVX2_ONLY, "x86_64"), parse(VNNI.replace(" avx512_vnni", ""), "x86_64")
+    on = {"validated_on": {"int8_class": "x86-vnni"}}
+    assert int8_mismatch(on, amx, "m") is None  # AMX accumulates exactly, as VNNI does
+    for cpu in (avx2, avx512):
+        msg = int8_mismatch(on, cpu, "m")
+        assert msg is not None and "int8 products saturate" in msg, msg
+    saturating = {"validated_on": {"int8_class": "x86-avx2"}}
+    assert int8_mismatch(saturating, avx512, "m") is None
+    assert int8_mismatch(saturating, vnni, "m") is not None
+    assert int8_mismatch({"validated_on": {"int8_class": "riscv"}}, vnni, "m") is not None
+
+
+def test_cpuid_agrees_with_the_kernel_here():
+    probed = cpuid_features()
+    if probed is None:
+        pytest.skip("CPUID cannot be asked here (not x86-64)")
+    flags: set[str] = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.lower().startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    # the kernel lists only what the OS enabled, so it may say less, never more
+    assert {f for f in detect().features} == {f for f in probed if f in flags}
+    assert "avx2" in probed or "avx2" not in flags
+
+
+QEMU = shutil.which("qemu-x86_64")
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-user (qemu-x86_64) is not installed")
+def test_an_emulated_avx2_cpu_is_classed_by_what_cpuid_says():
+    # qemu-user passes the host's /proc/cpuinfo through, but emulates CPUID: the class
+    # follows CPUID, as onnxruntime's kernel dispatch does
+    code = ("from edged.inference.cpu import detect; c = detect(); "
+            "print(c.int8_class, ' '.join(c.features))")
+    p = subprocess.run([QEMU, "-cpu", "Haswell", sys.executable, "-c", code],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["x86-avx2", "avx2"], p.stdout

@@ -433,6 +433,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from edged.tools.bench import bench, format_report
 
     cv2.setNumThreads(1)
+    if args.providers:
+        from edged.tools.bench import format_providers, provider_comparison
+
+        try:
+            rows = provider_comparison(cfg, args.runs)
+        except ModelError as e:
+            print(f"edged bench: {e}", file=sys.stderr)
+            return 1
+        from edged.inference.cpu import detect as detect_cpu
+
+        print(json.dumps({"machine": {"cpu_info": detect_cpu().to_json()}, "providers": rows},
+                         indent=2) if args.json
+              else format_providers(rows, str(cfg.model.path), args.runs))
+        return 0
     try:
         models = load_models(cfg)
     except ModelError as e:
@@ -623,6 +637,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--sinks", action="store_true",
                    help="also run the pipeline with each output on (live view, Foxglove, "
                         "recorder), without and with a consumer, and report each")
+    b.add_argument("--providers", action="store_true",
+                   help="instead: the model on every execution provider this onnxruntime "
+                        "offers (CPU, OpenVINO, CUDA, TensorRT), taking turns run by run; "
+                        "p50 ms, ratio to the CPU EP, node placement")
+    b.add_argument("--runs", type=int, default=100, help="runs per provider (--providers)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 

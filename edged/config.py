@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import difflib
 import ipaddress
+import json
 import os
 import re
 import types
@@ -311,8 +312,52 @@ def _model_path(value: Any, info: ValidationInfo) -> Any:
             raise _custom_error(
                 "model_path", "write builtin:<file name>, e.g. builtin:yoeo-demo-int8.onnx"
             )
+        if "." not in name:  # a variant set: the file validated for this CPU's int8 class
+            return builtin_variant(name, (info.context or {}).get("int8_class"))
         return BUILTIN_MODELS_DIR / name
     return _config_path(value, info)
+
+
+def builtin_variant(name: str, int8_class: str | None = None) -> Path:
+    """The packaged model file of variant set `name` (models/variants.json) for a CPU of
+    `int8_class` (default: this machine's): the first file whose manifest says it was
+    validated on that class, else on a class whose kernels compute the same integers,
+    else the first without a quantization record (fp32)."""
+    from edged.inference.cpu import detect, int8_numerics, validated_class
+
+    try:
+        sets = json.loads((BUILTIN_MODELS_DIR / "variants.json").read_text())
+    except (OSError, ValueError):
+        sets = {}
+    files = sets.get(name) if isinstance(sets, dict) else None
+    if not isinstance(files, list) or not files:
+        known = ", ".join(f"builtin:{k}" for k in sets) if isinstance(sets, dict) else ""
+        raise _custom_error(
+            "model_path", f"no packaged variant set named {name!r}"
+            + (f" (there is {known})" if known else "")
+            + "; or write builtin:<file name>, e.g. builtin:yoeo-demo-int8.onnx")
+    mine = int8_class or detect().int8_class
+    classes: list[str | None] = []
+    for file in files:
+        try:
+            manifest = json.loads((BUILTIN_MODELS_DIR / Path(file).with_suffix(".json").name)
+                                  .read_text())
+        except (OSError, ValueError):
+            manifest = None
+        if not isinstance(manifest, dict) or not (BUILTIN_MODELS_DIR / file).is_file():
+            classes.append(None)  # not shipped in this build
+            continue
+        quantization = manifest.get("quantization")
+        classes.append(validated_class(quantization) if quantization else "fp32")
+    for want in (lambda c: c == mine,
+                 lambda c: c not in (None, "fp32") and int8_numerics(mine) != "unknown"
+                 and int8_numerics(c) == int8_numerics(mine),
+                 lambda c: c == "fp32"):
+        for file, cls in zip(files, classes, strict=True):
+            if want(cls):
+                return BUILTIN_MODELS_DIR / file
+    raise _custom_error("model_path", f"builtin:{name} has no variant for int8 class {mine} "
+                        "and no fp32 one")
 
 
 def _config_path(value: str | Path, info: ValidationInfo) -> Path:
@@ -1056,10 +1101,12 @@ def default_config_path() -> Path:
 
 def parse_config(
     text: str, *, file: str = "<string>", base_dir: Path | None = None,
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None, int8_class: str | None = None,
 ) -> Config:
-    """Parse config text; relative model paths are resolved against base_dir (default: cwd)."""
-    return _parse(text, file=file, base_dir=base_dir, env=env, source_file=None)
+    """Parse config text; relative model paths are resolved against base_dir (default: cwd);
+    a builtin variant set picks its file for int8_class (default: this machine's)."""
+    return _parse(text, file=file, base_dir=base_dir, env=env, source_file=None,
+                  int8_class=int8_class)
 
 
 def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None = None) -> Config:
@@ -1081,7 +1128,7 @@ def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None
 
 def _parse(
     text: str, *, file: str, base_dir: Path | None, env: Mapping[str, str] | None,
-    source_file: Path | None,
+    source_file: Path | None, int8_class: str | None = None,
 ) -> Config:
     reader = _Reader(file, os.environ if env is None else env)
     data = reader.read(text)
@@ -1100,7 +1147,8 @@ def _parse(
 
     config: Config | None = None
     try:
-        config = Config.model_validate(data, context={"base_dir": base_dir})
+        config = Config.model_validate(data, context={"base_dir": base_dir,
+                                                      "int8_class": int8_class})
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
             loc: Loc = tuple(err["loc"])

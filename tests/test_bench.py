@@ -76,3 +76,26 @@ def test_shares_are_counted_while_all_cameras_ran_or_say_why_not():
                                     "came 20 ms before b's first")
     shares, why = _shares_all_running({"a": msgs(0, 10)}, {"a", "b"})
     assert shares == {} and why == "no results from b"
+
+
+def test_bench_providers_times_every_provider_of_this_build(tmp_path, test_model):
+    import onnxruntime as ort
+
+    from edged.inference.providers import PROVIDER_NAMES
+
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, [f"ipc://{tmp_path}/b.sock"], """\
+  a:
+    source: synthetic
+    width: 160
+    height: 120""")
+    p = run_cli("bench", "-c", str(cfg), "--providers", "--runs", "8", "--json", timeout=120)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    offered = {n for n, o in PROVIDER_NAMES.items() if o in ort.get_available_providers()}
+    rows = {x["provider"]: x for x in r["providers"]}
+    assert set(rows) == offered and "cpu" in rows
+    assert rows["cpu"]["ms_p50"] > 0 and rows["cpu"]["vs_cpu"] == 1.0
+    assert rows["cpu"]["placement"].startswith("CPUExecutionProvider: ")
+    assert r["machine"]["cpu_info"]["int8_class"]
+    p = run_cli("bench", "-c", str(cfg), "--providers", "--runs", "4", timeout=120)
+    assert p.returncode == 0 and "1.00x the CPU EP" in p.stdout, p.stdout

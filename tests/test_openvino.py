@@ -56,3 +56,24 @@ def test_openvino_writes_its_model_cache_into_edged_s_cache_dir(tmp_path):
         "name": "OpenVINOExecutionProvider", "options": {"cache_dir": str(cache / "openvino")}}
     blobs = [p for p in (cache / "openvino").rglob("*.blob") if p.stat().st_size > 100_000]
     assert blobs, list((cache / "openvino").rglob("*"))
+
+
+def test_bench_compares_the_providers_in_one_run(tmp_path):
+    """`edged bench --providers`: a row per provider this build offers, timed in the same
+    runs, each with its node placement."""
+    import json
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"model:\n  path: {REPO / 'models' / 'yoeo-demo-fp32.onnx'}\n"
+                   f"  threads: 1\n  cache_dir: {tmp_path / 'cache'}\n"
+                   "cameras:\n  a:\n    source: synthetic\n")
+    p = subprocess.run([sys.executable, "-m", "edged", "bench", "-c", str(cfg), "--providers",
+                        "--runs", "10", "--json"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    rows = {r["provider"]: r for r in json.loads(p.stdout)["providers"]}
+    assert set(rows) >= {"cpu", "openvino"}, rows
+    assert rows["cpu"]["vs_cpu"] == 1.0 and rows["openvino"]["ms_p50"] > 0
+    assert "OpenVINOExecutionProvider" in rows["openvino"]["placement"]
+    assert rows["cpu"]["placement"].startswith("CPUExecutionProvider")

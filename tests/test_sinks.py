@@ -15,6 +15,7 @@ from test_codec import make_result
 from edged.daemon.publish import PublishStage
 from edged.daemon.scheduler import Budget
 from edged.daemon.sinks import Outcome, Sink, SinkRunner, ZmqSink
+from edged.inference.cpu import detect as detect_cpu
 from edged.wire.client import Subscriber
 from edged.wire.codec import EndOfStream, MaskEncoder, Message, decode
 from edged.wire.publisher import Publisher
@@ -242,6 +243,9 @@ def test_sink_counts_reach_the_log_stats_and_prometheus(tmp_path, test_model, st
                 break
         assert stats is not None, d.log()
         assert set(stats.sinks["zmq"]) == {"delivered", "dropped", "failed", "queued"}
+        here = detect_cpu()  # the machine info names this CPU's int8 class
+        assert stats.machine is not None and stats.machine.int8_class == here.int8_class
+        assert stats.machine.features == here.features and stats.machine.model == here.model
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         assert 'edged_sink_delivered_total{sink="zmq"}' in body.decode()
         assert d.terminate()[0] == 0

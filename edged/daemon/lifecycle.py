@@ -172,7 +172,7 @@ class Daemon:
                  (time.perf_counter() - t) * 1e3)
         pipeline = Pipeline(cfg, models, frames=self.frames, duration=self.duration,
                             notifier=self.notifier, stage=stage, blocking=self.blocking,
-                            metrics_sock=metrics_sock)
+                            metrics_sock=metrics_sock, cpu=cpu)
         self.pipeline = pipeline
         if self._reload_pending:
             pipeline.request_reload()  # applied as soon as the pipeline is ready

@@ -45,6 +45,8 @@ from edged.daemon.telemetry import (
     LatencyPercentiles,
 )
 from edged.daemon.threads import BlockingCalls
+from edged.inference.cpu import CpuInfo
+from edged.inference.cpu import detect as detect_cpu
 from edged.inference.ladder import Ladder
 from edged.inference.pool import InferencePool, Models
 from edged.inference.runner import ModelRunner
@@ -115,11 +117,14 @@ class Pipeline:
                  duration: float | None = None, notifier: Notifier | None = None,
                  stage: PublishStage | None = None,
                  blocking: BlockingCalls | None = None,
-                 metrics_sock: socket.socket | None = None) -> None:
+                 metrics_sock: socket.socket | None = None,
+                 cpu: CpuInfo | None = None) -> None:
         """`models`: from `edged.inference.pool.load_models`. `stage`: a started publish
         stage (the lifecycle binds it before the model loads); without one, `bind` or
-        `run` makes it."""
+        `run` makes it. `cpu`: this machine's, for the `_stats` machine info (default:
+        detected)."""
         self.config = config
+        self.cpu = cpu or detect_cpu()
         self.models = models
         self.frames = frames
         self.duration = duration
@@ -640,7 +645,7 @@ class Pipeline:
             last = now
             self.notifier.status(snapshot.status_line())
             self._send_soon(encode_stats(snapshot.to_wire(), snapshot.interval_s,
-                                         snapshot.sinks_to_wire()))
+                                         snapshot.sinks_to_wire(), self.cpu.to_json()))
 
     def _snapshot(self, cam: Camera, elapsed: float, final: bool) -> CameraSnapshot:
         s = cam.stats

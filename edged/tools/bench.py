@@ -469,6 +469,75 @@ def bench(config: Config, models: Models, frames: int, with_sinks: bool = False
     }
 
 
+def provider_comparison(config: Config, runs: int = 100) -> list[dict[str, Any]]:
+    """The configured model on each execution provider this onnxruntime build offers (and
+    edged knows), one thread each unless the config says otherwise, the sessions taking
+    turns run by run on one pre-processed frame: p50 ms, the ratio to the CPU EP's p50 in
+    the same runs, and where the nodes ran. A provider that fails to load is reported
+    with onnxruntime's reason."""
+    import dataclasses
+
+    import onnxruntime as ort
+
+    from edged.inference.preprocess import Preprocessor
+    from edged.inference.providers import PROVIDER_NAMES
+    from edged.inference.runner import ModelError, ModelOptions, ModelRunner, time_interleaved
+
+    base = ModelOptions.from_config(config.model)
+    base = dataclasses.replace(base, threads=base.threads or 1, warmup_runs=1)
+    available = set(ort.get_available_providers())
+    rows: list[dict[str, Any]] = []
+    runners: list[ModelRunner] = []
+    for name, ort_name in PROVIDER_NAMES.items():
+        if ort_name not in available:
+            continue
+        chain: tuple[tuple[str, dict[str, Any]], ...] = \
+            (("cpu", {}),) if name == "cpu" else ((name, {}), ("cpu", {}))
+        try:
+            r = ModelRunner(dataclasses.replace(base, providers=chain))
+        except ModelError as e:
+            rows.append({"provider": name, "error": str(e)})
+            continue
+        if name != "cpu" and (not r.providers or r.providers[0] != ort_name):
+            rows.append({"provider": name, "error": "onnxruntime did not take it (fell back "
+                                                    f"to {', '.join(r.providers)})"})
+            continue
+        runners.append(r)
+        rows.append({"provider": name, "placement": r.placement_summary,
+                     "threads": r.threads})
+    if not runners:
+        return rows
+    first = next(iter(config.cameras.values()))
+    src = source_for(first, loop=True)
+    src.open()
+    frame = src.read()
+    src.close()
+    if frame is None:
+        raise RuntimeError("the first camera gave no frame")
+    pre = Preprocessor(runners[0].manifest.preprocess)
+    pre(frame)
+    times = time_interleaved(runners, [[pre.tensor]] * len(runners), runs, warmup=5)
+    medians = [float(np.median(t)) for t in times]
+    cpu_ms = next((m for row, m in zip((x for x in rows if "error" not in x), medians)
+                   if row["provider"] == "cpu"), None)
+    for row, m in zip((x for x in rows if "error" not in x), medians):
+        row["ms_p50"] = m
+        row["vs_cpu"] = cpu_ms / m if cpu_ms else None
+    return rows
+
+
+def format_providers(rows: list[dict[str, Any]], model: str, runs: int) -> str:
+    lines = [f"providers for {model} ({runs} runs each, taking turns):"]
+    for x in rows:
+        if "error" in x:
+            lines.append(f"  {x['provider']:<10} failed: {x['error']}")
+            continue
+        ratio = f"{x['vs_cpu']:.2f}x the CPU EP" if x["vs_cpu"] else ""
+        lines.append(f"  {x['provider']:<10} {x['ms_p50']:7.2f} ms p50 ({x['threads']} "
+                     f"thread(s)) {ratio}; {x['placement']}")
+    return "\n".join(lines)
+
+
 def format_report(r: dict[str, Any]) -> str:
     m = r["model"]
     rp = r["raw_onnxruntime_parallel"]

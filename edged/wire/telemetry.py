@@ -42,12 +42,26 @@ class Stats:
     snapshots: dict[str, typed.CameraSnapshot] = field(default_factory=dict)
     # the daemon's outputs: name -> {"delivered", "dropped", "failed", "queued"}
     sinks: dict[str, dict[str, int]] = field(default_factory=dict)
+    machine: Machine | None = None  # None from daemons before it
+
+
+@dataclass(frozen=True, slots=True)
+class Machine:
+    """The `_stats` machine info: the daemon's CPU and the int8 class its kernels fall in."""
+
+    arch: str  # platform.machine(): x86_64, aarch64, ...
+    model: str
+    features: tuple[str, ...]  # the int8-relevant ISA features (`edged.inference.cpu`)
+    int8_class: str  # e.g. x86-vnni, x86-avx2, arm-dotprod
 
 
 def encode_stats(cameras: dict[str, dict[str, Any]], interval_s: float,
-                 sinks: dict[str, dict[str, int]] | None = None) -> list[bytes]:
+                 sinks: dict[str, dict[str, int]] | None = None,
+                 machine: dict[str, Any] | None = None) -> list[bytes]:
     header = {"v": PROTOCOL_VERSION, "type": "stats", "t_ns": time.time_ns(),
               "interval_s": float(interval_s), "cameras": cameras, "sinks": sinks or {}}
+    if machine is not None:
+        header["machine"] = machine
     return [TOPIC_STATS.encode(), msgpack.packb(header, use_single_float=True)]
 
 
@@ -83,7 +97,19 @@ def decode_stats(frames: Sequence[bytes | memoryview | zmq.Frame]) -> Stats:
                 isinstance(k, str) and isinstance(v, dict)
                 and all(isinstance(n, int) for n in v.values()) for k, v in sinks.items()):
             raise ProtocolError("stats: 'sinks' must map names to maps of counts")
-        return Stats(int(h["t_ns"]), float(h["interval_s"]), cams, snapshots, sinks)
+        m = h.get("machine")  # optional: daemons before it sent none
+        machine = None
+        if m is not None:
+            if not isinstance(m, dict) or not all(
+                    isinstance(m.get(k), str) for k in ("machine", "model", "int8_class")) \
+                    or not isinstance(m.get("features"), list) \
+                    or not all(isinstance(f, str) for f in m["features"]):
+                raise ProtocolError("stats: 'machine' must map machine, model, int8_class "
+                                    "to strings and features to a list of strings")
+            machine = Machine(m["machine"], m["model"], tuple(m["features"]),
+                              m["int8_class"])
+        return Stats(int(h["t_ns"]), float(h["interval_s"]), cams, snapshots, sinks,
+                     machine)
     except ProtocolError:
         raise
     except Exception as e:  # msgpack and type errors on garbage input

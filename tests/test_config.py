@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -17,10 +18,12 @@ from edged.config import (
     ConfigError,
     ConfigIssue,
     ProviderSpec,
+    builtin_variant,
     default_config_path,
     load_config,
     parse_config,
 )
+from edged.inference.cpu import int8_numerics
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_ENV = {"CAM_USER": "viewer", "CAM_PASSWORD": "p@ss: #{x}!"}
@@ -62,10 +65,40 @@ def only_issue(path: Path, env: dict[str, str] | None = None) -> ConfigIssue:
 
 # --------------------------------------------------------------------------- valid files
 
+def test_builtin_yoeo_demo_picks_the_variant_validated_for_the_cpu_class() -> None:
+    models = Path(edged.__file__).parent / "models"
+
+    def pick(int8_class: str) -> str:
+        text = "model:\n  path: builtin:yoeo-demo\ncameras:\n  a:\n    source: synthetic\n"
+        return parse_config(text, int8_class=int8_class).model.path.name
+
+    def validated(name: str) -> str | None:
+        q = json.loads((models / name).with_suffix(".json").read_text()).get("quantization")
+        return q["validated_on"]["int8_class"] if q else None
+
+    for cls in ("x86-vnni", "x86-amx", "x86-avx2", "x86-avx512", "x86", "arm-dotprod"):
+        chosen = pick(cls)
+        got = validated(chosen)
+        # int8 validated on a class with the same kernel numerics, or fp32 where none is
+        assert got is None or int8_numerics(got) == int8_numerics(cls), (cls, chosen, got)
+        if got is None:
+            assert not any(
+                (models / f).is_file() and validated(f)
+                and int8_numerics(validated(f) or "") == int8_numerics(cls)
+                for f in json.loads((models / "variants.json").read_text())["yoeo-demo"])
+    assert pick("x86-vnni") == "yoeo-demo-int8.onnx"
+    assert pick("riscv") == "yoeo-demo-fp32.onnx"  # no rule for the class: the float model
+    with pytest.raises(ConfigError) as e:
+        parse_config("model:\n  path: builtin:yoeo-dem\ncameras:\n  a:\n    source: synthetic\n")
+    assert "no packaged variant set named 'yoeo-dem' (there is builtin:yoeo-demo)" in str(e.value)
+
+
 def test_packaged_default_parses() -> None:
     config = load_config()
     assert config.source_file == default_config_path().absolute()
-    assert config.model.path == Path(edged.__file__).parent / "models" / "yoeo-demo-int8.onnx"
+    # builtin:yoeo-demo: the variant for this CPU's int8 class
+    assert config.model.path == builtin_variant("yoeo-demo")
+    assert config.model.path.parent == Path(edged.__file__).parent / "models"
     assert config.model.format == "yoeo"
     assert config.model.threads == 0
     assert config.model.providers == [ProviderSpec(name="cpu", options={})]

@@ -772,6 +772,10 @@ class Config(_Frozen):
 
 # --------------------------------------------------------------------------- YAML reading
 
+# values a config may expand to; a 64-camera config with every option set is ~5,000
+MAX_YAML_VALUES: Final = 100_000
+
+
 class _LineLoader(yaml.SafeLoader):
     """Our own SafeLoader subclass, so nothing we do touches yaml.SafeLoader's tables."""
 
@@ -804,6 +808,7 @@ class _Reader:
         # only add a confusing follow-on error.
         self.unsubstituted: set[Loc] = set()
         self._active: set[int] = set()  # nodes being walked, to stop on recursive aliases
+        self._walked = 0  # values expanded so far, aliases counted each time they are used
 
     def read(self, text: str) -> dict[str, Any]:
         try:
@@ -850,6 +855,14 @@ class _Reader:
         self.issues.append(ConfigIssue(self.file, line, _format_loc(loc), value, message))
 
     def _walk(self, loader: _LineLoader, node: yaml.Node, loc: Loc) -> Any:
+        self._walked += 1
+        if self._walked > MAX_YAML_VALUES:
+            # nested aliases ("billion laughs") expand exponentially: stop before the memory
+            raise ConfigError([ConfigIssue(
+                self.file, node.start_mark.line + 1, _format_loc(loc), NO_VALUE,
+                f"the config expands to more than {MAX_YAML_VALUES} values (YAML aliases are "
+                "expanded each time they are used): nested aliases? A real config has a few "
+                "hundred")])
         if id(node) in self._active:
             self._issue(loc, node.start_mark.line + 1, NO_VALUE, "recursive YAML alias")
             return None

@@ -821,3 +821,23 @@ def test_config_import_stays_light() -> None:
     out = subprocess.run([sys.executable, "-c", code, str(REPO / "configs" / "default.yaml")],
                          capture_output=True, text=True, check=True).stdout
     assert out.split("\n")[:2] == ["[]", "['cv2', 'numpy']"]
+
+
+def test_nested_yaml_aliases_are_rejected_before_they_expand(tmp_path: Path) -> None:
+    """A "billion laughs" file (nine levels of nine aliases: 9**9 values) is an error
+    naming the cause, found after a bounded walk, not after gigabytes."""
+    lines = ['l0: &l0 ["x","x","x","x","x","x","x","x","x"]']
+    lines += [f"l{i}: &l{i} [{','.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\nmodel:\n  path: m.onnx\ncameras:\n  a:\n"
+                    "    source: synthetic\n")
+    assert path.stat().st_size < 600
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert len(e.value.issues) == 1
+    assert "the config expands to more than 100000 values (YAML aliases" in str(e.value)
+    # aliases used a normal number of times are still fine
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("model:\n  path: m.onnx\ncameras:\n  a: &cam\n    source: synthetic\n"
+                  "  b: *cam\n")
+    assert list(load_config(ok).cameras) == ["a", "b"]

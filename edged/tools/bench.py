@@ -491,8 +491,10 @@ def provider_comparison(config: Config, runs: int = 100) -> list[dict[str, Any]]
     for name, ort_name in PROVIDER_NAMES.items():
         if ort_name not in available:
             continue
+        # OpenVINO keeps its own thread pool: give it the same count as the CPU EP's
+        opts: dict[str, Any] = {"num_of_threads": base.threads} if name == "openvino" else {}
         chain: tuple[tuple[str, dict[str, Any]], ...] = \
-            (("cpu", {}),) if name == "cpu" else ((name, {}), ("cpu", {}))
+            (("cpu", {}),) if name == "cpu" else ((name, opts), ("cpu", {}))
         try:
             r = ModelRunner(dataclasses.replace(base, providers=chain))
         except ModelError as e:

@@ -563,7 +563,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             model, Path(args.out), frames, search=args.search, keep_float=args.keep_float or (),
             default_keep=not args.no_keep_float,
             gate=Gate(args.min_agreement, args.max_miou_drop, args.min_det_agreement),
-            runs=args.runs,
+            runs=args.runs, for_class=args.for_class,
             use_truth=not args.no_truth, progress=progress,
             log=lambda line: print(line, file=sys.stderr, flush=True))
     except QuantizeError as e:
@@ -713,6 +713,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "same class; default 0.9); skipped when neither finds boxes")
     q.add_argument("--no-truth", action="store_true",
                    help="ignore synthetic ground truth (e.g. for a model with random weights)")
+    q.add_argument("--for-class", metavar="CLASS",
+                   help="make the model for a CPU of this int8 class (e.g. x86-avx2 from a "
+                        "VNNI machine): only candidates both CPUs compute the same integers "
+                        "of are tried (7-bit or unsigned weights), and the manifest records "
+                        "valid_for; speed is still measured here")
     q.add_argument("--runs", type=int, default=20,
                    help="timed single-thread runs per candidate, alternating with fp32")
     q.set_defaults(func=cmd_quantize)

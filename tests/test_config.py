@@ -23,7 +23,7 @@ from edged.config import (
     load_config,
     parse_config,
 )
-from edged.inference.cpu import int8_numerics
+from edged.inference.cpu import int8_numerics, validated_class
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_ENV = {"CAM_USER": "viewer", "CAM_PASSWORD": "p@ss: #{x}!"}
@@ -74,7 +74,7 @@ def test_builtin_yoeo_demo_picks_the_variant_validated_for_the_cpu_class() -> No
 
     def validated(name: str) -> str | None:
         q = json.loads((models / name).with_suffix(".json").read_text()).get("quantization")
-        return q["validated_on"]["int8_class"] if q else None
+        return validated_class(q) if q else None
 
     for cls in ("x86-vnni", "x86-amx", "x86-avx2", "x86-avx512", "x86", "arm-dotprod"):
         chosen = pick(cls)
@@ -87,6 +87,7 @@ def test_builtin_yoeo_demo_picks_the_variant_validated_for_the_cpu_class() -> No
                 and int8_numerics(validated(f) or "") == int8_numerics(cls)
                 for f in json.loads((models / "variants.json").read_text())["yoeo-demo"])
     assert pick("x86-vnni") == "yoeo-demo-int8.onnx"
+    assert pick("x86-avx2") == pick("x86-avx512") == "yoeo-demo-int8-avx2.onnx"
     assert pick("riscv") == "yoeo-demo-fp32.onnx"  # no rule for the class: the float model
     with pytest.raises(ConfigError) as e:
         parse_config("model:\n  path: builtin:yoeo-dem\ncameras:\n  a:\n    source: synthetic\n")

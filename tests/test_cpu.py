@@ -137,3 +137,50 @@ def test_an_emulated_avx2_cpu_is_classed_by_what_cpuid_says():
                        capture_output=True, text=True, timeout=120, cwd=REPO)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["x86-avx2", "avx2"], p.stdout
+
+
+EMULATED_MASKS = """
+import sys
+import numpy as np
+from edged import synth
+from edged.inference.runner import ModelOptions, ModelRunner
+from edged.results import Frame
+out = {}
+for name in sys.argv[2:]:
+    r = ModelRunner(ModelOptions(path=__import__("pathlib").Path(name), threads=1,
+                                 warmup_runs=0))
+    out[name] = np.stack([r.infer(Frame("c", i, synth.render(1_000_000 + i, 0, 320, 240)
+                                        .image, 0, 0)).mask for i in range(4)])
+np.savez(sys.argv[1], **{str(i): out[n] for i, n in enumerate(sys.argv[2:])})
+"""
+
+
+@needs_qemu
+def test_the_avx2_variant_computes_the_same_masks_on_avx2_kernels(tmp_path):
+    """The packaged variant for x86 without VNNI (7-bit weights) gives the same masks on
+    onnxruntime's AVX2 kernels (run under `qemu-x86_64 -cpu Haswell`) as on this CPU: no
+    pair of products saturates. The VNNI variant (8-bit weights) does not: its products
+    clip there, which is why it is not chosen on such CPUs."""
+    import numpy as np
+
+    from edged.config import builtin_variant
+
+    avx2 = builtin_variant("yoeo-demo", "x86-avx2")
+    vnni = builtin_variant("yoeo-demo", "x86-vnni")
+    assert avx2.name == "yoeo-demo-int8-avx2.onnx" and vnni.name == "yoeo-demo-int8.onnx"
+    code = tmp_path / "masks.py"
+    code.write_text(EMULATED_MASKS)
+    native, emulated = tmp_path / "native.npz", tmp_path / "emulated.npz"
+    args = [str(code), "", str(avx2), str(vnni)]
+    p = subprocess.run([sys.executable, *args[:1], str(native), *args[2:]],
+                       capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run([QEMU or "qemu-x86_64", "-cpu", "Haswell", sys.executable, *args[:1],
+                        str(emulated), *args[2:]],
+                       capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert p.returncode == 0, p.stderr[-2000:]
+    a, b = np.load(native), np.load(emulated)
+    same_avx2 = float((a["0"] == b["0"]).mean())
+    same_vnni = float((a["1"] == b["1"]).mean())
+    assert same_avx2 >= 0.9995, same_avx2
+    assert same_vnni < same_avx2, (same_vnni, same_avx2)

@@ -339,6 +339,17 @@ def test_without_vnni_the_search_adds_7_bit_weights_and_they_are_7_bit(small_mod
              ("U8U8", "Percentile"))
     assert search_for("quick", "x86-avx2") == quick + twins
     assert search_for("quick", "x86-avx512")[len(quick):] == twins
+    # --for-class: for a saturating CPU from an exact one, only the twins (the integers
+    # both compute alike); the same class family is the plain search; the reverse refused
+    from edged.tools.quantize import QuantizeError, search_for_target
+
+    assert search_for_target("quick", "x86-amx", "x86-avx2") == twins
+    assert search_for_target("quick", "x86-amx", "x86-vnni") == quick
+    assert search_for_target("quick", "x86-avx2", "x86-avx512") == quick + twins
+    assert search_for_target("quick", "x86-vnni", None) == quick
+    with pytest.raises(QuantizeError, match="compute other integers; run `edged quantize` "
+                                            "on a x86-vnni machine"):
+        search_for_target("quick", "x86-avx2", "x86-vnni")
     # and such a model really has weights in the 7-bit range
     m = ModelRunner(ModelOptions(path=small_model, threads=1)).manifest
     prepared, _ = prepare_model(small_model, tmp_path)

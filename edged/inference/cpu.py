@@ -173,7 +173,11 @@ def int8_numerics(int8_class: str) -> str:
 
 
 def validated_class(quantization: dict[str, Any] | None) -> str | None:
-    """The int8 class a manifest's quantization record says the model was validated on."""
+    """The int8 class a manifest's quantization record says the model was validated for:
+    `valid_for` (`edged quantize --for-class`), else the class of `validated_on`."""
+    target = quantization.get("valid_for") if quantization else None
+    if isinstance(target, str):
+        return target
     validated = quantization.get("validated_on") if quantization else None
     if not isinstance(validated, dict):
         return None

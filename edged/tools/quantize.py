@@ -61,6 +61,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from edged.inference.cpu import INT8_CLASSES, int8_numerics
 from edged.inference.cpu import detect as detect_cpu
 from edged.inference.manifest import manifest_path
 from edged.inference.nms import box_iou
@@ -134,6 +135,26 @@ def search_for(search: str, int8_class: str) -> tuple[tuple[str, str], ...]:
 
 class QuantizeError(RuntimeError):
     """Quantization cannot proceed; the message says what and why."""
+
+
+def search_for_target(search: str, here: str, target: str | None
+                      ) -> tuple[tuple[str, str], ...]:
+    """The candidates to try here for a model meant for a CPU of class `target`.
+
+    The gate can only vouch for integers this CPU computes as the target does: for a
+    saturating target from a machine that accumulates exactly, that is 7-bit weights
+    (U8S7: pairs of u8 x s7 products stay inside int16) and unsigned weights (U8U8,
+    widened to 16 bits before multiplying), which both kinds of kernels compute exactly.
+    U8S8 and S8S8 would pass here and clip there."""
+    if target is None or target == here or (
+            int8_numerics(target) == int8_numerics(here) != "unknown"):
+        return search_for(search, here)
+    if int8_numerics(target) == "saturating" and int8_numerics(here) == "exact":
+        return tuple((pair, m) for pair in ("U8S7", "U8U8")
+                     for t, m in SEARCHES[search] if t == "U8S8")
+    raise QuantizeError(
+        f"cannot validate a model for int8 class {target} on this CPU ({here}): its kernels "
+        f"compute other integers; run `edged quantize` on a {target} machine")
 
 
 # ----------------------------------------------------------------------------- frames
@@ -667,6 +688,7 @@ class Report:
     opset: int
     chosen: Candidate | None
     seconds: float = 0.0
+    for_class: str | None = None  # the int8 class it was made for, when not this CPU's
 
     def table(self) -> str:
         def f(v: float | None, fmt: str) -> str:
@@ -712,9 +734,16 @@ def run_search(model: Path, out: Path, frames: FrameSet, *, search: str = "quick
                keep_float: Iterable[str] = (), default_keep: bool = True,
                gate: Gate = Gate(), runs: int = 20, use_truth: bool = True,
                progress: Callable[[str, int, int], None] | None = None,
-               log: Callable[[str], None] = lambda s: None) -> Report:
-    """Quantize `model` with every candidate of `search`; write the best passing one."""
+               log: Callable[[str], None] = lambda s: None,
+               for_class: str | None = None) -> Report:
+    """Quantize `model` with every candidate of `search`; write the best passing one.
+    `for_class`: an int8 class other than this CPU's the model is meant for (only
+    candidates whose integers are the same there are tried; see search_for_target)."""
     t_start = time.monotonic()
+    if for_class is not None and for_class not in INT8_CLASSES:
+        raise QuantizeError(f"unknown int8 class {for_class!r}; known: "
+                            + ", ".join(INT8_CLASSES))
+    search_for_target(search, detect_cpu().int8_class, for_class)  # refuse before the work
     if not model.is_file():
         raise QuantizeError(f"model file not found: {model}")
     if out.resolve() == model.resolve():
@@ -811,7 +840,7 @@ def run_search(model: Path, out: Path, frames: FrameSet, *, search: str = "quick
             return c if c.passed and gain else parent
 
         best: Candidate | None = None
-        for types, method in search_for(search, detect_cpu().int8_class):
+        for types, method in search_for_target(search, detect_cpu().int8_class, for_class):
             make(Candidate(types, method, exclude=keep))
             best = _fastest(made)
             _drop_runners(made, keep=best)
@@ -846,7 +875,8 @@ def run_search(model: Path, out: Path, frames: FrameSet, *, search: str = "quick
         chosen = best
         fp32_ms = float(np.median([c.fp32_ms for c in made if c.fp32_ms])) \
             if any(c.fp32_ms for c in made) else None
-        report = Report(model, out, made, fp32_ms, fp32_truth, frames, keep, opset, chosen)
+        report = Report(model, out, made, fp32_ms, fp32_truth, frames, keep, opset, chosen,
+                        for_class=for_class)
         report.seconds = time.monotonic() - t_start
         if chosen is not None and chosen.path is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -930,6 +960,9 @@ def _manifest(report: Report, fp32: ModelRunner):
         # the CPU class the gate passed on: edged warns when the model runs on another
         "validated_on": detect_cpu().to_json(),
     }
+    if report.for_class:
+        # made elsewhere for this class, from candidates both compute the same integers of
+        record["valid_for"] = report.for_class
     m = fp32.manifest
     return replace(m, name=report.out.stem, extra={**m.extra, "precision": "int8"},
                    quantization=json.loads(json.dumps(record)),

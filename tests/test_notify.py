@@ -67,8 +67,9 @@ def test_ready_status_watchdog_and_stopping(tmp_path, test_model, tcp_endpoint):
 
 
 def test_stuck_inference_withholds_watchdog(tmp_path, tcp_endpoint):
-    # one inference takes seconds, well past stuck_after_s
-    model = slow_yoeo_model(tmp_path / "slow.onnx", matmuls=60, size=1024)
+    # one inference takes seconds, well past stuck_after_s (120 fp32 1024^3 products:
+    # ~2 s even on a 2-core AMX machine, where 60 of them took under a second)
+    model = slow_yoeo_model(tmp_path / "slow.onnx", matmuls=120, size=1024)
     sock, path = notify_socket(tmp_path)
     cfg = write_config(tmp_path / "cfg.yaml", model, [tcp_endpoint], """\
   cam:
@@ -90,9 +91,9 @@ def test_stuck_inference_withholds_watchdog(tmp_path, tcp_endpoint):
     pings = [t for t, m in msgs if m == "WATCHDOG=1"]
     ready = [t for t, m in msgs if m.startswith("READY=1")]
     assert ready
-    # after the first frame starts, pings stop for longer than systemd's 0.3 s timeout
+    # after the first frame starts, pings stop for well over stuck_after_s (0.3 s)
     gaps = [b - a for a, b in zip(pings, pings[1:])]
-    assert pings and (max(gaps, default=0) > 1.0 or msgs[-1][0] - pings[-1] > 1.0), pings
+    assert pings and (max(gaps, default=0) > 0.6 or msgs[-1][0] - pings[-1] > 0.6), pings
     assert "inference stuck for" in (tmp_path / "log").read_text()
 
 

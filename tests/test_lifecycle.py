@@ -130,7 +130,9 @@ def test_sighup_during_a_reload_is_queued_and_the_last_file_wins(tmp_path, test_
         d.wait_for("ready")
         write_config(cfg, slow, [ep], cams(a=10, b=10))
         d.proc.send_signal(signal.SIGHUP)
-        d.wait_for("SIGHUP: reloading")
+        # the first reload has read the file once it loads the slow model: only then may
+        # the second file be written (before, a fast reload could read the second file)
+        d.wait_for("reload: loading model")
         # the second file is written while the first reload warms up the slow model
         write_config(cfg, test_model, [ep], cams(a=10, c=10))
         d.proc.send_signal(signal.SIGHUP)

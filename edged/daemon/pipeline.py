@@ -394,6 +394,8 @@ class Pipeline:
                                                       for k in fixed})})
             if new.model != old.model:
                 threads = self.runner.threads
+                # a model load and warm-up can take seconds: say so before it starts
+                log.info("reload: loading model %s", new.model.path)
                 try:
                     rungs = await self.blocking.run(load_rungs, new, threads, name="reload-model")
                 except Exception as e:  # noqa: BLE001 - any failure to load or warm up

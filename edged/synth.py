@@ -500,9 +500,10 @@ def _render(ren: Renderer, index: int, width: int, height: int) -> Scene:
     li = lay.light
     gain = li[0] * (1 + li[1] * math.sin(li[2] * index + li[5]))
     cast = np.array([1 + li[3], 1.0, 1 + li[4]], np.float32) * gain
-    # OpenCV takes a Scalar (4-tuple) as src2; its stubs only list arrays
-    img = cv2.multiply(image, (float(cast[0]), float(cast[1]), float(cast[2]), 0.0),  # type: ignore[call-overload]
-                       dtype=cv2.CV_32F)
+    # OpenCV takes a Scalar (4-tuple) as src2; the stubs of opencv 5.0 list only arrays,
+    # those of 5.1 the Scalar too: typed Any, it checks under both
+    scalar: Any = (float(cast[0]), float(cast[1]), float(cast[2]), 0.0)
+    img = cv2.multiply(image, scalar, dtype=cv2.CV_32F)
     # motion blur along the direction of head motion when the head turns quickly
     if speed > 0.012:
         n = min(9, int(speed * 250) | 1)

@@ -434,17 +434,23 @@ def sink_costs(config: Config, models: Models, frames: int) -> list[dict[str, An
     return rows
 
 
+def first_frame(config: Config) -> np.ndarray:
+    """One frame of the first camera (the frame the bench loops time)."""
+    name, cam = next(iter(config.cameras.items()))
+    src = source_for(cam, loop=True)
+    src.open()
+    frame = src.read()
+    src.close()
+    if frame is None:
+        raise RuntimeError(f"camera {name} gave no frame")
+    return frame
+
+
 def bench(config: Config, models: Models, frames: int, with_sinks: bool = False
           ) -> dict[str, Any]:
     runner = models.rungs[0]
     workers = models.plan.workers
-    name, cam = next(iter(config.cameras.items()))
-    src = source_for(cam, loop=True)
-    src.open()
-    first = src.read()
-    src.close()
-    if first is None:
-        raise RuntimeError(f"camera {name} gave no frame")
+    first = first_frame(config)
     raw = raw_loop(runner, first, frames)
     raw_par = raw_loop(runner, first, frames, workers) if workers > 1 else raw
     serial = serial_loop(runner, config, frames)
@@ -488,6 +494,7 @@ def provider_comparison(config: Config, runs: int = 100) -> list[dict[str, Any]]
     available = set(ort.get_available_providers())
     rows: list[dict[str, Any]] = []
     runners: list[ModelRunner] = []
+    timed: list[dict[str, Any]] = []  # the rows of `runners`, in order
     for name, ort_name in PROVIDER_NAMES.items():
         if ort_name not in available:
             continue
@@ -505,24 +512,17 @@ def provider_comparison(config: Config, runs: int = 100) -> list[dict[str, Any]]
                                                     f"to {', '.join(r.providers)})"})
             continue
         runners.append(r)
-        rows.append({"provider": name, "placement": r.placement_summary,
-                     "threads": r.threads})
+        timed.append({"provider": name, "placement": r.placement_summary,
+                      "threads": r.threads})
+        rows.append(timed[-1])
     if not runners:
         return rows
-    first = next(iter(config.cameras.values()))
-    src = source_for(first, loop=True)
-    src.open()
-    frame = src.read()
-    src.close()
-    if frame is None:
-        raise RuntimeError("the first camera gave no frame")
     pre = Preprocessor(runners[0].manifest.preprocess)
-    pre(frame)
+    pre(first_frame(config))
     times = time_interleaved(runners, [[pre.tensor]] * len(runners), runs, warmup=5)
     medians = [float(np.median(t)) for t in times]
-    cpu_ms = next((m for row, m in zip((x for x in rows if "error" not in x), medians)
-                   if row["provider"] == "cpu"), None)
-    for row, m in zip((x for x in rows if "error" not in x), medians):
+    cpu_ms = next((m for row, m in zip(timed, medians) if row["provider"] == "cpu"), None)
+    for row, m in zip(timed, medians):
         row["ms_p50"] = m
         row["vs_cpu"] = cpu_ms / m if cpu_ms else None
     return rows

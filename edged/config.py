@@ -414,6 +414,13 @@ class ModelConfig(_Frozen):
     classes: list[str] | None = None  # for models without a manifest
     seg_classes: list[str] | None = None
     class_groups: list[list[str]] | None = None  # classes suppressed together in NMS
+    # instance/binary masks: a pixel is in where the probability > this (manifest option)
+    mask_threshold: Float | None = Field(None, gt=0, lt=1)
+    # YOLO: how the detections table reads when its shapes allow several readings
+    layout: Literal["anchors_last", "rows", "end2end"] | None = None
+    # YOLO-seg: "ultralytics" (its retina_masks rule, the default) or "direct" (one
+    # bilinear sample per camera pixel: cheaper, masks differ at the edges)
+    mask_mode: Literal["ultralytics", "direct"] | None = None
     warmup_runs: Int = Field(3, ge=0, le=MAX_WARMUP_RUNS)
     # an inference running longer than this is reported and stops the systemd watchdog
     stuck_after_s: Float = Field(10.0, gt=0, le=MAX_STUCK_AFTER_S)

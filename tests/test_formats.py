@@ -191,9 +191,22 @@ def test_parse_names_only_accepts_literal_name_lists():
 
 @pytest.mark.parametrize("key", ["yolo-seg", "yolo-seg-v5"])
 def test_yolo_seg_boxes_classes_and_masks(models, key):
-    _, res = run(models[key])
+    """The direct mask rule (one bilinear sample per camera pixel centre), against the
+    masks formatgen computes by that rule; the default, ultralytics' own rule, is
+    tested against ultralytics in test_ultralytics.py."""
+    _, res = run(models[key], mask_mode="direct")
     check(res, g.expected("yolo-seg"))
     assert res.mask_classes == ("background", "person", "robot", "ball")
+
+
+def test_yolo_seg_default_masks_follow_ultralytics_and_differ_only_at_edges(models):
+    runner, res = run(models["yolo-seg"])
+    assert runner.manifest.options["mask_mode"] == "ultralytics"
+    exp = g.expected("yolo-seg")
+    np.testing.assert_allclose(res.detections.boxes, np.array(exp["boxes"]), atol=1e-3)
+    for got, want in zip(frame_masks(res), exp["instances"], strict=True):
+        inter = np.logical_and(got, want).sum()
+        assert inter / np.logical_or(got, want).sum() > 0.9
 
 
 @pytest.mark.parametrize("key", ["yolo", "yolo-v8"])
@@ -339,7 +352,8 @@ def test_malformed_instances_are_protocol_errors(models):
 
 def test_manifest_options_round_trip(tmp_path, models):
     m = ModelRunner(ModelOptions(path=models["yolo-seg"], threads=1)).manifest
-    assert m.options == {"layout": "anchors_last", "mask_threshold": 0.5}
+    assert m.options == {"layout": "anchors_last", "mask_threshold": 0.5,
+                         "mask_mode": "ultralytics"}
     p = tmp_path / "m.json"
     p.write_text(m.to_json())
     assert load_manifest(p) == m

@@ -31,7 +31,7 @@ CASES = {
 
 
 def serve(tmp_path: Path, start_daemon, model: Path, frame: np.ndarray,
-          classes: list[str] | None) -> list[Message]:
+          classes: list[str] | None, model_keys: str = "") -> list[Message]:
     """Run the daemon on a folder of 3 copies of `frame`; the results it published."""
     folder = tmp_path / "frames"
     folder.mkdir()
@@ -39,6 +39,7 @@ def serve(tmp_path: Path, start_daemon, model: Path, frame: np.ndarray,
         cv2.imwrite(str(folder / f"{i:03d}.png"), frame)
     ep = f"ipc://{tmp_path}/e.sock"
     extra = f"\n  classes: {json.dumps(classes)}" if classes else ""
+    extra += "".join(f"\n  {line}" for line in model_keys.splitlines())
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(f"""\
 model:
@@ -82,7 +83,9 @@ def test_format_end_to_end(tmp_path, start_daemon, fmt):
         return
     exp = g.expected(fmt)
     black = np.zeros((g.FRAME_H, g.FRAME_W, 3), np.uint8)
-    for msg in serve(tmp_path, start_daemon, model, black, classes):
+    # formatgen's masks follow the direct rule; the YAML key reaches the adapter
+    keys = "mask_mode: direct" if fmt == "yolo-seg" else ""
+    for msg in serve(tmp_path, start_daemon, model, black, classes, keys):
         assert (msg.frame_w, msg.frame_h) == (g.FRAME_W, g.FRAME_H)
         np.testing.assert_allclose(msg.boxes, np.array(exp["boxes"]), atol=1e-3)
         assert msg.labels() == exp["labels"]

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,9 @@ class ModelOptions:
     classes: tuple[str, ...] | None = None
     seg_classes: tuple[str, ...] | None = None
     class_groups: tuple[tuple[str, ...], ...] | None = None
+    mask_threshold: float | None = None
+    layout: str | None = None
+    mask_mode: str | None = None
     warmup_runs: int = 3
     cache_dir: Path | None = None  # None: default_cache_dir()
     # "auto": IOBinding with outputs on the device when a CUDA provider runs the model;
@@ -85,6 +88,7 @@ class ModelOptions:
             classes=tuple(m.classes) if m.classes else None,
             seg_classes=tuple(m.seg_classes) if m.seg_classes else None,
             class_groups=tuple(tuple(g) for g in m.class_groups) if m.class_groups else None,
+            mask_threshold=m.mask_threshold, layout=m.layout, mask_mode=m.mask_mode,
             warmup_runs=m.warmup_runs, cache_dir=m.cache_dir)
 
 
@@ -390,12 +394,18 @@ class ModelRunner:
         else:
             try:
                 m, reason = manifest_from_graph(self.inputs, self.outputs, self.metadata,
-                                                o.format)
+                                                o.format, o.layout)
             except (FormatError, ValueError) as e:
                 raise ModelError(f"{o.path}: {e}") from None
         m = m.with_overrides(conf_threshold=o.conf_threshold, iou_threshold=o.iou_threshold,
                              max_detections=o.max_detections, classes=o.classes,
                              seg_classes=o.seg_classes, class_groups=o.class_groups)
+        # the config's mask and layout settings are manifest options, set over the file's
+        options = {k: v for k, v in (("mask_threshold", o.mask_threshold),
+                                     ("layout", o.layout), ("mask_mode", o.mask_mode))
+                   if v is not None}
+        if options:
+            m = replace(m, options={**m.options, **options})
         return m, reason
 
     # ------------------------------------------------------------------ running

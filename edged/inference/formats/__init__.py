@@ -3,13 +3,15 @@
 An adapter knows the family's output layout and nothing about cameras or sockets. Each
 module provides:
 
-- `recognise(inputs, outputs) -> str | None`: why the graph fits this family, or None
-  (specific enough for `format: auto`);
-- optionally `fits(inputs, outputs) -> str | None`: a looser test used when the config
-  names the format (defaults to `recognise`);
+- `recognise(inputs, outputs, hints) -> str | None`: why the graph fits this family, or
+  None (specific enough for `format: auto`; `hints`: the ONNX metadata and the config's
+  model.layout, or None); FormatError when the graph is this family's but its shapes
+  read in more than one way and nothing says which;
+- optionally `fits(inputs, outputs, hints) -> str | None`: a looser test used when the
+  config names the format (defaults to `recognise`);
 - optionally `names_match(outputs) -> bool`: the outputs carry the names this family's
   exporter writes; used only to settle a tie between families whose shapes both fit;
-- `default_manifest(inputs, outputs) -> Manifest` for a model that ships without one;
+- `default_manifest(inputs, outputs, hints) -> Manifest` for a model that ships without one;
 - `Adapter(manifest, output_names)`, whose `postprocess(outputs, letterbox, w, h)`
   returns `(Detections, mask | None)` with boxes in camera pixels and the mask covering
   the camera frame. Instance formats also fill `Detections.instance_masks` and give an
@@ -24,6 +26,7 @@ from types import ModuleType
 from edged.inference.formats import mask_rcnn, semantic, sparseinst, yoeo, yolact, yolo, yolo_seg
 from edged.inference.formats._common import (
     FormatError,
+    Hints,
     TensorInfo,
     classes_from_metadata,
     describe,
@@ -31,7 +34,7 @@ from edged.inference.formats._common import (
 )
 from edged.inference.manifest import Manifest
 
-__all__ = ["FORMATS", "FormatError", "TensorInfo", "apply_metadata_names",
+__all__ = ["FORMATS", "FormatError", "Hints", "TensorInfo", "apply_metadata_names",
            "classes_from_metadata", "describe", "fits", "manifest_from_graph", "parse_names",
            "recognise"]
 
@@ -46,10 +49,14 @@ FORMATS: dict[str, ModuleType] = {
 }
 
 
-def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> tuple[str, str]:
-    """(format name, reason) for `format: auto`; FormatError if none or several fit."""
+def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo],
+              hints: Hints | None = None) -> tuple[str, str]:
+    """(format name, reason) for `format: auto`; FormatError if none or several fit.
+
+    `hints` carry the ONNX metadata and the config's model.layout: an exporter's own
+    words (ultralytics' end2end) settle what the shapes alone cannot."""
     fitting = [(name, why) for name, mod in FORMATS.items()
-               if (why := mod.recognise(inputs, outputs)) is not None]
+               if (why := mod.recognise(inputs, outputs, hints)) is not None]
     if len(fitting) == 1:
         return fitting[0]
     if not fitting:
@@ -70,10 +77,11 @@ def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> tuple[str,
                       + "; set model.format in the config to the right one")
 
 
-def fits(name: str, inputs: list[TensorInfo], outputs: list[TensorInfo]) -> str | None:
+def fits(name: str, inputs: list[TensorInfo], outputs: list[TensorInfo],
+         hints: Hints | None = None) -> str | None:
     """Whether the graph fits the format the config names (a looser test than auto's)."""
     mod = FORMATS[name]
-    return getattr(mod, "fits", mod.recognise)(inputs, outputs)
+    return getattr(mod, "fits", mod.recognise)(inputs, outputs, hints)
 
 
 def apply_metadata_names(m: Manifest, names: tuple[str, ...] | None) -> tuple[Manifest, str]:
@@ -95,24 +103,26 @@ def apply_metadata_names(m: Manifest, names: tuple[str, ...] | None) -> tuple[Ma
 
 
 def manifest_from_graph(inputs: list[TensorInfo], outputs: list[TensorInfo],
-                        metadata: dict[str, str], fmt: str = "auto") -> tuple[Manifest, str]:
+                        metadata: dict[str, str], fmt: str = "auto",
+                        layout: str | None = None) -> tuple[Manifest, str]:
     """The manifest a graph implies (no manifest file, no config overrides), and why.
 
     `fmt` "auto" recognises the family; a named format only has to fit. Class names come
     from the ONNX metadata where the exporter wrote them. FormatError or ValueError when
     the format cannot be told or the graph does not fit it.
     """
+    hints = Hints(metadata, layout)
     if fmt == "auto":
-        fmt, why = recognise(inputs, outputs)
+        fmt, why = recognise(inputs, outputs, hints)
         reason = f"recognised from the graph: {why}"
     else:
         if fmt not in FORMATS:
             raise FormatError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
-        fit = fits(fmt, inputs, outputs)
+        fit = fits(fmt, inputs, outputs, hints)
         if fit is None:
             raise FormatError(f"the graph's outputs do not fit format {fmt!r} "
                               f"(outputs: {describe(outputs)})")
         reason = f"format set in the config: {fit}"
-    m = FORMATS[fmt].default_manifest(inputs, outputs)
+    m = FORMATS[fmt].default_manifest(inputs, outputs, hints)
     m, note = apply_metadata_names(m, classes_from_metadata(metadata))
     return m, reason + (f"; {note}" if note else "")

@@ -25,6 +25,15 @@ class TensorInfo:
     dtype: str  # numpy dtype name
 
 
+@dataclass(frozen=True, slots=True)
+class Hints:
+    """What besides the shapes tells a graph's layout: the exporter's ONNX metadata and
+    the config's `model.layout` (a choice the user made when the shapes read two ways)."""
+
+    metadata: dict[str, str]
+    layout: str | None = None
+
+
 class FormatError(ValueError):
     """The graph does not fit the requested format, or fits none."""
 
@@ -120,6 +129,36 @@ def parse_names(value: str) -> tuple[str, ...] | None:
     if not names or not all(isinstance(n, str) for n in names):
         return None
     return tuple(names)
+
+
+def ultralytics_end2end(meta: dict[str, str]) -> bool | None:
+    """Whether an ultralytics export says its graph ends in its own NMS / one-to-one head
+    (YOLO26 `end2end`, or `nms=True` in its export args); None for other exporters."""
+    if not meta or meta.get("author", "").lower() != "ultralytics":
+        return None
+    if meta.get("end2end", "").strip().lower() == "true":
+        return True
+    try:
+        args = ast.literal_eval(meta.get("args", "{}"))
+    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+        args = {}
+    return isinstance(args, dict) and args.get("nms") is True
+
+
+def ultralytics_imgsz(meta: dict[str, str]) -> tuple[int, int] | None:
+    """(H, W) an ultralytics export was made for (its `imgsz` metadata), or None."""
+    if not meta or meta.get("author", "").lower() != "ultralytics":
+        return None
+    try:
+        v = ast.literal_eval(meta.get("imgsz", ""))
+    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+        return None
+    if is_int(v):
+        v = [v, v]
+    if (isinstance(v, list | tuple) and len(v) == 2 and all(is_int(x) and 0 < x <= 8192
+                                                              for x in v)):
+        return int(v[0]), int(v[1])
+    return None
 
 
 def classes_from_metadata(meta: dict[str, str]) -> tuple[str, ...] | None:

@@ -117,3 +117,117 @@ def paint(masks: list[np.ndarray], boxes_cam: np.ndarray, class_ids: np.ndarray,
         sub = masks[i][ycam[ra:rb] - y0s[i]][:, xcam[ca:cb] - x0s[i]].view(bool)
         out[ra:rb, ca:cb][sub] = values[i]
     return out
+
+
+class UltralyticsMasks:
+    """Instance masks from prototypes the way ultralytics' `process_mask_native` makes
+    them (its `retina_masks` path, the one that gives masks at the camera frame's size),
+    so that edged serves the masks its users validated with ultralytics:
+
+    1. the prototype logits are upsampled bilinearly by f = 1, 2 or 4 (the smallest
+       factor that puts the letterbox padding on whole cells);
+    2. the padding is cropped and the rest resized bilinearly to the frame;
+    3. a pixel is set where that value is > 0 and its *index* (not its centre) lies in
+       the box: x1 <= x < x2, y1 <= y < y2.
+
+    Both resizes are linear and separable, so they fold into one matrix per axis
+    (frame rows x prototype rows, frame columns x prototype columns), built once per
+    frame size; an instance costs the two small products over its box's window. A
+    row of the folded matrix has at most 3 non-zero taps, so the window is the box's
+    rows plus a cell or two.
+    """
+
+    def __init__(self) -> None:
+        self._axes: dict[tuple[int, int, int, int], tuple[_Axis, _Axis]] = {}
+
+    def axes(self, frame_h: int, frame_w: int, mh: int, mw: int) -> tuple[_Axis, _Axis]:
+        key = (frame_h, frame_w, mh, mw)
+        found = self._axes.get(key)
+        if found is None:
+            if len(self._axes) > 16:  # a camera changing size now and then: keep it small
+                self._axes.clear()
+            found = self._axes[key] = _ultralytics_axes(frame_h, frame_w, mh, mw)
+        return found
+
+    def render(self, boxes_cam: np.ndarray, coefs: np.ndarray, protos: np.ndarray,
+               frame_w: int, frame_h: int, threshold: float = 0.0) -> list[np.ndarray]:
+        """uint8 0/1 masks, one per box, each over `instance_extents(boxes_cam)`;
+        `threshold` on the logit (0: ultralytics' sigmoid > 0.5)."""
+        mh, mw = protos.shape[1:]
+        ay, ax = self.axes(frame_h, frame_w, mh, mw)
+        ext = instance_extents(boxes_cam)
+        b = np.asarray(boxes_cam, np.float32).reshape(-1, 4)
+        masks: list[np.ndarray] = []
+        for i in range(len(b)):
+            ex0, ey0, ex1, ey1 = (int(v) for v in ext[i])
+            out = np.zeros((ey1 - ey0, ex1 - ex0), np.uint8)
+            # the pixels whose index lies in the box, as ultralytics' crop_mask tests it
+            x0, x1 = ax.span(b[i, 0], b[i, 2])
+            y0, y1 = ay.span(b[i, 1], b[i, 3])
+            if x0 < x1 and y0 < y1:
+                ra, rb = ay.window(y0, y1)
+                ca, cb = ax.window(x0, x1)
+                field = np.einsum("m,mhw->hw", coefs[i], protos[:, ra:rb, ca:cb])
+                value = ay.matrix[y0:y1, ra:rb] @ field @ ax.matrix[x0:x1, ca:cb].T
+                out[y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0] = value > threshold
+            masks.append(out)
+        return masks
+
+
+class _Axis:
+    """One axis of the folded resize: `matrix` [frame pixels, prototype cells] and,
+    per frame pixel, the first and last cell it reads."""
+
+    def __init__(self, matrix: np.ndarray) -> None:
+        self.matrix = np.ascontiguousarray(matrix, np.float32)
+        nz = matrix != 0
+        n = matrix.shape[1]
+        self.first = np.where(nz.any(1), nz.argmax(1), 0)
+        self.last = np.where(nz.any(1), n - 1 - nz[:, ::-1].argmax(1), 0)
+        self.size = matrix.shape[0]
+
+    def span(self, lo: np.floating, hi: np.floating) -> tuple[int, int]:
+        """Indices i with lo <= i < hi, clipped to the frame (lo, hi float32)."""
+        a = max(int(np.ceil(lo)), 0)
+        b = min(int(np.ceil(hi)), self.size)
+        return a, max(a, b)
+
+    def window(self, a: int, b: int) -> tuple[int, int]:
+        return int(self.first[a]), int(self.last[b - 1]) + 1
+
+
+def _torch_bilinear(n_out: int, n_in: int, scale: float) -> np.ndarray:
+    """[n_out, n_in] weights of torch's bilinear resize along one axis
+    (align_corners=False): source = (dst + 0.5) * scale - 0.5, clamped at 0."""
+    m = np.zeros((n_out, n_in), np.float64)
+    src = np.maximum((np.arange(n_out) + 0.5) * scale - 0.5, 0.0)
+    i0 = np.minimum(src.astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    lam = np.clip(src - i0, 0.0, 1.0)
+    rows = np.arange(n_out)
+    np.add.at(m, (rows, i0), 1.0 - lam)
+    np.add.at(m, (rows, i1), lam)
+    return m
+
+
+def _ultralytics_axes(h: int, w: int, mh: int, mw: int) -> tuple[_Axis, _Axis]:
+    """The folded (upsample by f, crop the padding, resize to h x w) matrices of
+    ultralytics' process_mask_native and scale_masks, Python rounding included."""
+    import math
+
+    gain = min(4 * mh / h, 4 * mw / w)
+    pad = (4 * mh - max(round(h * gain), 1)) | (4 * mw - max(round(w * gain), 1))
+    f = 4 // math.gcd(4, pad | pad // 2)
+    uh, uw = f * mh, f * mw
+    up_y = _torch_bilinear(uh, mh, 1 / f) if f > 1 else np.eye(mh)
+    up_x = _torch_bilinear(uw, mw, 1 / f) if f > 1 else np.eye(mw)
+    if (uh, uw) == (h, w):  # scale_masks returns such masks as they are
+        return _Axis(up_y), _Axis(up_x)
+    g = min(uh / h, uw / w)
+    ch, cw = max(round(h * g), 1), max(round(w * g), 1)
+    top, left = round((uh - ch) / 2 - 0.1), round((uw - cw) / 2 - 0.1)
+    ry = np.zeros((h, uh))
+    ry[:, top:top + ch] = _torch_bilinear(h, ch, ch / h)
+    rx = np.zeros((w, uw))
+    rx[:, left:left + cw] = _torch_bilinear(w, cw, cw / w)
+    return _Axis(ry @ up_y), _Axis(rx @ up_x)

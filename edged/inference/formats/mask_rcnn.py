@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edged.inference.formats._common import (
+    Hints,
     TensorInfo,
     batch1,
     dims,
@@ -76,7 +77,8 @@ def roles(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> Roles | None:
     return None
 
 
-def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> str | None:
+def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo],
+              hints: Hints | None = None) -> str | None:
     r = roles(inputs, outputs)
     if r is None:
         return None
@@ -89,7 +91,8 @@ def names_match(outputs: list[TensorInfo]) -> bool:
     return names in ({"boxes", "labels", "scores", "masks"}, {"dets", "labels", "masks"})
 
 
-def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> Manifest:
+def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo],
+                     hints: Hints | None = None) -> Manifest:
     r = roles(inputs, outputs)
     if r is None:
         raise ValueError("outputs do not follow the mask-rcnn layout")

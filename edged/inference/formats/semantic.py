@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from edged.inference.formats._common import (
+    Hints,
     TensorInfo,
     batch1,
     dims,
@@ -75,16 +76,19 @@ def _fits(inputs: list[TensorInfo], outputs: list[TensorInfo], strict: bool) -> 
     return f"semantic segmentation: one output {o.name} = {what}, {where}"
 
 
-def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> str | None:
+def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo],
+              hints: Hints | None = None) -> str | None:
     return _fits(inputs, outputs, strict=True)
 
 
-def fits(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> str | None:
+def fits(inputs: list[TensorInfo], outputs: list[TensorInfo],
+         hints: Hints | None = None) -> str | None:
     """For `format: semantic` in the config: also shapes too generic for auto."""
     return _fits(inputs, outputs, strict=False)
 
 
-def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> Manifest:
+def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo],
+                     hints: Hints | None = None) -> Manifest:
     if fits(inputs, outputs) is None:
         raise ValueError("outputs do not follow the semantic layout")
     o = outputs[0]

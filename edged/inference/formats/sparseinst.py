@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edged.inference.formats._common import (
+    Hints,
     TensorInfo,
     batch1,
     dims,
@@ -89,7 +90,8 @@ def roles(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> Roles | None:
     return None
 
 
-def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> str | None:
+def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo],
+              hints: Hints | None = None) -> str | None:
     r = roles(inputs, outputs)
     if r is None:
         return None
@@ -103,7 +105,8 @@ def names_match(outputs: list[TensorInfo]) -> bool:
     return names in ({"masks", "scores"}, {"masks", "scores", "labels"})
 
 
-def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> Manifest:
+def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo],
+                     hints: Hints | None = None) -> Manifest:
     r = roles(inputs, outputs)
     if r is None:
         raise ValueError("outputs do not follow the sparseinst layout")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edged.inference.formats._common import class_group_ids, class_nms, pick, xywh_to_xyxy
+from edged.inference.formats._common import Hints, class_group_ids, class_nms, pick, xywh_to_xyxy
 from edged.inference.manifest import Manifest
 from edged.inference.preprocess import Letterbox, PreprocessSpec
 from edged.results import Detections
@@ -59,7 +59,8 @@ def names_match(outputs: list[TensorInfo]) -> bool:
     return {o.name for o in outputs} == {"Detections", "Segmentations"}
 
 
-def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> str | None:
+def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo],
+              hints: Hints | None = None) -> str | None:
     roles = _roles(inputs, outputs)
     if roles is None:
         return None
@@ -71,7 +72,8 @@ def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> str | None
             f"{n_cols - 5} classes, and segmentation {mask.name} as {kind}")
 
 
-def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> Manifest:
+def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo],
+                     hints: Hints | None = None) -> Manifest:
     roles = _roles(inputs, outputs)
     if roles is None:
         raise ValueError("outputs do not follow the yoeo layout")

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from edged.inference.formats._common import (
+    Hints,
     TensorInfo,
     batch1,
     class_group_ids,
@@ -157,7 +158,8 @@ def _prior_count(inputs: list[TensorInfo], r: Roles) -> tuple[int | None, int | 
     return (p if is_int(p) else None), default
 
 
-def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> str | None:
+def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo],
+              hints: Hints | None = None) -> str | None:
     r = roles(inputs, outputs)
     if r is None:
         return None
@@ -181,7 +183,8 @@ def names_match(outputs: list[TensorInfo]) -> bool:
     return {"loc", "conf", "mask", "proto"} <= names
 
 
-def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> Manifest:
+def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo],
+                     hints: Hints | None = None) -> Manifest:
     r = roles(inputs, outputs)
     if r is None:
         raise ValueError("outputs do not follow the yolact layout")

@@ -22,12 +22,14 @@ format (`edged.inference.formats.yolo`), served by this adapter with M = 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 
 from edged.inference.formats._common import (
+    FormatError,
+    Hints,
     TensorInfo,
     batch1,
     class_group_ids,
@@ -43,15 +45,19 @@ from edged.inference.formats._common import (
     output_index,
     pick,
     preprocess_for,
+    ultralytics_end2end,
+    ultralytics_imgsz,
     xywh_to_xyxy,
     yolo_anchor_counts,
 )
-from edged.inference.formats._instances import paint, render
+from edged.inference.formats._instances import UltralyticsMasks, paint, render
 from edged.inference.manifest import Manifest
 from edged.inference.preprocess import Letterbox
 from edged.results import Detections
 
-Layout = Literal["anchors_last", "rows"]
+Layout = Literal["anchors_last", "rows", "end2end"]
+LAYOUTS: tuple[Layout, ...] = ("anchors_last", "rows", "end2end")
+MaskMode = Literal["ultralytics", "direct"]
 ULTRALYTICS_NAMES = ("output0", "output1")
 
 
@@ -60,24 +66,27 @@ class Roles:
     det: TensorInfo
     protos: TensorInfo | None
     layout: Layout
-    classes: int
+    classes: int  # 0 for end2end: the class is an id column, the count is not in the shape
     masks: int
     why: str
 
 
-def detection_roles(inputs: list[TensorInfo], det: TensorInfo, masks: int,
-                    strict: bool = True) -> Roles | None:
-    """How a [1, a, b] detections tensor reads with M = `masks` coefficients, or None.
+def detection_readings(inputs: list[TensorInfo], det: TensorInfo, masks: int,
+                       strict: bool = True) -> list[Roles]:
+    """Every way a [1, a, b] detections tensor reads with M = `masks` coefficients.
 
     Strict (format: auto): with a fixed input size the anchor count must be one a YOLO
     head gives at that size (the evidence that tells YOLO rows from other [1, N, K]
-    tables). Otherwise, and with dynamic axes, the longer axis is the anchors.
+    tables), and an end-to-end table must not have such a count. Otherwise, and with
+    dynamic axes, the longer axis is the anchors. More than one reading means the
+    shapes cannot tell; the caller asks for `model.layout` unless metadata tells.
     """
     if len(det.shape) != 3 or not is_float(det) or not batch1(det.shape[0]):
-        return None
+        return []
     a, b = det.shape[1], det.shape[2]
     hw = input_hw(inputs) if strict else None
     counts = yolo_anchor_counts(*hw) if hw is not None else {}
+    out: list[Roles] = []
     layouts: list[tuple[Layout, object, object]] = [("anchors_last", a, b), ("rows", b, a)]
     for layout, per_anchor, anchors in layouts:
         extra = 4 if layout == "anchors_last" else 5
@@ -99,14 +108,52 @@ def detection_roles(inputs: list[TensorInfo], det: TensorInfo, masks: int,
                 else "4 box + objectness + {c} classes").format(c=n_cls)
         if masks:
             what += f" + {masks} mask coefficients"
-        return Roles(det, None, layout, n_cls, masks,
-                     f"{det.name} {dims(det)} = {layout} layout ({what}), {evidence}")
-    return None
+        out.append(Roles(det, None, layout, n_cls, masks,
+                         f"{det.name} {dims(det)} = {layout} layout ({what}), {evidence}"))
+    # end-to-end (ultralytics nms=True, YOLO26): [1, N, 6+M] rows x1 y1 x2 y2 score class
+    if b == 6 + masks and (not is_int(a) or (a > b and a not in counts)):
+        what = "x1 y1 x2 y2 score class" + (f" + {masks} mask coefficients" if masks else "")
+        n = f"{a} detections" if is_int(a) else "a dynamic number of detections"
+        out.append(Roles(det, None, "end2end", 0, masks,
+                         f"{det.name} {dims(det)} = end2end layout ({what}; {n}, NMS done "
+                         f"in the graph)"))
+    return out
+
+
+def choose(readings: list[Roles], hints: Hints | None, fmt: str) -> Roles | None:
+    """The one reading the evidence allows (the config's model.layout first, then the
+    exporter's metadata); FormatError when the shapes fit several and nothing tells
+    them apart."""
+    if hints is not None and hints.layout is not None:
+        if hints.layout not in LAYOUTS:
+            raise FormatError(f"model.layout must be one of {', '.join(LAYOUTS)}, "
+                              f"got {hints.layout!r}")
+        readings = [r for r in readings if r.layout == hints.layout]
+        return readings[0] if readings else None
+    if len(readings) <= 1:
+        return readings[0] if readings else None
+    e2e = None if hints is None else ultralytics_end2end(hints.metadata)
+    if e2e is not None:
+        told = [r for r in readings if (r.layout == "end2end") == e2e]
+        if len(told) == 1:
+            r = told[0]
+            return Roles(r.det, r.protos, r.layout, r.classes, r.masks,
+                         f"{r.why}; the ultralytics metadata says end2end={e2e}")
+    raise FormatError(
+        f"the {fmt} outputs read in more than one way: "
+        + "; or ".join(r.why for r in readings)
+        + f"; set model.layout to one of {', '.join(r.layout for r in readings)}")
+
+
+def detection_roles(inputs: list[TensorInfo], det: TensorInfo, masks: int,
+                    strict: bool = True, hints: Hints | None = None,
+                    fmt: str = "yolo") -> Roles | None:
+    return choose(detection_readings(inputs, det, masks, strict), hints, fmt)
 
 
 def _proto_ok(inputs: list[TensorInfo], p: TensorInfo) -> bool:
-    if len(p.shape) != 4 or not is_float(p) or not is_int(p.shape[1]) or p.shape[0] not in (
-            1, None):
+    if len(p.shape) != 4 or not is_float(p) or not is_int(p.shape[1]) or not batch1(
+            p.shape[0]):
         return False
     hw = input_hw(inputs)
     ph, pw = p.shape[2], p.shape[3]
@@ -116,8 +163,8 @@ def _proto_ok(inputs: list[TensorInfo], p: TensorInfo) -> bool:
     return (ph, pw) == (-(-hw[0] // 4), -(-hw[1] // 4))
 
 
-def roles(inputs: list[TensorInfo], outputs: list[TensorInfo], strict: bool = True
-          ) -> Roles | None:
+def roles(inputs: list[TensorInfo], outputs: list[TensorInfo], strict: bool = True,
+          hints: Hints | None = None) -> Roles | None:
     if image_input(inputs) is None or len(inputs[0].shape) != 4 or len(outputs) != 2:
         return None
     for det, p in ((outputs[0], outputs[1]), (outputs[1], outputs[0])):
@@ -125,21 +172,23 @@ def roles(inputs: list[TensorInfo], outputs: list[TensorInfo], strict: bool = Tr
             continue
         n_masks = p.shape[1]
         assert is_int(n_masks)  # _proto_ok checked it
-        r = detection_roles(inputs, det, n_masks, strict)
+        r = detection_roles(inputs, det, n_masks, strict, hints, "yolo-seg")
         if r is not None:
             return Roles(det, p, r.layout, r.classes, r.masks,
                          f"{r.why}; prototypes {p.name} {dims(p)} at 1/4 input resolution")
     return None
 
 
-def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> str | None:
-    r = roles(inputs, outputs)
+def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo],
+              hints: Hints | None = None) -> str | None:
+    r = roles(inputs, outputs, hints=hints)
     return None if r is None else f"YOLO-seg: {r.why}"
 
 
-def fits(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> str | None:
+def fits(inputs: list[TensorInfo], outputs: list[TensorInfo],
+         hints: Hints | None = None) -> str | None:
     """For `format: yolo-seg` in the config: any anchor count."""
-    r = roles(inputs, outputs, strict=False)
+    r = roles(inputs, outputs, strict=False, hints=hints)
     return None if r is None else f"YOLO-seg: {r.why}"
 
 
@@ -147,29 +196,37 @@ def names_match(outputs: list[TensorInfo]) -> bool:
     return tuple(o.name for o in outputs) == ULTRALYTICS_NAMES
 
 
-def manifest_for(inputs: list[TensorInfo], r: Roles, fmt: str) -> Manifest:
+def manifest_for(inputs: list[TensorInfo], r: Roles, fmt: str,
+                 hints: Hints | None = None) -> Manifest:
     outs = {"detections": r.det.name}
     if r.protos is not None:
         outs["protos"] = r.protos.name
     options: dict[str, object] = {"layout": r.layout}
     if r.protos is not None:
         options["mask_threshold"] = 0.5
-    # ultralytics letterboxes with grey 114 padding, RGB, 0..1; conf/iou are its defaults
-    return Manifest(format=fmt, input_name=inputs[0].name, outputs=outs,
-                    preprocess=preprocess_for(inputs, pad_value=114),
+        options["mask_mode"] = "ultralytics"
+    # ultralytics letterboxes with grey 114 padding, RGB, 0..1; conf/iou are its defaults.
+    # A dynamic-size export is served at the size it was exported for (metadata imgsz).
+    default = None if hints is None else ultralytics_imgsz(hints.metadata)
+    pre = preprocess_for(inputs, pad_value=114)
+    if input_hw(inputs) is None and default is not None:
+        pre = replace(pre, input_h=default[0], input_w=default[1])
+    return Manifest(format=fmt, input_name=inputs[0].name, outputs=outs, preprocess=pre,
                     classes=generic_classes(r.classes), conf_threshold=0.25, iou_threshold=0.7,
                     max_detections=300, multi_label=False, options=options)
 
 
-def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> Manifest:
-    r = roles(inputs, outputs) or roles(inputs, outputs, strict=False)
+def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo],
+                     hints: Hints | None = None) -> Manifest:
+    r = roles(inputs, outputs, hints=hints) or roles(inputs, outputs, strict=False, hints=hints)
     if r is None:
         raise ValueError("outputs do not follow the yolo-seg layout")
-    return manifest_for(inputs, r, "yolo-seg")
+    return manifest_for(inputs, r, "yolo-seg", hints)
 
 
 class Adapter:
-    """Scores -> class-aware NMS -> boxes, and for kept boxes the instance masks."""
+    """Scores -> class-aware NMS -> boxes (or the graph's own NMS: end2end), and for the
+    kept boxes the instance masks."""
 
     def __init__(self, manifest: Manifest, output_names: list[str]) -> None:
         self.manifest = manifest
@@ -177,27 +234,41 @@ class Adapter:
         self.proto_index = (output_index(manifest, output_names, "protos")
                             if "protos" in manifest.outputs else None)
         layout = manifest.options.get("layout", "anchors_last")
-        if layout not in ("anchors_last", "rows"):
-            raise ValueError(f"manifest option layout must be 'anchors_last' (YOLOv8/11) or "
-                             f"'rows' (YOLOv5), got {layout!r}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be 'anchors_last' (YOLOv8/11), 'rows' (YOLOv5) or "
+                             f"'end2end' (NMS in the graph: nms=True, YOLO26), got {layout!r}")
         self.layout: Layout = layout
+        mode = manifest.options.get("mask_mode", "ultralytics")
+        if mode not in ("ultralytics", "direct"):
+            raise ValueError(f"mask_mode must be 'ultralytics' (its retina_masks rule, the "
+                             f"default) or 'direct' (one bilinear sample per camera pixel), "
+                             f"got {mode!r}")
+        self.mask_mode: MaskMode = mode
         self.threshold = logit(float(manifest.options.get("mask_threshold", 0.5)))
         self.group_ids = class_group_ids(manifest)
         self.mask_classes = mask_classes(manifest)
+        self._ultralytics = UltralyticsMasks()
 
-    def postprocess(self, outputs: list[np.ndarray], letterbox: Letterbox, frame_w: int,
-                    frame_h: int) -> tuple[Detections, np.ndarray | None]:
+    def _candidates(self, table: np.ndarray, n_masks: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(input-pixel xyxy boxes, scores, class ids, mask coefficients) of the kept
+        detections, best first."""
         m = self.manifest
-        det = outputs[self.det_index]
-        protos = None if self.proto_index is None else outputs[self.proto_index][0]
-        n_masks = 0 if protos is None else protos.shape[0]
-        table = det[0]
         conf = m.conf_threshold
+        if self.layout == "end2end":
+            # [N, 6+M], sorted by score; ultralytics keeps score > conf, then max_det
+            if table.shape[1] != 6 + n_masks:
+                raise ValueError(f"end2end detections have {table.shape[1]} columns, not "
+                                 f"6 + {n_masks} mask coefficients")
+            rows = table[table[:, 4] > conf][:m.max_detections]
+            ids = rows[:, 5].astype(np.int32)
+            return (rows[:, :4].astype(np.float32), rows[:, 4].astype(np.float32), ids,
+                    rows[:, 6:].astype(np.float32))
         if self.layout == "anchors_last":
             # [4+C+M, A]: the class rows are contiguous, so max/argmax over them is fast
             n_cls = table.shape[0] - 4 - n_masks
             if n_cls < 1:
-                raise ValueError(f"detections {list(det.shape)} leave no class scores with "
+                raise ValueError(f"detections {list(table.shape)} leave no class scores with "
                                  f"{n_masks} mask coefficients")
             best = table[4:4 + n_cls].max(0)
             cand = np.flatnonzero(best > conf)
@@ -206,27 +277,47 @@ class Adapter:
         else:
             n_cls = table.shape[1] - 5 - n_masks
             if n_cls < 1:
-                raise ValueError(f"detections {list(det.shape)} leave no class scores with "
+                raise ValueError(f"detections {list(table.shape)} leave no class scores with "
                                  f"{n_masks} mask coefficients")
             cand = np.flatnonzero(table[:, 4] > conf)
             rows = table[cand]
             scores = rows[:, 5:5 + n_cls] * rows[:, 4:5]
         ri, ci, sc = pick(scores, conf, m.multi_label)
-        if protos is None and ri.size == 0:
-            return Detections.empty(), None
         xyxy = xywh_to_xyxy(rows[ri, :4])
         keep = class_nms(xyxy, sc, ci, self.group_ids, m)
-        boxes_in = xyxy[keep]
-        boxes = letterbox.boxes_to_camera(boxes_in, frame_w, frame_h)
-        scores_k = sc[keep].astype(np.float32)
-        ids = ci[keep].astype(np.int32)
-        if protos is None:
-            return Detections(boxes, scores_k, ids), None
         coefs = rows[ri[keep], rows.shape[1] - n_masks:].astype(np.float32)
+        return xyxy[keep], sc[keep].astype(np.float32), ci[keep].astype(np.int32), coefs
+
+    def postprocess(self, outputs: list[np.ndarray], letterbox: Letterbox, frame_w: int,
+                    frame_h: int) -> tuple[Detections, np.ndarray | None]:
+        det = outputs[self.det_index]
+        protos = None if self.proto_index is None else outputs[self.proto_index][0]
+        n_masks = 0 if protos is None else protos.shape[0]
+        boxes_in, scores, ids, coefs = self._candidates(det[0], n_masks)
+        if protos is None and len(scores) == 0:
+            return Detections.empty(), None
+        boxes = letterbox.boxes_to_camera(boxes_in, frame_w, frame_h)
+        if protos is None:
+            return Detections(boxes, scores, ids), None
+        if self.mask_mode == "ultralytics":
+            masks = self._ultralytics.render(boxes, coefs, protos, frame_w, frame_h,
+                                             self.threshold)
+            # ultralytics drops a detection whose mask came out empty; so does edged
+            keep = [i for i, mk in enumerate(masks) if mk.any()]
+            if len(keep) < len(masks):
+                boxes, scores, ids = boxes[keep], scores[keep], ids[keep]
+                masks = [masks[i] for i in keep]
+        else:
+            masks = self._direct(boxes, coefs, protos, letterbox)
+        class_mask = paint(masks, boxes, ids, scores, letterbox, frame_w, frame_h)
+        return Detections(boxes, scores, ids, instance_masks=masks), class_mask
+
+    def _direct(self, boxes: np.ndarray, coefs: np.ndarray, protos: np.ndarray,
+                letterbox: Letterbox) -> list[np.ndarray]:
         ph, pw = protos.shape[1:]
         # prototypes cover the whole model input
         scale = np.array([pw / letterbox.input_w, 0.0, ph / letterbox.input_h, 0.0], np.float64)
-        to_field = np.broadcast_to(scale, (len(keep), 4))
+        to_field = np.broadcast_to(scale, (len(boxes), 4))
 
         def field(i: int, rs: slice, cs: slice) -> np.ndarray:
             # only the window under the box; einsum, not a BLAS product: multi-threaded
@@ -234,6 +325,4 @@ class Adapter:
             # all instances measured 2 ms -> 8-16 ms median on a busy 2-core machine)
             return np.einsum("m,mhw->hw", coefs[i], protos[:, rs, cs])
 
-        masks = render(boxes, letterbox, (ph, pw), to_field, field, self.threshold)
-        class_mask = paint(masks, boxes, ids, scores_k, letterbox, frame_w, frame_h)
-        return Detections(boxes, scores_k, ids, instance_masks=masks), class_mask
+        return render(boxes, letterbox, (ph, pw), to_field, field, self.threshold)

@@ -385,6 +385,24 @@ class VariantConfig(_Frozen):
         return _model_path(value, info)
 
 
+class PreprocessConfig(_Frozen):
+    """`model.preprocess`: set over the manifest's (or the graph's default) pre-processing,
+    key by key; see edged.inference.preprocess.PreprocessSpec."""
+
+    input_w: Int | None = Field(None, ge=8, le=8192)
+    input_h: Int | None = Field(None, ge=8, le=8192)
+    color: Literal["rgb", "bgr"] | None = None
+    resize: Literal["letterbox", "stretch"] | None = None
+    pad_value: Int | None = Field(None, ge=0, le=255)
+    scale: Float | None = Field(None, gt=0)
+    mean: list[Float] | None = Field(None, min_length=3, max_length=3)
+    std: list[Annotated[float, Field(gt=0)]] | None = Field(None, min_length=3, max_length=3)
+    size: Literal["fixed", "keep_ratio"] | None = None
+    limit_side: Int | None = Field(None, ge=8, le=8192)
+    limit_type: Literal["max", "min"] | None = None
+    multiple: Int | None = Field(None, ge=1, le=256)
+
+
 class LadderConfig(_Frozen):
     """Fall back to cheaper variants when the latency budget is missed persistently."""
 
@@ -421,6 +439,9 @@ class ModelConfig(_Frozen):
     # YOLO-seg: "ultralytics" (its retina_masks rule, the default) or "direct" (one
     # bilinear sample per camera pixel: cheaper, masks differ at the edges)
     mask_mode: Literal["ultralytics", "direct"] | None = None
+    # semantic one-channel float maps: what the values are, where the graph does not say
+    output_values: Literal["probability", "logit", "class_ids"] | None = None
+    preprocess: PreprocessConfig | None = None
     warmup_runs: Int = Field(3, ge=0, le=MAX_WARMUP_RUNS)
     # an inference running longer than this is reported and stops the systemd watchdog
     stuck_after_s: Float = Field(10.0, gt=0, le=MAX_STUCK_AFTER_S)

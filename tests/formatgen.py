@@ -139,6 +139,50 @@ def semantic_model(path: Path, kind: str = "logits") -> Path:
     return path
 
 
+def binary_model(path: Path, last: str = "Sigmoid", dynamic: bool = False) -> Path:
+    """A one-channel float map [1,1,104,104] (4x4 pooled red channel minus 0.5) ending in
+    `last`: "Sigmoid" (probabilities), "Conv" (a 1x1 conv: logits), "ArgMax" (class ids
+    cast to float) or "Mul" (nothing says what the values are). With `dynamic`, H and W
+    are symbolic (a DBNet-style graph)."""
+    h, w = ("h", "w") if dynamic else (416, 416)
+    oh, ow = ("oh", "ow") if dynamic else (104, 104)
+    nodes = [
+        helper.make_node("AveragePool", ["input"], ["pooled"], kernel_shape=[4, 4],
+                         strides=[4, 4]),
+        helper.make_node("Slice", ["pooled", "s0", "s1", "ax"], ["red"]),
+        helper.make_node("Sub", ["red", "half"], ["centred"]),
+    ]
+    inits = [numpy_helper.from_array(np.array([0], np.int64), "s0"),
+             numpy_helper.from_array(np.array([1], np.int64), "s1"),
+             numpy_helper.from_array(np.array([1], np.int64), "ax"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "half")]
+    if last == "Sigmoid":
+        nodes.append(helper.make_node("Mul", ["centred", "k"], ["scaled"]))
+        nodes.append(helper.make_node("Sigmoid", ["scaled"], ["map"]))
+        inits.append(numpy_helper.from_array(np.array(20.0, np.float32), "k"))
+    elif last == "Conv":
+        nodes.append(helper.make_node("Conv", ["centred", "wt"], ["map"]))
+        inits.append(numpy_helper.from_array(np.full((1, 1, 1, 1), 20.0, np.float32), "wt"))
+    elif last == "ArgMax":
+        nodes += [helper.make_node("Concat", ["zero", "centred"], ["two"], axis=1),
+                  helper.make_node("ArgMax", ["two"], ["ids"], axis=1, keepdims=1),
+                  helper.make_node("Cast", ["ids"], ["map"], to=TensorProto.FLOAT)]
+        nodes.insert(3, helper.make_node("Mul", ["centred", "z"], ["zero"]))
+        inits.append(numpy_helper.from_array(np.array(0.0, np.float32), "z"))
+    else:
+        nodes.append(helper.make_node("Mul", ["centred", "k"], ["map"]))
+        inits.append(numpy_helper.from_array(np.array(20.0, np.float32), "k"))
+    graph = helper.make_graph(
+        nodes, "binary_test",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, h, w])],
+        [helper.make_tensor_value_info("map", TensorProto.FLOAT, [1, 1, oh, ow])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
 def band_frame() -> tuple[np.ndarray, np.ndarray]:
     """A 416x312 BGR frame (letterboxed 1:1 into 416x416, pad_y 52, both multiples of the
     4-pixel pooling) in bands red | green | blue at x 0/128/256, and the 78x104 class map

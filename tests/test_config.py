@@ -842,3 +842,41 @@ def test_nested_yaml_aliases_are_rejected_before_they_expand(tmp_path: Path) -> 
     ok.write_text("model:\n  path: m.onnx\ncameras:\n  a: &cam\n    source: synthetic\n"
                   "  b: *cam\n")
     assert list(load_config(ok).cameras) == ["a", "b"]
+
+
+def test_model_mask_layout_and_preprocess_keys(tmp_path: Path) -> None:
+    """The keys that let a user serve a foreign export without writing a manifest reach
+    the runner's options; a bad one is located like any other key."""
+    from edged.inference.runner import ModelOptions
+
+    path = write(tmp_path, MINIMAL.replace("  path: model.onnx\n", """\
+  path: model.onnx
+  mask_threshold: 0.3
+  layout: end2end
+  mask_mode: direct
+  output_values: probability
+  preprocess:
+    color: bgr
+    mean: [0.5, 0.5, 0.5]
+    std: [0.5, 0.5, 0.5]
+    size: keep_ratio
+    limit_side: 736
+    limit_type: min
+"""))
+    opts = ModelOptions.from_config(load_config(path, env={}).model)
+    assert (opts.mask_threshold, opts.layout, opts.mask_mode, opts.output_values) == (
+        0.3, "end2end", "direct", "probability")
+    assert dict(opts.preprocess) == {"color": "bgr", "mean": (0.5, 0.5, 0.5),
+                                     "std": (0.5, 0.5, 0.5), "size": "keep_ratio",
+                                     "limit_side": 736, "limit_type": "min"}
+    bad = write(tmp_path, MINIMAL.replace("  path: model.onnx\n", """\
+  path: model.onnx
+  preprocess:
+    limit_typ: min
+"""), "bad.yaml")
+    issue = only_issue(bad)
+    assert issue.path == "model.preprocess.limit_typ" and "did you mean 'limit_type'" in \
+        issue.message
+    assert only_issue(write(tmp_path, MINIMAL.replace(
+        "  path: model.onnx\n", "  path: model.onnx\n  mask_threshold: 1.5\n"), "t.yaml")
+    ).path == "model.mask_threshold"

@@ -429,3 +429,96 @@ def test_model_header_reads_opsets_and_producer(tmp_path):
     onnx.save(model, str(path))
     assert model_header(path) == {"ir_version": 8, "producer": "pytorch 2.1.0",
                                   "opsets": {"ai.onnx": 17, "com.microsoft": 1}}
+
+
+# ----------------------------------------------------------------------------- binary maps
+
+
+def test_output_ops_read_from_the_file_agree_with_the_onnx_package(tmp_path):
+    import onnx
+
+    from edged.inference.graph import output_ops, read_nodes
+
+    for last in ("Sigmoid", "Conv", "ArgMax", "Mul"):
+        path = g.binary_model(tmp_path / f"{last}.onnx", last)
+        model = onnx.load(str(path))
+        assert [n.op_type for n in read_nodes(path)] == [n.op_type for n in model.graph.node]
+    ops = output_ops(tmp_path / "ArgMax.onnx", ["map"])
+    assert ops == {"map": ("Cast", "ArgMax")}
+    assert output_ops(models_dir() / "yoeo-demo-fp32.onnx", ["Segmentations"]) == {
+        "Segmentations": ("Squeeze", "DepthToSpace")}
+
+
+def models_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "models"
+
+
+@pytest.mark.parametrize("last,values", [("Sigmoid", "probability"), ("Conv", "logit"),
+                                         ("ArgMax", "class_ids")])
+def test_a_one_channel_float_map_is_read_by_the_op_that_makes_it(tmp_path, last, values):
+    """Red above half -> class 1, for probabilities (> 0.5), logits (> logit(0.5) = 0)
+    and float class ids alike; none of them is rounded as if it were ids."""
+    path = g.binary_model(tmp_path / f"{last}.onnx", last)
+    img = np.zeros((416, 416, 3), np.uint8)
+    img[:, 208:, 2] = 255  # right half red (BGR)
+    img[:, :208, 2] = 100  # left half dim red: 100/255 < 0.5
+    runner, res = run(path, img)
+    assert runner.manifest.format == "semantic"
+    assert runner.manifest.options["output_values"] == values
+    assert res.mask is not None and res.mask.shape == (104, 104)
+    want = np.zeros((104, 104), np.uint8)
+    want[:, 52:] = 1
+    np.testing.assert_array_equal(res.mask, want)
+    if values != "class_ids":
+        assert runner.mask_classes == ("background", "foreground")
+
+
+def test_the_threshold_is_a_probability_whatever_the_map_holds(tmp_path):
+    """model.mask_threshold 0.9: the dim half (sigmoid(20 * (100/255 - 0.5)) = 0.1) and
+    the bright one (~1.0) are split at 0.9 for probabilities and at logit(0.9) for
+    logits, the same pixels either way."""
+    img = np.zeros((416, 416, 3), np.uint8)
+    img[:, 208:, 2] = 140  # sigmoid(20 * (140/255 - 0.5)) = 0.73: below 0.9
+    img[:, :208, 2] = 200  # 0.996: above
+    for last in ("Sigmoid", "Conv"):
+        _, res = run(g.binary_model(tmp_path / f"{last}.onnx", last), img, mask_threshold=0.9)
+        assert res.mask[:, :52].all() and not res.mask[:, 52:].any(), last
+
+
+def test_a_float_map_nothing_explains_is_not_guessed(tmp_path):
+    path = g.binary_model(tmp_path / "mul.onnx", "Mul")
+    with pytest.raises(ModelError, match="no known model format fits"):
+        ModelRunner(ModelOptions(path=path, threads=1))
+    with pytest.raises(ModelError, match=r"nothing in the graph says whether it holds "
+                                         r"probabilities, logits or class ids; set "
+                                         r"model.output_values"):
+        ModelRunner(ModelOptions(path=path, format="semantic", threads=1))
+    runner = ModelRunner(ModelOptions(path=path, format="semantic", threads=1,
+                                      output_values="logit"))
+    assert runner.manifest.options["output_values"] == "logit"
+
+
+def test_a_size_rule_follows_each_frame(tmp_path):
+    """keep_ratio: a dynamic-size graph gets each camera's frame at its own input size,
+    PaddleOCR's rule (shorter side to 736, multiples of 32), and the map comes back
+    covering the whole frame."""
+    from edged.inference.preprocess import PreprocessSpec
+
+    spec = PreprocessSpec(size="keep_ratio", limit_side=736, limit_type="min", multiple=32)
+    assert spec.input_size(640, 480) == (992, 736)  # int(640 * 736/480) = 981 -> 992
+    assert spec.input_size(1000, 300) == (2464, 736)
+    assert spec.input_size(810, 1080) == (800, 1088)  # shorter side already >= 736
+    big = PreprocessSpec(size="keep_ratio", limit_side=960, limit_type="max", multiple=32)
+    assert big.input_size(1920, 1080) == (960, 544)
+    assert big.input_size(100, 50) == (96, 64)  # never upscaled; sides rounded to 32s
+    path = g.binary_model(tmp_path / "dyn.onnx", "Sigmoid", dynamic=True)
+    runner = ModelRunner(ModelOptions(path=path, threads=1, preprocess=(
+        ("size", "keep_ratio"), ("limit_side", 320), ("limit_type", "max"), ("multiple", 32))))
+    assert not runner.dynamic_batch
+    for w, h in ((640, 480), (300, 500)):
+        img = np.zeros((h, w, 3), np.uint8)
+        img[:, w // 2:, 2] = 255
+        res = runner.infer(Frame("cam", 0, img, 0, 0))
+        iw, ih = runner.manifest.preprocess.input_size(w, h)
+        assert res.mask.shape == (ih // 4, iw // 4)
+        assert res.mask[:, -2:].all() and not res.mask[:, :2].any()

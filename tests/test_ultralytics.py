@@ -4,7 +4,7 @@ ultralytics' own post-processing (its predictors' `postprocess`, its NMS, its
 `process_mask_native`) on the same frames.
 
 Needs ultralytics and the CPU torch wheel, which the default venv does not carry: CI
-runs this file in `.venv-ultra` (see .ci/run) with EDGED_REQUIRE_ULTRALYTICS=1, so it
+runs this file in `.venv-refs` (see .ci/run) with EDGED_REQUIRE_ULTRALYTICS=1, so it
 cannot skip there.
 """
 

@@ -73,7 +73,11 @@ def test_choose_batch_takes_a_batch_only_when_it_pays():
     assert choose_batch(0, {1: 8.0, 2: 4.0, 4: 3.0}, 20.0, 4)[0] == 2  # 4 x 3 ms > 10 ms
     assert choose_batch(0, {1: 8.0, 2: 6.0, 4: 3.0}, 10.0, 4)[0] == 1  # 2 x 6 ms > 5 ms
     assert choose_batch(0, {1: 8.0, 2: 4.0, 4: 3.0}, 100.0, 2)[0] == 2  # only two cameras
-    assert choose_batch(0, {1: 8.0}, 100.0, 4) == (1, "the model's batch dimension is fixed")
+    assert choose_batch(0, {1: 8.0}, 100.0, 4, dynamic=False) == (
+        1, "the model's batch dimension is fixed")
+    # a dynamic batch that would not run, and one camera, are not a fixed batch
+    assert "did not run" in choose_batch(0, {1: 8.0}, 100.0, 4)[1]
+    assert choose_batch(0, {1: 8.0}, 100.0, 1) == (1, "one camera")
     assert choose_batch(1, {1: 8.0, 2: 1.0}, 100.0, 4) == (1, "model.batch is 1")
     assert choose_batch(3, {1: 8.0, 2: 9.0}, 100.0, 4) == (3, "model.batch is 3")
 

@@ -110,21 +110,24 @@ def load_rungs(config: Config, threads: int, warmup: bool = True, *,
 
 
 def choose_batch(setting: int, per_frame_ms: dict[int, float], budget_ms: float,
-                 cameras: int) -> tuple[int, str]:
+                 cameras: int, dynamic: bool = True) -> tuple[int, str]:
     """The largest batch worth running, and why.
 
     `setting` is `model.batch` (0 = decide from the measurements, 1 = off, N = up to N);
     `per_frame_ms` maps the batch sizes the model could run to the measured time per
-    frame (batch 1 only: the batch dimension is fixed). Automatically, a batch must cut
+    frame (batch 1 only: the batch dimension is fixed, `dynamic` False, or a batch did not
+    run). Automatically, a batch must cut
     the time per frame by 10% or more, and a whole batch must fit in half the latency
     budget (it is one frame's inference time).
     """
     if setting == 1:
         return 1, "model.batch is 1"
-    if len(per_frame_ms) < 2:
-        return 1, "the model's batch dimension is fixed"
     if cameras < 2:
         return 1, "one camera"
+    if not dynamic:
+        return 1, "the model's batch dimension is fixed"
+    if len(per_frame_ms) < 2:
+        return 1, "a batch of 2 did not run (the 'batching off' line above says why)"
     if setting > 1:
         return setting, f"model.batch is {setting}"
     best, why = 1, "no batch size was 10% faster per frame"
@@ -160,7 +163,8 @@ def load_models(config: Config, cores: int | None = None) -> Models:
         sizes = tuple(b for b in (2, 4, 8) if b <= max(len(cams), config.model.batch))
         per_frame = first.batch_speedup(sizes)
     budget = min(c.budget.latency_ms for c in cams) if cams else float("inf")
-    max_batch, why = choose_batch(config.model.batch, per_frame, budget, len(cams))
+    max_batch, why = choose_batch(config.model.batch, per_frame, budget, len(cams),
+                                  first.dynamic_batch)
     return Models(rungs, wp, max_batch, why)
 
 

@@ -88,6 +88,31 @@ class PreprocessSpec:
     mean: tuple[float, float, float] | None = None  # in scaled units, per input channel
     std: tuple[float, float, float] | None = None
     interpolation: Literal["linear", "area", "nearest"] = "linear"
+    # "fixed": every frame goes into input_w x input_h (letterbox or stretch).
+    # "keep_ratio": the input follows the frame (a graph with dynamic H and W, e.g.
+    # PP-OCR's DBNet): scaled so that its longer side ("max") is at most limit_side, or
+    # its shorter side ("min") at least limit_side, each side then rounded to a multiple
+    # of `multiple`, and the frame stretched onto that (a sliver of aspect change, no
+    # padding), as PP-OCR's DetResizeForTest does.
+    size: Literal["fixed", "keep_ratio"] = "fixed"
+    limit_side: int = 960
+    limit_type: Literal["max", "min"] = "max"
+    multiple: int = 32
+
+    def input_size(self, frame_w: int, frame_h: int) -> tuple[int, int]:
+        """(width, height) of the model input for a frame of this size."""
+        if self.size != "keep_ratio":
+            return self.input_w, self.input_h
+        long, short = max(frame_w, frame_h), min(frame_w, frame_h)
+        ratio = 1.0
+        if self.limit_type == "max" and long > self.limit_side:
+            ratio = self.limit_side / long
+        elif self.limit_type == "min" and short < self.limit_side:
+            ratio = self.limit_side / short
+        k = self.multiple
+        # PaddleOCR's order: truncate the scaled side, then round it to the multiple
+        return (max(int(round(int(frame_w * ratio) / k) * k), k),
+                max(int(round(int(frame_h * ratio) / k) * k), k))
 
 
 _INTERP = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST}
@@ -101,8 +126,13 @@ class Preprocessor:
     """
 
     def __init__(self, spec: PreprocessSpec, batch: int = 1) -> None:
+        if spec.size == "keep_ratio" and batch != 1:
+            raise ValueError("a size rule that follows the frame (keep_ratio) runs one frame "
+                             "at a time")
         self.spec = spec
         self.tensor = np.zeros((batch, 3, spec.input_h, spec.input_w), np.float32)
+        # keep_ratio: one tensor per input size; `tensor` is the last one filled
+        self._tensors: dict[tuple[int, int], np.ndarray] = {}
         self._resized: dict[tuple[int, int], np.ndarray] = {}
         self._boxes: dict[tuple[int, int], Letterbox] = {}
         self._dirty = np.ones(batch, bool)  # padding must be (re)written for this slot
@@ -122,7 +152,11 @@ class Preprocessor:
         box = self._boxes.get(key)
         if box is None:
             s = self.spec
-            box = Letterbox.fit(frame_w, frame_h, s.input_w, s.input_h, s.resize, s.align)
+            if s.size == "keep_ratio":
+                iw, ih = s.input_size(frame_w, frame_h)
+                box = Letterbox.fit(frame_w, frame_h, iw, ih, "stretch")
+            else:
+                box = Letterbox.fit(frame_w, frame_h, s.input_w, s.input_h, s.resize, s.align)
             self._boxes[key] = box
         return box
 
@@ -141,6 +175,17 @@ class Preprocessor:
             resized[...] = frame
         else:
             cv2.resize(frame, key, dst=resized, interpolation=_INTERP[self.spec.interpolation])
+        if self.spec.size == "keep_ratio":
+            size = (box.input_w, box.input_h)
+            tensor = self._tensors.get(size)
+            if tensor is None:
+                if len(self._tensors) > 8:  # frames of ever new sizes: keep it bounded
+                    self._tensors.clear()
+                tensor = self._tensors[size] = np.zeros((1, 3, box.input_h, box.input_w),
+                                                        np.float32)
+            if tensor is not self.tensor:
+                self.tensor = tensor
+                self._last_box[slot] = None
         out = self.tensor[slot]
         if self._last_box[slot] != box:
             for c in range(3):

@@ -30,6 +30,7 @@ from edged.inference.formats import (
     classes_from_metadata,
     manifest_from_graph,
 )
+from edged.inference.graph import output_ops
 from edged.inference.manifest import Manifest, ManifestError, load_manifest, manifest_path
 from edged.inference.preprocess import Preprocessor
 from edged.inference.providers import OPTION_ALIASES, PROVIDER_NAMES
@@ -71,6 +72,9 @@ class ModelOptions:
     mask_threshold: float | None = None
     layout: str | None = None
     mask_mode: str | None = None
+    output_values: str | None = None
+    # model.preprocess: PreprocessSpec fields set over the manifest's
+    preprocess: tuple[tuple[str, Any], ...] = ()
     warmup_runs: int = 3
     cache_dir: Path | None = None  # None: default_cache_dir()
     # "auto": IOBinding with outputs on the device when a CUDA provider runs the model;
@@ -89,6 +93,11 @@ class ModelOptions:
             seg_classes=tuple(m.seg_classes) if m.seg_classes else None,
             class_groups=tuple(tuple(g) for g in m.class_groups) if m.class_groups else None,
             mask_threshold=m.mask_threshold, layout=m.layout, mask_mode=m.mask_mode,
+            output_values=m.output_values,
+            preprocess=tuple(sorted(
+                (k, tuple(v) if isinstance(v, list) else v)
+                for k, v in (m.preprocess.model_dump().items() if m.preprocess else ())
+                if v is not None)),
             warmup_runs=m.warmup_runs, cache_dir=m.cache_dir)
 
 
@@ -281,7 +290,9 @@ class ModelRunner:
         # frames arrive with gaps: spinning threads would burn a core between frames
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
+        # fatal only: every error onnxruntime would log also raises, and edged reports it
+        # once, in its own words (a failed warm-up printed ORT's line twice before ours)
+        so.log_severity_level = 4
         # profile the first run only, to learn where each node runs (see node_placement)
         profile_dir = tempfile.mkdtemp(prefix="edged-placement-")
         so.enable_profiling = True
@@ -325,7 +336,9 @@ class ModelRunner:
         model_input = next(i for i in self.inputs if i.name == m.input_name)
         self._unbatched = len(model_input.shape) == 3
         # a symbolic batch dimension lets frames of several cameras run as one batch
-        self.dynamic_batch = not self._unbatched and not isinstance(model_input.shape[0], int)
+        # (not with a size rule that follows the frame: cameras' inputs differ in size)
+        self.dynamic_batch = (not self._unbatched and not isinstance(model_input.shape[0], int)
+                              and m.preprocess.size == "fixed")
         self.model_id = f"{m.name or path.stem}"
         self.cost_ms: float | None = None  # measured ms per frame, when someone measured it
         self._local = threading.local()
@@ -355,7 +368,8 @@ class ModelRunner:
         profile: Path | None = None
         try:
             spec = self.manifest.preprocess
-            shape = (1, 3, spec.input_h, spec.input_w)
+            w, h = spec.input_size(640, 480)
+            shape = (1, 3, h, w)
             try:
                 self.run_tensor(np.zeros(shape, np.float32))
             except Exception as e:  # placement is a report: never fail the start over it
@@ -366,6 +380,15 @@ class ModelRunner:
             shutil.rmtree(profile_dir, ignore_errors=True)
             if profile is not None and profile.parent != profile_dir:
                 profile.unlink(missing_ok=True)
+
+    def _output_ops(self) -> dict[str, tuple[str, ...]]:
+        """The ops that make each output (evidence for `format: auto`); {} where the
+        file cannot be read that way (the shapes then have to do)."""
+        try:
+            return output_ops(self.options.path, [o.name for o in self.outputs])
+        except (OSError, ValueError) as e:
+            log.debug("%s: graph not read for its output ops: %s", self.options.path, e)
+            return {}
 
     def _read_manifest_file(self) -> Manifest | None:
         mpath = manifest_path(self.options.path)
@@ -394,7 +417,8 @@ class ModelRunner:
         else:
             try:
                 m, reason = manifest_from_graph(self.inputs, self.outputs, self.metadata,
-                                                o.format, o.layout)
+                                                o.format, o.layout, self._output_ops(),
+                                                o.output_values)
             except (FormatError, ValueError) as e:
                 raise ModelError(f"{o.path}: {e}") from None
         m = m.with_overrides(conf_threshold=o.conf_threshold, iou_threshold=o.iou_threshold,
@@ -402,10 +426,15 @@ class ModelRunner:
                              seg_classes=o.seg_classes, class_groups=o.class_groups)
         # the config's mask and layout settings are manifest options, set over the file's
         options = {k: v for k, v in (("mask_threshold", o.mask_threshold),
-                                     ("layout", o.layout), ("mask_mode", o.mask_mode))
+                                     ("layout", o.layout), ("mask_mode", o.mask_mode),
+                                     ("output_values", o.output_values))
                    if v is not None}
         if options:
             m = replace(m, options={**m.options, **options})
+        if o.preprocess:
+            m = replace(m, preprocess=replace(m.preprocess, **dict(o.preprocess)))
+            reason += "; pre-processing from model.preprocess: " + ", ".join(
+                f"{k} {v}" for k, v in o.preprocess)
         return m, reason
 
     # ------------------------------------------------------------------ running
@@ -439,15 +468,21 @@ class ModelRunner:
     def _run_failed(self, e: Exception, size: tuple[int, int]) -> str:
         m = self.manifest
         graph = next((i for i in self.inputs if i.name == m.input_name), None)
-        shape = "x".join(str(d) for d in graph.shape) if graph is not None else "?"
+        shape = ("x".join(str(d) if isinstance(d, int) else "?" for d in graph.shape)
+                 if graph is not None else "?")
         text = " ".join(str(e).split()) or type(e).__name__
         text = _ORT_PREFIX.sub("", text).removesuffix(_ORT_SUFFIX)
         source = (f"the manifest {manifest_path(self.options.path).name}"
                   if self._file_manifest is not None else "the graph")
+        if {k for k, _ in self.options.preprocess} & {"input_w", "input_h", "size"}:
+            source = "model.preprocess in the config"
+        iw, ih = m.preprocess.input_size(*size)
+        rule = ("" if m.preprocess.size == "fixed" else
+                f" for this frame by its size rule (keep_ratio, {m.preprocess.limit_type} side "
+                f"{m.preprocess.limit_side}, multiple of {m.preprocess.multiple})")
         return (f"{self.options.path}: the warm-up inference on a {size[0]}x{size[1]} frame "
-                f"failed: {text} (edged feeds input {m.input_name} as 1x3x"
-                f"{m.preprocess.input_h}x{m.preprocess.input_w}, as {source} says; the "
-                f"graph takes {shape})")
+                f"failed: {text} (edged feeds input {m.input_name} as 1x3x{ih}x{iw}"
+                f"{rule}, as {source} says; the graph takes {shape})")
 
     def run_tensor(self, tensor: np.ndarray) -> list[np.ndarray]:
         if self._unbatched:
@@ -538,7 +573,11 @@ class ModelRunner:
         m = self.manifest
         return {"path": str(self.options.path), "format": m.format, "why": self.format_reason,
                 "providers": self.provider_report(), "threads": self.threads,
-                "input": f"{m.input_name} {m.preprocess.input_w}x{m.preprocess.input_h}",
+                "input": (f"{m.input_name} {m.preprocess.input_w}x{m.preprocess.input_h}"
+                          if m.preprocess.size == "fixed" else
+                          f"{m.input_name} follows the frame (keep_ratio: {m.preprocess.limit_type}"
+                          f" side {m.preprocess.limit_side}, multiple of "
+                          f"{m.preprocess.multiple})"),
                 "classes": list(m.classes), "seg_classes": list(self.mask_classes),
                 "disabled_optimizers": list(self.disabled_optimizers)}
 

@@ -104,14 +104,16 @@ def apply_metadata_names(m: Manifest, names: tuple[str, ...] | None) -> tuple[Ma
 
 def manifest_from_graph(inputs: list[TensorInfo], outputs: list[TensorInfo],
                         metadata: dict[str, str], fmt: str = "auto",
-                        layout: str | None = None) -> tuple[Manifest, str]:
+                        layout: str | None = None,
+                        ops: dict[str, tuple[str, ...]] | None = None,
+                        output_values: str | None = None) -> tuple[Manifest, str]:
     """The manifest a graph implies (no manifest file, no config overrides), and why.
 
     `fmt` "auto" recognises the family; a named format only has to fit. Class names come
     from the ONNX metadata where the exporter wrote them. FormatError or ValueError when
     the format cannot be told or the graph does not fit it.
     """
-    hints = Hints(metadata, layout)
+    hints = Hints(metadata, layout, ops or {}, output_values)
     if fmt == "auto":
         fmt, why = recognise(inputs, outputs, hints)
         reason = f"recognised from the graph: {why}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ast
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 import numpy as np
@@ -27,11 +27,15 @@ class TensorInfo:
 
 @dataclass(frozen=True, slots=True)
 class Hints:
-    """What besides the shapes tells a graph's layout: the exporter's ONNX metadata and
-    the config's `model.layout` (a choice the user made when the shapes read two ways)."""
+    """What besides the shapes tells a graph's layout: the exporter's ONNX metadata, the
+    ops that make each output (`edged.inference.graph.output_ops`: last first), and the
+    config's `model.layout` / `model.output_values` (the user's answer where the graph
+    reads two ways)."""
 
     metadata: dict[str, str]
     layout: str | None = None
+    ops: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    output_values: str | None = None
 
 
 class FormatError(ValueError):

@@ -4,9 +4,15 @@ One output, at any resolution with the input's aspect ratio (scaled back to the 
 by the protocol's mask mapping; the letterbox padding is cropped away):
 
 - logits or probabilities [1, C, H, W], C >= 2: edged takes the argmax;
-- class ids [1, H, W] or [1, 1, H, W] (integer, or float holding integers);
-- a single-channel score map [1, 1, H, W] with manifest option `binary_threshold`
-  (e.g. 0.0 for a logit, 0.5 for a probability): class 1 where above it, else 0.
+- class ids [1, H, W] or [1, 1, H, W] (integer; float only where the graph casts an
+  ArgMax);
+- a single-channel score map [1, 1, H, W] (DBNet text maps, binary U-Nets): a binary
+  mask, class 1 ("foreground") where the probability > `mask_threshold` (default 0.5).
+  What the float values are is read from the op that makes them (Sigmoid:
+  probabilities; Conv, Add, ...: logits, thresholded at logit(mask_threshold); Cast of
+  an ArgMax: class ids), or told by manifest option / `model.output_values`
+  (`probability`, `logit`, `class_ids`); without either it is an error that asks.
+  The older manifest option `binary_threshold` compares the raw values.
 
 Many of these networks expect ImageNet normalisation: put it in the manifest's
 preprocess (`mean` [0.485, 0.456, 0.406], `std` [0.229, 0.224, 0.225], in units after
@@ -18,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from edged.inference.formats._common import (
+    FormatError,
     Hints,
     TensorInfo,
     batch1,
@@ -27,6 +34,7 @@ from edged.inference.formats._common import (
     input_hw,
     is_float,
     is_int,
+    logit,
     output_index,
     preprocess_for,
 )
@@ -48,11 +56,51 @@ def _kind(o: TensorInfo) -> str | None:
     return None
 
 
-def _fits(inputs: list[TensorInfo], outputs: list[TensorInfo], strict: bool) -> str | None:
+OUTPUT_VALUES = ("probability", "logit", "class_ids")
+# ops whose output is a linear function of features: logits, not probabilities
+_LINEAR = {"Conv", "ConvTranspose", "Add", "Sub", "MatMul", "Gemm", "BatchNormalization",
+           "InstanceNormalization", "Einsum"}
+
+
+def output_values(o: TensorInfo, hints: Hints | None) -> tuple[str, str] | None:
+    """What a one-channel float map holds, and the evidence; None when nothing tells."""
+    if hints is not None and hints.output_values is not None:
+        if hints.output_values not in OUTPUT_VALUES:
+            raise FormatError(f"model.output_values must be one of "
+                              f"{', '.join(OUTPUT_VALUES)}, got {hints.output_values!r}")
+        return hints.output_values, "model.output_values in the config"
+    chain = () if hints is None else hints.ops.get(o.name, ())
+    if "ArgMax" in chain:
+        return "class_ids", f"{o.name} is made by {' <- '.join(chain)}"
+    decisive = next((op for op in chain if op not in ("Cast", "Identity", "Reshape",
+                                                      "Squeeze", "Unsqueeze", "Transpose",
+                                                      "Resize", "Upsample", "Slice",
+                                                      "Flatten")), None)
+    if decisive == "Sigmoid":
+        return "probability", f"{o.name} is made by {' <- '.join(chain)}"
+    if decisive in _LINEAR:
+        return "logit", f"{o.name} is made by {' <- '.join(chain)} (no sigmoid)"
+    return None
+
+
+def _fits(inputs: list[TensorInfo], outputs: list[TensorInfo], strict: bool,
+          hints: Hints | None = None) -> str | None:
     if image_input(inputs) is None or len(inputs[0].shape) != 4 or len(outputs) != 1:
         return None
     o = outputs[0]
     kind = _kind(o)
+    if kind == "class ids" and len(o.shape) == 4 and is_float(o):
+        values = output_values(o, hints)
+        if values is None:
+            if strict:
+                return None  # no evidence what the map holds: not claimed by auto
+            raise FormatError(
+                f"{o.name} {o.dtype}{dims(o)} is a one-channel float map and nothing in the "
+                f"graph says whether it holds probabilities, logits or class ids; set "
+                f"model.output_values to probability, logit or class_ids (and "
+                f"model.mask_threshold, default 0.5, for a binary mask)")
+        if values[0] != "class_ids":
+            kind = f"binary {values[0]} map ({values[1]})"
     if kind is None or o.dtype == "bool":
         return None
     hw = input_hw(inputs)
@@ -67,43 +115,65 @@ def _fits(inputs: list[TensorInfo], outputs: list[TensorInfo], strict: bool) -> 
             # an output shaped exactly like the image is as likely an image-to-image
             # model as a 3-class segmenter: do not claim it without `format: semantic`
             return None
-    elif strict and not (kind == "logits" or not is_float(o)):
+    elif strict and not (kind == "logits" or kind.startswith("binary") or not is_float(o)):
         return None  # a float [1,H,W] of unknown size is no evidence of a class map
     else:
         where = "map, size dynamic"
-    what = (f"logits [1,{o.shape[1]},H,W] (argmax by edged)" if kind == "logits"
-            else f"{o.dtype} class ids {dims(o)}")
+    if kind == "logits":
+        what = f"logits [1,{o.shape[1]},H,W] (argmax by edged)"
+    elif kind.startswith("binary"):
+        what = f"{kind} {dims(o)}"
+    else:
+        what = f"{o.dtype} class ids {dims(o)}"
     return f"semantic segmentation: one output {o.name} = {what}, {where}"
 
 
 def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo],
               hints: Hints | None = None) -> str | None:
-    return _fits(inputs, outputs, strict=True)
+    return _fits(inputs, outputs, strict=True, hints=hints)
 
 
 def fits(inputs: list[TensorInfo], outputs: list[TensorInfo],
          hints: Hints | None = None) -> str | None:
     """For `format: semantic` in the config: also shapes too generic for auto."""
-    return _fits(inputs, outputs, strict=False)
+    return _fits(inputs, outputs, strict=False, hints=hints)
 
 
 def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo],
                      hints: Hints | None = None) -> Manifest:
-    if fits(inputs, outputs) is None:
+    if fits(inputs, outputs, hints) is None:
         raise ValueError("outputs do not follow the semantic layout")
     o = outputs[0]
     n = o.shape[1] if len(o.shape) == 4 and is_int(o.shape[1]) else None
     seg = generic_classes(n) if n is not None and n >= 2 else ()
+    options: dict[str, object] = {}
+    if n == 1 and is_float(o):
+        values = output_values(o, hints)
+        assert values is not None  # fits() raised otherwise
+        options["output_values"] = values[0]
+        if values[0] != "class_ids":
+            options["mask_threshold"] = 0.5
+            seg = ("background", "foreground")
     return Manifest(format="semantic", input_name=inputs[0].name,
                     outputs={"segmentation": o.name}, preprocess=preprocess_for(inputs, 512),
-                    seg_classes=seg)
+                    seg_classes=seg, options=options)
 
 
 class Adapter:
     def __init__(self, manifest: Manifest, output_names: list[str]) -> None:
         self.manifest = manifest
         self.index = output_index(manifest, output_names, "segmentation", output_names[0])
-        t = manifest.options.get("binary_threshold")
+        opts = manifest.options
+        values = opts.get("output_values")
+        if values is not None and values not in OUTPUT_VALUES:
+            raise ValueError(f"output_values must be one of {', '.join(OUTPUT_VALUES)}, "
+                             f"got {values!r}")
+        t = opts.get("binary_threshold")
+        if t is None and values in ("probability", "logit"):
+            p = float(opts.get("mask_threshold", 0.5))
+            t = logit(p) if values == "logit" else p
+            if values == "probability" and not 0.0 < p < 1.0:
+                raise ValueError(f"mask_threshold must be in (0, 1), got {p}")
         self.binary_threshold = None if t is None else float(t)
 
     def class_map(self, out: np.ndarray, letterbox: Letterbox) -> np.ndarray:

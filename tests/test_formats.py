@@ -522,3 +522,87 @@ def test_a_size_rule_follows_each_frame(tmp_path):
         iw, ih = runner.manifest.preprocess.input_size(w, h)
         assert res.mask.shape == (ih // 4, iw // 4)
         assert res.mask[:, -2:].all() and not res.mask[:, :2].any()
+
+
+# ----------------------------------------------------------------------------- DETR family
+
+
+def rfdetr_like(path: Path, with_masks: bool = True) -> Path:
+    """RF-DETR's export layout: dets [1,Q,4] cx cy w h normalised, labels [1,Q,C] logits,
+    masks [1,Q,104,104] logits over the whole 416x416 input."""
+    q, c = 5, 3
+    boxes = np.tile(np.array([0.5, 0.5, 0.1, 0.1], np.float32), (1, q, 1))
+    boxes[0, 0] = (0.25, 0.5, 0.5, 0.5)  # left half, a quarter of the height each way
+    boxes[0, 1] = (0.75, 0.25, 0.2, 0.3)
+    logits = np.full((1, q, c), -5.0, np.float32)
+    logits[0, 0, 1] = 3.0  # 0.953
+    logits[0, 1, 2] = 1.0  # 0.731
+    logits[0, 1, 0] = 0.5  # 0.622: the same query, a second class (top-k over pairs)
+    logits[0, 2, 0] = -1.5  # 0.182: below conf
+    outs = [("dets", boxes, None), ("labels", logits, None)]
+    if with_masks:
+        masks = np.full((1, q, 104, 104), -4.0, np.float32)
+        masks[0, 0, :, :52] = 4.0  # query 0: the left half of the input
+        masks[0, 1, :52, :] = 4.0  # query 1: the top half
+        outs.append(("masks", masks, None))
+    return g.const_model(path, outs, input_name="input")
+
+
+def test_rfdetr_like_exports_are_recognised_and_decoded(tmp_path):
+    path = rfdetr_like(tmp_path / "rf.onnx")
+    img = np.zeros((480, 640, 3), np.uint8)
+    runner, res = run(path, img)
+    m = runner.manifest
+    assert (m.format, m.options["layout"], m.preprocess.resize) == ("detr", "logits", "stretch")
+    assert "DETR-style query detector" in runner.format_reason
+    d = res.detections
+    # sigmoid scores, best pairs first, the second class of query 1 kept too
+    np.testing.assert_allclose(d.scores, 1 / (1 + np.exp(-np.array([3.0, 1.0, 0.5]))),
+                               rtol=1e-6)
+    assert d.class_ids.tolist() == [1, 2, 0]
+    # normalised cx cy w h -> camera xyxy through the stretch: x * 640, y * 480
+    np.testing.assert_allclose(d.boxes[0], [0, 120, 320, 360], atol=1e-3)
+    np.testing.assert_allclose(d.boxes[1], [416, 48, 544, 192], atol=1e-3)
+    np.testing.assert_allclose(d.boxes[2], d.boxes[1])
+    masks = frame_masks(res)
+    # query 0's mask is the left half of the frame, inside its box
+    want0 = np.zeros((480, 640), np.uint8)
+    want0[120:360, :320] = 1
+    np.testing.assert_array_equal(masks[0], want0)
+    # query 1's: the top half, inside its box
+    want1 = np.zeros((480, 640), np.uint8)
+    want1[48:192, 416:544] = 1
+    want1[240:] = 0
+    np.testing.assert_array_equal(masks[1], want1)
+
+
+def test_detr_without_masks_and_with_a_score_table(tmp_path):
+    path = rfdetr_like(tmp_path / "rf.onnx", with_masks=False)
+    _, res = run(path, np.zeros((416, 416, 3), np.uint8))
+    assert len(res.detections) == 3 and res.mask is None
+    # one output [1, Q, 4+C] of probabilities (older ultralytics RT-DETR exports)
+    table = np.zeros((1, 300, 4 + 3), np.float32)
+    table[0, :, :4] = (0.5, 0.5, 0.1, 0.1)
+    table[0, 7] = (0.5, 0.5, 0.5, 0.5, 0.1, 0.9, 0.2)
+    table[0, 9] = (0.25, 0.25, 0.1, 0.1, 0.6, 0.1, 0.1)
+    scores = g.const_model(tmp_path / "scores.onnx", [("output0", table, None)])
+    runner, res = run(scores, np.zeros((416, 416, 3), np.uint8))
+    assert runner.manifest.options["layout"] == "scores"
+    d = res.detections
+    assert d.class_ids.tolist() == [1, 0]
+    np.testing.assert_allclose(d.scores, [0.9, 0.6], rtol=1e-6)
+    np.testing.assert_allclose(d.boxes, [[104, 104, 312, 312], [83.2, 83.2, 124.8, 124.8]],
+                               atol=1e-3)
+
+
+def test_a_query_table_of_six_columns_is_asked_about_without_metadata(tmp_path):
+    """[1, 300, 6] reads as a DETR top-k (cx cy w h normalised, score, class) and as an
+    end-to-end YOLO table (x1 y1 x2 y2 px, score, class): without an exporter's
+    metadata that is a question, and model.format answers it."""
+    table = np.zeros((1, 300, 6), np.float32)
+    path = g.const_model(tmp_path / "six.onnx", [("out", table, None)])
+    with pytest.raises(ModelError, match=r"several formats fit this graph: yolo .*detr .*"
+                                         r"set model.format"):
+        ModelRunner(ModelOptions(path=path, threads=1))
+    assert ModelRunner(ModelOptions(path=path, format="detr", threads=1)).manifest.options[
+        "layout"] == "topk"

@@ -156,3 +156,52 @@ def test_the_end2end_layout_needs_the_metadata_or_the_config_when_shapes_cannot_
     runner = ModelRunner(ModelOptions(path=bare, format="yolo-seg", layout="end2end",
                                       threads=1))
     assert runner.manifest.options["layout"] == "end2end"
+
+
+@pytest.fixture(scope="module")
+def rtdetr(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ue.export_rtdetr(tmp_path_factory.mktemp("rtdetr"), "rtdetr-l", rate=0.004)
+
+
+def test_rtdetr_is_recognised_by_its_metadata_and_served_like_ultralytics(rtdetr: Path
+                                                                          ) -> None:
+    """ultralytics' RT-DETR export, [1, 300, 6] = cx cy w h (normalised) score class:
+    the same shape as an end-to-end YOLO table, told apart by the head ultralytics
+    names in the metadata. Pre-processing (a stretch, no letterbox) is compared on the
+    tensors; post-processing on the same model outputs, through RTDETRPredictor's own
+    postprocess (random decoder weights give near-tied scores, so two runs of the graph
+    on inputs 6e-8 apart may order the top-k differently)."""
+    import cv2
+    from ultralytics.data.augment import LetterBox
+    from ultralytics.models.rtdetr import RTDETRPredictor
+
+    runner = ModelRunner(ModelOptions(path=rtdetr, threads=1))
+    m = runner.manifest
+    assert (m.format, m.options["layout"], m.preprocess.resize) == ("detr", "topk", "stretch")
+    assert "the exporter's metadata names a detr head" in runner.format_reason
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(rtdetr), so, providers=["CPUExecutionProvider"])
+    total = 0
+    for w, h in SIZES:
+        frame = cv2.resize(ue.asset(), (w, h))
+        img = LetterBox((ue.IMGSZ, ue.IMGSZ), auto=False, scale_fill=True)(image=frame)
+        x = torch.from_numpy(img[..., ::-1].transpose(2, 0, 1).copy()).float()[None] / 255
+        pre = runner._preprocessor(1)
+        box = pre(frame, 0)
+        np.testing.assert_allclose(pre.tensor, x.numpy(), atol=1e-6)
+        outs = session.run(None, {"images": x.numpy()})
+        pred = RTDETRPredictor(overrides={"conf": 0.25, "imgsz": ue.IMGSZ, "max_det": 300,
+                                          "verbose": False})
+        pred.model = types.SimpleNamespace(names={i: str(i) for i in range(80)})
+        pred.batch = [["frame.jpg"]]
+        ref = pred.postprocess(torch.from_numpy(outs[0]), x, [frame])[0]
+        dets, _ = runner.adapter.postprocess(outs, box, w, h)
+        where = f"rtdetr at {w}x{h}"
+        assert len(dets) == len(ref.boxes), where
+        total += len(dets)
+        np.testing.assert_allclose(dets.boxes, ref.boxes.xyxy.numpy(), atol=0.05,
+                                   err_msg=where)
+        np.testing.assert_array_equal(dets.class_ids, ref.boxes.cls.numpy(), where)
+        np.testing.assert_allclose(dets.scores, ref.boxes.conf.numpy(), atol=1e-6)
+    assert total >= 5 * len(SIZES), f"only {total} detections in all: set-up too weak"

@@ -168,3 +168,42 @@ def export(cfg: str, out_dir: Path, name: str, *, rate: float = 0.03, **kw: Any)
     target = out_dir / f"{name}.onnx"
     path.replace(target)
     return target
+
+
+def export_rtdetr(out_dir: Path, name: str, *, rate: float = 0.05) -> Path:
+    """ultralytics' RT-DETR (rtdetr-l.yaml, random weights) exported to ONNX, with the
+    last decoder layer's class head scaled and biased (as `_calibrate` does for YOLO)
+    so that about `rate` of the (query, class) logits of a calibration frame are above
+    0.25 and differ from query to query: fresh weights score every query ~0.04."""
+    from ultralytics import RTDETR
+
+    torch.manual_seed(0)
+    model = RTDETR("rtdetr-l.yaml")
+    net = model.model.eval()
+    head = net.model[-1]
+    score = head.dec_score_head[-1]
+    x = letterbox_tensor(cv2.resize(asset(), (640, 480)), (IMGSZ, IMGSZ))
+    seen: list[torch.Tensor] = []
+    hook = score.register_forward_hook(lambda _m, _i, o: seen.append(o.flatten()))
+    with torch.no_grad():
+        try:
+            score.bias.zero_()
+            net(x)
+            score.weight.mul_(1.5 / torch.cat(seen).std().item())
+            seen.clear()
+            net(x)
+        finally:
+            hook.remove()
+        q = float(np.quantile(torch.cat(seen).numpy(), 1 - rate))
+        score.bias.fill_(float(np.log(0.25 / 0.75)) - q)
+    work = out_dir / f"{name}.export"
+    work.mkdir(parents=True, exist_ok=True)
+    cwd = Path.cwd()
+    os.chdir(work)
+    try:
+        path = Path(model.export(format="onnx", imgsz=IMGSZ)).resolve()
+    finally:
+        os.chdir(cwd)
+    target = out_dir / f"{name}.onnx"
+    path.replace(target)
+    return target

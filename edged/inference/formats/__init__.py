@@ -9,7 +9,8 @@ module provides:
   read in more than one way and nothing says which;
 - optionally `fits(inputs, outputs, hints) -> str | None`: a looser test used when the
   config names the format (defaults to `recognise`);
-- optionally `names_match(outputs) -> bool`: the outputs carry the names this family's
+- optionally `metadata_match(hints) -> bool | None` and `names_match(outputs) -> bool`:
+  the exporter's metadata names this family's head / the outputs carry the names its
   exporter writes; used only to settle a tie between families whose shapes both fit;
 - `default_manifest(inputs, outputs, hints) -> Manifest` for a model that ships without one;
 - `Adapter(manifest, output_names)`, whose `postprocess(outputs, letterbox, w, h)`
@@ -23,7 +24,16 @@ from __future__ import annotations
 from dataclasses import replace
 from types import ModuleType
 
-from edged.inference.formats import mask_rcnn, semantic, sparseinst, yoeo, yolact, yolo, yolo_seg
+from edged.inference.formats import (
+    detr,
+    mask_rcnn,
+    semantic,
+    sparseinst,
+    yoeo,
+    yolact,
+    yolo,
+    yolo_seg,
+)
 from edged.inference.formats._common import (
     FormatError,
     Hints,
@@ -46,6 +56,7 @@ FORMATS: dict[str, ModuleType] = {
     "yolact": yolact,
     "mask-rcnn": mask_rcnn,
     "sparseinst": sparseinst,
+    "detr": detr,
 }
 
 
@@ -63,8 +74,16 @@ def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo],
         raise FormatError(f"no known model format fits this graph (inputs: {describe(inputs)}; "
                           f"outputs: {describe(outputs)}); known formats: {', '.join(FORMATS)}; "
                           f"set model.format or write a manifest if it is one of them")
-    # shapes fit several families: the exporter's output names are evidence, if they
-    # point at exactly one of them (and the reason says so); otherwise ask
+    # shapes fit several families: the exporter's own metadata is evidence (ultralytics
+    # names its head), then its output names, if they point at exactly one of them (and
+    # the reason says so); otherwise ask
+    told = [(n, w) for n, w in fitting
+            if getattr(FORMATS[n], "metadata_match", lambda _h: None)(hints)]
+    if len(told) == 1:
+        name, why = told[0]
+        others = ", ".join(n for n, _ in fitting if n != name)
+        return name, (f"{why} (the shapes also fit {others}; the exporter's metadata "
+                      f"names a {name} head)")
     named = [(n, w) for n, w in fitting
              if getattr(FORMATS[n], "names_match", lambda _o: False)(outputs)]
     if len(named) == 1:

@@ -6,10 +6,17 @@ same adapter serves both (boxes only, no mask in the result).
 from __future__ import annotations
 
 from edged.inference.formats._common import Hints, TensorInfo, image_input
-from edged.inference.formats.yolo_seg import Adapter, Roles, detection_roles, manifest_for
+from edged.inference.formats.yolo_seg import (
+    Adapter,
+    Roles,
+    detection_roles,
+    manifest_for,
+    metadata_match,
+)
 from edged.inference.manifest import Manifest
 
-__all__ = ["Adapter", "default_manifest", "fits", "names_match", "recognise"]
+__all__ = ["Adapter", "default_manifest", "fits", "metadata_match", "names_match",
+           "recognise"]
 
 
 def roles(inputs: list[TensorInfo], outputs: list[TensorInfo], strict: bool = True,

@@ -196,6 +196,13 @@ def names_match(outputs: list[TensorInfo]) -> bool:
     return tuple(o.name for o in outputs) == ULTRALYTICS_NAMES
 
 
+def metadata_match(hints: Hints | None) -> bool | None:
+    """An ultralytics export of a YOLO head (not its RT-DETR decoder)."""
+    if hints is None or hints.metadata.get("author", "").lower() != "ultralytics":
+        return None
+    return "rtdetr" not in hints.metadata.get("head", "").lower()
+
+
 def manifest_for(inputs: list[TensorInfo], r: Roles, fmt: str,
                  hints: Hints | None = None) -> Manifest:
     outs = {"detections": r.det.name}

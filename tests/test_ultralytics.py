@@ -41,6 +41,7 @@ SIZES = [(810, 1080), (1280, 720), (640, 480), (333, 500), (1000, 1000), (321, 1
 EXPORTS: dict[str, tuple[str, dict[str, Any]]] = {
     "yolov8n-seg": ("yolov8n-seg.yaml", {}),
     "yolov8n-seg-dynamic": ("yolov8n-seg.yaml", {"dynamic": True}),
+    "yolo11n-seg": ("yolo11n-seg.yaml", {}),
     "yolo26n-seg-end2end": ("yolo26n-seg.yaml", {"nms": False}),
     "yolov8n": ("yolov8n.yaml", {}),
     "yolo26n-end2end": ("yolo26n.yaml", {"nms": False}),

@@ -51,6 +51,7 @@ _USER_ERRORS: tuple[tuple[str, str, str], ...] = (
     ("edged.inference.runner", "ModelError", ""),
     ("edged.inference.manifest", "ManifestError", ""),
     ("edged.wire.publisher", "PublishError", "publish.endpoints: "),
+    ("edged.wire.curve", "CurveError", "publish.curve: "),
     ("edged.daemon.listen", "ListenError", ""),
     ("edged.view", "ViewError", "view: "),
     ("edged.foxglove", "FoxgloveError", ""),
@@ -306,10 +307,16 @@ def _try_binds(cfg: Config) -> None:
 
     held: list[socket.socket] = []
     try:
+        from edged.daemon.pipeline import curve_keys
+
         # the publisher's own context: closing it waits until every socket is closed
-        with Publisher(cfg.publish.endpoints, sndhwm=cfg.publish.sndhwm, linger_ms=0):
+        with Publisher(cfg.publish.endpoints, sndhwm=cfg.publish.sndhwm, linger_ms=0,
+                       curve=curve_keys(cfg)) as pub:
             for ep in cfg.publish.endpoints:
                 print(f"publish: {ep}: bound OK")
+            if pub.curve is not None:
+                print(f"publish: CURVE on: {len(pub.curve.admitted)} client key(s) admitted "
+                      f"from {pub.curve.keys.clients_dir}")
             if cfg.log.metrics:
                 held.append(bind_metrics(cfg.log.metrics))
                 print(f"metrics: {cfg.log.metrics}: bound OK")
@@ -372,6 +379,18 @@ def format_provider_report(p: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from edged.wire.curve import CurveError, keygen
+
+    try:
+        public, secret = keygen(args.name, Path(args.dir))
+    except CurveError as e:
+        return report_error("keygen", e)
+    print(f"wrote {public} (public: give it to the other side) and {secret} (secret, mode "
+          f"600: keep it here)")
+    return 0
+
+
 def cmd_echo(args: argparse.Namespace) -> int:
     from edged.wire.client import Subscriber
     from edged.wire.codec import EndOfStream, Message
@@ -379,7 +398,15 @@ def cmd_echo(args: argparse.Namespace) -> int:
     cameras = args.camera or None
     n = 0
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
-    with Subscriber(args.connect, cameras) as sub:
+    curve = None
+    if args.server_key or args.key:
+        from edged.wire.curve import ClientKeys
+
+        if not (args.server_key and args.key):
+            raise SystemExit("edged echo: CURVE needs both --server-key (the daemon's "
+                             "NAME.key) and --key (this subscriber's NAME.key_secret)")
+        curve = ClientKeys.from_files(args.server_key, args.key)
+    with Subscriber(args.connect, cameras, curve=curve) as sub:
         while args.count is None or n < args.count:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if left == 0.0:
@@ -627,7 +654,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--count", type=int, help="exit after N results")
     e.add_argument("--timeout", type=float, help="give up after S seconds")
     e.add_argument("--json", action="store_true", help="one JSON object per line")
+    e.add_argument("--server-key", metavar="FILE",
+                   help="CURVE: the daemon's public key file (NAME.key)")
+    e.add_argument("--key", metavar="FILE",
+                   help="CURVE: this subscriber's secret key file (NAME.key_secret)")
     e.set_defaults(func=cmd_echo)
+
+    k = sub.add_parser("keygen", help="write a CURVE key pair (NAME.key, NAME.key_secret)")
+    k.add_argument("name")
+    k.add_argument("--dir", default=".", help="where to write them (created 0700)")
+    k.set_defaults(func=cmd_keygen)
 
     b = sub.add_parser("bench", help="the pipeline vs a raw ONNX Runtime loop and a serial loop")
     b.add_argument("-c", "--config")

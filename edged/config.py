@@ -561,7 +561,23 @@ class CameraConfig(_Frozen):
         return "every_frame" if self.resolved_type() in ("video", "images") else "realtime"
 
 
+class CurveConfig(_Frozen):
+    """`publish.curve`: encrypt every publish connection and admit only the subscribers
+    whose public keys are in `clients_dir` (see edged.wire.curve; `edged keygen`)."""
+
+    secret_key_file: Path  # the daemon's NAME.key_secret
+    clients_dir: Path  # one NAME.key (public) per admitted subscriber; re-read on SIGHUP
+
+    @field_validator("secret_key_file", "clients_dir", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, str | Path):
+            return value
+        return _config_path(value, info)
+
+
 class PublishConfig(_Frozen):
+    curve: CurveConfig | None = None
     endpoints: list[Endpoint] = Field(
         default_factory=lambda: ["tcp://127.0.0.1:5555"], min_length=1
     )

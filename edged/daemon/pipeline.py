@@ -52,6 +52,7 @@ from edged.inference.pool import InferencePool, Models
 from edged.inference.runner import ModelRunner
 from edged.results import Frame, Result
 from edged.wire.codec import MaskEncoder
+from edged.wire.curve import ServerKeys, server_keys
 from edged.wire.publisher import Publisher
 from edged.wire.telemetry import encode_model_event, encode_state, encode_stats
 
@@ -369,6 +370,8 @@ class Pipeline:
             except (ConfigError, OSError) as e:
                 log.error("reload rejected, the running configuration stays:\n%s", e)
                 return
+            if old.publish.curve is not None:
+                await self._reload_curve_clients()
             kept = []
             if new.publish != old.publish:
                 kept.append("publish")
@@ -429,6 +432,19 @@ class Pipeline:
                      len(removed))
         finally:
             self.notifier.ready(f"{len(self.cameras)} camera(s) after reload")
+
+    async def _reload_curve_clients(self) -> None:
+        """Re-read publish.curve.clients_dir, on the ZeroMQ sink's thread (the socket's
+        owner): added keys are admitted at their next handshake; a removed one rebinds."""
+        assert self.stage is not None
+        out: list[str] = []
+        done = self.stage.sinks[0].call(lambda: out.append(self.zmq.publisher.reload_clients()))
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(done), 5.0)
+        except Exception as e:  # noqa: BLE001 - a bind that fails again is logged, not fatal
+            log.error("reload: CURVE client keys not re-read: %s", e)
+            return
+        log.info("reload: %s", out[0] if out else "CURVE client keys not re-read")
 
     async def _stop_after(self, seconds: float) -> None:
         try:
@@ -702,12 +718,19 @@ def _forget_costs(budgets: list[Budget]) -> None:
         b.ahead.value = None
 
 
+def curve_keys(config: Config) -> ServerKeys | None:
+    """The daemon's CURVE keys when `publish.curve` is set (CurveError names a bad file)."""
+    c = config.publish.curve
+    return None if c is None else server_keys(c.secret_key_file, c.clients_dir)
+
+
 def make_stage(config: Config) -> PublishStage:
     """Bind the ZeroMQ publisher and start the publish stage with it as its first sink
     (raises `edged.wire.publisher.PublishError` when an endpoint cannot be bound)."""
     pc = config.publish
     names = [n for n, c in config.cameras.items() if c.enabled]
-    publisher = Publisher(pc.endpoints, sndhwm=pc.sndhwm, cameras=len(names))
+    publisher = Publisher(pc.endpoints, sndhwm=pc.sndhwm, cameras=len(names),
+                          curve=curve_keys(config))
     sinks = [SinkRunner(ZmqSink(publisher))]
     try:
         for runner in _output_sinks(config, names):

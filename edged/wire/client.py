@@ -31,6 +31,7 @@ from edged.wire.codec import (
     check_camera,
     decode,
 )
+from edged.wire.curve import ClientKeys
 from edged.wire.telemetry import (
     CameraState,
     ModelEvent,
@@ -59,10 +60,13 @@ class Subscriber:
 
     def __init__(self, endpoint: str | Sequence[str], cameras: Sequence[str] | None = None, *,
                  rcvhwm: int = 100, context: zmq.Context | None = None,
-                 stats: bool = False, states: bool = False) -> None:
+                 stats: bool = False, states: bool = False,
+                 curve: ClientKeys | None = None) -> None:
         """`stats=True` also delivers the daemon's periodic `Stats` messages (typed per
         camera in `Stats.snapshots`) and the degradation ladder's `ModelEvent`s,
-        `states=True` the cameras' `CameraState` changes."""
+        `states=True` the cameras' `CameraState` changes. `curve`: the keys for a
+        daemon with `publish.curve` (`ClientKeys.from_files(server.key, me.key_secret)`);
+        without them such a daemon admits no connection and nothing arrives."""
         endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
         if not endpoints:
             raise ValueError("no endpoint to connect to")
@@ -89,6 +93,8 @@ class Subscriber:
             self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
             self._sock.setsockopt(zmq.LINGER, 0)
             self._sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+            if curve is not None:
+                curve.apply(self._sock)
             # the trailing slash keeps "cam1" from matching "cam10/..."
             prefixes = [b""] if cameras is None else [f"{c}/".encode() for c in cameras]
             if stats and cameras is not None:

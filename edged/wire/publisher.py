@@ -28,18 +28,24 @@ import logging
 import os
 import socket
 import stat
+import time
 from collections.abc import Sequence
 from types import TracebackType
 
 import zmq
 
 from edged.names import parse_endpoint
+from edged.wire.curve import CurveAuth, ServerKeys
 
 log = logging.getLogger(__name__)
 
 # Dead peers (unplugged cable, crashed host) would otherwise hold a connection and its
 # queue until the OS gives up (hours with default TCP keepalive): ZMTP heartbeats and
 # short keepalive timers find them in seconds.
+# the longest message a peer may send the PUB socket: a subscription (a topic prefix,
+# camera name + "/result") or a handshake command (CURVE's INITIATE is ~250 bytes with
+# metadata), so a few KiB, not the 16 MiB one hostile subscription was
+MAX_SUBSCRIPTION_BYTES = 4096
 _HEARTBEAT_IVL_MS = 5000
 _HEARTBEAT_TIMEOUT_MS = 15000
 _KEEPALIVE_IDLE_S = 30
@@ -121,7 +127,7 @@ class Publisher:
 
     def __init__(self, endpoints: Sequence[str], *, sndhwm: int = 8,
                  context: zmq.Context | None = None, linger_ms: int = 500,
-                 cameras: int = 0) -> None:
+                 cameras: int = 0, curve: ServerKeys | None = None) -> None:
         if isinstance(endpoints, str):
             endpoints = [endpoints]
         if not endpoints:
@@ -143,7 +149,18 @@ class Publisher:
         self._own_ctx = context is None
         self._ctx = context if context is not None else zmq.Context()
         self._sock: zmq.Socket = self._ctx.socket(zmq.PUB)
+        self.curve: CurveAuth | None = None
         try:
+            if curve is not None:
+                # the ZAP handler first: a connection that arrives before it would be
+                # admitted unchecked
+                self.curve = CurveAuth(self._ctx, curve)
+                self._sock.curve_secretkey = curve.secret
+                self._sock.curve_publickey = curve.public
+                self._sock.curve_server = True
+            # inbound messages on a PUB socket are subscriptions: a few topic bytes. A
+            # peer that sends more (one 16 MiB subscription cost ~800 MB) is cut off
+            self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
             self._sock.setsockopt(zmq.SNDHWM, sndhwm)
             self._sock.setsockopt(zmq.LINGER, linger_ms)
             self._sock.setsockopt(zmq.HEARTBEAT_IVL, _HEARTBEAT_IVL_MS)
@@ -155,16 +172,17 @@ class Publisher:
             self._sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, _KEEPALIVE_CNT)
             # ZMQ_IMMEDIATE is not set: it only affects connecting sockets' queues, and
             # a bound PUB has no queue for a subscriber until it has connected anyway.
+            # what each endpoint resolved to (unbind needs it for a wildcard host)
+            self._bound: list[str] = []
             for ep in self.endpoints:
                 _check_endpoint(ep)
                 if ep.startswith("ipc://"):
                     _remove_stale_ipc(ep)
-                try:
-                    self._sock.bind(ep)
-                except zmq.ZMQError as e:
-                    raise PublishError(f"cannot bind {ep}: {e.strerror}") from e
+                self._bound.append(self._bind(ep))
         except BaseException:
             self._sock.close(linger=0)
+            if self.curve is not None:
+                self.curve.stop()
             if self._own_ctx:
                 self._ctx.term()
             raise
@@ -205,6 +223,38 @@ class Publisher:
         self.sent += 1
         return True
 
+    def _bind(self, ep: str, retry_s: float = 0.0) -> str:
+        deadline = time.monotonic() + retry_s
+        while True:
+            try:
+                self._sock.bind(ep)
+                break
+            except zmq.ZMQError as e:
+                if e.errno != zmq.EADDRINUSE or time.monotonic() >= deadline:
+                    raise PublishError(f"cannot bind {ep}: {e.strerror}") from e
+                time.sleep(0.02)
+        last = self._sock.getsockopt(zmq.LAST_ENDPOINT)
+        return last.decode() if isinstance(last, bytes) else ep
+
+    def reload_clients(self) -> str:
+        """Re-read the CURVE clients directory (on the socket's thread); a key that left
+        it rebinds every endpoint, so that its connection, admitted at its handshake,
+        is dropped (the others reconnect by themselves). Returns what happened."""
+        if self.curve is None or self._closed:
+            return ""
+        admitted, removed = self.curve.reload()
+        if removed:
+            for ep, bound in zip(self.endpoints, list(self._bound), strict=True):
+                with contextlib.suppress(zmq.ZMQError):
+                    self._sock.unbind(bound)
+                if ep.startswith("ipc://"):
+                    _remove_stale_ipc(ep)
+            # unbind takes effect in ZeroMQ's I/O thread, a moment later: retry the bind
+            self._bound = [self._bind(ep, retry_s=2.0) for ep in self.endpoints]
+            return (f"{admitted} CURVE client key(s) admitted, {removed} removed: endpoints "
+                    f"rebound, every subscriber reconnects and is checked again")
+        return f"{admitted} CURVE client key(s) admitted"
+
     def close(self) -> None:
         """Close the socket (queued messages get up to `linger_ms` to leave). Idempotent."""
         if self._closed:
@@ -212,6 +262,8 @@ class Publisher:
         self._closed = True
         # libzmq 4.3 leaves ipc socket files behind; the next bind removes a stale one
         self._sock.close()
+        if self.curve is not None:
+            self.curve.stop()
         if self._own_ctx:
             self._ctx.term()  # returns once queued messages are sent or linger_ms passed
 

@@ -245,12 +245,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     released."""
     cfg = _load(args.config)
     setup_logging("warning")
-    from edged.capture.sources import redact
     from edged.inference.cpu import detect as detect_cpu
     from edged.inference.cpu import int8_mismatch
     from edged.inference.pool import load_rungs, plan, warmup_sizes
 
     cpu = detect_cpu()
+    redact = cfg.redactor()
     print(f"config: {cfg.source_file or 'built-in default'}: OK")
     print(f"cpu: {cpu.describe()}")
     for name, cam in cfg.cameras.items():

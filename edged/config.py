@@ -17,6 +17,7 @@ All problems found are collected and raised together as one ``ConfigError``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import ipaddress
 import json
@@ -45,6 +46,7 @@ from pydantic_core import PydanticCustomError
 
 from edged.inference.providers import PROVIDER_NAMES, PROVIDER_OPTIONS
 from edged.names import CAMERA_NAME_RE, camera_name_problem, parse_endpoint, parse_host_port
+from edged.redaction import Redactor
 
 __all__ = [
     "CAMERA_NAME_RE",
@@ -121,6 +123,9 @@ class ConfigIssue:
     value: object  # the offending value, or NO_VALUE
     message: str
     column: int | None = None  # 1-based, only for YAML syntax errors
+    # the values ${VAR} substitutions inserted: hidden, with URL credentials, wherever the
+    # rendered value would show them (a list or map holding a substituted string)
+    secrets: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         where = self.file
@@ -130,7 +135,7 @@ class ConfigIssue:
                 where += f":{self.column}"
         text = f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
         if self.value is not NO_VALUE:
-            shown = repr(self.value)
+            shown = Redactor(self.secrets)(repr(self.value))
             if len(shown) > _MAX_VALUE_REPR:
                 shown = shown[: _MAX_VALUE_REPR - 3] + "..."
             text += f" (got {shown})"
@@ -785,6 +790,13 @@ class Config(_Frozen):
     record: RecordConfig | None = None  # MCAP recording; None: off
     ros2: Ros2Config | None = None  # ROS 2 topics over DDS; None: off
     source_file: Path | None = None  # None: parsed from a string
+    # the values ${VAR} substitutions inserted (set by the loader, never in the file):
+    # hidden in every output by `redactor()`
+    secrets: frozenset[str] = Field(default_factory=frozenset, exclude=True, repr=False)
+
+    def redactor(self) -> Redactor:
+        """The redaction every rendering of a source or config value goes through."""
+        return Redactor(self.secrets)
 
     @model_validator(mode="after")
     def _ros_camera_names(self) -> Config:
@@ -847,6 +859,8 @@ class _Reader:
         # path -> (text as written, text after ${VAR} substitution); error messages show the
         # text as written so a substituted password never ends up in a log.
         self.substituted: dict[Loc, tuple[str, str]] = {}
+        # every value a ${VAR} put into the text: never shown anywhere (edged.redaction)
+        self.inserted: set[str] = set()
         self.issues: list[ConfigIssue] = []
         # Paths whose ${VAR} could not be substituted: validating the raw text there would
         # only add a confusing follow-on error.
@@ -994,6 +1008,7 @@ class _Reader:
                     f"(set it, or give a default: ${{{name}:-default}})"
                 )
                 return token
+            self.inserted.add(value)
             return value
 
         result = _ENV_RE.sub(replace, text)
@@ -1195,9 +1210,9 @@ def _parse(
         issues.append(ConfigIssue(file, _line_of(loc, reader.lines), _format_loc(loc), value,
                                   message))
 
-    if "source_file" in data:  # a Config field, but set by the loader, not the file
-        issue(("source_file",), data.pop("source_file"),
-              f"unknown key; {_did_you_mean('source_file', FILE_SECTIONS)}")
+    for key in ("source_file", "secrets"):  # Config fields set by the loader, not the file
+        if key in data:
+            issue((key,), data.pop(key), f"unknown key; {_did_you_mean(key, FILE_SECTIONS)}")
     origin: dict[Loc, Loc] = {}
     _merge_cameras(data, origin, issue)
     data["source_file"] = source_file
@@ -1220,10 +1235,12 @@ def _parse(
                 value = written[0]
             issue(source, value, _message(err, loc))
 
+    secrets = tuple(sorted(reader.inserted))
     if issues:
         # A bad value in camera_defaults or the global budget fails once per camera; the
         # mapped issues are identical, so report each once, in file order.
-        unique = {str(i): i for i in issues}.values()
+        shown = [dataclasses.replace(i, secrets=secrets) for i in issues]
+        unique = {str(i): i for i in shown}.values()
         raise ConfigError(sorted(unique, key=lambda i: (i.line or 0, i.column or 0, i.path)))
     assert config is not None
-    return config
+    return config.model_copy(update={"secrets": frozenset(secrets)})

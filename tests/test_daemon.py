@@ -180,9 +180,9 @@ def test_bad_camera_does_not_stop_the_others(tmp_path, test_model, tcp_endpoint,
         rest = receive(sub, 100, timeout=2.0)
     assert {m.camera for m in rest if isinstance(m, EndOfStream)} >= {"good", "unplugged"}
     log = d.log()
-    assert "video file not found" in log
+    assert "file not found: video " in log
     # a live device is retried, but its failure is logged once, not once per attempt
-    assert log.count("V4L2 device /dev/video99 does not exist") == 1
+    assert log.count("V4L2 /dev/video99: the device does not exist") == 1
     assert "camera unplugged: reconnecting" in log
 
 

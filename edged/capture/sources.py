@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from edged.daemon.telemetry import CameraState
+from edged.redaction import Redactor
 from edged.results import Frame
 
 log = logging.getLogger("edged.capture.sources")
@@ -246,11 +247,11 @@ class CaptureSource:
 
     def _open_cap(self) -> cv2.VideoCapture:
         if isinstance(self.target, str) and not self.live and not Path(self.target).is_file():
-            raise SourceError(f"video file not found: {self.target}")
+            raise SourceError(f"file not found: {self.description}")
         # a device that is not plugged in (yet): retried with backoff like any live failure
         if self.backend == cv2.CAP_V4L2 and isinstance(self.target, str) and \
                 not os.path.exists(self.target):
-            raise SourceError(f"V4L2 device {self.target} does not exist")
+            raise SourceError(f"{self.description}: the device does not exist")
         if self.open_params:
             cap = cv2.VideoCapture(self.target, self.backend, self.open_params)
         else:
@@ -332,12 +333,12 @@ class ImageFolderSource:
 
     live = False
 
-    def __init__(self, pattern: str, loop: bool) -> None:
+    def __init__(self, pattern: str, loop: bool, description: str = "") -> None:
         self.pattern, self.loop = pattern, loop
         self.files: list[str] = []
         self.pos = 0
         self._bad_in_pass = 0  # a looping folder with no readable image is an error
-        self.description = f"images {pattern}"
+        self.description = description or f"images {pattern}"
 
     def open(self) -> None:
         p = Path(self.pattern)
@@ -346,7 +347,7 @@ class ImageFolderSource:
         else:
             files = sorted(glob.glob(self.pattern))
         if not files:
-            raise SourceError(f"no images match {self.pattern}")
+            raise SourceError(f"no images match {self.description.removeprefix('images ')}")
         self.files = files
 
     def read(self) -> np.ndarray | None:
@@ -377,14 +378,17 @@ class ImageFolderSource:
         return new
 
 
-def source_for(cam: Any, *, loop: bool | None = None) -> Source:
+def source_for(cam: Any, *, loop: bool | None = None,
+               redactor: Redactor | None = None) -> Source:
     """The reader for a camera's config (`edged.config.CameraConfig`); `loop` overrides.
 
     Network sources take their open/read timeouts from the camera's `RestartPolicy`.
+    `redactor` (the config's, with its ${VAR} values) hides credentials in the source's
+    description, which every log line, state message and view shows.
     """
     return make_source(cam.resolved_type(), cam.source, width=cam.width, height=cam.height,
                        fps=cam.fps, fourcc=cam.fourcc, loop=cam.loop if loop is None else loop,
-                       seed=cam.seed, policy=RestartPolicy.from_camera(cam))
+                       seed=cam.seed, policy=RestartPolicy.from_camera(cam), redactor=redactor)
 
 
 def gstreamer_available() -> bool:
@@ -397,16 +401,18 @@ def gstreamer_available() -> bool:
 
 def make_source(kind: str, source: str, *, width: int | None = None, height: int | None = None,
                 fps: float | None = None, fourcc: str | None = None, loop: bool = True,
-                seed: int = 0, policy: RestartPolicy | None = None) -> Source:
+                seed: int = 0, policy: RestartPolicy | None = None,
+                redactor: Redactor | None = None) -> Source:
     """Build the reader for one camera from its resolved type."""
     policy = policy or RestartPolicy()
+    shown = (redactor or Redactor())(source)  # what descriptions say: no credentials
     if kind == "synthetic":
         return SyntheticSource(seed, width or 640, height or 480)
     if kind == "video":
         return CaptureSource(source, cv2.CAP_ANY, live=False, loop=loop,
-                             description=f"video {source}")
+                             description=f"video {shown}")
     if kind == "images":
-        return ImageFolderSource(source, loop)
+        return ImageFolderSource(source, loop, description=f"images {shown}")
     props: dict[int, float] = {}
     if kind == "v4l2":
         if fourcc:
@@ -420,7 +426,7 @@ def make_source(kind: str, source: str, *, width: int | None = None, height: int
         props[cv2.CAP_PROP_BUFFERSIZE] = 1  # never hand out a stale driver buffer
         target: str | int = int(source) if source.isdigit() else source
         return CaptureSource(target, cv2.CAP_V4L2, live=True, props=props,
-                             description=f"V4L2 {source}")
+                             description=f"V4L2 {shown}")
     if kind == "url":
         # FFmpeg's own timeouts (30 s by default) bound how long an abandoned reader stays
         # stuck: a read gives up a little after the stall watchdog has moved on, an open
@@ -428,7 +434,7 @@ def make_source(kind: str, source: str, *, width: int | None = None, height: int
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(policy.open_timeout_s * 1000),
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, int((2 * policy.stall_timeout_s + 1) * 1000)]
         return CaptureSource(source, cv2.CAP_FFMPEG, live=True,
-                             props={cv2.CAP_PROP_BUFFERSIZE: 1}, description=redact(source),
+                             props={cv2.CAP_PROP_BUFFERSIZE: 1}, description=shown,
                              open_params=params)
     if kind == "gstreamer":
         if not gstreamer_available():
@@ -436,16 +442,6 @@ def make_source(kind: str, source: str, *, width: int | None = None, height: int
                               "built with GStreamer (e.g. the distribution's python3-opencv)")
         return CaptureSource(source, cv2.CAP_GSTREAMER, live=True, description="GStreamer pipeline")
     raise SourceError(f"unknown source type {kind!r}")
-
-
-def redact(url: str) -> str:
-    """A URL without its password, for logs."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return url
 
 
 class _Session:

@@ -183,7 +183,7 @@ class Pipeline:
         kind = cam.resolved_type()
         mode = cam.resolved_mode()
         try:
-            source = source_for(cam)
+            source = source_for(cam, redactor=self.config.redactor())
         except SourceError as e:
             log.error("camera %s: %s; the other cameras carry on", name, e)
             return None

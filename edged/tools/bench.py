@@ -78,7 +78,7 @@ def raw_loop(runner: ModelRunner, frame: np.ndarray, n: int, loops: int = 1
 def serial_loop(runner: ModelRunner, config: Config, n: int) -> dict[str, float]:
     """One thread doing everything in turn, publishing to a drained local socket."""
     name, cam = next(iter(config.cameras.items()))
-    source = source_for(cam, loop=True)  # a file starts again until n frames are done
+    source = source_for(cam, loop=True, redactor=config.redactor())  # loops until n frames
     source.open()
     with tempfile.TemporaryDirectory() as tmp:
         ep = f"ipc://{tmp}/serial.sock"
@@ -437,7 +437,7 @@ def sink_costs(config: Config, models: Models, frames: int) -> list[dict[str, An
 def first_frame(config: Config) -> np.ndarray:
     """One frame of the first camera (the frame the bench loops time)."""
     name, cam = next(iter(config.cameras.items()))
-    src = source_for(cam, loop=True)
+    src = source_for(cam, loop=True, redactor=config.redactor())
     src.open()
     frame = src.read()
     src.close()

@@ -241,8 +241,9 @@ def image_frames(folder: Path, count: int, holdout: int) -> FrameSet:
 
 def config_frames(config: Any, count: int, holdout: int) -> FrameSet:
     """Frames from the configured cameras, read with edged's own sources, in turn."""
-    from edged.capture.sources import SourceError, redact, source_for
+    from edged.capture.sources import SourceError, source_for
 
+    redact = config.redactor()
     cams = [(name, c) for name, c in config.cameras.items() if c.enabled]
     if not cams:
         raise QuantizeError("the configuration has no enabled camera")
@@ -250,7 +251,7 @@ def config_frames(config: Any, count: int, holdout: int) -> FrameSet:
     frames: list[np.ndarray] = []
     names = []
     for name, cam in cams:
-        src = source_for(cam, loop=False)
+        src = source_for(cam, loop=False, redactor=redact)
         try:
             src.open()
             got = 0

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import zmq
-
 from conftest import free_port
+
 from edged.redaction import Redactor, redact
 
 SECRETS = ["S3cretPW1", "S3cretPW2", "S3cretPW3", "S3cretPW4", "tok-S3cretPW5"]
@@ -25,10 +25,12 @@ SECRETS = ["S3cretPW1", "S3cretPW2", "S3cretPW3", "S3cretPW4", "tok-S3cretPW5"]
 
 @pytest.mark.parametrize("text,shown", [
     ("rtmp://viewer:S3cretPW1@host/live", "rtmp://viewer:***@host/live"),
-    ("srt://host:9000?passphrase=S3cretPW2&latency=200", "srt://host:9000?passphrase=***&latency=200"),
+    ("srt://host:9000?passphrase=S3cretPW2&latency=200",
+     "srt://host:9000?passphrase=***&latency=200"),
     ("http://cam/video.cgi?user=viewer&pwd=S3cretPW3", "http://cam/video.cgi?user=viewer&pwd=***"),
     ("https://ghp_token@host/x", "https://***@host/x"),
-    ("x?api_key=a&keyframe=1&X-Amz-Signature=s&design=2", "x?api_key=***&keyframe=1&X-Amz-Signature=***&design=2"),
+    ("x?api_key=a&keyframe=1&X-Amz-Signature=s&design=2",
+     "x?api_key=***&keyframe=1&X-Amz-Signature=***&design=2"),
     ("tcp://127.0.0.1:5555", "tcp://127.0.0.1:5555"),
 ])
 def test_redact_hides_userinfo_and_secret_parameters(text: str, shown: str) -> None:

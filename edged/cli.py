@@ -314,6 +314,9 @@ def _try_binds(cfg: Config) -> None:
                        curve=curve_keys(cfg)) as pub:
             for ep in cfg.publish.endpoints:
                 print(f"publish: {ep}: bound OK")
+            for ep in cfg.publish.exposed() if pub.curve is None else []:
+                print(f"publish: warning: {ep} is reachable from other machines without "
+                      f"CURVE (publish.insecure: true)")
             if pub.curve is not None:
                 print(f"publish: CURVE on: {len(pub.curve.admitted)} client key(s) admitted "
                       f"from {pub.curve.keys.clients_dir}")

@@ -583,6 +583,9 @@ class CurveConfig(_Frozen):
 
 class PublishConfig(_Frozen):
     curve: CurveConfig | None = None
+    # publish unencrypted to anyone who reaches a non-loopback tcp endpoint (no CURVE):
+    # only when said so, and warned about at every start
+    insecure: bool = False
     endpoints: list[Endpoint] = Field(
         default_factory=lambda: ["tcp://127.0.0.1:5555"], min_length=1
     )
@@ -602,6 +605,27 @@ class PublishConfig(_Frozen):
                                     "an endpoint can be bound once")
             seen[ep] = i
         return endpoints
+
+    def exposed(self) -> list[str]:
+        """The tcp endpoints other machines can reach (not loopback)."""
+        out = []
+        for ep in self.endpoints:
+            hp = parse_endpoint(ep).tcp
+            if hp is not None and not is_loopback_host(hp.host):
+                out.append(ep)
+        return out
+
+    @model_validator(mode="after")
+    def _curve_off_loopback(self) -> PublishConfig:
+        exposed = self.exposed()
+        if exposed and self.curve is None and not self.insecure:
+            raise _custom_error(
+                "publish_needs_curve",
+                f"{exposed[0]} is reachable from other machines and publish.curve is not "
+                "set: anyone who reaches it would read every camera's results. Set "
+                "publish.curve (keys from `edged keygen`), bind 127.0.0.1, or set "
+                "publish.insecure: true to publish unencrypted on purpose")
+        return self
 
 
 class LogConfig(_Frozen):

@@ -663,7 +663,8 @@ def test_resolved_mode(source: str, mode: str, expected: str) -> None:
 
 def test_config_type_is_exported() -> None:
     assert Config.model_fields.keys() == {"model", "cameras", "publish", "budget", "log",
-                                          "view", "foxglove", "record", "ros2", "source_file"}
+                                          "view", "foxglove", "record", "ros2", "source_file",
+                                          "secrets"}
 
 
 def test_too_many_cameras_is_a_config_error(tmp_path: Path) -> None:
@@ -722,9 +723,27 @@ def test_endpoints_validated_with_the_publishers_parser(tmp_path: Path, endpoint
 def test_good_endpoints(endpoint: str) -> None:
     from edged.names import parse_endpoint
 
-    cfg = parse_config(MINIMAL + f"publish:\n  endpoints: ['{endpoint}']\n")
+    # off loopback only with publish.insecure (or curve): tested below
+    cfg = parse_config(MINIMAL + f"publish:\n  endpoints: ['{endpoint}']\n  insecure: true\n")
     assert cfg.publish.endpoints == [endpoint]
     assert parse_endpoint(endpoint).scheme == endpoint.split(":")[0]
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://0.0.0.0:5555", "tcp://*:5555",
+                                      "tcp://eth0:5555", "tcp://192.168.1.10:5555"])
+def test_a_reachable_endpoint_needs_curve_or_insecure(tmp_path: Path, endpoint: str) -> None:
+    path = write(tmp_path, MINIMAL + f"publish:\n  endpoints: ['{endpoint}']\n")
+    issue = only_issue(path)
+    assert issue.path == "publish"
+    assert "reachable from other machines and publish.curve is not set" in issue.message
+    assert "publish.insecure: true" in issue.message
+    with_curve = parse_config(MINIMAL + f"publish:\n  endpoints: ['{endpoint}']\n  curve:\n"
+                              f"    secret_key_file: k/d.key_secret\n    clients_dir: c\n")
+    assert with_curve.publish.curve is not None and with_curve.publish.exposed() == [endpoint]
+    for local in ("tcp://127.0.0.1:5555", "tcp://[::1]:5555", "tcp://localhost:5555",
+                  "ipc:///run/edged/p.sock"):
+        assert parse_config(MINIMAL + f"publish:\n  endpoints: ['{local}']\n").publish \
+            .exposed() == []
 
 
 def test_duplicate_endpoint(tmp_path: Path) -> None:

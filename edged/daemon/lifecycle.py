@@ -134,6 +134,10 @@ class Daemon:
         cfg = self.config
         cpu = detect_cpu()
         log.info("cpu: %s", cpu.describe())
+        for ep in cfg.publish.exposed() if cfg.publish.curve is None else []:
+            log.warning("publish: %s is reachable from other machines without CURVE "
+                        "(publish.insecure: true): anyone who reaches it reads every "
+                        "camera's results", ep)
         stage = make_stage(cfg)
         metrics_sock: socket.socket | None = None
         try:

@@ -311,7 +311,8 @@ def _try_binds(cfg: Config) -> None:
 
         # the publisher's own context: closing it waits until every socket is closed
         with Publisher(cfg.publish.endpoints, sndhwm=cfg.publish.sndhwm, linger_ms=0,
-                       curve=curve_keys(cfg)) as pub:
+                       curve=curve_keys(cfg), ipc_mode=cfg.publish.ipc_mode_bits,
+                       ipc_group=cfg.publish.ipc_group) as pub:
             for ep in cfg.publish.endpoints:
                 print(f"publish: {ep}: bound OK")
             for ep in cfg.publish.exposed() if pub.curve is None else []:

@@ -586,6 +586,20 @@ class PublishConfig(_Frozen):
     # publish unencrypted to anyone who reaches a non-loopback tcp endpoint (no CURVE):
     # only when said so, and warned about at every start
     insecure: bool = False
+    # ipc socket files: created with this mode (octal text) and, if set, this group
+    ipc_mode: str = "0600"
+    ipc_group: str | None = None
+
+    @field_validator("ipc_mode")
+    @classmethod
+    def _octal_mode(cls, value: str) -> str:
+        if not re.fullmatch(r"0?[0-7]{3}", value):
+            raise _custom_error("ipc_mode", "an octal file mode such as \"0600\" or \"0660\"")
+        return value
+
+    @property
+    def ipc_mode_bits(self) -> int:
+        return int(self.ipc_mode, 8)
     endpoints: list[Endpoint] = Field(
         default_factory=lambda: ["tcp://127.0.0.1:5555"], min_length=1
     )

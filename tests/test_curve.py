@@ -180,3 +180,25 @@ publish: {{endpoints: ["{tcp_endpoint}"]}}
         grew = rss_mb(d.proc.pid) - before
     assert grew < 50, f"daemon RSS grew {grew:.0f} MB"
     assert d.terminate()[0] == 0
+
+
+def test_ipc_socket_files_are_private_by_default_and_removed_at_close(tmp_path: Path) -> None:
+    import grp
+    import os
+
+    ep = f"ipc://{tmp_path}/p.sock"
+    old = os.umask(0)  # even a process with a permissive umask
+    try:
+        with Publisher([ep], linger_ms=0):
+            assert mode(tmp_path / "p.sock") == 0o600
+        assert not (tmp_path / "p.sock").exists()  # removed at close
+        group = grp.getgrgid(os.getgid()).gr_name
+        with Publisher([ep], linger_ms=0, ipc_mode=0o660, ipc_group=group):
+            st = (tmp_path / "p.sock").stat()
+            assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o660, os.getgid())
+    finally:
+        os.umask(old)
+    from edged.wire.publisher import PublishError
+
+    with pytest.raises(PublishError, match="no group named 'no-such-group-x'"):
+        Publisher([ep], linger_ms=0, ipc_group="no-such-group-x")

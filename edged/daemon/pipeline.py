@@ -730,7 +730,8 @@ def make_stage(config: Config) -> PublishStage:
     pc = config.publish
     names = [n for n, c in config.cameras.items() if c.enabled]
     publisher = Publisher(pc.endpoints, sndhwm=pc.sndhwm, cameras=len(names),
-                          curve=curve_keys(config))
+                          curve=curve_keys(config), ipc_mode=pc.ipc_mode_bits,
+                          ipc_group=pc.ipc_group)
     sinks = [SinkRunner(ZmqSink(publisher))]
     try:
         for runner in _output_sinks(config, names):

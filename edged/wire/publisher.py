@@ -91,6 +91,15 @@ def _remove_stale_ipc(endpoint: str) -> None:
     log.info("removed stale ipc socket file %s", path)
 
 
+def _group_id(name: str) -> int:
+    import grp
+
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise PublishError(f"publish.ipc_group: no group named {name!r}") from None
+
+
 def release_ipc(endpoint: str) -> None:
     """Remove the socket file of a closed ipc:// endpoint if no process listens on it
     (libzmq 4.3 leaves it behind on close; `edged check` cleans up after its bind test)."""
@@ -127,7 +136,8 @@ class Publisher:
 
     def __init__(self, endpoints: Sequence[str], *, sndhwm: int = 8,
                  context: zmq.Context | None = None, linger_ms: int = 500,
-                 cameras: int = 0, curve: ServerKeys | None = None) -> None:
+                 cameras: int = 0, curve: ServerKeys | None = None,
+                 ipc_mode: int = 0o600, ipc_group: str | None = None) -> None:
         if isinstance(endpoints, str):
             endpoints = [endpoints]
         if not endpoints:
@@ -135,6 +145,8 @@ class Publisher:
         if sndhwm < 1:
             raise ValueError("sndhwm must be >= 1 (0 would mean an unbounded queue)")
         self.endpoints: tuple[str, ...] = tuple(endpoints)
+        self.ipc_mode = ipc_mode
+        self._ipc_gid = _group_id(ipc_group) if ipc_group is not None else None
         if burst_hwm(cameras) > sndhwm:
             log.info("publish.sndhwm %d raised to %d: %d cameras may send %d messages at "
                      "once (at a stop, the end-of-stream of each)", sndhwm,
@@ -225,7 +237,11 @@ class Publisher:
 
     def _bind(self, ep: str, retry_s: float = 0.0) -> str:
         deadline = time.monotonic() + retry_s
+        path = _ipc_path(ep) if ep.startswith("ipc://") else None
         while True:
+            # an ipc socket file is created by bind with the process umask: tightened for
+            # that call, so that the file is never, not even briefly, open to others
+            old = os.umask(0o177) if path else None
             try:
                 self._sock.bind(ep)
                 break
@@ -233,6 +249,16 @@ class Publisher:
                 if e.errno != zmq.EADDRINUSE or time.monotonic() >= deadline:
                     raise PublishError(f"cannot bind {ep}: {e.strerror}") from e
                 time.sleep(0.02)
+            finally:
+                if old is not None:
+                    os.umask(old)
+        if path:
+            try:
+                if self._ipc_gid is not None:
+                    os.chown(path, -1, self._ipc_gid)
+                os.chmod(path, self.ipc_mode)
+            except OSError as e:
+                raise PublishError(f"cannot set the mode/group of {path}: {e.strerror}") from e
         last = self._sock.getsockopt(zmq.LAST_ENDPOINT)
         return last.decode() if isinstance(last, bytes) else ep
 
@@ -260,12 +286,15 @@ class Publisher:
         if self._closed:
             return
         self._closed = True
-        # libzmq 4.3 leaves ipc socket files behind; the next bind removes a stale one
         self._sock.close()
         if self.curve is not None:
             self.curve.stop()
         if self._own_ctx:
             self._ctx.term()  # returns once queued messages are sent or linger_ms passed
+        # libzmq 4.3 leaves ipc socket files behind: removed here (and a stale one by the
+        # next bind, after a crash)
+        for ep in self.endpoints:
+            release_ipc(ep)
 
     def __enter__(self) -> Publisher:
         return self

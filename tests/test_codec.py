@@ -288,7 +288,6 @@ def _malformed_cases() -> dict[str, object]:
         "mask png size mismatch": _with_mask_header(_valid(encoding="png"), shape=[32, 24]),
         "mask huge shape": _with_mask_header(v, shape=[10**6, 10**6]),
         "mask dtype": _with_mask_header(v, dtype="uint16"),
-        "mask encoding": _with_mask_header(v, encoding="lz4"),
         "mask no classes": _with_header(v, mask={k: x for k, x in mh.items() if k != "classes"}),
         "letterbox str": _with_mask_header(v, letterbox="416x416"),
         "letterbox short": _with_mask_header(v, letterbox={"input": [416, 416]}),
@@ -302,6 +301,46 @@ def _malformed_cases() -> dict[str, object]:
 def test_decode_rejects_malformed(case: str) -> None:
     with pytest.raises(ProtocolError):
         decode(_malformed_cases()[case])  # type: ignore[arg-type]
+
+
+def test_an_unknown_mask_encoding_leaves_the_rest_of_the_message() -> None:
+    """docs/protocol.md section 7: an unknown encoding makes only the mask unusable."""
+    msg = decode(_with_mask_header(_valid(), encoding="lz4"))
+    assert isinstance(msg, Message)
+    assert msg.mask is None and len(msg) == 3 and msg.class_names == CLASSES
+    assert msg.problems == ("mask: unknown encoding 'lz4', left out",)
+
+
+def test_seq_is_bounded_and_the_boot_id_travels() -> None:
+    from edged.wire.codec import MAX_SEQ, encode_stamped
+
+    frames = encode_stamped(make_result(seq=MAX_SEQ), None, boot="0123abcd").frames
+    msg = decode(frames)
+    assert isinstance(msg, Message) and (msg.seq, msg.boot) == (MAX_SEQ, "0123abcd")
+    header = msgpack.unpackb(frames[1])
+    header["seq"] = 2**64 - 1
+    with pytest.raises(ProtocolError, match=r"'seq' = 18446744073709551615 out of range"):
+        decode([frames[0], msgpack.packb(header)])
+    eos = decode(encode_eos("cam1", 5, "stop", boot="0123abcd"))
+    assert isinstance(eos, EndOfStream) and eos.boot == "0123abcd"
+    header["seq"], header["boot"] = 1, "x" * 65
+    with pytest.raises(ProtocolError, match="'boot' must be a str of at most 64"):
+        decode([frames[0], msgpack.packb(header)])
+
+
+def test_a_new_boot_id_is_a_restart_not_lost_frames(tcp_endpoint: str) -> None:
+    from edged.wire.client import Subscriber
+    from edged.wire.codec import encode_stamped
+    from edged.wire.publisher import Publisher
+
+    with Publisher([tcp_endpoint], linger_ms=0) as pub, Subscriber(tcp_endpoint) as sub:
+        time.sleep(0.3)  # the subscription through
+        got = []
+        for seq, boot in ((100, "aaaa"), (101, "aaaa"), (0, "bbbb"), (5000, "cccc")):
+            pub.send(encode_stamped(make_result(seq=seq), None, boot=boot).frames)
+            got.append(sub.recv(timeout=5))
+        assert [m.seq for m in got] == [100, 101, 0, 5000]
+        assert sub.gaps == 0 and sub.restarts == 2
 
 
 def test_decode_accepts_zmq_frames_and_unknown_keys() -> None:

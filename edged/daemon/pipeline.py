@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import secrets
 import socket
 import threading
 import time
@@ -732,7 +733,9 @@ def make_stage(config: Config) -> PublishStage:
     publisher = Publisher(pc.endpoints, sndhwm=pc.sndhwm, cameras=len(names),
                           curve=curve_keys(config), ipc_mode=pc.ipc_mode_bits,
                           ipc_group=pc.ipc_group)
-    sinks = [SinkRunner(ZmqSink(publisher))]
+    # a new id per process start: subscribers tell a restart from lost frames by it
+    boot = secrets.token_hex(8)
+    sinks = [SinkRunner(ZmqSink(publisher, boot))]
     try:
         for runner in _output_sinks(config, names):
             sinks.append(runner)
@@ -741,7 +744,7 @@ def make_stage(config: Config) -> PublishStage:
             r.sink.close()  # not started yet: closes the sockets and files they opened
         raise
     stage = PublishStage(sinks, MaskEncoder(pc.mask_encoding, pc.zstd_level),
-                         send_masks=pc.send_masks)
+                         send_masks=pc.send_masks, boot=boot)
     stage.start()
     return stage
 

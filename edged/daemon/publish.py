@@ -47,9 +47,10 @@ class PublishStage:
     """Judge, encode, stamp and fan out finished results on one thread."""
 
     def __init__(self, sinks: Sequence[SinkRunner], encoder: MaskEncoder, *,
-                 send_masks: bool) -> None:
+                 send_masks: bool, boot: str = "") -> None:
         self.sinks = tuple(sinks)
         self.send_masks = send_masks
+        self.boot = boot  # this daemon process's id in every result header
         self._encoder = encoder  # not thread-safe: used on the stage's thread only
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="publish")
         self._closed = False
@@ -130,7 +131,8 @@ class PublishStage:
         # not late yet: judged again when the message is stamped, after the mask is encoded
         capture_ns = result.t_capture_wall_ns
         msg = encode_stamped(result, self._encoder, send_mask=self.send_masks, flags=flags,
-                             late_at=lambda now_ns: budget.is_late((now_ns - capture_ns) / 1e6))
+                             late_at=lambda now_ns: budget.is_late((now_ns - capture_ns) / 1e6),
+                             boot=self.boot)
         if msg.late:
             if budget.on_late == "drop":
                 counters.late_dropped += 1

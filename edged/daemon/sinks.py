@@ -242,8 +242,9 @@ class ZmqSink(Sink):
 
     name = "zmq"
 
-    def __init__(self, publisher: Publisher) -> None:
+    def __init__(self, publisher: Publisher, boot: str = "") -> None:
         self.publisher = publisher
+        self.boot = boot
         self.published: dict[str, int] = {}  # written by this sink's thread only
         self.last_seq: dict[str, int] = {}
         self.send_ms: dict[str, float] = {}  # the latest send time per camera
@@ -260,7 +261,7 @@ class ZmqSink(Sink):
         self.publisher.send(frames)
 
     def end_of_stream(self, camera: str, reason: str) -> None:
-        self.publisher.send(encode_eos(camera, self.last_seq.get(camera, -1), reason))
+        self.publisher.send(encode_eos(camera, self.last_seq.get(camera, -1), reason, self.boot))
 
     def close(self) -> None:
         self.publisher.close()

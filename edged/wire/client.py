@@ -86,6 +86,8 @@ class Subscriber:
         self.gaps = 0
         self.gaps_by_camera: dict[str, int] = {}
         self._last_seq: dict[str, int] = {}
+        self._boot: dict[str, str] = {}  # per camera: the publisher process it came from
+        self.restarts = 0  # boot ids that changed: daemon restarts seen, not gaps
         self._ended: set[str] = set()
         self._ctx = context if context is not None else zmq.Context.instance()
         self._sock: zmq.Socket = self._ctx.socket(zmq.SUB)
@@ -163,6 +165,12 @@ class Subscriber:
             return None
         self.received += 1
         cam = msg.camera
+        if msg.boot:
+            before = self._boot.get(cam)
+            if before is not None and before != msg.boot:
+                self.restarts += 1
+                self._last_seq.pop(cam, None)  # a new daemon: its seq starts afresh
+            self._boot[cam] = msg.boot
         if isinstance(msg, EndOfStream):
             self._count_gap(cam, msg.last_seq + 1)  # results lost just before the end
             self._last_seq.pop(cam, None)  # a restarted stream starts afresh

@@ -45,6 +45,11 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
 
+# the largest seq a decoder takes: 2^53 - 1 (exact in a double, so in every language);
+# at 1000 frames/s it lasts 285,000 years
+MAX_SEQ = 2**53 - 1
+
+
 class ProtocolError(ValueError):
     """A message that does not follow the wire protocol."""
 
@@ -183,7 +188,7 @@ class Stamped:
 
 def encode_stamped(result: Result, encoder: MaskEncoder | None, send_mask: bool = True,
                    late_at: Callable[[int], bool] | None = None,
-                   flags: tuple[str, ...] | None = None) -> Stamped:
+                   flags: tuple[str, ...] | None = None, boot: str = "") -> Stamped:
     """`encode_result` that asks whether the result is late at the moment it is stamped;
     `result` is not changed.
 
@@ -211,6 +216,8 @@ def encode_stamped(result: Result, encoder: MaskEncoder | None, send_mask: bool 
         "timing_ms": {str(k): float(v) for k, v in result.timings_ms.items()},
         "flags": list(flags),
     }
+    if boot:
+        header["boot"] = boot
     if not len(header["boxes"]) == len(header["scores"]) == len(header["class_ids"]):
         raise ValueError("detections: boxes, scores and class_ids differ in length")
     mask_bytes: bytes | None = None
@@ -258,11 +265,13 @@ def _encode_instances(boxes: np.ndarray, masks: list[np.ndarray], encoder: MaskE
     return {"encoding": encoder.encoding, "masks": entries}
 
 
-def encode_eos(camera: str, last_seq: int, reason: str) -> list[bytes]:
+def encode_eos(camera: str, last_seq: int, reason: str, boot: str = "") -> list[bytes]:
     """[topic, header] announcing that `camera` will publish nothing more."""
     check_camera(camera)
     header = {"v": PROTOCOL_VERSION, "type": TOPIC_EOS, "camera": camera, "seq": int(last_seq),
               "t_publish_ns": time.time_ns(), "reason": str(reason)}
+    if boot:
+        header["boot"] = boot
     return [topic(camera, TOPIC_EOS), _packb(header)]
 
 
@@ -308,6 +317,12 @@ class Message:
     # None: no instance masks in the message (the model has none, or masks are off);
     # else one per detection, in detection order
     instances: tuple[InstanceMask, ...] | None = None
+    # the daemon process's boot id ("" from a publisher without one): a new one means a
+    # restart, not lost frames
+    boot: str = ""
+    # what the decoder left out and why (an unknown mask encoding from a newer
+    # publisher: the detections are still good, the mask is None)
+    problems: tuple[str, ...] = ()
 
     def instance_mask_camera(self, i: int) -> np.ndarray:
         """Detection i's instance mask as a frame-sized uint8 0/1 array."""
@@ -348,6 +363,7 @@ class EndOfStream:
     last_seq: int
     reason: str
     t_publish_ns: int
+    boot: str = ""
 
 
 # Typed getters: msgpack gives bool for true/false, and bool is an int in Python,
@@ -437,8 +453,15 @@ def _letterbox(v: Any) -> dict[str, tuple[int | float, int | float]] | None:
     return {"input": (iw, ih), "scale": (sx, sy), "pad": (px, py), "content": (cw, ch)}
 
 
-def _decode_instances(v: Any, n: int, frame_w: int, frame_h: int
-                      ) -> tuple[InstanceMask, ...] | None:
+def _boot(header: Mapping[str, Any]) -> str:
+    v = header.get("boot", "")
+    if not isinstance(v, str) or len(v) > 64:
+        raise ProtocolError("header: 'boot' must be a str of at most 64 characters")
+    return v
+
+
+def _decode_instances(v: Any, n: int, frame_w: int, frame_h: int,
+                      problems: list[str] | None = None) -> tuple[InstanceMask, ...] | None:
     if v is None:
         return None
     where = "instances"
@@ -446,7 +469,10 @@ def _decode_instances(v: Any, n: int, frame_w: int, frame_h: int
         raise ProtocolError(f"header: {where!r} must be a map or nil, got {type(v).__name__}")
     encoding = _str(v, "encoding", where)
     if encoding not in MASK_ENCODINGS:
-        raise ProtocolError(f"{where}: unknown encoding {encoding!r:.40}")
+        if problems is None:
+            raise ProtocolError(f"{where}: unknown encoding {encoding!r:.40}")
+        problems.append(f"{where}: unknown encoding {encoding!r:.40}, left out")
+        return None
     entries = _list(v, "masks", where)
     if len(entries) != n:
         raise ProtocolError(f"{where}: {len(entries)} masks for {n} detections")
@@ -539,12 +565,13 @@ def _decode(frames: Sequence[Any], t_received_ns: int) -> Message | EndOfStream:
     if kind == TOPIC_EOS:
         if len(frames) != 2:
             raise ProtocolError(f"eos: expected 2 frames, got {len(frames)}")
-        return EndOfStream(camera=camera, last_seq=_int(header, "seq", "eos", -1),
+        return EndOfStream(camera=camera, last_seq=_int(header, "seq", "eos", -1, MAX_SEQ),
                            reason=_str(header, "reason", "eos"),
-                           t_publish_ns=_int(header, "t_publish_ns", "eos"))
+                           t_publish_ns=_int(header, "t_publish_ns", "eos"),
+                           boot=_boot(header))
 
     where = "header"
-    seq = _int(header, "seq", where, 0)
+    seq = _int(header, "seq", where, 0, MAX_SEQ)
     t_capture = _int(header, "t_capture_ns", where)
     t_publish = _int(header, "t_publish_ns", where)
     frame_w, frame_h = _ints(header, "frame", where, 2, 1, MAX_DIM)
@@ -566,6 +593,7 @@ def _decode(frames: Sequence[Any], t_received_ns: int) -> Message | EndOfStream:
         raise ProtocolError("header: 'timing_ms' must be a map of str -> number")
     flags = _strs(header, "flags", where)
 
+    problems: list[str] = []
     mask_h = _get(header, "mask", where)
     mask: np.ndarray | None = None
     mask_classes: tuple[str, ...] = ()
@@ -583,17 +611,20 @@ def _decode(frames: Sequence[Any], t_received_ns: int) -> Message | EndOfStream:
         if (dtype := _str(mask_h, "dtype", where)) != "uint8":
             raise ProtocolError(f"mask: unsupported dtype {dtype!r:.40}")
         encoding = _str(mask_h, "encoding", where)
-        if encoding not in MASK_ENCODINGS:
-            raise ProtocolError(f"mask: unknown encoding {encoding!r:.40}")
         mask_classes = _strs(mask_h, "classes", where)
         _nums(mask_h, "to_camera", where, 2)  # validated; derivable from frame and shape
         letterbox = _letterbox(mask_h.get("letterbox"))
-        mask = decode_mask(_as_buffer(frames[2]), (mh, mw), encoding)
-    instances = _decode_instances(header.get("instances"), len(boxes), frame_w, frame_h)
+        if encoding in MASK_ENCODINGS:
+            mask = decode_mask(_as_buffer(frames[2]), (mh, mw), encoding)
+        else:  # a newer publisher's encoding: the mask is unusable, the rest is not
+            problems.append(f"mask: unknown encoding {encoding!r:.40}, left out")
+    instances = _decode_instances(header.get("instances"), len(boxes), frame_w, frame_h,
+                                  problems)
 
     return Message(
         camera=camera, seq=seq, t_capture_ns=t_capture, t_publish_ns=t_publish,
         frame_w=frame_w, frame_h=frame_h, model=model, class_names=classes,
         boxes=boxes.reshape(-1, 4), scores=scores, class_ids=class_ids, mask=mask,
         mask_classes=mask_classes, timings_ms={k: float(v) for k, v in timing.items()},
-        flags=flags, letterbox=letterbox, t_received_ns=t_received_ns, instances=instances)
+        flags=flags, letterbox=letterbox, t_received_ns=t_received_ns, instances=instances,
+        boot=_boot(header), problems=tuple(problems))

@@ -33,10 +33,14 @@ def setup_logging(level: str = "info") -> None:
 
 
 def _load(path: str | None) -> Config:
-    """The config; ConfigError is reported by `main` (see `error_message`)."""
+    """The config; ConfigError is reported by `main` (see `error_message`). Sets OpenCV's
+    decoded-image pixel bound from the cameras' max_pixels before any frame is read."""
+    from edged.capture.sources import limit_image_decoding
     from edged.config import load_config
 
-    return load_config(path)
+    cfg = load_config(path)
+    limit_image_decoding(max(c.max_pixels for c in cfg.cameras.values()))
+    return cfg
 
 
 # --------------------------------------------------------------------------- errors

@@ -71,6 +71,7 @@ __all__ = [
 # without imports). KNOWN_FORMATS is `known_formats()`, read lazily (see there).
 KNOWN_PROVIDERS: Final = tuple(PROVIDER_NAMES)
 BUILTIN_PREFIX: Final = "builtin:"
+DEFAULT_MAX_PIXELS: Final = 7680 * 4320  # 8K UHD
 BUILTIN_MODELS_DIR: Final = Path(__file__).parent / "models"
 IMAGE_EXTENSIONS: Final = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 URL_SCHEMES: Final = frozenset({"rtsp", "rtsps", "http", "https", "udp"})
@@ -510,6 +511,9 @@ class CameraConfig(_Frozen):
     max_reconnects: Int | None = Field(None, ge=0)
     # Live sources: this many undecodable/malformed frames in a row restart the source.
     max_corrupt_frames: Int = Field(10, ge=1)
+    # frames above this many pixels are skipped as corrupt (a 20000x20000 PNG in a folder
+    # would cost 1.2 GB decoded); image files are measured from their header first
+    max_pixels: Int = Field(DEFAULT_MAX_PIXELS, ge=1, le=1 << 30)
     # header.frame_id of this camera's ROS 2 messages (live and in rosbag2 output); None:
     # the camera name
     frame_id: str | None = None

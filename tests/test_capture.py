@@ -18,6 +18,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 from test_daemon import write_video
 
 from edged.capture.sources import (
@@ -345,3 +346,36 @@ def test_repeated_stalls_of_a_real_stream_leak_no_threads_or_fds(mjpeg_server):
     assert cap.abandoned_readers == 4 and cap.reconnects == 4
     seqs = [f.seq for f in rec.frames]
     assert seqs == list(range(len(seqs)))
+
+
+def test_a_huge_image_is_refused_from_its_header_before_decoding(tmp_path):
+    """A 20000x20000 PNG took 2.4 GB for one frame: now its header is read (PNG, JPEG,
+    BMP, WebP) and the image skipped as corrupt in well under a second."""
+    import struct
+    import time as _time
+    import zlib
+
+    from edged.capture.sources import CorruptFrame, ImageFolderSource, image_size
+
+    def png(path, w, h):
+        # a valid PNG header and a tiny (invalid-size) IDAT: only the header is read
+        def chunk(kind, data):
+            return (struct.pack(">I", len(data)) + kind + data
+                    + struct.pack(">I", zlib.crc32(kind + data)))
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2,
+                                                                          0, 0, 0))
+                         + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    png(folder / "000.png", 20000, 20000)
+    ok = np.zeros((48, 64, 3), np.uint8)
+    for ext in ("png", "jpg", "bmp", "webp"):
+        cv2.imwrite(str(folder / f"001.{ext}"), ok)
+        assert image_size(str(folder / f"001.{ext}")) == (64, 48), ext
+    src = ImageFolderSource(str(folder), loop=False, max_pixels=7680 * 4320)
+    src.open()
+    t = _time.monotonic()
+    with pytest.raises(CorruptFrame, match=r"20000x20000 = 400000000 pixels, above max_pixels"):
+        src.read()
+    assert _time.monotonic() - t < 1.0
+    assert src.read().shape == (48, 64, 3)  # the next image is read as usual

@@ -63,6 +63,7 @@ class RestartPolicy:
     stall_timeout_s: float = 5.0
     max_reconnects: int | None = None  # None: retry forever (capped backoff)
     max_corrupt_frames: int = 10
+    max_pixels: int = 7680 * 4320
     crash_budget: int = CRASH_BUDGET
     crash_window_s: float = CRASH_WINDOW_S
     max_abandoned: int = MAX_ABANDONED_READERS
@@ -76,7 +77,7 @@ class RestartPolicy:
     def from_camera(cls, cam: Any) -> RestartPolicy:
         """From a camera's config (`edged.config.CameraConfig`)."""
         return cls(stall_timeout_s=cam.stall_timeout_s, max_reconnects=cam.max_reconnects,
-                   max_corrupt_frames=cam.max_corrupt_frames)
+                   max_corrupt_frames=cam.max_corrupt_frames, max_pixels=cam.max_pixels)
 
 
 class Handoff:
@@ -328,13 +329,80 @@ class CaptureSource:
         return float(fps) if fps and 0 < fps < 1000 else None
 
 
+def image_size(path: str) -> tuple[int, int] | None:
+    """(width, height) from a PNG, JPEG, BMP or WebP header without decoding the image;
+    None for other formats or an unreadable header (OpenCV's own pixel limit, set from
+    max_pixels at start by `limit_image_decoding`, covers those)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+                return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+            if head.startswith(b"BM") and len(head) >= 26:
+                w = int.from_bytes(head[18:22], "little", signed=True)
+                h = int.from_bytes(head[22:26], "little", signed=True)
+                return abs(w), abs(h)
+            if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+                kind = head[12:16]
+                if kind == b"VP8 " and len(head) >= 30:
+                    return (int.from_bytes(head[26:28], "little") & 0x3FFF,
+                            int.from_bytes(head[28:30], "little") & 0x3FFF)
+                if kind == b"VP8L" and len(head) >= 25:
+                    b = int.from_bytes(head[21:25], "little")
+                    return (b & 0x3FFF) + 1, ((b >> 14) & 0x3FFF) + 1
+                if kind == b"VP8X" and len(head) >= 30:
+                    return (int.from_bytes(head[24:27], "little") + 1,
+                            int.from_bytes(head[27:30], "little") + 1)
+                return None
+            if head[:2] == b"\xff\xd8":
+                return _jpeg_size(f)
+    except OSError:
+        return None
+    return None
+
+
+def _jpeg_size(f: Any) -> tuple[int, int] | None:
+    """Walk the JPEG markers to the first SOFn (frame header) and read its size."""
+    f.seek(2)
+    for _ in range(1000):  # a bounded walk: a malformed file is left to the decoder
+        b = f.read(1)
+        while b == b"\xff":
+            b = f.read(1)
+        if not b:
+            return None
+        marker = b[0]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            continue  # markers without a length
+        seg = f.read(2)
+        if len(seg) < 2:
+            return None
+        length = int.from_bytes(seg, "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            data = f.read(5)
+            if len(data) < 5:
+                return None
+            return int.from_bytes(data[3:5], "big"), int.from_bytes(data[1:3], "big")
+        f.seek(length - 2, 1)
+    return None
+
+
+def limit_image_decoding(max_pixels: int) -> None:
+    """OpenCV's own bound on a decoded image's pixels (OPENCV_IO_MAX_IMAGE_PIXELS, read by
+    OpenCV at its first decode): the backstop for formats `image_size` cannot read. Set
+    once, before the first frame, from the largest camera max_pixels; an explicit
+    environment setting wins."""
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(max_pixels))
+
+
 class ImageFolderSource:
     """A folder of images or a glob, in name order."""
 
     live = False
 
-    def __init__(self, pattern: str, loop: bool, description: str = "") -> None:
+    def __init__(self, pattern: str, loop: bool, description: str = "",
+                 max_pixels: int = 7680 * 4320) -> None:
         self.pattern, self.loop = pattern, loop
+        self.max_pixels = max_pixels
         self.files: list[str] = []
         self.pos = 0
         self._bad_in_pass = 0  # a looping folder with no readable image is an error
@@ -360,6 +428,11 @@ class ImageFolderSource:
             self._bad_in_pass = 0
         path = self.files[self.pos]
         self.pos += 1
+        size = image_size(path)  # from the header: a huge image is never decoded
+        if size is not None and size[0] * size[1] > self.max_pixels:
+            self._bad_in_pass += 1
+            raise CorruptFrame(f"image {path} is {size[0]}x{size[1]} = {size[0] * size[1]} "
+                               f"pixels, above max_pixels {self.max_pixels}")
         img = cv2.imread(path, cv2.IMREAD_COLOR)
         if img is None:  # replaced, truncated or not an image: skipped and counted
             self._bad_in_pass += 1
@@ -373,7 +446,7 @@ class ImageFolderSource:
         return None
 
     def fresh(self) -> ImageFolderSource:
-        new = ImageFolderSource(self.pattern, self.loop)
+        new = ImageFolderSource(self.pattern, self.loop, self.description, self.max_pixels)
         new.pos = self.pos
         return new
 
@@ -412,7 +485,8 @@ def make_source(kind: str, source: str, *, width: int | None = None, height: int
         return CaptureSource(source, cv2.CAP_ANY, live=False, loop=loop,
                              description=f"video {shown}")
     if kind == "images":
-        return ImageFolderSource(source, loop, description=f"images {shown}")
+        return ImageFolderSource(source, loop, description=f"images {shown}",
+                                 max_pixels=policy.max_pixels)
     props: dict[int, float] = {}
     if kind == "v4l2":
         if fourcc:
@@ -698,6 +772,9 @@ class CaptureThread:
             return f"frame is {type(img).__name__}, not an image"
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3 or img.size == 0:
             return f"malformed frame {img.dtype} {img.shape}, expected HxWx3 uint8"
+        if img.shape[0] * img.shape[1] > self.policy.max_pixels:
+            return (f"frame {img.shape[1]}x{img.shape[0]} is above max_pixels "
+                    f"{self.policy.max_pixels}")
         if shape is not None and img.shape != shape:
             return f"frame size changed from {shape[1]}x{shape[0]} to {img.shape[1]}x{img.shape[0]}"
         return ""

@@ -590,6 +590,10 @@ class PublishConfig(_Frozen):
     # publish unencrypted to anyone who reaches a non-loopback tcp endpoint (no CURVE):
     # only when said so, and warned about at every start
     insecure: bool = False
+    # the cameras start once this many subscriptions have arrived (or wait_timeout_s has
+    # passed): a lossless replay is then lossless at its subscribers too
+    wait_for_subscribers: Int = Field(0, ge=0, le=1000)
+    wait_timeout_s: Float = Field(30.0, gt=0, le=3600)
     # ipc socket files: created with this mode (octal text) and, if set, this group
     ipc_mode: str = "0600"
     ipc_group: str | None = None

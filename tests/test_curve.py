@@ -243,3 +243,40 @@ log: {{stats_interval_s: 1}}
     assert good.gaps <= 5, good.gaps
     assert grew < 50, f"daemon RSS grew {grew:.0f} MB"
     assert d.terminate()[0] == 0
+
+
+def test_a_replay_waits_for_its_subscriber_and_is_lossless_there(
+        tmp_path: Path, tcp_endpoint: str, start_daemon) -> None:
+    """publish.wait_for_subscribers: the every_frame replay of a folder starts only once
+    the subscription is in place, so the subscriber (started after the daemon) gets
+    seq 0 onwards, every frame, and the end of stream."""
+    import cv2
+    import numpy as np
+
+    from edged.wire.codec import EndOfStream
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(12):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), np.full((120, 160, 3), i * 20, np.uint8))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"""\
+model: {{path: builtin:yoeo-demo, threads: 1, warmup_runs: 1}}
+cameras:
+  replay: {{source: {folder}, loop: false}}
+publish: {{endpoints: ["{tcp_endpoint}"], wait_for_subscribers: 1, wait_timeout_s: 60}}
+""")
+    d = start_daemon(cfg)
+    d.wait_for("waiting for 1 subscription(s) before the cameras start", timeout=60)
+    time.sleep(1.0)  # the daemon holds the cameras meanwhile
+    with Subscriber(tcp_endpoint, ["replay"]) as sub:
+        msgs = []
+        end = time.monotonic() + 60
+        while time.monotonic() < end and not any(isinstance(m, EndOfStream) for m in msgs):
+            m = sub.recv(timeout=0.5)
+            if m is not None:
+                msgs.append(m)
+    seqs = [m.seq for m in msgs if isinstance(m, Message)]
+    assert seqs == list(range(12)), seqs
+    assert sub.gaps == 0
+    d.wait_for("1 subscription(s) in place: starting the cameras")

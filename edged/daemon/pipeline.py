@@ -245,6 +245,7 @@ class Pipeline:
             return 1
         # a worker may take a batch: that many frames may be granted and waiting
         self._sched = Scheduler(self.pool.workers * self.pool.max_batch, {})
+        await self._wait_for_subscribers()
         started = self._started = time.monotonic()
         try:
             async with asyncio.TaskGroup() as tg:
@@ -433,6 +434,27 @@ class Pipeline:
                      len(removed))
         finally:
             self.notifier.ready(f"{len(self.cameras)} camera(s) after reload")
+
+    async def _wait_for_subscribers(self) -> None:
+        """publish.wait_for_subscribers: hold the cameras until that many subscriptions
+        have arrived (on the ZeroMQ sink's thread, the socket's owner)."""
+        n = self.config.publish.wait_for_subscribers
+        if not n:
+            return
+        assert self.stage is not None
+        timeout = self.config.publish.wait_timeout_s
+        log.info("waiting for %d subscription(s) before the cameras start "
+                 "(publish.wait_for_subscribers, at most %.0f s)", n, timeout)
+        got: list[int] = []
+        done = self.stage.sinks[0].call(
+            lambda: got.append(self.zmq.publisher.wait_for_subscriptions(n, timeout)))
+        await asyncio.wrap_future(done)
+        have = got[0] if got else 0
+        if have >= n:
+            log.info("%d subscription(s) in place: starting the cameras", have)
+        else:
+            log.warning("only %d of %d subscription(s) within %.0f s: starting the cameras "
+                        "anyway", have, n, timeout)
 
     async def _reload_curve_clients(self) -> None:
         """Re-read publish.curve.clients_dir, on the ZeroMQ sink's thread (the socket's

@@ -128,7 +128,7 @@ def burst_hwm(cameras: int) -> int:
 
 
 class Publisher:
-    """A PUB socket bound to every endpoint in `endpoints`.
+    """A publishing (XPUB) socket bound to every endpoint in `endpoints`.
 
     `cameras`: how many cameras publish on it; `sndhwm` is raised to `burst_hwm(cameras)`
     if lower, so their simultaneous messages (above all the end-of-stream of each at a
@@ -160,9 +160,14 @@ class Publisher:
         # process exits right after
         self._own_ctx = context is None
         self._ctx = context if context is not None else zmq.Context()
-        self._sock: zmq.Socket = self._ctx.socket(zmq.PUB)
+        # XPUB: a PUB that hands the subscriptions up, so that edged can count them
+        # (publish.wait_for_subscribers); verbose, so that every subscriber's counts, not
+        # only the first per topic. They are read on every send, so none pile up.
+        self._sock: zmq.Socket = self._ctx.socket(zmq.XPUB)
+        self.subscriptions = 0  # subscribe messages received (a subscriber sends 1 or more)
         self.curve: CurveAuth | None = None
         try:
+            self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)
             if curve is not None:
                 # the ZAP handler first: a connection that arrives before it would be
                 # admitted unchecked
@@ -211,6 +216,7 @@ class Publisher:
             return False
         sock = self._sock
         last = len(frames) - 1
+        self._read_subscriptions()
         try:
             # Reading ZMQ_EVENTS makes libzmq process the I/O thread's pending "subscriber
             # has read up to here" notices, which zmq_send only does about once per ms.
@@ -234,6 +240,33 @@ class Publisher:
             return False
         self.sent += 1
         return True
+
+    def _read_subscriptions(self) -> None:
+        """Count the subscription messages waiting (XPUB hands each one up)."""
+        while True:
+            try:
+                msg = self._sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:
+                return
+            if msg[:1] == b"\x01":
+                self.subscriptions += 1
+
+    def wait_for_subscriptions(self, n: int, timeout_s: float) -> int:
+        """Block (on the socket's thread) until `n` subscriptions have arrived since the
+        start, or `timeout_s`; the count. A subscriber to every camera sends one, a
+        subscriber to K cameras K (its subscriptions are in place once counted, so
+        nothing sent afterwards is lost to ZeroMQ's slow-joiner gap)."""
+        deadline = time.monotonic() + timeout_s
+        self._read_subscriptions()
+        while self.subscriptions < n and not self._closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if self._sock.poll(int(min(left, 0.2) * 1000), zmq.POLLIN):
+                self._read_subscriptions()
+        return self.subscriptions
 
     def _bind(self, ep: str, retry_s: float = 0.0) -> str:
         deadline = time.monotonic() + retry_s

@@ -365,3 +365,25 @@ def test_decode_fuzz_only_protocol_errors() -> None:
                 part[rnd.randrange(len(part) + 1):0] = rnd.randbytes(rnd.randint(1, 8))
         with contextlib.suppress(ProtocolError):
             decode([bytes(f) for f in frames])
+
+
+def test_hostile_masks_cost_bounded_memory_and_time() -> None:
+    """A zstd bomb (1 GiB of zeros, the size left out of its header) declared as a
+    100x100 mask, and a declared 32768x32768 mask: ProtocolError, fast, the bomb never
+    inflated beyond the declared 10,000 bytes (max_output_size)."""
+    import resource
+
+    cctx = zstd.ZstdCompressor(write_content_size=False)
+    chunk = b"\0" * (1 << 20)
+    co = cctx.compressobj()
+    bomb = b"".join(co.compress(chunk) for _ in range(1024)) + co.flush()
+    assert len(bomb) < 200_000 and zstd.frame_content_size(bomb) == -1
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.monotonic()
+    with pytest.raises(ProtocolError):
+        decode_mask(bomb, (100, 100), "zstd")
+    with pytest.raises(ProtocolError, match="out of range"):
+        decode_mask(b"x", (32768, 32768), "raw")
+    assert time.monotonic() - t < 1.0
+    grew_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    assert grew_mb < 50, f"peak RSS grew {grew_mb:.0f} MB"

@@ -444,7 +444,7 @@ class ModelConfig(_Frozen):
     layout: Literal["anchors_last", "rows", "end2end"] | None = None
     # YOLO-seg: "ultralytics" (its retina_masks rule, the default) or "direct" (one
     # bilinear sample per camera pixel: cheaper, masks differ at the edges)
-    mask_mode: Literal["ultralytics", "direct"] | None = None
+    mask_mode: Literal["ultralytics", "yolov5", "direct"] | None = None
     # semantic one-channel float maps: what the values are, where the graph does not say
     output_values: Literal["probability", "logit", "class_ids"] | None = None
     preprocess: PreprocessConfig | None = None

@@ -613,3 +613,19 @@ def test_a_query_table_of_six_columns_is_asked_about_without_metadata(tmp_path):
         ModelRunner(ModelOptions(path=path, threads=1))
     assert ModelRunner(ModelOptions(path=path, format="detr", threads=1)).manifest.options[
         "layout"] == "topk"
+
+
+def test_yolov5_tables_follow_the_yolov5_repositorys_rules_by_default(models):
+    """A v5 table comes from the yolov5 repository: its mask rule (probabilities
+    resized), its box geometry (exact gain, whole pixels), its IoU 0.45 and max_det 1000,
+    and its empty-mask detections kept. Parity with that repository's own code is run by
+    hand (tests/yolov5_parity.py: torchvision needed); here the mechanism."""
+    runner, res = run(models["yolo-seg-v5"])
+    m = runner.manifest
+    assert (m.options["mask_mode"], m.iou_threshold, m.max_detections) == ("yolov5", 0.45, 1000)
+    d = res.detections
+    np.testing.assert_array_equal(d.boxes, np.round(d.boxes))
+    exp = g.expected("yolo-seg")
+    np.testing.assert_allclose(d.boxes, np.array(exp["boxes"]), atol=0.5)
+    for got, want in zip(frame_masks(res), exp["instances"], strict=True):
+        assert np.logical_and(got, want).sum() / np.logical_or(got, want).sum() > 0.9

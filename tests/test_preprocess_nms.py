@@ -84,3 +84,22 @@ def test_nms_matches_brute_force():
     kept_iou = box_iou(boxes[keep], boxes[keep])
     np.fill_diagonal(kept_iou, 0)
     assert kept_iou.max() <= 0.5
+
+
+def test_reference_nms_arithmetic_agrees_on_clear_cases_and_keeps_empty_boxes():
+    """float32_offsets: ultralytics'/yolov5's own arithmetic (class offset 7680 in
+    float32, torchvision's `iou > t` test): the same answer as edged's exact NMS away
+    from the threshold, and a zero-area box is kept, as torchvision keeps it (NaN IoU)."""
+    from edged.inference.nms import nms
+
+    rng = np.random.default_rng(3)
+    xy = rng.uniform(0, 500, (200, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(10, 80, (200, 2))], 1).astype(np.float32)
+    scores = rng.uniform(0, 1, 200).astype(np.float32)
+    groups = rng.integers(0, 40, 200)
+    exact = nms(boxes, scores, 0.45, groups=groups)
+    ref = nms(boxes, scores, 0.45, groups=groups, float32_offsets=True)
+    assert exact.tolist() == ref.tolist()
+    empty = np.array([[10, 10, 10, 10], [10, 10, 10, 10]], np.float32)
+    assert nms(empty, np.array([0.9, 0.8], np.float32), 0.45,
+               float32_offsets=True).tolist() == [0, 1]

@@ -210,8 +210,10 @@ def xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
 
 
 def class_nms(xyxy: np.ndarray, scores: np.ndarray, class_ids: np.ndarray,
-              group_ids: np.ndarray, manifest: Manifest) -> np.ndarray:
-    """edged's class-aware NMS with the manifest's class groups; kept indices, best first."""
+              group_ids: np.ndarray, manifest: Manifest,
+              float32_offsets: bool = False) -> np.ndarray:
+    """edged's class-aware NMS with the manifest's class groups; kept indices, best first.
+    `float32_offsets`: ultralytics'/yolov5's arithmetic (see edged.inference.nms)."""
     if len(scores) == 0:
         return np.zeros(0, np.int64)
     if len(group_ids):
@@ -223,7 +225,7 @@ def class_nms(xyxy: np.ndarray, scores: np.ndarray, class_ids: np.ndarray,
     else:
         groups = class_ids
     return nms(xyxy, scores, manifest.iou_threshold, groups=groups,
-               max_keep=manifest.max_detections)
+               max_keep=manifest.max_detections, float32_offsets=float32_offsets)
 
 
 def mask_classes(manifest: Manifest) -> tuple[str, ...]:

@@ -137,7 +137,13 @@ class UltralyticsMasks:
     rows plus a cell or two.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, rule: str = "ultralytics") -> None:
+        # "ultralytics" (8.x process_mask_native) or "yolov5" (the yolov5 repository's
+        # v7.0 process_mask_native: sigmoid first, the padding cropped on prototype cells
+        # by int(), one bilinear resize of the probabilities, > 0.5)
+        if rule not in ("ultralytics", "yolov5"):
+            raise ValueError(f"unknown mask rule {rule!r}")
+        self.rule = rule
         self._axes: dict[tuple[int, int, int, int], tuple[_Axis, _Axis]] = {}
 
     def axes(self, frame_h: int, frame_w: int, mh: int, mw: int) -> tuple[_Axis, _Axis]:
@@ -146,7 +152,8 @@ class UltralyticsMasks:
         if found is None:
             if len(self._axes) > 16:  # a camera changing size now and then: keep it small
                 self._axes.clear()
-            found = self._axes[key] = _ultralytics_axes(frame_h, frame_w, mh, mw)
+            make = _yolov5_axes if self.rule == "yolov5" else _ultralytics_axes
+            found = self._axes[key] = make(frame_h, frame_w, mh, mw)
         return found
 
     def render(self, boxes_cam: np.ndarray, coefs: np.ndarray, protos: np.ndarray,
@@ -168,8 +175,11 @@ class UltralyticsMasks:
                 ra, rb = ay.window(y0, y1)
                 ca, cb = ax.window(x0, x1)
                 field = np.einsum("m,mhw->hw", coefs[i], protos[:, ra:rb, ca:cb])
+                if self.rule == "yolov5":  # probabilities are resized, not logits
+                    field = 0.5 * (1.0 + np.tanh(0.5 * field))  # sigmoid, no overflow
                 value = ay.matrix[y0:y1, ra:rb] @ field @ ax.matrix[x0:x1, ca:cb].T
-                out[y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0] = value > threshold
+                cut = 1.0 / (1.0 + np.exp(-threshold)) if self.rule == "yolov5" else threshold
+                out[y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0] = value > cut
             masks.append(out)
         return masks
 
@@ -208,6 +218,20 @@ def _torch_bilinear(n_out: int, n_in: int, scale: float) -> np.ndarray:
     np.add.at(m, (rows, i0), 1.0 - lam)
     np.add.at(m, (rows, i1), lam)
     return m
+
+
+def _yolov5_axes(h: int, w: int, mh: int, mw: int) -> tuple[_Axis, _Axis]:
+    """yolov5 v7.0's process_mask_native: the letterbox padding cropped on prototype
+    cells (int() of the fractional padding), the rest resized bilinearly to h x w."""
+    gain = min(mh / h, mw / w)
+    pad_w, pad_h = (mw - w * gain) / 2, (mh - h * gain) / 2
+    top, left = int(pad_h), int(pad_w)
+    bottom, right = int(mh - pad_h), int(mw - pad_w)
+    ry = np.zeros((h, mh))
+    ry[:, top:bottom] = _torch_bilinear(h, bottom - top, (bottom - top) / h)
+    rx = np.zeros((w, mw))
+    rx[:, left:right] = _torch_bilinear(w, right - left, (right - left) / w)
+    return _Axis(ry), _Axis(rx)
 
 
 def _ultralytics_axes(h: int, w: int, mh: int, mw: int) -> tuple[_Axis, _Axis]:

@@ -57,7 +57,7 @@ from edged.results import Detections
 
 Layout = Literal["anchors_last", "rows", "end2end"]
 LAYOUTS: tuple[Layout, ...] = ("anchors_last", "rows", "end2end")
-MaskMode = Literal["ultralytics", "direct"]
+MaskMode = Literal["ultralytics", "yolov5", "direct"]
 ULTRALYTICS_NAMES = ("output0", "output1")
 
 
@@ -211,16 +211,20 @@ def manifest_for(inputs: list[TensorInfo], r: Roles, fmt: str,
     options: dict[str, object] = {"layout": r.layout}
     if r.protos is not None:
         options["mask_threshold"] = 0.5
-        options["mask_mode"] = "ultralytics"
+        # a v5 table comes from the yolov5 repository, whose masks follow its own rule
+        options["mask_mode"] = "yolov5" if r.layout == "rows" else "ultralytics"
     # ultralytics letterboxes with grey 114 padding, RGB, 0..1; conf/iou are its defaults.
     # A dynamic-size export is served at the size it was exported for (metadata imgsz).
     default = None if hints is None else ultralytics_imgsz(hints.metadata)
     pre = preprocess_for(inputs, pad_value=114)
     if input_hw(inputs) is None and default is not None:
         pre = replace(pre, input_h=default[0], input_w=default[1])
+    # the yolov5 repository's predict defaults for its tables: IoU 0.45, max_det 1000
+    v5 = r.layout == "rows"
     return Manifest(format=fmt, input_name=inputs[0].name, outputs=outs, preprocess=pre,
-                    classes=generic_classes(r.classes), conf_threshold=0.25, iou_threshold=0.7,
-                    max_detections=300, multi_label=False, options=options)
+                    classes=generic_classes(r.classes), conf_threshold=0.25,
+                    iou_threshold=0.45 if v5 else 0.7, max_detections=1000 if v5 else 300,
+                    multi_label=False, options=options)
 
 
 def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo],
@@ -229,6 +233,23 @@ def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo],
     if r is None:
         raise ValueError("outputs do not follow the yolo-seg layout")
     return manifest_for(inputs, r, "yolo-seg", hints)
+
+
+def yolov5_boxes_to_camera(xyxy: np.ndarray, letterbox: Letterbox, frame_w: int,
+                           frame_h: int) -> np.ndarray:
+    """The yolov5 repository's scale_boxes: input pixels -> frame pixels with the exact
+    (unrounded) gain and padding, where ultralytics 8 (and edged's letterbox) use the
+    rounded ones its LetterBox placed; then rounded to whole pixels, as its predict.py
+    does before it crops the masks."""
+    gain = min(letterbox.input_h / frame_h, letterbox.input_w / frame_w)
+    pad_x = (letterbox.input_w - frame_w * gain) / 2
+    pad_y = (letterbox.input_h - frame_h * gain) / 2
+    out = np.empty_like(xyxy, dtype=np.float32)
+    out[:, 0::2] = (xyxy[:, 0::2] - pad_x) / gain
+    out[:, 1::2] = (xyxy[:, 1::2] - pad_y) / gain
+    np.clip(out[:, 0::2], 0, frame_w, out=out[:, 0::2])
+    np.clip(out[:, 1::2], 0, frame_h, out=out[:, 1::2])
+    return np.round(out)
 
 
 class Adapter:
@@ -246,15 +267,15 @@ class Adapter:
                              f"'end2end' (NMS in the graph: nms=True, YOLO26), got {layout!r}")
         self.layout: Layout = layout
         mode = manifest.options.get("mask_mode", "ultralytics")
-        if mode not in ("ultralytics", "direct"):
+        if mode not in ("ultralytics", "yolov5", "direct"):
             raise ValueError(f"mask_mode must be 'ultralytics' (its retina_masks rule, the "
-                             f"default) or 'direct' (one bilinear sample per camera pixel), "
-                             f"got {mode!r}")
+                             f"default), 'yolov5' (the yolov5 repository's) or 'direct' (one "
+                             f"bilinear sample per camera pixel), got {mode!r}")
         self.mask_mode: MaskMode = mode
         self.threshold = logit(float(manifest.options.get("mask_threshold", 0.5)))
         self.group_ids = class_group_ids(manifest)
         self.mask_classes = mask_classes(manifest)
-        self._ultralytics = UltralyticsMasks()
+        self._ultralytics = UltralyticsMasks("yolov5" if mode == "yolov5" else "ultralytics")
 
     def _candidates(self, table: np.ndarray, n_masks: int
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -291,7 +312,9 @@ class Adapter:
             scores = rows[:, 5:5 + n_cls] * rows[:, 4:5]
         ri, ci, sc = pick(scores, conf, m.multi_label)
         xyxy = xywh_to_xyxy(rows[ri, :4])
-        keep = class_nms(xyxy, sc, ci, self.group_ids, m)
+        # the reference NMS arithmetic, unless the masks follow edged's own rule
+        keep = class_nms(xyxy, sc, ci, self.group_ids, m,
+                         float32_offsets=self.mask_mode != "direct")
         coefs = rows[ri[keep], rows.shape[1] - n_masks:].astype(np.float32)
         return xyxy[keep], sc[keep].astype(np.float32), ci[keep].astype(np.int32), coefs
 
@@ -303,14 +326,18 @@ class Adapter:
         boxes_in, scores, ids, coefs = self._candidates(det[0], n_masks)
         if protos is None and len(scores) == 0:
             return Detections.empty(), None
-        boxes = letterbox.boxes_to_camera(boxes_in, frame_w, frame_h)
+        if self.mask_mode == "yolov5" and protos is not None:
+            boxes = yolov5_boxes_to_camera(boxes_in, letterbox, frame_w, frame_h)
+        else:
+            boxes = letterbox.boxes_to_camera(boxes_in, frame_w, frame_h)
         if protos is None:
             return Detections(boxes, scores, ids), None
-        if self.mask_mode == "ultralytics":
+        if self.mask_mode in ("ultralytics", "yolov5"):
             masks = self._ultralytics.render(boxes, coefs, protos, frame_w, frame_h,
                                              self.threshold)
-            # ultralytics drops a detection whose mask came out empty; so does edged
-            keep = [i for i, mk in enumerate(masks) if mk.any()]
+            # ultralytics 8 drops a detection whose mask came out empty, and so does
+            # edged then; the yolov5 repository keeps it
+            keep = [i for i, mk in enumerate(masks) if self.mask_mode == "yolov5" or mk.any()]
             if len(keep) < len(masks):
                 boxes, scores, ids = boxes[keep], scores[keep], ids[keep]
                 masks = [masks[i] for i in keep]

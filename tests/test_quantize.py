@@ -164,11 +164,7 @@ def test_gate_that_cannot_pass_exits_3_with_the_table(small_model, tmp_path, cap
                  "--min-agreement", "1.01"])
     cap = capsys.readouterr()
     assert code == 3
-    # the 3 search candidates, then the most accurate again with its last 2, 4 and 8
-    # convolutions float too (the rescue when nothing passes), all failing this gate
-    assert cap.out.count("FAIL (agreement") == 6 and "fp32 " in cap.out
-    for k in (2, 4, 8):
-        assert f"last {k} convs float" in cap.out
+    assert cap.out.count("FAIL (agreement") == 3 and "fp32 " in cap.out
     assert "< 101%" in cap.out
     assert "nothing written" in cap.out
     assert "no candidate meets the accuracy gate (pixel agreement >= 101%" in cap.err

@@ -648,10 +648,6 @@ VARIANT_BASE = "out convs float"  # every final conv and the decode/argmax tail 
 MASK_INT8 = "mask conv int8"  # the decision (segmentation) convs int8 too
 INPUT_FLOAT = "input conv float"  # the conv that reads the image stays float
 NO_NHWC = "no NHWC"  # the same file, run with onnxruntime's NhwcTransformer off
-# when no candidate passes: the last K convolutions before the outputs float as well,
-# where int8 error has accumulated the most (the reference layout's 14 GFLOP decoder)
-TAIL_FLOAT = "last {k} convs float"
-TAIL_STEPS = (2, 4, 8)
 
 
 def _variant(parent: str, step: str) -> str:
@@ -790,9 +786,6 @@ def run_search(model: Path, out: Path, frames: FrameSet, *, search: str = "quick
         mask_convs = [n for n in decision_convs(pmodel)
                       if n in defaults and n not in set(keep_float)]
         image_convs = input_convs(pmodel)
-        # convolutions in graph (topological) order, those not kept float already
-        tail_convs = [n.name for n in pmodel.graph.node
-                      if n.op_type in ("Conv", "ConvTranspose") and n.name not in set(keep)]
         del pmodel
         # the fp32 manifest beside each candidate, so its runner reads the same tensors
         reader = CalibrationReader(m.input_name, cal, None)
@@ -852,21 +845,6 @@ def run_search(model: Path, out: Path, frames: FrameSet, *, search: str = "quick
             make(Candidate(types, method, exclude=keep))
             best = _fastest(made)
             _drop_runners(made, keep=best)
-        # (0) nothing passed: the most accurate candidate again with the last 2, 4, then
-        # 8 convolutions float too, until one passes (it is then refined like any other)
-        closest = max((c for c in made if c.metrics), key=_accuracy, default=None)
-        for k in TAIL_STEPS if best is None and closest is not None else ():
-            assert closest is not None
-            extra = tail_convs[-k:]
-            if not extra or len(extra) >= len(tail_convs):
-                break  # nothing left that int8 could speed up
-            c = make(Candidate(closest.types, closest.method,
-                               _variant(closest.variant, TAIL_FLOAT.format(k=k)),
-                               exclude=closest.exclude + extra))
-            _drop_runners(made, keep=c if c.passed else None)
-            if c.passed:
-                best = c
-                break
         # refinement of the winner, one step at a time, each kept only if it passes and
         # is faster than its parent in the same runs
         # (a) int8 for convs whose values only feed a decision (a segmentation argmax)

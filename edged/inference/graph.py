@@ -1,4 +1,5 @@
-"""Which operator produced each graph output: evidence the shapes alone do not give.
+"""Reading an ONNX file without the `onnx` package: which operator produced each graph
+output (evidence the shapes alone do not give), and the header `edged inspect` shows.
 
 A [1, 1, H, W] float map may hold probabilities (a Sigmoid ends the graph), logits (a
 Conv or a Resize does) or class ids (an ArgMax, cast to float). ONNX Runtime exposes
@@ -17,6 +18,7 @@ import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,33 @@ def read_nodes(path: Path) -> list[Node]:
             finally:
                 buf.release()
     raise GraphReadError(f"{path} holds no ONNX graph")
+
+
+def model_header(path: Path) -> dict[str, Any]:
+    """IR version (ModelProto 1), producer name and version (2, 3) and opset imports (8:
+    OperatorSetIdProto 1 domain, 2 version) of an ONNX file."""
+    out: dict[str, Any] = {"ir_version": None, "producer": "", "opsets": {}}
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        buf = memoryview(mm)
+        try:
+            producer = ["", ""]
+            for num, wire, a, b in _fields(buf, 0, len(buf)):
+                if num == 1 and wire == 0:
+                    out["ir_version"] = _varint(buf, a)[0]
+                elif num in (2, 3) and wire == 2:
+                    producer[num - 2] = bytes(buf[a:b]).decode("utf-8", "replace")
+                elif num == 8 and wire == 2:
+                    domain, version = "", None
+                    for n2, w2, a2, b2 in _fields(buf, a, b):
+                        if n2 == 1 and w2 == 2:
+                            domain = bytes(buf[a2:b2]).decode("utf-8", "replace")
+                        elif n2 == 2 and w2 == 0:
+                            version = _varint(buf, a2)[0]
+                    out["opsets"][domain or "ai.onnx"] = version
+            out["producer"] = " ".join(p for p in producer if p)
+        finally:
+            buf.release()
+    return out
 
 
 def producers(nodes: list[Node]) -> dict[str, Node]:

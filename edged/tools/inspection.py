@@ -2,12 +2,12 @@
 the manifest it would use, and what one frame costs on this machine.
 
 Works without the `onnx` package (not a runtime dependency): the few ModelProto fields
-shown (IR version, producer, opsets) are read straight from the protobuf wire format.
+shown (IR version, producer, opsets) are read straight from the protobuf wire format
+(`edged.inference.graph`).
 """
 
 from __future__ import annotations
 
-import mmap
 import statistics
 import time
 from pathlib import Path
@@ -15,72 +15,14 @@ from typing import Any
 
 import numpy as np
 
+from edged.inference.graph import model_header
 from edged.inference.manifest import manifest_path
+
+__all__ = ["InspectError", "inspect_model", "model_header", "render_report", "write_manifest"]
 
 
 class InspectError(RuntimeError):
     """The model cannot be inspected at all, or the manifest cannot be written."""
-
-
-# ----------------------------------------------------------------------------- protobuf
-
-def _varint(buf: bytes | mmap.mmap, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if i >= len(buf) or shift > 63:
-            raise ValueError("truncated or overlong varint")
-        b = buf[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, i
-        shift += 7
-
-
-def _fields(buf: bytes | mmap.mmap, start: int, end: int):
-    """(field number, wire type, value) of one protobuf message; length-delimited values
-    come as (start, end) offsets so that a large graph is skipped, not copied."""
-    i = start
-    while i < end:
-        key, i = _varint(buf, i)
-        num, wire = key >> 3, key & 7
-        if wire == 0:
-            v, i = _varint(buf, i)
-            yield num, wire, v
-        elif wire == 1:
-            i += 8
-        elif wire == 2:
-            n, i = _varint(buf, i)
-            if i + n > end:
-                raise ValueError("field runs past the end of its message")
-            yield num, wire, (i, i + n)
-            i += n
-        elif wire == 5:
-            i += 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-
-
-def model_header(path: Path) -> dict[str, Any]:
-    """IR version, producer and opset imports of an ONNX ModelProto file."""
-    out: dict[str, Any] = {"ir_version": None, "producer": "", "opsets": {}}
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        producer = ["", ""]
-        for num, wire, v in _fields(buf, 0, len(buf)):
-            if num == 1 and wire == 0:
-                out["ir_version"] = v
-            elif num in (2, 3) and wire == 2:
-                producer[num - 2] = bytes(buf[v[0]:v[1]]).decode("utf-8", "replace")
-            elif num == 8 and wire == 2:  # OperatorSetIdProto: 1 domain, 2 version
-                domain, version = "", None
-                for n2, w2, v2 in _fields(buf, v[0], v[1]):
-                    if n2 == 1 and w2 == 2:
-                        domain = bytes(buf[v2[0]:v2[1]]).decode("utf-8", "replace")
-                    elif n2 == 2 and w2 == 0:
-                        version = v2
-                out["opsets"][domain or "ai.onnx"] = version
-        out["producer"] = " ".join(p for p in producer if p)
-    return out
 
 
 # ----------------------------------------------------------------------------- inspect

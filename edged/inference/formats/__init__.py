@@ -21,6 +21,7 @@ module provides:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from types import ModuleType
 
@@ -77,20 +78,19 @@ def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo],
     # shapes fit several families: the exporter's own metadata is evidence (ultralytics
     # names its head), then its output names, if they point at exactly one of them (and
     # the reason says so); otherwise ask
-    told = [(n, w) for n, w in fitting
-            if getattr(FORMATS[n], "metadata_match", lambda _h: None)(hints)]
-    if len(told) == 1:
-        name, why = told[0]
-        others = ", ".join(n for n, _ in fitting if n != name)
-        return name, (f"{why} (the shapes also fit {others}; the exporter's metadata "
-                      f"names a {name} head)")
-    named = [(n, w) for n, w in fitting
-             if getattr(FORMATS[n], "names_match", lambda _o: False)(outputs)]
-    if len(named) == 1:
-        name, why = named[0]
-        others = ", ".join(n for n, _ in fitting if n != name)
-        return name, (f"{why} (the shapes also fit {others}; output names "
-                      f"{', '.join(o.name for o in outputs)} are {name}'s)")
+    names = ", ".join(o.name for o in outputs)
+    evidence: list[tuple[Callable[[ModuleType], bool], Callable[[str], str]]] = [
+        (lambda mod: bool(getattr(mod, "metadata_match", lambda _h: None)(hints)),
+         lambda name: f"the exporter's metadata names a {name} head"),
+        (lambda mod: bool(getattr(mod, "names_match", lambda _o: False)(outputs)),
+         lambda name: f"output names {names} are {name}'s"),
+    ]
+    for matches, says in evidence:
+        told = [(n, w) for n, w in fitting if matches(FORMATS[n])]
+        if len(told) == 1:
+            name, why = told[0]
+            others = ", ".join(n for n, _ in fitting if n != name)
+            return name, f"{why} (the shapes also fit {others}; {says(name)})"
     raise FormatError("several formats fit this graph: "
                       + "; ".join(f"{n} ({w})" for n, w in fitting)
                       + "; set model.format in the config to the right one")

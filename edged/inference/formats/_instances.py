@@ -88,6 +88,23 @@ def render(boxes_cam: np.ndarray, letterbox: Letterbox, field_hw: tuple[int, int
     return masks
 
 
+def query_masks(maps: np.ndarray, picks: np.ndarray, boxes_cam: np.ndarray,
+                class_ids: np.ndarray, scores: np.ndarray, letterbox: Letterbox,
+                frame_w: int, frame_h: int, threshold: float
+                ) -> tuple[list[np.ndarray], np.ndarray]:
+    """Instance masks and the painted class mask from per-query maps [Q, h, w] over the
+    whole model input (SparseInst, DETR-family mask heads): query picks[i] for box i."""
+    mh, mw = maps.shape[1:]
+    to_field = np.broadcast_to(np.array([mw / letterbox.input_w, 0.0,
+                                         mh / letterbox.input_h, 0.0]), (len(picks), 4))
+
+    def field(i: int, rs: slice, cs: slice) -> np.ndarray:
+        return maps[picks[i], rs, cs]
+
+    masks = render(boxes_cam, letterbox, (mh, mw), to_field, field, threshold)
+    return masks, paint(masks, boxes_cam, class_ids, scores, letterbox, frame_w, frame_h)
+
+
 def paint(masks: list[np.ndarray], boxes_cam: np.ndarray, class_ids: np.ndarray,
           scores: np.ndarray, letterbox: Letterbox, frame_w: int, frame_h: int) -> np.ndarray:
     """Class-index mask over the frame at the model's input resolution (the letterbox

@@ -46,7 +46,7 @@ from edged.inference.formats._common import (
     ultralytics_imgsz,
     yolo_anchor_counts,
 )
-from edged.inference.formats._instances import paint, render
+from edged.inference.formats._instances import query_masks
 from edged.inference.manifest import Manifest
 from edged.inference.preprocess import Letterbox
 from edged.results import Detections
@@ -226,14 +226,7 @@ class Adapter:
         dets_scores = scores.astype(np.float32)
         if self.masks_index is None:
             return Detections(boxes, dets_scores, ids), None
-        maps = outputs[self.masks_index][0]
-        mh, mw = maps.shape[1:]
-        to_field = np.broadcast_to(np.array([mw / letterbox.input_w, 0.0,
-                                             mh / letterbox.input_h, 0.0]), (len(q), 4))
-
-        def field(i: int, rs: slice, cs: slice) -> np.ndarray:
-            return maps[q[i], rs, cs]
-
-        masks = render(boxes, letterbox, (mh, mw), to_field, field, self.threshold)
-        class_mask = paint(masks, boxes, ids, dets_scores, letterbox, frame_w, frame_h)
+        masks, class_mask = query_masks(outputs[self.masks_index][0], q, boxes, ids,
+                                        dets_scores, letterbox, frame_w, frame_h,
+                                        self.threshold)
         return Detections(boxes, dets_scores, ids, instance_masks=masks), class_mask

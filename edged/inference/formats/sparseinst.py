@@ -35,7 +35,7 @@ from edged.inference.formats._common import (
     output_index,
     preprocess_for,
 )
-from edged.inference.formats._instances import paint, render
+from edged.inference.formats._instances import query_masks
 from edged.inference.manifest import Manifest
 from edged.inference.preprocess import Letterbox
 from edged.results import Detections
@@ -168,12 +168,6 @@ class Adapter:
         boxes = letterbox.boxes_to_camera(boxes_in.reshape(-1, 4), frame_w, frame_h)
         sc = scores[cand].astype(np.float32)
         cls = ids[cand].astype(np.int32)
-        to_field = np.broadcast_to(np.array([mw / letterbox.input_w, 0.0,
-                                             mh / letterbox.input_h, 0.0]), (len(cand), 4))
-
-        def field(i: int, rs: slice, cs: slice) -> np.ndarray:
-            return maps[cand[i], rs, cs]
-
-        inst = render(boxes, letterbox, (mh, mw), to_field, field, self.threshold)
-        class_mask = paint(inst, boxes, cls, sc, letterbox, frame_w, frame_h)
+        inst, class_mask = query_masks(maps, cand, boxes, cls, sc, letterbox, frame_w,
+                                       frame_h, self.threshold)
         return Detections(boxes, sc, cls, instance_masks=inst), class_mask

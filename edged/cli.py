@@ -303,23 +303,20 @@ def _try_binds(cfg: Config) -> None:
     too), and release it: PublishError or ListenError when one cannot be bound."""
     from edged.daemon.listen import bind_tcp
     from edged.daemon.metrics import bind as bind_metrics
+    from edged.daemon.pipeline import make_publisher
     from edged.foxglove import require_foxglove
     from edged.record import require_record
     from edged.ros2 import require_ros2
     from edged.view import require_aiohttp
-    from edged.wire.publisher import Publisher, release_ipc
+    from edged.wire.publisher import release_ipc
 
     held: list[socket.socket] = []
     try:
-        from edged.daemon.pipeline import curve_keys
-
         # the publisher's own context: closing it waits until every socket is closed
-        with Publisher(cfg.publish.endpoints, sndhwm=cfg.publish.sndhwm, linger_ms=0,
-                       curve=curve_keys(cfg), ipc_mode=cfg.publish.ipc_mode_bits,
-                       ipc_group=cfg.publish.ipc_group) as pub:
+        with make_publisher(cfg, linger_ms=0) as pub:
             for ep in cfg.publish.endpoints:
                 print(f"publish: {ep}: bound OK")
-            for ep in cfg.publish.exposed() if pub.curve is None else []:
+            for ep in cfg.publish.unencrypted_exposed():
                 print(f"publish: warning: {ep} is reachable from other machines without "
                       f"CURVE (publish.insecure: true)")
             if pub.curve is not None:

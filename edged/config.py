@@ -442,8 +442,9 @@ class ModelConfig(_Frozen):
     mask_threshold: Float | None = Field(None, gt=0, lt=1)
     # YOLO: how the detections table reads when its shapes allow several readings
     layout: Literal["anchors_last", "rows", "end2end"] | None = None
-    # YOLO-seg: "ultralytics" (its retina_masks rule, the default) or "direct" (one
-    # bilinear sample per camera pixel: cheaper, masks differ at the edges)
+    # YOLO-seg: "ultralytics" (its retina_masks rule, the default), "yolov5" (the yolov5
+    # repository's, the default for its tables) or "direct" (one bilinear sample per
+    # camera pixel: cheaper, masks differ at the edges)
     mask_mode: Literal["ultralytics", "yolov5", "direct"] | None = None
     # semantic one-channel float maps: what the values are, where the graph does not say
     output_values: Literal["probability", "logit", "class_ids"] | None = None
@@ -637,10 +638,15 @@ class PublishConfig(_Frozen):
                 out.append(ep)
         return out
 
+    def unencrypted_exposed(self) -> list[str]:
+        """The exposed endpoints without CURVE (allowed only with `insecure`; warned
+        about at every start)."""
+        return self.exposed() if self.curve is None else []
+
     @model_validator(mode="after")
     def _curve_off_loopback(self) -> PublishConfig:
-        exposed = self.exposed()
-        if exposed and self.curve is None and not self.insecure:
+        exposed = self.unencrypted_exposed()
+        if exposed and not self.insecure:
             raise _custom_error(
                 "publish_needs_curve",
                 f"{exposed[0]} is reachable from other machines and publish.curve is not "

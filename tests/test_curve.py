@@ -93,6 +93,21 @@ def test_only_admitted_keys_receive(tmp_path: Path, tcp_endpoint: str) -> None:
     ctx.term()
 
 
+def synthetic_config(tmp_path: Path, endpoint: str, fps: int, publish: str = "",
+                     tail: str = "") -> Path:
+    """The demo model on a 320x240 synthetic camera at `fps`, publishing on `endpoint`;
+    `publish`: more keys of the publish map (flow style), `tail`: more sections."""
+    cfg = tmp_path / "cfg.yaml"
+    more = f", {publish}" if publish else ""
+    cfg.write_text(f"""\
+model: {{path: builtin:yoeo-demo, threads: 1, warmup_runs: 1}}
+cameras:
+  synthetic: {{source: synthetic, fps: {fps}, width: 320, height: 240}}
+publish: {{endpoints: ["{endpoint}"]{more}}}
+{tail}""")
+    return cfg
+
+
 def test_the_daemon_admits_keys_and_a_reload_cuts_a_removed_one_off(
         tmp_path: Path, tcp_endpoint: str, start_daemon) -> None:
     keys, clients = tmp_path / "keys", tmp_path / "clients"
@@ -102,20 +117,8 @@ def test_the_daemon_admits_keys_and_a_reload_cuts_a_removed_one_off(
     clients.mkdir()
     for name in ("robot", "viewer"):
         (clients / f"{name}.key").write_text((keys / f"{name}.key").read_text())
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(f"""\
-model:
-  path: builtin:yoeo-demo
-  threads: 1
-  warmup_runs: 1
-cameras:
-  synthetic: {{source: synthetic, fps: 20, width: 320, height: 240}}
-publish:
-  endpoints: ["{tcp_endpoint}"]
-  curve:
-    secret_key_file: keys/daemon.key_secret
-    clients_dir: clients
-""")
+    cfg = synthetic_config(tmp_path, tcp_endpoint, 20, publish=(
+        "curve: {secret_key_file: keys/daemon.key_secret, clients_dir: clients}"))
     check = subprocess.run([sys.executable, "-m", "edged", "check", "-c", str(cfg)],
                            capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stdout + check.stderr
@@ -152,14 +155,7 @@ def test_a_huge_subscription_is_refused_and_costs_the_daemon_nothing(
     """One 16 MiB subscription used to add ~800 MB to the daemon, kept after the peer
     left. ZMQ_MAXMSGSIZE on the PUB socket cuts such a peer off at its first message;
     a legitimate subscriber keeps receiving."""
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(f"""\
-model: {{path: builtin:yoeo-demo, threads: 1, warmup_runs: 1}}
-cameras:
-  synthetic: {{source: synthetic, fps: 20, width: 320, height: 240}}
-publish: {{endpoints: ["{tcp_endpoint}"]}}
-""")
-    d = start_daemon(cfg)
+    d = start_daemon(synthetic_config(tmp_path, tcp_endpoint, 20))
     d.wait_for("ready", timeout=60)
     with Subscriber(tcp_endpoint) as good:
         assert drain(good, 2.0) > 5
@@ -209,15 +205,8 @@ def test_a_flood_of_subscriptions_is_filtered_and_the_daemon_keeps_serving(
     """100k distinct subscriptions used to cost the daemon 2.9 GB and starve the others
     (2 of ~40 messages in 8 s): edged's XPUB applies only subscriptions that are prefixes
     of the topics it publishes, so the flood costs nothing and is counted."""
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(f"""\
-model: {{path: builtin:yoeo-demo, threads: 1, warmup_runs: 1}}
-cameras:
-  synthetic: {{source: synthetic, fps: 10, width: 320, height: 240}}
-publish: {{endpoints: ["{tcp_endpoint}"]}}
-log: {{stats_interval_s: 1}}
-""")
-    d = start_daemon(cfg)
+    d = start_daemon(synthetic_config(tmp_path, tcp_endpoint, 10,
+                                      tail="log: {stats_interval_s: 1}\n"))
     d.wait_for("ready", timeout=60)
     flood = ("import time, zmq\\n"
              "ctx = zmq.Context()\\n"

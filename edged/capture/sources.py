@@ -56,6 +56,10 @@ CRASH_WINDOW_S = 600.0
 MAX_ABANDONED_READERS = 3
 
 
+# the default of cameras.NAME.max_pixels (edged.config): 8K UHD
+DEFAULT_MAX_PIXELS = 7680 * 4320
+
+
 @dataclass(frozen=True, slots=True)
 class RestartPolicy:
     """How a capture thread reacts to stalls, corrupt frames, disconnects and crashes."""
@@ -63,7 +67,7 @@ class RestartPolicy:
     stall_timeout_s: float = 5.0
     max_reconnects: int | None = None  # None: retry forever (capped backoff)
     max_corrupt_frames: int = 10
-    max_pixels: int = 7680 * 4320
+    max_pixels: int = DEFAULT_MAX_PIXELS
     crash_budget: int = CRASH_BUDGET
     crash_window_s: float = CRASH_WINDOW_S
     max_abandoned: int = MAX_ABANDONED_READERS
@@ -400,7 +404,7 @@ class ImageFolderSource:
     live = False
 
     def __init__(self, pattern: str, loop: bool, description: str = "",
-                 max_pixels: int = 7680 * 4320) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.pattern, self.loop = pattern, loop
         self.max_pixels = max_pixels
         self.files: list[str] = []

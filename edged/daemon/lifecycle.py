@@ -134,7 +134,7 @@ class Daemon:
         cfg = self.config
         cpu = detect_cpu()
         log.info("cpu: %s", cpu.describe())
-        for ep in cfg.publish.exposed() if cfg.publish.curve is None else []:
+        for ep in cfg.publish.unencrypted_exposed():
             log.warning("publish: %s is reachable from other machines without CURVE "
                         "(publish.insecure: true): anyone who reaches it reads every "
                         "camera's results", ep)

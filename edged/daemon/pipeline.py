@@ -22,9 +22,9 @@ import socket
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -58,6 +58,7 @@ from edged.wire.publisher import Publisher
 from edged.wire.telemetry import encode_model_event, encode_state, encode_stats
 
 log = logging.getLogger("edged.daemon.pipeline")
+T = TypeVar("T")
 
 PROBE_AFTER_STALE = 10  # consecutive stale drops before one frame is processed anyway
 LADDER_TICK_S = 0.5
@@ -435,21 +436,25 @@ class Pipeline:
         finally:
             self.notifier.ready(f"{len(self.cameras)} camera(s) after reload")
 
+    async def _on_zmq_thread(self, fn: Callable[[Publisher], T],
+                             timeout: float | None = None) -> T:
+        """`fn(publisher)` run on the ZeroMQ sink's thread (the socket's owner), awaited."""
+        assert self.stage is not None
+        out: list[T] = []
+        done = self.stage.sinks[0].call(lambda: out.append(fn(self.zmq.publisher)))
+        await asyncio.wait_for(asyncio.wrap_future(done), timeout)
+        return out[0]
+
     async def _wait_for_subscribers(self) -> None:
         """publish.wait_for_subscribers: hold the cameras until that many subscriptions
-        have arrived (on the ZeroMQ sink's thread, the socket's owner)."""
+        have arrived."""
         n = self.config.publish.wait_for_subscribers
         if not n:
             return
-        assert self.stage is not None
         timeout = self.config.publish.wait_timeout_s
         log.info("waiting for %d subscription(s) before the cameras start "
                  "(publish.wait_for_subscribers, at most %.0f s)", n, timeout)
-        got: list[int] = []
-        done = self.stage.sinks[0].call(
-            lambda: got.append(self.zmq.publisher.wait_for_subscriptions(n, timeout)))
-        await asyncio.wrap_future(done)
-        have = got[0] if got else 0
+        have = await self._on_zmq_thread(lambda p: p.wait_for_subscriptions(n, timeout))
         if have >= n:
             log.info("%d subscription(s) in place: starting the cameras", have)
         else:
@@ -457,17 +462,14 @@ class Pipeline:
                         "anyway", have, n, timeout)
 
     async def _reload_curve_clients(self) -> None:
-        """Re-read publish.curve.clients_dir, on the ZeroMQ sink's thread (the socket's
-        owner): added keys are admitted at their next handshake; a removed one rebinds."""
-        assert self.stage is not None
-        out: list[str] = []
-        done = self.stage.sinks[0].call(lambda: out.append(self.zmq.publisher.reload_clients()))
+        """Re-read publish.curve.clients_dir: added keys are admitted at their next
+        handshake; a removed one rebinds."""
         try:
-            await asyncio.wait_for(asyncio.wrap_future(done), 5.0)
+            said = await self._on_zmq_thread(Publisher.reload_clients, timeout=5.0)
         except Exception as e:  # noqa: BLE001 - a bind that fails again is logged, not fatal
             log.error("reload: CURVE client keys not re-read: %s", e)
             return
-        log.info("reload: %s", out[0] if out else "CURVE client keys not re-read")
+        log.info("reload: %s", said)
 
     async def _stop_after(self, seconds: float) -> None:
         try:
@@ -747,14 +749,21 @@ def curve_keys(config: Config) -> ServerKeys | None:
     return None if c is None else server_keys(c.secret_key_file, c.clients_dir)
 
 
+def make_publisher(config: Config, *, cameras: int = 0, linger_ms: int = 500) -> Publisher:
+    """The publish socket as `publish` configures it (bound; PublishError, CurveError),
+    for `edged run` and for `edged check`'s bind test alike."""
+    pc = config.publish
+    return Publisher(pc.endpoints, sndhwm=pc.sndhwm, cameras=cameras, linger_ms=linger_ms,
+                     curve=curve_keys(config), ipc_mode=pc.ipc_mode_bits,
+                     ipc_group=pc.ipc_group)
+
+
 def make_stage(config: Config) -> PublishStage:
     """Bind the ZeroMQ publisher and start the publish stage with it as its first sink
     (raises `edged.wire.publisher.PublishError` when an endpoint cannot be bound)."""
     pc = config.publish
     names = [n for n, c in config.cameras.items() if c.enabled]
-    publisher = Publisher(pc.endpoints, sndhwm=pc.sndhwm, cameras=len(names),
-                          curve=curve_keys(config), ipc_mode=pc.ipc_mode_bits,
-                          ipc_group=pc.ipc_group)
+    publisher = make_publisher(config, cameras=len(names))
     # a new id per process start: subscribers tell a restart from lost frames by it
     boot = secrets.token_hex(8)
     sinks = [SinkRunner(ZmqSink(publisher, boot))]

@@ -14,6 +14,7 @@ GraphProto.node = 1; NodeProto.input = 1, output = 2, op_type = 4.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -83,20 +84,27 @@ def _node(buf: memoryview, start: int, end: int) -> Node:
     return Node(op, tuple(ins), tuple(outs))
 
 
-def read_nodes(path: Path) -> list[Node]:
-    """The nodes of the model's main graph, in file order."""
+@contextlib.contextmanager
+def _mapped(path: Path) -> Iterator[memoryview]:
+    """The file's bytes, memory-mapped (a large model is paged in only where read)."""
     with open(path, "rb") as f:
         if f.seek(0, 2) == 0:
             raise GraphReadError(f"{path} is empty")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             buf = memoryview(mm)
             try:
-                for field, wire, a, b in _fields(buf, 0, len(buf)):
-                    if field == 7 and wire == 2:
-                        return [_node(buf, na, nb) for nf, nw, na, nb in _fields(buf, a, b)
-                                if nf == 1 and nw == 2]
+                yield buf
             finally:
                 buf.release()
+
+
+def read_nodes(path: Path) -> list[Node]:
+    """The nodes of the model's main graph, in file order."""
+    with _mapped(path) as buf:
+        for field, wire, a, b in _fields(buf, 0, len(buf)):
+            if field == 7 and wire == 2:
+                return [_node(buf, na, nb) for nf, nw, na, nb in _fields(buf, a, b)
+                        if nf == 1 and nw == 2]
     raise GraphReadError(f"{path} holds no ONNX graph")
 
 
@@ -104,27 +112,29 @@ def model_header(path: Path) -> dict[str, Any]:
     """IR version (ModelProto 1), producer name and version (2, 3) and opset imports (8:
     OperatorSetIdProto 1 domain, 2 version) of an ONNX file."""
     out: dict[str, Any] = {"ir_version": None, "producer": "", "opsets": {}}
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        buf = memoryview(mm)
-        try:
-            producer = ["", ""]
-            for num, wire, a, b in _fields(buf, 0, len(buf)):
-                if num == 1 and wire == 0:
-                    out["ir_version"] = _varint(buf, a)[0]
-                elif num in (2, 3) and wire == 2:
-                    producer[num - 2] = bytes(buf[a:b]).decode("utf-8", "replace")
-                elif num == 8 and wire == 2:
-                    domain, version = "", None
-                    for n2, w2, a2, b2 in _fields(buf, a, b):
-                        if n2 == 1 and w2 == 2:
-                            domain = bytes(buf[a2:b2]).decode("utf-8", "replace")
-                        elif n2 == 2 and w2 == 0:
-                            version = _varint(buf, a2)[0]
-                    out["opsets"][domain or "ai.onnx"] = version
-            out["producer"] = " ".join(p for p in producer if p)
-        finally:
-            buf.release()
+    with _mapped(path) as buf:
+        producer = ["", ""]
+        for num, wire, a, b in _fields(buf, 0, len(buf)):
+            if num == 1 and wire == 0:
+                out["ir_version"] = _varint(buf, a)[0]
+            elif num in (2, 3) and wire == 2:
+                producer[num - 2] = bytes(buf[a:b]).decode("utf-8", "replace")
+            elif num == 8 and wire == 2:
+                domain, version = "", None
+                for n2, w2, a2, b2 in _fields(buf, a, b):
+                    if n2 == 1 and w2 == 2:
+                        domain = bytes(buf[a2:b2]).decode("utf-8", "replace")
+                    elif n2 == 2 and w2 == 0:
+                        version = _varint(buf, a2)[0]
+                out["opsets"][domain or "ai.onnx"] = version
+        out["producer"] = " ".join(p for p in producer if p)
     return out
+
+
+# ops that move or resize values without changing what they mean (a probability stays a
+# probability): walked through back to the op that decides it
+VALUE_PRESERVING = frozenset({"Cast", "Identity", "Reshape", "Squeeze", "Unsqueeze",
+                              "Transpose", "Resize", "Upsample", "Slice", "Flatten"})
 
 
 def producers(nodes: list[Node]) -> dict[str, Node]:
@@ -138,15 +148,13 @@ def output_ops(path: Path, outputs: list[str]) -> dict[str, tuple[str, ...]]:
     Resize, Slice) to the op that decides what the values mean: ("Cast", "ArgMax"),
     ("Resize", "Sigmoid"), ("Conv",). Empty for an output no node makes."""
     made_by = producers(read_nodes(path))
-    passthrough = {"Cast", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Transpose",
-                   "Resize", "Upsample", "Slice", "Flatten"}
     out: dict[str, tuple[str, ...]] = {}
     for name in outputs:
         chain: list[str] = []
         node = made_by.get(name)
         while node is not None and len(chain) < 16:
             chain.append(node.op_type)
-            if node.op_type not in passthrough or not node.inputs:
+            if node.op_type not in VALUE_PRESERVING or not node.inputs:
                 break
             node = made_by.get(node.inputs[0])
         out[name] = tuple(chain)

@@ -99,6 +99,13 @@ class PreprocessSpec:
     limit_type: Literal["max", "min"] = "max"
     multiple: int = 32
 
+    def size_rule(self) -> str:
+        """How the input size is chosen, in words (for reports and error messages)."""
+        if self.size != "keep_ratio":
+            return f"{self.input_w}x{self.input_h}"
+        return (f"keep_ratio, {self.limit_type} side {self.limit_side}, multiple of "
+                f"{self.multiple}")
+
     def input_size(self, frame_w: int, frame_h: int) -> tuple[int, int]:
         """(width, height) of the model input for a frame of this size."""
         if self.size != "keep_ratio":

@@ -478,8 +478,7 @@ class ModelRunner:
             source = "model.preprocess in the config"
         iw, ih = m.preprocess.input_size(*size)
         rule = ("" if m.preprocess.size == "fixed" else
-                f" for this frame by its size rule (keep_ratio, {m.preprocess.limit_type} side "
-                f"{m.preprocess.limit_side}, multiple of {m.preprocess.multiple})")
+                f" for this frame by its size rule ({m.preprocess.size_rule()})")
         return (f"{self.options.path}: the warm-up inference on a {size[0]}x{size[1]} frame "
                 f"failed: {text} (edged feeds input {m.input_name} as 1x3x{ih}x{iw}"
                 f"{rule}, as {source} says; the graph takes {shape})")
@@ -573,11 +572,9 @@ class ModelRunner:
         m = self.manifest
         return {"path": str(self.options.path), "format": m.format, "why": self.format_reason,
                 "providers": self.provider_report(), "threads": self.threads,
-                "input": (f"{m.input_name} {m.preprocess.input_w}x{m.preprocess.input_h}"
+                "input": (f"{m.input_name} {m.preprocess.size_rule()}"
                           if m.preprocess.size == "fixed" else
-                          f"{m.input_name} follows the frame (keep_ratio: {m.preprocess.limit_type}"
-                          f" side {m.preprocess.limit_side}, multiple of "
-                          f"{m.preprocess.multiple})"),
+                          f"{m.input_name} follows the frame ({m.preprocess.size_rule()})"),
                 "classes": list(m.classes), "seg_classes": list(self.mask_classes),
                 "disabled_optimizers": list(self.disabled_optimizers)}
 

@@ -461,7 +461,7 @@ def _boot(header: Mapping[str, Any]) -> str:
 
 
 def _decode_instances(v: Any, n: int, frame_w: int, frame_h: int,
-                      problems: list[str] | None = None) -> tuple[InstanceMask, ...] | None:
+                      problems: list[str]) -> tuple[InstanceMask, ...] | None:
     if v is None:
         return None
     where = "instances"
@@ -469,8 +469,6 @@ def _decode_instances(v: Any, n: int, frame_w: int, frame_h: int,
         raise ProtocolError(f"header: {where!r} must be a map or nil, got {type(v).__name__}")
     encoding = _str(v, "encoding", where)
     if encoding not in MASK_ENCODINGS:
-        if problems is None:
-            raise ProtocolError(f"{where}: unknown encoding {encoding!r:.40}")
         problems.append(f"{where}: unknown encoding {encoding!r:.40}, left out")
         return None
     entries = _list(v, "masks", where)

@@ -135,10 +135,15 @@ def parse_names(value: str) -> tuple[str, ...] | None:
     return tuple(names)
 
 
+def from_ultralytics(meta: dict[str, str]) -> bool:
+    """The ONNX metadata is ultralytics' exporter's (it signs its exports as author)."""
+    return bool(meta) and meta.get("author", "").lower() == "ultralytics"
+
+
 def ultralytics_end2end(meta: dict[str, str]) -> bool | None:
     """Whether an ultralytics export says its graph ends in its own NMS / one-to-one head
     (YOLO26 `end2end`, or `nms=True` in its export args); None for other exporters."""
-    if not meta or meta.get("author", "").lower() != "ultralytics":
+    if not from_ultralytics(meta):
         return None
     if meta.get("end2end", "").strip().lower() == "true":
         return True
@@ -151,7 +156,7 @@ def ultralytics_end2end(meta: dict[str, str]) -> bool | None:
 
 def ultralytics_imgsz(meta: dict[str, str]) -> tuple[int, int] | None:
     """(H, W) an ultralytics export was made for (its `imgsz` metadata), or None."""
-    if not meta or meta.get("author", "").lower() != "ultralytics":
+    if not from_ultralytics(meta):
         return None
     try:
         v = ast.literal_eval(meta.get("imgsz", ""))

@@ -20,7 +20,9 @@ everything per pixel is numpy.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 
@@ -154,12 +156,10 @@ class UltralyticsMasks:
     rows plus a cell or two.
     """
 
-    def __init__(self, rule: str = "ultralytics") -> None:
+    def __init__(self, rule: Literal["ultralytics", "yolov5"] = "ultralytics") -> None:
         # "ultralytics" (8.x process_mask_native) or "yolov5" (the yolov5 repository's
         # v7.0 process_mask_native: sigmoid first, the padding cropped on prototype cells
         # by int(), one bilinear resize of the probabilities, > 0.5)
-        if rule not in ("ultralytics", "yolov5"):
-            raise ValueError(f"unknown mask rule {rule!r}")
         self.rule = rule
         self._axes: dict[tuple[int, int, int, int], tuple[_Axis, _Axis]] = {}
 
@@ -181,6 +181,8 @@ class UltralyticsMasks:
         ay, ax = self.axes(frame_h, frame_w, mh, mw)
         ext = instance_extents(boxes_cam)
         b = np.asarray(boxes_cam, np.float32).reshape(-1, 4)
+        # yolov5 compares probabilities, ultralytics logits
+        cut = 1.0 / (1.0 + math.exp(-threshold)) if self.rule == "yolov5" else threshold
         masks: list[np.ndarray] = []
         for i in range(len(b)):
             ex0, ey0, ex1, ey1 = (int(v) for v in ext[i])
@@ -195,7 +197,6 @@ class UltralyticsMasks:
                 if self.rule == "yolov5":  # probabilities are resized, not logits
                     field = 0.5 * (1.0 + np.tanh(0.5 * field))  # sigmoid, no overflow
                 value = ay.matrix[y0:y1, ra:rb] @ field @ ax.matrix[x0:x1, ca:cb].T
-                cut = 1.0 / (1.0 + np.exp(-threshold)) if self.rule == "yolov5" else threshold
                 out[y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0] = value > cut
             masks.append(out)
         return masks
@@ -254,8 +255,6 @@ def _yolov5_axes(h: int, w: int, mh: int, mw: int) -> tuple[_Axis, _Axis]:
 def _ultralytics_axes(h: int, w: int, mh: int, mw: int) -> tuple[_Axis, _Axis]:
     """The folded (upsample by f, crop the padding, resize to h x w) matrices of
     ultralytics' process_mask_native and scale_masks, Python rounding included."""
-    import math
-
     gain = min(4 * mh / h, 4 * mw / w)
     pad = (4 * mh - max(round(h * gain), 1)) | (4 * mw - max(round(w * gain), 1))
     f = 4 // math.gcd(4, pad | pad // 2)

@@ -34,6 +34,7 @@ from edged.inference.formats._common import (
     TensorInfo,
     batch1,
     dims,
+    from_ultralytics,
     generic_classes,
     image_input,
     input_hw,
@@ -132,7 +133,7 @@ def names_match(outputs: list[TensorInfo]) -> bool:
 def metadata_match(hints: Hints | None) -> bool | None:
     """ultralytics writes its head's class: True for its RT-DETR decoder, False for any
     other ultralytics head, None when the metadata says nothing."""
-    if hints is None or hints.metadata.get("author", "").lower() != "ultralytics":
+    if hints is None or not from_ultralytics(hints.metadata):
         return None
     return "rtdetr" in hints.metadata.get("head", "").lower()
 

@@ -38,6 +38,7 @@ from edged.inference.formats._common import (
     output_index,
     preprocess_for,
 )
+from edged.inference.graph import VALUE_PRESERVING
 from edged.inference.manifest import Manifest
 from edged.inference.preprocess import Letterbox
 from edged.results import Detections
@@ -72,10 +73,7 @@ def output_values(o: TensorInfo, hints: Hints | None) -> tuple[str, str] | None:
     chain = () if hints is None else hints.ops.get(o.name, ())
     if "ArgMax" in chain:
         return "class_ids", f"{o.name} is made by {' <- '.join(chain)}"
-    decisive = next((op for op in chain if op not in ("Cast", "Identity", "Reshape",
-                                                      "Squeeze", "Unsqueeze", "Transpose",
-                                                      "Resize", "Upsample", "Slice",
-                                                      "Flatten")), None)
+    decisive = next((op for op in chain if op not in VALUE_PRESERVING), None)
     if decisive == "Sigmoid":
         return "probability", f"{o.name} is made by {' <- '.join(chain)}"
     if decisive in _LINEAR:

@@ -23,7 +23,7 @@ format (`edged.inference.formats.yolo`), served by this adapter with M = 0.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from edged.inference.formats._common import (
     class_group_ids,
     class_nms,
     dims,
+    from_ultralytics,
     generic_classes,
     image_input,
     input_hw,
@@ -198,7 +199,7 @@ def names_match(outputs: list[TensorInfo]) -> bool:
 
 def metadata_match(hints: Hints | None) -> bool | None:
     """An ultralytics export of a YOLO head (not its RT-DETR decoder)."""
-    if hints is None or hints.metadata.get("author", "").lower() != "ultralytics":
+    if hints is None or not from_ultralytics(hints.metadata):
         return None
     return "rtdetr" not in hints.metadata.get("head", "").lower()
 
@@ -267,7 +268,7 @@ class Adapter:
                              f"'end2end' (NMS in the graph: nms=True, YOLO26), got {layout!r}")
         self.layout: Layout = layout
         mode = manifest.options.get("mask_mode", "ultralytics")
-        if mode not in ("ultralytics", "yolov5", "direct"):
+        if mode not in get_args(MaskMode):
             raise ValueError(f"mask_mode must be 'ultralytics' (its retina_masks rule, the "
                              f"default), 'yolov5' (the yolov5 repository's) or 'direct' (one "
                              f"bilinear sample per camera pixel), got {mode!r}")

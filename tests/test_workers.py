@@ -115,6 +115,19 @@ def test_a_fixed_batch_model_is_never_batched(test_model):
     assert set(runner.batch_speedup((2, 4), runs=1)) == {1}
 
 
+def test_start_timing_stops_at_its_time_limit(test_model):
+    # a model that takes seconds per frame must not hold the start for `runs` of them
+    runner = ModelRunner(ModelOptions(path=test_model, threads=1))
+    calls = []
+    run = runner.run_tensor
+    runner.run_tensor = lambda t: (calls.append(1), run(t))[1]  # type: ignore[method-assign]
+    assert set(runner.batch_speedup((), runs=1000, max_s=0.0)) == {1}
+    assert len(calls) == 2  # the warm-up and one timed run
+    calls.clear()
+    runner.batch_speedup((), runs=3, max_s=60.0)
+    assert len(calls) == 4
+
+
 def test_daemon_batches_frames_of_several_cameras(tmp_path, batch_model, start_daemon):
     sizes = {"a": (640, 480), "b": (320, 240), "c": (480, 360)}
     masks = {n: write_video(tmp_path / f"{n}.avi", 40, size) for n, size in sizes.items()}

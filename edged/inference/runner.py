@@ -535,8 +535,11 @@ class ModelRunner:
         return results
 
     def batch_speedup(self, sizes: tuple[int, ...] = (2, 4), runs: int = 8,
-                      frame_size: tuple[int, int] = (640, 480)) -> dict[int, float]:
-        """Measured ms per frame for batch 1 and each size in `sizes` (median of `runs`).
+                      frame_size: tuple[int, int] = (640, 480),
+                      max_s: float = 1.0) -> dict[int, float]:
+        """Measured ms per frame for batch 1 and each size in `sizes` (median of up to
+        `runs`, fewer once a size's timed runs pass `max_s`: a model that takes seconds
+        per frame would otherwise hold the start for a minute).
 
         Sizes the model cannot run (a fixed batch dimension, an output without one) are
         left out.
@@ -556,11 +559,14 @@ class ModelRunner:
                     log.info("batching off: an output of %s has no batch dimension",
                              self.model_id)
                     break
-                times = []
-                for _ in range(runs):
+                times: list[float] = []
+                spent = 0.0
+                while len(times) < runs and (not times or spent < max_s):
                     t = time.perf_counter()
                     self.run_tensor(pre.tensor)
-                    times.append((time.perf_counter() - t) * 1e3 / b)
+                    took = time.perf_counter() - t
+                    spent += took
+                    times.append(took * 1e3 / b)
             except Exception as e:  # a graph with a hard-coded batch of 1 inside
                 log.info("batching off: %s cannot run a batch of %d (%s)", self.model_id, b,
                          str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)

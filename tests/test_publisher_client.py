@@ -294,3 +294,57 @@ def test_publisher_binds_several_endpoints(ctx: zmq.Context, tmp_path: Path) -> 
         for ep in eps:
             with Subscriber(ep, ["cam1"], context=ctx) as sub:
                 sync(pub, sub)
+
+
+def _feed_until(pub: zmq.Socket, sub: Subscriber, seq0: int, timeout: float = 15.0) -> Message:
+    """Publish seq0, seq0+1, ... until the subscriber receives one of them."""
+    deadline = time.monotonic() + timeout
+    seq = seq0
+    while time.monotonic() < deadline:
+        pub.send_multipart(encode_result(make_result("cam1", seq=seq), None))
+        seq += 1
+        msg = sub.recv(timeout=0.05)
+        if isinstance(msg, Message) and msg.seq >= seq0:
+            return msg
+    raise AssertionError(f"nothing from seq {seq0} on within {timeout} s")
+
+
+def test_an_oversized_frame_costs_the_connection_not_the_feed(ctx: zmq.Context) -> None:
+    # libzmq would allocate whatever size a frame header declares; with max_frame_bytes
+    # it drops the connection instead, and never reconnects after such a protocol error
+    # itself: the subscriber rebuilds its socket, and the feed resumes
+    ep = free_tcp_endpoint()
+    pub = ctx.socket(zmq.PUB)
+    pub.bind(ep)
+    try:
+        with Subscriber(ep, context=ctx, max_frame_bytes=1 << 20) as sub:
+            _feed_until(pub, sub, 0)
+            assert sub.reconnects == 0
+            pub.send_multipart([b"cam1/result", b"\0" * (4 << 20)])
+            msg = _feed_until(pub, sub, 1000)
+            assert sub.reconnects == 1 and msg.seq >= 1000
+            # a frame at the limit is not refused: no further rebuild
+            sub_max = sub.max_frame_bytes
+            assert sub_max is not None
+            pub.send_multipart([b"cam1/result", b"\0" * sub_max])
+            _feed_until(pub, sub, 2000)
+            assert sub.reconnects == 1 and sub.malformed == 1
+    finally:
+        pub.close(linger=0)
+
+
+def test_a_publisher_restart_is_reconnected_by_zeromq_not_rebuilt(ctx: zmq.Context) -> None:
+    ep = free_tcp_endpoint()
+    pub = ctx.socket(zmq.PUB)
+    pub.bind(ep)
+    with Subscriber(ep, context=ctx) as sub:
+        _feed_until(pub, sub, 0)
+        pub.close(linger=0)
+        assert sub.recv(timeout=1.0) is None  # the drop seen, and the retry with it
+        pub = ctx.socket(zmq.PUB)
+        pub.bind(ep)
+        try:
+            _feed_until(pub, sub, 100)
+        finally:
+            pub.close(linger=0)
+        assert sub.reconnects == 0

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import glob
+import http.client
 import logging
 import os
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from edged.capture.mjpeg import MjpegError, MjpegStream, jpeg_size, open_mjpeg
 from edged.daemon.telemetry import CameraState
 from edged.redaction import Redactor
 from edged.results import Frame
@@ -333,6 +336,60 @@ class CaptureSource:
         return float(fps) if fps and 0 < fps < 1000 else None
 
 
+class HttpSource:
+    """An http(s) camera: an MJPEG stream (multipart/x-mixed-replace) is read by edged
+    itself, each part bounded (`edged.capture.mjpeg`); any other answer (MP4 or HLS over
+    HTTP, a server that wants digest auth) is read by FFmpeg, as every URL was before."""
+
+    live = True
+
+    def __init__(self, url: str, policy: RestartPolicy, description: str,
+                 ffmpeg: CaptureSource) -> None:
+        self.url, self.policy, self.description = url, policy, description
+        self._ffmpeg = ffmpeg  # unopened until the server's answer asks for it
+        self._stream: MjpegStream | None = None
+        self.via = ""  # "edged" or "ffmpeg", once open
+
+    def open(self) -> None:
+        try:
+            stream = open_mjpeg(self.url, open_timeout_s=self.policy.open_timeout_s,
+                                read_timeout_s=2 * self.policy.stall_timeout_s + 1,
+                                max_pixels=self.policy.max_pixels,
+                                description=self.description)
+        except (OSError, ValueError, http.client.HTTPException) as e:  # ValueError: a bad port
+            raise SourceError(f"cannot open {self.description}: "
+                              f"{e or type(e).__name__}") from None
+        if stream is None:
+            self._ffmpeg.open()
+            self.via = "ffmpeg"
+        else:
+            self._stream = stream
+            self.via = "edged"
+
+    def read(self) -> np.ndarray | None:
+        if self._stream is None:
+            return self._ffmpeg.read()
+        try:
+            img = self._stream.read(CorruptFrame)
+        except MjpegError as e:
+            raise SourceError(str(e)) from None
+        if img is None:  # a live camera does not end: the server went away
+            raise SourceError(f"{self.description}: the MJPEG stream ended")
+        return img
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+        self._ffmpeg.close()
+
+    def default_fps(self) -> float | None:
+        return self._ffmpeg.default_fps() if self._stream is None else None
+
+    def fresh(self) -> HttpSource:
+        return HttpSource(self.url, self.policy, self.description, self._ffmpeg.fresh())
+
+
 def image_size(path: str) -> tuple[int, int] | None:
     """(width, height) from a PNG, JPEG, BMP or WebP header without decoding the image;
     None for other formats or an unreadable header (OpenCV's own pixel limit, set from
@@ -359,34 +416,9 @@ def image_size(path: str) -> tuple[int, int] | None:
                             int.from_bytes(head[27:30], "little") + 1)
                 return None
             if head[:2] == b"\xff\xd8":
-                return _jpeg_size(f)
+                return jpeg_size(f)
     except OSError:
         return None
-    return None
-
-
-def _jpeg_size(f: Any) -> tuple[int, int] | None:
-    """Walk the JPEG markers to the first SOFn (frame header) and read its size."""
-    f.seek(2)
-    for _ in range(1000):  # a bounded walk: a malformed file is left to the decoder
-        b = f.read(1)
-        while b == b"\xff":
-            b = f.read(1)
-        if not b:
-            return None
-        marker = b[0]
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            continue  # markers without a length
-        seg = f.read(2)
-        if len(seg) < 2:
-            return None
-        length = int.from_bytes(seg, "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            data = f.read(5)
-            if len(data) < 5:
-                return None
-            return int.from_bytes(data[3:5], "big"), int.from_bytes(data[1:3], "big")
-        f.seek(length - 2, 1)
     return None
 
 
@@ -511,9 +543,12 @@ def make_source(kind: str, source: str, *, width: int | None = None, height: int
         # a little after the watchdog's open allowance
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(policy.open_timeout_s * 1000),
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, int((2 * policy.stall_timeout_s + 1) * 1000)]
-        return CaptureSource(source, cv2.CAP_FFMPEG, live=True,
-                             props={cv2.CAP_PROP_BUFFERSIZE: 1}, description=shown,
-                             open_params=params)
+        ffmpeg = CaptureSource(source, cv2.CAP_FFMPEG, live=True,
+                               props={cv2.CAP_PROP_BUFFERSIZE: 1}, description=shown,
+                               open_params=params)
+        if urllib.parse.urlsplit(source).scheme.lower() in ("http", "https"):
+            return HttpSource(source, policy, shown, ffmpeg)
+        return ffmpeg
     if kind == "gstreamer":
         if not gstreamer_available():
             raise SourceError("this OpenCV build has no GStreamer support; install an OpenCV "

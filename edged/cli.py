@@ -301,7 +301,7 @@ def _print_model(cfg: Config, rungs: list[ModelRunner], wp: WorkerPlan, sizes: s
 def _try_binds(cfg: Config) -> None:
     """Bind what `edged run` binds, all at once (so that two of them clashing shows
     too), and release it: PublishError or ListenError when one cannot be bound."""
-    from edged.daemon.listen import bind_tcp
+    from edged.daemon.listen import bind_tcp, server_context
     from edged.daemon.metrics import bind as bind_metrics
     from edged.daemon.pipeline import make_publisher
     from edged.foxglove import require_foxglove
@@ -327,9 +327,11 @@ def _try_binds(cfg: Config) -> None:
                 print(f"metrics: {cfg.log.metrics}: bound OK")
             if cfg.view is not None:
                 require_aiohttp()
+                if cfg.view.tls is not None:
+                    server_context(cfg.view.tls, "view.tls")
                 held.append(bind_tcp(cfg.view.listen, "view.listen"))
-                print(f"view: http://{cfg.view.listen}/: bound OK"
-                      + (" (token required)" if cfg.view.token else ""))
+                print(f"view: {'https' if cfg.view.tls else 'http'}://{cfg.view.listen}/: "
+                      "bound OK" + (" (token required)" if cfg.view.token else ""))
             if cfg.foxglove is not None:
                 require_foxglove()
                 import foxglove
@@ -337,7 +339,8 @@ def _try_binds(cfg: Config) -> None:
                 from edged.foxglove.sink import start_server
 
                 start_server(cfg.foxglove, foxglove.Context()).stop()
-                print(f"foxglove: ws://{cfg.foxglove.listen}: bound OK")
+                print(f"foxglove: {'wss' if cfg.foxglove.tls else 'ws'}://"
+                      f"{cfg.foxglove.listen}: bound OK")
             if cfg.record is not None and cfg.record.format == "rosbag2":
                 require_record()
                 require_ros2()

@@ -695,6 +695,21 @@ def is_loopback_host(host: str) -> bool:
         return False  # a hostname: it may resolve to any interface
 
 
+class TlsConfig(_Frozen):
+    """`view.tls` / `foxglove.tls`: serve https / wss with this certificate, so that the
+    view's token and every frame are encrypted off the robot (edged.daemon.listen)."""
+
+    cert_file: Path  # PEM certificate (chain), the server's first
+    key_file: Path  # PEM private key (PKCS#8, `openssl genpkey` writes it so)
+
+    @field_validator("cert_file", "key_file", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, str | Path):
+            return value
+        return _config_path(value, info)
+
+
 class ViewConfig(_Frozen):
     """The live view in the browser (`edged[view]`); off unless the section is present."""
 
@@ -703,6 +718,7 @@ class ViewConfig(_Frozen):
     quality: Int = Field(70, ge=10, le=100)  # JPEG quality
     token: str | None = None  # asked for on the page and the stream when set
     max_viewers: Int = Field(8, ge=1, le=64)
+    tls: TlsConfig | None = None  # https (and wss) instead of http
 
     @field_validator("listen")
     @classmethod
@@ -740,6 +756,7 @@ class FoxgloveConfig(_Frozen):
     quality: Int = Field(80, ge=10, le=100)  # JPEG quality of the camera image channel
     # the Foxglove WebSocket protocol has no authentication: off loopback only on request
     allow_remote: bool = False
+    tls: TlsConfig | None = None  # wss:// instead of ws:// (encryption, not authentication)
 
     @field_validator("listen")
     @classmethod

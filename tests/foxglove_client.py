@@ -34,8 +34,8 @@ def _message_class(schema_name: str, schema_b64: str) -> Any:
     return message_factory.GetMessageClass(pool.FindMessageTypeByName(schema_name))
 
 
-async def collect(url: str, topics: set[str], seconds: float, *, want: int | None = None
-                  ) -> tuple[dict[str, dict[str, Any]], list[Received]]:
+async def collect(url: str, topics: set[str], seconds: float, *, want: int | None = None,
+                  ssl: Any = True) -> tuple[dict[str, dict[str, Any]], list[Received]]:
     """Subscribe to `topics` (as advertised) for `seconds` (or until `want` messages);
     returns the advertised channels by topic and the decoded messages."""
     channels: dict[str, dict[str, Any]] = {}
@@ -43,7 +43,8 @@ async def collect(url: str, topics: set[str], seconds: float, *, want: int | Non
     classes: dict[int, Any] = {}
     out: list[Received] = []
     async with aiohttp.ClientSession() as s, \
-            s.ws_connect(url, protocols=SUBPROTOCOLS, max_msg_size=64 * 1024 * 1024) as ws:
+            s.ws_connect(url, protocols=SUBPROTOCOLS, max_msg_size=64 * 1024 * 1024,
+                         ssl=ssl) as ws:
         end = time.monotonic() + seconds
         next_id = 1
         while (left := end - time.monotonic()) > 0 and (want is None or len(out) < want):

@@ -11,8 +11,10 @@ import socket
 import time
 from pathlib import Path
 
+import aiohttp
 import cv2
 import numpy as np
+import pytest
 from conftest import ZmqCollector, free_port
 from foxglove_client import collect
 from test_daemon import run_cli
@@ -182,3 +184,38 @@ def test_foxglove_config_errors_and_check_parity(tmp_path):
         assert "Traceback" not in p.stderr + r.stderr
     p = run_cli("check", "-c", str(_config(tmp_path, free_port())))
     assert p.returncode == 0 and "foxglove: ws://127.0.0.1:" in p.stdout
+
+
+TLS_CERT = Path(__file__).parent / "data" / "tls-test.crt"  # self-signed for 127.0.0.1
+TLS_KEY = Path(__file__).parent / "data" / "tls-test.key"
+
+
+def test_foxglove_over_tls(tmp_path, start_daemon):
+    import ssl
+
+    port = free_port()
+    cfg = _config(tmp_path, port, extra=f"  tls:\n    cert_file: {TLS_CERT}\n"
+                                        f"    key_file: {TLS_KEY}\n")
+    p = run_cli("check", "-c", str(cfg))
+    assert p.returncode == 0 and f"foxglove: wss://127.0.0.1:{port}: bound OK" in p.stdout
+    d = start_daemon(cfg)
+    d.wait_for("Foxglove WebSocket server on wss://")
+    trusted = ssl.create_default_context(cafile=str(TLS_CERT))
+    _, got = asyncio.run(collect(f"wss://127.0.0.1:{port}", {"/front/mask"}, 10.0, want=3,
+                                 ssl=trusted))
+    assert len(got) >= 3
+    # the configured certificate is the one served: a client without it refuses
+    with pytest.raises(aiohttp.ClientConnectorCertificateError):
+        asyncio.run(collect(f"wss://127.0.0.1:{port}", {"/front/mask"}, 2.0))
+    # and plain ws:// gets no connection
+    with pytest.raises(aiohttp.ClientError):
+        asyncio.run(collect(f"ws://127.0.0.1:{port}", {"/front/mask"}, 2.0))
+    assert d.terminate()[0] == 0
+    # a key that is not the certificate's: check and run fail alike, naming the key
+    cfg.write_text(cfg.read_text().replace(f"key_file: {TLS_KEY}", f"key_file: {TLS_CERT}"))
+    p = run_cli("check", "-c", str(cfg))
+    r = run_cli("run", "-c", str(cfg), "--frames", "1")
+    want = "foxglove.tls: "
+    assert p.returncode == r.returncode == 1, (p.stderr, r.stderr)
+    assert want in p.stderr and "are not a PEM certificate and its private key" in p.stderr
+    assert want in r.stderr and "Traceback" not in p.stderr + r.stderr

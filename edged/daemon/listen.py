@@ -8,8 +8,13 @@ later.
 from __future__ import annotations
 
 import socket
+import ssl
+from typing import TYPE_CHECKING
 
 from edged.names import parse_host_port
+
+if TYPE_CHECKING:
+    from edged.config import TlsConfig
 
 
 class ListenError(RuntimeError):
@@ -43,3 +48,28 @@ def bind_tcp(address: str, key: str) -> socket.socket:
         sock.close()
         raise ListenError(f"cannot listen on {key} {address}: {e.strerror or e}") from None
     return sock
+
+
+def read_tls(tls: TlsConfig, key: str) -> tuple[bytes, bytes]:
+    """The PEM certificate and private key of `tls`, checked to belong together (an
+    ssl context loads them); ListenError naming `key` ("view.tls") and the file."""
+    try:
+        cert, key_pem = tls.cert_file.read_bytes(), tls.key_file.read_bytes()
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            tls.cert_file, tls.key_file)
+        return cert, key_pem
+    except ssl.SSLError as e:
+        raise ListenError(f"{key}: {tls.cert_file} and {tls.key_file} are not a PEM "
+                          f"certificate and its private key ({e.reason or e})") from None
+    except OSError as e:  # after SSLError, which is one
+        where = e.filename or f"{tls.cert_file} / {tls.key_file}"
+        raise ListenError(f"{key}: cannot read {where}: {e.strerror or e}") from None
+
+
+def server_context(tls: TlsConfig, key: str) -> ssl.SSLContext:
+    """A TLS server context (TLS 1.2 or newer) for `tls`; ListenError as read_tls."""
+    read_tls(tls, key)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    return ctx

@@ -43,9 +43,17 @@ STATS_SCHEMA: dict[str, Any] = {
 def start_server(config: FoxgloveConfig, context: foxglove.Context) -> foxglove.WebSocketServer:
     """Listen now (before READY); FoxgloveError naming the key when it cannot."""
     hp = parse_host_port(config.listen)
+    cert = key = None
+    if config.tls is not None:
+        from edged.daemon.listen import ListenError, read_tls
+
+        try:
+            cert, key = read_tls(config.tls, "foxglove.tls")
+        except ListenError as e:
+            raise FoxgloveError(str(e)) from None
     try:
         return foxglove.start_server(name="edged", host=hp.host, port=hp.port,
-                                     context=context)
+                                     context=context, tls_cert=cert, tls_key=key)
     except RuntimeError as e:
         why = str(e).split("Failed to bind port: ", 1)[-1]
         raise FoxgloveError(f"cannot listen on foxglove.listen {config.listen}: {why}") from None
@@ -87,8 +95,9 @@ class FoxgloveSink(Sink):
         return cam
 
     def open(self) -> None:
-        log.info("Foxglove WebSocket server on ws://%s (open it in Foxglove: Open "
-                 "connection -> Foxglove WebSocket)", self.config.listen)
+        log.info("Foxglove WebSocket server on %s://%s (open it in Foxglove: Open "
+                 "connection -> Foxglove WebSocket)", "wss" if self.config.tls else "ws",
+                 self.config.listen)
 
     def deliver(self, outcome: Outcome) -> None:
         result, frame = outcome.result, outcome.frame

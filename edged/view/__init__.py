@@ -28,11 +28,13 @@ def require_aiohttp() -> None:
 
 def make_view_sink(config: ViewConfig, cameras: list[str],
                    sock: socket.socket | None = None) -> ViewSink:
-    """The view's sink, listening on `sock` (else bound here: ListenError)."""
+    """The view's sink, listening on `sock` (else bound here: ListenError), over TLS
+    with `view.tls` (its files are read here: ListenError)."""
     require_aiohttp()
-    from edged.daemon.listen import bind_tcp
+    from edged.daemon.listen import bind_tcp, server_context
     from edged.view.server import ViewSink
 
+    tls = server_context(config.tls, "view.tls") if config.tls is not None else None
     if sock is None:
         sock = bind_tcp(config.listen, "view.listen")
-    return ViewSink(config, sock, cameras)
+    return ViewSink(config, sock, cameras, tls)

@@ -20,6 +20,7 @@ import hmac
 import json
 import logging
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -75,9 +76,11 @@ class ViewStatus:
 class ViewServer:
     """Serves the page, the WebSocket stream and `/api/status` on a bound socket."""
 
-    def __init__(self, config: ViewConfig, sock: socket.socket) -> None:
+    def __init__(self, config: ViewConfig, sock: socket.socket,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.config = config
         self._sock = sock
+        self._tls = tls
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._started = threading.Event()
@@ -152,9 +155,9 @@ class ViewServer:
                                shutdown_timeout=0.5)
         await runner.setup()
         try:
-            site = web.SockSite(runner, self._sock)
+            site = web.SockSite(runner, self._sock, ssl_context=self._tls)
             await site.start()
-            log.info("view on http://%s/%s", self.config.listen,
+            log.info("view on %s://%s/%s", "https" if self._tls else "http", self.config.listen,
                      " (token required)" if self.config.token else "")
             self._started.set()
             await self._stopping.wait()
@@ -329,9 +332,10 @@ class ViewSink(Sink):
 
     name = "view"
 
-    def __init__(self, config: ViewConfig, sock: socket.socket, cameras: list[str]) -> None:
+    def __init__(self, config: ViewConfig, sock: socket.socket, cameras: list[str],
+                 tls: ssl.SSLContext | None = None) -> None:
         self.config = config
-        self.server = ViewServer(config, sock)
+        self.server = ViewServer(config, sock, tls)
         self._period_ns = int(1e9 / config.fps)
         self._next_ns: dict[str, int] = {}
         self._overlay = Overlay()
@@ -344,7 +348,7 @@ class ViewSink(Sink):
     def url(self) -> str:
         hp = parse_host_port(self.config.listen)
         host = f"[{hp.host}]" if ":" in hp.host else hp.host
-        return f"http://{host}:{hp.port}/"
+        return f"{'https' if self.config.tls else 'http'}://{host}:{hp.port}/"
 
     def open(self) -> None:
         self.server.start()

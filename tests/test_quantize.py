@@ -164,7 +164,10 @@ def test_gate_that_cannot_pass_exits_3_with_the_table(small_model, tmp_path, cap
                  "--min-agreement", "1.01"])
     cap = capsys.readouterr()
     assert code == 3
-    assert cap.out.count("FAIL (agreement") == 3 and "fp32 " in cap.out
+    # the 3 candidates, then the closest again with its 2, 4 and 8 most sensitive
+    # activations float (tried only because nothing passed)
+    assert cap.out.count("FAIL (agreement") == 6 and "fp32 " in cap.out
+    assert [f"{k} sensitive float" in cap.out for k in (2, 4, 8)] == [True] * 3
     assert "< 101%" in cap.out
     assert "nothing written" in cap.out
     assert "no candidate meets the accuracy gate (pixel agreement >= 101%" in cap.err
@@ -405,3 +408,60 @@ def test_decision_convs_see_through_strictly_increasing_element_wise_ops():
     assert decision_convs(model(act("Relu"))) == []
     assert decision_convs(model(act("LeakyRelu", alpha=-0.5))) == []
     assert decision_convs(model(act("Elu", alpha=0.0))) == []
+
+
+def test_sensitivity_ranks_the_roundings_that_add_the_error(small_model, tmp_path):
+    from edged.tools.quantize import (
+        CalibrationReader,
+        _with_outputs,
+        activation_rounding,
+        prepare_model,
+        static_qdq,
+        tensors,
+    )
+
+    m = ModelRunner(ModelOptions(path=small_model, threads=1)).manifest
+    prepared, _ = prepare_model(small_model, tmp_path)
+    pm = onnx.load(str(prepared))
+    keep = default_keep_float(pm)
+    data = tensors(scene_images(12, 416, 416), m.preprocess)
+
+    def quantized(name: str, exclude: list[str]) -> Path:
+        out = tmp_path / name
+        static_qdq(prepared, out, CalibrationReader(m.input_name, data[:8], None), "U8S7",
+                   exclude=exclude)
+        return out
+
+    base = quantized("q.onnx", keep)
+    ranked = activation_rounding(prepared, base, data[:4], m.input_name)
+    errors = [e for _, e, _ in ranked]
+    assert errors == sorted(errors, reverse=True) and 0 <= errors[-1] < errors[0] < 0.1
+    nodes = {n.name for n in pm.graph.node}
+    assert all(floats and set(floats) <= nodes for _, _, floats in ranked)
+
+    # the ranking predicts: its top 8 left float cut the error of the final (float) convs
+    # on frames it never saw; its bottom 8 do not
+    finals = [n.output[0] for n in pm.graph.node if n.name in keep and n.op_type == "Conv"]
+    ref = _with_outputs(pm, finals)
+
+    def final_error(path: Path) -> float:
+        s = _with_outputs(onnx.load(str(path)), finals)
+        num = den = 0.0
+        for x in data[8:]:
+            a = dict(zip([o.name for o in ref.get_outputs()], ref.run(None, {m.input_name: x})))
+            b = dict(zip([o.name for o in s.get_outputs()], s.run(None, {m.input_name: x})))
+            for t in finals:
+                num += float(np.sum((a[t].astype(np.float64) - b[t]) ** 2))
+                den += float(np.sum(a[t].astype(np.float64) ** 2))
+        return (num / den) ** 0.5
+
+    def floats(rows: list) -> list[str]:
+        return sorted({n for _, _, ns in rows for n in ns} - set(keep))
+
+    e_all = final_error(base)
+    e_top = final_error(quantized("top.onnx", keep + floats(ranked[:8])))
+    e_bottom = final_error(quantized("bottom.onnx", keep + floats(ranked[-8:])))
+    print(f"final-conv error: all int8 {e_all:.4f}, top 8 float {e_top:.4f}, "
+          f"bottom 8 float {e_bottom:.4f}")
+    assert e_top < 0.75 * e_all
+    assert e_bottom > 0.95 * e_all

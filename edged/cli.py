@@ -325,6 +325,9 @@ def _try_binds(cfg: Config) -> None:
             if cfg.log.metrics:
                 held.append(bind_metrics(cfg.log.metrics))
                 print(f"metrics: {cfg.log.metrics}: bound OK")
+                if cfg.log.metrics_exposed():
+                    print(f"metrics: warning: {cfg.log.metrics} is reachable from other "
+                          "machines without authentication")
             if cfg.view is not None:
                 require_aiohttp()
                 if cfg.view.tls is not None:

@@ -673,6 +673,13 @@ class LogConfig(_Frozen):
                 raise _custom_error("metrics_address", str(e)) from None
         return value
 
+    def metrics_exposed(self) -> bool:
+        """Whether /metrics is reachable from other machines: allowed without a flag (a
+        Prometheus server scrapes from elsewhere; it serves counters, never results,
+        images or secrets), and warned about at every start and by `edged check`."""
+        return self.metrics is not None and \
+            not is_loopback_host(parse_host_port(self.metrics).host)
+
     @field_validator("level", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:

@@ -74,3 +74,13 @@ def test_report_error_names_a_bug_without_a_traceback(capsys: pytest.CaptureFixt
         assert cli.report_error("run", e) == 1
     err = capsys.readouterr().err
     assert "internal error: KeyError: 'x'" in err and "Traceback" not in err
+
+
+def test_metrics_off_loopback_is_allowed_and_named_exposed() -> None:
+    from edged.config import LogConfig
+
+    assert LogConfig(metrics="0.0.0.0:9464").metrics_exposed()
+    assert LogConfig(metrics="[::]:9464").metrics_exposed()
+    assert not LogConfig(metrics="127.0.0.1:9464").metrics_exposed()
+    assert not LogConfig(metrics="[::1]:9464").metrics_exposed()
+    assert not LogConfig().metrics_exposed()

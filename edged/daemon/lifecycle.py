@@ -138,6 +138,10 @@ class Daemon:
             log.warning("publish: %s is reachable from other machines without CURVE "
                         "(publish.insecure: true): anyone who reaches it reads every "
                         "camera's results", ep)
+        if cfg.log.metrics_exposed():
+            log.warning("log.metrics: %s serves /metrics without authentication to anyone "
+                        "who reaches it (counters and camera names, no results)",
+                        cfg.log.metrics)
         stage = make_stage(cfg)
         metrics_sock: socket.socket | None = None
         try:

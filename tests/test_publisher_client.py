@@ -348,3 +348,21 @@ def test_a_publisher_restart_is_reconnected_by_zeromq_not_rebuilt(ctx: zmq.Conte
         finally:
             pub.close(linger=0)
         assert sub.reconnects == 0
+
+
+def test_subscription_guard_counts_distinct_prefixes_per_address() -> None:
+    from edged.wire.publisher import SubscriptionGuard
+
+    g = SubscriptionGuard(limit=19, peers=2)
+    # a reconnecting subscriber sends its prefixes again: counted once
+    for _ in range(50):
+        assert not g.add("10.0.0.1", b"\x01front/")
+    assert g.held("10.0.0.1") == len(b"front/") + 1
+    assert not g.add("10.0.0.1", b"\x01_stats")
+    assert g.add("10.0.0.1", b"\x01rear/")  # 7 + 7 + 6 bytes: over 19
+    assert not g.add("10.0.0.1", b"\x00rear/")  # unsubscribed: back under
+    assert g.held("10.0.0.1") == 14
+    # addresses are counted apart; past `peers` the oldest one is forgotten
+    assert not g.add("10.0.0.2", b"\x01x")
+    assert not g.add("10.0.0.3", b"\x01y")
+    assert g.held("10.0.0.1") == 0 and g.held("10.0.0.3") == 2

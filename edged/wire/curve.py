@@ -123,6 +123,25 @@ class CurveAuth:
         self.admitted = self._configure()
         return len(self.admitted), len(before - self.admitted)
 
+    def deny(self, address: str) -> None:
+        """Refuse every connection from `address` (an IP) from now on."""
+        self._auth.deny(address)
+
+    def stop(self) -> None:
+        self._auth.stop()
+
+
+class AddressBans:
+    """A ZAP handler for a socket without CURVE: admits every address but those denied
+    (sockets must set `zap_domain` before they bind for it to be asked)."""
+
+    def __init__(self, ctx: zmq.Context) -> None:
+        self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("edged.wire.zap"))
+        self._auth.start()  # zmq.ZMQError when the context has a ZAP handler already
+
+    def deny(self, address: str) -> None:
+        self._auth.deny(address)
+
     def stop(self) -> None:
         self._auth.stop()
 

@@ -24,6 +24,7 @@ default sndhwm of 8, 89 of 100 end-of-stream messages were dropped).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import socket
@@ -35,7 +36,7 @@ from types import TracebackType
 import zmq
 
 from edged.names import parse_endpoint
-from edged.wire.curve import CurveAuth, ServerKeys
+from edged.wire.curve import AddressBans, CurveAuth, ServerKeys
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,17 @@ log = logging.getLogger(__name__)
 # short keepalive timers find them in seconds.
 # the longest message a peer may send the PUB socket: a subscription (a topic prefix,
 # camera name + "/result") or a handshake command (CURVE's INITIATE is ~250 bytes with
-# metadata), so a few KiB, not the 16 MiB one hostile subscription was
-MAX_SUBSCRIPTION_BYTES = 4096
+# metadata), so 1 KiB, not the 16 MiB one hostile subscription was
+MAX_SUBSCRIPTION_BYTES = 1024
+# distinct subscription bytes one peer address may hold. libzmq keeps every subscription
+# in a character trie at ~50 bytes per character (one 16 MiB subscription cost 738 MB),
+# before the application sees it, and XPUB_MANUAL keeps them too: what bounds the memory
+# is refusing the address that sends too many. A real subscriber holds a few short
+# prefixes ("front/", "_stats"); 16 KiB of them is under 1 MB in the trie
+MAX_PEER_SUBSCRIPTION_BYTES = 16 * 1024
+MAX_TRACKED_PEERS = 4096
+SUBSCRIPTION_QUEUE = 16  # inbound messages libzmq queues per connection (RCVHWM)
+REFUSAL_GRACE_S = 2.0
 _HEARTBEAT_IVL_MS = 5000
 _HEARTBEAT_TIMEOUT_MS = 15000
 _KEEPALIVE_IDLE_S = 30
@@ -108,6 +118,52 @@ def release_ipc(endpoint: str) -> None:
             _remove_stale_ipc(endpoint)
 
 
+class SubscriptionGuard:
+    """Distinct subscriptions per peer address (tcp peers: an IP; ipc peers are let be,
+    the socket file's mode decides who connects): `add` says when one passes
+    `limit` bytes. Reconnects repeat the same prefixes, so they do not count twice."""
+
+    def __init__(self, limit: int = MAX_PEER_SUBSCRIPTION_BYTES,
+                 peers: int = MAX_TRACKED_PEERS) -> None:
+        self.limit, self.peers = limit, peers
+        self._held: dict[str, set[bytes]] = {}
+        self._bytes: dict[str, int] = {}
+
+    def add(self, peer: str, message: bytes) -> bool:
+        """One subscribe (b"\\x01" + prefix) or unsubscribe (b"\\x00" + prefix) message
+        from `peer`; True once that peer holds more than `limit` bytes of subscriptions."""
+        held = self._held.get(peer)
+        if held is None:
+            if len(self._held) >= self.peers:  # forget the oldest quiet one
+                oldest = next(iter(self._held))
+                del self._held[oldest], self._bytes[oldest]
+            held = self._held[peer] = set()
+            self._bytes[peer] = 0
+        prefix = message[1:]
+        if message[:1] == b"\x01" and prefix not in held:
+            held.add(prefix)
+            self._bytes[peer] += len(prefix) + 1
+        elif message[:1] == b"\x00" and prefix in held:
+            held.discard(prefix)
+            self._bytes[peer] -= len(prefix) + 1
+        return self._bytes[peer] > self.limit
+
+    def held(self, peer: str) -> int:
+        return self._bytes.get(peer, 0)
+
+    def forget(self, peer: str) -> None:
+        self._held.pop(peer, None)
+        self._bytes.pop(peer, None)
+
+
+def _ip(peer: object) -> str | None:
+    """The IP of a tcp peer's "Peer-Address", None for ipc peers (not an address)."""
+    try:
+        return str(ipaddress.ip_address(peer if isinstance(peer, str) else ""))
+    except ValueError:
+        return None
+
+
 def _check_endpoint(endpoint: str) -> None:
     # the rules the config validated publish.endpoints with (edged.names.parse_endpoint)
     try:
@@ -165,6 +221,10 @@ class Publisher:
         # only the first per topic. They are read on every send, so none pile up.
         self._sock: zmq.Socket = self._ctx.socket(zmq.XPUB)
         self.subscriptions = 0  # subscribe messages received (a subscriber sends 1 or more)
+        self.guard = SubscriptionGuard()
+        self.refused: list[str] = []  # peer addresses cut off for their subscriptions
+        self._bans: AddressBans | None = None
+        self._refused_until: dict[str, float] = {}
         self.curve: CurveAuth | None = None
         try:
             self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)
@@ -175,9 +235,24 @@ class Publisher:
                 self._sock.curve_secretkey = curve.secret
                 self._sock.curve_publickey = curve.public
                 self._sock.curve_server = True
+            elif any(ep.startswith("tcp://") for ep in self.endpoints):
+                # a ZAP handler from the start, so that an address refused later
+                # (SubscriptionGuard) is refused from its very next connection
+                try:
+                    self._bans = AddressBans(self._ctx)
+                except zmq.ZMQError as e:  # a context shared with another ZAP handler
+                    log.debug("publish: no ZAP handler of its own (%s)", e)
+            if self._bans is not None:
+                # NULL connections ask the ZAP handler only with a domain set (CURVE ones
+                # always do, under the default domain its keys are configured for)
+                self._sock.zap_domain = b"edged"
             # inbound messages on a PUB socket are subscriptions: a few topic bytes. A
             # peer that sends more (one 16 MiB subscription cost ~800 MB) is cut off
             self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
+            # libzmq files a subscriber's queued subscriptions into its trie in one go
+            # whenever edged reads from the socket: a short inbound queue keeps that batch
+            # small (TCP pushes back on the rest), so the guard sees a flood early
+            self._sock.setsockopt(zmq.RCVHWM, SUBSCRIPTION_QUEUE)
             self._sock.setsockopt(zmq.SNDHWM, sndhwm)
             self._sock.setsockopt(zmq.LINGER, linger_ms)
             self._sock.setsockopt(zmq.HEARTBEAT_IVL, _HEARTBEAT_IVL_MS)
@@ -200,6 +275,8 @@ class Publisher:
             self._sock.close(linger=0)
             if self.curve is not None:
                 self.curve.stop()
+            if self._bans is not None:
+                self._bans.stop()
             if self._own_ctx:
                 self._ctx.term()
             raise
@@ -242,16 +319,49 @@ class Publisher:
         return True
 
     def _read_subscriptions(self) -> None:
-        """Count the subscription messages waiting (XPUB hands each one up)."""
-        while True:
+        """Count the subscription messages waiting (XPUB hands each one up), and cut off
+        a peer address whose subscriptions pass MAX_PEER_SUBSCRIPTION_BYTES."""
+        # each recv lets libzmq file the next queued subscriptions into its trie: a call
+        # reads a bounded number, and none after a refusal (the rebind closes that
+        # connection in ZeroMQ's I/O thread, a moment later)
+        for _ in range(SUBSCRIPTION_QUEUE * 16):
             try:
-                msg = self._sock.recv(zmq.NOBLOCK)
+                frame = self._sock.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             except zmq.ZMQError:
                 return
+            msg = frame.bytes
             if msg[:1] == b"\x01":
                 self.subscriptions += 1
+            try:
+                peer = _ip(frame.get("Peer-Address"))
+            except zmq.ZMQError:
+                peer = None
+            if peer is None or time.monotonic() < self._refused_until.get(peer, 0.0):
+                continue  # ipc, or what a refused connection had queued before its cut
+            if self.guard.add(peer, msg):
+                self._refuse(peer)
+                return
+
+    def _refuse(self, peer: str) -> None:
+        """Deny `peer` at the ZAP handler and rebind, which drops its connection (libzmq
+        cannot drop one connection of a bound socket; the others reconnect)."""
+        held = self.guard.held(peer)
+        self.refused.append(peer)
+        # what its cut connection had queued still arrives: not counted for a moment; an
+        # address that comes back anyway (no ZAP handler) is counted afresh and cut again
+        self.guard.forget(peer)
+        self._refused_until[peer] = time.monotonic() + REFUSAL_GRACE_S
+        zap = self.curve if self.curve is not None else self._bans
+        if zap is not None:
+            zap.deny(peer)
+        log.error("publish: %s holds more than %d bytes of subscriptions (%d; a subscriber "
+                  "needs a few dozen): %s, endpoints rebound (every other subscriber "
+                  "reconnects)", peer, MAX_PEER_SUBSCRIPTION_BYTES, held,
+                  "refused from now on" if zap is not None else
+                  "disconnected (no ZAP handler here to refuse it)")
+        self._rebind()
 
     def wait_for_subscriptions(self, n: int, timeout_s: float) -> int:
         """Block (on the socket's thread) until `n` subscriptions have arrived since the
@@ -303,16 +413,21 @@ class Publisher:
             return ""
         admitted, removed = self.curve.reload()
         if removed:
-            for ep, bound in zip(self.endpoints, list(self._bound), strict=True):
-                with contextlib.suppress(zmq.ZMQError):
-                    self._sock.unbind(bound)
-                if ep.startswith("ipc://"):
-                    _remove_stale_ipc(ep)
-            # unbind takes effect in ZeroMQ's I/O thread, a moment later: retry the bind
-            self._bound = [self._bind(ep, retry_s=2.0) for ep in self.endpoints]
+            self._rebind()
             return (f"{admitted} CURVE client key(s) admitted, {removed} removed: endpoints "
                     f"rebound, every subscriber reconnects and is checked again")
         return f"{admitted} CURVE client key(s) admitted"
+
+    def _rebind(self) -> None:
+        """Unbind and bind every endpoint again: every connection is dropped, and checked
+        by the ZAP handler (if any) when it comes back."""
+        for ep, bound in zip(self.endpoints, list(self._bound), strict=True):
+            with contextlib.suppress(zmq.ZMQError):
+                self._sock.unbind(bound)
+            if ep.startswith("ipc://"):
+                _remove_stale_ipc(ep)
+        # unbind takes effect in ZeroMQ's I/O thread, a moment later: retry the bind
+        self._bound = [self._bind(ep, retry_s=2.0) for ep in self.endpoints]
 
     def close(self) -> None:
         """Close the socket (queued messages get up to `linger_ms` to leave). Idempotent."""
@@ -322,6 +437,8 @@ class Publisher:
         self._sock.close()
         if self.curve is not None:
             self.curve.stop()
+        if self._bans is not None:
+            self._bans.stop()
         if self._own_ctx:
             self._ctx.term()  # returns once queued messages are sent or linger_ms passed
         # libzmq 4.3 leaves ipc socket files behind: removed here (and a stale one by the

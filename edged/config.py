@@ -375,6 +375,14 @@ def _config_path(value: str | Path, info: ValidationInfo) -> Path:
     return Path(os.path.normpath(path.absolute()))
 
 
+def _path_in_config(value: Any, info: ValidationInfo) -> Any:
+    return _config_path(value, info) if isinstance(value, str | Path) else value
+
+
+# a file or folder named in the config: relative ones from the config's folder
+ConfigPath = Annotated[Path, BeforeValidator(_path_in_config)]
+
+
 def _default_providers() -> list[ProviderSpec]:
     return [ProviderSpec(name="cpu")]
 
@@ -454,14 +462,7 @@ class ModelConfig(_Frozen):
     stuck_after_s: Float = Field(10.0, gt=0, le=MAX_STUCK_AFTER_S)
     # TensorRT engines / OpenVINO blobs; None: /var/cache/edged if writable, else
     # ~/.cache/edged (created at the first start that needs it)
-    cache_dir: Path | None = None
-
-    @field_validator("cache_dir", mode="before")
-    @classmethod
-    def _resolve_cache_dir(cls, value: Any, info: ValidationInfo) -> Any:
-        if value is None or not isinstance(value, str | Path):
-            return value
-        return _config_path(value, info)
+    cache_dir: ConfigPath | None = None
 
     @field_validator("path", mode="before")
     @classmethod
@@ -575,15 +576,8 @@ class CurveConfig(_Frozen):
     """`publish.curve`: encrypt every publish connection and admit only the subscribers
     whose public keys are in `clients_dir` (see edged.wire.curve; `edged keygen`)."""
 
-    secret_key_file: Path  # the daemon's NAME.key_secret
-    clients_dir: Path  # one NAME.key (public) per admitted subscriber; re-read on SIGHUP
-
-    @field_validator("secret_key_file", "clients_dir", mode="before")
-    @classmethod
-    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
-        if not isinstance(value, str | Path):
-            return value
-        return _config_path(value, info)
+    secret_key_file: ConfigPath  # the daemon's NAME.key_secret
+    clients_dir: ConfigPath  # one NAME.key (public) per admitted subscriber; re-read on SIGHUP
 
 
 class PublishConfig(_Frozen):
@@ -706,15 +700,8 @@ class TlsConfig(_Frozen):
     """`view.tls` / `foxglove.tls`: serve https / wss with this certificate, so that the
     view's token and every frame are encrypted off the robot (edged.daemon.listen)."""
 
-    cert_file: Path  # PEM certificate (chain), the server's first
-    key_file: Path  # PEM private key (PKCS#8, `openssl genpkey` writes it so)
-
-    @field_validator("cert_file", "key_file", mode="before")
-    @classmethod
-    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
-        if not isinstance(value, str | Path):
-            return value
-        return _config_path(value, info)
+    cert_file: ConfigPath  # PEM certificate (chain), the server's first
+    key_file: ConfigPath  # PEM private key (PKCS#8, `openssl genpkey` writes it so)
 
 
 class ViewConfig(_Frozen):

@@ -202,11 +202,11 @@ class Subscriber:
         `timeout=None` waits forever. Malformed messages are counted and skipped.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self._backlog:
-            msg = self._handle(*self._backlog.popleft())
-            if msg is not None:
-                return msg
         while True:
+            while self._backlog:  # what the socket held before a rebuild, first
+                msg = self._handle(*self._backlog.popleft())
+                if msg is not None:
+                    return msg
             if deadline is None:
                 wait_ms = None
             else:

@@ -32,13 +32,14 @@ def setup_logging(level: str = "info") -> None:
                         datefmt="%H:%M:%S", force=True)
 
 
-def _load(path: str | None) -> Config:
+def _load(path: str | None, int8_class: str | None = None) -> Config:
     """The config; ConfigError is reported by `main` (see `error_message`). Sets OpenCV's
-    decoded-image pixel bound from the cameras' max_pixels before any frame is read."""
+    decoded-image pixel bound from the cameras' max_pixels before any frame is read.
+    `int8_class`: the CPU's, when the caller has detected it already."""
     from edged.capture.sources import limit_image_decoding
     from edged.config import load_config
 
-    cfg = load_config(path)
+    cfg = load_config(path, int8_class=int8_class)
     limit_image_decoding(max(c.max_pixels for c in cfg.cameras.values()))
     return cfg
 
@@ -122,7 +123,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # from the first instant: a SIGHUP or SIGTERM during start-up is recorded, not fatal
     early = EarlySignals()
-    cfg = _load(args.config)
+    from edged.inference.cpu import detect as detect_cpu
+
+    cpu = detect_cpu()  # once: the config's builtin variant and the daemon both use it
+    cfg = _load(args.config, cpu.int8_class)
     if args.command == "record":
         cfg = _recording(cfg, args)
     setup_logging(args.log_level or cfg.log.level)
@@ -135,7 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cv2.setNumThreads(1)  # OpenCV must not fight ONNX Runtime for the cores
     log.info("configuration %s", cfg.source_file or "built-in default")
     daemon = Daemon(cfg, frames=args.frames, duration=args.duration, notifier=Notifier(),
-                    early=early)
+                    early=early, cpu=cpu)
     echo = _EchoThread(cfg.publish.endpoints[0]) if args.echo else None
     try:
         if echo is not None:
@@ -247,13 +251,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     every ladder variant (loaded, one warm-up inference at each configured camera size),
     and every address run binds (publish endpoints, log.metrics, view.listen), bound and
     released."""
-    cfg = _load(args.config)
-    setup_logging("warning")
     from edged.inference.cpu import detect as detect_cpu
     from edged.inference.cpu import int8_mismatch
-    from edged.inference.pool import load_rungs, plan, warmup_sizes
 
     cpu = detect_cpu()
+    cfg = _load(args.config, cpu.int8_class)
+    setup_logging("warning")
+    from edged.inference.pool import load_rungs, plan, warmup_sizes
+
     redact = cfg.redactor()
     print(f"config: {cfg.source_file or 'built-in default'}: OK")
     print(f"cpu: {cpu.describe()}")

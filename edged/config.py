@@ -1244,8 +1244,10 @@ def parse_config(
                   int8_class=int8_class)
 
 
-def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None = None) -> Config:
-    """Load a config file (default: the packaged default.yaml); env defaults to os.environ."""
+def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None = None,
+                int8_class: str | None = None) -> Config:
+    """Load a config file (default: the packaged default.yaml); env defaults to os.environ;
+    a builtin variant set picks its file for int8_class (default: this machine's)."""
     file_path = default_config_path() if path is None else Path(path)
     try:
         text = file_path.read_text(encoding="utf-8")
@@ -1258,7 +1260,7 @@ def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None
                           ) from None
     absolute = file_path.expanduser().absolute()
     return _parse(text, file=str(file_path), base_dir=absolute.parent, env=env,
-                  source_file=absolute)
+                  source_file=absolute, int8_class=int8_class)
 
 
 def _parse(

@@ -32,8 +32,8 @@ from edged.daemon.pipeline import SINK_CLOSE_S, Pipeline, make_stage
 from edged.daemon.publish import PublishStage
 from edged.daemon.signals import HANDLED, EarlySignals
 from edged.daemon.threads import BlockingCalls
+from edged.inference.cpu import CpuInfo, int8_mismatch
 from edged.inference.cpu import detect as detect_cpu
-from edged.inference.cpu import int8_mismatch
 
 log = logging.getLogger("edged.daemon.lifecycle")
 
@@ -45,8 +45,9 @@ class Daemon:
 
     def __init__(self, config: Config, *, frames: int | None = None,
                  duration: float | None = None, notifier: Notifier | None = None,
-                 early: EarlySignals | None = None) -> None:
+                 early: EarlySignals | None = None, cpu: CpuInfo | None = None) -> None:
         self.config = config
+        self.cpu = cpu  # detected by the caller (edged run), else at start
         self.frames = frames
         self.duration = duration
         self.notifier = notifier or Notifier({})
@@ -132,7 +133,7 @@ class Daemon:
         # become messages (the same text `edged check` prints); what was opened for the
         # start is closed first.
         cfg = self.config
-        cpu = detect_cpu()
+        cpu = self.cpu or detect_cpu()
         log.info("cpu: %s", cpu.describe())
         for ep in cfg.publish.unencrypted_exposed():
             log.warning("publish: %s is reachable from other machines without CURVE "

@@ -369,7 +369,9 @@ class Pipeline:
         log.info("SIGHUP: reloading %s", old.source_file or "the built-in default")
         try:
             try:
-                new = await self.blocking.run(load_config, old.source_file, name="reload-config")
+                new = await self.blocking.run(
+                    lambda: load_config(old.source_file, int8_class=self.cpu.int8_class),
+                    name="reload-config")
             except (ConfigError, OSError) as e:
                 log.error("reload rejected, the running configuration stays:\n%s", e)
                 return

@@ -50,13 +50,12 @@ def bind_tcp(address: str, key: str) -> socket.socket:
     return sock
 
 
-def read_tls(tls: TlsConfig, key: str) -> tuple[bytes, bytes]:
-    """The PEM certificate and private key of `tls`, checked to belong together (an
-    ssl context loads them); ListenError naming `key` ("view.tls") and the file."""
+def _load_tls(tls: TlsConfig, key: str, ctx: ssl.SSLContext) -> tuple[bytes, bytes]:
+    """The PEM certificate and private key of `tls`, loaded into `ctx` (which checks that
+    they belong together); ListenError naming `key` ("view.tls") and the file."""
     try:
         cert, key_pem = tls.cert_file.read_bytes(), tls.key_file.read_bytes()
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
-            tls.cert_file, tls.key_file)
+        ctx.load_cert_chain(tls.cert_file, tls.key_file)
         return cert, key_pem
     except ssl.SSLError as e:
         raise ListenError(f"{key}: {tls.cert_file} and {tls.key_file} are not a PEM "
@@ -66,10 +65,15 @@ def read_tls(tls: TlsConfig, key: str) -> tuple[bytes, bytes]:
         raise ListenError(f"{key}: cannot read {where}: {e.strerror or e}") from None
 
 
+def read_tls(tls: TlsConfig, key: str) -> tuple[bytes, bytes]:
+    """The PEM certificate and key of `tls`, checked to belong together, for a server
+    that takes them as bytes (foxglove-sdk); ListenError as _load_tls."""
+    return _load_tls(tls, key, ssl.create_default_context(ssl.Purpose.CLIENT_AUTH))
+
+
 def server_context(tls: TlsConfig, key: str) -> ssl.SSLContext:
-    """A TLS server context (TLS 1.2 or newer) for `tls`; ListenError as read_tls."""
-    read_tls(tls, key)
+    """A TLS server context (TLS 1.2 or newer) for `tls`; ListenError as _load_tls."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    _load_tls(tls, key, ctx)
     return ctx

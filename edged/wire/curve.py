@@ -94,13 +94,28 @@ def client_key_files(clients_dir: Path) -> list[Path]:
     return sorted(p for p in clients_dir.glob("*.key") if p.is_file())
 
 
-class CurveAuth:
-    """The ZAP handler of one ZeroMQ context: admits the keys in `clients_dir`."""
+class AddressBans:
+    """The ZAP handler of one ZeroMQ context: admits every address but those denied
+    (a NULL-mechanism socket must set `zap_domain` before it binds to be asked)."""
+
+    def __init__(self, ctx: zmq.Context) -> None:
+        self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("edged.wire.zap"))
+        self._auth.start()  # zmq.ZMQError when the context has a ZAP handler already
+
+    def deny(self, address: str) -> None:
+        """Refuse every connection from `address` (an IP) from now on."""
+        self._auth.deny(address)
+
+    def stop(self) -> None:
+        self._auth.stop()
+
+
+class CurveAuth(AddressBans):
+    """The ZAP handler, also admitting only the CURVE keys in `clients_dir`."""
 
     def __init__(self, ctx: zmq.Context, keys: ServerKeys) -> None:
+        super().__init__(ctx)
         self.keys = keys
-        self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("edged.wire.zap"))
-        self._auth.start()
         self.admitted = self._configure()
 
     def _configure(self) -> frozenset[bytes]:
@@ -122,28 +137,6 @@ class CurveAuth:
         before = self.admitted
         self.admitted = self._configure()
         return len(self.admitted), len(before - self.admitted)
-
-    def deny(self, address: str) -> None:
-        """Refuse every connection from `address` (an IP) from now on."""
-        self._auth.deny(address)
-
-    def stop(self) -> None:
-        self._auth.stop()
-
-
-class AddressBans:
-    """A ZAP handler for a socket without CURVE: admits every address but those denied
-    (sockets must set `zap_domain` before they bind for it to be asked)."""
-
-    def __init__(self, ctx: zmq.Context) -> None:
-        self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("edged.wire.zap"))
-        self._auth.start()  # zmq.ZMQError when the context has a ZAP handler already
-
-    def deny(self, address: str) -> None:
-        self._auth.deny(address)
-
-    def stop(self) -> None:
-        self._auth.stop()
 
 
 def keygen(name: str, directory: Path) -> tuple[Path, Path]:

@@ -222,16 +222,15 @@ class Publisher:
         self._sock: zmq.Socket = self._ctx.socket(zmq.XPUB)
         self.subscriptions = 0  # subscribe messages received (a subscriber sends 1 or more)
         self.guard = SubscriptionGuard()
-        self.refused: list[str] = []  # peer addresses cut off for their subscriptions
-        self._bans: AddressBans | None = None
-        self._refused_until: dict[str, float] = {}
+        self._refused_until: dict[str, float] = {}  # peer -> end of its grace (below)
         self.curve: CurveAuth | None = None
+        self._zap: AddressBans | None = None  # the context's ZAP handler (CURVE's, if on)
         try:
             self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)
             if curve is not None:
                 # the ZAP handler first: a connection that arrives before it would be
                 # admitted unchecked
-                self.curve = CurveAuth(self._ctx, curve)
+                self.curve = self._zap = CurveAuth(self._ctx, curve)
                 self._sock.curve_secretkey = curve.secret
                 self._sock.curve_publickey = curve.public
                 self._sock.curve_server = True
@@ -239,10 +238,10 @@ class Publisher:
                 # a ZAP handler from the start, so that an address refused later
                 # (SubscriptionGuard) is refused from its very next connection
                 try:
-                    self._bans = AddressBans(self._ctx)
+                    self._zap = AddressBans(self._ctx)
                 except zmq.ZMQError as e:  # a context shared with another ZAP handler
                     log.debug("publish: no ZAP handler of its own (%s)", e)
-            if self._bans is not None:
+            if self._zap is not None and self.curve is None:
                 # NULL connections ask the ZAP handler only with a domain set (CURVE ones
                 # always do, under the default domain its keys are configured for)
                 self._sock.zap_domain = b"edged"
@@ -273,10 +272,8 @@ class Publisher:
                 self._bound.append(self._bind(ep))
         except BaseException:
             self._sock.close(linger=0)
-            if self.curve is not None:
-                self.curve.stop()
-            if self._bans is not None:
-                self._bans.stop()
+            if self._zap is not None:
+                self._zap.stop()
             if self._own_ctx:
                 self._ctx.term()
             raise
@@ -348,12 +345,11 @@ class Publisher:
         """Deny `peer` at the ZAP handler and rebind, which drops its connection (libzmq
         cannot drop one connection of a bound socket; the others reconnect)."""
         held = self.guard.held(peer)
-        self.refused.append(peer)
         # what its cut connection had queued still arrives: not counted for a moment; an
         # address that comes back anyway (no ZAP handler) is counted afresh and cut again
         self.guard.forget(peer)
         self._refused_until[peer] = time.monotonic() + REFUSAL_GRACE_S
-        zap = self.curve if self.curve is not None else self._bans
+        zap = self._zap
         if zap is not None:
             zap.deny(peer)
         log.error("publish: %s holds more than %d bytes of subscriptions (%d; a subscriber "
@@ -435,10 +431,8 @@ class Publisher:
             return
         self._closed = True
         self._sock.close()
-        if self.curve is not None:
-            self.curve.stop()
-        if self._bans is not None:
-            self._bans.stop()
+        if self._zap is not None:
+            self._zap.stop()
         if self._own_ctx:
             self._ctx.term()  # returns once queued messages are sent or linger_ms passed
         # libzmq 4.3 leaves ipc socket files behind: removed here (and a stale one by the

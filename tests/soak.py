@@ -112,8 +112,10 @@ class Flapper(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.wait(self.up_s):
-            self.server.close()
+            # not settled from before the close starts: closing ends the connection (and
+            # the camera's reader thread) while shutdown() is still waiting
             self.up_since = None
+            self.server.close()
             if self.stop.wait(self.down_s):
                 return
             self.server = MjpegServer(self.frame, self.fps, self.port)
@@ -163,8 +165,9 @@ def soak(seconds: float, cameras: int, fps: float, warmup: float, interval: floa
                     raise RuntimeError(f"daemon exited {proc.returncode} during the soak; "
                                        f"log: {log_path}")
                 if now >= next_sample:
+                    before = flapper.settled()
                     s = proc_sample(proc.pid)
-                    s.update(t=round(now - t0, 1), settled=flapper.settled())
+                    s.update(t=round(now - t0, 1), settled=before and flapper.settled())
                     samples.append(s)
                     next_sample += interval
                 # stop at the end, at a moment the MJPEG camera is connected
@@ -184,7 +187,14 @@ def soak(seconds: float, cameras: int, fps: float, warmup: float, interval: floa
                     states.append((round(now - t0, 1), msg.camera, msg.state, msg.detail))
                 elif isinstance(msg, EndOfStream):
                     eos.append(f"{msg.camera}: {msg.reason}")
-            end_sample = proc_sample(proc.pid)
+            # the end sample, taken while the MJPEG camera is connected before and after it
+            # (the flapper may close the server at any moment); a few tries at most
+            for _ in range(50):
+                before = flapper.settled()
+                end_sample = proc_sample(proc.pid)
+                if before and flapper.settled():
+                    break
+                time.sleep(0.2)
             end_sample.update(t=round(time.monotonic() - t0, 1), settled=True)
             samples.append(end_sample)
             ts = time.monotonic()

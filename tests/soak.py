@@ -10,8 +10,9 @@ seconds it samples the daemon's VmRSS and Threads (/proc/PID/status) and its ope
 camera, the longest silence per camera, and a verdict:
 
 - RSS at the end within --rss-tolerance (10 %) of RSS after the warm-up;
-- open fds and threads at the end equal to after the warm-up (both taken while the MJPEG
-  camera had been up for a while, so its socket is open in both);
+- open fds and threads at the end equal to after the warm-up, both taken while the MJPEG
+  camera is connected (its server up for a while and staying up, and the daemon reporting
+  the camera running with frames arriving), so its socket and reader are there in both;
 - every camera published; the cameras that are never interrupted were never silent for
   more than 5 s; SIGTERM exits 0 within 5 s.
 
@@ -108,9 +109,11 @@ class Flapper(threading.Thread):
         self.server = MjpegServer(self.frame, fps, port)
         self.up_since = time.monotonic()
         self.restarts = 0
+        self.restarted_at: list[float] = []  # seconds after start
         self.stop = threading.Event()
 
     def run(self) -> None:
+        t0 = time.monotonic()
         while not self.stop.wait(self.up_s):
             # not settled from before the close starts: closing ends the connection (and
             # the camera's reader thread) while shutdown() is still waiting
@@ -121,6 +124,7 @@ class Flapper(threading.Thread):
             self.server = MjpegServer(self.frame, self.fps, self.port)
             self.up_since = time.monotonic()
             self.restarts += 1
+            self.restarted_at.append(round(self.up_since - t0, 1))
 
     def settled(self) -> bool:
         return self.up_since is not None and time.monotonic() - self.up_since >= self.settled_s
@@ -158,21 +162,33 @@ def soak(seconds: float, cameras: int, fps: float, warmup: float, interval: floa
         t0 = time.monotonic()
         flapper.start()
         next_sample = t0
+        # the daemon's own word, its last ipcam state on the bus (None: none seen yet, the
+        # first may be published before the subscriber has joined)
+        ipcam_running: bool | None = None
+        end_deadline = t0 + seconds + 30.0
         try:
             while True:
                 now = time.monotonic()
                 if proc.poll() is not None:
                     raise RuntimeError(f"daemon exited {proc.returncode} during the soak; "
                                        f"log: {log_path}")
+                ending = now - t0 >= seconds
                 if now >= next_sample:
+                    # "connected": the server has been up a while and stays up across the
+                    # sample, and the daemon says the camera runs and its frames arrive. The
+                    # server being up is not enough: after an outage the camera reconnects
+                    # on its own backoff (0.5, 1, 2, 4 s...), which can land seconds after
+                    # the server is back on a loaded machine.
                     before = flapper.settled()
                     s = proc_sample(proc.pid)
-                    s.update(t=round(now - t0, 1), settled=before and flapper.settled())
+                    s.update(t=round(now - t0, 1), settled=(
+                        before and flapper.settled() and ipcam_running is not False
+                        and now - last_t.get("ipcam", -1e9) < 1.0))
                     samples.append(s)
-                    next_sample += interval
-                # stop at the end, at a moment the MJPEG camera is connected
-                if now - t0 >= seconds and flapper.settled():
-                    break
+                    # at the end, sample often until one is taken while connected
+                    next_sample = now + 0.2 if ending else next_sample + interval
+                    if ending and (s["settled"] or now >= end_deadline):
+                        break
                 msg = sub.recv(timeout=0.1)
                 if isinstance(msg, Message):
                     c = msg.camera
@@ -185,18 +201,10 @@ def soak(seconds: float, cameras: int, fps: float, warmup: float, interval: floa
                     last_t[c] = now
                 elif isinstance(msg, CameraState):
                     states.append((round(now - t0, 1), msg.camera, msg.state, msg.detail))
+                    if msg.camera == "ipcam":
+                        ipcam_running = msg.state == "running"
                 elif isinstance(msg, EndOfStream):
                     eos.append(f"{msg.camera}: {msg.reason}")
-            # the end sample, taken while the MJPEG camera is connected before and after it
-            # (the flapper may close the server at any moment); a few tries at most
-            for _ in range(50):
-                before = flapper.settled()
-                end_sample = proc_sample(proc.pid)
-                if before and flapper.settled():
-                    break
-                time.sleep(0.2)
-            end_sample.update(t=round(time.monotonic() - t0, 1), settled=True)
-            samples.append(end_sample)
             ts = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(30)
@@ -214,6 +222,7 @@ def soak(seconds: float, cameras: int, fps: float, warmup: float, interval: floa
         "rss_within_tolerance": end["rss_kb"] <= base["rss_kb"] * (1 + rss_tolerance),
         "fds_flat": end["fds"] == base["fds"],
         "threads_flat": end["threads"] == base["threads"],
+        "ended_while_mjpeg_connected": end["settled"],
         "every_camera_published": all(counts[n] > 0 for n in names),
         "steady_cameras_never_silent_5s": all(silence[n] < 5.0 for n in steady),
         "no_end_of_stream": not eos,
@@ -223,6 +232,7 @@ def soak(seconds: float, cameras: int, fps: float, warmup: float, interval: floa
     return {
         "duration_s": round(time.monotonic() - t0, 1), "cameras": names, "fps_per_camera": fps,
         "warmup_s": warmup, "mjpeg_restarts": flapper.restarts,
+        "mjpeg_restarted_at_s": flapper.restarted_at,
         "machine": {"cores": os.cpu_count(), "load_avg_end": os.getloadavg()},
         "rss_kb": {"start": samples[0]["rss_kb"], "after_warmup": base["rss_kb"],
                    "end": end["rss_kb"], "max": max(s["rss_kb"] for s in samples)},

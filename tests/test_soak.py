@@ -17,7 +17,10 @@ def test_short_soak_passes(tmp_path):
                         "--mjpeg-down", "2", "--json", "--keep", str(tmp_path)],
                        capture_output=True, text=True, timeout=180)
     report = json.loads(p.stdout.splitlines()[-1])
-    assert report["verdict"] == "pass", (report["checks"], p.stderr,
+    samples = [(s["t"], s["settled"], s["threads"], s["fds"]) for s in report["samples"]]
+    assert report["verdict"] == "pass", (report["checks"], samples,
+                                          report["mjpeg_restarted_at_s"],
+                                          report["state_changes"], p.stderr,
                                           (tmp_path / "daemon.log").read_text())
     assert p.returncode == 0
     assert report["mjpeg_restarts"] >= 1

@@ -237,6 +237,11 @@ def test_a_flood_of_subscriptions_is_refused_and_the_daemon_keeps_serving(
         with Subscriber(f"tcp://127.0.0.2:0;127.0.0.1:{port}", ["synthetic"]) as again:
             assert drain(again, 3.0) == 0
         assert drain(good, 1.0) > 3
+        # until SIGHUP: the operator who fixed that host lets it back in without a restart
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_for("reload: subscribers from 127.0.0.2 admitted again", timeout=30)
+        with Subscriber(f"tcp://127.0.0.2:0;127.0.0.1:{port}", ["synthetic"]) as back:
+            assert drain(back, 3.0) > 5
     assert got >= 40, f"the legitimate subscriber got {got} messages in 6 s at 10 fps"
     # the rebind drops it once: what is sent until it has reconnected is lost
     print(f"legitimate subscriber: {got} messages in 6 s, {good.gaps} lost; RSS +{grew:.1f} MB")

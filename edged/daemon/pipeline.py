@@ -375,8 +375,7 @@ class Pipeline:
             except (ConfigError, OSError) as e:
                 log.error("reload rejected, the running configuration stays:\n%s", e)
                 return
-            if old.publish.curve is not None:
-                await self._reload_curve_clients()
+            await self._reload_publisher()
             kept = []
             if new.publish != old.publish:
                 kept.append("publish")
@@ -463,15 +462,16 @@ class Pipeline:
             log.warning("only %d of %d subscription(s) within %.0f s: starting the cameras "
                         "anyway", have, n, timeout)
 
-    async def _reload_curve_clients(self) -> None:
-        """Re-read publish.curve.clients_dir: added keys are admitted at their next
-        handshake; a removed one rebinds."""
+    async def _reload_publisher(self) -> None:
+        """Lift the publisher's refusals and re-read publish.curve.clients_dir: added keys
+        are admitted at their next handshake; a removed one rebinds."""
         try:
-            said = await self._on_zmq_thread(Publisher.reload_clients, timeout=5.0)
+            said = await self._on_zmq_thread(Publisher.reload, timeout=5.0)
         except Exception as e:  # noqa: BLE001 - a bind that fails again is logged, not fatal
-            log.error("reload: CURVE client keys not re-read: %s", e)
+            log.error("reload: publisher refusals and CURVE client keys not reloaded: %s", e)
             return
-        log.info("reload: %s", said)
+        for line in said:
+            log.info("reload: %s", line)
 
     async def _stop_after(self, seconds: float) -> None:
         try:

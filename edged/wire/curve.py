@@ -103,8 +103,20 @@ class AddressBans:
         self._auth.start()  # zmq.ZMQError when the context has a ZAP handler already
 
     def deny(self, address: str) -> None:
-        """Refuse every connection from `address` (an IP) from now on."""
+        """Refuse every connection from `address` (an IP) until `lift`."""
         self._auth.deny(address)
+
+    def lift(self) -> list[str]:
+        """Admit the denied addresses again (SIGHUP); the ones that were denied."""
+        # pyzmq has deny() but no undo: its denied set is the one the handler thread reads
+        # (a set discard is atomic under the GIL)
+        denied = getattr(self._auth, "_denied", None)
+        if not isinstance(denied, set):
+            raise RuntimeError("this pyzmq's ZAP handler keeps no denied set to clear")
+        lifted = sorted(denied)
+        for address in lifted:
+            denied.discard(address)
+        return lifted
 
     def stop(self) -> None:
         self._auth.stop()

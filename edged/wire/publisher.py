@@ -355,7 +355,7 @@ class Publisher:
         log.error("publish: %s holds more than %d bytes of subscriptions (%d; a subscriber "
                   "needs a few dozen): %s, endpoints rebound (every other subscriber "
                   "reconnects)", peer, MAX_PEER_SUBSCRIPTION_BYTES, held,
-                  "refused from now on" if zap is not None else
+                  "refused until SIGHUP or restart" if zap is not None else
                   "disconnected (no ZAP handler here to refuse it)")
         self._rebind()
 
@@ -401,18 +401,27 @@ class Publisher:
         last = self._sock.getsockopt(zmq.LAST_ENDPOINT)
         return last.decode() if isinstance(last, bytes) else ep
 
-    def reload_clients(self) -> str:
-        """Re-read the CURVE clients directory (on the socket's thread); a key that left
-        it rebinds every endpoint, so that its connection, admitted at its handshake,
-        is dropped (the others reconnect by themselves). Returns what happened."""
+    def reload(self) -> list[str]:
+        """SIGHUP, on the socket's thread: admit the addresses SubscriptionGuard refused
+        again, and re-read the CURVE clients directory. A key that left it rebinds every
+        endpoint, so that its connection, admitted at its handshake, is dropped (the
+        others reconnect by themselves). What happened, one line each."""
+        said = []
+        if self._zap is not None and not self._closed:
+            lifted = self._zap.lift()
+            if lifted:
+                said.append(f"subscribers from {', '.join(lifted)} admitted again (refused "
+                            f"for their subscriptions)")
         if self.curve is None or self._closed:
-            return ""
+            return said
         admitted, removed = self.curve.reload()
         if removed:
             self._rebind()
-            return (f"{admitted} CURVE client key(s) admitted, {removed} removed: endpoints "
-                    f"rebound, every subscriber reconnects and is checked again")
-        return f"{admitted} CURVE client key(s) admitted"
+            said.append(f"{admitted} CURVE client key(s) admitted, {removed} removed: "
+                        f"endpoints rebound, every subscriber reconnects and is checked again")
+        else:
+            said.append(f"{admitted} CURVE client key(s) admitted")
+        return said
 
     def _rebind(self) -> None:
         """Unbind and bind every endpoint again: every connection is dropped, and checked

@@ -11,7 +11,9 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from edged.inference.providers import PROVIDER_NAMES
 
 # numpy and the rest load inside the commands: importing this module must be quick, since
 # `edged run` installs its signal handlers only once it is imported (EarlySignals)
@@ -476,11 +478,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from edged.tools.bench import bench, format_report
 
     cv2.setNumThreads(1)
+    if args.also and not args.providers:
+        print("edged bench: --also compares models across providers: it needs --providers",
+              file=sys.stderr)
+        return 2
     if args.providers:
         from edged.tools.bench import format_providers, provider_comparison
 
         try:
-            rows = provider_comparison(cfg, args.runs)
+            rows = provider_comparison(cfg, args.runs, tuple(Path(m) for m in args.also))
         except ModelError as e:
             print(f"edged bench: {e}", file=sys.stderr)
             return 1
@@ -488,7 +494,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         print(json.dumps({"machine": {"cpu_info": detect_cpu().to_json()}, "providers": rows},
                          indent=2) if args.json
-              else format_providers(rows, str(cfg.model.path), args.runs))
+              else format_providers(rows, args.runs))
         return 0
     try:
         models = load_models(cfg)
@@ -518,14 +524,27 @@ def cmd_synth_video(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     setup_logging("warning")
+    import onnxruntime as ort
+
     from edged.inference.runner import ModelError, ModelOptions, ModelRunner
     from edged.tools.evaluate import evaluate
 
+    # OpenVINO keeps its own thread pool: give it the same count as the CPU EP's
+    opts: dict[str, Any] = {"num_of_threads": args.threads} if args.provider == "openvino" else {}
+    chain: tuple[tuple[str, dict[str, Any]], ...] = (("cpu", {}),) if args.provider == "cpu" \
+        else ((args.provider, opts), ("cpu", {}))
     try:
         runner = ModelRunner(ModelOptions(path=Path(args.model), threads=args.threads,
-                                          conf_threshold=args.conf))
+                                          conf_threshold=args.conf, providers=chain))
     except ModelError as e:
         print(f"edged eval: {e}", file=sys.stderr)
+        return 1
+    # an accuracy figure for a provider must come from that provider, not a fallback
+    want = PROVIDER_NAMES[args.provider]
+    if not runner.providers or runner.providers[0] != want:
+        print(f"edged eval: --provider {args.provider}: onnxruntime did not take "
+              f"{want} (session: {', '.join(runner.providers) or 'none'}; this build offers "
+              f"{', '.join(ort.get_available_providers())})", file=sys.stderr)
         return 1
     runner.warmup(2)
 
@@ -535,6 +554,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     res = evaluate(runner, args.scenes, args.seed, progress=progress)
     res["model"] = str(args.model)
+    res["provider"] = runner.providers[0]
+    res["placement"] = runner.placement_summary
     res["conf_threshold"] = runner.manifest.conf_threshold
     if args.json:
         print(json.dumps(res, indent=2))
@@ -694,6 +715,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "offers (CPU, OpenVINO, CUDA, TensorRT), taking turns run by run; "
                         "p50 ms, ratio to the CPU EP, node placement")
     b.add_argument("--runs", type=int, default=100, help="runs per provider (--providers)")
+    b.add_argument("--also", nargs="+", default=[], metavar="MODEL",
+                   help="with --providers: these model files too, every session taking "
+                        "turns, each row also compared with the config's model on the CPU EP")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 
@@ -713,6 +737,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--conf", type=float, default=0.05,
                    help="score threshold for AP (low, so the whole PR curve is measured)")
     v.add_argument("--threads", type=int, default=1)
+    v.add_argument("--provider", choices=sorted(PROVIDER_NAMES), default="cpu",
+                   help="execution provider to score (it must take the model: no fallback)")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_eval)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
 from test_daemon import run_cli, write_config
 
 
@@ -98,4 +100,46 @@ def test_bench_providers_times_every_provider_of_this_build(tmp_path, test_model
     assert rows["cpu"]["placement"].startswith("CPUExecutionProvider: ")
     assert r["machine"]["cpu_info"]["int8_class"]
     p = run_cli("bench", "-c", str(cfg), "--providers", "--runs", "4", timeout=120)
-    assert p.returncode == 0 and "1.00x the CPU EP" in p.stdout, p.stdout
+    assert p.returncode == 0 and "1.00x its CPU EP" in p.stdout, p.stdout
+
+
+def test_bench_providers_also_times_other_models_against_the_base(tmp_path, test_model):
+    """`--also`: each further model on each provider in the same turns, with its ratio to
+    its own CPU EP row and to the config's model on the CPU EP (int8 on OpenVINO vs fp32
+    on the CPU EP is one command)."""
+    demo = Path(__file__).resolve().parents[1] / "models"
+    cfg = write_config(tmp_path / "cfg.yaml", demo / "yoeo-demo-fp32.onnx",
+                       [f"ipc://{tmp_path}/b.sock"], """\
+  a:
+    source: synthetic
+    width: 160
+    height: 120""")
+    int8 = demo / "yoeo-demo-int8.onnx"
+    p = run_cli("bench", "-c", str(cfg), "--providers", "--runs", "6", "--json", "--also",
+                str(int8), timeout=180)
+    assert p.returncode == 0, p.stderr
+    rows = {(Path(x["model"]).name, x["provider"]): x for x in json.loads(p.stdout)["providers"]}
+    base, other = rows[("yoeo-demo-fp32.onnx", "cpu")], rows[("yoeo-demo-int8.onnx", "cpu")]
+    assert base["vs_base"] == base["vs_cpu"] == 1.0 and other["vs_cpu"] == 1.0
+    assert other["vs_base"] == pytest.approx(base["ms_p50"] / other["ms_p50"])
+    assert other["placement"].startswith("CPUExecutionProvider: ")
+    p = run_cli("bench", "-c", str(cfg), "--also", str(int8), timeout=60)
+    assert p.returncode == 2 and "--also compares models across providers: it needs " \
+        "--providers" in p.stderr
+
+
+def test_eval_on_a_provider_this_build_lacks_is_refused_not_scored_on_the_cpu():
+    import onnxruntime as ort
+
+    if "TensorrtExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this build has TensorRT")
+    model = Path(__file__).resolve().parents[1] / "models" / "yoeo-demo-int8.onnx"
+    p = run_cli("eval", "--model", str(model), "--scenes", "2", "--provider", "tensorrt",
+                timeout=120)
+    assert p.returncode == 1 and p.stdout == ""
+    assert "--provider tensorrt: onnxruntime did not take TensorrtExecutionProvider" in p.stderr
+    p = run_cli("eval", "--model", str(model), "--scenes", "4", "--json", timeout=120)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert r["provider"] == "CPUExecutionProvider" and r["scenes"] == 4
+    assert r["placement"].startswith("CPUExecutionProvider: ")

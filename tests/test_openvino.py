@@ -77,3 +77,24 @@ def test_bench_compares_the_providers_in_one_run(tmp_path):
     assert rows["cpu"]["vs_cpu"] == 1.0 and rows["openvino"]["ms_p50"] > 0
     assert "OpenVINOExecutionProvider" in rows["openvino"]["placement"]
     assert rows["cpu"]["placement"].startswith("CPUExecutionProvider")
+
+
+def test_eval_scores_the_model_on_openvino_itself(tmp_path):
+    """`edged eval --provider openvino`: the accuracy figure comes from OpenVINO's session
+    (not a silent CPU fallback) and is that of the CPU EP within a point."""
+    import json
+    import subprocess
+    import sys
+
+    model = str(REPO / "models" / "yoeo-demo-int8.onnx")
+    res = {}
+    for provider in ("openvino", "cpu"):
+        p = subprocess.run([sys.executable, "-m", "edged", "eval", "--model", model,
+                            "--scenes", "8", "--provider", provider, "--json"],
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        res[provider] = json.loads(p.stdout)
+    assert res["openvino"]["provider"] == "OpenVINOExecutionProvider"
+    assert res["openvino"]["placement"].startswith("OpenVINOExecutionProvider")
+    assert res["cpu"]["provider"] == "CPUExecutionProvider"
+    assert abs(res["openvino"]["miou"] - res["cpu"]["miou"]) < 0.01, res

@@ -475,11 +475,14 @@ def bench(config: Config, models: Models, frames: int, with_sinks: bool = False
     }
 
 
-def provider_comparison(config: Config, runs: int = 100) -> list[dict[str, Any]]:
-    """The configured model on each execution provider this onnxruntime build offers (and
-    edged knows), one thread each unless the config says otherwise, the sessions taking
-    turns run by run on one pre-processed frame: p50 ms, the ratio to the CPU EP's p50 in
-    the same runs, and where the nodes ran. A provider that fails to load is reported
+def provider_comparison(config: Config, runs: int = 100, also: tuple[Path, ...] = ()
+                        ) -> list[dict[str, Any]]:
+    """The configured model (and each of `also`) on each execution provider this
+    onnxruntime build offers (and edged knows), one thread each unless the config says
+    otherwise, all the sessions taking turns run by run on one frame: p50 ms, the ratio to
+    the same model's CPU EP p50 (`vs_cpu`) and to the configured model's (`vs_base`) in the
+    same runs, and where the nodes ran. Comparing an int8 file on OpenVINO with the fp32
+    model on the CPU EP thus needs one command. A provider that fails to load is reported
     with onnxruntime's reason."""
     import dataclasses
 
@@ -492,51 +495,66 @@ def provider_comparison(config: Config, runs: int = 100) -> list[dict[str, Any]]
     base = ModelOptions.from_config(config.model)
     base = dataclasses.replace(base, threads=base.threads or 1, warmup_runs=1)
     available = set(ort.get_available_providers())
+    frame = first_frame(config)
     rows: list[dict[str, Any]] = []
     runners: list[ModelRunner] = []
+    tensors: list[list[np.ndarray]] = []
     timed: list[dict[str, Any]] = []  # the rows of `runners`, in order
-    for name, ort_name in PROVIDER_NAMES.items():
-        if ort_name not in available:
-            continue
-        # OpenVINO keeps its own thread pool: give it the same count as the CPU EP's
-        opts: dict[str, Any] = {"num_of_threads": base.threads} if name == "openvino" else {}
-        chain: tuple[tuple[str, dict[str, Any]], ...] = \
-            (("cpu", {}),) if name == "cpu" else ((name, opts), ("cpu", {}))
-        try:
-            r = ModelRunner(dataclasses.replace(base, providers=chain))
-        except ModelError as e:
-            rows.append({"provider": name, "error": str(e)})
-            continue
-        if name != "cpu" and (not r.providers or r.providers[0] != ort_name):
-            rows.append({"provider": name, "error": "onnxruntime did not take it (fell back "
-                                                    f"to {', '.join(r.providers)})"})
-            continue
-        runners.append(r)
-        timed.append({"provider": name, "placement": r.placement_summary,
-                      "threads": r.threads})
-        rows.append(timed[-1])
+    for path in (base.path, *also):
+        for name, ort_name in PROVIDER_NAMES.items():
+            if ort_name not in available:
+                continue
+            # OpenVINO keeps its own thread pool: give it the same count as the CPU EP's
+            opts: dict[str, Any] = {"num_of_threads": base.threads} if name == "openvino" \
+                else {}
+            chain: tuple[tuple[str, dict[str, Any]], ...] = \
+                (("cpu", {}),) if name == "cpu" else ((name, opts), ("cpu", {}))
+            row: dict[str, Any] = {"model": str(path), "provider": name}
+            try:
+                r = ModelRunner(dataclasses.replace(base, path=path, providers=chain))
+            except ModelError as e:
+                rows.append({**row, "error": str(e)})
+                continue
+            if name != "cpu" and (not r.providers or r.providers[0] != ort_name):
+                rows.append({**row, "error": "onnxruntime did not take it (fell back to "
+                                            f"{', '.join(r.providers)})"})
+                continue
+            pre = Preprocessor(r.manifest.preprocess)
+            pre(frame)
+            runners.append(r)
+            tensors.append([pre.tensor.copy()])
+            timed.append({**row, "placement": r.placement_summary, "threads": r.threads})
+            rows.append(timed[-1])
     if not runners:
         return rows
-    pre = Preprocessor(runners[0].manifest.preprocess)
-    pre(first_frame(config))
-    times = time_interleaved(runners, [[pre.tensor]] * len(runners), runs, warmup=5)
+    times = time_interleaved(runners, tensors, runs, warmup=5)
     medians = [float(np.median(t)) for t in times]
-    cpu_ms = next((m for row, m in zip(timed, medians) if row["provider"] == "cpu"), None)
+    cpu_ms = {row["model"]: m for row, m in zip(timed, medians) if row["provider"] == "cpu"}
+    base_ms = cpu_ms.get(str(base.path))
     for row, m in zip(timed, medians):
         row["ms_p50"] = m
-        row["vs_cpu"] = cpu_ms / m if cpu_ms else None
+        own = cpu_ms.get(row["model"])
+        row["vs_cpu"] = own / m if own else None
+        row["vs_base"] = base_ms / m if base_ms else None
     return rows
 
 
-def format_providers(rows: list[dict[str, Any]], model: str, runs: int) -> str:
-    lines = [f"providers for {model} ({runs} runs each, taking turns):"]
-    for x in rows:
-        if "error" in x:
-            lines.append(f"  {x['provider']:<10} failed: {x['error']}")
-            continue
-        ratio = f"{x['vs_cpu']:.2f}x the CPU EP" if x["vs_cpu"] else ""
-        lines.append(f"  {x['provider']:<10} {x['ms_p50']:7.2f} ms p50 ({x['threads']} "
-                     f"thread(s)) {ratio}; {x['placement']}")
+def format_providers(rows: list[dict[str, Any]], runs: int) -> str:
+    models = list(dict.fromkeys(x["model"] for x in rows))
+    lines = [f"providers ({runs} runs each, all sessions taking turns):"]
+    for model in models:
+        lines.append(f"  {model}" + (" (base)" if model == models[0] else ""))
+        for x in rows:
+            if x["model"] != model:
+                continue
+            if "error" in x:
+                lines.append(f"    {x['provider']:<10} failed: {x['error']}")
+                continue
+            ratio = f"{x['vs_cpu']:.2f}x its CPU EP" if x["vs_cpu"] else ""
+            if x["vs_base"] and model != models[0]:
+                ratio += f", {x['vs_base']:.2f}x the base on the CPU EP"
+            lines.append(f"    {x['provider']:<10} {x['ms_p50']:7.2f} ms p50 ({x['threads']} "
+                         f"thread(s)) {ratio}; {x['placement']}")
     return "\n".join(lines)
 
 

@@ -11,9 +11,9 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from edged.inference.providers import PROVIDER_NAMES
+from edged.inference.providers import PROVIDER_NAMES, provider_chain
 
 # numpy and the rest load inside the commands: importing this module must be quick, since
 # `edged run` installs its signal handlers only once it is imported (EarlySignals)
@@ -529,13 +529,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from edged.inference.runner import ModelError, ModelOptions, ModelRunner
     from edged.tools.evaluate import evaluate
 
-    # OpenVINO keeps its own thread pool: give it the same count as the CPU EP's
-    opts: dict[str, Any] = {"num_of_threads": args.threads} if args.provider == "openvino" else {}
-    chain: tuple[tuple[str, dict[str, Any]], ...] = (("cpu", {}),) if args.provider == "cpu" \
-        else ((args.provider, opts), ("cpu", {}))
     try:
         runner = ModelRunner(ModelOptions(path=Path(args.model), threads=args.threads,
-                                          conf_threshold=args.conf, providers=chain))
+                                          conf_threshold=args.conf,
+                                          providers=provider_chain(args.provider, args.threads)))
     except ModelError as e:
         print(f"edged eval: {e}", file=sys.stderr)
         return 1

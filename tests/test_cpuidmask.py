@@ -166,3 +166,26 @@ def test_other_faults_still_reach_the_programs_own_handler(preload: Path) -> Non
     assert p.returncode == -11, (p.returncode, p.stderr)
     assert "Fatal Python error: Segmentation fault" in p.stderr
     assert "string_at" in p.stderr  # the traceback faulthandler wrote
+
+
+def test_edged_quantize_on_an_avx2_cpu_searches_the_7_bit_candidates_itself(
+        preload: Path, tmp_path: Path) -> None:
+    """No --for-class: on the masked CPU `edged quantize` finds x86-avx2 itself, adds the
+    7-bit (U8S7) and unsigned-weight (U8U8) twins of each U8S8 candidate, and records
+    the class it validated on in the manifest."""
+    import json
+
+    if "avx2" not in detect().features:
+        pytest.skip("this CPU has no AVX2")
+    out = tmp_path / "q.onnx"
+    p = masked(preload, "avx2", sys.executable, "-m", "edged", "quantize",
+               str(REPO / "models" / "yoeo-demo-fp32.onnx"), "-o", str(out), "--search",
+               "quick", "--count", "8", "--holdout", "4", "--runs", "2", "--min-agreement",
+               "0", "--max-miou-drop", "1", "--min-det-agreement", "0", timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rows = [line.split() for line in p.stdout.splitlines() if line.startswith("int8 #")]
+    pairs = {r[3] if r[2] == "*" else r[2] for r in rows}
+    assert {"U8S8", "S8S8", "U8S7", "U8U8"} <= pairs, p.stdout
+    q = json.loads(out.with_suffix(".json").read_text())["quantization"]
+    assert q["validated_on"]["int8_class"] == "x86-avx2"
+    assert q["validated_on"]["features"] == ["avx2"]

@@ -7,9 +7,9 @@ onnxruntime's.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
-__all__ = ["OPTION_ALIASES", "PROVIDER_NAMES", "PROVIDER_OPTIONS"]
+__all__ = ["OPTION_ALIASES", "PROVIDER_NAMES", "PROVIDER_OPTIONS", "provider_chain"]
 
 # edged's provider name (what the config writes) -> onnxruntime's
 PROVIDER_NAMES: Final[dict[str, str]] = {
@@ -48,3 +48,12 @@ PROVIDER_OPTIONS: Final[dict[str, frozenset[str]]] = {
         "enable_opencl_throttling", "disable_dynamic_shapes", "enable_qdq_optimizer",
         "model_priority", "load_config", "context"}),
 }
+
+
+def provider_chain(name: str, threads: int) -> tuple[tuple[str, dict[str, Any]], ...]:
+    """One provider to measure on its own, with the CPU EP behind it for the nodes it
+    cannot take (just the CPU EP for "cpu"). OpenVINO keeps its own thread pool, so it
+    gets the thread count the CPU EP would use."""
+    if name == "cpu":
+        return (("cpu", {}),)
+    return ((name, {"num_of_threads": threads} if name == "openvino" else {}), ("cpu", {}))

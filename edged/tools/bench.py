@@ -489,7 +489,7 @@ def provider_comparison(config: Config, runs: int = 100, also: tuple[Path, ...] 
     import onnxruntime as ort
 
     from edged.inference.preprocess import Preprocessor
-    from edged.inference.providers import PROVIDER_NAMES
+    from edged.inference.providers import PROVIDER_NAMES, provider_chain
     from edged.inference.runner import ModelError, ModelOptions, ModelRunner, time_interleaved
 
     base = ModelOptions.from_config(config.model)
@@ -504,14 +504,10 @@ def provider_comparison(config: Config, runs: int = 100, also: tuple[Path, ...] 
         for name, ort_name in PROVIDER_NAMES.items():
             if ort_name not in available:
                 continue
-            # OpenVINO keeps its own thread pool: give it the same count as the CPU EP's
-            opts: dict[str, Any] = {"num_of_threads": base.threads} if name == "openvino" \
-                else {}
-            chain: tuple[tuple[str, dict[str, Any]], ...] = \
-                (("cpu", {}),) if name == "cpu" else ((name, opts), ("cpu", {}))
             row: dict[str, Any] = {"model": str(path), "provider": name}
             try:
-                r = ModelRunner(dataclasses.replace(base, path=path, providers=chain))
+                r = ModelRunner(dataclasses.replace(base, path=path,
+                                                    providers=provider_chain(name, base.threads)))
             except ModelError as e:
                 rows.append({**row, "error": str(e)})
                 continue

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_cpu import EMULATED_MASKS
 
 from edged.inference.cpu import detect, int8_numerics
 
@@ -67,20 +68,8 @@ def test_an_unknown_mode_is_refused_by_name(preload: Path) -> None:
     assert "CPUIDMASK=avx9: expected avx2 or avx512" in p.stderr
 
 
-MASKS = """
-import sys
-import numpy as np
-from pathlib import Path
-from edged import synth
-from edged.inference.runner import ModelOptions, ModelRunner
-from edged.results import Frame
-out = {}
-for i, name in enumerate(sys.argv[2:]):
-    r = ModelRunner(ModelOptions(path=Path(name), threads=1, warmup_runs=0))
-    out[str(i)] = np.stack([r.infer(Frame("c", k, synth.render(1_000_000 + k, 0, 320, 240)
-                                          .image, 0, 0)).mask for k in range(4)])
-np.savez(sys.argv[1], **out)
-"""
+# the masks of the first 4 evaluation scenes for each model file given, as test_cpu's qemu test
+MASKS = EMULATED_MASKS
 
 
 def test_onnxruntime_runs_the_avx2_kernels_under_the_mask(preload: Path, tmp_path: Path

@@ -54,7 +54,11 @@ def test_detect_reads_this_machine():
             break
     assert set(c.features) <= flags and all(f in flags for f in c.features)
     if c.machine == "x86_64":
-        assert ("avx512_vnni" in flags or "avx_vnni" in flags) == \
+        # a feature counts where /proc/cpuinfo and CPUID agree (under tools/cpuidmask,
+        # or an emulator, CPUID reports less than the host's flags)
+        asked = cpuid_features()
+        said = flags if asked is None else flags & asked
+        assert ("avx512_vnni" in said or "avx_vnni" in said) == \
             (c.int8_class in ("x86-vnni", "x86-amx"))
 
 
@@ -120,6 +124,9 @@ def test_cpuid_agrees_with_the_kernel_here():
 
 
 QEMU = shutil.which("qemu-x86_64")
+# qemu's guest is a whole CPU of its own: a host preload (tools/cpuidmask, when the suite
+# runs under it) would be loaded into the guest, where CPUID cannot fault
+QEMU_ENV = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "CPUIDMASK")}
 
 
 needs_qemu = pytest.mark.skipif(
@@ -134,7 +141,7 @@ def test_an_emulated_avx2_cpu_is_classed_by_what_cpuid_says():
     code = ("from edged.inference.cpu import detect; c = detect(); "
             "print(c.int8_class, ' '.join(c.features))")
     p = subprocess.run([QEMU, "-cpu", "Haswell", sys.executable, "-c", code],
-                       capture_output=True, text=True, timeout=120, cwd=REPO)
+                       capture_output=True, text=True, timeout=120, cwd=REPO, env=QEMU_ENV)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["x86-avx2", "avx2"], p.stdout
 
@@ -177,10 +184,14 @@ def test_the_avx2_variant_computes_the_same_masks_on_avx2_kernels(tmp_path):
     assert p.returncode == 0, p.stderr
     p = subprocess.run([QEMU or "qemu-x86_64", "-cpu", "Haswell", sys.executable, *args[:1],
                         str(emulated), *args[2:]],
-                       capture_output=True, text=True, timeout=600, cwd=REPO)
+                       capture_output=True, text=True, timeout=600, cwd=REPO, env=QEMU_ENV)
     assert p.returncode == 0, p.stderr[-2000:]
     a, b = np.load(native), np.load(emulated)
     same_avx2 = float((a["0"] == b["0"]).mean())
     same_vnni = float((a["1"] == b["1"]).mean())
     assert same_avx2 >= 0.9995, same_avx2
-    assert same_vnni < same_avx2, (same_vnni, same_avx2)
+    if int8_numerics(detect().int8_class) == "saturating":
+        # this CPU clips as the emulated one does: the 8-bit variant agrees too
+        assert same_vnni >= 0.9995, same_vnni
+    else:
+        assert same_vnni < same_avx2, (same_vnni, same_avx2)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_cpu import EMULATED_MASKS
+from test_cpu import EMULATED_MASKS, QEMU_ENV
 
 from edged.inference.cpu import detect, int8_numerics
 
@@ -128,7 +128,7 @@ def test_the_mask_computes_the_integers_of_an_emulated_haswell(preload: Path,
     emulated, avx2 = tmp_path / "emulated.npz", tmp_path / "avx2.npz"
     p = subprocess.run([shutil.which("qemu-x86_64") or "qemu-x86_64", "-cpu", "Haswell",
                         sys.executable, str(script), str(emulated), str(eight)],
-                       capture_output=True, text=True, timeout=600, cwd=REPO)
+                       capture_output=True, text=True, timeout=600, cwd=REPO, env=QEMU_ENV)
     assert p.returncode == 0, p.stderr[-2000:]
     p = masked(preload, "avx2", sys.executable, str(script), str(avx2), str(eight))
     assert p.returncode == 0, p.stderr

@@ -538,7 +538,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 1
     # an accuracy figure for a provider must come from that provider, not a fallback
     want = PROVIDER_NAMES[args.provider]
-    if not runner.providers or runner.providers[0] != want:
+    if runner.active_provider != want:
         print(f"edged eval: --provider {args.provider}: onnxruntime did not take "
               f"{want} (session: {', '.join(runner.providers) or 'none'}; this build offers "
               f"{', '.join(ort.get_available_providers())})", file=sys.stderr)
@@ -551,7 +551,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     res = evaluate(runner, args.scenes, args.seed, progress=progress)
     res["model"] = str(args.model)
-    res["provider"] = runner.providers[0]
+    res["provider"] = runner.active_provider
     res["placement"] = runner.placement_summary
     res["conf_threshold"] = runner.manifest.conf_threshold
     if args.json:

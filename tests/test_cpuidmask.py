@@ -68,10 +68,6 @@ def test_an_unknown_mode_is_refused_by_name(preload: Path) -> None:
     assert "CPUIDMASK=avx9: expected avx2 or avx512" in p.stderr
 
 
-# the masks of the first 4 evaluation scenes for each model file given, as test_cpu's qemu test
-MASKS = EMULATED_MASKS
-
-
 def test_onnxruntime_runs_the_avx2_kernels_under_the_mask(preload: Path, tmp_path: Path
                                                           ) -> None:
     """The 8-bit variant's products clip in 16 bits on AVX2 kernels, so its masks change
@@ -86,7 +82,7 @@ def test_onnxruntime_runs_the_avx2_kernels_under_the_mask(preload: Path, tmp_pat
                                                                             "x86-vnni")
     assert (seven.name, eight.name) == ("yoeo-demo-int8-avx2.onnx", "yoeo-demo-int8.onnx")
     script = tmp_path / "masks.py"
-    script.write_text(MASKS)
+    script.write_text(EMULATED_MASKS)  # masks of 4 scenes per model file
     native, avx2 = tmp_path / "native.npz", tmp_path / "avx2.npz"
     p = subprocess.run([sys.executable, str(script), str(native), str(seven), str(eight)],
                        capture_output=True, text=True, timeout=300, cwd=REPO)
@@ -124,7 +120,7 @@ def test_the_mask_computes_the_integers_of_an_emulated_haswell(preload: Path,
 
     eight = builtin_variant("yoeo-demo", "x86-vnni")
     script = tmp_path / "masks.py"
-    script.write_text(MASKS)
+    script.write_text(EMULATED_MASKS)  # masks of 4 scenes per model file
     emulated, avx2 = tmp_path / "emulated.npz", tmp_path / "avx2.npz"
     p = subprocess.run([shutil.which("qemu-x86_64") or "qemu-x86_64", "-cpu", "Haswell",
                         sys.executable, str(script), str(emulated), str(eight)],

@@ -153,9 +153,8 @@ def test_subscriber_that_never_reads_does_not_grow_the_daemon(tmp_path, test_mod
     published between the two RSS samples, and the daemon may grow by at most 40% of
     them (keeping the messages for the stuck one grows it by all of them: 66 MB of 60 MB
     measured with sndhwm 10000; 4.6 MB unloaded and 7-8 MB beside two CPU hogs with the
-    default 8). On a
-    loaded machine fewer frames are made, and the window waits for them rather than
-    judging a few seconds' worth against allocator noise."""
+    default 8). On a loaded machine fewer frames are made, and the window waits for them
+    rather than judging a few seconds' worth against allocator noise."""
     import zmq
 
     cfg = write_config(tmp_path / "cfg.yaml", test_model, [tcp_endpoint], """\

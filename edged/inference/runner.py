@@ -316,6 +316,9 @@ class ModelRunner:
             raise ModelError(f"cannot load model {path}: {first}") from None
         self.threads = threads
         self.providers = self.session.get_providers()
+        # the provider that runs the session's first nodes ("" if none): what a figure
+        # measured on this runner is a figure of
+        self.active_provider: str = self.providers[0] if self.providers else ""
         self.inputs = tensor_infos(self.session.get_inputs())
         self.outputs = tensor_infos(self.session.get_outputs())
         self.output_names = [o.name for o in self.outputs]
@@ -356,7 +359,7 @@ class ModelRunner:
             return None, 0
         if mode in ("cpu", "cuda"):
             return mode, 0
-        active = self.providers[0] if self.providers else ""
+        active = self.active_provider
         if mode == "auto" and active in CUDA_PROVIDERS:
             opts = self.session.get_provider_options().get(active, {})
             return "cuda", int(opts.get("device_id", 0) or 0)

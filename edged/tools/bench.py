@@ -511,7 +511,7 @@ def provider_comparison(config: Config, runs: int = 100, also: tuple[Path, ...] 
             except ModelError as e:
                 rows.append({**row, "error": str(e)})
                 continue
-            if name != "cpu" and (not r.providers or r.providers[0] != ort_name):
+            if name != "cpu" and r.active_provider != ort_name:
                 rows.append({**row, "error": "onnxruntime did not take it (fell back to "
                                             f"{', '.join(r.providers)})"})
                 continue

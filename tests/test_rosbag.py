@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import struct
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -81,17 +83,14 @@ def test_a_definition_that_cannot_be_read_is_an_error():
 THRESHOLD = 0.45  # model.conf_threshold in the recording's config
 
 
-@pytest.fixture(scope="module")
-def bag(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A bag of one synthetic camera, images on, recorded by the daemon as a user would."""
-    tmp = tmp_path_factory.mktemp("rosbag")
+def _config(tmp: Path, threshold: float, record: str = "") -> Path:
     cfg = tmp / "bag.yaml"
     cfg.write_text(f"""\
 model:
   path: builtin:yoeo-demo-int8.onnx
   threads: 1
   warmup_runs: 1
-  conf_threshold: {THRESHOLD}
+  conf_threshold: {threshold}
 cameras:
   front:
     source: synthetic
@@ -104,7 +103,15 @@ publish:
   endpoints: [ipc://{tmp}/pub.sock]
 log:
   stats_interval_s: 0.5
-""")
+{record}""")
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def bag(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bag of one synthetic camera, images on, recorded by the daemon as a user would."""
+    tmp = tmp_path_factory.mktemp("rosbag")
+    cfg = _config(tmp, THRESHOLD)
     out = tmp / "bag"
     p = run_cli("record", "-c", str(cfg), "--duration", "3", "--rosbag", str(out))
     assert p.returncode == 0, p.stderr
@@ -154,6 +161,38 @@ def test_label_info_carries_the_threshold_in_force(bag):
     assert labels.header.frame_id == "cam_front_optical"
     # the class-id mask is an argmax: no threshold
     assert got["/edged/front/mask/label_info"].threshold == 0.0
+
+
+def test_a_reloaded_threshold_is_recorded_when_it_takes_effect(tmp_path, start_daemon):
+    from rosbags.highlevel import AnyReader
+
+    out = tmp_path / "bag"
+    record = f"record:\n  format: rosbag2\n  dir: {out}\n"
+    d = start_daemon(_config(tmp_path, THRESHOLD, record))
+    d.wait_for("ready")
+    time.sleep(1.0)
+    t_reload = time.time_ns()
+    _config(tmp_path, 0.6, record)
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_for("reload done", timeout=30)
+    time.sleep(1.0)
+    assert d.terminate()[0] == 0
+    labels, dets = [], []
+    with AnyReader([out], default_typestore=_rosbags_store()) as r:
+        for conn, t, raw in r.messages():
+            if conn.topic == "/edged/front/label_info":
+                labels.append((t, r.deserialize(raw, conn.msgtype).threshold))
+            elif conn.topic == "/edged/front/detections":
+                dets.append((t, [x.results[0].hypothesis.score
+                                 for x in r.deserialize(raw, conn.msgtype).detections]))
+    # one LabelInfo per threshold, each from the first frame it applied to
+    assert [x for _, x in labels] == [np.float32(THRESHOLD), np.float32(0.6)]
+    assert labels[0][0] == dets[0][0] and labels[1][0] > t_reload
+    # and the detections on either side passed the threshold recorded for them
+    before = [s for t, scores in dets if t < labels[1][0] for s in scores]
+    after = [s for t, scores in dets if t >= labels[1][0] for s in scores]
+    assert before and min(before) >= THRESHOLD - 1e-6
+    assert after and min(after) >= 0.6 - 1e-6
 
 
 def test_type_hashes_are_where_jazzy_writes_them(bag):

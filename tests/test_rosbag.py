@@ -332,6 +332,15 @@ def test_metadata_yaml_is_read_by_humble_and_jazzy(bag, tmp_path):
         == [(1, 1, 1)]
     assert by_name["/edged/front/mask"][0]["durability"] == 2
     assert by_name["/edged/front/label_info"][0]["durability"] == 1
+    # and rosbags, reading the same integers, sees the same policies
+    from rosbags.highlevel import AnyReader
+
+    with AnyReader([bag], default_typestore=_rosbags_store()) as r:
+        qos = {c.topic: c.ext.offered_qos_profiles[0] for c in r.connections}
+    assert (qos["/edged/front/mask"].reliability.name, qos["/edged/front/mask"].durability.name,
+            qos["/edged/front/mask"].history.name) == ("RELIABLE", "VOLATILE", "KEEP_LAST")
+    assert qos["/edged/front/label_info"].durability.name == "TRANSIENT_LOCAL"
+    assert qos["/edged/front/mask"].liveliness.name == "AUTOMATIC"
     assert info["relative_file_paths"] == ["bag_0.mcap"]
     assert info["files"][0]["path"] == "bag_0.mcap"
     assert info["ros_distro"] == "jazzy"

@@ -1,7 +1,9 @@
 """The .msg definitions (ROS 2 Jazzy) of the types edged writes, for rosbag2 files: a
 bag's MCAP schema (`ros2msg`) holds a type's definition followed by each type it uses,
 so any reader can decode the CDR without ROS installed. Constants and comments of the
-upstream files are left out where they do not change the layout."""
+upstream files are left out where they do not change the layout; neither is part of a
+type's RIHS01 hash either (`edged.ros2.typehash` hashes these definitions, and
+tests/test_rosbag.py checks them against the upstream files)."""
 
 from __future__ import annotations
 

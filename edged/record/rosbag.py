@@ -50,7 +50,8 @@ log = logging.getLogger("edged.record")
 # version 9, Jazzy's (rosbag2 0.26), makes it a YAML list with policy names, which Humble
 # fails on. Jazzy reads a version-8 file whole: the QoS string (integers detected),
 # type_description_hash (>= 7), custom_data (>= 6), ros_distro (>= 8)
-# (rosbag2_storage/include/rosbag2_storage/yaml.hpp, qos.cpp). Iron wrote version 8.
+# (rosbag2_storage/include/rosbag2_storage/yaml.hpp, qos.cpp). Iron wrote 7; Rolling
+# wrote 8 between Iron and Jazzy.
 METADATA_VERSION = 8
 ROS_DISTRO = "jazzy"  # the message layouts are Jazzy's (edged.ros2.msgs)
 
@@ -239,8 +240,9 @@ class RosbagSink(Sink):
         if fh is None:
             return
         try:
-            # as rosbag2_storage_mcap's update_metadata at the end of a recording (Iron and
-            # later): `ros2 bag info` of the .mcap alone, and a reindex, read it
+            # as Jazzy's rosbag2_storage_mcap (update_metadata) at the end of a recording:
+            # opening the .mcap alone (`ros2 bag info FILE`, a reindex) reads it. Humble
+            # and Iron wrote {"ROS_DISTRO": ...} here and read nothing back
             self._w.add_metadata("rosbag2", {"serialized_metadata": _yaml(self.metadata())})
             self._w.finish()
         except OSError as e:

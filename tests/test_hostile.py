@@ -4,22 +4,38 @@ test per numbered case (named for it), each through the real command or daemon."
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from test_daemon import write_config
+from test_reload import cams, count, gather
+
+from edged.wire.client import Subscriber
+from edged.wire.codec import Message
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def edged(*args: str, timeout: float = 120, cwd: Path | None = None
-          ) -> subprocess.CompletedProcess[str]:
-    """`edged ARGS` as a user runs it: its exit code, stdout and stderr."""
+def edged(*args: str, timeout: float = 120, cwd: Path | None = None,
+          memory_gb: float | None = None) -> subprocess.CompletedProcess[str]:
+    """`edged ARGS` as a user runs it: its exit code, stdout and stderr. `memory_gb`
+    bounds its address space, so a regression fails as a MemoryError instead of taking
+    the machine's memory."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("EDGED_TRACEBACK", None)
+
+    def limit() -> None:
+        if memory_gb is not None:
+            import resource
+
+            cap = int(memory_gb * (1 << 30))
+            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
     return subprocess.run([sys.executable, "-m", "edged", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env, cwd=cwd)
+                          text=True, timeout=timeout, env=env, cwd=cwd, preexec_fn=limit)
 
 
 def one_user_error(res: subprocess.CompletedProcess[str], command: str, *needles: str) -> str:
@@ -60,3 +76,88 @@ def test_case7_commands_validate_their_arguments(tmp_path, args, needles):
     res = edged(*args, timeout=60, cwd=tmp_path)
     one_user_error(res, args[0], *needles)
     assert not (tmp_path / "out.mp4").exists()
+
+
+# --------------------------------------------------------------------------- case 4
+
+
+def test_case4_config_file_read_with_a_size_bound(tmp_path):
+    res = edged("check", "-c", "/dev/zero", timeout=60, memory_gb=3)
+    one_user_error(res, "check")
+    assert "/dev/zero: not a regular file" in res.stderr, res.stderr
+    big = tmp_path / "big.yaml"
+    big.write_text("# padding\n" * 200_000)  # 2 MB of comments: valid YAML, too large
+    res = edged("check", "-c", str(big), timeout=60, memory_gb=3)
+    assert res.returncode == 1 and "internal error" not in res.stderr, res.stderr
+    assert f"{big}: the config file is larger than 1048576 bytes" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("kind", ["flow", "block", "aliases"])
+def test_case4_deeply_nested_yaml_is_a_located_error(tmp_path, kind):
+    cfg = tmp_path / "deep.yaml"
+    if kind == "flow":
+        cfg.write_text("model: " + "{a: " * 5000 + "1" + "}" * 5000 + "\n")
+        where = f"{cfg}:1:"
+    elif kind == "block":
+        cfg.write_text("model:\n" + "".join(f"{'  ' * (i + 1)}k{i}:\n" for i in range(200))
+                       + "  " * 201 + "v: 1\n")
+        where = f"{cfg}:"
+    else:  # each anchor stays within the bound, their expansion does not
+        text = "a0: &a0 [1]\n"
+        for i in range(1, 30):
+            text += f"a{i}: &a{i} " + "[" * 40 + f"*a{i - 1}" + "]" * 40 + "\n"
+        cfg.write_text(text)
+        where = f"{cfg}:"
+    res = edged("check", "-c", str(cfg), timeout=60, memory_gb=3)
+    assert res.returncode == 1, res
+    assert "internal error" not in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert where in res.stderr and "nested more than 64 levels deep" in res.stderr, res.stderr
+
+
+# --------------------------------------------------------------------------- case 3
+
+HUGE = """\
+  huge:
+    source: synthetic
+    width: 100000
+    height: 100000"""
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_case3_huge_camera_size_refused_by_check_and_run(tmp_path, test_model, tcp_endpoint,
+                                                          command):
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, [tcp_endpoint], cams(a=10) + "\n"
+                       + HUGE + "\n  wide:\n    source: synthetic\n    width: 5000\n"
+                       "    height: 5000\n  fast:\n    source: synthetic\n    fps: 1e9")
+    res = edged(command, "-c", str(cfg), timeout=120, memory_gb=4)
+    assert res.returncode == 1, (res.returncode, res.stderr)
+    err = res.stderr
+    assert "internal error" not in err and "MemoryError" not in err, err
+    for line in (f"{cfg}:13: cameras.huge.width: Input should be less than or equal to 16384",
+                 f"{cfg}:14: cameras.huge.height: Input should be less than or equal to 16384",
+                 f"{cfg}:15: cameras.wide: a synthetic camera renders at most 8294400 pixels",
+                 f"{cfg}:21: cameras.fast.fps: Input should be less than or equal to 1000"):
+        assert line in err, (line, err)
+
+
+def test_case3_reload_with_a_huge_camera_is_refused_and_the_old_one_kept(
+        tmp_path, test_model, tcp_endpoint, start_daemon):
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, [tcp_endpoint], cams(a=10))
+    with Subscriber(tcp_endpoint) as sub:
+        d = start_daemon(cfg)
+        d.wait_for("ready", timeout=120)
+        before = [m for m in gather(sub, 0, until=count("a", 3), limit=60)
+                  if isinstance(m, Message)]
+        cfg.write_text(cfg.read_text().replace("width: 160", "width: 100000")
+                       .replace("height: 120", "height: 100000"))
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_for("reload rejected", timeout=60)
+        after = [m for m in gather(sub, 0, until=count("a", 5), limit=60)
+                 if isinstance(m, Message)]
+        assert d.terminate(timeout=30)[0] == 0
+    log = d.log()
+    assert "cameras.a.width: Input should be less than or equal to 16384" in log, log
+    assert "reload done" not in log and "Traceback" not in log and "MemoryError" not in log
+    # the running camera was never touched: its sequence numbers just continue
+    assert before and len(after) >= 5 and after[0].seq > before[-1].seq
+    assert all((m.frame_w, m.frame_h) == (160, 120) for m in after)

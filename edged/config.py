@@ -939,7 +939,7 @@ class _LineLoader(yaml.SafeLoader):
     file = "<string>"
     _depth = 0
 
-    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         # bounded before PyYAML recurses into it: a located error, not a RecursionError
         self._depth += 1
         try:
@@ -949,7 +949,7 @@ class _LineLoader(yaml.SafeLoader):
                     self.file, mark.line + 1, "", NO_VALUE,
                     f"mappings and lists nested more than {MAX_YAML_DEPTH} levels deep",
                     mark.column + 1)])
-            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+            return super().compose_node(parent, index)
         finally:
             self._depth -= 1
 

@@ -3,7 +3,9 @@ test per numbered case (named for it), each through the real command or daemon."
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,3 +163,72 @@ def test_case3_reload_with_a_huge_camera_is_refused_and_the_old_one_kept(
     # the running camera was never touched: its sequence numbers just continue
     assert before and len(after) >= 5 and after[0].seq > before[-1].seq
     assert all((m.frame_w, m.frame_h) == (160, 120) for m in after)
+
+
+# --------------------------------------------------------------------------- case 5
+
+GOOD_MANIFEST = {"format": "yoeo", "input_name": "InputLayer",
+                 "outputs": {"detections": "Detections", "segmentation": "Segmentations"},
+                 "classes": ["ball", "goalpost", "robot"],
+                 "seg_classes": ["background", "lines", "field"]}
+
+
+@pytest.fixture
+def manifest_model(tmp_path, test_model) -> Path:
+    model = tmp_path / "m.onnx"
+    shutil.copyfile(test_model, model)
+    return model
+
+
+@pytest.mark.parametrize(("change", "needles"), [
+    ({"outputs": {"detections": "Dets", "segmentation": "Segmentations"}},
+     ("'detections' = 'Dets' is not a graph output",)),
+    ({"input_name": "image"}, ("input_name:", "'image' is not a graph input")),
+    ({"conf_threshold": "high"}, ("conf_threshold: must be a number", "'high'")),
+    ({"conf_threshold": 7}, ("conf_threshold: Input should be less than or equal to 1",)),
+    ({"iou_threshold": float("nan")}, ("iou_threshold:",)),
+    ({"seg_classes": "field"}, ("seg_classes: must be a list", "'field'")),
+    ({"classes": []}, ("classes: List should have at least 1 item",)),
+    ({"classes": ["ball", 3]}, ("classes[1]: must be a string",)),
+    ({"classes": ["ball", "ball"]}, ("classes: the same name twice: ball",)),
+    ({"max_detections": 10**9}, ("max_detections:",)),
+    ({"multi_label": "yes"}, ("multi_label: must be true or false",)),
+    ({"preprocess": {"input_w": "416"}}, ("preprocess.input_w: must be a whole number",)),
+    ({"preprocess": {"input_w": 0}}, ("preprocess.input_w:",)),
+    ({"preprocess": {"mean": [1, 2]}}, ("preprocess.mean:",)),
+    ({"preprocess": {"colour": "rgb"}}, ("unknown key in 'preprocess': colour",)),
+    ({"options": {"mask_threshold": "0.5"}}, ("options.mask_threshold: must be a number",)),
+    ({"session": {"disabled_optimizers": "NhwcTransformer"}},
+     ("session.disabled_optimizers: must be a list",)),
+    ({"format": 5}, ("format: must be a string",)),
+])
+def test_case5_bad_manifest_is_one_line_naming_file_and_key(manifest_model, change, needles):
+    from edged.inference.runner import ModelError, ModelOptions, ModelRunner
+
+    mpath = manifest_model.with_suffix(".json")
+    mpath.write_text(json.dumps(GOOD_MANIFEST | change))
+    with pytest.raises(ModelError) as info:
+        ModelRunner(ModelOptions(path=manifest_model, threads=1))
+    text = str(info.value)
+    assert "\n" not in text and text.startswith(f"{mpath}:"), text
+    for needle in needles:
+        assert needle in text, (needle, text)
+
+
+def test_case5_good_manifest_still_loads(manifest_model):
+    from edged.inference.runner import ModelOptions, ModelRunner
+
+    manifest_model.with_suffix(".json").write_text(json.dumps(GOOD_MANIFEST))
+    runner = ModelRunner(ModelOptions(path=manifest_model, threads=1))
+    assert runner.manifest.classes == ("ball", "goalpost", "robot")
+    assert runner.manifest.seg_classes == ("background", "lines", "field")
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)) * 4, b"[" * 100_000, b""])
+def test_case5_binary_or_broken_manifest_through_edged_check(tmp_path, manifest_model, content):
+    mpath = manifest_model.with_suffix(".json")
+    mpath.write_bytes(content)
+    cfg = write_config(tmp_path / "cfg.yaml", manifest_model, ["tcp://127.0.0.1:1"], cams(a=10))
+    res = edged("check", "-c", str(cfg), timeout=120)
+    line = one_user_error(res, "check", str(mpath))
+    assert "internal error" not in line and "UnicodeDecodeError" not in line, line

@@ -325,13 +325,15 @@ class ModelRunner:
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.manifest, self.format_reason = self._manifest()
         m = self.manifest
+        # a tensor the manifest file names that the graph lacks is the manifest's mistake
+        where = manifest_path(path) if self._file_manifest is not None else path
         if m.input_name not in [i.name for i in self.inputs]:
-            raise ModelError(f"{path}: manifest input {m.input_name!r} is not a graph input "
-                             f"({', '.join(i.name for i in self.inputs)})")
+            raise ModelError(f"{where}: input_name: manifest input {m.input_name!r} is not a "
+                             f"graph input ({', '.join(i.name for i in self.inputs)})")
         try:
             self.adapter = FORMATS[m.format].Adapter(m, self.output_names)
         except (ValueError, KeyError) as e:
-            raise ModelError(f"{path}: {e}") from None
+            raise ModelError(f"{where}: {e}") from None
         # instance formats paint "background" + their classes into the mask
         self.mask_classes: tuple[str, ...] = getattr(self.adapter, "mask_classes",
                                                      m.seg_classes)

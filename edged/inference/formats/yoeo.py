@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edged.inference.formats._common import Hints, class_group_ids, class_nms, pick, xywh_to_xyxy
+from edged.inference.formats._common import (
+    Hints,
+    class_group_ids,
+    class_nms,
+    output_index,
+    pick,
+    xywh_to_xyxy,
+)
 from edged.inference.manifest import Manifest
 from edged.inference.preprocess import Letterbox, PreprocessSpec
 from edged.results import Detections
@@ -95,9 +102,8 @@ class Adapter:
 
     def __init__(self, manifest: Manifest, output_names: list[str]) -> None:
         self.manifest = manifest
-        outs = manifest.outputs
-        self.det_index = output_names.index(outs.get("detections", "Detections"))
-        self.seg_index = output_names.index(outs.get("segmentation", "Segmentations"))
+        self.det_index = output_index(manifest, output_names, "detections", "Detections")
+        self.seg_index = output_index(manifest, output_names, "segmentation", "Segmentations")
         self.group_ids = class_group_ids(manifest)
 
     def detections(self, rows: np.ndarray, letterbox: Letterbox, frame_w: int,

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,41 @@ def test_case5_binary_or_broken_manifest_through_edged_check(tmp_path, manifest_
     res = edged("check", "-c", str(cfg), timeout=120)
     line = one_user_error(res, "check", str(mpath))
     assert "internal error" not in line and "UnicodeDecodeError" not in line, line
+
+
+# --------------------------------------------------------------------------- case 6
+
+
+def test_case6_frames_of_extreme_shape_are_served(tmp_path, test_model, tcp_endpoint,
+                                                  start_daemon):
+    import cv2
+    import numpy as np
+
+    folder = tmp_path / "slivers"
+    folder.mkdir()
+    sizes = {(1, 4000), (4000, 1), (2, 9000), (1, 1)}  # (width, height)
+    for i, (w, h) in enumerate(sorted(sizes)):
+        img = np.full((h, w, 3), 40 * i + 20, np.uint8)
+        assert cv2.imwrite(str(folder / f"{i}.png"), img)
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, [tcp_endpoint], f"""\
+  sliver:
+    source: {folder}
+    type: images
+    fps: 20""")
+    seen: dict[tuple[int, int], Message] = {}
+    with Subscriber(tcp_endpoint) as sub:
+        d = start_daemon(cfg)
+        d.wait_for("ready", timeout=120)
+        end = time.monotonic() + 120
+        while set(seen) != sizes and time.monotonic() < end:
+            m = sub.recv(timeout=0.2)
+            if isinstance(m, Message):
+                seen[(m.frame_w, m.frame_h)] = m
+        assert d.terminate(timeout=30)[0] == 0
+    assert set(seen) == sizes, (sorted(seen), d.log())
+    for (w, h), m in seen.items():
+        assert np.isfinite(m.boxes).all() and np.isfinite(m.scores).all()
+        assert (m.boxes[:, 0::2] <= w).all() and (m.boxes[:, 1::2] <= h).all()
+        assert m.mask is not None and m.mask.size > 0
+    log = d.log()
+    assert "inference failed" not in log and "resize" not in log, log

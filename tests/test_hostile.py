@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -271,3 +272,146 @@ def test_case6_frames_of_extreme_shape_are_served(tmp_path, test_model, tcp_endp
         assert m.mask is not None and m.mask.size > 0
     log = d.log()
     assert "inference failed" not in log and "resize" not in log, log
+
+
+# --------------------------------------------------------------------------- case 2
+
+
+def _replay(path: Path, endpoint: str) -> tuple[subprocess.CompletedProcess[str], list[Message]]:
+    """`edged replay PATH` run to its end, with what a subscriber received."""
+    got: list[Message] = []
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with Subscriber(endpoint) as sub:
+        proc = subprocess.Popen([sys.executable, "-m", "edged", "replay", str(path),
+                                 "--endpoint", endpoint, "--speed", "20"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env)
+        end = time.monotonic() + 120
+        while time.monotonic() < end:
+            m = sub.recv(timeout=0.1)
+            if isinstance(m, Message):
+                got.append(m)
+            elif m is None and proc.poll() is not None:
+                break
+        out, err = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), got
+
+
+def test_case2_recording_cut_by_sigkill_replays_what_it_holds(tmp_path, test_model,
+                                                              tcp_endpoint, start_daemon):
+    from conftest import ZmqCollector
+
+    rec = tmp_path / "rec"
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, [tcp_endpoint], cams(a=20),
+                       f"record:\n  dir: {rec}\n")
+    col = ZmqCollector(tcp_endpoint)
+    d = start_daemon(cfg)
+    d.wait_for("ready", timeout=120)
+    end = time.monotonic() + 120
+    while len(col.msgs) < 60 and time.monotonic() < end:
+        time.sleep(0.05)
+    d.proc.kill()  # SIGKILL: no summary, no rename, whatever was buffered is gone
+    d.proc.wait(30)
+    col.stop()
+    published = sorted(m.seq for m in col.msgs)
+    assert len(published) >= 60, d.log()
+    (part,) = list(rec.iterdir())
+    assert part.name.endswith(".mcap.part"), part
+    res, got = _replay(part, f"ipc://{tmp_path}/replay.sock")
+    assert res.returncode == 0, res.stderr
+    assert "internal error" not in res.stderr and "Traceback" not in res.stderr, res.stderr
+    seqs = [m.seq for m in got]
+    m = re.search(r"recovered (\d+) message\(s\); the file stops being readable at byte "
+                  r"(\d+) of (\d+) \(", res.stderr)
+    assert m, res.stderr
+    assert int(m.group(2)) <= int(m.group(3)) == part.stat().st_size
+    # every recovered message (results and control) was replayed, the results received
+    assert f"replayed {m.group(1)} message(s)" in res.stderr, res.stderr
+    assert 0 < len(got) <= int(m.group(1))
+    # what was recovered is the recording from its start, in order, without a hole ...
+    assert seqs and seqs == list(range(seqs[0], seqs[-1] + 1)), seqs
+    assert seqs[0] == published[0] or seqs[0] == 0
+    # ... up to the last moments: chunks are written at least every second, so at 20 fps
+    # a SIGKILL costs about 20 results plus what the recorder had not yet been handed
+    assert seqs[-1] >= published[-1] - 40, (seqs[-1], published[-1])
+
+
+def _write_recording(path: Path, n: int = 50) -> None:
+    """A finished edged MCAP file of `n` small wire messages, one chunk each few."""
+    import msgpack
+    from mcap.writer import CompressionType, Writer
+
+    with open(path, "wb") as fh:
+        w = Writer(fh, compression=CompressionType.ZSTD, chunk_size=2048)
+        w.start(profile="", library="test")
+        ch = w.register_channel("/a/edged", "edged.multipart", 0)
+        for i in range(n):
+            w.add_message(ch, 1_000_000 * i, msgpack.packb([b"a/r", bytes([i]) * 100]),
+                          1_000_000 * i)
+        w.finish()
+
+
+@pytest.mark.parametrize("kind", ["empty", "garbage", "magic only", "text"])
+def test_case2_empty_or_garbage_file_is_one_user_error(tmp_path, kind):
+    f = tmp_path / "x.mcap"
+    f.write_bytes({"empty": b"", "garbage": bytes(range(256)) * 40,
+                   "magic only": b"\x89MCAP0\r", "text": b"hello\n" * 1000}[kind])
+    res = edged("replay", str(f), "--endpoint", f"ipc://{tmp_path}/r.sock", timeout=60)
+    line = one_user_error(res, "replay", str(f))
+    assert "EndOfFile" not in line and "InvalidMagic" not in line, line
+
+
+def test_case2_replay_recovers_a_file_cut_at_any_byte(tmp_path):
+    """Every cut of a finished file (and a few damaged bytes) reads up to the damage:
+    some messages or a RecordError, never another exception."""
+    import random
+
+    from edged.record import RecordError
+    from edged.record.replay import recover
+
+    whole = tmp_path / "whole.mcap"
+    _write_recording(whole)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mcap.part"
+    rng = random.Random(29)
+    best = 0
+    for size in sorted({*range(0, 64), *rng.sample(range(64, len(data)), 150)}):
+        damaged = bytearray(data[:size])
+        if size % 3 == 0 and size > 100:  # and some flipped bytes inside
+            for _ in range(3):
+                damaged[rng.randrange(8, size)] ^= 0xFF
+        cut.write_bytes(bytes(damaged))
+        with open(cut, "rb") as fh:
+            try:
+                found, rec = recover(fh, cut)
+            except RecordError as e:
+                assert str(e).startswith(f"{cut}: "), e
+                continue
+        assert rec.messages == len(found) and rec.good_bytes <= size
+        if size % 3:
+            # an undamaged prefix gives its messages in order
+            assert [t for t, _ in found] == [1_000_000 * i for i in range(len(found))]
+            best = max(best, len(found))
+    assert best >= 40  # the long cuts keep most of the 50
+
+
+def test_case2_recorder_hands_its_chunks_to_the_file_as_it_goes(tmp_path, monkeypatch):
+    """The recorder's file, read while still open (as a SIGKILL would leave it), holds
+    every message written before the last flush interval: here, with the interval at 0,
+    every message."""
+    import msgpack
+
+    from edged.record import files
+    from edged.record.replay import recover
+
+    monkeypatch.setattr(files, "FLUSH_EVERY_S", 0.0)
+    f = files.McapFile(tmp_path / "r.mcap")
+    try:
+        for i in range(5):
+            f.write("/a/edged", "edged.multipart", None, 1000 + i,
+                    msgpack.packb([b"a/r", b"x" * 10]))
+        with open(f.part, "rb") as fh:
+            found, rec = recover(fh, f.part)
+        assert [t for t, _ in found] == [1000, 1001, 1002, 1003, 1004], rec
+    finally:
+        f.close()

@@ -415,3 +415,105 @@ def test_case2_recorder_hands_its_chunks_to_the_file_as_it_goes(tmp_path, monkey
         assert [t for t, _ in found] == [1000, 1001, 1002, 1003, 1004], rec
     finally:
         f.close()
+
+
+# --------------------------------------------------------------------------- case 1
+
+
+def _inf_rows(all_rows: bool):
+    import numpy as np
+    from modelgen import PLANTED_ROWS
+
+    rows = PLANTED_ROWS.copy()
+    if all_rows:
+        rows[:, 2] = np.inf  # every box's width: x1/x2 become NaN
+        rows[:, 5:] = np.inf  # and every class score: the product is inf
+    else:
+        rows[0, 2] = np.inf  # the ball's width
+        rows[2, 5] = np.inf  # the goalpost's ball score
+        rows[4, 4] = -np.inf  # the robot's objectness: below every threshold, like NaN
+        rows[3, 0] = np.nan  # a row under the threshold anyway
+    return rows
+
+
+def test_case1_model_with_some_inf_rows_drops_and_counts_them(tmp_path):
+    """In-process, numpy warnings as errors: the finite rows come out as before, the
+    Inf ones are dropped before any arithmetic and counted."""
+    import warnings
+
+    import numpy as np
+    from modelgen import yoeo_model
+
+    from edged.inference.runner import ModelOptions, ModelRunner
+    from edged.results import Frame
+
+    model = yoeo_model(tmp_path / "inf.onnx", rows=_inf_rows(all_rows=False))
+    runner = ModelRunner(ModelOptions(path=model, threads=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a RuntimeWarning fails the test
+        res = runner.infer(Frame("a", 0, np.zeros((480, 640, 3), np.uint8), 0, 0))
+    assert res.nonfinite == 2 and not res.nonfinite_only
+    assert np.isfinite(res.detections.boxes).all() and np.isfinite(res.detections.scores).all()
+    # the duplicate ball (0.8 x 0.9), which NMS removed before, is the only ball left
+    assert [round(float(s), 3) for s in res.detections.scores] == [0.72]
+
+
+def test_case1_model_with_inf_outputs_publishes_finite_results_and_reports_model_error(
+        tmp_path, tcp_endpoint, start_daemon):
+    import urllib.request
+
+    import numpy as np
+    from conftest import free_port
+    from modelgen import yoeo_model
+
+    from edged.wire.codec import EndOfStream
+    from edged.wire.telemetry import CameraState, Stats
+
+    model = yoeo_model(tmp_path / "inf.onnx", rows=_inf_rows(all_rows=True))
+    port = free_port()
+    cfg = write_config(tmp_path / "cfg.yaml", model, [tcp_endpoint], cams(a=10),
+                       extra=f'  metrics: "127.0.0.1:{port}"\n')
+    cfg.write_text(cfg.read_text().replace("  threads: 1\n", "  threads: 1\n  format: yoeo\n"))
+    msgs: list[Message] = []
+    states: list[CameraState] = []
+    stats: list[Stats] = []
+    with Subscriber(tcp_endpoint, states=True, stats=True) as sub:
+        d = start_daemon(cfg)
+        d.wait_for("ready", timeout=120)
+        end = time.monotonic() + 120
+
+        def done() -> bool:
+            return (len(msgs) >= 30 and any(s.state == "model_error" for s in states)
+                    and any(st.snapshots["a"].state == "model_error"
+                            and st.snapshots["a"].model_output.nonfinite_frames >= 3
+                            for st in stats if "a" in st.snapshots))
+
+        while not done() and time.monotonic() < end:
+            m = sub.recv(timeout=0.2)
+            if isinstance(m, Message):
+                msgs.append(m)
+            elif isinstance(m, CameraState):
+                states.append(m)
+            elif isinstance(m, Stats):
+                stats.append(m)
+            assert not isinstance(m, EndOfStream)
+        malformed = sub.malformed
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+            metrics = r.read().decode()
+        assert d.terminate(timeout=30)[0] == 0
+    log = d.log()
+    assert done(), (len(msgs), states, log)
+    # what went out decodes with edged's own Subscriber: nothing malformed, all finite
+    assert malformed == 0, log
+    for m in msgs:
+        assert len(m.scores) == 0 and np.isfinite(m.boxes).all() and m.mask is not None
+    error = next(s for s in states if s.state == "model_error")
+    assert "NaN/Inf" in error.detail, error
+    snap = next(st.snapshots["a"] for st in reversed(stats) if "a" in st.snapshots)
+    # 4 of the 5 planted rows pass the objectness threshold: each frame drops them
+    assert snap.model_output.nonfinite_rows == 4 * snap.model_output.nonfinite_frames
+    assert re.search(r'edged_nonfinite_total\{camera="a",kind="rows"\} [1-9]', metrics), metrics
+    assert 'edged_camera_up{camera="a",state="model_error"} 0' in metrics, metrics
+    # said once (rate-limited), never as numpy's raw warning with source code
+    assert log.count("the model's output is NaN/Inf") == 1, log
+    assert "RuntimeWarning" not in log and "Traceback" not in log, log

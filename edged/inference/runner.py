@@ -30,6 +30,7 @@ from edged.inference.formats import (
     classes_from_metadata,
     manifest_from_graph,
 )
+from edged.inference.formats._common import take_nonfinite
 from edged.inference.graph import output_ops
 from edged.inference.manifest import Manifest, ManifestError, load_manifest, manifest_path
 from edged.inference.preprocess import Preprocessor
@@ -529,14 +530,21 @@ class ModelRunner:
             tp = time.perf_counter()
             h, w = frame.image.shape[:2]
             outs = outputs if n == 1 else [o[i:i + 1] for o in outputs]
+            take_nonfinite()  # what an earlier, failed frame on this thread left
+            # the formats drop NaN/Inf candidate rows before their arithmetic (no numpy
+            # overflow / invalid-value warnings) and count them
             dets, mask = self.adapter.postprocess(outs, boxes[i], w, h)
+            # the formats' own count, then any box or score a format derived as NaN/Inf
+            dets, bad = dets.finite()
+            nonfinite = take_nonfinite() + bad
             results.append(Result(
                 camera=frame.camera, seq=frame.seq, t_capture_wall_ns=frame.t_wall_ns,
                 t_capture_mono_ns=frame.t_mono_ns, frame_w=w, frame_h=h, detections=dets,
                 class_names=m.classes, mask=mask, mask_classes=self.mask_classes,
                 letterbox=boxes[i], model_id=self.model_id,
                 timings_ms={"preprocess": (t1 - t0) * 1e3 / n, "inference": (t2 - t1) * 1e3,
-                            "postprocess": (time.perf_counter() - tp) * 1e3}))
+                            "postprocess": (time.perf_counter() - tp) * 1e3},
+                nonfinite=nonfinite))
         return results
 
     def batch_speedup(self, sizes: tuple[int, ...] = (2, 4), runs: int = 8,

@@ -162,7 +162,8 @@ def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo],
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    out: np.ndarray = 1.0 / (1.0 + np.exp(-x.astype(np.float32)))
+    # the tanh form: 1 / (1 + exp(-x)) overflows (and warns) for x below about -88
+    out: np.ndarray = 0.5 * (1.0 + np.tanh(0.5 * x.astype(np.float32)))
     return out
 
 

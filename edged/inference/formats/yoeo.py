@@ -16,6 +16,7 @@ from edged.inference.formats._common import (
     Hints,
     class_group_ids,
     class_nms,
+    finite_rows,
     output_index,
     pick,
     xywh_to_xyxy,
@@ -115,7 +116,9 @@ class Adapter:
         cand = np.flatnonzero(obj > conf)
         if cand.size == 0:
             return Detections.empty()
-        sel = rows[cand]
+        sel = finite_rows(rows[cand])
+        if not len(sel):
+            return Detections.empty()
         # scores = class x objectness, each class above the threshold (multi-label)
         ri, ci, sc = pick(sel[:, 5:] * sel[:, 4:5], conf, m.multi_label)
         if ri.size == 0:
@@ -134,7 +137,10 @@ class Adapter:
         if seg.dtype == np.uint8:
             return seg
         if np.issubdtype(seg.dtype, np.floating):
-            return np.rint(seg).astype(np.uint8)  # float class ids (TensorRT-friendly export)
+            # float class ids (TensorRT-friendly export); NaN/Inf would make the cast
+            # undefined (and warn): such pixels become class 0
+            ids = np.nan_to_num(np.rint(seg), nan=0.0, posinf=0.0, neginf=0.0)
+            return np.clip(ids, 0, 255).astype(np.uint8)
         return seg.astype(np.uint8)
 
     def postprocess(self, outputs: list[np.ndarray], letterbox: Letterbox, frame_w: int,

@@ -212,6 +212,9 @@ def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo],
                     max_detections=100, multi_label=False, options=options)
 
 
+BBOX_XFORM_CLIP = math.log(1000.0 / 16)
+
+
 class Adapter:
     def __init__(self, manifest: Manifest, output_names: list[str]) -> None:
         self.manifest = manifest
@@ -260,7 +263,9 @@ class Adapter:
         pr, lo = priors[cand].astype(np.float64), loc[cand].astype(np.float64)
         v0, v1 = self.variances
         cxcy = pr[:, :2] + lo[:, :2] * v0 * pr[:, 2:]
-        wh = pr[:, 2:] * np.exp(lo[:, 2:] * v1)
+        # exp of a large offset overflows to inf (and warns): clamp it as torchvision's
+        # box decoding does (bbox_xform_clip = log(1000 / 16))
+        wh = pr[:, 2:] * np.exp(np.minimum(lo[:, 2:] * v1, BBOX_XFORM_CLIP))
         size = np.array([letterbox.input_w, letterbox.input_h] * 2, np.float64)
         xyxy = (np.concatenate([cxcy - wh / 2, cxcy + wh / 2], axis=1) * size).astype(np.float32)
         keep = class_nms(xyxy, sc, ci, self.group_ids, m)

@@ -199,6 +199,9 @@ def load_manifest(path: Path) -> Manifest:
                 lines.append(f"{path}: unknown key{inside}: {loc[-1]}")
             elif kind == "missing":
                 lines.append(f"{path}: {_where(loc)}: required key is missing")
+            elif kind == "too_short" and loc in (("classes",), ("seg_classes",)):
+                lines.append(f"{path}: {loc[0]}: an empty list names no class (leave the key "
+                             "out to take the names from the model's metadata)")
             elif kind in _TYPE_WORDS:
                 lines.append(f"{path}: {_where(loc)}: must be {_TYPE_WORDS[kind]} "
                              f"(got {_shown(err.get('input'))})")

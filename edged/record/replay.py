@@ -63,7 +63,8 @@ class _Counting:
 def _why(e: BaseException) -> str:
     text = str(e).strip()
     name = type(e).__name__
-    if name == "EndOfFile":
+    # EndOfFile from mcap's reader, struct.error from its fixed-size fields
+    if name == "EndOfFile" or (name == "error" and "unpack requires" in text):
         return "the file ends inside a record: cut short"
     return f"{name}: {text}" if text else name
 
@@ -95,7 +96,7 @@ def recover(fh: IO[bytes], path: Path) -> tuple[list[tuple[int, bytes]], Recover
     except Exception as e:  # noqa: BLE001 - damaged bytes fail in any of mcap's decoders
         # (a length past the end, zstd, a CRC, struct, UTF-8): the damage starts here
         if good == 0 and not found:
-            if type(e).__name__ == "EndOfFile" and counting.count <= 8:
+            if counting.count <= 8 + 9:  # the magic, and not one record's opcode + length
                 raise RecordError(f"{path}: not an MCAP recording (too short to be one: "
                                   f"{size} byte(s))") from None
             raise RecordError(f"{path}: not a readable MCAP recording ({_why(e)})") from None

@@ -460,7 +460,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 def cmd_echo(args: argparse.Namespace) -> int:
     from edged.errors import UserError
-    from edged.names import ENDPOINT_SCHEMES, camera_name_problem
+    from edged.names import ENDPOINT_SCHEMES, camera_name_problem, parse_host_port
     from edged.wire.client import Subscriber
     from edged.wire.codec import EndOfStream, Message
 
@@ -473,6 +473,11 @@ def cmd_echo(args: argparse.Namespace) -> int:
     if not sep or scheme not in ENDPOINT_SCHEMES or not rest:
         raise UserError(f"--connect {args.connect!r}: a ZeroMQ endpoint is tcp://HOST:PORT, "
                         "ipc://PATH or inproc://NAME")
+    if scheme == "tcp":
+        try:  # ZeroMQ would wait for tcp://:0 or tcp://host:99999 forever, silently
+            parse_host_port(rest)
+        except ValueError as e:
+            raise UserError(f"--connect {args.connect!r}: {e}") from None
     n = 0
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     curve = None

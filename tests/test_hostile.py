@@ -64,6 +64,9 @@ def one_user_error(res: subprocess.CompletedProcess[str], command: str, *needles
 @pytest.mark.parametrize(("args", "needles"), [
     (("echo", "--connect", "bogus://x", "--timeout", "1"), ("--connect", "bogus://x")),
     (("echo", "--camera", "a/b", "--timeout", "1"), ("--camera", "a/b")),
+    (("echo", "--connect", "tcp://:0", "--timeout", "1"), ("--connect", "tcp://:0")),
+    (("echo", "--connect", "tcp://127.0.0.1:99999", "--timeout", "1"), ("99999",)),
+    (("replay", "/dev/zero"), ("/dev/zero: not a regular file",)),
     (("echo", "--count", "0"), ("--count",)),
     (("echo", "--timeout", "-1"), ("--timeout",)),
     (("replay", "--speed", "nan", "x.mcap"), ("--speed", "nan")),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -134,6 +135,8 @@ def replay(path: Path, endpoint: str, *, speed: float = 1.0, wait_s: float = 0.5
         raise RecordError(f"{path}: {e.strerror or e}") from None
     sent = 0
     with fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):  # /dev/zero would never end
+            raise RecordError(f"{path}: not a regular file (a recording is an .mcap file)")
         messages = _indexed(fh)
         if messages is None:
             found, recovery = recover(fh, path)

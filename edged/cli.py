@@ -143,6 +143,14 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _nonneg_float(text: str) -> float:
+    # quantize's gates: above 1 is allowed, a gate nothing passes (tests use one)
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {text!r}")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = _finite(text)
     if not 0 <= value <= 1:
@@ -858,13 +866,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also keep these nodes in float (names as in the prepared graph)")
     q.add_argument("--no-keep-float", action="store_true",
                    help="do not keep the final convolutions and output tails in float")
-    q.add_argument("--min-agreement", type=_fraction, default=0.98,
+    q.add_argument("--min-agreement", type=_nonneg_float, default=0.98,
                    help="gate: mask pixel agreement with fp32 (default 0.98)")
-    q.add_argument("--max-miou-drop", type=_fraction, default=0.01,
+    q.add_argument("--max-miou-drop", type=_nonneg_float, default=0.01,
                    help="gate: mIoU drop vs fp32, as a fraction (default 0.01 = 1 point); "
                         "against ground truth when the frames have it, else 1 - mIoU(int8 "
                         "vs fp32)")
-    q.add_argument("--min-det-agreement", type=_fraction, default=0.9,
+    q.add_argument("--min-det-agreement", type=_nonneg_float, default=0.9,
                    help="gate: share of boxes matched between int8 and fp32 (IoU >= 0.5, "
                         "same class; default 0.9); skipped when neither finds boxes")
     q.add_argument("--no-truth", action="store_true",

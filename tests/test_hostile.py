@@ -521,3 +521,56 @@ def test_case1_model_with_inf_outputs_publishes_finite_results_and_reports_model
     # said once (rate-limited), never as numpy's raw warning with source code
     assert log.count("the model's output is NaN/Inf") == 1, log
     assert "RuntimeWarning" not in log and "Traceback" not in log, log
+
+
+def _inf_format_model(fmt: str, path: Path) -> tuple[Path, int]:
+    """A model of `fmt` (tests/formatgen.py) with Inf planted in one of its detections
+    that would otherwise be published; the detections it still gives."""
+    import formatgen as fg
+    import numpy as np
+
+    if fmt == "yolo":
+        table = fg.yolo_table("rows", masks=0)
+        table[0, fg.YOLO_PLANTED[2][0], 2] = np.inf  # the person's width
+        return fg.const_model(path, [("output0", table, None)],
+                              metadata={"names": fg.YOLO_NAMES, "task": "detect"}), 1
+    if fmt == "mask-rcnn":
+        boxes = fg.MRCNN_BOXES.copy()
+        boxes[1, 2] = np.inf  # a corner: clipped to the frame's edge before this fix
+        return fg.const_model(path, [
+            ("boxes", boxes, ["N", 4]), ("labels", fg.MRCNN_LABELS, ["N"]),
+            ("scores", fg.MRCNN_SCORES, ["N"]),
+            ("masks", fg.roi_masks()[:, None], ["N", 1, 28, 28])],
+            input_name="image", input_shape=[3, "height", "width"]), 1
+    assert fmt == "sparseinst"
+    model = fg.sparseinst_model(path)
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(model))
+    for node in m.graph.node:
+        if node.op_type == "Constant" and node.output[0] == "scores_c":
+            arr = numpy_helper.to_array(node.attribute[0].t).copy()
+            arr[0, 7] = np.inf  # the second instance's score
+            node.attribute[0].t.CopyFrom(numpy_helper.from_array(arr, "scores_c"))
+    onnx.save(m, str(model))
+    return model, 1
+
+
+@pytest.mark.parametrize("fmt", ["yolo", "mask-rcnn", "sparseinst"])
+def test_case1_other_formats_drop_and_count_inf_detections(tmp_path, fmt):
+    import warnings
+
+    import numpy as np
+
+    from edged.inference.runner import ModelOptions, ModelRunner
+    from edged.results import Frame
+
+    model, dropped = _inf_format_model(fmt, tmp_path / f"{fmt}.onnx")
+    runner = ModelRunner(ModelOptions(path=model, threads=1, format=fmt))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a RuntimeWarning fails the test
+        res = runner.infer(Frame("a", 0, np.zeros((480, 640, 3), np.uint8), 0, 0))
+    assert res.nonfinite == dropped, res
+    assert len(res.detections) >= 1 and not res.nonfinite_only
+    assert np.isfinite(res.detections.boxes).all() and np.isfinite(res.detections.scores).all()

@@ -277,6 +277,21 @@ def finite_rows(rows: np.ndarray) -> np.ndarray:
     return rows[ok]
 
 
+def finite_candidates(*columns: np.ndarray) -> np.ndarray:
+    """A boolean mask over candidate rows: True where every value of that row in each of
+    `columns` (same length) is finite; the others are counted, as in `finite_rows`.
+    For formats whose candidates come in several arrays (boxes, scores, labels)."""
+    ok = np.ones(len(columns[0]), bool)
+    if not ok.size:
+        return ok
+    for col in columns:
+        ok &= np.isfinite(col.reshape(len(col), -1)).all(axis=1)
+    bad = int(ok.size - np.count_nonzero(ok))
+    if bad:
+        count_nonfinite(bad)
+    return ok
+
+
 def count_nonfinite(n: int) -> None:
     _nonfinite.n = getattr(_nonfinite, "n", 0) + n
 

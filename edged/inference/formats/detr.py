@@ -34,6 +34,7 @@ from edged.inference.formats._common import (
     TensorInfo,
     batch1,
     dims,
+    finite_candidates,
     from_ultralytics,
     generic_classes,
     image_input,
@@ -218,6 +219,8 @@ class Adapter:
     def postprocess(self, outputs: list[np.ndarray], letterbox: Letterbox, frame_w: int,
                     frame_h: int) -> tuple[Detections, np.ndarray | None]:
         q, cxcywh, scores, ids = self._select(outputs)
+        ok = finite_candidates(cxcywh, scores)  # before the box arithmetic
+        q, cxcywh, scores, ids = q[ok], cxcywh[ok], scores[ok], ids[ok]
         norm = cxcywh.astype(np.float32)
         xyxy = np.empty_like(norm)
         xyxy[:, :2] = norm[:, :2] - norm[:, 2:] / 2

@@ -31,6 +31,7 @@ from edged.inference.formats._common import (
     class_group_ids,
     class_nms,
     dims,
+    finite_candidates,
     generic_classes,
     image_input,
     input_hw,
@@ -257,6 +258,8 @@ class Adapter:
         proto = outputs[self.idx["proto"]][0]
         cls_scores = conf[:, 1:]  # column 0 is background
         cand = np.flatnonzero(cls_scores.max(1) > m.conf_threshold)
+        # before the SSD decoding: an Inf offset or score must not reach the arithmetic
+        cand = cand[finite_candidates(cls_scores[cand], loc[cand])]
         ri, ci, sc = pick(cls_scores[cand], m.conf_threshold, m.multi_label)
         cand = cand[ri]
         # SSD decoding, normalised coordinates, then input pixels

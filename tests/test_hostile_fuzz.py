@@ -299,3 +299,52 @@ def test_fuzz_wire_bytes_flipped_or_cut_raise_protocol_errors_only(which, data):
     if data.draw(st.booleans()):
         frames = frames[:data.draw(st.integers(0, len(frames)))]
     _check_decoded(frames)
+
+
+# --------------------------------------------------------------------------- recordings
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    from test_hostile import _write_recording
+
+    path = tmp_path_factory.mktemp("rec") / "r.mcap"
+    _write_recording(path, n=40)
+    return path.read_bytes()
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_mutated_recordings_replay_or_give_record_errors_only(recording, tmp_path_factory,
+                                                                   data):
+    """What `edged replay` reads of a damaged file (bytes flipped, cut, or a piece
+    repeated): its messages in order, or a RecordError naming the file."""
+    from edged.record import RecordError
+    from edged.record.replay import _guarded, _indexed, recover
+
+    blob = bytearray(recording)
+    for _ in range(data.draw(st.integers(1, 3))):
+        kind = data.draw(st.sampled_from(["flip", "cut", "repeat"]))
+        if not blob:
+            break
+        at = data.draw(st.integers(0, len(blob) - 1))
+        if kind == "flip":
+            blob[at] ^= data.draw(st.integers(1, 255))
+        elif kind == "cut":
+            del blob[at:]
+        else:
+            blob[at:at] = blob[at:at + data.draw(st.integers(1, 64))]
+    path = tmp_path_factory.mktemp("m") / "x.mcap"
+    path.write_bytes(bytes(blob))
+    with open(path, "rb") as fh:
+        try:
+            messages = _indexed(fh)
+            if messages is None:
+                found, rec = recover(fh, path)
+                assert rec.messages == len(found) and rec.good_bytes <= rec.size
+                assert [t for t, _ in found] == sorted(t for t, _ in found)
+            else:
+                for t, payload in _guarded(messages, path):
+                    assert isinstance(t, int) and isinstance(payload, bytes | memoryview)
+        except RecordError as e:
+            assert str(e).startswith(f"{path}: "), e

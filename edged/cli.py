@@ -10,6 +10,7 @@ import os
 import socket
 import sys
 import time
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,6 +55,7 @@ def _load(path: str | None, int8_class: str | None = None) -> Config:
 # error of a module that was never imported cannot have been raised), so reporting an
 # error never imports onnxruntime or zmq.
 _USER_ERRORS: tuple[tuple[str, str, str], ...] = (
+    ("edged.errors", "UserError", ""),
     ("edged.config", "ConfigError", "invalid configuration:\n"),
     ("edged.inference.runner", "ModelError", ""),
     ("edged.inference.manifest", "ManifestError", ""),
@@ -118,6 +120,61 @@ def report_error(command: str, e: BaseException, *, logged: bool = False) -> int
 
         traceback.print_exception(e, file=sys.stderr)
     return 1
+
+
+# --------------------------------------------------------------------------- arguments
+# argparse's `type=` for numbers: a nan, inf, negative or zero count or duration is a
+# mistake, refused at parse time (argparse's one "error:" line and exit 2).
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text!r}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    # quantize's gates: above 1 is allowed, a gate nothing passes (tests use one)
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _finite(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text!r}")
+    return value
+
+
+def _int_at_least(low: int, high: int | None = None) -> typing.Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, not {text!r}")
+        return value
+    return parse
+
+
+_count = _int_at_least(1)
+_nonneg = _int_at_least(0)
+# synth-video: the same bound as a synthetic camera's width/height (config.MAX_SIDE)
+_side = _int_at_least(16, 8192)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -410,10 +467,25 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
+    from edged.errors import UserError
+    from edged.names import ENDPOINT_SCHEMES, camera_name_problem, parse_host_port
     from edged.wire.client import Subscriber
     from edged.wire.codec import EndOfStream, Message
 
     cameras = args.camera or None
+    for cam in cameras or ():
+        problem = camera_name_problem(cam)
+        if problem:
+            raise UserError(f"--camera {cam!r}: {problem}")
+    scheme, sep, rest = args.connect.partition("://")
+    if not sep or scheme not in ENDPOINT_SCHEMES or not rest:
+        raise UserError(f"--connect {args.connect!r}: a ZeroMQ endpoint is tcp://HOST:PORT, "
+                        "ipc://PATH or inproc://NAME")
+    if scheme == "tcp":
+        try:  # ZeroMQ would wait for tcp://:0 or tcp://host:99999 forever, silently
+            parse_host_port(rest)
+        except ValueError as e:
+            raise UserError(f"--connect {args.connect!r}: {e}") from None
     n = 0
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     curve = None
@@ -424,7 +496,13 @@ def cmd_echo(args: argparse.Namespace) -> int:
             raise SystemExit("edged echo: CURVE needs both --server-key (the daemon's "
                              "NAME.key) and --key (this subscriber's NAME.key_secret)")
         curve = ClientKeys.from_files(args.server_key, args.key)
-    with Subscriber(args.connect, cameras, curve=curve) as sub:
+    import zmq
+
+    try:
+        sub = Subscriber(args.connect, cameras, curve=curve)
+    except zmq.ZMQError as e:  # e.g. tcp://nohost:5555, a host that does not resolve
+        raise UserError(f"--connect {args.connect!r}: {e}") from None
+    with sub:
         while args.count is None or n < args.count:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if left == 0.0:
@@ -515,8 +593,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_synth_video(args: argparse.Namespace) -> int:
+    from edged.errors import UserError
     from edged.tools.bench import write_synthetic_video
 
+    out = Path(args.out)
+    if out.suffix.lower() != ".avi":
+        # OpenCV picks the container by extension; MJPG goes into AVI, and for a name
+        # without one it raises its own assertion instead of saying so
+        raise UserError(f"{out}: the output must be an .avi file (MJPG in AVI)")
+    try:  # our own open says why (no such directory, permission), OpenCV's does not
+        with open(out, "ab"):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {e.strerror or e}") from None
     write_synthetic_video(Path(args.out), args.frames, args.seed, args.width, args.height)
     print(f"wrote {args.frames} frames to {args.out}")
     return 0
@@ -649,8 +738,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the daemon")
     r.add_argument("-c", "--config", help="YAML config (default: the packaged default.yaml)")
     g = r.add_mutually_exclusive_group()
-    g.add_argument("--frames", type=int, help="stop each camera after N processed frames")
-    g.add_argument("--duration", type=float, help="stop after S seconds")
+    g.add_argument("--frames", type=_count, help="stop each camera after N processed frames")
+    g.add_argument("--duration", type=_positive_float, help="stop after S seconds")
     r.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     r.add_argument("--echo", action="store_true",
                    help="also subscribe to the first endpoint and print what arrives")
@@ -659,8 +748,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("record", help="run the daemon and record everything to MCAP")
     rec.add_argument("-c", "--config")
     rg = rec.add_mutually_exclusive_group(required=True)
-    rg.add_argument("--duration", type=float, help="stop after S seconds")
-    rg.add_argument("--frames", type=int, help="stop each camera after N processed frames")
+    rg.add_argument("--duration", type=_positive_float, help="stop after S seconds")
+    rg.add_argument("--frames", type=_count, help="stop each camera after N processed frames")
     rec.add_argument("--dir", help="where the files go (default: record.dir of the config, "
                      "else ./recordings)")
     rec.add_argument("--rosbag", metavar="DIR",
@@ -674,7 +763,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("replay", help="publish a recording on ZeroMQ with its timing")
     rp.add_argument("file", help="an .mcap file written by edged")
     rp.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="where to publish (bound)")
-    rp.add_argument("--speed", type=float, default=1.0, help="2 = twice as fast")
+    rp.add_argument("--speed", type=_positive_float, default=1.0, help="2 = twice as fast")
     rp.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     rp.set_defaults(func=cmd_replay)
 
@@ -685,8 +774,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("echo", help="print what the daemon publishes")
     e.add_argument("--connect", default=DEFAULT_ENDPOINT)
     e.add_argument("--camera", action="append", help="only this camera (repeatable)")
-    e.add_argument("--count", type=int, help="exit after N results")
-    e.add_argument("--timeout", type=float, help="give up after S seconds")
+    e.add_argument("--count", type=_count, help="exit after N results")
+    e.add_argument("--timeout", type=_positive_float, help="give up after S seconds")
     e.add_argument("--json", action="store_true", help="one JSON object per line")
     e.add_argument("--server-key", metavar="FILE",
                    help="CURVE: the daemon's public key file (NAME.key)")
@@ -701,7 +790,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="the pipeline vs a raw ONNX Runtime loop and a serial loop")
     b.add_argument("-c", "--config")
-    b.add_argument("--frames", type=int, default=300,
+    b.add_argument("--frames", type=_count, default=300,
                    help="frames per loop; with several cameras, at least N results per "
                         "camera while all of them run (so shares always have a window)")
     b.add_argument("--sinks", action="store_true",
@@ -711,7 +800,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: the model on every execution provider this onnxruntime "
                         "offers (CPU, OpenVINO, CUDA, TensorRT), taking turns run by run; "
                         "p50 ms, ratio to the CPU EP, node placement")
-    b.add_argument("--runs", type=int, default=100, help="runs per provider (--providers)")
+    b.add_argument("--runs", type=_count, default=100, help="runs per provider (--providers)")
     b.add_argument("--also", nargs="+", default=[], metavar="MODEL",
                    help="with --providers: these model files too, every session taking "
                         "turns, each row also compared with the config's model on the CPU EP")
@@ -720,20 +809,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("synth-video", help="write a video of synthetic scenes (for replay)")
     sv.add_argument("out")
-    sv.add_argument("--frames", type=int, default=300)
-    sv.add_argument("--seed", type=int, default=0)
-    sv.add_argument("--width", type=int, default=640)
-    sv.add_argument("--height", type=int, default=480)
+    sv.add_argument("--frames", type=_count, default=300)
+    sv.add_argument("--seed", type=_nonneg, default=0)
+    sv.add_argument("--width", type=_side, default=640)
+    sv.add_argument("--height", type=_side, default=480)
     sv.set_defaults(func=cmd_synth_video)
 
     v = sub.add_parser("eval", help="accuracy on fresh synthetic scenes")
     v.add_argument("--model", required=True)
-    v.add_argument("--scenes", type=int, default=500)
-    v.add_argument("--seed", type=int, default=1_000_000,
+    v.add_argument("--scenes", type=_count, default=500)
+    v.add_argument("--seed", type=_nonneg, default=1_000_000,
                    help="first sequence seed (training uses seeds below 1000000)")
-    v.add_argument("--conf", type=float, default=0.05,
+    v.add_argument("--conf", type=_fraction, default=0.05,
                    help="score threshold for AP (low, so the whole PR curve is measured)")
-    v.add_argument("--threads", type=int, default=1)
+    v.add_argument("--threads", type=_int_at_least(1, 256), default=1)
     v.add_argument("--provider", choices=sorted(PROVIDER_NAMES), default="cpu",
                    help="execution provider to score (it must take the model: no fallback)")
     v.add_argument("--json", action="store_true")
@@ -747,7 +836,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--write-manifest", action="store_true",
                    help="write the manifest derived from the graph to <model>.json")
     n.add_argument("--force", action="store_true", help="let --write-manifest overwrite")
-    n.add_argument("--runs", type=int, default=10, help="timed runs for the latency estimate")
+    n.add_argument("--runs", type=_count, default=10, help="timed runs for the latency estimate")
     n.add_argument("--json", action="store_true", help="one JSON object instead of text")
     n.set_defaults(func=cmd_inspect)
 
@@ -767,8 +856,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = q.add_mutually_exclusive_group()
     src.add_argument("-c", "--config", help="calibrate on the cameras of this config")
     src.add_argument("--frames", metavar="DIR|VIDEO", help="a folder of images or a video")
-    q.add_argument("--count", type=int, default=128, help="calibration frames (default 128)")
-    q.add_argument("--holdout", type=int, default=32,
+    q.add_argument("--count", type=_count, default=128, help="calibration frames (default 128)")
+    q.add_argument("--holdout", type=_count, default=32,
                    help="held-out frames for the accuracy gate (default 32)")
     q.add_argument("--search", choices=["quick", "full"], default="quick",
                    help="quick: U8S8 and S8S8 with MinMax, U8S8 with Percentile; full: both "
@@ -777,13 +866,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also keep these nodes in float (names as in the prepared graph)")
     q.add_argument("--no-keep-float", action="store_true",
                    help="do not keep the final convolutions and output tails in float")
-    q.add_argument("--min-agreement", type=float, default=0.98,
+    q.add_argument("--min-agreement", type=_nonneg_float, default=0.98,
                    help="gate: mask pixel agreement with fp32 (default 0.98)")
-    q.add_argument("--max-miou-drop", type=float, default=0.01,
+    q.add_argument("--max-miou-drop", type=_nonneg_float, default=0.01,
                    help="gate: mIoU drop vs fp32, as a fraction (default 0.01 = 1 point); "
                         "against ground truth when the frames have it, else 1 - mIoU(int8 "
                         "vs fp32)")
-    q.add_argument("--min-det-agreement", type=float, default=0.9,
+    q.add_argument("--min-det-agreement", type=_nonneg_float, default=0.9,
                    help="gate: share of boxes matched between int8 and fp32 (IoU >= 0.5, "
                         "same class; default 0.9); skipped when neither finds boxes")
     q.add_argument("--no-truth", action="store_true",
@@ -793,7 +882,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "VNNI machine): only candidates both CPUs compute the same integers "
                         "of are tried (7-bit or unsigned weights), and the manifest records "
                         "valid_for; speed is still measured here")
-    q.add_argument("--runs", type=int, default=20,
+    q.add_argument("--runs", type=_count, default=20,
                    help="timed single-thread runs per candidate, alternating with fp32")
     q.set_defaults(func=cmd_quantize)
     return p

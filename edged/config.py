@@ -23,6 +23,7 @@ import ipaddress
 import json
 import os
 import re
+import stat
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -94,6 +95,16 @@ MAX_STATS_INTERVAL_S: Final = 3600.0
 # 100 synthetic cameras on 2 cores in docs/benchmarks.md ("Scale: many cameras"); far
 # beyond it start-up and stop outgrow systemd's timeouts, so more is a config error.
 MAX_CAMERAS: Final = 128
+# Sizes of a camera (issue 29: a 100000 x 100000 synthetic camera passed validation and
+# then died of a 28 GiB MemoryError in `check`, `run` and after a reload).
+MAX_SIDE: Final = 16384  # width / height asked of any camera, in pixels
+MAX_PIXELS_BOUND: Final = 1 << 28  # camera max_pixels: 268 Mpx, 805 MB a BGR frame
+# the synthetic renderer needs ~1.5 GB and 3 s a frame at 8K: 4K UHD is its limit
+MAX_SYNTHETIC_PIXELS: Final = 3840 * 2160
+MAX_FPS: Final = 1000.0  # fps, max_fps: pacing of a frame every millisecond at most
+MAX_SEED: Final = 2**32 - 1  # numpy's seed range
+MAX_LATENCY_MS: Final = 3_600_000.0  # budget.latency_ms: an hour
+MAX_DETECTIONS: Final = 10_000  # model.max_detections: per frame, after NMS
 FILE_SECTIONS: Final = ("model", "camera_defaults", "cameras", "publish", "budget", "log",
                         "view", "foxglove", "record", "ros2")
 
@@ -421,8 +432,8 @@ class LadderConfig(_Frozen):
     """Fall back to cheaper variants when the latency budget is missed persistently."""
 
     variants: list[VariantConfig] = Field(min_length=1)  # after model.path, cheapest last
-    down_after_s: Float = Field(2.0, gt=0)  # misses this long -> one rung down
-    up_after_s: Float = Field(10.0, gt=0)  # headroom this long -> one rung back up
+    down_after_s: Float = Field(2.0, gt=0, le=3600)  # misses this long -> one rung down
+    up_after_s: Float = Field(10.0, gt=0, le=3600)  # headroom this long -> one rung back up
     miss_ratio: Float = Field(0.1, gt=0, lt=1)  # share of frames stale or late that is a miss
     headroom: Float = Field(0.7, gt=0, le=1)  # the rung above must fit this share of the budget
 
@@ -442,7 +453,7 @@ class ModelConfig(_Frozen):
     # None: the model manifest's value (its format's default for a model without one)
     conf_threshold: Float | None = Field(None, gt=0, le=1)
     iou_threshold: Float | None = Field(None, gt=0, le=1)
-    max_detections: Int | None = Field(None, ge=1)
+    max_detections: Int | None = Field(None, ge=1, le=MAX_DETECTIONS)
     classes: list[str] | None = None  # for models without a manifest
     seg_classes: list[str] | None = None
     class_groups: list[list[str]] | None = None  # classes suppressed together in NMS
@@ -481,7 +492,7 @@ class ModelConfig(_Frozen):
 
 
 class BudgetConfig(_Frozen):
-    latency_ms: Float = Field(250.0, gt=0)
+    latency_ms: Float = Field(250.0, gt=0, le=MAX_LATENCY_MS)
     on_late: Literal["publish", "drop"] = "publish"
 
 
@@ -493,29 +504,30 @@ class CameraConfig(_Frozen):
     source: str
     type: SourceType = "auto"
     enabled: bool = True
-    fps: Float | None = Field(None, gt=0)  # pacing for synthetic/images/video; requested for v4l2
-    width: Int | None = Field(None, gt=0)
-    height: Int | None = Field(None, gt=0)
+    # pacing for synthetic/images/video; requested for v4l2
+    fps: Float | None = Field(None, gt=0, le=MAX_FPS)
+    width: Int | None = Field(None, gt=0, le=MAX_SIDE)
+    height: Int | None = Field(None, gt=0, le=MAX_SIDE)
     fourcc: str | None = None
     loop: bool = True  # files and folders: start again at the end instead of ending the stream
     mode: Literal["auto", "realtime", "every_frame"] = "auto"
-    seed: Int = Field(0, ge=0)
-    weight: Float = Field(1.0, gt=0)
-    max_fps: Float | None = Field(None, gt=0)
+    seed: Int = Field(0, ge=0, le=MAX_SEED)
+    weight: Float = Field(1.0, gt=0, le=1000)
+    max_fps: Float | None = Field(None, gt=0, le=MAX_FPS)
     # After loading this is the global budget with camera_defaults' and the camera's own
     # keys merged over it.
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     # Live sources: no frame for this long while open (or an open that hangs for the
     # longer of twice this and 10 s) is a stall: the source is abandoned and reopened.
-    stall_timeout_s: Float = Field(5.0, gt=0)
+    stall_timeout_s: Float = Field(5.0, gt=0, le=3600)
     # Live sources: give up (state failed) after this many reconnects in a row without a
     # frame in between; none = retry forever with capped backoff.
-    max_reconnects: Int | None = Field(None, ge=0)
+    max_reconnects: Int | None = Field(None, ge=0, le=1_000_000)
     # Live sources: this many undecodable/malformed frames in a row restart the source.
-    max_corrupt_frames: Int = Field(10, ge=1)
+    max_corrupt_frames: Int = Field(10, ge=1, le=1_000_000)
     # frames above this many pixels are skipped as corrupt (a 20000x20000 PNG in a folder
     # would cost 1.2 GB decoded); image files are measured from their header first
-    max_pixels: Int = Field(DEFAULT_MAX_PIXELS, ge=1, le=1 << 30)
+    max_pixels: Int = Field(DEFAULT_MAX_PIXELS, ge=1, le=MAX_PIXELS_BOUND)
     # header.frame_id of this camera's ROS 2 messages (live and in rosbag2 output); None:
     # the camera name
     frame_id: str | None = None
@@ -541,6 +553,26 @@ class CameraConfig(_Frozen):
         if value is not None and len(value) != 4:
             raise _custom_error("fourcc", "a FourCC is exactly 4 characters, e.g. MJPG")
         return value
+
+    @model_validator(mode="after")
+    def _frame_size(self) -> CameraConfig:
+        synthetic = self.resolved_type() == "synthetic"
+        if synthetic:  # its default size (edged.capture.sources.make_source)
+            width, height = self.width or 640, self.height or 480
+        elif self.width is None or self.height is None:
+            return self
+        else:
+            width, height = self.width, self.height
+        pixels = width * height
+        if pixels > self.max_pixels:
+            raise _custom_error(
+                "frame_too_large", f"width x height is {width} x {height} = "
+                f"{pixels} pixels, more than max_pixels ({self.max_pixels})")
+        if synthetic and pixels > MAX_SYNTHETIC_PIXELS:
+            raise _custom_error(
+                "synthetic_too_large", f"a synthetic camera renders at most {MAX_SYNTHETIC_PIXELS} "
+                f"pixels (3840 x 2160), not {width} x {height}")
+        return self
 
     def resolved_type(self) -> str:
         """The source type, inferred from `source` when `type` is auto."""
@@ -893,10 +925,33 @@ class Config(_Frozen):
 
 # values a config may expand to; a 64-camera config with every option set is ~5,000
 MAX_YAML_VALUES: Final = 100_000
+# Nesting of mappings and lists: a real config is 5 deep (cameras.NAME.budget.latency_ms);
+# PyYAML composes recursively, so thousands of levels would exhaust Python's stack.
+MAX_YAML_DEPTH: Final = 64
+# The config file is read up to this many bytes; a real one is a few KB, and reading
+# without a bound lets `-c /dev/zero` (or a wrong file) take all the memory.
+MAX_CONFIG_BYTES: Final = 1 << 20
 
 
 class _LineLoader(yaml.SafeLoader):
     """Our own SafeLoader subclass, so nothing we do touches yaml.SafeLoader's tables."""
+
+    file = "<string>"
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        # bounded before PyYAML recurses into it: a located error, not a RecursionError
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise ConfigError([ConfigIssue(
+                    self.file, mark.line + 1, "", NO_VALUE,
+                    f"mappings and lists nested more than {MAX_YAML_DEPTH} levels deep",
+                    mark.column + 1)])
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -935,6 +990,7 @@ class _Reader:
         try:
             # the reader rejects control characters already in its constructor
             loader = _LineLoader(text)
+            loader.file = self.file
         except yaml.reader.ReaderError as err:
             line = text.count("\n", 0, err.position) + 1
             col = err.position - (text.rfind("\n", 0, err.position) + 1) + 1
@@ -984,6 +1040,12 @@ class _Reader:
                 f"the config expands to more than {MAX_YAML_VALUES} values (YAML aliases are "
                 "expanded each time they are used): nested aliases? A real config has a few "
                 "hundred")])
+        if len(loc) > MAX_YAML_DEPTH:
+            # aliases nest what each stayed within the bound when it was composed
+            raise ConfigError([ConfigIssue(
+                self.file, node.start_mark.line + 1, "", NO_VALUE,
+                f"mappings and lists nested more than {MAX_YAML_DEPTH} levels deep (with "
+                "YAML aliases expanded)")])
         if id(node) in self._active:
             self._issue(loc, node.start_mark.line + 1, NO_VALUE, "recursive YAML alias")
             return None
@@ -1249,8 +1311,22 @@ def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None
     """Load a config file (default: the packaged default.yaml); env defaults to os.environ;
     a builtin variant set picks its file for int8_class (default: this machine's)."""
     file_path = default_config_path() if path is None else Path(path)
+
+    def refuse(message: str) -> ConfigError:
+        return ConfigError([ConfigIssue(str(file_path), None, "", NO_VALUE, message)])
+
     try:
-        text = file_path.read_text(encoding="utf-8")
+        with open(file_path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            # a regular file or a pipe (`-c <(generate)`); a device never ends (/dev/zero)
+            # or waits for a person (/dev/tty)
+            if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+                raise refuse("not a regular file (a config is a YAML text file)")
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise refuse(f"the config file is larger than {MAX_CONFIG_BYTES} bytes "
+                         "(1 MiB; a real one is a few KB): is it the right file?")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError([ConfigIssue(str(file_path), None, "", NO_VALUE,
                                        f"not a UTF-8 text file ({err.reason})")]) from None

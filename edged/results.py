@@ -62,6 +62,17 @@ class Detections:
     def __len__(self) -> int:
         return len(self.scores)
 
+    def finite(self) -> tuple[Detections, int]:
+        """These detections without those whose box or score is NaN/Inf (a format that
+        computed them from such outputs), and how many those were."""
+        ok = np.isfinite(self.boxes).all(axis=1) & np.isfinite(self.scores)
+        if ok.all():
+            return self, 0
+        masks = (None if self.instance_masks is None
+                 else [mk for mk, keep in zip(self.instance_masks, ok) if keep])
+        return (Detections(self.boxes[ok], self.scores[ok], self.class_ids[ok], masks),
+                int(ok.size - np.count_nonzero(ok)))
+
 
 @dataclass(slots=True)
 class Result:
@@ -84,6 +95,14 @@ class Result:
     timings_ms: dict[str, float] = field(default_factory=dict)  # stage -> milliseconds
     flags: tuple[str, ...] = ()
     conf_threshold: float | None = None  # the score threshold the detections passed
+    # detections the model gave with NaN/Inf values, dropped (never published)
+    nonfinite: int = 0
+
+    @property
+    def nonfinite_only(self) -> bool:
+        """Every detection the model gave for this frame had NaN/Inf values: an output
+        that cannot be used (a broken or overflowing model), not an empty scene."""
+        return self.nonfinite > 0 and len(self.detections) == 0
 
     def mask_camera(self) -> np.ndarray | None:
         """The class-index mask at camera resolution, by the wire protocol's rule, so the

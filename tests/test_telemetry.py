@@ -43,14 +43,15 @@ IDLE = CameraSnapshot(
 
 
 def test_camera_state_is_the_protocol_text() -> None:
-    assert CAMERA_STATES == ("starting", "running", "reconnecting", "stopped", "failed")
+    assert CAMERA_STATES == ("starting", "running", "reconnecting", "stopped", "failed",
+                             "model_error")
     assert [s.value for s in CameraState] == list(CAMERA_STATES)
     assert CameraState.FAILED == "failed" and f"{CameraState.RUNNING}" == "running"
 
 
 def test_wire_map_is_todays_dict() -> None:
     wire = FRONT.to_wire()
-    assert tuple(wire) == CAMERA_KEYS[:-2] + ("capture", "providers")
+    assert tuple(wire) == CAMERA_KEYS[:-3] + ("capture", "providers", "model_output")
     assert set(wire) == set(CAMERA_KEYS)
     assert wire == {
         "state": "running", "capture_fps": 29.5, "processed_fps": 12.25, "published": 100,
@@ -60,7 +61,8 @@ def test_wire_map_is_todays_dict() -> None:
         "budget_ms": 250.0, "variant": "yoeo-test", "budget_misses": 5 + 3 + 2,
         "capture": {"corrupt": 1, "reconnects": 2, "stalls": 1, "crashes": 0,
                     "stuck_readers": 1},
-        "providers": "CPUExecutionProvider: 12 nodes"}
+        "providers": "CPUExecutionProvider: 12 nodes",
+        "model_output": {"nonfinite_rows": 0, "nonfinite_frames": 0}}
     assert type(wire["state"]) is str  # plain text on the wire, not the enum
     assert IDLE.to_wire()["e2e_ms"] == {"p50": None, "p90": None, "p99": None}
 

@@ -58,6 +58,11 @@ def render(snapshot: DaemonSnapshot) -> str:
     family("capture_events_total", "counter",
            "Capture faults by kind: corrupt frames, reconnects, stalls, crashes",
            [(f'{cl},kind="{k}"', n) for cl, c in cams for k, n in c.capture.events().items()])
+    family("nonfinite_total", "counter",
+           "Model output with NaN/Inf values: detections dropped (kind rows), frames with "
+           "nothing else (kind frames)",
+           [(f'{cl},kind="{k.removeprefix("nonfinite_")}"', n) for cl, c in cams
+            for k, n in c.model_output.to_wire().items()])
     family("camera_up", "gauge", "1 while the camera is running",
            [(f'{cl},state="{c.state.value}"', int(c.state is CameraState.RUNNING))
             for cl, c in cams])

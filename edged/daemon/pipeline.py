@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import secrets
 import socket
 import threading
@@ -44,6 +45,7 @@ from edged.daemon.telemetry import (
     Drops,
     InferenceCounters,
     LatencyPercentiles,
+    ModelOutput,
 )
 from edged.daemon.threads import BlockingCalls
 from edged.inference.cpu import CpuInfo
@@ -63,6 +65,9 @@ T = TypeVar("T")
 PROBE_AFTER_STALE = 10  # consecutive stale drops before one frame is processed anyway
 LADDER_TICK_S = 0.5
 IDLE_GRACE_S = 0.1  # waiting longer than this for a frame counts as idle (fair queuing)
+# frames in a row with nothing but NaN/Inf detections before the camera is model_error
+NONFINITE_FRAMES = 3
+NONFINITE_LOG_S = 60.0  # the most often NaN/Inf detections are logged, per camera
 DRAIN_S = 3.0  # how long a stop waits for inference runs in flight
 SINK_CLOSE_S = 1.0  # how long a stop waits for each sink to deliver what it holds
 
@@ -83,6 +88,8 @@ class CameraStats:
     late: int = 0  # published over budget, flagged "late"
     late_dropped: int = 0  # over budget and not published (budget.on_late: drop)
     errors: int = 0
+    nonfinite_rows: int = 0  # detections with NaN/Inf values, dropped
+    nonfinite_frames: int = 0  # frames with nothing but those
     window_processed: int = 0
     # for the ladder: counts at its last look, latencies published since
     ladder_seen: tuple[int, int] = (0, 0)
@@ -111,6 +118,11 @@ class Camera:
     realtime: bool
     stop_reason: str = ""  # set when the camera is stopped on purpose (reload)
     budget_warned: bool = False
+    # the model's output is NaN/Inf on every frame lately (state model_error)
+    model_error: bool = False
+    nonfinite_run: int = 0  # frames in a row with nothing but NaN/Inf detections
+    nonfinite_logged: float = -math.inf  # monotonic time of the last such log line
+    nonfinite_at_log: int = 0  # nonfinite_rows when it was written
     # set when the camera must stop: wakes a max_fps wait at once
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -599,6 +611,8 @@ class Pipeline:
             return pending
         cam.stats.processed += 1
         cam.stats.window_processed += 1
+        if result.nonfinite or cam.model_error:
+            self._judge_output(cam, result)
         with cam.stats.lock:
             for stage, ms in result.timings_ms.items():
                 cam.stats.stages[stage].append(ms)
@@ -606,6 +620,38 @@ class Pipeline:
             await pending
         assert self.stage is not None
         return self.stage.publish(cam.budget, cam.stats, result, frame)
+
+    def _judge_output(self, cam: Camera, result: Result) -> None:
+        """Count NaN/Inf detections, and move the camera in and out of `model_error`:
+        a state change on the bus and in the stats, one log line per minute at most."""
+        s = cam.stats
+        s.nonfinite_rows += result.nonfinite
+        if result.nonfinite_only:
+            s.nonfinite_frames += 1
+            cam.nonfinite_run += 1
+        else:
+            cam.nonfinite_run = 0
+        now = time.monotonic()
+        if not cam.model_error and cam.nonfinite_run >= NONFINITE_FRAMES:
+            cam.model_error = True
+            detail = (f"the model's output is NaN/Inf: every detection of the last "
+                      f"{cam.nonfinite_run} frames dropped")
+            self._publish_state(cam.name, CameraState.MODEL_ERROR, detail)
+            log.error("camera %s: %s (model %s); nothing usable is published until it "
+                      "gives finite values", cam.name, detail, result.model_id)
+            cam.nonfinite_logged, cam.nonfinite_at_log = now, s.nonfinite_rows
+        elif cam.model_error and cam.nonfinite_run == 0:
+            cam.model_error = False
+            self._publish_state(cam.name, CameraState.RUNNING,
+                                "the model's output is finite again")
+            log.info("camera %s: the model's output is finite again", cam.name)
+        elif now - cam.nonfinite_logged >= NONFINITE_LOG_S:
+            # counted always, said at most once a minute: a model that overflows on
+            # some scenes must not flood the journal
+            log.warning("camera %s: %d detection(s) with NaN/Inf values dropped since "
+                        "the last report (model %s)", cam.name,
+                        s.nonfinite_rows - cam.nonfinite_at_log, result.model_id)
+            cam.nonfinite_logged, cam.nonfinite_at_log = now, s.nonfinite_rows
 
     def _warn_budget(self, cam: Camera) -> None:
         if not cam.budget_warned:
@@ -707,8 +753,10 @@ class Pipeline:
         e2e = LatencyPercentiles(*np.percentile(e2e_window, [50, 90, 99]).tolist()) \
             if e2e_window else LatencyPercentiles()
         cap = cam.capture
+        state = (CameraState.MODEL_ERROR if cam.model_error and cap.state == CameraState.RUNNING
+                 else cap.state)
         return CameraSnapshot(
-            camera=cam.name, state=cap.state, capture_fps=round(cap_fps, 2),
+            camera=cam.name, state=state, capture_fps=round(cap_fps, 2),
             processed_fps=round(proc_fps, 2), published=self.zmq.published.get(cam.name, 0),
             late=s.late,
             drops=Drops(overwritten=cam.handoff.overwritten, stale=s.stale,
@@ -719,7 +767,8 @@ class Pipeline:
             capture=CaptureCounters(corrupt=cap.corrupt, reconnects=cap.reconnects,
                                     stalls=cap.stalls, crashes=cap.crashes,
                                     stuck_readers=cap.stuck_readers()),
-            providers=self.runner.placement_summary, processed=s.processed)
+            providers=self.runner.placement_summary, processed=s.processed,
+            model_output=ModelOutput(s.nonfinite_rows, s.nonfinite_frames))
 
     def _log_stats(self, elapsed: float, final: bool = False) -> DaemonSnapshot:
         """One line per camera (the last window, or the whole run when final); the

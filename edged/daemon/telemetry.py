@@ -26,6 +26,9 @@ class CameraState(enum.StrEnum):
     RECONNECTING = "reconnecting"
     STOPPED = "stopped"
     FAILED = "failed"
+    # frames arrive but the model's output is NaN/Inf on every one: nothing usable is
+    # published (issue 29); back to running at the first usable frame
+    MODEL_ERROR = "model_error"
 
 
 def _int(d: Mapping[str, Any], key: str) -> int:
@@ -102,6 +105,22 @@ class Drops:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelOutput:
+    """What the model gave that could not be published, since start."""
+
+    nonfinite_rows: int = 0  # detections with NaN/Inf values, dropped
+    nonfinite_frames: int = 0  # frames whose every detection was NaN/Inf
+
+    def to_wire(self) -> dict[str, int]:
+        return {"nonfinite_rows": self.nonfinite_rows,
+                "nonfinite_frames": self.nonfinite_frames}
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> ModelOutput:
+        return cls(_int(d, "nonfinite_rows"), _int(d, "nonfinite_frames"))
+
+
+@dataclass(frozen=True, slots=True)
 class CaptureCounters:
     """Capture faults since start, and reader threads stuck now."""
 
@@ -143,6 +162,7 @@ class CameraSnapshot:
     capture: CaptureCounters
     providers: str  # where the model's nodes run
     processed: int | None = None  # frames run since start; not on the wire (None there)
+    model_output: ModelOutput = field(default_factory=ModelOutput)
 
     @property
     def budget_misses(self) -> int:
@@ -158,6 +178,7 @@ class CameraSnapshot:
             "stages_ms_p50": dict(self.stages_ms_p50), "budget_ms": self.budget_ms,
             "variant": self.variant, "budget_misses": self.budget_misses,
             "capture": self.capture.to_wire(), "providers": self.providers,
+            "model_output": self.model_output.to_wire(),
         }
 
     @classmethod
@@ -178,7 +199,10 @@ class CameraSnapshot:
             stages_ms_p50={k: _float(stages, k) for k in stages},
             budget_ms=_float(d, "budget_ms"), variant=_str(d, "variant"),
             capture=CaptureCounters.from_wire(_map(d, "capture")),
-            providers=_str(d, "providers"))
+            providers=_str(d, "providers"),
+            # absent from daemons before issue 29
+            model_output=(ModelOutput.from_wire(_map(d, "model_output"))
+                          if "model_output" in d else ModelOutput()))
 
     def log_line(self, elapsed_s: float, *, final: bool = False) -> str:
         """The daemon's stats line: the last window, or the whole run when `final`."""
@@ -188,7 +212,10 @@ class CameraSnapshot:
                 f"e2e p50/p90/p99 {_nan(e.p50):.1f}/{_nan(e.p90):.1f}/{_nan(e.p99):.1f} ms, "
                 f"inference p50 {self.stages_ms_p50.get('inference', math.nan):.1f} ms, "
                 f"dropped {d.overwritten} overwritten {d.stale} stale {d.late} late, "
-                f"{self.late} published late, errors {d.errors}, state {self.state.value}"
+                f"{self.late} published late, errors {d.errors}, "
+                + (f"non-finite detections dropped {self.model_output.nonfinite_rows}, "
+                   if self.model_output.nonfinite_rows else "")
+                + f"state {self.state.value}"
                 + (f", {self.processed} frames in {elapsed_s:.1f} s"
                    if final and self.processed is not None else ""))
 

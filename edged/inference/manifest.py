@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edged.inference.preprocess import PreprocessSpec
 
 MANIFEST_VERSION = 1
-SESSION_KEYS = frozenset({"disabled_optimizers"})
 
 
 class ManifestError(ValueError):
@@ -55,7 +56,10 @@ class Manifest:
     def to_json(self) -> str:
         d = asdict(self)
         d["manifest_version"] = MANIFEST_VERSION
-        d["preprocess"] = asdict(self.preprocess)
+        d["preprocess"] = {k: v for k, v in asdict(self.preprocess).items() if v is not None}
+        for key in ("classes", "seg_classes"):  # an empty list is refused: absent is "none"
+            if not d[key]:
+                del d[key]
         return json.dumps(d, indent=2) + "\n"
 
     def with_overrides(self, **kw: Any) -> Manifest:
@@ -66,49 +70,161 @@ def manifest_path(model_path: Path) -> Path:
     return model_path.with_suffix(".json")
 
 
+# A manifest is a few KB (a quantized model's report included); reading without a bound
+# lets a wrong file take the memory.
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_CLASSES = 10_000  # classes, seg_classes: more than any dataset names
+MAX_NAME = 256  # a class or tensor name
+
+_Str = Annotated[str, Field(strict=True, max_length=MAX_NAME)]
+_Name = Annotated[str, Field(strict=True, min_length=1, max_length=MAX_NAME)]
+# strict: "high" is not a threshold and "field" is not a list of classes f, i, e, l, d
+_Unit = Annotated[float, Field(strict=True, gt=0, le=1, allow_inf_nan=False)]
+_Classes = Annotated[list[_Name], Field(min_length=1, max_length=MAX_CLASSES)]
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _PreprocessDoc(_Doc):
+    """PreprocessSpec's keys with their bounds (the same as the config's model.preprocess)."""
+
+    input_w: Annotated[int, Field(ge=8, le=8192)] | None = None
+    input_h: Annotated[int, Field(ge=8, le=8192)] | None = None
+    color: Literal["rgb", "bgr"] | None = None
+    resize: Literal["letterbox", "stretch"] | None = None
+    align: Literal["center", "topleft"] | None = None
+    pad_value: Annotated[int, Field(ge=0, le=255)] | None = None
+    scale: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    mean: Annotated[list[Annotated[float, Field(allow_inf_nan=False)]],
+                    Field(min_length=3, max_length=3)] | None = None
+    std: Annotated[list[Annotated[float, Field(gt=0, allow_inf_nan=False)]],
+                   Field(min_length=3, max_length=3)] | None = None
+    interpolation: Literal["linear", "area", "nearest"] | None = None
+    size: Literal["fixed", "keep_ratio"] | None = None
+    limit_side: Annotated[int, Field(ge=8, le=8192)] | None = None
+    limit_type: Literal["max", "min"] | None = None
+    multiple: Annotated[int, Field(ge=1, le=256)] | None = None
+
+
+class _SessionDoc(_Doc):
+    disabled_optimizers: list[_Name] = []
+
+
+class _OptionsDoc(BaseModel):
+    """The options several formats read; others are each format's own (kept as given)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    mask_threshold: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)] | None = None
+    layout: _Name | None = None
+    mask_mode: Literal["ultralytics", "yolov5", "direct"] | None = None
+    output_values: Literal["probability", "logit", "class_ids"] | None = None
+    priors: dict[str, Any] | None = None
+
+
+class _ManifestDoc(_Doc):
+    manifest_version: Literal[1] = 1
+    format: _Name
+    name: _Str = ""
+    input_name: _Name = "InputLayer"
+    outputs: dict[_Name, _Name] = {}
+    preprocess: _PreprocessDoc = _PreprocessDoc()
+    # absent: the model's metadata or the config names them; present: at least one
+    classes: _Classes | None = None
+    seg_classes: _Classes | None = None
+    class_groups: list[Annotated[list[_Name], Field(min_length=1)]] = []
+    conf_threshold: _Unit = 0.5
+    iou_threshold: _Unit = 0.4
+    max_detections: Annotated[int, Field(ge=1, le=10_000)] = 300
+    multi_label: bool = True
+    extra: dict[str, Any] = {}
+    options: _OptionsDoc = _OptionsDoc()
+    quantization: dict[str, Any] = {}
+    session: _SessionDoc = _SessionDoc()
+
+
+# pydantic's error types in the manifest's words (JSON's names for the types)
+_TYPE_WORDS = {"list_type": "a list", "dict_type": "a JSON object", "string_type": "a string",
+               "bool_type": "true or false", "int_type": "a whole number",
+               "float_type": "a number"}
+
+
+def _where(loc: tuple[str | int, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def load_manifest(path: Path) -> Manifest:
+    """The manifest at `path`; ManifestError naming the file and the key otherwise."""
     try:
-        raw = json.loads(path.read_text())
+        with open(path, "rb") as f:
+            data = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot read the manifest: {e.strerror or e}") from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{path}: the manifest is larger than {MAX_MANIFEST_BYTES} bytes: "
+                            "is it the right file?")
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ManifestError(f"{path}: not a JSON text file (not UTF-8)") from None
     except json.JSONDecodeError as e:
         raise ManifestError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
+    except RecursionError:  # json nests recursively: [[[[... thousands deep
+        raise ManifestError(f"{path}: JSON nested too deeply") from None
     if not isinstance(raw, dict):
         raise ManifestError(f"{path}: a manifest must be a JSON object")
-    version = raw.pop("manifest_version", MANIFEST_VERSION)
+    version = raw.get("manifest_version", MANIFEST_VERSION)
     if version != MANIFEST_VERSION:
         raise ManifestError(f"{path}: manifest_version {version!r} is not supported "
                             f"(this edged reads version {MANIFEST_VERSION})")
-    known = set(Manifest.__dataclass_fields__)
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ManifestError(f"{path}: unknown key(s) {', '.join(unknown)}")
-    if "format" not in raw:
-        raise ManifestError(f"{path}: missing key 'format'")
-    for key in ("outputs", "extra", "options", "quantization", "session"):
-        if not isinstance(raw.get(key, {}), dict):
-            raise ManifestError(f"{path}: {key!r} must be a JSON object")
-    session = raw.get("session", {})
-    unknown = sorted(set(session) - SESSION_KEYS)
-    if unknown:
-        raise ManifestError(f"{path}: unknown key(s) in 'session': {', '.join(unknown)} "
-                            f"(known: {', '.join(sorted(SESSION_KEYS))})")
-    disabled = session.get("disabled_optimizers", [])
-    if not isinstance(disabled, list) or not all(isinstance(x, str) for x in disabled):
-        raise ManifestError(f"{path}: 'session.disabled_optimizers' must be a list of "
-                            "onnxruntime optimizer names")
     try:
-        pre = PreprocessSpec(**raw.pop("preprocess", {}))
-        for key in ("mean", "std"):
-            v = getattr(pre, key)
-            if v is not None:
-                # as many values as the JSON gives (not checked to be 3 here)
-                floats: dict[str, Any] = {key: tuple(float(x) for x in v)}
-                pre = replace(pre, **floats)
-        return Manifest(
-            preprocess=pre,
-            classes=tuple(raw.pop("classes", ())),
-            seg_classes=tuple(raw.pop("seg_classes", ())),
-            class_groups=tuple(tuple(g) for g in raw.pop("class_groups", ())),
-            **raw,
-        )
-    except TypeError as e:
-        raise ManifestError(f"{path}: {e}") from None
+        doc = _ManifestDoc.model_validate(raw)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors(include_url=False):
+            loc = tuple(err["loc"])
+            kind = err["type"]
+            if kind == "extra_forbidden":
+                inside = f" in '{_where(loc[:-1])}'" if len(loc) > 1 else ""
+                lines.append(f"{path}: unknown key{inside}: {loc[-1]}")
+            elif kind == "missing":
+                lines.append(f"{path}: {_where(loc)}: required key is missing")
+            elif kind == "too_short" and loc in (("classes",), ("seg_classes",)):
+                lines.append(f"{path}: {loc[0]}: an empty list names no class (leave the key "
+                             "out to take the names from the model's metadata)")
+            elif kind in _TYPE_WORDS:
+                lines.append(f"{path}: {_where(loc)}: must be {_TYPE_WORDS[kind]} "
+                             f"(got {_shown(err.get('input'))})")
+            else:
+                lines.append(f"{path}: {_where(loc)}: {err['msg']} "
+                             f"(got {_shown(err.get('input'))})")
+        raise ManifestError("\n".join(dict.fromkeys(lines))) from None
+    given = doc.preprocess.model_dump(exclude_none=True)
+    for key in ("mean", "std"):
+        if key in given:
+            given[key] = tuple(given[key])
+    classes = doc.classes or []
+    seg_classes = doc.seg_classes or []
+    for key, names in (("classes", classes), ("seg_classes", seg_classes)):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ManifestError(f"{path}: {key}: the same name twice: {', '.join(dup)}")
+    return Manifest(
+        format=doc.format, name=doc.name, input_name=doc.input_name, outputs=doc.outputs,
+        preprocess=PreprocessSpec(**given), classes=tuple(classes),
+        seg_classes=tuple(seg_classes),
+        class_groups=tuple(tuple(g) for g in doc.class_groups),
+        conf_threshold=doc.conf_threshold, iou_threshold=doc.iou_threshold,
+        max_detections=doc.max_detections, multi_label=doc.multi_label, extra=doc.extra,
+        options=doc.options.model_dump(exclude_none=True), quantization=doc.quantization,
+        session=doc.session.model_dump(exclude_defaults=True))

@@ -35,7 +35,10 @@ class Letterbox:
             return cls(input_w / frame_w, input_h / frame_h, 0, 0, input_w, input_h, input_w,
                        input_h)
         r = min(input_w / frame_w, input_h / frame_h)
-        cw, ch = min(input_w, round(frame_w * r)), min(input_h, round(frame_h * r))
+        # a 1 x 4000 frame scales its short side to 0.1 pixel: keep at least one pixel
+        # (a sliver of stretch), since a 0-pixel resize target is an error, not an image
+        cw = max(1, min(input_w, round(frame_w * r)))
+        ch = max(1, min(input_h, round(frame_h * r)))
         px, py = ((input_w - cw) // 2, (input_h - ch) // 2) if align == "center" else (0, 0)
         return cls(cw / frame_w, ch / frame_h, px, py, cw, ch, input_w, input_h)
 

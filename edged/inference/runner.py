@@ -30,6 +30,7 @@ from edged.inference.formats import (
     classes_from_metadata,
     manifest_from_graph,
 )
+from edged.inference.formats._common import take_nonfinite
 from edged.inference.graph import output_ops
 from edged.inference.manifest import Manifest, ManifestError, load_manifest, manifest_path
 from edged.inference.preprocess import Preprocessor
@@ -325,13 +326,15 @@ class ModelRunner:
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.manifest, self.format_reason = self._manifest()
         m = self.manifest
+        # a tensor the manifest file names that the graph lacks is the manifest's mistake
+        where = manifest_path(path) if self._file_manifest is not None else path
         if m.input_name not in [i.name for i in self.inputs]:
-            raise ModelError(f"{path}: manifest input {m.input_name!r} is not a graph input "
-                             f"({', '.join(i.name for i in self.inputs)})")
+            raise ModelError(f"{where}: input_name: manifest input {m.input_name!r} is not a "
+                             f"graph input ({', '.join(i.name for i in self.inputs)})")
         try:
             self.adapter = FORMATS[m.format].Adapter(m, self.output_names)
         except (ValueError, KeyError) as e:
-            raise ModelError(f"{path}: {e}") from None
+            raise ModelError(f"{where}: {e}") from None
         # instance formats paint "background" + their classes into the mask
         self.mask_classes: tuple[str, ...] = getattr(self.adapter, "mask_classes",
                                                      m.seg_classes)
@@ -527,14 +530,21 @@ class ModelRunner:
             tp = time.perf_counter()
             h, w = frame.image.shape[:2]
             outs = outputs if n == 1 else [o[i:i + 1] for o in outputs]
+            take_nonfinite()  # what an earlier, failed frame on this thread left
+            # the formats drop NaN/Inf candidate rows before their arithmetic (no numpy
+            # overflow / invalid-value warnings) and count them
             dets, mask = self.adapter.postprocess(outs, boxes[i], w, h)
+            # the formats' own count, then any box or score a format derived as NaN/Inf
+            dets, bad = dets.finite()
+            nonfinite = take_nonfinite() + bad
             results.append(Result(
                 camera=frame.camera, seq=frame.seq, t_capture_wall_ns=frame.t_wall_ns,
                 t_capture_mono_ns=frame.t_mono_ns, frame_w=w, frame_h=h, detections=dets,
                 class_names=m.classes, mask=mask, mask_classes=self.mask_classes,
                 letterbox=boxes[i], model_id=self.model_id, conf_threshold=m.conf_threshold,
                 timings_ms={"preprocess": (t1 - t0) * 1e3 / n, "inference": (t2 - t1) * 1e3,
-                            "postprocess": (time.perf_counter() - tp) * 1e3}))
+                            "postprocess": (time.perf_counter() - tp) * 1e3},
+                nonfinite=nonfinite))
         return results
 
     def batch_speedup(self, sizes: tuple[int, ...] = (2, 4), runs: int = 8,

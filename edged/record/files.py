@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -19,6 +20,8 @@ from mcap.writer import CompressionType, Writer
 log = logging.getLogger("edged.record")
 
 MB = 1024 * 1024
+# a recording's chunks are written at least this often (see McapFile.write)
+FLUSH_EVERY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,7 @@ class McapFile:
         except BaseException:
             self._fh.close()
             raise
+        self._flushed = time.monotonic()
         self._schemas: dict[str, int] = {}
         self._channels: dict[str, int] = {}
         self.messages = 0
@@ -58,6 +62,13 @@ class McapFile:
             ch = self._channels[topic] = self._w.register_channel(topic, encoding, sid)
         self._w.add_message(ch, log_time, data, publish_time or log_time)
         self.messages += 1
+        now = time.monotonic()
+        if now - self._flushed >= FLUSH_EVERY_S:
+            # the chunk being built lives in memory until it is written: end it at least
+            # this often (and hand it to the OS), so a SIGKILL or a crash loses only the
+            # last moment of a recording, not up to chunk_size of it (minutes of results)
+            self._w.flush()
+            self._flushed = now
 
     @property
     def size(self) -> int:

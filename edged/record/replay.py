@@ -1,17 +1,31 @@
 """`edged replay FILE.mcap`: publish a recording's edged messages on ZeroMQ again, in
 log-time order and with the original spacing (scaled by `speed`), so a subscriber can
 be debugged against a recorded session. Messages go out exactly as they were published
-(their own stamps included)."""
+(their own stamps included).
+
+A file cut short (the `.part` a SIGKILL or a power loss leaves, which has no summary or
+index) is read record by record from the start instead, up to the first damaged byte:
+what it holds is replayed and the log says how many messages that was and where the
+file stopped being readable."""
 
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import msgpack
+from mcap.exceptions import InvalidMagic
 from mcap.reader import make_reader
+from mcap.records import Channel
+from mcap.records import Message as McapMessage
+from mcap.stream_reader import StreamReader
 
 from edged.record import WIRE_ENCODING, RecordError
 from edged.wire.publisher import Publisher
@@ -19,36 +33,156 @@ from edged.wire.publisher import Publisher
 log = logging.getLogger("edged.record")
 
 
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What was read from a file without a usable summary (cut short or damaged)."""
+
+    messages: int  # edged messages recovered
+    good_bytes: int  # the file is readable up to this offset
+    size: int  # bytes in the file
+    reason: str  # why reading stopped there
+
+    def describe(self) -> str:
+        return (f"recovered {self.messages} message(s); the file stops being readable at "
+                f"byte {self.good_bytes} of {self.size} ({self.reason})")
+
+
+class _Counting:
+    """A file's read() that counts the bytes handed out: the offset of the last record
+    read in full (mcap's stream reader keeps its count to itself)."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self._fh = fh
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._fh.read(n)
+        self.count += len(data)
+        return data
+
+
+def _why(e: BaseException) -> str:
+    text = str(e).strip()
+    name = type(e).__name__
+    # EndOfFile from mcap's reader, struct.error from its fixed-size fields
+    if name == "EndOfFile" or (name == "error" and "unpack requires" in text):
+        return "the file ends inside a record: cut short"
+    return f"{name}: {text}" if text else name
+
+
+def recover(fh: IO[bytes], path: Path) -> tuple[list[tuple[int, bytes]], Recovery]:
+    """The edged messages of a file read sequentially up to its first damage, in
+    log-time order. RecordError when not even the start is MCAP."""
+    size = os.fstat(fh.fileno()).st_size
+    if size == 0:
+        raise RecordError(f"{path}: the file is empty, not an MCAP recording")
+    fh.seek(0)
+    counting = _Counting(fh)
+    # a record cannot be longer than the file: a damaged length must not allocate GBs
+    reader = StreamReader(counting, record_size_limit=size)  # type: ignore[arg-type]
+    wire: set[int] = set()
+    found: list[tuple[int, bytes]] = []
+    good = 0
+    reason = "the file ends without its summary: cut short"
+    try:
+        for record in reader.records:
+            if isinstance(record, Channel) and record.message_encoding == WIRE_ENCODING:
+                wire.add(record.id)
+            elif isinstance(record, McapMessage) and record.channel_id in wire:
+                found.append((record.log_time, record.data))
+            good = counting.count
+    except InvalidMagic:
+        raise RecordError(f"{path}: not an MCAP recording (it does not start with the MCAP "
+                          "magic bytes)") from None
+    except Exception as e:  # noqa: BLE001 - damaged bytes fail in any of mcap's decoders
+        # (a length past the end, zstd, a CRC, struct, UTF-8): the damage starts here
+        if good == 0 and not found:
+            if counting.count <= 8 + 9:  # the magic, and not one record's opcode + length
+                raise RecordError(f"{path}: not an MCAP recording (too short to be one: "
+                                  f"{size} byte(s))") from None
+            raise RecordError(f"{path}: not a readable MCAP recording ({_why(e)})") from None
+        if type(e).__name__ == "EndOfFile" and good == size:
+            reason = "the file ends after a complete record, without its summary: cut short"
+        else:
+            reason = _why(e)
+    else:
+        reason = "complete, read without its summary"
+    found.sort(key=lambda m: m[0])  # chunks are written in order, messages nearly so
+    return found, Recovery(len(found), good, size, reason)
+
+
+def _indexed(fh: IO[bytes]) -> Iterator[tuple[int, bytes]] | None:
+    """The edged messages in log-time order through the file's index, or None when the
+    file has no usable summary (cut short: see `recover`)."""
+    try:
+        reader = make_reader(fh)
+        if reader.get_summary() is None:
+            return None
+    except Exception:  # noqa: BLE001 - any failure to read the end means: not finished
+        return None
+    return ((m.log_time, m.data) for _, ch, m in reader.iter_messages(log_time_order=True)
+            if ch.message_encoding == WIRE_ENCODING)
+
+
 def replay(path: Path, endpoint: str, *, speed: float = 1.0, wait_s: float = 0.5,
            stop: threading.Event | None = None) -> int:
     """Publish the recording on `endpoint`; returns the number of messages sent."""
-    if speed <= 0:
-        raise RecordError(f"replay speed must be above 0 (got {speed:g})")
+    if not speed > 0 or speed == float("inf"):
+        raise RecordError(f"replay speed must be a finite number above 0 (got {speed:g})")
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed below
     except OSError as e:
         raise RecordError(f"{path}: {e.strerror or e}") from None
     sent = 0
-    with fh, Publisher([endpoint]) as pub:
-        time.sleep(wait_s)  # subscribers that connect at once get the first message too
-        try:
-            reader = make_reader(fh)
+    with fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):  # /dev/zero would never end
+            raise RecordError(f"{path}: not a regular file (a recording is an .mcap file)")
+        messages = _indexed(fh)
+        if messages is None:
+            found, recovery = recover(fh, path)
+            log.warning("%s has no summary (a recording cut short?): %s", path,
+                        recovery.describe())
+            messages = iter(found)
+        with Publisher([endpoint]) as pub:
+            time.sleep(wait_s)  # subscribers that connect at once get the first message too
             first: int | None = None
             t0 = time.monotonic()
-            for _, channel, message in reader.iter_messages(log_time_order=True):
-                if channel.message_encoding != WIRE_ENCODING:
+            undecodable = 0
+            for log_time, data in _guarded(messages, path):
+                try:
+                    frames = [bytes(f) for f in msgpack.unpackb(data)]
+                except Exception:  # noqa: BLE001 - msgpack's several types for bad bytes
+                    undecodable += 1
                     continue
                 if first is None:
-                    first, t0 = message.log_time, time.monotonic()
-                delay = t0 + (message.log_time - first) / 1e9 / speed - time.monotonic()
+                    first, t0 = log_time, time.monotonic()
+                delay = t0 + (log_time - first) / 1e9 / speed - time.monotonic()
                 if delay > 0:
                     if stop is None:
                         time.sleep(delay)
                     elif stop.wait(delay):
                         break
-                pub.send([bytes(f) for f in msgpack.unpackb(message.data)])
+                pub.send(frames)
                 sent += 1
-        except (ValueError, EOFError, KeyError) as e:  # mcap's errors on a damaged file
-            raise RecordError(f"{path}: not a readable MCAP recording ({e})") from None
+    if undecodable:
+        log.warning("%s: %d message(s) skipped: not edged's multipart encoding", path,
+                    undecodable)
     log.info("replayed %d message(s) from %s on %s", sent, path, endpoint)
     return sent
+
+
+def _guarded(messages: Iterator[tuple[int, bytes]], path: Path
+             ) -> Iterator[tuple[int, bytes]]:
+    """`messages`, with a failure to read the file (a damaged chunk inside a finished
+    file) as a RecordError saying how far the replay got."""
+    read = 0
+    while True:
+        try:
+            item = next(messages)
+        except StopIteration:
+            return
+        except Exception as e:  # noqa: BLE001 - damaged bytes fail in any of mcap's decoders
+            raise RecordError(f"{path}: damaged after {read} message(s) replayed "
+                              f"({_why(e)})") from None
+        read += 1
+        yield item

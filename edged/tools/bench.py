@@ -610,7 +610,10 @@ def write_synthetic_video(path: Path, frames: int, seed: int = 0, width: int = 6
 
     from edged.synth import render
 
-    vw = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (width, height))
+    # OpenCV's own MJPEG writer only: with the default backends a path it cannot write
+    # falls through to the image-sequence writer, which prints an assertion to stderr
+    vw = cv2.VideoWriter(str(path), cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter.fourcc(*"MJPG"), fps,
+                         (width, height))
     if not vw.isOpened():
         raise RuntimeError(f"cannot write {path}")
     for i in range(frames):

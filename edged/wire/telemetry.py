@@ -28,7 +28,7 @@ from edged.wire.codec import (
 
 CAMERA_KEYS = ("state", "capture_fps", "processed_fps", "published", "late", "drops",
                "e2e_ms", "stages_ms_p50", "budget_ms", "variant", "budget_misses",
-               "providers", "capture")
+               "providers", "capture", "model_output")
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from edged.inference.formats._common import (
     TensorInfo,
     batch1,
     dims,
+    finite_candidates,
     from_ultralytics,
     generic_classes,
     image_input,
@@ -162,7 +163,8 @@ def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo],
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    out: np.ndarray = 1.0 / (1.0 + np.exp(-x.astype(np.float32)))
+    # the tanh form: 1 / (1 + exp(-x)) overflows (and warns) for x below about -88
+    out: np.ndarray = 0.5 * (1.0 + np.tanh(0.5 * x.astype(np.float32)))
     return out
 
 
@@ -217,6 +219,8 @@ class Adapter:
     def postprocess(self, outputs: list[np.ndarray], letterbox: Letterbox, frame_w: int,
                     frame_h: int) -> tuple[Detections, np.ndarray | None]:
         q, cxcywh, scores, ids = self._select(outputs)
+        ok = finite_candidates(cxcywh, scores)  # before the box arithmetic
+        q, cxcywh, scores, ids = q[ok], cxcywh[ok], scores[ok], ids[ok]
         norm = cxcywh.astype(np.float32)
         xyxy = np.empty_like(norm)
         xyxy[:, :2] = norm[:, :2] - norm[:, 2:] / 2

@@ -27,6 +27,7 @@ from edged.inference.formats._common import (
     TensorInfo,
     batch1,
     dims,
+    finite_candidates,
     image_input,
     is_float,
     mask_classes,
@@ -134,7 +135,9 @@ class Adapter:
         masks = masks.reshape(len(scores), masks.shape[-2], masks.shape[-1])
         # the graph did NMS; keep the best max_detections above the threshold
         cand = np.flatnonzero(scores > m.conf_threshold)
-        keep = cand[np.argsort(-scores[cand], kind="stable")][:m.max_detections]
+        keep = cand[np.argsort(-scores[cand], kind="stable")]
+        # an Inf corner would be clipped to the frame's edge: a box from nothing
+        keep = keep[finite_candidates(xyxy[keep], scores[keep])][:m.max_detections]
         boxes_in = xyxy[keep].astype(np.float32)
         boxes = letterbox.boxes_to_camera(boxes_in, frame_w, frame_h)
         sc = scores[keep].astype(np.float32)

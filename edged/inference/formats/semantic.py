@@ -194,7 +194,8 @@ class Adapter:
         if plane.dtype == np.uint8:
             return plane
         if np.issubdtype(plane.dtype, np.floating):
-            plane = np.rint(plane)
+            # a NaN class id has no uint8 value (the cast warns): class 0 there
+            plane = np.nan_to_num(np.rint(plane), nan=0.0)
         return np.clip(plane, 0, 255).astype(np.uint8)
 
     def postprocess(self, outputs: list[np.ndarray], letterbox: Letterbox, frame_w: int,

@@ -26,6 +26,7 @@ from edged.inference.formats._common import (
     TensorInfo,
     batch1,
     dims,
+    finite_candidates,
     generic_classes,
     image_input,
     is_float,
@@ -152,6 +153,7 @@ class Adapter:
             ids = s.argmax(1)
             scores = s[np.arange(n), ids]
         cand = np.flatnonzero(scores > m.conf_threshold)
+        cand = cand[finite_candidates(scores[cand])]  # an Inf score passes the threshold
         cand = cand[np.argsort(-scores[cand], kind="stable")][:m.max_detections]
         # boxes: the extent of each mask's cells above the threshold (vectorised over
         # the kept queries)

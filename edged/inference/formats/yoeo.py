@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edged.inference.formats._common import Hints, class_group_ids, class_nms, pick, xywh_to_xyxy
+from edged.inference.formats._common import (
+    Hints,
+    class_group_ids,
+    class_nms,
+    finite_rows,
+    output_index,
+    pick,
+    xywh_to_xyxy,
+)
 from edged.inference.manifest import Manifest
 from edged.inference.preprocess import Letterbox, PreprocessSpec
 from edged.results import Detections
@@ -95,9 +103,8 @@ class Adapter:
 
     def __init__(self, manifest: Manifest, output_names: list[str]) -> None:
         self.manifest = manifest
-        outs = manifest.outputs
-        self.det_index = output_names.index(outs.get("detections", "Detections"))
-        self.seg_index = output_names.index(outs.get("segmentation", "Segmentations"))
+        self.det_index = output_index(manifest, output_names, "detections", "Detections")
+        self.seg_index = output_index(manifest, output_names, "segmentation", "Segmentations")
         self.group_ids = class_group_ids(manifest)
 
     def detections(self, rows: np.ndarray, letterbox: Letterbox, frame_w: int,
@@ -109,7 +116,9 @@ class Adapter:
         cand = np.flatnonzero(obj > conf)
         if cand.size == 0:
             return Detections.empty()
-        sel = rows[cand]
+        sel = finite_rows(rows[cand])
+        if not len(sel):
+            return Detections.empty()
         # scores = class x objectness, each class above the threshold (multi-label)
         ri, ci, sc = pick(sel[:, 5:] * sel[:, 4:5], conf, m.multi_label)
         if ri.size == 0:
@@ -128,7 +137,10 @@ class Adapter:
         if seg.dtype == np.uint8:
             return seg
         if np.issubdtype(seg.dtype, np.floating):
-            return np.rint(seg).astype(np.uint8)  # float class ids (TensorRT-friendly export)
+            # float class ids (TensorRT-friendly export); NaN/Inf would make the cast
+            # undefined (and warn): such pixels become class 0
+            ids = np.nan_to_num(np.rint(seg), nan=0.0, posinf=0.0, neginf=0.0)
+            return np.clip(ids, 0, 255).astype(np.uint8)
         return seg.astype(np.uint8)
 
     def postprocess(self, outputs: list[np.ndarray], letterbox: Letterbox, frame_w: int,

@@ -31,6 +31,7 @@ from edged.inference.formats._common import (
     class_group_ids,
     class_nms,
     dims,
+    finite_candidates,
     generic_classes,
     image_input,
     input_hw,
@@ -212,6 +213,9 @@ def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo],
                     max_detections=100, multi_label=False, options=options)
 
 
+BBOX_XFORM_CLIP = math.log(1000.0 / 16)
+
+
 class Adapter:
     def __init__(self, manifest: Manifest, output_names: list[str]) -> None:
         self.manifest = manifest
@@ -254,13 +258,17 @@ class Adapter:
         proto = outputs[self.idx["proto"]][0]
         cls_scores = conf[:, 1:]  # column 0 is background
         cand = np.flatnonzero(cls_scores.max(1) > m.conf_threshold)
+        # before the SSD decoding: an Inf offset or score must not reach the arithmetic
+        cand = cand[finite_candidates(cls_scores[cand], loc[cand])]
         ri, ci, sc = pick(cls_scores[cand], m.conf_threshold, m.multi_label)
         cand = cand[ri]
         # SSD decoding, normalised coordinates, then input pixels
         pr, lo = priors[cand].astype(np.float64), loc[cand].astype(np.float64)
         v0, v1 = self.variances
         cxcy = pr[:, :2] + lo[:, :2] * v0 * pr[:, 2:]
-        wh = pr[:, 2:] * np.exp(lo[:, 2:] * v1)
+        # exp of a large offset overflows to inf (and warns): clamp it as torchvision's
+        # box decoding does (bbox_xform_clip = log(1000 / 16))
+        wh = pr[:, 2:] * np.exp(np.minimum(lo[:, 2:] * v1, BBOX_XFORM_CLIP))
         size = np.array([letterbox.input_w, letterbox.input_h] * 2, np.float64)
         xyxy = (np.concatenate([cxcy - wh / 2, cxcy + wh / 2], axis=1) * size).astype(np.float32)
         keep = class_nms(xyxy, sc, ci, self.group_ids, m)

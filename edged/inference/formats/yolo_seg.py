@@ -35,6 +35,7 @@ from edged.inference.formats._common import (
     class_group_ids,
     class_nms,
     dims,
+    finite_rows,
     from_ultralytics,
     generic_classes,
     image_input,
@@ -289,7 +290,7 @@ class Adapter:
             if table.shape[1] != 6 + n_masks:
                 raise ValueError(f"end2end detections have {table.shape[1]} columns, not "
                                  f"6 + {n_masks} mask coefficients")
-            rows = table[table[:, 4] > conf][:m.max_detections]
+            rows = finite_rows(table[table[:, 4] > conf])[:m.max_detections]
             ids = rows[:, 5].astype(np.int32)
             return (rows[:, :4].astype(np.float32), rows[:, 4].astype(np.float32), ids,
                     rows[:, 6:].astype(np.float32))
@@ -301,7 +302,8 @@ class Adapter:
                                  f"{n_masks} mask coefficients")
             best = table[4:4 + n_cls].max(0)
             cand = np.flatnonzero(best > conf)
-            rows = table[:, cand].T  # [n, 4+C+M], only the candidates are transposed
+            # [n, 4+C+M], only the candidates are transposed
+            rows = finite_rows(table[:, cand].T)
             scores = rows[:, 4:4 + n_cls]
         else:
             n_cls = table.shape[1] - 5 - n_masks
@@ -309,7 +311,7 @@ class Adapter:
                 raise ValueError(f"detections {list(table.shape)} leave no class scores with "
                                  f"{n_masks} mask coefficients")
             cand = np.flatnonzero(table[:, 4] > conf)
-            rows = table[cand]
+            rows = finite_rows(table[cand])
             scores = rows[:, 5:5 + n_cls] * rows[:, 4:5]
         ri, ci, sc = pick(scores, conf, m.multi_label)
         xyxy = xywh_to_xyxy(rows[ri, :4])

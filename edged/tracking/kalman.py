@@ -36,7 +36,15 @@ def cxcywh_to_xyxy(z: np.ndarray) -> np.ndarray:
 
 
 class BoxKalman:
-    """Noise model and the batched predict/update steps; holds no tracks itself."""
+    """Noise model and the batched predict/update steps; holds no tracks itself.
+
+    Every matrix of the model (transition, process and measurement noise, the initial
+    covariance) pairs a coordinate only with its own rate, so the covariance stays
+    block-diagonal: four independent 2x2 filters per track. It is stored as such,
+    `var` [N, 3, 4] = (position variance, position-rate covariance, rate variance) of
+    cx, cy, w, h, and every step is elementwise over tracks and coordinates (no matrix
+    products, no inversions): the same numbers as the 8x8 form, several times faster.
+    """
 
     def __init__(self, measurement_std: float, accel_rel: float, accel_px: float,
                  vel_init_rel: float, vel_init_px: float) -> None:
@@ -49,66 +57,50 @@ class BoxKalman:
     @staticmethod
     def _scale(wh: np.ndarray) -> np.ndarray:
         """[N, 4] size of each measured coordinate: w for cx and w, h for cy and h."""
-        w = np.maximum(wh[:, 0], 1.0)
-        h = np.maximum(wh[:, 1], 1.0)
-        return np.stack([w, h, w, h], axis=1)
+        s = np.maximum(wh, 1.0)
+        return np.concatenate([s, s], axis=1)
 
     def _meas_var(self, wh: np.ndarray) -> np.ndarray:
         return np.square(self.measurement_std * self._scale(wh) + 1.0)
 
     def initiate(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """States for new tracks from measurements z [N, 4] (cx, cy, w, h): at rest,
-        with a wide velocity uncertainty."""
+        with a wide rate uncertainty. Returns (mean [N, 8], var [N, 3, 4])."""
         n = len(z)
         mean = np.zeros((n, 2 * NDIM))
         mean[:, :NDIM] = z
-        scale = self._scale(z[:, 2:4])
-        var = np.empty((n, 2 * NDIM))
-        var[:, :NDIM] = self._meas_var(z[:, 2:4]) * 4.0
-        var[:, NDIM:] = np.square(self.vel_init_rel * scale + self.vel_init_px)
-        cov = np.zeros((n, 2 * NDIM, 2 * NDIM))
-        i = np.arange(2 * NDIM)
-        cov[:, i, i] = var
-        return mean, cov
+        var = np.zeros((n, 3, NDIM))
+        var[:, 0] = self._meas_var(z[:, 2:4]) * 4.0
+        var[:, 2] = np.square(self.vel_init_rel * self._scale(z[:, 2:4]) + self.vel_init_px)
+        return mean, var
 
-    def predict(self, mean: np.ndarray, cov: np.ndarray, dt: float) -> None:
+    def predict(self, mean: np.ndarray, var: np.ndarray, dt: float) -> None:
         """Advance every state by dt seconds, in place."""
         if len(mean) == 0 or dt <= 0.0:
             return
         mean[:, :NDIM] += dt * mean[:, NDIM:]
-        # F P F^T with F = [[I, dt I], [0, I]], written out blockwise (no 8x8 products)
-        p11 = cov[:, :NDIM, :NDIM]
-        p12 = cov[:, :NDIM, NDIM:]
-        p21 = cov[:, NDIM:, :NDIM]
-        p22 = cov[:, NDIM:, NDIM:]
-        new11 = p11 + dt * (p12 + p21) + dt * dt * p22
-        new12 = p12 + dt * p22
-        new21 = p21 + dt * p22
-        cov[:, :NDIM, :NDIM] = new11
-        cov[:, :NDIM, NDIM:] = new12
-        cov[:, NDIM:, :NDIM] = new21
-        sa2 = np.square(self.accel_rel * self._scale(mean[:, 2:4]) + self.accel_px)  # [N, 4]
-        i = np.arange(NDIM)
-        cov[:, i, i] += sa2 * (dt ** 4 / 4)
-        cov[:, i, i + NDIM] += sa2 * (dt ** 3 / 2)
-        cov[:, i + NDIM, i] += sa2 * (dt ** 3 / 2)
-        cov[:, i + NDIM, i + NDIM] += sa2 * (dt * dt)
+        sa2 = np.square(self.accel_rel * self._scale(mean[:, 2:4]) + self.accel_px)
+        pp, pv, vv = var[:, 0], var[:, 1], var[:, 2]
+        pp += dt * (2.0 * pv + dt * vv) + sa2 * (dt ** 4 / 4)
+        pv += dt * vv + sa2 * (dt ** 3 / 2)
+        vv += sa2 * (dt * dt)
 
-    def update(self, mean: np.ndarray, cov: np.ndarray, idx: np.ndarray, z: np.ndarray
+    def update(self, mean: np.ndarray, var: np.ndarray, idx: np.ndarray, z: np.ndarray
                ) -> None:
         """Correct states `idx` with measurements z [M, 4], in place."""
         if len(idx) == 0:
             return
         m = mean[idx]
-        p = cov[idx]
-        r = self._meas_var(z[:, 2:4])
-        s = p[:, :NDIM, :NDIM].copy()
-        i = np.arange(NDIM)
-        s[:, i, i] += r
-        pht = p[:, :, :NDIM]  # P H^T, [M, 8, 4]
-        # K = P H^T S^-1 (S symmetric): solve S K^T = H P
-        k = np.linalg.solve(s, pht.transpose(0, 2, 1)).transpose(0, 2, 1)
+        v = var[idx]
+        pp, pv, vv = v[:, 0], v[:, 1], v[:, 2]
+        s = pp + self._meas_var(z[:, 2:4])
+        kp, kv = pp / s, pv / s
         innov = z - m[:, :NDIM]
-        mean[idx] = m + np.einsum("nij,nj->ni", k, innov)
-        p = p - k @ pht.transpose(0, 2, 1)
-        cov[idx] = (p + p.transpose(0, 2, 1)) / 2
+        m[:, :NDIM] += kp * innov
+        m[:, NDIM:] += kv * innov
+        mean[idx] = m
+        out = np.empty_like(v)
+        out[:, 0] = (1.0 - kp) * pp
+        out[:, 1] = (1.0 - kp) * pv
+        out[:, 2] = vv - kv * pv
+        var[idx] = out

@@ -118,31 +118,58 @@ class DetectionsLike(Protocol):
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of a [N, 4] with every box of b [M, 4] (x1 y1 x2 y2): [N, M]."""
+    """IoU of every box of a [N, 4] with every box of b [M, 4] (x1 y1 x2 y2): [N, M]
+    (float32: pixel boxes need no more, and it halves the memory traffic)."""
     if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0.0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return inter / np.maximum(union, 1e-9)
+        return np.zeros((len(a), len(b)), np.float32)
+    at = np.ascontiguousarray(np.asarray(a, np.float32).T)
+    bt = np.ascontiguousarray(np.asarray(b, np.float32).T)
+    iw = np.minimum.outer(at[2], bt[2])
+    iw -= np.maximum.outer(at[0], bt[0])
+    np.maximum(iw, 0.0, out=iw)
+    ih = np.minimum.outer(at[3], bt[3])
+    ih -= np.maximum.outer(at[1], bt[1])
+    np.maximum(ih, 0.0, out=ih)
+    iw *= ih  # intersection
+    union = np.add.outer((at[2] - at[0]) * (at[3] - at[1]), (bt[2] - bt[0]) * (bt[3] - bt[1]))
+    union -= iw
+    np.maximum(union, 1e-6, out=union)
+    iw /= union
+    return iw
 
 
 def assign(sim: np.ndarray, gate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows and columns of the assignment maximising the summed similarity over the
-    pairs that pass the gate (pairs outside it can never be chosen)."""
-    if sim.size == 0 or not gate.any():
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    w = np.where(gate, sim, 0.0)
+    pairs that pass the gate (pairs outside it can never be chosen).
+
+    A row and a column that are each other's only candidate are an isolated pair that
+    any optimal assignment takes; only what remains goes to the solver (with many
+    objects, most pairs are isolated and the solver's cubic cost vanishes)."""
+    if sim.size == 0:
+        return _EMPTY_I, _EMPTY_I
+    row_n = gate.sum(axis=1)
+    col_n = gate.sum(axis=0)
+    lone = gate & (row_n == 1)[:, None] & (col_n == 1)[None, :]
+    r1, c1 = np.nonzero(lone)
+    free_r = row_n > 0
+    free_c = col_n > 0
+    free_r[r1] = False
+    free_c[c1] = False
+    rest_r = np.flatnonzero(free_r)
+    rest_c = np.flatnonzero(free_c)
+    if len(rest_r) == 0 or len(rest_c) == 0:
+        return r1.astype(np.int64), c1.astype(np.int64)
+    g = gate[np.ix_(rest_r, rest_c)]
+    w = np.where(g, sim[np.ix_(rest_r, rest_c)], 0.0)
     rows, cols = linear_sum_assignment(w, maximize=True)
-    keep = gate[rows, cols]
-    return rows[keep].astype(np.int64), cols[keep].astype(np.int64)
+    keep = g[rows, cols]
+    return (np.concatenate([r1, rest_r[rows[keep]]]).astype(np.int64),
+            np.concatenate([c1, rest_c[cols[keep]]]).astype(np.int64))
 
 
 _EMPTY_I = np.zeros(0, np.int64)
+# TrackState values as plain ints: comparisons of arrays with them skip enum lookups
+_TENTATIVE, _CONFIRMED, _LOST = (int(s) for s in TrackState)
 
 
 class Tracker:
@@ -167,7 +194,7 @@ class Tracker:
         self._cls = np.zeros(0, np.int64)
         self._state = np.zeros(0, np.int8)
         self._mean = np.zeros((0, 2 * NDIM))
-        self._cov = np.zeros((0, 2 * NDIM, 2 * NDIM))
+        self._var = np.zeros((0, 3, NDIM))
         self._hits = np.zeros(0, np.int64)
         self._age = np.zeros(0, np.int64)
         self._birth_ns = np.zeros(0, np.int64)
@@ -211,10 +238,10 @@ class Tracker:
         n_det = len(scores)
 
         # 1. predict (lost tracks keep moving, but no longer grow or shrink)
-        lost = self._state == TrackState.LOST
+        lost = self._state == _LOST
         if lost.any():
             self._mean[lost, NDIM + 2:] = 0.0
-        self.kf.predict(self._mean, self._cov, dt)
+        self.kf.predict(self._mean, self._var, dt)
         pred = cxcywh_to_xyxy(self._mean[:, :NDIM])
 
         valid = scores >= c.low_score
@@ -241,33 +268,33 @@ class Tracker:
             track_det[tr[r]] = de[k]
 
         # 2. confirmed and lost tracks vs high detections
-        active = self._state != TrackState.TENTATIVE
+        active = self._state != _TENTATIVE
         stage(active, det_free, c.match_iou, c.fuse_score)
         det_free[track_det[track_det >= 0]] = False
         # 3. confirmed (tracked last frame) still unmatched vs low detections
-        tracked_unmatched = (self._state == TrackState.CONFIRMED) & (track_det < 0)
+        tracked_unmatched = (self._state == _CONFIRMED) & (track_det < 0)
         stage(tracked_unmatched, low, c.low_match_iou, False)
         # 5. tentative tracks vs the remaining high detections
-        stage(self._state == TrackState.TENTATIVE, det_free, c.tentative_match_iou, False)
+        stage(self._state == _TENTATIVE, det_free, c.tentative_match_iou, False)
 
         matched = track_det >= 0
         midx = np.flatnonzero(matched)
         if len(midx):
-            self.kf.update(self._mean, self._cov, midx, xyxy_to_cxcywh(boxes[track_det[midx]]))
+            self.kf.update(self._mean, self._var, midx, xyxy_to_cxcywh(boxes[track_det[midx]]))
             self._hits[midx] += 1
             self._last_ns[midx] = t_ns
             self._score[midx] = scores[track_det[midx]]
         self._age += 1
 
-        tentative = self._state == TrackState.TENTATIVE
+        tentative = self._state == _TENTATIVE
         # 4. unmatched confirmed -> lost; matched lost -> confirmed
-        self._state[~tentative & matched] = TrackState.CONFIRMED
-        self._state[~tentative & ~matched] = TrackState.LOST
-        self._state[tentative & matched & (self._hits >= c.min_hits)] = TrackState.CONFIRMED
+        self._state[~tentative & matched] = _CONFIRMED
+        self._state[~tentative & ~matched] = _LOST
+        self._state[tentative & matched & (self._hits >= c.min_hits)] = _CONFIRMED
 
         # removals: tentative that missed, lost past the timeout
         since = (t_ns - self._last_ns) * 1e-9
-        drop = (tentative & ~matched) | ((self._state == TrackState.LOST)
+        drop = (tentative & ~matched) | ((self._state == _LOST)
                                          & (since > c.lost_timeout_s))
         removed: tuple[int, ...] = ()
         if drop.any():
@@ -290,7 +317,7 @@ class Tracker:
         self._cls = self._cls[keep]
         self._state = self._state[keep]
         self._mean = self._mean[keep]
-        self._cov = self._cov[keep]
+        self._var = self._var[keep]
         self._hits = self._hits[keep]
         self._age = self._age[keep]
         self._birth_ns = self._birth_ns[keep]
@@ -301,14 +328,14 @@ class Tracker:
         n = len(scores)
         ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
         self._next_id += n
-        mean, cov = self.kf.initiate(xyxy_to_cxcywh(boxes))
+        mean, var = self.kf.initiate(xyxy_to_cxcywh(boxes))
         state = TrackState.CONFIRMED if self.config.min_hits <= 1 else TrackState.TENTATIVE
         stamp = np.full(n, t_ns, np.int64)
         self._ids = np.concatenate([self._ids, ids])
         self._cls = np.concatenate([self._cls, cls])
         self._state = np.concatenate([self._state, np.full(n, state, np.int8)])
         self._mean = np.concatenate([self._mean, mean])
-        self._cov = np.concatenate([self._cov, cov])
+        self._var = np.concatenate([self._var, var])
         self._hits = np.concatenate([self._hits, np.ones(n, np.int64)])
         self._age = np.concatenate([self._age, np.zeros(n, np.int64)])
         self._birth_ns = np.concatenate([self._birth_ns, stamp])
@@ -320,7 +347,7 @@ class Tracker:
         vel = self._mean[:, NDIM:NDIM + 2].astype(np.float32)
         det_ids = np.zeros(n_det, np.int64)
         det_vel = np.zeros((n_det, 2), np.float32)
-        pub = (self._state == TrackState.CONFIRMED) & (track_det >= 0)
+        pub = (self._state == _CONFIRMED) & (track_det >= 0)
         if pub.any():
             det_ids[track_det[pub]] = self._ids[pub]
             det_vel[track_det[pub]] = vel[pub]

@@ -8,8 +8,8 @@ confirmed track it updated. Per frame:
 1. every track's Kalman state is predicted to `t_ns` (dt from capture timestamps);
 2. confirmed and lost tracks are matched to the high-score detections (IoU gate,
    ranked by IoU x score), with an optimal assignment;
-3. confirmed tracks still unmatched are matched to the low-score detections (a stricter
-   IoU gate): this is what keeps a track through occlusion and motion blur, when the
+3. confirmed (and by default lost) tracks still unmatched are matched to the low-score
+   detections: this is what keeps a track through occlusion and motion blur, when the
    detector's score dips (ByteTrack's idea);
 4. confirmed tracks still unmatched become lost;
 5. tentative tracks are matched to the remaining high-score detections; a tentative
@@ -271,9 +271,11 @@ class Tracker:
         active = self._state != _TENTATIVE
         stage(active, det_free, c.match_iou, c.fuse_score)
         det_free[track_det[track_det >= 0]] = False
-        # 3. confirmed (tracked last frame) still unmatched vs low detections
-        tracked_unmatched = (self._state == _CONFIRMED) & (track_det < 0)
-        stage(tracked_unmatched, low, c.low_match_iou, False)
+        # 3. confirmed (and lost, `low_match_lost`) tracks still unmatched vs low detections
+        second = (self._state != _TENTATIVE) if c.low_match_lost else (
+            self._state == _CONFIRMED)
+        second &= track_det < 0
+        stage(second, low, c.low_match_iou, False)
         # 5. tentative tracks vs the remaining high detections
         stage(self._state == _TENTATIVE, det_free, c.tentative_match_iou, False)
 

@@ -169,9 +169,11 @@ def run_reference(dets: Sequence[Dets], times_ns: Sequence[int],
     return out
 
 
-def score(gt: Sequence[Sequence[GtFrame]], pub: Sequence[Sequence[Published]]) -> dict:
+def score(gt: Sequence[Sequence[GtFrame]], pub: Sequence[Sequence[Published]],
+          cross_check: bool = False) -> dict:
     """HOTA, IDF1, MOTA, ID switches with trackeval, summed over sequences. A pair counts
-    as a match only between boxes of the same class (similarity = IoU, 0 otherwise)."""
+    as a match only between boxes of the same class (similarity = IoU, 0 otherwise).
+    `cross_check`: IDF1, MOTA and ID switches from py-motmetrics as well (`*_mm`)."""
     from trackeval.metrics import CLEAR, HOTA, Identity
 
     metrics = [HOTA(), CLEAR({"THRESHOLD": 0.5, "PRINT_CONFIG": False}),
@@ -199,9 +201,33 @@ def score(gt: Sequence[Sequence[GtFrame]], pub: Sequence[Sequence[Published]]) -
         for m, store in zip(metrics, per_seq):
             store[str(s)] = m.eval_sequence(data)
     hota, clear, ident = (m.combine_sequences(st) for m, st in zip(metrics, per_seq))
-    return {"HOTA": float(np.mean(hota["HOTA"])), "DetA": float(np.mean(hota["DetA"])),
-            "AssA": float(np.mean(hota["AssA"])), "IDF1": float(ident["IDF1"]),
-            "MOTA": float(clear["MOTA"]), "IDSW": int(clear["IDSW"])}
+    out = {"HOTA": float(np.mean(hota["HOTA"])), "DetA": float(np.mean(hota["DetA"])),
+           "AssA": float(np.mean(hota["AssA"])), "IDF1": float(ident["IDF1"]),
+           "MOTA": float(clear["MOTA"]), "IDSW": int(clear["IDSW"])}
+    if cross_check:
+        out.update(_motmetrics(gt, pub))
+    return out
+
+
+def _motmetrics(gt: Sequence[Sequence[GtFrame]], pub: Sequence[Sequence[Published]]
+                ) -> dict:
+    """IDF1, MOTA and ID switches again with py-motmetrics, a second, independent
+    implementation (IoU >= 0.5 and the same class for a match, as above)."""
+    import motmetrics as mm
+
+    accs = []
+    for g_seq, p_seq in zip(gt, pub):
+        acc = mm.MOTAccumulator(auto_id=True)
+        for g, (pb, pid, pc) in zip(g_seq, p_seq):
+            iou = box_iou(g.boxes.astype(np.float64), pb.astype(np.float64))
+            ok = (iou >= 0.5) & (g.classes[:, None] == pc[None, :]) if iou.size else iou > 0
+            acc.update(g.ids.tolist(), pid.tolist(), np.where(ok, 1.0 - iou, np.nan))
+        accs.append(acc)
+    mh = mm.metrics.create()
+    r = mh.compute_many(accs, metrics=["idf1", "mota", "num_switches"], generate_overall=True)
+    o = r.loc["OVERALL"]
+    return {"IDF1_mm": float(o["idf1"]), "MOTA_mm": float(o["mota"]),
+            "IDSW_mm": int(o["num_switches"])}
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -235,7 +261,8 @@ TRACKERS: dict[str, Callable[[Sequence[Dets], Sequence[int]], list[Published]]] 
 }
 
 
-def evaluate(seqs: dict[str, list[tuple[list[GtFrame], list[Dets]]]]) -> list[dict]:
+def evaluate(seqs: dict[str, list[tuple[list[GtFrame], list[Dets]]]],
+             cross_check: bool = True) -> list[dict]:
     rows = []
     for scen, pairs in seqs.items():
         for name, run in TRACKERS.items():
@@ -244,7 +271,7 @@ def evaluate(seqs: dict[str, list[tuple[list[GtFrame], list[Dets]]]]) -> list[di
                 t0 = time.perf_counter()
                 pubs.append(run(d, [f.t_ns for f in g]))
                 ms.append((time.perf_counter() - t0) * 1e3 / max(len(g), 1))
-            r = score([g for g, _ in pairs], pubs)
+            r = score([g for g, _ in pairs], pubs, cross_check)
             r.update(scenario=scen, tracker=name, frames=sum(len(g) for g, _ in pairs),
                      ms_per_frame=float(np.mean(ms)))
             rows.append(r)
@@ -252,12 +279,16 @@ def evaluate(seqs: dict[str, list[tuple[list[GtFrame], list[Dets]]]]) -> list[di
 
 
 def _table(rows: list[dict]) -> str:
-    lines = ["| scenario | tracker | frames | HOTA | DetA | AssA | IDF1 | MOTA | ID sw |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    mm = all("IDF1_mm" in r for r in rows)
+    lines = ["| scenario | tracker | frames | HOTA | DetA | AssA | IDF1 | MOTA | ID sw |"
+             + (" IDF1 (mm) | MOTA (mm) | ID sw (mm) |" if mm else ""),
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if mm else "")]
     for r in rows:
         lines.append(f"| {r['scenario']} | {r['tracker']} | {r['frames']} | "
                      f"{100 * r['HOTA']:.1f} | {100 * r['DetA']:.1f} | {100 * r['AssA']:.1f} | "
-                     f"{100 * r['IDF1']:.1f} | {100 * r['MOTA']:.1f} | {r['IDSW']} |")
+                     f"{100 * r['IDF1']:.1f} | {100 * r['MOTA']:.1f} | {r['IDSW']} |"
+                     + (f" {100 * r['IDF1_mm']:.1f} | {100 * r['MOTA_mm']:.1f} | "
+                        f"{r['IDSW_mm']} |" if mm else ""))
     return "\n".join(lines)
 
 
@@ -271,13 +302,14 @@ def cmd_gt(args: argparse.Namespace) -> list[dict]:
                                     else _switch_noise(len(gt)))
         for scen, pair in _scenarios(gt, seed, dets_for).items():
             seqs.setdefault(scen, []).append(pair)
-    return evaluate(seqs)
+    return evaluate(seqs, not args.no_motmetrics)
 
 
-def _model_dets(seed: int, frames: int, model: Path, cache: Path, conf: float) -> list[Dets]:
-    """The model's detections on the rendered frames (cached: rendering and inference are
-    the slow part)."""
-    path = cache / f"{model.stem}-s{seed}-c{CROWD}-n{frames}-conf{conf}.npz"
+def _model_dets(seed: int, frames: int, model: Path, cache: Path, conf: float,
+                start: int = 0) -> list[Dets]:
+    """The model's detections on frames [start, frames) of the rendered sequence (cached:
+    rendering and inference are the slow part)."""
+    path = cache / f"{model.stem}-s{seed}-c{CROWD}-{start}-{frames}-conf{conf}.npz"
     if path.exists():
         z = np.load(path)
         split = np.cumsum(z["counts"])[:-1]
@@ -290,7 +322,7 @@ def _model_dets(seed: int, frames: int, model: Path, cache: Path, conf: float) -
 
     runner = ModelRunner(ModelOptions(path=model, threads=1, conf_threshold=conf))
     out = []
-    for i in range(frames):
+    for i in range(start, frames):
         img = render(seed, i, WIDTH, HEIGHT, CROWD).image
         d = runner.infer(Frame("eval", i, img, 0, 0)).detections
         out.append(Dets(d.boxes.astype(np.float32), d.scores.astype(np.float32),
@@ -315,12 +347,11 @@ def cmd_model(args: argparse.Namespace) -> list[dict]:
             if kind == "base":
                 return d416
             # the ladder's rung switch: the 320 px model from the middle on
-            d320 = _model_dets(seed, args.frames, small, args.cache, args.conf)
             h = args.frames // 2
-            return d416[:h] + d320[h:]
+            return d416[:h] + _model_dets(seed, args.frames, small, args.cache, args.conf, h)
         for scen, pair in _scenarios(gt, seed, dets_for).items():
             seqs.setdefault(scen, []).append(pair)
-    return evaluate(seqs)
+    return evaluate(seqs, not args.no_motmetrics)
 
 
 def bench(sizes: Sequence[int] = (10, 50, 200), frames: int = 600, seed: int = 0) -> dict:
@@ -361,6 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                     else SEEDS[:3]))
         p.add_argument("--frames", type=int, default=frames, help="frames per sequence")
         p.add_argument("--json", action="store_true")
+        p.add_argument("--no-motmetrics", action="store_true",
+                       help="skip the cross-check with py-motmetrics")
     m.add_argument("--conf", type=float, default=0.1, help="the model's score threshold")
     m.add_argument("--cache", type=Path, default=Path.home() / ".cache/edged/track_eval")
     b = sub.add_parser("bench", help="tracker cost per frame")

@@ -395,6 +395,36 @@ def bench(sizes: Sequence[int] = (10, 50, 200), frames: int = 600, seed: int = 0
     return res
 
 
+def switch_causes(seeds: Sequence[int] = SEEDS, frames: int = 1000) -> dict[str, int]:
+    """Why objects change ids under edged's tracker (gt detections): each time an object
+    is published under another id than the last time, by what happened in between."""
+    causes = {"out of view > lost_timeout_s": 0, "out of view, shorter": 0,
+              "gap while in view": 0, "from one frame to the next": 0}
+    timeout = TrackingConfig().lost_timeout_s
+    for seed in seeds:
+        gt = gt_sequence(seed, frames)
+        tr = Tracker()
+        last: dict[int, tuple[int, int]] = {}  # object -> (track id, frame)
+        for k, (f, d) in enumerate(zip(gt, noisy_detections(gt, seed))):
+            o = tr.update(d.boxes, d.scores, d.class_ids, f.t_ns)
+            for obj, tid in zip(d.gt.tolist(), o.det_track_ids.tolist()):
+                if obj < 0 or tid <= 0:
+                    continue
+                if obj in last and last[obj][0] != tid:
+                    k0 = last[obj][1]
+                    away = sum(obj not in gt[j].ids for j in range(k0 + 1, k))
+                    if k == k0 + 1:
+                        causes["from one frame to the next"] += 1
+                    elif away / FPS > timeout:
+                        causes["out of view > lost_timeout_s"] += 1
+                    elif away:
+                        causes["out of view, shorter"] += 1
+                    else:
+                        causes["gap while in view"] += 1
+                last[obj] = (tid, k)
+    return causes
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m edged.tools.track_eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -413,7 +443,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     b = sub.add_parser("bench", help="tracker cost per frame")
     b.add_argument("--frames", type=int, default=600)
     b.add_argument("--reference", action="store_true", help="time Roboflow's ByteTrack")
+    sub.add_parser("causes", help="why objects change ids (gt detections, edged)")
     args = ap.parse_args(argv)
+    if args.cmd == "causes":
+        print(json.dumps(switch_causes(), indent=2))
+        return 0
     if args.cmd == "bench":
         print(json.dumps(bench(frames=args.frames, reference=args.reference), indent=2))
         return 0

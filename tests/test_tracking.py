@@ -159,6 +159,11 @@ def test_ids_never_reused():
         removed |= set(o.removed)
         pub = o.det_track_ids[o.det_track_ids > 0]
         assert len(set(pub.tolist())) == len(pub)  # one detection per track
+        # a track's det_index and the detection's track id agree (masks follow tracks)
+        for t in o.confirmed():
+            assert t.det_index >= 0 and o.det_track_ids[t.det_index] == t.track_id
+            assert d.class_ids[t.det_index] == t.class_id
+        assert set(pub.tolist()) == {t.track_id for t in o.confirmed()}
     assert len(removed) > 20
     # a new epoch (camera reconnect) clears the tracks, ids keep counting
     n = tr.next_id
@@ -405,3 +410,10 @@ def test_config_validation():
         TrackingConfig(min_hits=0)
     with pytest.raises(ValidationError):
         TrackingConfig(unknown=1)  # type: ignore[call-arg]
+
+
+def test_non_finite_boxes_are_ignored():
+    tr = Tracker(TrackingConfig(min_hits=1))
+    boxes = np.concatenate([_box(100), np.full((1, 4), np.nan, np.float32)])
+    o = tr.update(boxes, np.array([0.9, 0.9], np.float32), np.array([2, 2], np.int32), 0)
+    assert len(o.ids) == 1 and o.det_track_ids.tolist() == [1, 0]

@@ -244,7 +244,7 @@ class Tracker:
         self.kf.predict(self._mean, self._var, dt)
         pred = cxcywh_to_xyxy(self._mean[:, :NDIM])
 
-        valid = scores >= c.low_score
+        valid = (scores >= c.low_score) & np.isfinite(boxes).all(axis=1)
         if self.class_filter is not None:
             valid &= np.isin(dcls, self.class_filter)
         high = valid & (scores >= c.high_score)

@@ -30,6 +30,9 @@ class TrackingConfig(BaseModel):
     # the second stage (low detections) may find lost tracks too, not only those matched
     # in the previous frame (ByteTrack's paper: only those; Roboflow's trackers: all)
     low_match_lost: bool = True
+    # tentative tracks take part in the first stage's assignment with the confirmed and
+    # lost ones (Roboflow's ByteTrack), instead of getting what those leave (the paper's)
+    joint_first_stage: bool = True
     # rank candidate pairs by IoU x score (ByteTrack's "fuse score") in the first stage
     fuse_score: bool = True
     # a detection of another class never updates a track

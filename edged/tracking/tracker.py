@@ -7,7 +7,8 @@ confirmed track it updated. Per frame:
 
 1. every track's Kalman state is predicted to `t_ns` (dt from capture timestamps);
 2. confirmed and lost tracks are matched to the high-score detections (IoU gate,
-   ranked by IoU x score), with an optimal assignment;
+   ranked by IoU x score), with an optimal assignment; by default tentative tracks
+   take part in the same assignment (`joint_first_stage`);
 3. confirmed (and by default lost) tracks still unmatched are matched to the low-score
    detections: this is what keeps a track through occlusion and motion blur, when the
    detector's score dips (ByteTrack's idea);
@@ -267,17 +268,19 @@ class Tracker:
             r, k = assign(sim, sub >= gate_iou)
             track_det[tr[r]] = de[k]
 
-        # 2. confirmed and lost tracks vs high detections
-        active = self._state != _TENTATIVE
-        stage(active, det_free, c.match_iou, c.fuse_score)
+        # 2. confirmed and lost (and tentative, `joint_first_stage`) tracks vs high dets
+        first = np.ones(len(self._ids), bool) if c.joint_first_stage else (
+            self._state != _TENTATIVE)
+        stage(first, det_free, c.match_iou, c.fuse_score)
         det_free[track_det[track_det >= 0]] = False
         # 3. confirmed (and lost, `low_match_lost`) tracks still unmatched vs low detections
         second = (self._state != _TENTATIVE) if c.low_match_lost else (
             self._state == _CONFIRMED)
         second &= track_det < 0
         stage(second, low, c.low_match_iou, False)
-        # 5. tentative tracks vs the remaining high detections
-        stage(self._state == _TENTATIVE, det_free, c.tentative_match_iou, False)
+        # 5. tentative tracks (still unmatched) vs the remaining high detections
+        stage((self._state == _TENTATIVE) & (track_det < 0), det_free,
+              c.tentative_match_iou, False)
 
         matched = track_det >= 0
         midx = np.flatnonzero(matched)

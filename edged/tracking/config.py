@@ -31,8 +31,9 @@ class TrackingConfig(BaseModel):
     # in the previous frame (ByteTrack's paper: only those; Roboflow's trackers: all)
     low_match_lost: bool = True
     # tentative tracks take part in the first stage's assignment with the confirmed and
-    # lost ones (Roboflow's ByteTrack), instead of getting what those leave (the paper's)
-    joint_first_stage: bool = True
+    # lost ones (Roboflow's ByteTrack), instead of getting what those leave (the paper's
+    # order, the default: fewer id switches on the demo model's detections)
+    joint_first_stage: bool = False
     # rank candidate pairs by IoU x score (ByteTrack's "fuse score") in the first stage
     fuse_score: bool = True
     # a detection of another class never updates a track

@@ -7,8 +7,8 @@ confirmed track it updated. Per frame:
 
 1. every track's Kalman state is predicted to `t_ns` (dt from capture timestamps);
 2. confirmed and lost tracks are matched to the high-score detections (IoU gate,
-   ranked by IoU x score), with an optimal assignment; by default tentative tracks
-   take part in the same assignment (`joint_first_stage`);
+   ranked by IoU x score), with an optimal assignment (with `joint_first_stage`,
+   tentative tracks take part in the same assignment);
 3. confirmed (and by default lost) tracks still unmatched are matched to the low-score
    detections: this is what keeps a track through occlusion and motion blur, when the
    detector's score dips (ByteTrack's idea);

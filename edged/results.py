@@ -83,6 +83,7 @@ class Result:
     model_id: str = ""
     timings_ms: dict[str, float] = field(default_factory=dict)  # stage -> milliseconds
     flags: tuple[str, ...] = ()
+    conf_threshold: float | None = None  # the score threshold the detections passed
 
     def mask_camera(self) -> np.ndarray | None:
         """The class-index mask at camera resolution, by the wire protocol's rule, so the

@@ -532,7 +532,7 @@ class ModelRunner:
                 camera=frame.camera, seq=frame.seq, t_capture_wall_ns=frame.t_wall_ns,
                 t_capture_mono_ns=frame.t_mono_ns, frame_w=w, frame_h=h, detections=dets,
                 class_names=m.classes, mask=mask, mask_classes=self.mask_classes,
-                letterbox=boxes[i], model_id=self.model_id,
+                letterbox=boxes[i], model_id=self.model_id, conf_threshold=m.conf_threshold,
                 timings_ms={"preprocess": (t1 - t0) * 1e3 / n, "inference": (t2 - t1) * 1e3,
                             "postprocess": (time.perf_counter() - tp) * 1e3}))
         return results

@@ -21,9 +21,9 @@ and `/diagnostics` (diagnostic_msgs/msg/DiagnosticArray, one status per camera f
 `_stats`). `header.stamp` is the capture time, `header.frame_id` the camera's
 `frame_id`. QoS: reliable, volatile (transient local for LabelInfo), which both the
 sensor-data profile (best effort) and the default profile (reliable) of a ROS 2
-subscriber match; keep last 1, except the raw images (keep last `RAW_DEPTH`): a reliable
-reader that lost fragments of one (a 300 KB mask overflows a 212 KB socket buffer) can
-still have them repaired after the next frame is written. A message is built, and a PNG
+subscriber match; keep last `ros2.history_depth` (4): a reliable reader that lost
+fragments of a sample (a 300 KB mask overflows a 212 KB socket buffer) can still have them
+repaired after the next frame is written. A message is built, and a PNG
 encoded, only while a reader is matched on that topic (LabelInfo always).
 
 Thread ownership: this sink's thread writes; Cyclone DDS has threads of its own, and its
@@ -59,12 +59,15 @@ from edged.wire.telemetry import decode_stats
 
 log = logging.getLogger("edged.ros2")
 
-STREAM_QOS = Qos(Policy.Reliability.Reliable(duration(milliseconds=100)),
-                 Policy.History.KeepLast(1), Policy.Durability.Volatile)
-# raw images: a few frames kept for repair (the writer's memory: depth x 300 KB per topic)
-RAW_DEPTH = 4
-RAW_QOS = Qos(Policy.Reliability.Reliable(duration(milliseconds=100)),
-              Policy.History.KeepLast(RAW_DEPTH), Policy.Durability.Volatile)
+
+
+def stream_qos(depth: int) -> Qos:
+    """Results: a few samples kept for reliable readers' repairs (the writer's memory:
+    depth x 300 KB for a raw mask)."""
+    return Qos(Policy.Reliability.Reliable(duration(milliseconds=100)),
+               Policy.History.KeepLast(depth), Policy.Durability.Volatile)
+
+
 LATCHED_QOS = Qos(Policy.Reliability.Reliable(duration(milliseconds=100)),
                   Policy.History.KeepLast(1), Policy.Durability.TransientLocal)
 
@@ -165,13 +168,14 @@ class Ros2Sink(Sink):
             where = f" with {config.cyclonedds_config}" if config.cyclonedds_config else ""
             raise Ros2Error(f"ros2: Cyclone DDS cannot start on domain {self.domain_id}"
                             f"{where}: {e}") from None
+        self._qos = stream_qos(config.history_depth)
         self._prefix = "/" + config.namespace if config.namespace else ""
         self._frame_ids = dict(cameras)
         self._cams: dict[str, _Camera] = {}
         for name in cameras:
             self._camera(name)
         self.diagnostics = _Writer(self.participant, "/diagnostics", msgs.DiagnosticArray,
-                                   STREAM_QOS)
+                                   self._qos)
         self._overlay = Overlay()
         self.build_ms: list[float] = []  # per delivery with a reader, for the bench
 
@@ -181,17 +185,17 @@ class Ros2Sink(Sink):
             p, base, c = self.participant, f"{self._prefix}/{name}", self.config
             cam = self._cams[name] = _Camera(
                 self._frame_ids.get(name, name),
-                _Writer(p, f"{base}/mask", msgs.Image, RAW_QOS),
-                _Writer(p, f"{base}/mask/compressed", msgs.CompressedImage, STREAM_QOS),
+                _Writer(p, f"{base}/mask", msgs.Image, self._qos),
+                _Writer(p, f"{base}/mask/compressed", msgs.CompressedImage, self._qos),
                 _Writer(p, f"{base}/mask/label_info", msgs.LabelInfo, LATCHED_QOS),
-                _Writer(p, f"{base}/detections", msgs.Detection2DArray, STREAM_QOS),
+                _Writer(p, f"{base}/detections", msgs.Detection2DArray, self._qos),
                 _Writer(p, f"{base}/label_info", msgs.LabelInfo, LATCHED_QOS),
-                _Writer(p, f"{base}/instances", msgs.Image, RAW_QOS),
-                _Writer(p, f"{base}/mask_color", msgs.Image, RAW_QOS)
+                _Writer(p, f"{base}/instances", msgs.Image, self._qos),
+                _Writer(p, f"{base}/mask_color", msgs.Image, self._qos)
                 if c.mask_color else None,
-                _Writer(p, f"{base}/mask_color/compressed", msgs.CompressedImage, STREAM_QOS)
+                _Writer(p, f"{base}/mask_color/compressed", msgs.CompressedImage, self._qos)
                 if c.mask_color else None,
-                _Writer(p, f"{base}/image/compressed", msgs.CompressedImage, STREAM_QOS)
+                _Writer(p, f"{base}/image/compressed", msgs.CompressedImage, self._qos)
                 if c.image else None)
         return cam
 

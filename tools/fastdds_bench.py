@@ -1,0 +1,157 @@
+"""Delivery of edged's ROS 2 topics to a Fast DDS reader configured as rmw_fastrtps
+configures it (tests/fastdds/subscriber.cpp), per topic, against the frames the daemon
+published (its ZeroMQ stream). The daemon and the reader share a network namespace of
+their own (loopback only). Needs root and libfastrtps-dev, fastddsgen, cmake, g++.
+
+    .venv/bin/python tools/fastdds_bench.py --cameras 1 --fps 15 --seconds 20
+    .venv/bin/python tools/fastdds_bench.py --cameras 4 --fps 10 --bufsize 4194304
+    .venv/bin/python tools/fastdds_bench.py --depth 1      # the writers as before (keep last 1)
+
+Prints one JSON object: per topic and QoS the frames published in the measured window, the
+frames received, the ratio; and the ROS 2 sink's median cost per result (daemon log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "fastdds"))
+
+from build import build, missing_tools  # noqa: E402
+from conftest import ZmqCollector  # noqa: E402
+from netns import FastddsSub, Netns, netns_problem  # noqa: E402
+
+
+def config(tmp: Path, args: argparse.Namespace, domain: int) -> Path:
+    cams = "".join(f"""\
+  cam{i}:
+    source: synthetic
+    seed: {38 + i}
+    width: 640
+    height: 480
+    fps: {args.fps}
+""" for i in range(args.cameras))
+    cfg = tmp / "bench.yaml"
+    cfg.write_text(f"""\
+model:
+  path: builtin:yoeo-demo-int8.onnx
+  threads: 1
+  warmup_runs: 1
+cameras:
+{cams}publish:
+  endpoints: [ipc://{tmp}/pub.sock]
+log:
+  stats_interval_s: 1
+ros2:
+  namespace: edged
+  domain_id: {domain}
+  mask_color: true
+  image: true
+  history_depth: {args.depth}
+""")
+    return cfg
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cameras", type=int, default=1)
+    ap.add_argument("--fps", type=int, default=15)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--bufsize", type=int, default=0,
+                    help="the reader's socket receive buffer (0: the OS default)")
+    ap.add_argument("--depth", type=int, default=4, help="ros2.history_depth")
+    ap.add_argument("--qos", default="default", choices=["default", "sensor"],
+                    help="the profile of the mask and detections readers")
+    ap.add_argument("--no-raw", action="store_true", help="no reader on the raw images")
+    ap.add_argument("--no-compressed", action="store_true",
+                    help="no reader on the compressed masks")
+    args = ap.parse_args()
+    why = missing_tools() or netns_problem()
+    if why:
+        sys.exit(f"fastdds_bench: {why}")
+    binary = build()
+    depth = 10 if args.qos == "default" else 5  # rmw_qos_profile_default / sensor_data
+    specs = []
+    for i in range(args.cameras):
+        b = f"rt/edged/cam{i}"
+        specs += [f"detections:{args.qos}:{depth}:{b}/detections",
+                  f"compressed:sensor:5:{b}/image/compressed"]
+        if not args.no_compressed:
+            specs += [f"compressed:{args.qos}:{depth}:{b}/mask/compressed",
+                      f"compressed:{args.qos}:{depth}:{b}/mask_color/compressed"]
+        if not args.no_raw:
+            specs += [f"image:{args.qos}:{depth}:{b}/mask",
+                      f"image:{args.qos}:{depth}:{b}/mask_color"]
+    specs += ["diagnostics:default:10:rt/diagnostics", "labels:latched:1:rt/edged/cam0/label_info"]
+    domain = random.Random(os.getpid()).randrange(100, 230)
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        ns = Netns()
+        sub = FastddsSub(ns, binary, specs, domain, bufsize=args.bufsize)
+        sub.wait(lambda ls: any("ready" in j for j in ls), 30)
+        col = ZmqCollector(f"ipc://{tmp}/pub.sock")
+        env = {k: v for k, v in os.environ.items() if k != "CYCLONEDDS_URI"}
+        log = open(tmp / "daemon.log", "wb")  # noqa: SIM115
+        d = subprocess.Popen(ns.cmd([sys.executable, "-m", "edged", "run", "-c",
+                                     str(config(tmp, args, domain))]),
+                             stdout=log, stderr=subprocess.STDOUT, env=env)
+        while b"ready" not in (tmp / "daemon.log").read_bytes():
+            if d.poll() is not None:
+                sys.exit((tmp / "daemon.log").read_text())
+            time.sleep(0.1)
+        time.sleep(3.0)  # discovery and matching done
+        t0 = time.time_ns()
+        time.sleep(args.seconds)
+        t1 = time.time_ns()
+        time.sleep(2.0)  # samples under repair arrive
+        d.terminate()
+        d.wait(30)
+        col.stop()
+        sub.stop()
+        ns.close()
+        dlog = (tmp / "daemon.log").read_text(errors="replace")
+    published: dict[str, list[int]] = {}
+    for m in col.msgs:
+        if t0 <= m.t_capture_ns < t1:
+            published.setdefault(m.camera, []).append(m.t_capture_ns)
+    topics: dict[str, dict[str, float]] = {}
+    for spec in specs:
+        kind, qos, _, topic = spec.split(":", 3)
+        got = {j["stamp"] for j in sub.samples(topic, qos)}
+        if kind == "diagnostics":
+            n = sum(1 for j in sub.samples(topic) if t0 <= j["stamp"] < t1)
+            topics[f"{qos}:{topic}"] = {"received": n, "expected_about": args.seconds}
+            continue
+        if kind == "labels":
+            topics[f"{qos}:{topic}"] = {"received": len(got)}
+            continue
+        cam = topic.split("/")[2]
+        pub = published.get(cam, [])
+        if topic.endswith("image/compressed"):
+            n = sum(1 for t in got if t0 <= t < t1)
+            topics[f"{qos}:{topic}"] = {"received": n, "fps": n / args.seconds}
+            continue
+        n = sum(1 for t in pub if t in got)
+        topics[f"{qos}:{topic}"] = {"published": len(pub), "received": n,
+                                    "ratio": round(n / len(pub), 4) if pub else 0.0}
+    m = re.search(r"ros2: built and wrote (\d+) result\(s\) for readers, ([\d.]+) ms median",
+                  dlog)
+    print(json.dumps({"cameras": args.cameras, "fps": args.fps, "seconds": args.seconds,
+                      "bufsize": args.bufsize or "os default", "history_depth": args.depth,
+                      "reader_qos": args.qos, "sink_ms_median": float(m[2]) if m else None,
+                      "topics": topics}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

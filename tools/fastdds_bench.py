@@ -59,7 +59,7 @@ ros2:
   mask_color: true
   image: true
   history_depth: {args.depth}
-""")
+""" + (f"  cyclonedds_config: {args.cyclone_xml.resolve()}\n" if args.cyclone_xml else ""))
     return cfg
 
 
@@ -70,12 +70,14 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--bufsize", type=int, default=0,
                     help="the reader's socket receive buffer (0: the OS default)")
-    ap.add_argument("--depth", type=int, default=4, help="ros2.history_depth")
+    ap.add_argument("--depth", type=int, default=10, help="ros2.history_depth")
     ap.add_argument("--qos", default="default", choices=["default", "sensor"],
                     help="the profile of the mask and detections readers")
     ap.add_argument("--no-raw", action="store_true", help="no reader on the raw images")
     ap.add_argument("--no-compressed", action="store_true",
                     help="no reader on the compressed masks")
+    ap.add_argument("--verbose", action="store_true", help="the daemon log's tail on stderr")
+    ap.add_argument("--cyclone-xml", type=Path, help="ros2.cyclonedds_config for the daemon")
     args = ap.parse_args()
     why = missing_tools() or netns_problem()
     if why:
@@ -99,28 +101,35 @@ def main() -> None:
         tmp = Path(td)
         ns = Netns()
         sub = FastddsSub(ns, binary, specs, domain, bufsize=args.bufsize)
-        sub.wait(lambda ls: any("ready" in j for j in ls), 30)
         col = ZmqCollector(f"ipc://{tmp}/pub.sock")
         env = {k: v for k, v in os.environ.items() if k != "CYCLONEDDS_URI"}
-        log = open(tmp / "daemon.log", "wb")  # noqa: SIM115
-        d = subprocess.Popen(ns.cmd([sys.executable, "-m", "edged", "run", "-c",
-                                     str(config(tmp, args, domain))]),
-                             stdout=log, stderr=subprocess.STDOUT, env=env)
-        while b"ready" not in (tmp / "daemon.log").read_bytes():
-            if d.poll() is not None:
-                sys.exit((tmp / "daemon.log").read_text())
-            time.sleep(0.1)
-        time.sleep(3.0)  # discovery and matching done
-        t0 = time.time_ns()
-        time.sleep(args.seconds)
-        t1 = time.time_ns()
-        time.sleep(2.0)  # samples under repair arrive
-        d.terminate()
-        d.wait(30)
-        col.stop()
-        sub.stop()
-        ns.close()
+        d = None
+        try:
+            sub.wait(lambda ls: any("ready" in j for j in ls), 30)
+            with open(tmp / "daemon.log", "wb") as log:
+                d = subprocess.Popen(ns.cmd([sys.executable, "-m", "edged", "run", "-c",
+                                             str(config(tmp, args, domain))]),
+                                     stdout=log, stderr=subprocess.STDOUT, env=env)
+            while b"ready" not in (tmp / "daemon.log").read_bytes():
+                if d.poll() is not None:
+                    sys.exit((tmp / "daemon.log").read_text())
+                time.sleep(0.1)
+            time.sleep(3.0)  # discovery and matching done
+            t0 = time.time_ns()
+            time.sleep(args.seconds)
+            t1 = time.time_ns()
+            time.sleep(2.0)  # samples under repair arrive
+            d.terminate()
+            d.wait(30)
+        finally:
+            if d is not None and d.poll() is None:
+                d.kill()
+            col.stop()
+            sub.stop()
+            ns.close()
         dlog = (tmp / "daemon.log").read_text(errors="replace")
+        if args.verbose:
+            print(dlog[-4000:], file=sys.stderr)
     published: dict[str, list[int]] = {}
     for m in col.msgs:
         if t0 <= m.t_capture_ns < t1:

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import ZmqCollector
+from cyclonedds.builtin import BuiltinDataReader, BuiltinTopicDcpsPublication
 from cyclonedds.domain import Domain, DomainParticipant
 from cyclonedds.qos import Policy, Qos
 from cyclonedds.sub import DataReader
@@ -24,6 +25,7 @@ from test_daemon import run_cli
 
 from edged import synth
 from edged.ros2 import cdr, msgs
+from edged.ros2.typehash import user_data
 
 SEED = 38
 FIELD = 2
@@ -146,9 +148,21 @@ def test_ros2_topics_carry_the_results_to_a_dds_reader(tmp_path, start_daemon, d
         late["labels"].extend(labels.take(N=5))
         late["mask_labels"].extend(mask_labels.take(N=5))
         time.sleep(0.05)
+    # each writer announces its ROS 2 type hash in USER_DATA, as rmw does
+    pubs = BuiltinDataReader(p, BuiltinTopicDcpsPublication)
+    announced: dict[str, bytes] = {}
+    end = time.monotonic() + 5.0
+    while time.monotonic() < end and f"{ns}/mask/compressed" not in announced:
+        for e in pubs.take(N=100):
+            announced[e.topic_name] = next((q.data for q in e.qos
+                                            if isinstance(q, Policy.Userdata)), b"")
+        time.sleep(0.05)
     col.stop()
     zmq_msgs = col.by_capture
     assert d.terminate()[0] == 0
+    assert announced[f"{ns}/mask"] == user_data("sensor_msgs/msg/Image"), announced
+    assert announced[f"{ns}/mask/compressed"] == user_data("sensor_msgs/msg/CompressedImage")
+    assert announced["rt/diagnostics"].startswith(b"typehash=RIHS01_")
     for k, v in got.items():
         assert v, (k, {k2: len(v2) for k2, v2 in got.items()}, d.log())
     # masks: class ids at camera resolution, the ZeroMQ mask exactly, the scene's field

@@ -53,6 +53,7 @@ from edged.daemon.sinks import Outcome, Sink
 from edged.daemon.telemetry import CameraSnapshot, CameraState
 from edged.results import Result, instance_extents
 from edged.ros2 import Ros2Error, cdr, msgs
+from edged.ros2.typehash import user_data
 from edged.view.overlay import encode_jpeg, is_background, mask_colour
 from edged.wire.codec import TOPIC_STATS
 from edged.wire.telemetry import decode_stats
@@ -92,6 +93,12 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+def ros_type_name(dds_name: str) -> str:
+    """`pkg/msg/T` for the DDS type name `pkg::msg::dds_::T_`."""
+    pkg, sub, _, t = dds_name.split("::")
+    return f"{pkg}/{sub}/{t.removesuffix('_')}"
+
+
 def _stamp(t_ns: int) -> msgs.Time:
     return msgs.Time(t_ns // 1_000_000_000, t_ns % 1_000_000_000)
 
@@ -108,6 +115,11 @@ class _Writer:
             self.matched = int(status.current_count)
 
         self.topic: Topic[Any] = Topic(participant, "rt" + name, kind)
+        # the type hash in USER_DATA, as the RMWs of Iron and later announce it (tools
+        # such as `ros2 topic info -v` show it; Jazzy's RMWs compare it where both sides
+        # have one)
+        ros_type = ros_type_name(kind.__idl_typename__)  # type: ignore[attr-defined]
+        qos = qos + Qos(Policy.Userdata(user_data(ros_type)))
         self.writer = DataWriter(participant, self.topic, qos=qos,
                                  listener=Listener(on_publication_matched=on_matched))
 

@@ -821,8 +821,8 @@ class Ros2Config(_Frozen):
     quality: Int = Field(80, ge=10, le=100)
     # samples each stream writer keeps for reliable readers' repairs (keep last N): with 1,
     # a 300 KB mask still being repaired is replaced by the next and lost
-    # (volatile: only samples not yet acknowledged are kept, so this costs memory only while
-    # a reader is behind); 10 is a ROS 2 reader's default depth
+    # (memory: at most N samples per writer, N x 300 KB for a 640x480 raw mask); 10 is a
+    # ROS 2 reader's default depth
     history_depth: Int = Field(10, ge=1, le=100)
 
     @field_validator("namespace")

@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -29,8 +30,37 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tests" / "fastdds"))
 
 from build import build, missing_tools  # noqa: E402
-from conftest import ZmqCollector  # noqa: E402
 from netns import FastddsSub, Netns, netns_problem  # noqa: E402
+
+
+class Collector:
+    """The ZeroMQ stream of the same run: each result's capture stamp by camera, and the
+    stamp of each statistics message (what /diagnostics carries)."""
+
+    def __init__(self, endpoint: str) -> None:
+        from edged.wire.client import Subscriber
+        from edged.wire.codec import Message
+        from edged.wire.telemetry import Stats
+
+        self.frames: dict[str, list[int]] = {}
+        self.stats: list[int] = []
+        self._stop = threading.Event()
+
+        def run() -> None:
+            with Subscriber(endpoint, stats=True) as sub:
+                while not self._stop.is_set():
+                    m = sub.recv(timeout=0.1)
+                    if isinstance(m, Message):
+                        self.frames.setdefault(m.camera, []).append(m.t_capture_ns)
+                    elif isinstance(m, Stats):
+                        self.stats.append(m.t_ns)
+
+        self._th = threading.Thread(target=run, daemon=True)
+        self._th.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._th.join(5)
 
 
 def config(tmp: Path, args: argparse.Namespace, domain: int) -> Path:
@@ -101,7 +131,7 @@ def main() -> None:
         tmp = Path(td)
         ns = Netns()
         sub = FastddsSub(ns, binary, specs, domain, bufsize=args.bufsize)
-        col = ZmqCollector(f"ipc://{tmp}/pub.sock")
+        col = Collector(f"ipc://{tmp}/pub.sock")
         env = {k: v for k, v in os.environ.items() if k != "CYCLONEDDS_URI"}
         d = None
         try:
@@ -130,17 +160,16 @@ def main() -> None:
         dlog = (tmp / "daemon.log").read_text(errors="replace")
         if args.verbose:
             print(dlog[-4000:], file=sys.stderr)
-    published: dict[str, list[int]] = {}
-    for m in col.msgs:
-        if t0 <= m.t_capture_ns < t1:
-            published.setdefault(m.camera, []).append(m.t_capture_ns)
+    published = {c: [t for t in ts if t0 <= t < t1] for c, ts in col.frames.items()}
     topics: dict[str, dict[str, float]] = {}
     for spec in specs:
         kind, qos, _, topic = spec.split(":", 3)
         got = {j["stamp"] for j in sub.samples(topic, qos)}
         if kind == "diagnostics":
-            n = sum(1 for j in sub.samples(topic) if t0 <= j["stamp"] < t1)
-            topics[f"{qos}:{topic}"] = {"received": n, "expected_about": args.seconds}
+            pub = [t for t in col.stats if t0 <= t < t1]
+            n = sum(1 for t in pub if t in got)
+            topics[f"{qos}:{topic}"] = {"published": len(pub), "received": n,
+                                        "ratio": round(n / len(pub), 4) if pub else 0.0}
             continue
         if kind == "labels":
             topics[f"{qos}:{topic}"] = {"received": len(got)}

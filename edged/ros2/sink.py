@@ -64,10 +64,10 @@ log = logging.getLogger("edged.ros2")
 
 
 
-def stream_qos(depth: int) -> Qos:
+def stream_qos(depth: int, max_blocking_ms: int = 100) -> Qos:
     """Results: a few samples kept for reliable readers' repairs (the writer's memory:
     depth x 300 KB for a raw mask)."""
-    return Qos(Policy.Reliability.Reliable(duration(milliseconds=100)),
+    return Qos(Policy.Reliability.Reliable(duration(milliseconds=max_blocking_ms)),
                Policy.History.KeepLast(depth), Policy.Durability.Volatile)
 
 
@@ -128,6 +128,7 @@ class _Writer:
                  qos: Qos) -> None:
         self.name = name
         self.matched = 0
+        self.skipped = 0  # samples not written because the writer was throttled
 
         def on_matched(_writer: Any, status: Any) -> None:
             self.matched = int(status.current_count)
@@ -151,6 +152,12 @@ class _Writer:
 
     def write_cdr(self, data: bytes, t_ns: int) -> None:
         ret = ddspy_write_ts(self.writer._ref, data, t_ns)
+        if ret == DDSException.DDS_RETCODE_TIMEOUT:
+            # a raw image's writer (no blocking time): its unacknowledged data is over
+            # Cyclone's watermark because a reader repairs slowly; skip this sample rather
+            # than hold up every other topic of this and later frames
+            self.skipped += 1
+            return
         if ret < 0:
             raise DDSException(ret, f"writing {self.name}")
 
@@ -201,6 +208,8 @@ class Ros2Sink(Sink):
             raise Ros2Error(f"ros2: Cyclone DDS cannot start on domain {self.domain_id}"
                             f"{where}: {e}") from None
         self._qos = stream_qos(config.history_depth)
+        # the raw images never wait for a slow reader (see _Writer.write_cdr)
+        self._raw_qos = stream_qos(config.history_depth, max_blocking_ms=0)
         self._prefix = "/" + config.namespace if config.namespace else ""
         self._frame_ids = dict(cameras)
         self._cams: dict[str, _Camera] = {}
@@ -218,13 +227,13 @@ class Ros2Sink(Sink):
             p, base, c = self.participant, f"{self._prefix}/{name}", self.config
             cam = self._cams[name] = _Camera(
                 self._frame_ids.get(name, name),
-                _Writer(p, f"{base}/mask", msgs.Image, self._qos),
+                _Writer(p, f"{base}/mask", msgs.Image, self._raw_qos),
                 _Writer(p, f"{base}/mask/compressed", msgs.CompressedImage, self._qos),
                 _Writer(p, f"{base}/mask/label_info", msgs.LabelInfo, LATCHED_QOS),
                 _Writer(p, f"{base}/detections", msgs.Detection2DArray, self._qos),
                 _Writer(p, f"{base}/label_info", msgs.LabelInfo, LATCHED_QOS),
-                _Writer(p, f"{base}/instances", msgs.Image, self._qos),
-                _Writer(p, f"{base}/mask_color", msgs.Image, self._qos)
+                _Writer(p, f"{base}/instances", msgs.Image, self._raw_qos),
+                _Writer(p, f"{base}/mask_color", msgs.Image, self._raw_qos)
                 if c.mask_color else None,
                 _Writer(p, f"{base}/mask_color/compressed", msgs.CompressedImage, self._qos)
                 if c.mask_color else None,
@@ -334,6 +343,12 @@ class Ros2Sink(Sink):
         if self.build_ms:
             log.info("ros2: built and wrote %d result(s) for readers, %.2f ms median",
                      len(self.build_ms), float(np.median(self.build_ms)))
+        skipped = {w.name: w.skipped for cam in self._cams.values()
+                   for w in (cam.mask, cam.mask_color, cam.instances)
+                   if w is not None and w.skipped}
+        if skipped:
+            log.info("ros2: raw images skipped while a reader was behind: %s",
+                     ", ".join(f"{k} {v}" for k, v in skipped.items()))
         # explicitly, writers first: the Python entities are never garbage-collected, and
         # a domain configured again in this process (a restart, the bench) must be free
         for cam in self._cams.values():

@@ -407,3 +407,17 @@ def test_diagnostics_level_is_a_byte_as_ros_declares_it(domain):
         time.sleep(0.05)
     assert got and got[0].status[0].level == 2
     del wrong_writer
+
+
+def test_cyclone_config_puts_the_users_settings_after_edgeds(tmp_path, monkeypatch):
+    from edged.config import Ros2Config
+    from edged.ros2.sink import EDGED_CYCLONE_XML, cyclone_config
+
+    xml = tmp_path / "dds.xml"
+    xml.write_text(LOOPBACK_XML)
+    monkeypatch.setenv("CYCLONEDDS_URI", "file:///elsewhere.xml")
+    assert cyclone_config(Ros2Config(cyclonedds_config=xml)) == \
+        f"{EDGED_CYCLONE_XML},{xml.resolve().as_uri()}"
+    assert cyclone_config(Ros2Config()) == f"{EDGED_CYCLONE_XML},file:///elsewhere.xml"
+    monkeypatch.delenv("CYCLONEDDS_URI")
+    assert cyclone_config(Ros2Config()) == EDGED_CYCLONE_XML

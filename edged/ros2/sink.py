@@ -179,6 +179,24 @@ class _Camera:
     written: dict[str, int] = field(default_factory=dict)
 
 
+# At deletion Cyclone waits up to WriterLingerDuration (1 s by default) per writer for
+# its readers' acknowledgements: with a reader still repairing raw masks a stop took
+# seconds. The user's file (or CYCLONEDDS_URI) comes after and may set it again.
+EDGED_CYCLONE_XML = ('<CycloneDDS><Domain Id="any"><Internal><WriterLingerDuration>100 ms'
+                     '</WriterLingerDuration></Internal></Domain></CycloneDDS>')
+
+
+def cyclone_config(config: Ros2Config) -> str:
+    """Cyclone's configuration: edged's fragment, then `ros2.cyclonedds_config`, else
+    CYCLONEDDS_URI (which a Domain made with a configuration does not read itself)."""
+    parts = [EDGED_CYCLONE_XML]
+    if config.cyclonedds_config is not None:
+        parts.append(config.cyclonedds_config.resolve().as_uri())
+    elif os.environ.get("CYCLONEDDS_URI", "").strip():
+        parts.append(os.environ["CYCLONEDDS_URI"].strip())
+    return ",".join(parts)
+
+
 def domain_id_of(config: Ros2Config) -> int:
     if config.domain_id is not None:
         return config.domain_id
@@ -200,8 +218,7 @@ class Ros2Sink(Sink):
         self.domain_id = domain_id_of(config)
         try:
             # a Domain made first with the XML configures the participant after it
-            self._domain = Domain(self.domain_id, config=config.cyclonedds_config.read_text()) \
-                if config.cyclonedds_config is not None else None
+            self._domain: Domain | None = Domain(self.domain_id, config=cyclone_config(config))
             self.participant = DomainParticipant(self.domain_id)
         except DDSException as e:
             where = f" with {config.cyclonedds_config}" if config.cyclonedds_config else ""

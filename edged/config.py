@@ -851,6 +851,11 @@ class Ros2Config(_Frozen):
     image: bool = False  # also /<ns>/<camera>/image/compressed (JPEG)
     image_fps: Float = Field(5.0, gt=0, le=60)  # the most images per second per camera
     quality: Int = Field(80, ge=10, le=100)
+    # samples each stream writer keeps for reliable readers' repairs (keep last N): with 1,
+    # a 300 KB mask still being repaired is replaced by the next and lost
+    # (memory: at most N samples per writer, N x 300 KB for a 640x480 raw mask); 10 is a
+    # ROS 2 reader's default depth
+    history_depth: Int = Field(10, ge=1, le=100)
 
     @field_validator("namespace")
     @classmethod

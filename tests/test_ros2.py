@@ -11,9 +11,11 @@ import random
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from conftest import ZmqCollector
+from cyclonedds.builtin import BuiltinDataReader, BuiltinTopicDcpsPublication
 from cyclonedds.domain import Domain, DomainParticipant
 from cyclonedds.qos import Policy, Qos
 from cyclonedds.sub import DataReader
@@ -23,6 +25,7 @@ from test_daemon import run_cli
 
 from edged import synth
 from edged.ros2 import cdr, msgs
+from edged.ros2.typehash import user_data
 
 SEED = 38
 FIELD = 2
@@ -118,6 +121,8 @@ def test_ros2_topics_carry_the_results_to_a_dds_reader(tmp_path, start_daemon, d
     readers = {
         "mask_sensor": DataReader(p, Topic(p, f"{ns}/mask", msgs.Image), qos=SENSOR_DATA),
         "mask_default": DataReader(p, Topic(p, f"{ns}/mask", msgs.Image), qos=DEFAULT),
+        "mask_png": DataReader(p, Topic(p, f"{ns}/mask/compressed", msgs.CompressedImage),
+                               qos=DEFAULT),
         "detections": DataReader(p, Topic(p, f"{ns}/detections", msgs.Detection2DArray),
                                  qos=DEFAULT),
         "image": DataReader(p, Topic(p, f"{ns}/image/compressed", msgs.CompressedImage),
@@ -143,9 +148,21 @@ def test_ros2_topics_carry_the_results_to_a_dds_reader(tmp_path, start_daemon, d
         late["labels"].extend(labels.take(N=5))
         late["mask_labels"].extend(mask_labels.take(N=5))
         time.sleep(0.05)
+    # each writer announces its ROS 2 type hash in USER_DATA, as rmw does
+    pubs = BuiltinDataReader(p, BuiltinTopicDcpsPublication)
+    announced: dict[str, bytes] = {}
+    end = time.monotonic() + 5.0
+    while time.monotonic() < end and f"{ns}/mask/compressed" not in announced:
+        for e in pubs.take(N=100):
+            announced[e.topic_name] = next((q.data for q in e.qos
+                                            if isinstance(q, Policy.Userdata)), b"")
+        time.sleep(0.05)
     col.stop()
     zmq_msgs = col.by_capture
     assert d.terminate()[0] == 0
+    assert announced[f"{ns}/mask"] == user_data("sensor_msgs/msg/Image"), announced
+    assert announced[f"{ns}/mask/compressed"] == user_data("sensor_msgs/msg/CompressedImage")
+    assert announced["rt/diagnostics"].startswith(b"typehash=RIHS01_")
     for k, v in got.items():
         assert v, (k, {k2: len(v2) for k2, v2 in got.items()}, d.log())
     # masks: class ids at camera resolution, the ZeroMQ mask exactly, the scene's field
@@ -164,6 +181,13 @@ def test_ros2_topics_carry_the_results_to_a_dds_reader(tmp_path, start_daemon, d
         assert inter / ((mask == FIELD) | (gt == FIELD)).sum() > 0.9, zm.seq
         checked += 1
     assert checked >= 10, checked
+    # the PNG mask: the same class ids, losslessly
+    for m in got["mask_png"]:
+        zm = zmq_msgs.get(_stamp_ns(m.header))
+        assert m.format == "mono8; png compressed " and m.header.frame_id == "cam_front_optical"
+        png = cv2.imdecode(np.frombuffer(bytes(m.data), np.uint8), cv2.IMREAD_UNCHANGED)
+        if zm is not None:
+            assert np.array_equal(png, zm.mask_camera())
     # detections: one per ZeroMQ box, centre and size in camera pixels
     balls = 0
     for arr in got["detections"]:
@@ -321,3 +345,79 @@ def test_instance_ids_and_detections_follow_the_boxes():
     assert [d.results[0].hypothesis.class_id for d in arr.detections] == ["2", "0"]
     c = arr.detections[0].bbox
     assert (c.center.position.x, c.center.position.y, c.size_x, c.size_y) == (20, 25, 20, 10)
+
+
+def test_image_fps_keeps_ideal_times():
+    """5 fps from a 15 fps camera is every third frame (a timer restarted at each image
+    gave 3.75), whatever the camera's jitter; after a gap the schedule starts again."""
+    from edged.ros2.sink import image_due
+
+    rng = np.random.default_rng(1)
+    t0 = 5_000_000_000
+    ts = [t0 + round(i * 1e9 / 15 + rng.normal(0, 3e6)) for i in range(150)]  # 10 s
+    nxt, sent = 0, []
+    for t in ts:
+        due, nxt = image_due(nxt, t, 5.0)
+        if due:
+            sent.append(t)
+    # one in three frames: 50 in the 10 s (51 where the last frame, up to half a period
+    # early, counts for the image due at 10 s)
+    assert len(sent) in (50, 51), len(sent)
+    rate = (len(sent) - 1) / ((sent[-1] - sent[0]) / 1e9)
+    assert 4.95 < rate < 5.1, rate
+    assert (np.diff(sent) > 100e6).all()  # never two frames in a row
+    later = t0 + 60_000_000_000  # a minute without frames: no burst to catch up
+    due, nxt = image_due(nxt, later, 5.0)
+    assert due and not image_due(nxt, later + 66_000_000, 5.0)[0]
+
+
+def test_diagnostics_level_is_a_byte_as_ros_declares_it(domain):
+    """ROS 2 declares DiagnosticStatus.level `byte` (IDL octet). A reader that checks
+    types (Cyclone with XTypes) matches edged's writer only with that declaration: one
+    built with `uint8` (what edged declared before) matches nothing."""
+    from cyclonedds.idl import make_idl_struct
+    from cyclonedds.idl.types import sequence, uint8
+    from cyclonedds.pub import DataWriter
+
+    uint8_status = make_idl_struct(
+        "Uint8Status", "diagnostic_msgs::msg::dds_::DiagnosticStatus_",
+        {"level": uint8, "name": str, "message": str, "hardware_id": str,
+         "values": sequence[msgs.KeyValue]})
+    uint8_array = make_idl_struct(
+        "Uint8Array", "diagnostic_msgs::msg::dds_::DiagnosticArray_",
+        {"header": msgs.Header, "status": sequence[uint8_status]})
+
+    _, _, p = domain
+    name = f"rt/edged_test_diag_{os.getpid()}"
+    writer = DataWriter(p, Topic(p, name, msgs.DiagnosticArray), qos=DEFAULT)
+    ros = DataReader(p, Topic(p, name, msgs.DiagnosticArray), qos=DEFAULT)
+    wrong = DataReader(p, Topic(p, name + "_", uint8_array), qos=DEFAULT)
+    wrong_writer = DataWriter(p, Topic(p, name + "_", msgs.DiagnosticArray), qos=DEFAULT)
+    end = time.monotonic() + 10
+    while time.monotonic() < end and ros.get_subscription_matched_status().current_count < 1:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the mismatched pair had the same time to match
+    assert ros.get_subscription_matched_status().current_count == 1
+    assert wrong.get_subscription_matched_status().current_count == 0
+    writer.write(msgs.DiagnosticArray(status=[msgs.DiagnosticStatus(level=2, name="x")]))
+    end = time.monotonic() + 10
+    got: list = []
+    while time.monotonic() < end and not got:
+        got = ros.take(N=1)
+        time.sleep(0.05)
+    assert got and got[0].status[0].level == 2
+    del wrong_writer
+
+
+def test_cyclone_config_puts_the_users_settings_after_edgeds(tmp_path, monkeypatch):
+    from edged.config import Ros2Config
+    from edged.ros2.sink import EDGED_CYCLONE_XML, cyclone_config
+
+    xml = tmp_path / "dds.xml"
+    xml.write_text(LOOPBACK_XML)
+    monkeypatch.setenv("CYCLONEDDS_URI", "file:///elsewhere.xml")
+    assert cyclone_config(Ros2Config(cyclonedds_config=xml)) == \
+        f"{EDGED_CYCLONE_XML},{xml.resolve().as_uri()}"
+    assert cyclone_config(Ros2Config()) == f"{EDGED_CYCLONE_XML},file:///elsewhere.xml"
+    monkeypatch.delenv("CYCLONEDDS_URI")
+    assert cyclone_config(Ros2Config()) == EDGED_CYCLONE_XML

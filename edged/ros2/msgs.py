@@ -19,6 +19,7 @@ from cyclonedds.idl import IdlStruct
 if TYPE_CHECKING:  # what the IDL annotations mean to a type checker
     from collections.abc import Sequence as sequence  # noqa: N813
 
+    byte = int
     int32 = int
     uint32 = int
     uint16 = int
@@ -29,6 +30,7 @@ if TYPE_CHECKING:  # what the IDL annotations mean to a type checker
 else:
     from cyclonedds.idl.types import (
         array,
+        byte,
         float32,
         float64,
         int32,
@@ -165,7 +167,9 @@ class KeyValue(IdlStruct, typename="diagnostic_msgs::msg::dds_::KeyValue_"):
 
 @dataclass
 class DiagnosticStatus(IdlStruct, typename="diagnostic_msgs::msg::dds_::DiagnosticStatus_"):
-    level: uint8 = 0  # byte in the .msg: OK 0, WARN 1, ERROR 2, STALE 3
+    # `byte` in the .msg, an IDL `octet` on the wire: a reader that checks types (Cyclone,
+    # Fast DDS with type information) matches no `uint8` writer. OK 0, WARN 1, ERROR 2, STALE 3
+    level: byte = 0
     name: str = ""
     message: str = ""
     hardware_id: str = ""

@@ -14,7 +14,9 @@ from typing import Any
 import aiohttp
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-SUBPROTOCOLS = ("foxglove.sdk.v1", "foxglove.websocket.v1")
+SUBPROTOCOLS = ("foxglove.sdk.v1", "foxglove.websocket.v1")  # offered by default
+LEGACY = ("foxglove.websocket.v1",)  # what @foxglove/ws-protocol and Lichtblick offer
+SDK = ("foxglove.sdk.v1",)
 OP_MESSAGE_DATA = 0x01
 
 
@@ -35,16 +37,21 @@ def _message_class(schema_name: str, schema_b64: str) -> Any:
 
 
 async def collect(url: str, topics: set[str], seconds: float, *, want: int | None = None,
-                  ssl: Any = True) -> tuple[dict[str, dict[str, Any]], list[Received]]:
+                  ssl: Any = True, protocols: tuple[str, ...] = SUBPROTOCOLS,
+                  chosen: list[str] | None = None,
+                  ) -> tuple[dict[str, dict[str, Any]], list[Received]]:
     """Subscribe to `topics` (as advertised) for `seconds` (or until `want` messages);
-    returns the advertised channels by topic and the decoded messages."""
+    returns the advertised channels by topic and the decoded messages. `protocols`: the
+    subprotocols offered; the one the server chose is appended to `chosen`."""
     channels: dict[str, dict[str, Any]] = {}
     subs: dict[int, dict[str, Any]] = {}
     classes: dict[int, Any] = {}
     out: list[Received] = []
     async with aiohttp.ClientSession() as s, \
-            s.ws_connect(url, protocols=SUBPROTOCOLS, max_msg_size=64 * 1024 * 1024,
+            s.ws_connect(url, protocols=protocols, max_msg_size=64 * 1024 * 1024,
                          ssl=ssl) as ws:
+        if chosen is not None:
+            chosen.append(ws.protocol or "")
         end = time.monotonic() + seconds
         next_id = 1
         while (left := end - time.monotonic()) > 0 and (want is None or len(out) < want):

@@ -10,10 +10,9 @@ import threading
 import time
 from pathlib import Path
 
-import msgpack
 from mcap.reader import make_reader
 
-from edged.record import WIRE_ENCODING, RecordError
+from edged.record import RecordError, wire_frames
 from edged.wire.publisher import Publisher
 
 log = logging.getLogger("edged.record")
@@ -35,8 +34,10 @@ def replay(path: Path, endpoint: str, *, speed: float = 1.0, wait_s: float = 0.5
             reader = make_reader(fh)
             first: int | None = None
             t0 = time.monotonic()
-            for _, channel, message in reader.iter_messages(log_time_order=True):
-                if channel.message_encoding != WIRE_ENCODING:
+            for schema, channel, message in reader.iter_messages(log_time_order=True):
+                frames = wire_frames(channel.message_encoding, schema.name if schema else "",
+                                     message.data)
+                if frames is None:
                     continue
                 if first is None:
                     first, t0 = message.log_time, time.monotonic()
@@ -46,7 +47,7 @@ def replay(path: Path, endpoint: str, *, speed: float = 1.0, wait_s: float = 0.5
                         time.sleep(delay)
                     elif stop.wait(delay):
                         break
-                pub.send([bytes(f) for f in msgpack.unpackb(message.data)])
+                pub.send(frames)
                 sent += 1
         except (ValueError, EOFError, KeyError) as e:  # mcap's errors on a damaged file
             raise RecordError(f"{path}: not a readable MCAP recording ({e})") from None

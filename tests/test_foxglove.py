@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import ZmqCollector, free_port
-from foxglove_client import LEGACY, _message_class, collect
+from foxglove_client import LEGACY, StalledClient, _message_class, collect, count
 from test_codec import make_result
 from test_daemon import run_cli
 
@@ -269,6 +269,47 @@ def test_foxglove_config_errors_and_check_parity(tmp_path):
         assert "Traceback" not in p.stderr + r.stderr
     p = run_cli("check", "-c", str(_config(tmp_path, free_port())))
     assert p.returncode == 0 and "foxglove: ws://127.0.0.1:" in p.stdout
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")) / 1024
+
+
+def test_a_stalled_client_costs_its_backlog_only(tmp_path, start_daemon):
+    """A client that subscribes to everything and stops reading: the daemon keeps at most
+    `client_backlog` messages for it (judged by traffic, not time: while another client
+    counts 40 MB of the same channels, the daemon may grow by a fraction of that; with
+    the SDK's old default of 1024 it grew by all of it), says so in one WARNING, and
+    nobody's disconnect is an ERROR. The other client keeps receiving."""
+    port = free_port()
+    cfg = _config(tmp_path, port, extra="  client_backlog: 16\n")
+    cfg.write_text(cfg.read_text().replace("fps: 10", "fps: 15"))
+    d = start_daemon(cfg)
+    d.wait_for("ready")
+    stalled = StalledClient("127.0.0.1", port)
+    assert {c["topic"] for c in stalled.channels} >= {f"/front/{c}" for c in CHANNELS}
+    d.wait_for("has taken nothing", timeout=60)  # its queues are full from here on
+    rss_before = _rss_mb(d.proc.pid)
+    got = asyncio.run(count(f"ws://127.0.0.1:{port}", 40_000_000, 240.0))
+    rss_stalled = _rss_mb(d.proc.pid)
+    stalled.close()
+    d.wait_for("left after", timeout=20)
+    assert d.terminate()[0] == 0
+    log = d.log()
+    assert got.bytes >= 40_000_000, (got.bytes, got.messages)
+    grew = rss_stalled - rss_before
+    print(f"stalled client: daemon RSS {rss_before:.0f} -> {rss_stalled:.0f} MB while "
+          f"another client read {got.bytes / 1e6:.0f} MB ({got.messages})")
+    assert grew < 0.4 * got.bytes / 1e6, (grew, got.bytes)
+    # the reading client got the masks of the stall's time, in order, most of them
+    assert got.messages and got.messages["/front/mask"] >= 50
+    times = got.log_times["/front/mask"] if got.log_times else []
+    assert times == sorted(times)
+    assert log.count("has taken nothing") == 1, log
+    assert " ERROR " not in log and "Traceback" not in log, log
+    assert re.search(r"foxglove: clients: 2 \(2 with foxglove.websocket.v1\), 1 stalled",
+                     log), log
 
 
 TLS_CERT = Path(__file__).parent / "data" / "tls-test.crt"  # self-signed for 127.0.0.1

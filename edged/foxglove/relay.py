@@ -234,20 +234,25 @@ class Relay:
                 dst.write(data)
                 self.counts.bytes_out += len(data)
                 drain = asyncio.ensure_future(dst.drain())
-                done, _ = await asyncio.wait({drain}, timeout=STALL_S)
-                if done:
+                try:
+                    done, _ = await asyncio.wait({drain}, timeout=STALL_S)
+                    if not done:
+                        t_stall = time.monotonic() - STALL_S
+                        if not warned:  # once per client; again at INFO
+                            warned = True
+                            self.counts.stalled += 1
+                            log.warning("foxglove: client %s has taken nothing for %g s; it "
+                                        "keeps its newest %d messages (foxglove.client_"
+                                        "backlog) and loses older ones until it reads again",
+                                        peer, STALL_S, self._backlog)
+                        else:
+                            log.info("foxglove: client %s stalled again", peer)
+                        await drain
+                        log.info("foxglove: client %s reads again after %.0f s", peer,
+                                 time.monotonic() - t_stall)
                     drain.result()
-                    continue
-                t_stall = time.monotonic() - STALL_S
-                if not warned:  # once per client: a client that stalls again says so at INFO
-                    warned = True
-                    self.counts.stalled += 1
-                    log.warning("foxglove: client %s has taken nothing for %g s; it keeps "
-                                "its newest %d messages (foxglove.client_backlog) and "
-                                "loses older ones until it reads again", peer, STALL_S,
-                                self._backlog)
-                else:
-                    log.info("foxglove: client %s stalled again", peer)
-                await drain
-                log.info("foxglove: client %s reads again after %.0f s", peer,
-                         time.monotonic() - t_stall)
+                finally:  # cancelled, or the client gone: no drain left unretrieved
+                    if not drain.done():
+                        drain.cancel()
+                    elif not drain.cancelled():
+                        drain.exception()

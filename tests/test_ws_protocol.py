@@ -82,3 +82,84 @@ def test_the_npm_ws_protocol_client_decodes_every_channel(tmp_path, start_daemon
     assert samples["/edged/stats"][-1]["cameras"]["front"]["state"] == "running"
     assert "foxglove: client 127.0.0.1:" in log and "(foxglove.websocket.v1)" in log
     assert " ERROR " not in log, log
+
+
+BROWSER_CLIENT = """
+(() => {
+  const fox = window.fox = {protocol: null, counts: {}, png: null, error: null};
+  const ws = new WebSocket("ws://127.0.0.1:PORT", ["foxglove.websocket.v1"]);
+  ws.binaryType = "arraybuffer";
+  const subs = {};
+  ws.onopen = () => { fox.protocol = ws.protocol; };
+  ws.onerror = () => { fox.error = "WebSocket error"; };
+  ws.onmessage = async (ev) => {
+    if (typeof ev.data === "string") {
+      const m = JSON.parse(ev.data);
+      if (m.op !== "advertise") return;
+      ws.send(JSON.stringify({op: "subscribe", subscriptions: m.channels.map((c, i) => {
+        subs[i + 1] = c.topic;
+        return {id: i + 1, channelId: c.id};
+      })}));
+      return;
+    }
+    const dv = new DataView(ev.data);
+    if (dv.getUint8(0) !== 1) return;
+    const topic = subs[dv.getUint32(1, true)];
+    fox.counts[topic] = (fox.counts[topic] || 0) + 1;
+    if (!topic.endsWith("/mask_color") || fox.png || fox.decoding) return;
+    fox.decoding = true;
+    // the PNG inside the CompressedImage: from its signature to the end of IEND, decoded
+    // the way Foxglove's image panel decodes a CompressedImage in a browser
+    const b = new Uint8Array(ev.data);
+    const start = b.findIndex((x, i) => x === 0x89 && b[i + 1] === 0x50 && b[i + 2] === 0x4e);
+    let end = -1;
+    for (let i = start; i < b.length - 4; i++) {
+      if (b[i] === 0x49 && b[i + 1] === 0x45 && b[i + 2] === 0x4e && b[i + 3] === 0x44) {
+        end = i + 8; break;
+      }
+    }
+    const bmp = await createImageBitmap(new Blob([b.slice(start, end)], {type: "image/png"}));
+    const canvas = new OffscreenCanvas(bmp.width, bmp.height);
+    const ctx = canvas.getContext("2d");
+    ctx.drawImage(bmp, 0, 0);
+    const px = ctx.getImageData(0, 0, bmp.width, bmp.height).data;
+    const colours = new Set();
+    for (let i = 0; i < px.length; i += 4) colours.add(`${px[i]},${px[i + 1]},${px[i + 2]}`);
+    fox.png = {width: bmp.width, height: bmp.height, colours: [...colours].sort()};
+  };
+  return true;
+})()
+"""
+
+
+def test_a_browser_websocket_with_the_legacy_name_shows_the_colour_mask(tmp_path,
+                                                                         start_daemon):
+    """Chromium's own WebSocket offering `foxglove.websocket.v1` (Lichtblick in a browser
+    does exactly this) gets every channel, and the browser's image decoder shows the
+    colour mask in the view's colours."""
+    from browser import Browser, find_chromium
+
+    if find_chromium() is None:
+        if os.environ.get("EDGED_REQUIRE_BROWSER"):
+            pytest.fail("EDGED_REQUIRE_BROWSER is set but no Chromium is installed")
+        pytest.skip("no Chromium here (.ci/run installs it and sets EDGED_REQUIRE_BROWSER)")
+    port = free_port()
+    d = start_daemon(_config(tmp_path, port))
+    d.wait_for("ready")
+    browser = Browser(tmp_path / "chromium")
+    try:
+        assert browser.evaluate(BROWSER_CLIENT.replace("PORT", str(port)))
+        browser.wait_until("window.fox.png !== null || window.fox.error !== null", 90)
+        browser.wait_until("Object.values(window.fox.counts).length >= 5 && "
+                           "Object.values(window.fox.counts).every((n) => n >= 3)", 90)
+        fox = browser.evaluate("window.fox")
+    finally:
+        browser.close()
+    assert d.terminate()[0] == 0
+    assert fox["error"] is None and fox["protocol"] == "foxglove.websocket.v1", fox
+    assert set(fox["counts"]) == {f"/front/{c}" for c in CHANNELS} | {"/edged/stats"}
+    view = {",".join(map(str, (r, g, b))) for b, g, r in MASK_COLOURS[1:3]} | {"0,0,0"}
+    png = fox["png"]
+    assert (png["width"], png["height"]) == (640, 480)
+    assert set(png["colours"]) <= view and len(png["colours"]) >= 2, png["colours"]
+    assert " ERROR " not in d.log()

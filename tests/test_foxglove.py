@@ -269,6 +269,9 @@ def test_foxglove_config_errors_and_check_parity(tmp_path):
         assert "Traceback" not in p.stderr + r.stderr
     p = run_cli("check", "-c", str(_config(tmp_path, free_port())))
     assert p.returncode == 0 and "foxglove: ws://127.0.0.1:" in p.stdout
+    p = run_cli("check", "-c", str(_config(tmp_path, free_port(),
+                                           extra="  client_backlog: 0\n")))
+    assert p.returncode == 1 and "foxglove.client_backlog" in p.stderr, p.stderr
 
 
 def _rss_mb(pid: int) -> float:
@@ -330,6 +333,11 @@ def test_foxglove_over_tls(tmp_path, start_daemon):
     _, got = asyncio.run(collect(f"wss://127.0.0.1:{port}", {"/front/mask"}, 10.0, want=3,
                                  ssl=trusted))
     assert len(got) >= 3
+    # and the legacy subprotocol name over TLS too (TLS ends at the relay)
+    chosen: list[str] = []
+    _, got = asyncio.run(collect(f"wss://127.0.0.1:{port}", {"/front/mask"}, 10.0, want=3,
+                                 ssl=trusted, protocols=LEGACY, chosen=chosen))
+    assert len(got) >= 3 and chosen == ["foxglove.websocket.v1"]
     # the configured certificate is the one served: a client without it refuses
     with pytest.raises(aiohttp.ClientConnectorCertificateError):
         asyncio.run(collect(f"wss://127.0.0.1:{port}", {"/front/mask"}, 2.0))

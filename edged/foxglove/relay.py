@@ -120,7 +120,7 @@ class Relay:
         self._failed: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="foxglove-relay", daemon=True)
         self._thread.start()
-        self._started.wait(10.0)
+        self._started.wait()  # set once serving, or on the error that prevented it
         if self._failed is not None:
             raise self._failed
 

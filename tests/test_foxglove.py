@@ -353,3 +353,31 @@ def test_foxglove_over_tls(tmp_path, start_daemon):
     assert p.returncode == r.returncode == 1, (p.stderr, r.stderr)
     assert want in p.stderr and "are not a PEM certificate and its private key" in p.stderr
     assert want in r.stderr and "Traceback" not in p.stderr + r.stderr
+
+
+def test_the_relay_rewrites_only_a_legacy_only_handshake():
+    from edged.foxglove.relay import offered_protocols, rewrite_request, rewrite_response
+
+    def req(*protocol_lines: str) -> bytes:
+        return ("GET / HTTP/1.1\r\nHost: 127.0.0.1:8765\r\nUpgrade: websocket\r\n"
+                + "".join(f"{ln}\r\n" for ln in protocol_lines)
+                + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").encode()
+
+    legacy = req("sec-websocket-protocol: foxglove.websocket.v1")
+    out, rewritten = rewrite_request(legacy)
+    assert rewritten and offered_protocols(out) == [b"foxglove.sdk.v1"]
+    assert out.endswith(b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    # split over two headers, with another name: still only the SDK's name goes on
+    out, rewritten = rewrite_request(req("Sec-WebSocket-Protocol: x.y",
+                                         "Sec-WebSocket-Protocol: foxglove.websocket.v1"))
+    assert rewritten and offered_protocols(out) == [b"foxglove.sdk.v1"]
+    # an SDK name offered (Foxglove offers both): untouched, the SDK chooses
+    both = req("Sec-WebSocket-Protocol: foxglove.websocket.v1, foxglove.sdk.v1")
+    assert rewrite_request(both) == (both, False)
+    # nothing Foxglove offered: untouched, the SDK refuses it as it would
+    assert rewrite_request(req("Sec-WebSocket-Protocol: chat"))[1] is False
+    assert rewrite_request(req())[1] is False
+    answer = (b"HTTP/1.1 101 Switching Protocols\r\nsec-websocket-protocol: foxglove.sdk.v1"
+              b"\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+    assert rewrite_response(answer) == answer.replace(b"foxglove.sdk.v1",
+                                                      b"foxglove.websocket.v1")

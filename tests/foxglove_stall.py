@@ -42,6 +42,8 @@ def main() -> int:
     ap.add_argument("--backlog", type=int, default=None, help="foxglove.client_backlog "
                     "(default: edged's default)")
     ap.add_argument("--after-s", type=float, default=5)
+    ap.add_argument("--control", action="store_true", help="no stalled client: the same "
+                    "run's RSS drift without one")
     args = ap.parse_args()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -86,7 +88,7 @@ foxglove:
         time.sleep(5)
         before = rss_mb(proc.pid)
         t_stall = time.time_ns()
-        stalled = StalledClient("127.0.0.1", port)
+        stalled = None if args.control else StalledClient("127.0.0.1", port)
         peak = before
         t_end = time.monotonic() + args.stall_s
         while time.monotonic() < t_end:
@@ -94,7 +96,8 @@ foxglove:
             peak = max(peak, rss_mb(proc.pid))
         during = rss_mb(proc.pid)
         t_leave = time.time_ns()
-        stalled.close()
+        if stalled is not None:
+            stalled.close()
         series = []
         t_end = time.monotonic() + args.after_s
         while time.monotonic() < t_end:
@@ -117,7 +120,8 @@ foxglove:
         rates[topic] = len(inside) / ((t_leave - t_stall) / 1e9)
     stall_fps = fps[6:6 + int(args.stall_s)] if len(fps) > 8 else fps
     print(f"{args.width}x{args.height} @ {args.fps:g} fps, client_backlog "
-          f"{args.backlog or 'default'}: RSS before {before:.0f} MB, after {args.stall_s:g} s "
+          f"{args.backlog or 'default'}{' (control: no stalled client)' * args.control}: "
+          f"RSS before {before:.0f} MB, after {args.stall_s:g} s "
           f"stalled {during:.0f} MB (+{during - before:.0f}, peak +{peak - before:.0f}), "
           f"{args.after_s:g} s after it left {after:.0f} MB (+{after - before:.0f})")
     print("RSS each second after it left: " + " ".join(f"{x:.0f}" for x in series))

@@ -35,7 +35,7 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 log = logging.getLogger("edged.foxglove")
 
@@ -93,7 +93,6 @@ class RelayCounts:
     stalled: int = 0  # clients reported as stalled (one WARNING each)
     refused: int = 0  # connections closed before a handshake (no request, too long, TLS)
     bytes_out: int = 0  # relayed to clients
-    addresses: set[str] = field(default_factory=set)
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:
@@ -193,7 +192,6 @@ class Relay:
             if upgraded:
                 self.counts.clients += 1
                 self.counts.legacy += legacy
-                self.counts.addresses.add(peer)
                 log.info("foxglove: client %s connected (%s)", peer,
                          (LEGACY_PROTOCOL if legacy else
                           b", ".join(offered_protocols(head))).decode(errors="replace"))

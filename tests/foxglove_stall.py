@@ -42,6 +42,8 @@ def main() -> int:
     ap.add_argument("--backlog", type=int, default=None, help="foxglove.client_backlog "
                     "(default: edged's default)")
     ap.add_argument("--after-s", type=float, default=5)
+    ap.add_argument("--cycles", type=int, default=1, help="stall and leave this many times "
+                    "(does the cost add up?)")
     ap.add_argument("--control", action="store_true", help="no stalled client: the same "
                     "run's RSS drift without one")
     args = ap.parse_args()
@@ -80,7 +82,7 @@ foxglove:
                 print((tmp / "daemon.log").read_text())
                 return 1
             time.sleep(0.2)
-        total = 5 + args.stall_s + args.after_s + 2
+        total = 5 + args.cycles * (args.stall_s + args.after_s) + 2
         reader: list[Counted] = []
         th = threading.Thread(target=lambda: reader.append(asyncio.run(count(
             f"ws://127.0.0.1:{port}", 1 << 62, total))), daemon=True)
@@ -104,6 +106,15 @@ foxglove:
             time.sleep(1)
             series.append(rss_mb(proc.pid))
         after = series[-1] if series else rss_mb(proc.pid)
+        cycles = [(during, after)]
+        for _ in range(args.cycles - 1):
+            c = None if args.control else StalledClient("127.0.0.1", port)
+            time.sleep(args.stall_s)
+            s_rss = rss_mb(proc.pid)
+            if c is not None:
+                c.close()
+            time.sleep(args.after_s)
+            cycles.append((s_rss, rss_mb(proc.pid)))
         th.join(total + 30)
         proc.send_signal(2)
         proc.wait(30)
@@ -124,6 +135,9 @@ foxglove:
           f"RSS before {before:.0f} MB, after {args.stall_s:g} s "
           f"stalled {during:.0f} MB (+{during - before:.0f}, peak +{peak - before:.0f}), "
           f"{args.after_s:g} s after it left {after:.0f} MB (+{after - before:.0f})")
+    if len(cycles) > 1:
+        print("RSS stalled / after leaving, each cycle: " + ", ".join(
+            f"{x:.0f} / {y:.0f}" for x, y in cycles))
     print("RSS each second after it left: " + " ".join(f"{x:.0f}" for x in series))
     print(f"camera processed fps during the stall: median "
           f"{sorted(stall_fps)[len(stall_fps) // 2] if stall_fps else float('nan'):.1f}, "

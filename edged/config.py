@@ -783,6 +783,11 @@ class FoxgloveConfig(_Frozen):
     # the Foxglove WebSocket protocol has no authentication: off loopback only on request
     allow_remote: bool = False
     tls: TlsConfig | None = None  # wss:// instead of ws:// (encryption, not authentication)
+    # messages queued per client; a client that reads slower keeps the newest ones. The
+    # worst case is this many of the largest message (a 720p mono8 mask: 0.9 MB): with 32
+    # a stalled client cost +19 MB at 720p 30 fps, with foxglove-sdk's default (1024)
+    # +274 MB (docs/benchmarks.md, "Foxglove clients")
+    client_backlog: Int = Field(32, ge=1, le=100_000)
 
     @field_validator("listen")
     @classmethod

@@ -395,7 +395,7 @@ def test_case2_replay_recovers_a_file_cut_at_any_byte(tmp_path):
         assert rec.messages == len(found) and rec.good_bytes <= size
         if size % 3:
             # an undamaged prefix gives its messages in order
-            assert [t for t, _ in found] == [1_000_000 * i for i in range(len(found))]
+            assert [t for t, *_ in found] == [1_000_000 * i for i in range(len(found))]
             best = max(best, len(found))
     assert best >= 40  # the long cuts keep most of the 50
 
@@ -417,7 +417,7 @@ def test_case2_recorder_hands_its_chunks_to_the_file_as_it_goes(tmp_path, monkey
                     msgpack.packb([b"a/r", b"x" * 10]))
         with open(f.part, "rb") as fh:
             found, rec = recover(fh, f.part)
-        assert [t for t, _ in found] == [1000, 1001, 1002, 1003, 1004], rec
+        assert [t for t, *_ in found] == [1000, 1001, 1002, 1003, 1004], rec
     finally:
         f.close()
 

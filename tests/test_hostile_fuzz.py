@@ -342,9 +342,10 @@ def test_fuzz_mutated_recordings_replay_or_give_record_errors_only(recording, tm
             if messages is None:
                 found, rec = recover(fh, path)
                 assert rec.messages == len(found) and rec.good_bytes <= rec.size
-                assert [t for t, _ in found] == sorted(t for t, _ in found)
+                assert [t for t, *_ in found] == sorted(t for t, *_ in found)
             else:
-                for t, payload in _guarded(messages, path):
+                for t, encoding, _schema, payload in _guarded(messages, path):
                     assert isinstance(t, int) and isinstance(payload, bytes | memoryview)
+                    assert encoding == "edged.multipart"
         except RecordError as e:
             assert str(e).startswith(f"{path}: "), e

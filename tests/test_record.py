@@ -6,6 +6,7 @@ full or unusable directory (errors named, cameras unaffected)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import msgpack
 import numpy as np
 import pytest
@@ -21,6 +23,8 @@ from foxglove_client import _message_class
 from mcap.reader import make_reader
 from test_daemon import run_cli
 
+from edged.record import decode_wire
+from edged.view.overlay import mask_colour
 from edged.wire.client import Subscriber
 from edged.wire.codec import EndOfStream, Message, decode
 
@@ -84,14 +88,22 @@ def test_a_recording_holds_what_was_published(tmp_path, start_daemon):
     assert {t: (e, s) for t, (_, e, s, *_) in ((t, v[0]) for t, v in by.items())} == {
         "/front/image": ("protobuf", "foxglove.CompressedImage"),
         "/front/mask": ("protobuf", "foxglove.RawImage"),
+        "/front/mask_color": ("protobuf", "foxglove.CompressedImage"),
         "/front/annotations": ("protobuf", "foxglove.ImageAnnotations"),
-        "/front/edged": ("edged.multipart", ""),
-        "/edged/control": ("edged.multipart", ""),
+        "/front/edged": ("protobuf", "edged.WireMessage"),
+        "/edged/control": ("protobuf", "edged.WireMessage"),
         "/edged/stats": ("json", "edged.Stats"),
     }
+    # every channel has a schema a viewer decodes it with: protobuf's own decoder reads
+    # the wire channels as edged writes them
+    wire_cls = _message_class("edged.WireMessage", _b64(by["/front/edged"][0][5]))
+    for r in by["/front/edged"][:3] + by["/edged/control"][:3]:
+        assert list(wire_cls.FromString(r[4]).frames) == decode_wire(r[4])
+    stats_schema = json.loads(by["/edged/stats"][0][5])
+    assert "front" in stats_schema["properties"]["cameras"]["properties"]
     # edged's own messages: exactly what the subscriber received, in order, then the
     # end-of-stream
-    wire = [decode([bytes(f) for f in msgpack.unpackb(r[4])]) for r in by["/front/edged"]]
+    wire = [decode(decode_wire(r[4])) for r in by["/front/edged"]]
     results = [m for m in wire if isinstance(m, Message)]
     assert isinstance(wire[-1], EndOfStream) and wire[-1].last_seq == results[-1].seq
     got = {m.seq for m in col.msgs}
@@ -103,7 +115,18 @@ def test_a_recording_holds_what_was_published(tmp_path, start_daemon):
     # one image, one mask, one annotation per result, stamped like it
     n = len(results)
     assert len(by["/front/image"]) == len(by["/front/mask"]) == len(by["/front/annotations"]) \
-        == n >= 20
+        == len(by["/front/mask_color"]) == n >= 20
+    # the colour mask: a PNG in the view's colours of the class ids beside it
+    image_cls = _message_class("foxglove.CompressedImage", _b64(by["/front/mask_color"][0][5]))
+    for (_, _, _, t, data, _), ids_row in zip(by["/front/mask_color"][:5], by["/front/mask"]):
+        img = image_cls.FromString(data)
+        assert img.format == "png" and ids_row[3] == t
+        ids = zmq_by_t_ids(results, t)
+        want = np.zeros((*ids.shape, 3), np.uint8)
+        for c in (1, 2):  # the demo model's mask classes: background, lines, field
+            want[ids == c] = mask_colour(c)
+        assert np.array_equal(cv2.imdecode(np.frombuffer(img.data, np.uint8),
+                                           cv2.IMREAD_COLOR), want)
     mask_cls = _message_class("foxglove.RawImage", _b64(by["/front/mask"][0][5]))
     zmq_by_t = {m.t_capture_ns: m for m in results}
     for _, _, _, t, data, _ in by["/front/mask"]:
@@ -113,6 +136,13 @@ def test_a_recording_holds_what_was_published(tmp_path, start_daemon):
         assert np.array_equal(mask, zmq_by_t[t].mask_camera())
     times = [r[3] for r in by["/front/image"]]
     assert times == sorted(times) and times == [m.t_capture_ns for m in results]
+
+
+def zmq_by_t_ids(results: list[Message], t: int) -> np.ndarray:
+    (m,) = [m for m in results if m.t_capture_ns == t]
+    mask = m.mask_camera()
+    assert mask is not None
+    return mask
 
 
 def _b64(data: bytes) -> str:
@@ -196,8 +226,7 @@ def test_replay_publishes_a_recording_with_its_timing(tmp_path):
     (f,) = list(rec.iterdir())
     rows = [r for r in _read(f) if r[0] == "/front/image"]
     assert rows == []  # --no-frames
-    recorded = [decode([bytes(x) for x in msgpack.unpackb(r[4])])
-                for r in _read(f) if r[0] == "/front/edged"]
+    recorded = [decode(decode_wire(r[4])) for r in _read(f) if r[0] == "/front/edged"]
     results = [m for m in recorded if isinstance(m, Message)]
     ep = f"ipc://{tmp_path}/replay.sock"
     got: list[Message | EndOfStream] = []
@@ -224,7 +253,7 @@ def test_replay_publishes_a_recording_with_its_timing(tmp_path):
     span = (results[-1].t_capture_ns - results[0].t_capture_ns) / 1e9
     took = arrival[len(msgs) - 1] - arrival[0]
     assert took >= 0.8 * span, (took, span)
-    wire_rows = [r for r in _read(f) if r[1] == "edged.multipart"]  # results and control
+    wire_rows = [r for r in _read(f) if r[2] == "edged.WireMessage"]  # results and control
     assert f"replayed {len(wire_rows)} message(s)" in err, err
 
 
@@ -336,3 +365,37 @@ record:
     # the stall is noticed stall_timeout_s (1 s) after the hang, so the 2 s kept reach
     # about 1 s before it: 10 frames at 10 fps, at least half of them on a loaded machine
     assert sum(t < t_hang for t in images) >= 5
+
+
+def test_replay_reads_recordings_of_the_older_msgpack_format(tmp_path):
+    """Files written before the wire channels got a protobuf schema carry them as
+    `edged.multipart` (a msgpack array of the frames): replay still publishes them."""
+    from mcap.writer import Writer
+    from test_codec import make_result
+
+    from edged.wire.codec import encode_result
+
+    f = tmp_path / "old.mcap"
+    sent = [make_result("front", seq=s) for s in range(3)]
+    with open(f, "wb") as fh:
+        w = Writer(fh)
+        w.start()
+        ch = w.register_channel("/front/edged", "edged.multipart", 0)
+        for i, r in enumerate(sent):
+            frames = [bytes(x) for x in encode_result(r, None)]
+            w.add_message(ch, 1_000_000 * (i + 1), msgpack.packb(frames), 1_000_000 * (i + 1))
+        w.finish()
+    ep = f"ipc://{tmp_path}/old.sock"
+    got: list[Message] = []
+    with Subscriber(ep) as sub:
+        proc = subprocess.Popen([*_edged(), "replay", str(f), "--endpoint", ep],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        end = time.monotonic() + 20
+        while time.monotonic() < end and len(got) < 3:
+            m = sub.recv(timeout=0.1)
+            if isinstance(m, Message):
+                got.append(m)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert [m.seq for m in got] == [0, 1, 2]
+    assert "replayed 3 message(s)" in err, err

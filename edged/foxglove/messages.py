@@ -1,12 +1,19 @@
-"""Foxglove schema messages for one result (camera image, class mask, colourised mask,
-boxes and labels), stamped with the frame's capture time.
+"""Foxglove schema messages for one result (camera image, class mask, colour mask,
+boxes and labels), stamped with the frame's capture time; shared by Foxglove live and
+the MCAP recorder.
 
-Conventions (Foxglove's, docs/foxglove.md): the class mask is `foxglove.RawImage` mono8
-holding class ids at camera resolution (no mask primitive exists), boxes and labels
-are `foxglove.ImageAnnotations` in camera pixels, `frame_id` is the camera name.
+Conventions (Foxglove's): the class mask is `foxglove.RawImage` mono8 holding class ids
+at camera resolution, for machines (no mask primitive exists, and a viewer shows ids
+0-2 as near-black); the colour mask is a `foxglove.CompressedImage` PNG in the view's
+colours, for people; boxes and labels are `foxglove.ImageAnnotations` in camera pixels,
+drawn where edged's own view draws them; `frame_id` is the camera name.
 """
 
 from __future__ import annotations
+
+import struct
+import zlib
+from typing import Any
 
 import numpy as np
 from foxglove.messages import (
@@ -22,7 +29,16 @@ from foxglove.messages import (
 )
 
 from edged.results import Frame, Result
-from edged.view.overlay import Overlay, box_colour, encode_jpeg
+from edged.view.overlay import (
+    Overlay,
+    box_colour,
+    box_label,
+    encode_jpeg,
+    label_box,
+    label_style,
+)
+
+PNG_LEVEL = 1  # zlib level: 720p in ~2 ms (16 KB); level 6 halves the size for twice the time
 
 
 def stamp(t_ns: int) -> Timestamp:
@@ -48,19 +64,46 @@ def class_mask(result: Result, mask: np.ndarray) -> RawImage:
                     width=w, height=h, encoding="mono8", step=w, data=m.tobytes())
 
 
-def colour_mask(result: Result, mask: np.ndarray, overlay: Overlay) -> RawImage:
-    """rgb8: each class in the view's colour (background black)."""
-    rgb = overlay.colour_mask_rgb(mask, result.mask_classes)
-    h, w = mask.shape
-    return RawImage(timestamp=stamp(result.t_capture_wall_ns), frame_id=result.camera,
-                    width=w, height=h, encoding="rgb8", step=3 * w, data=rgb.tobytes())
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + \
+        struct.pack(">I", zlib.crc32(kind + data))
+
+
+def palette_png(mask: np.ndarray, palette: bytes, level: int = PNG_LEVEL) -> bytes:
+    """A palette PNG (colour type 3) of a class-index mask: the pixels stay one byte of
+    class id each and the PLTE maps ids to colours, so no RGB image is built and the
+    file is lossless (about 10x cheaper than an RGB PNG through OpenCV). Each row is
+    stored with filter 0 (none): class masks are runs, which zlib packs anyway."""
+    m = np.ascontiguousarray(mask, np.uint8)
+    h, w = m.shape
+    rows = np.zeros((h, w + 1), np.uint8)  # the filter-type byte, then the row
+    rows[:, 1:] = m
+    return b"".join((
+        b"\x89PNG\r\n\x1a\n",
+        _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 3, 0, 0, 0)),
+        _png_chunk(b"PLTE", palette),
+        _png_chunk(b"IDAT", zlib.compress(rows.data, level)),
+        _png_chunk(b"IEND", b"")))
+
+
+def colour_mask(result: Result, mask: np.ndarray, overlay: Overlay) -> CompressedImage:
+    """PNG: each class in the view's colour (background classes black), what a person
+    looks at; `mask` is `result.mask_camera()`."""
+    return CompressedImage(timestamp=stamp(result.t_capture_wall_ns), frame_id=result.camera,
+                           data=palette_png(mask, overlay.palette_rgb(result.mask_classes)),
+                           format="png")
 
 
 def image_annotations(result: Result) -> ImageAnnotations:
-    """One closed outline and one label per detection, in the class's view colour."""
+    """One closed outline and one label per detection, in the class's view colour, as
+    edged's view draws them: the outline as thick, the label's background band at the
+    same place (above the box's top-left corner, or below the box at the image's top)
+    and as tall. Foxglove's `TextAnnotation.position` is the label's bottom-left corner
+    (pixel edges: the view fills rows top..bottom, so it is bottom + 1)."""
     ts = stamp(result.t_capture_wall_ns)
     det = result.detections
     boxes = np.asarray(det.boxes, np.float32).reshape(-1, 4)
+    scale, thick = label_style(result.frame_w, result.frame_h)
     points, texts = [], []
     for (x1, y1, x2, y2), c, s in zip(boxes.tolist(), np.asarray(det.class_ids).tolist(),
                                       np.asarray(det.scores).tolist()):
@@ -69,11 +112,65 @@ def image_annotations(result: Result) -> ImageAnnotations:
             timestamp=ts, type=PointsAnnotationType.LineLoop,
             points=[Point2(x=x1, y=y1), Point2(x=x2, y=y1), Point2(x=x2, y=y2),
                     Point2(x=x1, y=y2)],
-            outline_color=_colour(col), thickness=2.0))
-        name = result.class_names[int(c)] if 0 <= int(c) < len(result.class_names) \
-            else str(int(c))
-        texts.append(TextAnnotation(timestamp=ts, position=Point2(x=x1, y=y1),
-                                    text=f"{name} {s:.2f}", font_size=14.0,
+            outline_color=_colour(col), thickness=float(thick)))
+        text = box_label(result, int(c), float(s))
+        lb = label_box(text, int(round(x1)), int(round(y1)), int(round(y2)), scale)
+        texts.append(TextAnnotation(timestamp=ts, position=Point2(x=lb.left, y=lb.bottom + 1),
+                                    text=text, font_size=float(lb.bottom + 1 - lb.top),
                                     text_color=Color(r=0, g=0, b=0, a=1),
                                     background_color=_colour(col)))
     return ImageAnnotations(timestamp=ts, points=points, texts=texts)
+
+
+# The `/edged/stats` channel (JSON): one schema, named alike live and in recordings, so
+# a viewer's plots and message paths know every field (docs/protocol.md, "Statistics").
+STATS_SCHEMA_NAME = "edged.Stats"
+_NUMBER = {"type": "number"}
+_COUNT = {"type": "integer", "minimum": 0}
+_MS = {"type": ["number", "null"]}
+
+
+def _counts(*keys: str) -> dict[str, Any]:
+    return {"type": "object", "properties": dict.fromkeys(keys, _COUNT)}
+
+
+CAMERA_STATS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "one camera's figures: rates over the window, counts since start",
+    "properties": {
+        "state": {"type": "string",
+                  "enum": ["starting", "running", "reconnecting", "stopped", "failed"]},
+        "capture_fps": _NUMBER,
+        "processed_fps": _NUMBER,
+        "published": _COUNT,
+        "late": _COUNT,
+        "drops": _counts("overwritten", "stale", "late", "errors"),
+        "e2e_ms": {"type": "object", "description": "capture to send, last 512 results",
+                   "properties": {"p50": _MS, "p90": _MS, "p99": _MS}},
+        "stages_ms_p50": {"type": "object",
+                          "properties": dict.fromkeys(("queue", "preprocess", "inference",
+                                                       "postprocess", "encode"), _NUMBER),
+                          "additionalProperties": _NUMBER},
+        "budget_ms": _NUMBER,
+        "variant": {"type": "string"},
+        "budget_misses": _COUNT,
+        "capture": _counts("corrupt", "reconnects", "stalls", "crashes", "stuck_readers"),
+        "providers": {"type": "string"},
+    },
+}
+
+
+def stats_schema(cameras: list[str]) -> dict[str, Any]:
+    """JSON schema of the stats message: `cameras` maps each camera name to its figures.
+    The configured names are listed as properties (so a viewer offers
+    `cameras.front.processed_fps`); any other name has the same item schema."""
+    return {
+        "type": "object",
+        "title": STATS_SCHEMA_NAME,
+        "properties": {
+            "interval_s": {"type": "number", "description": "the window the rates cover"},
+            "cameras": {"type": "object",
+                        "properties": dict.fromkeys(cameras, CAMERA_STATS_SCHEMA),
+                        "additionalProperties": CAMERA_STATS_SCHEMA},
+        },
+    }

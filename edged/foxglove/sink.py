@@ -1,24 +1,26 @@
-"""Foxglove live: a Foxglove WebSocket server (foxglove-sdk) in the daemon, and the sink
-that logs each camera's result to it.
+"""Foxglove live: a Foxglove WebSocket server in the daemon, and the sink that logs each
+camera's result to it.
 
 Channels per camera (`/<camera>/...`): `image` (foxglove.CompressedImage, JPEG),
-`mask` (foxglove.RawImage mono8, class ids at camera resolution), `mask_color`
-(RawImage rgb8, the view's colours), `annotations` (foxglove.ImageAnnotations: boxes
-and labels); and `/edged/stats` (JSON, the `_stats` figures). Every message is stamped
-with the frame's capture time. A channel's message is built and encoded only while
-something is subscribed to it (`Channel.has_sinks`), so an idle Foxglove server costs
-a dict lookup per result.
+`mask` (foxglove.RawImage mono8, class ids at camera resolution, for machines),
+`mask_color` (CompressedImage PNG in the view's colours, for people), `annotations`
+(foxglove.ImageAnnotations: boxes and labels where the view draws them); and
+`/edged/stats` (JSON, schema `edged.Stats`, the `_stats` figures). Every message is
+stamped with the frame's capture time. A channel's message is built and encoded only
+while something is subscribed to it (`Channel.has_sinks`), so an idle Foxglove server
+costs a dict lookup per result. The recorder writes the same channels.
 
-The server runs on foxglove-sdk's own threads; `Channel.log` is thread-safe, and this
-sink calls it from its sink thread only. Each daemon has its own `foxglove.Context`
-(no process-wide state).
+The server is foxglove-sdk's, on an internal loopback port, behind `relay.Relay` on
+`foxglove.listen`, which lets clients offering either subprotocol name in (see there).
+The SDK runs on its own threads; `Channel.log` is thread-safe, and this sink calls it
+from its sink thread only. Each daemon has its own `foxglove.Context`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import foxglove
 from foxglove.channels import CompressedImageChannel, ImageAnnotationsChannel, RawImageChannel
@@ -26,7 +28,7 @@ from foxglove.channels import CompressedImageChannel, ImageAnnotationsChannel, R
 from edged.config import FoxgloveConfig
 from edged.daemon.sinks import Outcome, Sink
 from edged.foxglove import FoxgloveError, messages
-from edged.names import parse_host_port
+from edged.foxglove.relay import Relay
 from edged.view.overlay import Overlay
 from edged.wire.codec import TOPIC_STATS
 from edged.wire.telemetry import decode_stats
@@ -34,36 +36,79 @@ from edged.wire.telemetry import decode_stats
 log = logging.getLogger("edged.foxglove")
 
 STATS_TOPIC = "/edged/stats"
-STATS_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {"interval_s": {"type": "number"}, "cameras": {"type": "object"}},
-}
+
+# What foxglove-sdk logs (its Rust log records arrive in Python logging under these
+# names) about a connection ending: every connection it sees is the relay's, so a
+# client closing a tab, or being cut off, showed up as an ERROR from 127.0.0.1 ("Error
+# receiving from client 127.0.0.1:...: Connection reset without closing handshake").
+# The relay logs each client's coming and going itself, with its real address.
+_SDK_CONNECTION_LOGGERS = ("foxglove.websocket.connected_client.poller",
+                           "foxglove.websocket.connected_client", "foxglove.websocket.server",
+                           "foxglove.websocket")
+_CONNECTION_END = ("Connection reset", "without closing handshake", "Broken pipe",
+                   "Connection closed", "connection closed", "os error 32", "os error 104")
 
 
-def start_server(config: FoxgloveConfig, context: foxglove.Context) -> foxglove.WebSocketServer:
-    """Listen now (before READY); FoxgloveError naming the key when it cannot."""
-    hp = parse_host_port(config.listen)
-    cert = key = None
-    if config.tls is not None:
-        from edged.daemon.listen import ListenError, read_tls
+class _ConnectionEnd(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not any(p in msg for p in _CONNECTION_END)
 
-        try:
-            cert, key = read_tls(config.tls, "foxglove.tls")
+
+_quieted = False
+
+
+def quiet_sdk_logging() -> None:
+    """The SDK's per-connection INFO lines name the relay's loopback address, not the
+    client's: WARNING and above only, and no line for a connection's end. Set before the
+    first server starts (the SDK's log bridge caches levels)."""
+    global _quieted
+    if _quieted:
+        return
+    _quieted = True
+    logging.getLogger("foxglove.websocket").setLevel(logging.WARNING)
+    logging.getLogger("tungstenite").setLevel(logging.WARNING)
+    for name in _SDK_CONNECTION_LOGGERS:
+        logging.getLogger(name).addFilter(_ConnectionEnd())
+
+
+class FoxgloveServer:
+    """foxglove-sdk's server on 127.0.0.1 (an ephemeral port) and the relay on
+    `foxglove.listen` (TLS there when configured)."""
+
+    def __init__(self, config: FoxgloveConfig, context: foxglove.Context) -> None:
+        from edged.daemon.listen import ListenError, bind_tcp, server_context
+
+        quiet_sdk_logging()
+        try:  # the configured address first: a port in use fails before the SDK starts
+            tls = server_context(config.tls, "foxglove.tls") if config.tls else None
+            sock = bind_tcp(config.listen, "foxglove.listen")
         except ListenError as e:
             raise FoxgloveError(str(e)) from None
-    try:
-        return foxglove.start_server(name="edged", host=hp.host, port=hp.port,
-                                     context=context, tls_cert=cert, tls_key=key)
-    except RuntimeError as e:
-        why = str(e).split("Failed to bind port: ", 1)[-1]
-        raise FoxgloveError(f"cannot listen on foxglove.listen {config.listen}: {why}") from None
+        try:
+            self.sdk = foxglove.start_server(name="edged", host="127.0.0.1", port=0,
+                                             context=context,
+                                             message_backlog_size=config.client_backlog)
+        except RuntimeError as e:
+            sock.close()
+            raise FoxgloveError(f"foxglove: the internal server cannot start ({e})") from None
+        self.relay = Relay(sock, self.sdk.port, ssl_context=tls, backlog=config.client_backlog)
+
+    def stop(self) -> None:
+        self.relay.stop()
+        self.sdk.stop()
+
+
+def start_server(config: FoxgloveConfig, context: foxglove.Context) -> FoxgloveServer:
+    """Listen now (before READY); FoxgloveError naming the key when it cannot."""
+    return FoxgloveServer(config, context)
 
 
 @dataclass(slots=True)
 class _Camera:
     image: CompressedImageChannel
     mask: RawImageChannel
-    mask_color: RawImageChannel
+    mask_color: CompressedImageChannel
     annotations: ImageAnnotationsChannel
 
 
@@ -77,8 +122,10 @@ class FoxgloveSink(Sink):
         self._cameras: dict[str, _Camera] = {}
         for c in cameras:  # advertised from the start, so a client can subscribe at once
             self._camera(c)
-        self._stats = foxglove.Channel(STATS_TOPIC, schema=STATS_SCHEMA,
-                                       message_encoding="json", context=self.context)
+        schema = foxglove.Schema(name=messages.STATS_SCHEMA_NAME, encoding="jsonschema",
+                                 data=json.dumps(messages.stats_schema(cameras)).encode())
+        self._stats = foxglove.Channel(STATS_TOPIC, schema=schema, message_encoding="json",
+                                       context=self.context)
         self._overlay = Overlay()
         # messages built and logged, by channel kind (logged at close)
         self.encoded = dict.fromkeys(("image", "mask", "mask_color", "annotations", "stats"), 0)
@@ -90,14 +137,16 @@ class FoxgloveSink(Sink):
             cam = self._cameras[name] = _Camera(
                 CompressedImageChannel(f"/{name}/image", context=ctx),
                 RawImageChannel(f"/{name}/mask", context=ctx),
-                RawImageChannel(f"/{name}/mask_color", context=ctx),
+                CompressedImageChannel(f"/{name}/mask_color", context=ctx),
                 ImageAnnotationsChannel(f"/{name}/annotations", context=ctx))
         return cam
 
     def open(self) -> None:
-        log.info("Foxglove WebSocket server on %s://%s (open it in Foxglove: Open "
-                 "connection -> Foxglove WebSocket)", "wss" if self.config.tls else "ws",
-                 self.config.listen)
+        log.info("Foxglove WebSocket server on %s://%s (open it in Foxglove or Lichtblick: "
+                 "Open connection -> Foxglove WebSocket; subprotocols foxglove.sdk.v1 and "
+                 "foxglove.websocket.v1; %d messages queued per client at most)",
+                 "wss" if self.config.tls else "ws", self.config.listen,
+                 self.config.client_backlog)
 
     def deliver(self, outcome: Outcome) -> None:
         result, frame = outcome.result, outcome.frame
@@ -127,5 +176,8 @@ class FoxgloveSink(Sink):
 
     def close(self) -> None:
         self.server.stop()
+        c = self.server.relay.counts
         log.info("foxglove: encoded for subscribers: %s",
                  ", ".join(f"{k} {n}" for k, n in self.encoded.items()))
+        log.info("foxglove: clients: %d (%d with foxglove.websocket.v1), %d stalled, "
+                 "%.1f MB relayed", c.clients, c.legacy, c.stalled, c.bytes_out / 1e6)

@@ -20,17 +20,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import msgpack
 from mcap.exceptions import InvalidMagic
 from mcap.reader import make_reader
-from mcap.records import Channel
+from mcap.records import Channel, Schema
 from mcap.records import Message as McapMessage
 from mcap.stream_reader import StreamReader
 
-from edged.record import WIRE_ENCODING, RecordError
+from edged.record import RecordError, is_wire_channel, wire_frames
 from edged.wire.publisher import Publisher
 
 log = logging.getLogger("edged.record")
+
+
+# a recorded wire message: log time, the channel's message encoding and schema name, the
+# payload (`wire_frames` turns it into the ZeroMQ frames)
+Recorded = tuple[int, str, str, bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +74,7 @@ def _why(e: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
-def recover(fh: IO[bytes], path: Path) -> tuple[list[tuple[int, bytes]], Recovery]:
+def recover(fh: IO[bytes], path: Path) -> tuple[list[Recorded], Recovery]:
     """The edged messages of a file read sequentially up to its first damage, in
     log-time order. RecordError when not even the start is MCAP."""
     size = os.fstat(fh.fileno()).st_size
@@ -80,16 +84,21 @@ def recover(fh: IO[bytes], path: Path) -> tuple[list[tuple[int, bytes]], Recover
     counting = _Counting(fh)
     # a record cannot be longer than the file: a damaged length must not allocate GBs
     reader = StreamReader(counting, record_size_limit=size)  # type: ignore[arg-type]
-    wire: set[int] = set()
-    found: list[tuple[int, bytes]] = []
+    schemas: dict[int, str] = {}
+    wire: dict[int, tuple[str, str]] = {}  # channel id -> (message encoding, schema name)
+    found: list[Recorded] = []
     good = 0
     reason = "the file ends without its summary: cut short"
     try:
         for record in reader.records:
-            if isinstance(record, Channel) and record.message_encoding == WIRE_ENCODING:
-                wire.add(record.id)
+            if isinstance(record, Schema):
+                schemas[record.id] = record.name
+            elif isinstance(record, Channel):
+                kind = (record.message_encoding, schemas.get(record.schema_id, ""))
+                if is_wire_channel(*kind):
+                    wire[record.id] = kind
             elif isinstance(record, McapMessage) and record.channel_id in wire:
-                found.append((record.log_time, record.data))
+                found.append((record.log_time, *wire[record.channel_id], record.data))
             good = counting.count
     except InvalidMagic:
         raise RecordError(f"{path}: not an MCAP recording (it does not start with the MCAP "
@@ -111,7 +120,7 @@ def recover(fh: IO[bytes], path: Path) -> tuple[list[tuple[int, bytes]], Recover
     return found, Recovery(len(found), good, size, reason)
 
 
-def _indexed(fh: IO[bytes]) -> Iterator[tuple[int, bytes]] | None:
+def _indexed(fh: IO[bytes]) -> Iterator[Recorded] | None:
     """The edged messages in log-time order through the file's index, or None when the
     file has no usable summary (cut short: see `recover`)."""
     try:
@@ -120,8 +129,9 @@ def _indexed(fh: IO[bytes]) -> Iterator[tuple[int, bytes]] | None:
             return None
     except Exception:  # noqa: BLE001 - any failure to read the end means: not finished
         return None
-    return ((m.log_time, m.data) for _, ch, m in reader.iter_messages(log_time_order=True)
-            if ch.message_encoding == WIRE_ENCODING)
+    return ((m.log_time, ch.message_encoding, sc.name if sc else "", m.data)
+            for sc, ch, m in reader.iter_messages(log_time_order=True)
+            if is_wire_channel(ch.message_encoding, sc.name if sc else ""))
 
 
 def replay(path: Path, endpoint: str, *, speed: float = 1.0, wait_s: float = 0.5,
@@ -148,10 +158,12 @@ def replay(path: Path, endpoint: str, *, speed: float = 1.0, wait_s: float = 0.5
             first: int | None = None
             t0 = time.monotonic()
             undecodable = 0
-            for log_time, data in _guarded(messages, path):
+            for log_time, encoding, schema_name, data in _guarded(messages, path):
                 try:
-                    frames = [bytes(f) for f in msgpack.unpackb(data)]
-                except Exception:  # noqa: BLE001 - msgpack's several types for bad bytes
+                    frames = wire_frames(encoding, schema_name, data)
+                except Exception:  # noqa: BLE001 - msgpack's and protobuf's several errors
+                    frames = None
+                if frames is None:
                     undecodable += 1
                     continue
                 if first is None:
@@ -165,14 +177,13 @@ def replay(path: Path, endpoint: str, *, speed: float = 1.0, wait_s: float = 0.5
                 pub.send(frames)
                 sent += 1
     if undecodable:
-        log.warning("%s: %d message(s) skipped: not edged's multipart encoding", path,
+        log.warning("%s: %d message(s) skipped: not decodable as edged's wire messages", path,
                     undecodable)
     log.info("replayed %d message(s) from %s on %s", sent, path, endpoint)
     return sent
 
 
-def _guarded(messages: Iterator[tuple[int, bytes]], path: Path
-             ) -> Iterator[tuple[int, bytes]]:
+def _guarded(messages: Iterator[Recorded], path: Path) -> Iterator[Recorded]:
     """`messages`, with a failure to read the file (a damaged chunk inside a finished
     file) as a RecordError saying how far the replay got."""
     read = 0

@@ -24,16 +24,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import msgpack
 from foxglove.messages import CompressedImage, ImageAnnotations, RawImage
 
 from edged.config import RecordConfig
 from edged.daemon.sinks import Outcome, Sink
 from edged.daemon.telemetry import CameraSnapshot
 from edged.foxglove import messages
-from edged.foxglove.sink import STATS_SCHEMA, STATS_TOPIC
-from edged.record import WIRE_ENCODING, RecordError
+from edged.foxglove.sink import STATS_TOPIC
+from edged.record import WIRE_ENCODING, WIRE_SCHEMA, WIRE_SCHEMA_NAME, RecordError, encode_wire
 from edged.record.files import MB, McapFile, Schema, enforce_limit
+from edged.view.overlay import Overlay
 from edged.wire.codec import TOPIC_STATS, encode_eos
 from edged.wire.telemetry import decode_state, decode_stats
 
@@ -52,7 +52,13 @@ def _schema(kind: Any) -> Schema:
 IMAGE = _schema(CompressedImage)
 MASK = _schema(RawImage)
 ANNOTATIONS = _schema(ImageAnnotations)
-STATS = Schema("edged.Stats", "jsonschema", json.dumps(STATS_SCHEMA).encode())
+WIRE = Schema(WIRE_SCHEMA_NAME, "protobuf", WIRE_SCHEMA)
+
+
+def _stats_schema(cameras: list[str]) -> Schema:
+    # as Foxglove live names and builds it (a file's first stats message fixes it)
+    return Schema(messages.STATS_SCHEMA_NAME, "jsonschema",
+                  json.dumps(messages.stats_schema(cameras)).encode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +102,7 @@ class RecorderSink(Sink):
         self._paused_until = 0.0
         self._last_seq: dict[str, int] = {}
         self._seen: dict[str, CameraSnapshot] = {}
+        self._overlay = Overlay()  # the view's colours, for the colour mask
         # since start: files finished, messages written, write errors, files deleted
         self.files: list[Path] = []
         self.written = 0
@@ -125,10 +132,11 @@ class RecorderSink(Sink):
         if mask is not None:
             recs.append(_Rec(f"/{cam}/mask", "protobuf", MASK, t,
                              messages.class_mask(r, mask).encode()))
+            recs.append(_Rec(f"/{cam}/mask_color", "protobuf", IMAGE, t,
+                             messages.colour_mask(r, mask, self._overlay).encode()))
         recs.append(_Rec(f"/{cam}/annotations", "protobuf", ANNOTATIONS, t,
                          messages.image_annotations(r).encode()))
-        recs.append(_Rec(f"/{cam}/edged", WIRE_ENCODING, None, t,
-                         msgpack.packb([bytes(f) for f in outcome.wire])))
+        recs.append(_Rec(f"/{cam}/edged", WIRE_ENCODING, WIRE, t, encode_wire(outcome.wire)))
         for rec in recs:
             self._add(rec)
         if outcome.late:
@@ -137,11 +145,11 @@ class RecorderSink(Sink):
     def control(self, frames: list[bytes]) -> None:
         now = time.time_ns()
         topic = bytes(frames[0]) if frames else b""
-        self._add(_Rec(CONTROL_TOPIC, WIRE_ENCODING, None, now,
-                       msgpack.packb([bytes(f) for f in frames])))
+        self._add(_Rec(CONTROL_TOPIC, WIRE_ENCODING, WIRE, now, encode_wire(frames)))
         if topic == TOPIC_STATS.encode():
             st = decode_stats(frames)
-            self._add(_Rec(STATS_TOPIC, "json", STATS, st.t_ns, json.dumps(
+            self._add(_Rec(STATS_TOPIC, "json", _stats_schema(list(st.cameras)), st.t_ns,
+                           json.dumps(
                 {"interval_s": st.interval_s, "cameras": st.cameras}).encode()))
             for name, snap in st.snapshots.items():
                 cause = self._cause(name, snap)
@@ -153,8 +161,8 @@ class RecorderSink(Sink):
                 self._trigger(state.camera, "reconnect")
 
     def end_of_stream(self, camera: str, reason: str) -> None:
-        self._add(_Rec(f"/{camera}/edged", WIRE_ENCODING, None, time.time_ns(), msgpack.packb(
-            [bytes(f) for f in encode_eos(camera, self._last_seq.get(camera, -1), reason)])))
+        self._add(_Rec(f"/{camera}/edged", WIRE_ENCODING, WIRE, time.time_ns(), encode_wire(
+            encode_eos(camera, self._last_seq.get(camera, -1), reason))))
 
     def close(self) -> None:
         self._finish()

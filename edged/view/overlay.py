@@ -117,23 +117,57 @@ class Overlay:
                 tint[:] = box_colour(int(c))
                 cv2.copyTo(cv2.addWeighted(roi, 1.0 - MASK_ALPHA, tint, MASK_ALPHA, 0.0),
                            sub, roi)
-        thick = max(2, round(min(w, h) / 240))
-        scale = max(0.4, min(w, h) / 800)
+        scale, thick = label_style(w, h)
         for (x1, y1, x2, y2), c, s in zip(boxes, ids, np.asarray(det.scores).reshape(-1)):
             col = box_colour(int(c))
             p1 = (int(round(x1)), int(round(y1)))
             p2 = (int(round(x2)), int(round(y2)))
             cv2.rectangle(out, p1, p2, col, thick, cv2.LINE_AA)
-            name = result.class_names[int(c)] if 0 <= int(c) < len(result.class_names) \
-                else str(int(c))
-            label = f"{name} {float(s):.2f}"
-            (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-            ty = p1[1] - 3 if p1[1] - th - base - 3 >= 0 else p2[1] + th + 3
-            cv2.rectangle(out, (p1[0], ty - th - 2), (p1[0] + tw + 4, ty + base - 1), col,
-                          cv2.FILLED)
-            cv2.putText(out, label, (p1[0] + 2, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, scale,
+            label = box_label(result, int(c), float(s))
+            lb = label_box(label, p1[0], p1[1], p2[1], scale)
+            cv2.rectangle(out, (lb.left, lb.top), (lb.right, lb.bottom), col, cv2.FILLED)
+            cv2.putText(out, label, (lb.left + 2, lb.baseline), cv2.FONT_HERSHEY_SIMPLEX, scale,
                         (0, 0, 0), 1, cv2.LINE_AA)
         return out
+
+    def palette_rgb(self, classes: tuple[str, ...]) -> bytes:
+        """256 RGB triples: class index -> its colour (background classes and indices
+        past the classes black), the PLTE of a palette PNG of the class mask."""
+        self._tables(classes)
+        return self._lut[:, ::-1].tobytes()
+
+
+def box_label(result: Result, class_id: int, score: float) -> str:
+    """A box's label text, as the view and Foxglove's annotations write it."""
+    name = result.class_names[class_id] if 0 <= class_id < len(result.class_names) \
+        else str(class_id)
+    return f"{name} {score:.2f}"
+
+
+def label_style(w: int, h: int) -> tuple[float, int]:
+    """(font scale, line thickness in pixels) of box labels and outlines on a w x h
+    image: both grow with the image, so labels stay readable at 1080p."""
+    return max(0.4, min(w, h) / 800), max(2, round(min(w, h) / 240))
+
+
+@dataclass(frozen=True, slots=True)
+class LabelBox:
+    """Where a box's label is drawn: its filled background, pixels left..right and
+    top..bottom inclusive, and the text's baseline row."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+    baseline: int
+
+
+def label_box(text: str, x1: int, y1: int, y2: int, scale: float) -> LabelBox:
+    """A label above its box's top-left corner, or below the box where there is no room
+    above it (a box touching the image's top)."""
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    ty = y1 - 3 if y1 - th - base - 3 >= 0 else y2 + th + 3
+    return LabelBox(x1, ty - th - 2, x1 + tw + 4, ty + base - 1, ty - 1)
 
 
 def encode_jpeg(image: np.ndarray, quality: int) -> bytes:

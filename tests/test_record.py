@@ -21,6 +21,7 @@ import pytest
 from conftest import ZmqCollector
 from foxglove_client import _message_class
 from mcap.reader import make_reader
+from mcap_doctor import doctor
 from test_daemon import run_cli
 
 from edged.record import decode_wire
@@ -108,7 +109,10 @@ def test_a_recording_holds_what_was_published(tmp_path, start_daemon):
     assert isinstance(wire[-1], EndOfStream) and wire[-1].last_seq == results[-1].seq
     got = {m.seq for m in col.msgs}
     assert got and got <= {m.seq for m in results}
-    assert [m.seq for m in results] == list(range(results[0].seq, results[-1].seq + 1))
+    # in order (seqs may skip: a frame that a newer one replaced before inference, latest
+    # wins under load, has no result anywhere; every result published is recorded, above)
+    seqs = [m.seq for m in results]
+    assert seqs == sorted(set(seqs))
     for r, m in zip(by["/front/edged"], wire):
         if isinstance(m, Message):
             assert r[3] == m.t_capture_ns  # log time = capture time
@@ -136,6 +140,11 @@ def test_a_recording_holds_what_was_published(tmp_path, start_daemon):
         assert np.array_equal(mask, zmq_by_t[t].mask_camera())
     times = [r[3] for r in by["/front/image"]]
     assert times == sorted(times) and times == [m.t_capture_ns for m in results]
+    # and the file is sound as `mcap doctor` checks one (CRCs, indexes, statistics,
+    # every channel with a schema, log times in order per channel)
+    report = doctor(files[0], profile="",
+                    encodings={"protobuf": "protobuf", "jsonschema": "json"})
+    assert report["messages"] == len(rows)
 
 
 def zmq_by_t_ids(results: list[Message], t: int) -> np.ndarray:

@@ -39,7 +39,10 @@ class McapFile:
         self.part = path.with_name(path.name + ".part")
         self._fh: IO[bytes] = open(self.part, "wb")  # noqa: SIM115 - closed in close()
         try:
-            self._w = Writer(self._fh, compression=CompressionType.ZSTD, chunk_size=512 * 1024)
+            # the whole-file data CRC too (the chunks have their own): a reader can tell a
+            # damaged file from a sound one, as `mcap doctor` does
+            self._w = Writer(self._fh, compression=CompressionType.ZSTD, chunk_size=512 * 1024,
+                             enable_data_crcs=True)
             self._w.start(profile="", library="edged")
         except BaseException:
             self._fh.close()

@@ -25,7 +25,14 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from edged.capture.mjpeg import MjpegError, MjpegStream, jpeg_size, open_mjpeg
+from edged.capture.mjpeg import (
+    BodyPipe,
+    MjpegError,
+    MjpegStream,
+    http_get,
+    jpeg_size,
+    mjpeg_stream,
+)
 from edged.daemon.telemetry import CameraState
 from edged.redaction import Redactor
 from edged.results import Frame
@@ -249,7 +256,11 @@ class CaptureSource:
         self.end_detail = ""  # why a file ended, when it was not a clean end
 
     def fresh(self) -> CaptureSource:
-        return CaptureSource(self.target, self.backend, live=self.live, loop=self.loop,
+        return self.retarget(self.target)
+
+    def retarget(self, target: str | int) -> CaptureSource:
+        """A new, unopened capture with these settings reading `target` instead."""
+        return CaptureSource(target, self.backend, live=self.live, loop=self.loop,
                              props=self.props, description=self.description,
                              open_params=self.open_params)
 
@@ -337,38 +348,61 @@ class CaptureSource:
 
 
 class HttpSource:
-    """An http(s) camera: an MJPEG stream (multipart/x-mixed-replace) is read by edged
-    itself, each part bounded (`edged.capture.mjpeg`); any other answer (MP4 or HLS over
-    HTTP, a server that wants digest auth) is read by FFmpeg, as every URL was before."""
+    """An http(s) camera, opened with one GET: an MJPEG stream (multipart/x-mixed-replace)
+    is read by edged itself, each part bounded (`edged.capture.mjpeg`); any other live
+    stream (a 200 without a length: MPEG-TS, FLV, ...) is read by FFmpeg from that same
+    connection through a pipe; what FFmpeg must request itself (digest auth's 401, a
+    redirect, a file with a length, an HLS playlist) is handed to FFmpeg by URL.
+
+    Why the same connection and not a second one: many cameras (and `ffmpeg -listen 1`)
+    serve one client at a time, so closing the answer to let FFmpeg connect again found
+    nobody listening, forever (issue 29, case 8). The URL alone cannot tell MJPEG from
+    the rest, and a HEAD costs a connection too; the answer in hand can.
+    """
 
     live = True
 
     def __init__(self, url: str, policy: RestartPolicy, description: str,
                  ffmpeg: CaptureSource) -> None:
         self.url, self.policy, self.description = url, policy, description
-        self._ffmpeg = ffmpeg  # unopened until the server's answer asks for it
+        self._ffmpeg = ffmpeg  # by URL: unopened until the server's answer asks for it
+        self._capture: CaptureSource | None = None  # the FFmpeg capture in use, if any
+        self._pipe: BodyPipe | None = None
         self._stream: MjpegStream | None = None
-        self.via = ""  # "edged" or "ffmpeg", once open
+        self.via = ""  # once open: "edged", "ffmpeg" (by URL) or "ffmpeg-pipe"
 
     def open(self) -> None:
+        read_timeout_s = 2 * self.policy.stall_timeout_s + 1
         try:
-            stream = open_mjpeg(self.url, open_timeout_s=self.policy.open_timeout_s,
-                                read_timeout_s=2 * self.policy.stall_timeout_s + 1,
-                                max_pixels=self.policy.max_pixels,
-                                description=self.description)
+            answer = http_get(self.url, open_timeout_s=self.policy.open_timeout_s)
         except (OSError, ValueError, http.client.HTTPException) as e:  # ValueError: a bad port
             raise SourceError(f"cannot open {self.description}: "
                               f"{e or type(e).__name__}") from None
-        if stream is None:
-            self._ffmpeg.open()
-            self.via = "ffmpeg"
+        stream = mjpeg_stream(answer, read_timeout_s=read_timeout_s,
+                              max_pixels=self.policy.max_pixels, description=self.description)
+        if stream is not None:
+            self._stream, self.via = stream, "edged"
+            return
+        if answer.live_stream():
+            self._pipe = BodyPipe(answer, read_timeout_s=read_timeout_s,
+                                  description=self.description)
+            self._capture = self._ffmpeg.retarget(self._pipe.url)
+            self.via = "ffmpeg-pipe"
         else:
-            self._stream = stream
-            self.via = "edged"
+            log.debug("%s answers %d %s: handed to FFmpeg by URL", self.description,
+                      answer.status, answer.content_type)
+            answer.close()
+            self._capture, self.via = self._ffmpeg, "ffmpeg"
+        try:
+            self._capture.open()
+        except SourceError:
+            self.close()
+            raise
 
     def read(self) -> np.ndarray | None:
         if self._stream is None:
-            return self._ffmpeg.read()
+            assert self._capture is not None
+            return self._capture.read()
         try:
             img = self._stream.read(CorruptFrame)
         except MjpegError as e:
@@ -381,10 +415,15 @@ class HttpSource:
         if self._stream is not None:
             self._stream.close()
             self._stream = None
-        self._ffmpeg.close()
+        if self._capture is not None:
+            self._capture.close()  # FFmpeg lets go of the pipe first ...
+            self._capture = None
+        if self._pipe is not None:
+            self._pipe.close()  # ... then its fd may be closed
+            self._pipe = None
 
     def default_fps(self) -> float | None:
-        return self._ffmpeg.default_fps() if self._stream is None else None
+        return self._capture.default_fps() if self._capture is not None else None
 
     def fresh(self) -> HttpSource:
         return HttpSource(self.url, self.policy, self.description, self._ffmpeg.fresh())

@@ -27,8 +27,8 @@ from pathlib import Path
 SYSTEM_PYTHON = "/usr/bin/python3"
 # .ci/run installs these and sets EDGED_REQUIRE_RTSP=1: then a missing piece fails the
 # tests instead of skipping them
-APT_PACKAGES = ("gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good "
-                "gstreamer1.0-plugins-ugly ffmpeg")
+APT_PACKAGES = ("python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base "
+                "gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly ffmpeg")
 ELEMENTS = ("multifilesrc", "jpegdec", "videoconvert", "x264enc", "valve", "rtph264pay")
 
 # Paths in the shapes real cameras use (the README lists them); each is served here.

@@ -529,7 +529,8 @@ class CameraConfig(_Frozen):
     # would cost 1.2 GB decoded); image files are measured from their header first
     max_pixels: Int = Field(DEFAULT_MAX_PIXELS, ge=1, le=MAX_PIXELS_BOUND)
     # rtsp:// cameras: how RTP travels. auto: over the RTSP connection (TCP) if the camera
-    # allows it, else UDP (OpenCV's default); tcp or udp: only that (edged.capture.sources)
+    # allows it, else UDP (OpenCV's default); tcp or udp: only that (edged.capture.sources).
+    # Other sources ignore it, so camera_defaults can set it for a mixed set of cameras.
     rtsp_transport: Literal["auto", "tcp", "udp"] = "auto"
     # header.frame_id of this camera's ROS 2 messages (live and in rosbag2 output); None:
     # the camera name
@@ -556,15 +557,6 @@ class CameraConfig(_Frozen):
         if value is not None and len(value) != 4:
             raise _custom_error("fourcc", "a FourCC is exactly 4 characters, e.g. MJPG")
         return value
-
-    @model_validator(mode="after")
-    def _rtsp_transport_only_for_rtsp(self) -> CameraConfig:
-        if self.rtsp_transport != "auto" and not (
-                self.resolved_type() == "url"
-                and self.source.strip().lower().startswith(("rtsp://", "rtsps://"))):
-            raise _custom_error("rtsp_transport", "rtsp_transport applies to rtsp:// and "
-                                "rtsps:// sources only")
-        return self
 
     @model_validator(mode="after")
     def _frame_size(self) -> CameraConfig:

@@ -379,3 +379,43 @@ def test_case8_ffmpeg_listen_1_is_read_by_the_daemon(tmp_path, test_model, tcp_e
         ffmpeg.wait()
     assert len([m for m in msgs if isinstance(m, Message) and m.camera == "cam"]) >= 10, log
     assert "cannot open" not in log and "Traceback" not in log, log
+
+
+def test_a_piped_stream_that_hangs_is_reopened_and_its_reader_returns(serve, tmp_path: Path):
+    # FFmpeg's read of the pipe cannot time out by itself: edged's copy thread gives up on
+    # the silent connection, closes the pipe, and the abandoned reader returns
+    clip = write_ts_clip(tmp_path / "clip.ts").read_bytes()
+    hang = threading.Event()
+    served = []
+
+    def camera(h: BaseHTTPRequestHandler) -> None:
+        served.append(h.path)
+        h.send_response(200)  # HTTP/1.0, no length: the body runs until the connection ends
+        h.send_header("Content-Type", "video/mp2t")
+        h.end_headers()
+        for _ in range(100):
+            for i in range(0, len(clip), 4096):
+                while hang.is_set():
+                    time.sleep(0.05)
+                h.wfile.write(clip[i:i + 4096])
+                time.sleep(4096 / len(clip) * 2.0)  # the 2 s clip in real time
+
+    url = serve(camera)
+    policy = RestartPolicy(stall_timeout_s=1.0)
+    rec = Recorder(lossless=False)
+    cap = start(rec, make_source("url", url, policy=policy), policy)
+    try:
+        rec.wait(lambda: len(rec.frames) >= 5)
+        hang.set()
+        rec.wait(lambda: any(s == "reconnecting" for s, _ in rec.states))
+        hang.clear()
+        n = len(rec.frames)
+        rec.wait(lambda: len(rec.frames) >= n + 5 and cap.stuck_readers() == 0)
+        assert cap.source.via == "ffmpeg-pipe"  # type: ignore[attr-defined]
+    finally:
+        cap.stop()
+        cap.join(5)
+        rec.close()
+    assert next(d for s, d in rec.states if s == "reconnecting").startswith("no frame for 1 s")
+    assert cap.abandoned_readers >= 1 and cap.stuck_readers() == 0
+    assert len(served) >= 2

@@ -246,8 +246,9 @@ def test_rtsp_transport_config(tmp_path, test_model):
     assert "Traceback" not in bad.stderr
 
 
-def test_each_camera_opens_with_its_own_transport():
-    # the variable OpenCV reads at each open, per camera; an operator's own options kept
+def test_rtsp_transport_keeps_the_operators_own_ffmpeg_options():
+    # the variable OpenCV reads at each open: a camera's transport replaces only the
+    # operator's transport settings
     from edged.capture import sources
 
     assert sources.ffmpeg_capture_options("auto") == sources._USER_FFMPEG_OPTIONS

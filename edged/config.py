@@ -528,6 +528,10 @@ class CameraConfig(_Frozen):
     # frames above this many pixels are skipped as corrupt (a 20000x20000 PNG in a folder
     # would cost 1.2 GB decoded); image files are measured from their header first
     max_pixels: Int = Field(DEFAULT_MAX_PIXELS, ge=1, le=MAX_PIXELS_BOUND)
+    # rtsp:// cameras: how RTP travels. auto: over the RTSP connection (TCP) if the camera
+    # allows it, else UDP (OpenCV's default); tcp or udp: only that (edged.capture.sources).
+    # Other sources ignore it, so camera_defaults can set it for a mixed set of cameras.
+    rtsp_transport: Literal["auto", "tcp", "udp"] = "auto"
     # header.frame_id of this camera's ROS 2 messages (live and in rosbag2 output); None:
     # the camera name
     frame_id: str | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -242,3 +243,179 @@ def test_a_video_over_http_is_left_to_ffmpeg(tmp_path: Path):
             src.close()
     finally:
         server.close()
+
+
+# ---------------------------------------------------------------- issue 29, case 8
+
+
+def write_ts_clip(path: Path, frames: int = 30, size: tuple[int, int] = (160, 120),
+                  fps: float = 15.0) -> Path:
+    """An MPEG-TS clip (MPEG-2 video) of the painted test scene, shifted frame by frame."""
+    from modelgen import painted_frame
+
+    w, h = size
+    img, _ = painted_frame(w, h)
+    vw = cv2.VideoWriter(str(path), cv2.CAP_FFMPEG, cv2.VideoWriter.fourcc(*"MPEG"), fps,
+                         (w, h))
+    assert vw.isOpened()
+    for i in range(frames):
+        vw.write(np.ascontiguousarray(np.roll(img, (i * 8) % w, axis=1)))
+    vw.release()
+    return path
+
+
+class OneClientServer:
+    """An HTTP camera that serves one client, as `ffmpeg -listen 1` and many cameras'
+    single-client mode do: the first connection gets an endless MPEG-TS stream (chunked,
+    the headers `ffmpeg -listen 1` sends), and the listening socket is closed as soon as
+    it is taken, so a second connection is refused."""
+
+    def __init__(self, clip: bytes, seconds: float) -> None:
+        import socket
+
+        self.clip, self.rate = clip, len(clip) / seconds  # bytes per second: real time
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/live.ts"
+        self.requests: list[bytes] = []
+        self.sent = 0
+        self.stopped = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        self.listener.close()  # one client: nobody else gets in
+        with conn, contextlib.suppress(OSError):
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = conn.recv(4096)
+                if not data:
+                    return
+                head += data
+            self.requests.append(head.split(b"\r\n", 1)[0])
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n")
+            step = 4096
+            t0 = time.monotonic()
+            while not self.stopped.is_set():
+                for i in range(0, len(self.clip), step):
+                    chunk = self.clip[i:i + step]
+                    conn.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+                    self.sent += len(chunk)
+                    ahead = self.sent / self.rate - (time.monotonic() - t0)
+                    if ahead > 0 and self.stopped.wait(ahead):
+                        return
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.listener.close()
+        self._thread.join(5)
+
+
+def _published(tmp_path: Path, model: Path, endpoint: str, url: str, start_daemon,
+               frames: int) -> tuple[list, str]:
+    """Run the daemon on camera `url` until it publishes `frames` results (60 s at most)."""
+    from test_daemon import write_config
+    from test_reload import count, gather
+
+    from edged.wire.client import Subscriber
+
+    cfg = write_config(tmp_path / "cfg.yaml", model, [endpoint], f"""\
+  cam:
+    source: {url}
+    stall_timeout_s: 3""")
+    with Subscriber(endpoint) as sub:
+        d = start_daemon(cfg)
+        msgs = gather(sub, 0, until=count("cam", frames), limit=60)
+        code, _ = d.terminate()
+    assert code == 0, d.log()
+    return msgs, d.log()
+
+
+def test_case8_a_single_client_http_camera_is_opened_once(tmp_path, test_model, tcp_endpoint,
+                                                          start_daemon):
+    # Before: edged GET the URL to look for MJPEG, closed that connection and let FFmpeg
+    # connect again; this camera had already given its one connection away, so the camera
+    # said `cannot open` forever.
+    from edged.wire.codec import Message
+
+    clip = write_ts_clip(tmp_path / "clip.ts").read_bytes()
+    server = OneClientServer(clip, seconds=2.0)
+    try:
+        msgs, log = _published(tmp_path, test_model, tcp_endpoint, server.url, start_daemon, 10)
+    finally:
+        server.close()
+    results = [m for m in msgs if isinstance(m, Message) and m.camera == "cam"]
+    assert len(results) >= 10, log
+    assert {(m.frame_w, m.frame_h) for m in results} == {(160, 120)}
+    assert server.requests == [b"GET /live.ts HTTP/1.1"]  # the one connection, one request
+    assert "camera cam: running" in log and "cannot open" not in log, log
+    assert "Traceback" not in log
+
+
+def test_case8_ffmpeg_listen_1_is_read_by_the_daemon(tmp_path, test_model, tcp_endpoint,
+                                                     start_daemon):
+    # the case as reported: `ffmpeg -listen 1` serves exactly one client, then exits
+    import subprocess
+
+    from conftest import free_port
+    from rtsp_server import missing_ffmpeg, require_or_skip
+
+    from edged.wire.codec import Message
+
+    require_or_skip(missing_ffmpeg())
+    clip = write_ts_clip(tmp_path / "clip.ts")
+    url = f"http://127.0.0.1:{free_port()}/live.ts"
+    ffmpeg = subprocess.Popen(["ffmpeg", "-nostdin", "-v", "error", "-re", "-stream_loop", "-1",
+                               "-i", str(clip), "-c", "copy", "-f", "mpegts", "-listen", "1",
+                               url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        msgs, log = _published(tmp_path, test_model, tcp_endpoint, url, start_daemon, 10)
+    finally:
+        ffmpeg.kill()
+        ffmpeg.wait()
+    assert len([m for m in msgs if isinstance(m, Message) and m.camera == "cam"]) >= 10, log
+    assert "cannot open" not in log and "Traceback" not in log, log
+
+
+def test_a_piped_stream_that_hangs_is_reopened_and_its_reader_returns(serve, tmp_path: Path):
+    # FFmpeg's read of the pipe cannot time out by itself: edged's copy thread gives up on
+    # the silent connection, closes the pipe, and the abandoned reader returns
+    clip = write_ts_clip(tmp_path / "clip.ts").read_bytes()
+    hang = threading.Event()
+    served = []
+
+    def camera(h: BaseHTTPRequestHandler) -> None:
+        served.append(h.path)
+        h.send_response(200)  # HTTP/1.0, no length: the body runs until the connection ends
+        h.send_header("Content-Type", "video/mp2t")
+        h.end_headers()
+        for _ in range(100):
+            for i in range(0, len(clip), 4096):
+                while hang.is_set():
+                    time.sleep(0.05)
+                h.wfile.write(clip[i:i + 4096])
+                time.sleep(4096 / len(clip) * 2.0)  # the 2 s clip in real time
+
+    url = serve(camera)
+    policy = RestartPolicy(stall_timeout_s=1.0)
+    rec = Recorder(lossless=False)
+    cap = start(rec, make_source("url", url, policy=policy), policy)
+    try:
+        rec.wait(lambda: len(rec.frames) >= 5)
+        hang.set()
+        rec.wait(lambda: any(s == "reconnecting" for s, _ in rec.states))
+        hang.clear()
+        n = len(rec.frames)
+        rec.wait(lambda: len(rec.frames) >= n + 5 and cap.stuck_readers() == 0)
+        assert cap.source.via == "ffmpeg-pipe"  # type: ignore[attr-defined]
+    finally:
+        cap.stop()
+        cap.join(5)
+        rec.close()
+    assert next(d for s, d in rec.states if s == "reconnecting").startswith("no frame for 1 s")
+    assert cap.abandoned_readers >= 1 and cap.stuck_readers() == 0
+    assert len(served) >= 2

@@ -6,20 +6,25 @@ Here each part is at most `max_part_bytes` (from the camera's `max_pixels`), its
 header is checked against `max_pixels` before it is decoded, and a part that breaks the
 bound drops the connection (the capture thread reconnects with its backoff).
 
-`HttpSource` sends one GET; a 200 answer of type multipart/x-mixed-replace is read here,
-anything else (another content type, a 401 for digest auth, MP4/HLS over HTTP) is
-handed to FFmpeg, which reads it as before.
+`HttpSource` sends one GET; a 200 answer of type multipart/x-mixed-replace is read here.
+Any other live stream (MPEG-TS, FLV, raw H.264 ...: a 200 without a length) goes to FFmpeg
+on that same connection (`BodyPipe`): a camera that serves one client at a time is opened
+once. What FFmpeg must request itself (a 401 for digest auth, a redirect, a file with a
+length it may seek in, an HLS playlist) is closed and its URL handed to FFmpeg.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import io
 import logging
+import os
 import re
 import socket
 import ssl
+import threading
 import urllib.parse
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -222,15 +227,40 @@ class MjpegStream:
         self._conn.close()
 
 
-def open_mjpeg(url: str, *, open_timeout_s: float, read_timeout_s: float, max_pixels: int,
-               description: str) -> MjpegStream | None:
-    """GET `url`; an MjpegStream if the answer is a 200 multipart/x-mixed-replace stream,
-    None for anything else (the caller hands the URL to FFmpeg). Connection failures
-    raise OSError."""
+class HttpAnswer:
+    """One GET's connection and its answer's status and headers, body not read yet."""
+
+    def __init__(self, conn: http.client.HTTPConnection,
+                 response: http.client.HTTPResponse) -> None:
+        self.conn, self.response = conn, response
+        self.status = response.status
+        self.content_type = response.getheader("Content-Type", "") or ""
+
+    def set_timeout(self, seconds: float) -> None:
+        sock: Any = self.conn.sock
+        if isinstance(sock, socket.socket):
+            sock.settimeout(seconds)
+
+    def live_stream(self) -> bool:
+        """A 200 whose body has no end announced (chunked or until the connection closes):
+        a live stream FFmpeg can read from this connection. Not a playlist: HLS segments
+        are separate requests FFmpeg makes itself from the playlist's URL."""
+        kind = self.content_type.partition(";")[0].strip().lower()
+        return (self.status == 200 and self.response.getheader("Content-Length") is None
+                and "mpegurl" not in kind)
+
+    def close(self) -> None:
+        self.response.close()
+        self.conn.close()
+
+
+def http_get(url: str, *, open_timeout_s: float) -> HttpAnswer:
+    """GET `url` (basic auth from its userinfo, as FFmpeg does); connection failures raise
+    OSError or http.client.HTTPException."""
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or ""
     headers = {"User-Agent": "edged", "Accept": "multipart/x-mixed-replace, */*"}
-    if parts.username is not None:  # basic auth from the URL, as FFmpeg does
+    if parts.username is not None:
         user = urllib.parse.unquote(parts.username)
         cred = f"{user}:{urllib.parse.unquote(parts.password or '')}"
         headers["Authorization"] = "Basic " + base64.b64encode(cred.encode()).decode()
@@ -247,14 +277,69 @@ def open_mjpeg(url: str, *, open_timeout_s: float, read_timeout_s: float, max_pi
     except BaseException:
         conn.close()
         raise
-    boundary = multipart_boundary(response.getheader("Content-Type", ""))
-    if response.status != 200 or boundary is None:
-        log.debug("%s answers %d %s: not MJPEG here, handed to FFmpeg", description,
-                  response.status, response.getheader("Content-Type", ""))
-        response.close()
-        conn.close()
+    return HttpAnswer(conn, response)
+
+
+def mjpeg_stream(answer: HttpAnswer, *, read_timeout_s: float, max_pixels: int,
+                 description: str) -> MjpegStream | None:
+    """An MjpegStream on `answer` if it is a 200 multipart/x-mixed-replace stream, else
+    None (the answer is left open for the caller)."""
+    boundary = multipart_boundary(answer.content_type)
+    if answer.status != 200 or boundary is None:
         return None
-    sock: Any = conn.sock
-    if isinstance(sock, socket.socket):
-        sock.settimeout(read_timeout_s)
-    return MjpegStream(conn, response, boundary, max_pixels, description)
+    answer.set_timeout(read_timeout_s)
+    return MjpegStream(answer.conn, answer.response, boundary, max_pixels, description)
+
+
+class BodyPipe:
+    """The body of an answer already received, fed to FFmpeg through a pipe (`self.url`
+    is `pipe:FD`, FFmpeg's pipe protocol): FFmpeg reads the connection edged opened.
+
+    A thread copies the (de-chunked) body into the pipe; a full pipe blocks it, so the
+    camera is read no faster than FFmpeg reads, as on FFmpeg's own connection. FFmpeg's
+    pipe reads cannot time out, so the thread's socket timeout does it: no data for
+    `read_timeout_s` (or the connection's end) closes the pipe's write end, and FFmpeg's
+    read returns (end of stream). `close()` only after FFmpeg has released the capture:
+    the read end's fd number must not be reused while FFmpeg may still read it.
+    """
+
+    def __init__(self, answer: HttpAnswer, *, read_timeout_s: float, description: str) -> None:
+        self._answer = answer
+        self.description = description
+        self._read_fd, self._write_fd = os.pipe()
+        self.url = f"pipe:{self._read_fd}"
+        self.ended = ""  # why the copy stopped, once it has
+        self._closing = False
+        answer.set_timeout(read_timeout_s)
+        self._thread = threading.Thread(target=self._copy, daemon=True,
+                                        name=f"http-pipe-{self._read_fd}")
+        self._thread.start()
+
+    def _copy(self) -> None:
+        try:
+            while not self._closing:
+                data = self._answer.response.read1(CHUNK)
+                if not data:
+                    self.ended = "the server ended the stream"
+                    return
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._write_fd, view):]
+        except (OSError, ValueError, http.client.HTTPException) as e:
+            # a timeout, a reset, or close() pulling the connection from under it
+            self.ended = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        finally:
+            os.close(self._write_fd)  # FFmpeg's read sees the end of the stream
+            if not self._closing:
+                log.debug("%s: %s", self.description, self.ended)
+
+    def close(self) -> None:
+        self._closing = True
+        sock: Any = self._answer.conn.sock
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):  # wakes the copy thread out of its recv
+                sock.shutdown(socket.SHUT_RDWR)
+        # a copy blocked writing to the full pipe gets EPIPE once the read end is closed
+        os.close(self._read_fd)
+        self._thread.join(5.0)
+        self._answer.close()

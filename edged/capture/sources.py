@@ -25,7 +25,14 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from edged.capture.mjpeg import MjpegError, MjpegStream, jpeg_size, open_mjpeg
+from edged.capture.mjpeg import (
+    BodyPipe,
+    MjpegError,
+    MjpegStream,
+    http_get,
+    jpeg_size,
+    mjpeg_stream,
+)
 from edged.daemon.telemetry import CameraState
 from edged.redaction import Redactor
 from edged.results import Frame
@@ -37,6 +44,55 @@ log = logging.getLogger("edged.capture.sources")
 # Read by OpenCV when FFmpeg is first used; OPENCV_FFMPEG_DEBUG=1 with
 # OPENCV_FFMPEG_LOGLEVEL=32 in the environment brings FFmpeg's messages back for debugging.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")  # AV_LOG_FATAL
+
+# FFmpeg's options reach OpenCV's FFmpeg backend only through this environment variable,
+# read at each open ("key;value|key;value"; unset, OpenCV asks for RTSP over TCP first,
+# then UDP). FFmpeg 8 ignores the old `?tcp`/`?udp` URL suffixes (tried), so a camera's
+# `rtsp_transport` is set here, around its open.
+FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+_USER_FFMPEG_OPTIONS = os.environ.get(FFMPEG_OPTIONS_ENV)  # the operator's own, kept
+
+
+def ffmpeg_capture_options(rtsp_transport: str) -> str | None:
+    """The value of OPENCV_FFMPEG_CAPTURE_OPTIONS for an RTSP camera (None: unset)."""
+    if rtsp_transport == "auto":
+        return _USER_FFMPEG_OPTIONS
+    kept = [o for o in (_USER_FFMPEG_OPTIONS or "").split("|")
+            if o and o.split(";")[0] not in ("rtsp_transport", "rtsp_flags")]
+    return "|".join([*kept, f"rtsp_transport;{rtsp_transport}"])
+
+
+class _FfmpegOptions:
+    """One process-wide variable, cameras opening on their own threads: opens that need
+    different values wait for each other (OpenCV reads it at an unknown moment during
+    the open), opens that need the same value run together. A stuck open (a dead camera,
+    until FFmpeg's open timeout) delays only cameras with another transport."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._value = _USER_FFMPEG_OPTIONS
+        self._opening = 0
+
+    @contextlib.contextmanager
+    def set(self, value: str | None) -> Any:
+        with self._cond:
+            while self._opening and self._value != value:
+                self._cond.wait()
+            if value is None:
+                os.environ.pop(FFMPEG_OPTIONS_ENV, None)
+            else:
+                os.environ[FFMPEG_OPTIONS_ENV] = value
+            self._value = value
+            self._opening += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._opening -= 1
+                self._cond.notify_all()
+
+
+FFMPEG_OPTIONS = _FfmpegOptions()
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -239,19 +295,25 @@ class CaptureSource:
 
     def __init__(self, target: str | int, backend: int, *, live: bool, loop: bool = False,
                  props: dict[int, float] | None = None, description: str = "",
-                 open_params: list[int] | None = None) -> None:
+                 open_params: list[int] | None = None, rtsp_transport: str | None = None
+                 ) -> None:
         self.target, self.backend, self.live, self.loop = target, backend, live, loop
         self.props = props or {}
         self.open_params = open_params or []  # properties only honoured at open (timeouts)
+        self.rtsp_transport = rtsp_transport  # auto|tcp|udp for rtsp:// URLs, else None
         self.description = description or str(target)
         self.cap: cv2.VideoCapture | None = None
         self._bad_run = 0
         self.end_detail = ""  # why a file ended, when it was not a clean end
 
     def fresh(self) -> CaptureSource:
-        return CaptureSource(self.target, self.backend, live=self.live, loop=self.loop,
+        return self.retarget(self.target)
+
+    def retarget(self, target: str | int) -> CaptureSource:
+        """A new, unopened capture with these settings reading `target` instead."""
+        return CaptureSource(target, self.backend, live=self.live, loop=self.loop,
                              props=self.props, description=self.description,
-                             open_params=self.open_params)
+                             open_params=self.open_params, rtsp_transport=self.rtsp_transport)
 
     def _open_cap(self) -> cv2.VideoCapture:
         if isinstance(self.target, str) and not self.live and not Path(self.target).is_file():
@@ -260,10 +322,13 @@ class CaptureSource:
         if self.backend == cv2.CAP_V4L2 and isinstance(self.target, str) and \
                 not os.path.exists(self.target):
             raise SourceError(f"{self.description}: the device does not exist")
-        if self.open_params:
-            cap = cv2.VideoCapture(self.target, self.backend, self.open_params)
-        else:
-            cap = cv2.VideoCapture(self.target, self.backend)
+        options = (contextlib.nullcontext() if self.rtsp_transport is None
+                   else FFMPEG_OPTIONS.set(ffmpeg_capture_options(self.rtsp_transport)))
+        with options:
+            if self.open_params:
+                cap = cv2.VideoCapture(self.target, self.backend, self.open_params)
+            else:
+                cap = cv2.VideoCapture(self.target, self.backend)
         for prop, value in self.props.items():
             cap.set(prop, value)
         if not cap.isOpened():
@@ -337,38 +402,61 @@ class CaptureSource:
 
 
 class HttpSource:
-    """An http(s) camera: an MJPEG stream (multipart/x-mixed-replace) is read by edged
-    itself, each part bounded (`edged.capture.mjpeg`); any other answer (MP4 or HLS over
-    HTTP, a server that wants digest auth) is read by FFmpeg, as every URL was before."""
+    """An http(s) camera, opened with one GET: an MJPEG stream (multipart/x-mixed-replace)
+    is read by edged itself, each part bounded (`edged.capture.mjpeg`); any other live
+    stream (a 200 without a length: MPEG-TS, FLV, ...) is read by FFmpeg from that same
+    connection through a pipe; what FFmpeg must request itself (digest auth's 401, a
+    redirect, a file with a length, an HLS playlist) is handed to FFmpeg by URL.
+
+    Why the same connection and not a second one: many cameras (and `ffmpeg -listen 1`)
+    serve one client at a time, so closing the answer to let FFmpeg connect again found
+    nobody listening, forever (issue 29, case 8). The URL alone cannot tell MJPEG from
+    the rest, and a HEAD costs a connection too; the answer in hand can.
+    """
 
     live = True
 
     def __init__(self, url: str, policy: RestartPolicy, description: str,
                  ffmpeg: CaptureSource) -> None:
         self.url, self.policy, self.description = url, policy, description
-        self._ffmpeg = ffmpeg  # unopened until the server's answer asks for it
+        self._ffmpeg = ffmpeg  # by URL: unopened until the server's answer asks for it
+        self._capture: CaptureSource | None = None  # the FFmpeg capture in use, if any
+        self._pipe: BodyPipe | None = None
         self._stream: MjpegStream | None = None
-        self.via = ""  # "edged" or "ffmpeg", once open
+        self.via = ""  # once open: "edged", "ffmpeg" (by URL) or "ffmpeg-pipe"
 
     def open(self) -> None:
+        read_timeout_s = 2 * self.policy.stall_timeout_s + 1
         try:
-            stream = open_mjpeg(self.url, open_timeout_s=self.policy.open_timeout_s,
-                                read_timeout_s=2 * self.policy.stall_timeout_s + 1,
-                                max_pixels=self.policy.max_pixels,
-                                description=self.description)
+            answer = http_get(self.url, open_timeout_s=self.policy.open_timeout_s)
         except (OSError, ValueError, http.client.HTTPException) as e:  # ValueError: a bad port
             raise SourceError(f"cannot open {self.description}: "
                               f"{e or type(e).__name__}") from None
-        if stream is None:
-            self._ffmpeg.open()
-            self.via = "ffmpeg"
+        stream = mjpeg_stream(answer, read_timeout_s=read_timeout_s,
+                              max_pixels=self.policy.max_pixels, description=self.description)
+        if stream is not None:
+            self._stream, self.via = stream, "edged"
+            return
+        if answer.live_stream():
+            self._pipe = BodyPipe(answer, read_timeout_s=read_timeout_s,
+                                  description=self.description)
+            self._capture = self._ffmpeg.retarget(self._pipe.url)
+            self.via = "ffmpeg-pipe"
         else:
-            self._stream = stream
-            self.via = "edged"
+            log.debug("%s answers %d %s: handed to FFmpeg by URL", self.description,
+                      answer.status, answer.content_type)
+            answer.close()
+            self._capture, self.via = self._ffmpeg, "ffmpeg"
+        try:
+            self._capture.open()
+        except SourceError:
+            self.close()
+            raise
 
     def read(self) -> np.ndarray | None:
         if self._stream is None:
-            return self._ffmpeg.read()
+            assert self._capture is not None
+            return self._capture.read()
         try:
             img = self._stream.read(CorruptFrame)
         except MjpegError as e:
@@ -381,10 +469,15 @@ class HttpSource:
         if self._stream is not None:
             self._stream.close()
             self._stream = None
-        self._ffmpeg.close()
+        if self._capture is not None:
+            self._capture.close()  # FFmpeg lets go of the pipe first ...
+            self._capture = None
+        if self._pipe is not None:
+            self._pipe.close()  # ... then its fd may be closed
+            self._pipe = None
 
     def default_fps(self) -> float | None:
-        return self._ffmpeg.default_fps() if self._stream is None else None
+        return self._capture.default_fps() if self._capture is not None else None
 
     def fresh(self) -> HttpSource:
         return HttpSource(self.url, self.policy, self.description, self._ffmpeg.fresh())
@@ -497,7 +590,8 @@ def source_for(cam: Any, *, loop: bool | None = None,
     """
     return make_source(cam.resolved_type(), cam.source, width=cam.width, height=cam.height,
                        fps=cam.fps, fourcc=cam.fourcc, loop=cam.loop if loop is None else loop,
-                       seed=cam.seed, policy=RestartPolicy.from_camera(cam), redactor=redactor)
+                       seed=cam.seed, policy=RestartPolicy.from_camera(cam), redactor=redactor,
+                       rtsp_transport=cam.rtsp_transport)
 
 
 def gstreamer_available() -> bool:
@@ -511,7 +605,7 @@ def gstreamer_available() -> bool:
 def make_source(kind: str, source: str, *, width: int | None = None, height: int | None = None,
                 fps: float | None = None, fourcc: str | None = None, loop: bool = True,
                 seed: int = 0, policy: RestartPolicy | None = None,
-                redactor: Redactor | None = None) -> Source:
+                redactor: Redactor | None = None, rtsp_transport: str = "auto") -> Source:
     """Build the reader for one camera from its resolved type."""
     policy = policy or RestartPolicy()
     shown = (redactor or Redactor())(source)  # what descriptions say: no credentials
@@ -543,10 +637,13 @@ def make_source(kind: str, source: str, *, width: int | None = None, height: int
         # a little after the watchdog's open allowance
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(policy.open_timeout_s * 1000),
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, int((2 * policy.stall_timeout_s + 1) * 1000)]
+        scheme = urllib.parse.urlsplit(source).scheme.lower()
         ffmpeg = CaptureSource(source, cv2.CAP_FFMPEG, live=True,
                                props={cv2.CAP_PROP_BUFFERSIZE: 1}, description=shown,
-                               open_params=params)
-        if urllib.parse.urlsplit(source).scheme.lower() in ("http", "https"):
+                               open_params=params,
+                               rtsp_transport=rtsp_transport if scheme in ("rtsp", "rtsps")
+                               else None)
+        if scheme in ("http", "https"):
             return HttpSource(source, policy, shown, ffmpeg)
         return ffmpeg
     if kind == "gstreamer":

@@ -257,17 +257,14 @@ def main() -> None:
     pub = [(j["t_publish_ns"] - j["stamp"]) / 1e6 for j in readers["zmq"].lines
            if (j["camera"], j["stamp"]) in window]
     outputs["zeromq"]["capture_to_publish_p50"] = percentiles(pub)["p50"]
+    dds: dict[str, dict[tuple[str, int], int]] = {}  # one row per topic, all cameras
     for spec in specs:
-        kind, _, _, topic = spec.split(":", 3)
-        got = {(j["topic"].split("/")[2], int(j["stamp"])): int(j["t_recv_ns"])
-               for j in sub.samples(topic)}
-        key = f"dds {topic.split('/', 3)[3]}"
-        part = summarise("dds", got, zmq, window, t0, t1)
-        if key in outputs:  # several cameras: one row per topic kind
-            for k, v in part.items():
-                outputs[key].setdefault(f"{topic}:{k}", v)
-        else:
-            outputs[key] = part
+        topic = spec.split(":", 3)[3]
+        got = dds.setdefault(f"dds {topic.split('/', 3)[3]}", {})
+        got.update({(j["topic"].split("/")[2], int(j["stamp"])): int(j["t_recv_ns"])
+                    for j in sub.samples(topic)})
+    for key, got in dds.items():
+        outputs[key] = summarise("dds", got, zmq, window, t0, t1)
     fox_lines = readers["foxglove"].lines
     outputs["foxglove annotations"] = summarise("foxglove", by_frame(fox_lines), zmq, window,
                                                 t0, t1)

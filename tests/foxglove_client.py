@@ -26,6 +26,7 @@ class Received:
     schema: str
     log_time_ns: int
     message: Any  # a protobuf message, or the decoded JSON
+    t_received_ns: int = 0  # wall clock when the client had the frame (before decoding)
 
 
 def _message_class(schema_name: str, schema_b64: str) -> Any:
@@ -59,6 +60,7 @@ async def collect(url: str, topics: set[str], seconds: float, *, want: int | Non
                 msg = await ws.receive(timeout=left)
             except TimeoutError:
                 break
+            t_received = time.time_ns()
             if msg.type == aiohttp.WSMsgType.TEXT:
                 data = json.loads(msg.data)
                 if data.get("op") == "advertise":
@@ -88,7 +90,7 @@ async def collect(url: str, topics: set[str], seconds: float, *, want: int | Non
                     m = classes[sub_id].FromString(payload)
                 else:
                     m = json.loads(payload)
-                out.append(Received(ch["topic"], ch.get("schemaName", ""), t_ns, m))
+                out.append(Received(ch["topic"], ch.get("schemaName", ""), t_ns, m, t_received))
             else:
                 break
     return channels, out

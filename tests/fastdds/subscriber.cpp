@@ -9,7 +9,8 @@
 // rt/edged/front/mask. --bufsize: the socket receive buffer (0, the default: the OS's, as
 // rmw_fastrtps leaves it). Prints JSON lines on stdout: {"ready":1} once every reader
 // exists, {"matched":TOPIC,"writers":N} on each match change, one line per sample
-// (topic, qos, stamp, and with --content the decoded message), and on SIGINT/SIGTERM
+// (topic, qos, stamp, t_recv_ns: the wall-clock time the sample was taken, and with
+// --content the decoded message), and on SIGINT/SIGTERM
 // {"counts":{"QOS:TOPIC":N,...}} before exiting.
 
 #include <atomic>
@@ -20,6 +21,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <time.h>
 #include <unistd.h>
 #include <vector>
 
@@ -176,6 +178,13 @@ std::string line(const diagnostic_msgs::msg::dds_::DiagnosticArray_& m) {
     return s + "]";
 }
 
+// CLOCK_REALTIME in ns: the same clock as the capture stamps (time.time_ns() in edged)
+int64_t wall_ns() {
+    timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return static_cast<int64_t>(ts.tv_sec) * 1000000000LL + ts.tv_nsec;
+}
+
 void emit(const std::string& s) {
     std::lock_guard<std::mutex> lock(out_mutex);
     std::fputs(s.c_str(), stdout);
@@ -199,12 +208,13 @@ struct Reader : Counted {
         T msg;
         SampleInfo info;
         while (reader->take_next_sample(&msg, &info) == ReturnCode_t::RETCODE_OK) {
+            const int64_t t_recv = wall_ns();  // before any formatting
             if (!info.valid_data) {
                 continue;
             }
             ++count;
             emit("{\"topic\":" + quote(topic) + ",\"qos\":" + quote(qos) + "," + line(msg) +
-                 "}");
+                 ",\"t_recv_ns\":" + std::to_string(t_recv) + "}");
         }
     }
 };

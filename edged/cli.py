@@ -182,6 +182,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # from the first instant: a SIGHUP or SIGTERM during start-up is recorded, not fatal
     early = EarlySignals()
+    from edged.daemon.memory import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before any thread: see edged/daemon/memory.py
     from edged.inference.cpu import detect as detect_cpu
 
     cpu = detect_cpu()  # once: the config's builtin variant and the daemon both use it

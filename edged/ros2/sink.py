@@ -273,6 +273,11 @@ class Ros2Sink(Sink):
         any_reader = False
         self._labels(cam, r, t)
         header = msgs.Header(stamp=_stamp(t), frame_id=cam.frame_id)
+        # the detections first: small, and what a robot acts on; the masks' PNG encoding
+        # (~1.5 ms) would otherwise delay them (docs/benchmarks.md, "Latency per output")
+        if cam.detections.matched:
+            cam.detections.write(detections(r, header), t)
+            any_reader = True
         raw_colour = cam.mask_color is not None and cam.mask_color.matched
         png_colour = cam.mask_color_png is not None and cam.mask_color_png.matched
         if cam.mask.matched or cam.mask_png.matched or raw_colour or png_colour:
@@ -299,9 +304,6 @@ class Ros2Sink(Sink):
                     cam.mask_color_png.write_cdr(cdr.compressed_image(
                         t, cam.frame_id, PNG_RGB8, with_palette(png, self._lut_rgb[0])), t)
                 any_reader = True
-        if cam.detections.matched:
-            cam.detections.write(detections(r, header), t)
-            any_reader = True
         if cam.instances.matched and r.detections.instance_masks is not None:
             ids = instance_ids(r)
             h, w = ids.shape

@@ -15,6 +15,7 @@ gives occlusion for free; an id buffer tells how much of each object stays visib
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import math
 import threading
 import weakref
@@ -55,6 +56,17 @@ class Scene:
     segmentation: np.ndarray  # HxW uint8: 0 background, 1 lines, 2 field
     boxes: np.ndarray  # Kx4 float32, x1 y1 x2 y2 in image pixels
     classes: np.ndarray  # K int64: 0 ball, 1 goalpost, 2 robot
+    # K int64: each object's identity, the same in every frame of the sequence (see
+    # `object_id`): the ground truth for tracking. None only for Scenes built by hand.
+    ids: np.ndarray | None = None
+
+
+# Identities of the objects of a sequence, stable over its frames: the ball is 1, the four
+# goalposts 2..5, robot i of the layout 6 + i. (The per-frame draw order, far to near, is
+# not an identity: it changes as the camera moves.)
+BALL_ID = 1
+FIRST_POST_ID = 2
+FIRST_ROBOT_ID = 6
 
 
 # ----------------------------------------------------------------------------- layout
@@ -243,11 +255,35 @@ def _trim_heap() -> None:
 _malloc_trim: Any = None
 
 
-def _build_layout(seed: int) -> _Layout:
+def _build_layout(seed: int, crowd: int = 0) -> _Layout:
     try:
-        return _draw_layout(seed)
+        lay = _draw_layout(seed)
+        if crowd:
+            lay = _add_crowd(lay, seed, crowd)
+        return lay
     finally:
         _trim_heap()
+
+
+def _add_crowd(lay: _Layout, seed: int, crowd: int) -> _Layout:
+    """The layout with `crowd` more robots walking on the field, after its own ones.
+
+    Drawn from a random stream of their own, so the seed's layout (and every frame of
+    it with `crowd=0`) stays as it was. They walk faster than the layout's robots (up to
+    0.6 m/s at 30 fps) and in every direction, so they cross, occlude each other and
+    leave the camera's view and come back: sequences to score trackers on."""
+    rng = np.random.default_rng([seed, 0xC40D])
+    extra = []
+    for _ in range(crowd):
+        h = float(rng.uniform(0.4, 0.9))
+        speed = float(rng.uniform(0.0, 0.02))
+        heading = float(rng.uniform(0, math.tau))
+        extra.append(_Robot(
+            x=float(rng.uniform(-FIELD_LENGTH / 2, FIELD_LENGTH / 2)),
+            y=float(rng.uniform(-FIELD_WIDTH / 2, FIELD_WIDTH / 2)),
+            vx=speed * math.cos(heading), vy=speed * math.sin(heading),
+            height=h, width=h * 0.5, sprites=_robot_sprites(rng)))
+    return dataclasses.replace(lay, robots=lay.robots + tuple(extra))
 
 
 def _bgr(c: np.ndarray) -> tuple[int, int, int]:
@@ -360,9 +396,10 @@ class Renderer:
     in use, see docs/benchmarks.md). Cameras with the same seed share one (`renderer`).
     """
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, crowd: int = 0) -> None:
         self.seed = int(seed)
-        self.layout = _build_layout(self.seed)
+        self.crowd = int(crowd)
+        self.layout = _build_layout(self.seed, self.crowd)
         self._lock = threading.Lock()
         self._backdrops: dict[int, np.ndarray] = {}
         self._noise: dict[tuple[int, int], np.ndarray] = {}
@@ -395,50 +432,54 @@ class Renderer:
         return nf
 
 
-# Renderers alive anywhere, by seed: a camera that holds one shares it with every other
-# user of the seed; it goes away with its last holder.
-_live: weakref.WeakValueDictionary[int, Renderer] = weakref.WeakValueDictionary()
+# Renderers alive anywhere, by seed (by (seed, crowd) with a crowd): a camera that holds
+# one shares it with every other user of the seed; it goes away with its last holder.
+_Key = int | tuple[int, int]
+_live: weakref.WeakValueDictionary[_Key, Renderer] = weakref.WeakValueDictionary()
 # Recently used by plain `render(seed, ...)` calls (training, evaluation): kept alive
 # here, so a loop over a few seeds does not rebuild them. Cameras do not rely on it.
 _RECENT = 8
-_recent: OrderedDict[int, Renderer] = OrderedDict()
+_recent: OrderedDict[_Key, Renderer] = OrderedDict()
 _registry_lock = threading.Lock()
 
 
-_building: dict[int, threading.Lock] = {}  # seed -> held while its layout is built
+_building: dict[_Key, threading.Lock] = {}  # seed -> held while its layout is built
 
 
-def renderer(seed: int) -> Renderer:
+def renderer(seed: int, crowd: int = 0) -> Renderer:
     """The seed's renderer: the live one if any holder has it, else a new one.
 
     Layouts of different seeds are built in parallel (about 0.2 s of CPU each); two
-    callers wanting the same seed wait for one build."""
-    seed = int(seed)
+    callers wanting the same seed wait for one build. `crowd` adds that many walking
+    robots to the seed's layout (see `_add_crowd`); 0 is the seed's own layout."""
+    seed, crowd = int(seed), int(crowd)
+    key: _Key = seed if crowd == 0 else (seed, crowd)
     with _registry_lock:
-        r = _live.get(seed)
+        r = _live.get(key)
         if r is None:
-            build_lock = _building.setdefault(seed, threading.Lock())
+            build_lock = _building.setdefault(key, threading.Lock())
     if r is None:
         with build_lock:
             with _registry_lock:
-                r = _live.get(seed)
+                r = _live.get(key)
             if r is None:
-                r = Renderer(seed)
+                r = Renderer(seed, crowd)
             with _registry_lock:
-                _live[seed] = r
-                if _building.get(seed) is build_lock:
-                    del _building[seed]
+                _live[key] = r
+                if _building.get(key) is build_lock:
+                    del _building[key]
     with _registry_lock:
-        _recent[seed] = r
-        _recent.move_to_end(seed)
+        _recent[key] = r
+        _recent.move_to_end(key)
         while len(_recent) > _RECENT:
             _recent.popitem(last=False)
     return r
 
 
-def render(seed: int, index: int, width: int = 640, height: int = 480) -> Scene:
-    """Render frame `index` of sequence `seed` at `width`x`height` with its ground truth."""
-    return _render(renderer(seed), index, width, height)
+def render(seed: int, index: int, width: int = 640, height: int = 480, crowd: int = 0) -> Scene:
+    """Render frame `index` of sequence `seed` at `width`x`height` with its ground truth
+    (`crowd`: that many more walking robots, see `renderer`)."""
+    return _render(renderer(seed, crowd), index, width, height)
 
 
 def _render(ren: Renderer, index: int, width: int, height: int) -> Scene:
@@ -494,7 +535,7 @@ def _render(ren: Renderer, index: int, width: int, height: int) -> Scene:
         cv2.copyTo(canvas, sky, image[:sky_rows])
         np.multiply(seg[:sky_rows], 1 - sky, out=seg[:sky_rows])
 
-    boxes, classes = _draw_objects(lay, index, k, rot, centre, image, seg, width, height)
+    boxes, classes, ids = _draw_objects(lay, index, k, rot, centre, image, seg, width, height)
 
     # lighting: smooth global gain and colour cast, plus a soft gradient
     li = lay.light
@@ -515,7 +556,24 @@ def _render(ren: Renderer, index: int, width: int, height: int) -> Scene:
     cv2.scaleAdd(ren.noise_field(height + th, width + tw)[r0:r0 + height, c0:c0 + width],
                  sigma, img, dst=img)
     np.clip(img, 0, 255, out=img)
-    return Scene(img.astype(np.uint8), seg, boxes, classes)
+    return Scene(img.astype(np.uint8), seg, boxes, classes, ids)
+
+
+def objects(seed: int, index: int, width: int = 640, height: int = 480, crowd: int = 0
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ground truth of frame `index` of sequence `seed` without rendering the image.
+
+    (boxes, classes, ids) exactly as `render(seed, index, width, height, crowd)` gives them
+    (`Scene.boxes`, `.classes`, `.ids`): the objects are drawn into scratch buffers,
+    since visibility through occlusion comes from the id buffer, but the field, the
+    backdrop, lighting and noise are skipped (a few hundred microseconds a frame instead
+    of milliseconds), so trackers can be scored over thousands of frames cheaply."""
+    lay = renderer(seed, crowd).layout
+    k = _intrinsics(lay, width, height)
+    rot, centre, _ = _camera(lay, index)
+    image = np.zeros((height, width, 3), np.uint8)
+    seg = np.zeros((height, width), np.uint8)
+    return _draw_objects(lay, index, k, rot, centre, image, seg, width, height)
 
 
 def _clip_halfplane(poly: np.ndarray, vals: np.ndarray) -> np.ndarray:
@@ -535,10 +593,11 @@ def _clip_halfplane(poly: np.ndarray, vals: np.ndarray) -> np.ndarray:
 
 def _draw_objects(lay: _Layout, index: int, k: np.ndarray, rot: np.ndarray, centre: np.ndarray,
                   image: np.ndarray, seg: np.ndarray, width: int, height: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     f = k[0, 0]
-    # (depth, class, drawing args); the args' shape depends on the class, see the loop below
-    objs: list[tuple[float, int, Any]] = []
+    # (depth, class, drawing args, identity); the args' shape depends on the class, see
+    # the loop below
+    objs: list[tuple[float, int, Any, int]] = []
     right = rot[0]
     horiz = np.array([right[0], right[1], 0.0])
     horiz /= max(np.linalg.norm(horiz), 1e-9)
@@ -557,28 +616,30 @@ def _draw_objects(lay: _Layout, index: int, k: np.ndarray, rot: np.ndarray, cent
         for sy in (-1, 1):
             bb = billboard(sx * (fx + POST_RADIUS), sy * gy, 2 * POST_RADIUS, POST_HEIGHT)
             if bb is not None:
-                objs.append((bb[1], 1, bb[0]))
+                objs.append((bb[1], 1, bb[0], FIRST_POST_ID + (sx + 1) + (sy + 1) // 2))
         # crossbar is drawn with the posts but is not a goalpost
     bx, by, ax, ay, ph = lay.ball
     t = index * 0.01
     ball_pos = np.array([bx + ax * math.sin(t + ph), by + ay * math.sin(0.7 * t + ph), BALL_RADIUS])
     uv, z = _project(k, rot, centre, ball_pos[None])
     if z[0] > 0.15:
-        objs.append((float(z[0]), 0, (uv[0], f * BALL_RADIUS / z[0], ball_pos)))
+        objs.append((float(z[0]), 0, (uv[0], f * BALL_RADIUS / z[0], ball_pos), BALL_ID))
     for ri, r in enumerate(lay.robots):
         lx, ly = FIELD_LENGTH / 2, FIELD_WIDTH / 2
         x = lx - abs((r.x + r.vx * index + lx) % (4 * lx) - 2 * lx)
         y = ly - abs((r.y + r.vy * index + ly) % (4 * ly) - 2 * ly)
         bb = billboard(x, y, r.width, r.height)
         if bb is not None:
-            objs.append((bb[1], 2, (bb[0], r, (index // 8 + ri) % len(r.sprites))))
+            objs.append((bb[1], 2, (bb[0], r, (index // 8 + ri) % len(r.sprites)),
+                         FIRST_ROBOT_ID + ri))
 
     objs.sort(key=lambda o: -o[0])
     ids = np.zeros((height, width), np.uint8)
     full_boxes: list[tuple[float, float, float, float]] = []
     full_area: list[float] = []
-    kept_cls: list[tuple[int, int]] = []  # (object id, class)
-    for oid, (_, cls, args) in enumerate(objs, start=1):
+    kept_cls: list[tuple[int, int]] = []  # (object id in the id buffer, class)
+    kept_ids: list[int] = []  # identity over the sequence
+    for oid, (_, cls, args, ident) in enumerate(objs, start=1):
         if cls == 0:
             (u, v), rad, _pos = args
             box = (u - rad, v - rad, u + rad, v + rad)
@@ -615,12 +676,14 @@ def _draw_objects(lay: _Layout, index: int, k: np.ndarray, rot: np.ndarray, cent
         full_boxes.append(box)
         full_area.append((box[2] - box[0]) * (box[3] - box[1]))
         kept_cls.append((oid, cls))
+        kept_ids.append(ident)
 
+    none = np.zeros((0, 4), np.float32), np.zeros((0,), np.int64), np.zeros((0,), np.int64)
     if not full_boxes:
-        return np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
+        return none
     counts = np.bincount(ids.ravel(), minlength=len(objs) + 1)
-    out_boxes, out_cls = [], []
-    for box, area, (oid, cls) in zip(full_boxes, full_area, kept_cls):
+    out_boxes, out_cls, out_ids = [], [], []
+    for box, area, (oid, cls), ident in zip(full_boxes, full_area, kept_cls, kept_ids):
         x1, y1 = max(box[0], 0.0), max(box[1], 0.0)
         x2, y2 = min(box[2], float(width)), min(box[3], float(height))
         if x2 - x1 < 3 or y2 - y1 < 3:
@@ -631,9 +694,11 @@ def _draw_objects(lay: _Layout, index: int, k: np.ndarray, rot: np.ndarray, cent
             continue
         out_boxes.append((x1, y1, x2, y2))
         out_cls.append(cls)
+        out_ids.append(ident)
     if not out_boxes:
-        return np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
-    return np.array(out_boxes, np.float32), np.array(out_cls, np.int64)
+        return none
+    return (np.array(out_boxes, np.float32), np.array(out_cls, np.int64),
+            np.array(out_ids, np.int64))
 
 
 def _on_screen(box: tuple, width: int, height: int) -> bool:

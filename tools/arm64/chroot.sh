@@ -10,12 +10,19 @@
 # ARM processor in it and `import onnxruntime` segfaults. tools/arm64/cpuinfo.py, run
 # first on the emulated CPU (QEMU_CPU), writes the text a kernel would show for it (its
 # MIDR fields and hwcaps), and that file is bind-mounted over /proc/cpuinfo.
+#
+# A private network namespace too (loopback only), so the default config's
+# tcp://127.0.0.1:5555 and the tests' ports never meet other processes on this machine;
+# EDGED_ARM64_NET=host keeps the machine's network (rootfs.sh: pip downloads).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOTFS="$1"; SRC="$2"; shift 2
 export QEMU_CPU="${QEMU_CPU:-max}"
-exec unshare --mount --propagation private /bin/bash -c '
+NET=--net
+[ "${EDGED_ARM64_NET:-}" = host ] && NET=
+exec unshare --mount --propagation private $NET /bin/bash -c '
     set -e
+    [ -z "'"$NET"'" ] || ip link set lo up
     R="$1"; S="$2"; H="$3"; shift 3
     mount -t proc proc "$R/proc"
     mount --rbind /dev "$R/dev"

@@ -38,7 +38,7 @@ echo "arm64 rootfs: debian done in $(( $(date +%s) - t0 )) s"
 cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
 # this machine's CA bundle (PyPI may be reached through a proxy with its own CA)
 cp /etc/ssl/certs/ca-certificates.crt "$ROOTFS/etc/ssl/certs/host-ca.crt"
-"$HERE/chroot.sh" "$ROOTFS" - /bin/sh -c '
+EDGED_ARM64_NET=host "$HERE/chroot.sh" "$ROOTFS" - /bin/sh -c '
     set -e
     python3 -m venv /opt/venv
     # wheels only: a dependency without an aarch64 wheel must fail here, not compile

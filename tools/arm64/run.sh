@@ -23,9 +23,11 @@ OUT="${EDGED_ARM64_OUT:-/tmp/edged-arm64}"
 CPUS="${EDGED_ARM64_CPUS:-cortex-a72:arm cortex-a76:arm-dotprod neoverse-n1:arm-dotprod max:arm-i8mm}"
 MAIN_CPU=cortex-a76
 SCENES="${EDGED_ARM64_SCENES:-20}"
-# the CPU and demo-model tests that fit the job's time under emulation (the demo's
-# six-camera subscriber test needs its frames within 90 s, which qemu does not give)
-TESTS="${EDGED_ARM64_TESTS:-tests/test_cpu.py tests/test_demo_model.py::test_shipped_models_follow_the_yoeo_contract}"
+# the CPU and demo-model tests that fit the job's time under emulation: all of
+# tests/test_cpu.py, the demo's contract and its model card (60 scenes through `edged
+# eval`); not the six-camera subscriber test, whose 72 frames must arrive within 90 s
+# (about 0.3 s a frame under qemu, with six renderers beside it: too close to call)
+TESTS="${EDGED_ARM64_TESTS:-tests/test_cpu.py tests/test_demo_model.py::test_shipped_models_follow_the_yoeo_contract tests/test_demo_model.py::test_eval_command_meets_the_model_card}"
 mkdir -p "$OUT"
 t0=$(date +%s)
 step() { echo "arm64 [$(( $(date +%s) - t0 )) s] $*"; }
@@ -93,12 +95,8 @@ print("int8 - fp32: arm64 %+.4f, x86 %+.4f" % (r["int8_arm64"] - r["fp32_arm64"]
                                                 r["int8_x86"] - r["fp32_x86"]))
 json.dump(r, open(f"{out}/miou.json", "w"))
 PY
-set +e
+# the images must be identical; a label pixel may still differ where numpy's BLAS rounds
+# the homography's last bit differently (docs/benchmarks.md, "ARM64 under qemu")
 "$PY" "$HERE/synth_compare.py" compare "$OUT/synth-x86.npz" "$OUT/synth-arm64.npz" \
     | tee "$OUT/synth-compare.json"
-synth=$?
-set -e
 step "done in $(( $(date +%s) - t0 )) s"
-# the renderer is not yet bit-identical across architectures (docs/benchmarks.md, "ARM64
-# under qemu"): reported, not failed, unless EDGED_ARM64_STRICT_SYNTH=1
-[ "$synth" = 0 ] || [ "${EDGED_ARM64_STRICT_SYNTH:-0}" != 1 ]

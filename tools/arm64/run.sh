@@ -53,7 +53,7 @@ for pair in $CPUS; do
     cpu="${pair%%:*}"; want="${pair#*:}"
     step "$cpu: edged check, the CPU tests (int8 class $want)"
     arm "$cpu" "edged check | tee /tmp/check.txt
-        grep -q 'int8 class $want\\b' /tmp/check.txt || { echo 'want int8 class $want' >&2; exit 1; }
+        grep -q 'int8 class $want$' /tmp/check.txt || { echo 'want int8 class $want' >&2; exit 1; }
         cd /src && EDGED_EXPECT_INT8_CLASS=$want python -m pytest -q -p no:cacheprovider \
             tests/test_cpu.py -k 'arm64 or int8_class_of or detect_reads'" \
         | tee "$OUT/check-$cpu.txt"

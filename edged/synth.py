@@ -14,12 +14,14 @@ gives occlusion for free; an id buffer tells how much of each object stays visib
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import math
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -415,8 +417,10 @@ class Renderer:
             with self._lock:
                 src = self.layout.backdrop
                 scale = height / 300.0
+                # the bit-exact bilinear kernel: INTER_LINEAR's 8-bit SIMD paths round
+                # differently on x86 and arm64 (2% of these pixels differed by a level)
                 bd = cv2.resize(src, (int(src.shape[1] * scale), int(src.shape[0] * scale)),
-                                interpolation=cv2.INTER_LINEAR)
+                                interpolation=cv2.INTER_LINEAR_EXACT)
                 self._backdrops[height] = bd
         return bd
 
@@ -482,6 +486,20 @@ def render(seed: int, index: int, width: int = 640, height: int = 480, crowd: in
     return _render(renderer(seed, crowd), index, width, height)
 
 
+@contextlib.contextmanager
+def _opencv_own_kernels() -> Iterator[None]:
+    """OpenCV's own kernels instead of Intel's IPP (linked into x86 builds only), for this
+    thread: IPP's warpPerspective rounds sample positions otherwise, so the same frame
+    differed by a level in ~0.01% of its values between x86 and arm64. OpenCV keeps the
+    switch per thread, so other threads (inference pre-processing) keep IPP."""
+    was = cv2.ipp.useIPP()
+    cv2.ipp.setUseIPP(False)
+    try:
+        yield
+    finally:
+        cv2.ipp.setUseIPP(was)
+
+
 def _render(ren: Renderer, index: int, width: int, height: int) -> Scene:
     lay = ren.layout
     k = _intrinsics(lay, width, height)
@@ -514,10 +532,11 @@ def _render(ren: Renderer, index: int, width: int, height: int) -> Scene:
     seg = np.zeros((height, width), np.uint8)
     if full_sky < height:
         rows = (width, height - full_sky)
-        cv2.warpPerspective(lay.texture, hom, rows, dst=image[full_sky:],
-                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        cv2.warpPerspective(lay.labels, hom, rows, dst=seg[full_sky:], flags=cv2.INTER_NEAREST,
-                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        with _opencv_own_kernels():
+            cv2.warpPerspective(lay.texture, hom, rows, dst=image[full_sky:],
+                                flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            cv2.warpPerspective(lay.labels, hom, rows, dst=seg[full_sky:], flags=cv2.INTER_NEAREST,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
     if sky_rows:
         sky = np.zeros((sky_rows, width), np.uint8)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -14,7 +15,14 @@ from pathlib import Path
 import pytest
 from test_daemon import run_cli
 
-from edged.inference.cpu import cpuid_features, detect, int8_mismatch, int8_numerics, parse
+from edged.inference.cpu import (
+    cpuid_features,
+    detect,
+    hwcap_features,
+    int8_mismatch,
+    int8_numerics,
+    parse,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 AVX2_ONLY = """processor\t: 0
@@ -130,8 +138,9 @@ QEMU_ENV = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "CPUI
 
 
 needs_qemu = pytest.mark.skipif(
-    QEMU is None and not os.environ.get("EDGED_REQUIRE_QEMU"),
-    reason="qemu-user (qemu-x86_64) is not installed (CI installs it)")
+    platform.machine() != "x86_64"
+    or (QEMU is None and not os.environ.get("EDGED_REQUIRE_QEMU")),
+    reason="x86 only, with qemu-user (qemu-x86_64; CI installs it)")
 
 
 @needs_qemu
@@ -195,3 +204,66 @@ def test_the_avx2_variant_computes_the_same_masks_on_avx2_kernels(tmp_path):
         assert same_vnni >= 0.9995, same_vnni
     else:
         assert same_vnni < same_avx2, (same_vnni, same_avx2)
+
+
+# --- arm64: boards' /proc/cpuinfo texts (tests/data/cpuinfo, see its README) ---------
+
+CPUINFO = REPO / "tests" / "data" / "cpuinfo"
+BOARDS = {  # file: (device tree model or "", the model edged reports, int8 class)
+    "raspberry-pi-4": ("", "Raspberry Pi 4 Model B Rev 1.1 (Cortex-A72)", "arm"),
+    "raspberry-pi-5": ("Raspberry Pi 5 Model B Rev 1.0",
+                       "Raspberry Pi 5 Model B Rev 1.0 (Cortex-A76)", "arm-dotprod"),
+    "jetson-agx-orin": ("NVIDIA Jetson AGX Orin Developer Kit",
+                        "NVIDIA Jetson AGX Orin Developer Kit (Cortex-A78AE)", "arm-dotprod"),
+    "jetson-agx-xavier": ("Jetson-AGX", "Jetson-AGX (NVIDIA Carmel)", "arm"),
+    "graviton2": ("", "Neoverse N1", "arm-dotprod"),
+    "graviton3": ("", "Neoverse V1", "arm-i8mm"),
+    "ampere-altra": ("", "Neoverse N1", "arm-dotprod"),
+    "rk3588": ("Rockchip RK3588 EVB1 LP4 V10 Board",
+               "Rockchip RK3588 EVB1 LP4 V10 Board (4x Cortex-A55 + 4x Cortex-A76)",
+               "arm-dotprod"),
+}
+
+
+@pytest.mark.parametrize("board", sorted(BOARDS))
+def test_an_arm64_board_is_named_by_its_cores_and_board(board):
+    dt_model, model, int8_class = BOARDS[board]
+    c = parse((CPUINFO / f"{board}.txt").read_text(), "aarch64", dt_model)
+    assert c.model == model
+    assert c.int8_class == int8_class
+    assert "unknown" not in c.describe()
+    assert int8_numerics(c.int8_class) == "exact"  # dot products accumulate in int32
+
+
+def test_arm64_features_and_parts():
+    g3 = parse((CPUINFO / "graviton3.txt").read_text(), "aarch64")
+    assert g3.features == ("asimd", "asimddp", "i8mm", "sve")
+    pi4 = parse((CPUINFO / "raspberry-pi-4.txt").read_text(), "aarch64")
+    assert pi4.features == ("asimd",)  # no dot product on a Cortex-A72
+    # the Raspberry Pi kernel's `Hardware` line (the SoC family) does not name it
+    assert "BCM2835" not in pi4.model
+    # a part edged has no name for is shown by number, not as "unknown"
+    odd = ARM.replace("CPU implementer\t: 0x41\n",
+                      "CPU implementer\t: 0x41\nCPU part\t: 0xd99\n")
+    assert parse(odd, "aarch64").model == "ARM part 0x41:0xd99"
+    # qemu's `-cpu max`
+    q = ARM.replace("CPU implementer\t: 0x41\n", "CPU implementer\t: 0x00\nCPU part\t: 0x051\n")
+    assert parse(q, "aarch64").model == "QEMU max"
+    # x86 texts are read as before
+    assert parse(AVX2_ONLY, "x86_64").model == "AMD EPYC 7B12"
+
+
+ON_ARM64 = pytest.mark.skipif(platform.machine() != "aarch64", reason="arm64 only")
+
+
+@ON_ARM64
+def test_on_arm64_the_hwcaps_decide_the_class():
+    # what onnxruntime dispatches on; under qemu-user, what the emulated CPU has
+    caps = hwcap_features()
+    assert caps is not None and "asimd" in caps
+    c = detect()
+    assert set(c.features) == caps
+    assert c.model and "unknown" not in c.describe()
+    want = os.environ.get("EDGED_EXPECT_INT8_CLASS")  # tools/arm64/run.sh sets it per CPU
+    if want:
+        assert c.int8_class == want, c.describe()

@@ -11,7 +11,14 @@ The class is read from /proc/cpuinfo (`flags` on x86, `Features` on ARM). On x86
 also asked of the CPUID instruction itself, which is what onnxruntime's kernel dispatch
 reads: a feature counts only where both agree (under an emulator such as `qemu-x86_64
 -cpu Haswell` /proc/cpuinfo shows the host, CPUID the emulated CPU; and the kernel clears a
-flag the OS has not enabled).
+flag the OS has not enabled). On arm64 the ELF hwcaps (getauxval) are what onnxruntime
+reads and what the kernel prints as `Features`; they win where they can be asked (qemu-user
+7.2 passes the host's x86 /proc/cpuinfo through, but emulates the hwcaps).
+
+An arm64 kernel names no CPU model: /proc/cpuinfo has only MIDR fields (`CPU implementer`,
+`CPU part`), named here from ARM_PARTS, and the board is in the device tree's model
+(`/proc/device-tree/model`: "Raspberry Pi 5 Model B Rev 1.0", "NVIDIA Jetson AGX Orin
+Developer Kit") or, on a Raspberry Pi kernel, a `Model` line.
 """
 
 from __future__ import annotations
@@ -28,6 +35,37 @@ from typing import Any
 X86_FEATURES = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8",
                 "amx_tile")
 ARM_FEATURES = ("asimd", "asimddp", "i8mm", "sve", "sve2")
+
+ARM_MACHINES = ("aarch64", "arm64", "armv8l")
+
+# (CPU implementer, CPU part) from MIDR_EL1 -> core name (ARM's technical reference
+# manuals; the Linux kernel's arch/arm64/include/asm/cputype.h lists the same numbers)
+ARM_PARTS: dict[tuple[int, int], str] = {
+    **{(0x41, part): name for part, name in {
+        0xd03: "Cortex-A53", 0xd04: "Cortex-A35", 0xd05: "Cortex-A55", 0xd07: "Cortex-A57",
+        0xd08: "Cortex-A72", 0xd09: "Cortex-A73", 0xd0a: "Cortex-A75", 0xd0b: "Cortex-A76",
+        0xd0c: "Neoverse N1", 0xd0d: "Cortex-A77", 0xd0e: "Cortex-A76AE",
+        0xd40: "Neoverse V1", 0xd41: "Cortex-A78", 0xd42: "Cortex-A78AE",
+        0xd44: "Cortex-X1", 0xd46: "Cortex-A510", 0xd47: "Cortex-A710", 0xd48: "Cortex-X2",
+        0xd49: "Neoverse N2", 0xd4a: "Neoverse E1", 0xd4b: "Cortex-A78C",
+        0xd4c: "Cortex-X1C", 0xd4d: "Cortex-A715", 0xd4e: "Cortex-X3",
+        0xd4f: "Neoverse V2", 0xd80: "Cortex-A520", 0xd81: "Cortex-A720",
+        0xd82: "Cortex-X4", 0xd84: "Neoverse V3", 0xd85: "Cortex-X925",
+        0xd87: "Cortex-A725", 0xd8e: "Neoverse N3"}.items()},
+    (0x4e, 0x003): "NVIDIA Denver 2", (0x4e, 0x004): "NVIDIA Carmel",  # Jetson Xavier
+    (0x48, 0xd01): "HiSilicon TaiShan v110",  # Kunpeng 920
+    (0x46, 0x001): "Fujitsu A64FX",
+    (0xc0, 0xac3): "Ampere-1", (0xc0, 0xac4): "Ampere-1A",
+    # Apple silicon under Asahi Linux (the kernel's cputype.h)
+    (0x61, 0x022): "Apple M1 Icestorm", (0x61, 0x023): "Apple M1 Firestorm",
+    (0x61, 0x032): "Apple M2 Blizzard", (0x61, 0x033): "Apple M2 Avalanche",
+    # qemu's `-cpu max`: implementer 0 is "reserved for software use", part 'Q'
+    (0x00, 0x051): "QEMU max",
+}
+
+# the bits of AT_HWCAP / AT_HWCAP2 for ARM_FEATURES (the kernel's uapi asm/hwcap.h)
+_HWCAP_BITS = {"asimd": (16, 1), "asimddp": (16, 20), "sve": (16, 22), "sve2": (26, 1),
+               "i8mm": (26, 13)}
 
 INT8_CLASSES = ("x86-amx", "x86-vnni", "x86-avx512", "x86-avx2", "x86", "arm-i8mm",
                 "arm-dotprod", "arm", "other")
@@ -51,7 +89,7 @@ class CpuInfo:
             if "avx512bw" in f:
                 return "x86-avx512"
             return "x86-avx2" if "avx2" in f else "x86"
-        if self.machine in ("aarch64", "arm64", "armv8l"):
+        if self.machine in ARM_MACHINES:
             if "i8mm" in f:
                 return "arm-i8mm"
             return "arm-dotprod" if "asimddp" in f else "arm"
@@ -67,10 +105,46 @@ class CpuInfo:
                 "int8_class": self.int8_class}
 
 
-def parse(cpuinfo: str, machine: str) -> CpuInfo:
-    """CpuInfo from the text of /proc/cpuinfo (the first processor's entries)."""
+def _int(text: str) -> int | None:
+    try:
+        return int(text, 0)
+    except ValueError:
+        return None
+
+
+def arm_cores(cpuinfo: str) -> str:
+    """The cores an arm64 /proc/cpuinfo lists, named: "Cortex-A76", or "4x Cortex-A55 +
+    4x Cortex-A76" on a big.LITTLE board such as the RK3588 ("" when it lists no MIDR
+    fields). A part missing from ARM_PARTS is shown by number ("ARM part 0x41:0xd99")."""
+    counts: dict[str, int] = {}
+    implementer: int | None = None
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        key = key.strip().lower()
+        if not sep:
+            continue
+        if key == "processor":
+            implementer = None
+        elif key == "cpu implementer":
+            implementer = _int(value.strip())
+        elif key == "cpu part" and implementer is not None:
+            part = _int(value.strip())
+            if part is None:
+                continue
+            name = ARM_PARTS.get((implementer, part),
+                                 f"ARM part {implementer:#04x}:{part:#05x}")
+            counts[name] = counts.get(name, 0) + 1
+    if len(counts) == 1:
+        return next(iter(counts))
+    return " + ".join(f"{n}x {name}" for name, n in counts.items())
+
+
+def parse(cpuinfo: str, machine: str, board: str = "") -> CpuInfo:
+    """CpuInfo from the text of /proc/cpuinfo (the first processor's entries). On arm64,
+    `board` is the device tree's model, if any: the model is "<board> (<cores>)"."""
     flags: set[str] = set()
     model = ""
+    board_line = ""
     for line in cpuinfo.splitlines():
         key, sep, value = line.partition(":")
         if not sep:
@@ -80,8 +154,45 @@ def parse(cpuinfo: str, machine: str) -> CpuInfo:
             flags = set(value.split())
         elif key in ("model name", "cpu model", "hardware") and not model:
             model = value.strip()
-    wanted = ARM_FEATURES if machine in ("aarch64", "arm64", "armv8l") else X86_FEATURES
-    return CpuInfo(machine, model, tuple(f for f in wanted if f in flags))
+        elif key == "model" and not board_line:  # a Raspberry Pi kernel's board line
+            board_line = value.strip()
+    if machine in ARM_MACHINES:
+        cores = arm_cores(cpuinfo)
+        # a 64-bit kernel prints no `model name`; `Hardware` is the SoC family at best
+        # ("BCM2835" on a Raspberry Pi 4), so the board and the cores name it first
+        board = board or board_line
+        if cores:
+            model = f"{board} ({cores})" if board else cores
+        elif board:
+            model = board
+        return CpuInfo(machine, model, tuple(f for f in ARM_FEATURES if f in flags))
+    return CpuInfo(machine, model, tuple(f for f in X86_FEATURES if f in flags))
+
+
+def hwcap_features() -> set[str] | None:
+    """The ARM_FEATURES in this process's ELF hwcaps (what onnxruntime's dispatch reads),
+    or None where they cannot be asked (not arm64 Linux)."""
+    if platform.machine() not in ARM_MACHINES:
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        getauxval = libc.getauxval
+    except (OSError, AttributeError):
+        return None
+    getauxval.restype = ctypes.c_ulong
+    getauxval.argtypes = [ctypes.c_ulong]
+    words = {16: int(getauxval(16)), 26: int(getauxval(26))}  # AT_HWCAP, AT_HWCAP2
+    return {name for name, (at, bit) in _HWCAP_BITS.items() if words[at] >> bit & 1}
+
+
+def device_tree_model() -> str:
+    """The board's name from the device tree ("" where there is none, e.g. ACPI servers)."""
+    for path in ("/proc/device-tree/model", "/sys/firmware/devicetree/base/model"):
+        try:
+            return Path(path).read_bytes().rstrip(b"\0").decode(errors="replace").strip()
+        except OSError:
+            continue
+    return ""
 
 
 # x86-64 System V: cpuid(leaf=edi, subleaf=esi) -> eax, ebx, ecx, edx stored at [rdx]
@@ -142,12 +253,18 @@ def cpuid_features() -> set[str] | None:
 
 def detect() -> CpuInfo:
     """This machine's CPU (features empty where /proc/cpuinfo cannot be read; on x86 only
-    the features CPUID confirms, where it can be asked)."""
+    the features CPUID confirms, where it can be asked; on arm64 the hwcaps' features)."""
     machine = platform.machine()
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
         text = ""
+    if machine in ARM_MACHINES:
+        info = parse(text, machine, device_tree_model())
+        caps = hwcap_features()
+        if caps is None:
+            return info
+        return CpuInfo(machine, info.model, tuple(f for f in ARM_FEATURES if f in caps))
     info = parse(text, machine)
     probed = cpuid_features()
     if probed is None:

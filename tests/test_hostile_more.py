@@ -1,0 +1,98 @@
+"""Issue 29, a fresh run of the same kinds of attack: what still broke, one test each
+(named for it), through the real command where the user meets it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from test_daemon import write_config
+from test_hostile import GOOD_MANIFEST, edged, one_user_error
+from test_reload import cams
+
+
+@pytest.fixture
+def manifest_model(tmp_path: Path, test_model: Path) -> Path:
+    model = tmp_path / "m.onnx"
+    shutil.copyfile(test_model, model)
+    return model
+
+
+def test_config_with_100000_top_level_keys_is_refused_without_a_hang(tmp_path, test_model):
+    """Each key used to scan every line recorded so far (to forget values merged in by
+    '<<'): quadratic, so a 1 MB file of short keys ran for many minutes."""
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, ["tcp://127.0.0.1:1"], cams(a=10))
+    with open(cfg, "a") as f:
+        f.write("".join(f"k{i}: 1\n" for i in range(100_000)))
+    assert cfg.stat().st_size < 1 << 20
+    res = edged("check", "-c", str(cfg), timeout=90)
+    assert res.returncode == 1, res
+    assert "Traceback" not in res.stderr and "internal error" not in res.stderr, res.stderr
+    assert "more than 100000 values" in res.stderr, res.stderr[-2000:]
+
+
+def test_config_named_pipe_without_a_writer_is_empty_not_a_hang(tmp_path):
+    """open() on a FIFO blocks until a writer comes; `edged check -c fifo` waited forever."""
+    fifo = tmp_path / "cfg.yaml"
+    os.mkfifo(fifo)
+    res = edged("check", "-c", str(fifo), timeout=60)
+    assert res.returncode == 1, res
+    assert "Traceback" not in res.stderr and "internal error" not in res.stderr, res.stderr
+    assert f"{fifo}: the config file is empty" in res.stderr, res.stderr
+
+
+def test_config_from_a_pipe_with_a_writer_still_loads(tmp_path, test_model):
+    """`-c <(generate)`: the pipe's writer is there, the whole document is read."""
+    import subprocess
+    import sys
+
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, ["tcp://127.0.0.1:1"], cams(a=10))
+    code = ("import sys, time; from edged.config import load_config; "
+            "c = load_config(sys.argv[1]); print(sorted(c.cameras))")
+    with subprocess.Popen(["sh", "-c", f"sleep 1; cat {cfg}"], stdout=subprocess.PIPE) as p:
+        assert p.stdout is not None
+        fd = p.stdout.fileno()
+        res = subprocess.run([sys.executable, "-c", code, f"/dev/fd/{fd}"], pass_fds=(fd,),
+                             capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "['a']", res
+
+
+@pytest.mark.parametrize("number", ["9" * 5000, "0x" + "f" * 5000])
+def test_config_number_of_5000_digits_is_a_located_error(tmp_path, test_model, number):
+    """Python refuses int<->str of over 4300 digits: the YAML int gave `internal error:
+    ValueError` (decimal while reading, hex while showing the value)."""
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, ["tcp://127.0.0.1:1"],
+                       f"  a:\n    source: synthetic\n    width: {number}\n")
+    res = edged("check", "-c", str(cfg), timeout=120)
+    assert res.returncode == 1, res
+    assert "Traceback" not in res.stderr and "internal error" not in res.stderr, res.stderr
+    assert f"{cfg}:8: cameras.a.width:" in res.stderr, res.stderr
+
+
+def test_manifest_number_of_5000_digits_is_a_manifest_error(tmp_path, manifest_model):
+    mpath = manifest_model.with_suffix(".json")
+    text = json.dumps(GOOD_MANIFEST | {"conf_threshold": 0.5})
+    mpath.write_text(text.replace('"conf_threshold": 0.5', '"conf_threshold": ' + "9" * 5000))
+    cfg = write_config(tmp_path / "cfg.yaml", manifest_model, ["tcp://127.0.0.1:1"], cams(a=10))
+    res = edged("check", "-c", str(cfg), timeout=120)
+    one_user_error(res, "check", str(mpath), "not valid JSON")
+
+
+@pytest.mark.parametrize(("args", "needles"), [
+    # ran for days (a hang to the user)
+    (("inspect", "m.onnx", "--runs", "99999999999999999999"), ("--runs",)),
+    (("bench", "--runs", "99999999999999999999"), ("--runs",)),
+    (("quantize", "m.onnx", "-o", "q.onnx", "--runs", "10000000000"), ("--runs",)),
+    # internal error: MemoryError
+    (("eval", "--model", "m.onnx", "--scenes", "999999999999"), ("--scenes",)),
+    # ~1 MB per calibration frame held at once: the machine's memory
+    (("quantize", "m.onnx", "-o", "q.onnx", "--count", "99999999999"), ("--count",)),
+    (("quantize", "m.onnx", "-o", "q.onnx", "--holdout", "99999999999"), ("--holdout",)),
+])
+def test_commands_bound_repeated_work_and_held_frames(tmp_path, args, needles):
+    res = edged(*args, timeout=60, cwd=tmp_path, memory_gb=4)
+    one_user_error(res, args[0], *needles)

@@ -96,3 +96,31 @@ def test_manifest_number_of_5000_digits_is_a_manifest_error(tmp_path, manifest_m
 def test_commands_bound_repeated_work_and_held_frames(tmp_path, args, needles):
     res = edged(*args, timeout=60, cwd=tmp_path, memory_gb=4)
     one_user_error(res, args[0], *needles)
+
+
+def test_view_malformed_http_request_is_one_warning_line_not_an_error_traceback(
+        tmp_path, test_model, tcp_endpoint, start_daemon):
+    """aiohttp logged each malformed request (a 100 KB header, 1000 headers) as ERROR with
+    a traceback: any local process could fill the journal with them."""
+    import socket
+    import time
+
+    from conftest import free_port
+
+    port = free_port()
+    cfg = write_config(tmp_path / "cfg.yaml", test_model, [tcp_endpoint], cams(a=5),
+                       extra=f"view:\n  listen: 127.0.0.1:{port}\n")
+    d = start_daemon(cfg)
+    d.wait_for("ready")
+    for data in (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 100_000 + b"\r\n\r\n",
+                 b"GET / HTTP/1.1\r\n" + b"X: a\r\n" * 1000 + b"\r\n"):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(data)
+            assert s.recv(40).startswith(b"HTTP/1.0 400"), data[:40]
+    end = time.monotonic() + 60
+    while time.monotonic() < end and d.log().count("Error handling request") < 2:
+        time.sleep(0.2)
+    log = d.log()
+    assert log.count("Error handling request") == 2, log
+    assert "Traceback" not in log and "ERROR" not in log, log
+    assert "400 Too many headers received" in log, log

@@ -124,3 +124,36 @@ def test_view_malformed_http_request_is_one_warning_line_not_an_error_traceback(
     assert log.count("Error handling request") == 2, log
     assert "Traceback" not in log and "ERROR" not in log, log
     assert "400 Too many headers received" in log, log
+
+
+@pytest.mark.parametrize("text", [
+    "Invalid message from 127.0.0.1:39762: key must be a string at line 1 column 2",
+    "Invalid message from 127.0.0.1:39772: Unknown binary opcode 146",
+    "Error receiving from client 127.0.0.1:39806: Space limit exceeded: Message too long: "
+    "4611686018427387904 > 16777216",
+    "Error receiving from client 127.0.0.1:39810: WebSocket protocol error: Received an "
+    "unmasked frame from client",
+])
+def test_foxglove_garbage_from_a_client_is_a_warning_not_an_error(text):
+    """A Foxglove client sending garbage (seen live: text that is not JSON, an unknown
+    opcode, a 2^62-byte length, an unmasked frame) gave an ERROR per message from the SDK."""
+    import logging
+
+    from edged.foxglove.sink import quiet_sdk_logging
+
+    quiet_sdk_logging()
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    name = "foxglove.websocket.connected_client"
+    logger = logging.getLogger(name)
+    keep = Keep()
+    logger.addHandler(keep)
+    try:
+        logger.error(text)
+    finally:
+        logger.removeHandler(keep)
+    assert [(r.levelname, r.getMessage()) for r in seen] == [("WARNING", text)]

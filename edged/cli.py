@@ -172,6 +172,10 @@ def _int_at_least(low: int, high: int | None = None) -> typing.Callable[[str], i
 
 
 _count = _int_at_least(1)
+# repeated work (timed runs, scenes): a bound so a typo cannot run for days
+_runs = _int_at_least(1, 100_000)
+# frames held in memory at once (quantize: ~1 MB each at 640x480)
+_held_frames = _int_at_least(1, 4096)
 _nonneg = _int_at_least(0)
 # synth-video: the same bound as a synthetic camera's width/height (config.MAX_SIDE)
 _side = _int_at_least(16, 8192)
@@ -803,7 +807,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: the model on every execution provider this onnxruntime "
                         "offers (CPU, OpenVINO, CUDA, TensorRT), taking turns run by run; "
                         "p50 ms, ratio to the CPU EP, node placement")
-    b.add_argument("--runs", type=_count, default=100, help="runs per provider (--providers)")
+    b.add_argument("--runs", type=_runs, default=100, help="runs per provider (--providers)")
     b.add_argument("--also", nargs="+", default=[], metavar="MODEL",
                    help="with --providers: these model files too, every session taking "
                         "turns, each row also compared with the config's model on the CPU EP")
@@ -820,7 +824,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("eval", help="accuracy on fresh synthetic scenes")
     v.add_argument("--model", required=True)
-    v.add_argument("--scenes", type=_count, default=500)
+    v.add_argument("--scenes", type=_runs, default=500)
     v.add_argument("--seed", type=_nonneg, default=1_000_000,
                    help="first sequence seed (training uses seeds below 1000000)")
     v.add_argument("--conf", type=_fraction, default=0.05,
@@ -839,7 +843,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--write-manifest", action="store_true",
                    help="write the manifest derived from the graph to <model>.json")
     n.add_argument("--force", action="store_true", help="let --write-manifest overwrite")
-    n.add_argument("--runs", type=_count, default=10, help="timed runs for the latency estimate")
+    n.add_argument("--runs", type=_runs, default=10, help="timed runs for the latency estimate")
     n.add_argument("--json", action="store_true", help="one JSON object instead of text")
     n.set_defaults(func=cmd_inspect)
 
@@ -859,8 +863,9 @@ def build_parser() -> argparse.ArgumentParser:
     src = q.add_mutually_exclusive_group()
     src.add_argument("-c", "--config", help="calibrate on the cameras of this config")
     src.add_argument("--frames", metavar="DIR|VIDEO", help="a folder of images or a video")
-    q.add_argument("--count", type=_count, default=128, help="calibration frames (default 128)")
-    q.add_argument("--holdout", type=_count, default=32,
+    q.add_argument("--count", type=_held_frames, default=128,
+                   help="calibration frames (default 128)")
+    q.add_argument("--holdout", type=_held_frames, default=32,
                    help="held-out frames for the accuracy gate (default 32)")
     q.add_argument("--search", choices=["quick", "full"], default="quick",
                    help="quick: U8S8 and S8S8 with MinMax, U8S8 with Percentile; full: both "
@@ -885,7 +890,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "VNNI machine): only candidates both CPUs compute the same integers "
                         "of are tried (7-bit or unsigned weights), and the manifest records "
                         "valid_for; speed is still measured here")
-    q.add_argument("--runs", type=_count, default=20,
+    q.add_argument("--runs", type=_runs, default=20,
                    help="timed single-thread runs per candidate, alternating with fp32")
     q.set_defaults(func=cmd_quantize)
     return p

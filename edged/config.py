@@ -147,7 +147,10 @@ class ConfigIssue:
                 where += f":{self.column}"
         text = f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
         if self.value is not NO_VALUE:
-            shown = Redactor(self.secrets)(repr(self.value))
+            try:
+                shown = Redactor(self.secrets)(repr(self.value))
+            except ValueError:  # an int of over 4300 digits (0x... in YAML) has no repr
+                shown = "a number too long to show"
             if len(shown) > _MAX_VALUE_REPR:
                 shown = shown[: _MAX_VALUE_REPR - 3] + "..."
             text += f" (got {shown})"
@@ -1073,7 +1076,11 @@ class _Reader:
                     self.lines[(*loc, index)] = item.start_mark.line + 1
                     items.append(self._walk(loader, item, (*loc, index)))
                 return items
-            value = loader.construct_object(node, deep=True)
+            try:
+                value = loader.construct_object(node, deep=True)
+            except ValueError as err:  # an int of over 4300 digits (int_max_str_digits)
+                self._issue(loc, node.start_mark.line + 1, NO_VALUE, f"not a usable value: {err}")
+                return None
             if isinstance(value, str):
                 value = self._substitute(value, loc, node.start_mark.line + 1)
             return value
@@ -1115,7 +1122,8 @@ class _Reader:
                             f"duplicate key (first given on line {first_line[key]})")
                 continue
             first_line[key] = line
-            _forget_below(self.lines, (*loc, key))  # a value merged in by '<<' is replaced
+            if key in result:  # a value merged in by '<<' is replaced (only then: O(n) keys)
+                _forget_below(self.lines, (*loc, key))
             self.lines[(*loc, key)] = line
             result[key] = self._walk(loader, value_node, (*loc, key))
         return result
@@ -1330,7 +1338,11 @@ def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None
         return ConfigError([ConfigIssue(str(file_path), None, "", NO_VALUE, message)])
 
     try:
-        with open(file_path, "rb") as f:
+        # O_NONBLOCK: a named pipe with no writer opens at once (and reads as empty)
+        # instead of blocking forever; reads block again below
+        fd = os.open(file_path, os.O_RDONLY | os.O_NONBLOCK)
+        os.set_blocking(fd, True)
+        with open(fd, "rb") as f:
             mode = os.fstat(f.fileno()).st_mode
             # a regular file or a pipe (`-c <(generate)`); a device never ends (/dev/zero)
             # or waits for a person (/dev/tty)

@@ -49,10 +49,19 @@ _CONNECTION_END = ("Connection reset", "without closing handshake", "Broken pipe
                    "Connection closed", "connection closed", "os error 32", "os error 104")
 
 
+# What a client got wrong (garbage, a bad JSON op, an unmasked or oversized frame): the SDK
+# logs it as an ERROR per message; the client is dropped or the message ignored, edged is fine
+_CLIENT_FAULT = ("Invalid message from", "Error receiving from client")
+
+
 class _ConnectionEnd(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
-        return not any(p in msg for p in _CONNECTION_END)
+        if any(p in msg for p in _CONNECTION_END):
+            return False
+        if record.levelno > logging.WARNING and any(p in msg for p in _CLIENT_FAULT):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 _quieted = False

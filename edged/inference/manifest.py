@@ -181,6 +181,8 @@ def load_manifest(path: Path) -> Manifest:
         raise ManifestError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
     except RecursionError:  # json nests recursively: [[[[... thousands deep
         raise ManifestError(f"{path}: JSON nested too deeply") from None
+    except ValueError as e:  # a number of over 4300 digits (int_max_str_digits)
+        raise ManifestError(f"{path}: not valid JSON: {e}") from None
     if not isinstance(raw, dict):
         raise ManifestError(f"{path}: a manifest must be a JSON object")
     version = raw.get("manifest_version", MANIFEST_VERSION)

@@ -41,6 +41,23 @@ from edged.wire.telemetry import decode_model_event, decode_state, decode_stats
 
 log = logging.getLogger("edged.view")
 
+
+class _BadRequestLog(logging.LoggerAdapter):
+    """aiohttp logs a malformed request (a 1 MB header, garbage, TLS to http) with
+    log.exception: an ERROR and a traceback per hostile packet. One WARNING line instead."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kw: Any) -> None:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        if isinstance(exc_info, HttpProcessingError):
+            reason = " ".join(str(exc_info.message).split())[:200]
+            self.warning("%s: %d %s", str(msg) % args, exc_info.code, reason)
+        else:
+            self.logger.exception(msg, *args, exc_info=exc_info, **kw)
+
+
+_BAD_REQUEST_LOG = _BadRequestLog(log, {})
+
 PENDING_JSON = 64  # control messages a viewer may have waiting; older ones are dropped
 STOP_S = 2.0
 
@@ -152,7 +169,7 @@ class ViewServer:
         app.router.add_get("/ws", self._ws)
         app.router.add_get("/api/status", self._status)
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                               shutdown_timeout=0.5)
+                               shutdown_timeout=0.5, logger=_BAD_REQUEST_LOG)
         await runner.setup()
         try:
             site = web.SockSite(runner, self._sock, ssl_context=self._tls)

@@ -332,8 +332,11 @@ def test_case2_recording_cut_by_sigkill_replays_what_it_holds(tmp_path, test_mod
     # every recovered message (results and control) was replayed, the results received
     assert f"replayed {m.group(1)} message(s)" in res.stderr, res.stderr
     assert 0 < len(got) <= int(m.group(1))
-    # what was recovered is the recording from its start, in order, without a hole ...
-    assert seqs and seqs == list(range(seqs[0], seqs[-1] + 1)), seqs
+    # what was recovered is the recording from its start, in order, without a hole: every
+    # result published in its span is there (seqs themselves may skip: a frame a newer
+    # one replaced before inference, latest wins under load, has no result anywhere) ...
+    assert seqs and seqs == sorted(set(seqs)), seqs
+    assert {q for q in published if seqs[0] <= q <= seqs[-1]} <= set(seqs), (seqs, published)
     assert seqs[0] == published[0] or seqs[0] == 0
     # ... up to the last moments: chunks are written at least every second, so a SIGKILL
     # costs about a second of results plus what the recorder had not yet been handed

@@ -316,7 +316,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     cpu = detect_cpu()
     cfg = _load(args.config, cpu.int8_class)
     setup_logging("warning")
-    from edged.inference.pool import load_rungs, plan, warmup_sizes
+    from edged.daemon.models import load_rungs, plan, warmup_sizes
 
     redact = cfg.redactor()
     print(f"config: {cfg.source_file or 'built-in default'}: OK")
@@ -551,7 +551,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     setup_logging("warning")
     import cv2
 
-    from edged.inference.pool import load_models
+    from edged.daemon.models import load_models
     from edged.inference.runner import ModelError
     from edged.tools.bench import bench, format_report
 

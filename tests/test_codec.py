@@ -12,8 +12,7 @@ import pytest
 import zmq
 import zstandard as zstd
 
-from edged.inference.preprocess import Letterbox
-from edged.results import Detections, Result
+from edged.results import Detections, Letterbox, Result
 from edged.wire.codec import (
     PROTOCOL_VERSION,
     EndOfStream,

@@ -30,7 +30,7 @@ def test_bind_uses_the_config_rule(address: str, why: str) -> None:
 
 
 def test_serve_serves_on_the_socket_bound_before() -> None:
-    from edged.daemon.telemetry import DaemonSnapshot, InferenceCounters
+    from edged.telemetry import DaemonSnapshot, InferenceCounters
 
     sock = metrics.bind(f"127.0.0.1:{_free_port()}")
     host, port = sock.getsockname()[:2]

@@ -26,9 +26,9 @@ import cv2
 import numpy as np
 
 from edged.capture.mjpeg import MjpegError, MjpegStream, jpeg_size, open_mjpeg
-from edged.daemon.telemetry import CameraState
 from edged.redaction import Redactor
 from edged.results import Frame
+from edged.telemetry import CameraState
 
 log = logging.getLogger("edged.capture.sources")
 

@@ -127,7 +127,7 @@ class Daemon:
                 self._deadline.cancel()
 
     async def _run(self) -> int:
-        from edged.inference.pool import load_models
+        from edged.daemon.models import load_models
 
         # A bind or model error propagates to `edged.cli.main`, the one place errors
         # become messages (the same text `edged check` prints); what was opened for the

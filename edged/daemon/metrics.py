@@ -17,7 +17,7 @@ import socket
 from collections.abc import Callable
 
 from edged.daemon.listen import ListenError, bind_tcp
-from edged.daemon.telemetry import CameraState, DaemonSnapshot
+from edged.telemetry import CameraState, DaemonSnapshot
 
 log = logging.getLogger("edged.daemon.metrics")
 

@@ -37,7 +37,14 @@ from edged.daemon.notify import Notifier
 from edged.daemon.publish import PublishStage
 from edged.daemon.scheduler import Budget, Scheduler
 from edged.daemon.sinks import Sink, SinkRunner, ZmqSink
-from edged.daemon.telemetry import (
+from edged.daemon.threads import BlockingCalls
+from edged.inference.cpu import CpuInfo
+from edged.inference.cpu import detect as detect_cpu
+from edged.inference.ladder import Ladder
+from edged.inference.pool import InferencePool, Models
+from edged.inference.runner import ModelRunner
+from edged.results import Frame, Result
+from edged.telemetry import (
     CameraSnapshot,
     CameraState,
     CaptureCounters,
@@ -47,13 +54,6 @@ from edged.daemon.telemetry import (
     LatencyPercentiles,
     ModelOutput,
 )
-from edged.daemon.threads import BlockingCalls
-from edged.inference.cpu import CpuInfo
-from edged.inference.cpu import detect as detect_cpu
-from edged.inference.ladder import Ladder
-from edged.inference.pool import InferencePool, Models
-from edged.inference.runner import ModelRunner
-from edged.results import Frame, Result
 from edged.wire.codec import MaskEncoder
 from edged.wire.curve import ServerKeys, server_keys
 from edged.wire.publisher import Publisher
@@ -134,7 +134,7 @@ class Pipeline:
                  blocking: BlockingCalls | None = None,
                  metrics_sock: socket.socket | None = None,
                  cpu: CpuInfo | None = None) -> None:
-        """`models`: from `edged.inference.pool.load_models`. `stage`: a started publish
+        """`models`: from `edged.daemon.models.load_models`. `stage`: a started publish
         stage (the lifecycle binds it before the model loads); without one, `bind` or
         `run` makes it. `cpu`: this machine's, for the `_stats` machine info (default:
         detected)."""
@@ -374,7 +374,7 @@ class Pipeline:
 
     async def _reload(self) -> None:
         from edged.config import ConfigError, load_config
-        from edged.inference.pool import load_rungs
+        from edged.daemon.models import load_rungs
 
         self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         old = self.config

@@ -25,8 +25,8 @@ from typing import Protocol
 
 from edged.daemon.scheduler import Budget
 from edged.daemon.sinks import Outcome, SinkRunner
-from edged.daemon.telemetry import SinkStats
 from edged.results import Frame, Result
+from edged.telemetry import SinkStats
 from edged.wire.codec import MaskEncoder, encode_stamped
 
 log = logging.getLogger("edged.daemon.publish")

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from edged.daemon.telemetry import SinkStats
 from edged.results import Frame, Result
+from edged.telemetry import SinkStats
 from edged.wire.codec import encode_eos
 from edged.wire.publisher import Publisher
 

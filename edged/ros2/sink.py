@@ -52,10 +52,10 @@ from cyclonedds.util import duration
 
 from edged.config import Ros2Config
 from edged.daemon.sinks import Outcome, Sink
-from edged.daemon.telemetry import CameraSnapshot, CameraState
 from edged.results import Result, instance_extents
 from edged.ros2 import Ros2Error, cdr, msgs
 from edged.ros2.typehash import user_data
+from edged.telemetry import CameraSnapshot, CameraState
 from edged.view.overlay import encode_jpeg, is_background, mask_colour
 from edged.wire.codec import TOPIC_STATS
 from edged.wire.telemetry import decode_stats

@@ -33,8 +33,8 @@ from aiohttp import WSMsgType, web
 
 from edged.config import ViewConfig, is_loopback_host
 from edged.daemon.sinks import Outcome, Sink
-from edged.daemon.telemetry import CameraSnapshot
 from edged.names import parse_host_port
+from edged.telemetry import CameraSnapshot
 from edged.view.overlay import Legend, Overlay, encode_jpeg
 from edged.wire.codec import TOPIC_MODEL, TOPIC_STATS, ProtocolError
 from edged.wire.telemetry import decode_model_event, decode_state, decode_stats

@@ -61,11 +61,11 @@ _USER_ERRORS: tuple[tuple[str, str, str], ...] = (
     ("edged.inference.manifest", "ManifestError", ""),
     ("edged.wire.publisher", "PublishError", "publish.endpoints: "),
     ("edged.wire.curve", "CurveError", "publish.curve: "),
-    ("edged.daemon.listen", "ListenError", ""),
-    ("edged.view", "ViewError", "view: "),
-    ("edged.foxglove", "FoxgloveError", ""),
-    ("edged.record", "RecordError", ""),
-    ("edged.ros2", "Ros2Error", ""),
+    ("edged.outputs.base.listen", "ListenError", ""),
+    ("edged.outputs.view", "ViewError", "view: "),
+    ("edged.outputs.foxglove", "FoxgloveError", ""),
+    ("edged.outputs.record", "RecordError", ""),
+    ("edged.outputs.base.ros2msgs", "Ros2Error", ""),
     ("edged.inference.pool", "WorkersExhausted", ""),
     ("edged.tools.inspection", "InspectError", ""),
     ("edged.tools.quantize", "QuantizeError", ""),
@@ -197,8 +197,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cv2.setNumThreads(1)  # OpenCV must not fight ONNX Runtime for the cores
     log.info("configuration %s", cfg.source_file or "built-in default")
-    daemon = Daemon(cfg, frames=args.frames, duration=args.duration, notifier=Notifier(),
-                    early=early, cpu=cpu)
+    from edged.app import OUTPUTS
+
+    daemon = Daemon(cfg, outputs=OUTPUTS, frames=args.frames, duration=args.duration,
+                    notifier=Notifier(), early=early, cpu=cpu)
     echo = _EchoThread(cfg.publish.endpoints[0]) if args.echo else None
     try:
         if echo is not None:
@@ -296,10 +298,10 @@ def _recording(cfg: Config, args: argparse.Namespace) -> Config:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     setup_logging(args.log_level or "info")
-    from edged.record import require_record
+    from edged.outputs.record import require_record
 
     require_record()
-    from edged.record.replay import replay
+    from edged.outputs.record.replay import replay
 
     replay(Path(args.file), args.endpoint, speed=args.speed)
     return 0
@@ -365,13 +367,9 @@ def _print_model(cfg: Config, rungs: list[ModelRunner], wp: WorkerPlan, sizes: s
 def _try_binds(cfg: Config) -> None:
     """Bind what `edged run` binds, all at once (so that two of them clashing shows
     too), and release it: PublishError or ListenError when one cannot be bound."""
-    from edged.daemon.listen import bind_tcp, server_context
+    from edged.app import OUTPUTS
     from edged.daemon.metrics import bind as bind_metrics
     from edged.daemon.pipeline import make_publisher
-    from edged.foxglove import require_foxglove
-    from edged.record import require_record
-    from edged.ros2 import require_ros2
-    from edged.view import require_aiohttp
     from edged.wire.publisher import release_ipc
 
     held: list[socket.socket] = []
@@ -392,42 +390,10 @@ def _try_binds(cfg: Config) -> None:
                 if cfg.log.metrics_exposed():
                     print(f"metrics: warning: {cfg.log.metrics} is reachable from other "
                           "machines without authentication")
-            if cfg.view is not None:
-                require_aiohttp()
-                if cfg.view.tls is not None:
-                    server_context(cfg.view.tls, "view.tls")
-                held.append(bind_tcp(cfg.view.listen, "view.listen"))
-                print(f"view: {'https' if cfg.view.tls else 'http'}://{cfg.view.listen}/: "
-                      "bound OK" + (" (token required)" if cfg.view.token else ""))
-            if cfg.foxglove is not None:
-                require_foxglove()
-                import foxglove
-
-                from edged.foxglove.sink import start_server
-
-                start_server(cfg.foxglove, foxglove.Context()).stop()
-                print(f"foxglove: {'wss' if cfg.foxglove.tls else 'ws'}://"
-                      f"{cfg.foxglove.listen}: bound OK")
-            if cfg.record is not None and cfg.record.format == "rosbag2":
-                require_record()
-                require_ros2()
-                from edged.record.rosbag import check_bag_dir
-
-                print(f"record: rosbag2 into {check_bag_dir(cfg.record, create=False)} "
-                      "(created at start)")
-            elif cfg.record is not None:
-                require_record()
-                from edged.record.sink import check_dir
-
-                print(f"record: {check_dir(cfg.record)}: writable OK")
-            if cfg.ros2 is not None:
-                require_ros2()
-                from edged.ros2.sink import Ros2Sink
-
-                r2 = Ros2Sink(cfg.ros2, {n: c.frame_id or n for n, c in cfg.cameras.items()
-                                         if c.enabled})
-                print(f"ros2: DDS domain {r2.domain_id}, Cyclone DDS started OK")
-                r2.close()
+            for output in OUTPUTS:
+                if output.configured(cfg):
+                    output.require(cfg)
+                    print(output.check(cfg, held))
     finally:
         for sock in held:
             sock.close()
@@ -580,9 +546,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"edged bench: {e}", file=sys.stderr)
         return 1
     if args.sinks:
-        from edged.foxglove import require_foxglove
-        from edged.record import require_record
-        from edged.view import require_aiohttp
+        from edged.outputs.foxglove import require_foxglove
+        from edged.outputs.record import require_record
+        from edged.outputs.view import require_aiohttp
 
         require_aiohttp()
         require_foxglove()

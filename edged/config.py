@@ -730,7 +730,7 @@ def is_loopback_host(host: str) -> bool:
 
 class TlsConfig(_Frozen):
     """`view.tls` / `foxglove.tls`: serve https / wss with this certificate, so that the
-    view's token and every frame are encrypted off the robot (edged.daemon.listen)."""
+    view's token and every frame are encrypted off the robot (edged.outputs.base.listen)."""
 
     cert_file: ConfigPath  # PEM certificate (chain), the server's first
     key_file: ConfigPath  # PEM private key (PKCS#8, `openssl genpkey` writes it so)
@@ -750,7 +750,7 @@ class ViewConfig(_Frozen):
     @classmethod
     def _listen_address(cls, value: str) -> str:
         try:
-            parse_host_port(value)  # the parser edged.daemon.listen binds with
+            parse_host_port(value)  # the parser edged.outputs.base.listen binds with
         except ValueError as e:
             raise _custom_error("listen_address", str(e)) from None
         return value

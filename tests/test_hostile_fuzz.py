@@ -318,8 +318,8 @@ def test_fuzz_mutated_recordings_replay_or_give_record_errors_only(recording, tm
                                                                    data):
     """What `edged replay` reads of a damaged file (bytes flipped, cut, or a piece
     repeated): its messages in order, or a RecordError naming the file."""
-    from edged.record import RecordError
-    from edged.record.replay import _guarded, _indexed, recover
+    from edged.outputs.record import RecordError
+    from edged.outputs.record.replay import _guarded, _indexed, recover
 
     blob = bytearray(recording)
     for _ in range(data.draw(st.integers(1, 3))):

@@ -31,15 +31,17 @@ def test_an_upward_edge_is_caught(tmp_path: Path) -> None:
     (pkg / "daemon").mkdir()
     (pkg / "daemon" / "__init__.py").write_text("")
     (pkg / "daemon" / "pipeline.py").write_text("")
-    (pkg / "ros2").mkdir()
-    (pkg / "ros2" / "__init__.py").write_text("")
-    (pkg / "view").mkdir()
-    (pkg / "view" / "__init__.py").write_text("from edged.ros2 import sink\n")
-    (pkg / "ros2" / "sink.py").write_text("")
-    (pkg / "daemon" / "run.py").write_text("import edged.view\n")
+    out = pkg / "outputs"
+    (out / "ros2").mkdir(parents=True)
+    (out / "__init__.py").write_text("")
+    (out / "ros2" / "__init__.py").write_text("")
+    (out / "view").mkdir()
+    (out / "view" / "__init__.py").write_text("from edged.outputs.ros2 import sink\n")
+    (out / "ros2" / "sink.py").write_text("")
+    (pkg / "daemon" / "run.py").write_text("import edged.outputs.view\n")
     found = {(a, b) for a, b, _ in layers.violations(pkg)}
     assert ("edged.wire.x", "edged.daemon.pipeline") in found
-    assert ("edged.view", "edged.ros2.sink") in found  # two outputs
-    assert ("edged.daemon.run", "edged.view") in found  # the daemon names an output
+    assert ("edged.outputs.view", "edged.outputs.ros2.sink") in found  # two outputs
+    assert ("edged.daemon.run", "edged.outputs.view") in found  # the daemon names an output
     (pkg / "newthing.py").write_text("")
     assert ("edged.newthing", "") in {(a, b) for a, b, _ in layers.violations(pkg)}

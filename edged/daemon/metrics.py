@@ -16,7 +16,7 @@ import logging
 import socket
 from collections.abc import Callable
 
-from edged.daemon.listen import ListenError, bind_tcp
+from edged.outputs.base.listen import ListenError, bind_tcp
 from edged.telemetry import CameraState, DaemonSnapshot
 
 log = logging.getLogger("edged.daemon.metrics")

@@ -1,8 +1,7 @@
-"""ROS 2 natively (`ros2:` in the config, optional extra `edged[ros2]`): standard ROS 2
-topics written over DDS by Cyclone DDS, without a ROS installation.
-
-`msgs` holds the message types (the ROS 2 Jazzy layouts as DDS types), `cdr` a fast
-serializer for the two image messages, `sink` the participant and the sink.
+"""ROS 2 messages without a ROS installation, shared by the ROS 2 output (DDS) and the
+rosbag2 recorder: `msgs` (the Jazzy layouts as DDS types), `msgdefs` and `typehash` (their
+definitions and RIHS01 hashes), `cdr` (a fast serializer for the two image messages) and
+`convert` (results and statistics as messages).
 """
 
 from __future__ import annotations

@@ -85,6 +85,18 @@ def nearest_indices(src: int, dst: int) -> np.ndarray:
     return (2 * np.arange(dst, dtype=np.int64) + 1) * src // (2 * dst)
 
 
+def mask_at(mask: np.ndarray | None, frame_w: int, frame_h: int) -> np.ndarray | None:
+    """A class-index mask at camera resolution by the protocol's nearest-neighbour rule
+    (`nearest_indices`); the mask itself when it already has the frame's size."""
+    if mask is None:
+        return None
+    mh, mw = mask.shape
+    if (mh, mw) == (frame_h, frame_w):
+        return mask
+    return mask.take(nearest_indices(mh, frame_h), axis=0).take(
+        nearest_indices(mw, frame_w), axis=1)
+
+
 @dataclass(frozen=True, slots=True)
 class Frame:
     """One captured image, stamped when the source got it."""
@@ -173,13 +185,7 @@ class Result:
     def mask_camera(self) -> np.ndarray | None:
         """The class-index mask at camera resolution, by the wire protocol's rule, so the
         daemon and every subscriber get the same pixels."""
-        if self.mask is None:
-            return None
-        mh, mw = self.mask.shape
-        if (mh, mw) == (self.frame_h, self.frame_w):
-            return self.mask
-        return self.mask.take(nearest_indices(mh, self.frame_h), axis=0).take(
-            nearest_indices(mw, self.frame_w), axis=1)
+        return mask_at(self.mask, self.frame_w, self.frame_h)
 
     def class_name(self, class_id: int) -> str:
         if 0 <= class_id < len(self.class_names):

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from edged.capture.defaults import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 from edged.capture.mjpeg import MjpegError, MjpegStream, jpeg_size, open_mjpeg
 from edged.redaction import Redactor
 from edged.results import Frame
@@ -37,9 +38,6 @@ log = logging.getLogger("edged.capture.sources")
 # Read by OpenCV when FFmpeg is first used; OPENCV_FFMPEG_DEBUG=1 with
 # OPENCV_FFMPEG_LOGLEVEL=32 in the environment brings FFmpeg's messages back for debugging.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")  # AV_LOG_FATAL
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
 
 class SourceError(RuntimeError):
     """A source that cannot be opened or read; the message names the camera and source."""
@@ -57,10 +55,6 @@ CRASH_WINDOW_S = 600.0
 # returns when the backend's own timeout fires. At most this many per camera may be
 # outstanding: beyond it the camera waits for one to return instead of piling up threads.
 MAX_ABANDONED_READERS = 3
-
-
-# the default of cameras.NAME.max_pixels (edged.config): 8K UHD
-DEFAULT_MAX_PIXELS = 7680 * 4320
 
 
 @dataclass(frozen=True, slots=True)

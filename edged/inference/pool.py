@@ -22,6 +22,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from edged.errors import UserError
 from edged.inference.runner import ModelRunner
 from edged.results import Frame, Result
 
@@ -35,7 +36,7 @@ class InferenceStuck(RuntimeError):
     """A frame whose run passed the deadline; its worker was replaced."""
 
 
-class WorkersExhausted(RuntimeError):
+class WorkersExhausted(UserError, RuntimeError):
     """Workers were recreated too often: a fault that restarting a thread does not fix."""
 
 

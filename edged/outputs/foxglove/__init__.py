@@ -10,11 +10,12 @@ from __future__ import annotations
 import socket
 
 from edged.config import Config
+from edged.errors import UserError
 from edged.outputs.base.output import Output
 from edged.outputs.base.sink import Sink
 
 
-class FoxgloveError(RuntimeError):
+class FoxgloveError(UserError, RuntimeError):
     """Foxglove live cannot start (its extra is missing, or its port cannot be bound)."""
 
 

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import msgpack
 
 from edged.config import Config
+from edged.errors import UserError
 from edged.outputs.base.output import Output, frame_ids
 from edged.outputs.base.ros2msgs import require_ros2
 from edged.outputs.base.sink import Sink
@@ -34,7 +35,7 @@ WIRE_SCHEMA_NAME = "edged.WireMessage"
 LEGACY_WIRE_ENCODING = "edged.multipart"
 
 
-class RecordError(RuntimeError):
+class RecordError(UserError, RuntimeError):
     """Recording cannot start (its extra is missing, or its directory is unusable)."""
 
 

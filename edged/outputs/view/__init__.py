@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING
 
+from edged.errors import UserError
 from edged.outputs.base.output import Output
 from edged.outputs.base.sink import Sink
 
@@ -17,8 +18,10 @@ if TYPE_CHECKING:
     from edged.outputs.view.server import ViewSink
 
 
-class ViewError(RuntimeError):
+class ViewError(UserError, RuntimeError):
     """The view cannot start (its optional extra is not installed)."""
+
+    prefix = "view: "
 
 
 def require_aiohttp() -> None:

@@ -6,8 +6,10 @@ definitions and RIHS01 hashes), `cdr` (a fast serializer for the two image messa
 
 from __future__ import annotations
 
+from edged.errors import UserError
 
-class Ros2Error(RuntimeError):
+
+class Ros2Error(UserError, RuntimeError):
     """ROS 2 output cannot start (its extra is missing, or Cyclone DDS refused)."""
 
 

@@ -14,6 +14,7 @@ import typing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edged.errors import UserError
 from edged.inference.providers import PROVIDER_NAMES, provider_chain
 
 # numpy and the rest load inside the commands: importing this module must be quick, since
@@ -49,28 +50,9 @@ def _load(path: str | None, int8_class: str | None = None) -> Config:
 
 # --------------------------------------------------------------------------- errors
 # Every command's errors end up here, through `main`: bad config, model, bind or
-# environment gets one clear message and exit 1, never a traceback.
-
-# (module, exception class, prefix): only modules already imported are looked at (an
-# error of a module that was never imported cannot have been raised), so reporting an
-# error never imports onnxruntime or zmq.
-_USER_ERRORS: tuple[tuple[str, str, str], ...] = (
-    ("edged.errors", "UserError", ""),
-    ("edged.config", "ConfigError", "invalid configuration:\n"),
-    ("edged.inference.runner", "ModelError", ""),
-    ("edged.inference.manifest", "ManifestError", ""),
-    ("edged.wire.publisher", "PublishError", "publish.endpoints: "),
-    ("edged.wire.curve", "CurveError", "publish.curve: "),
-    ("edged.daemon.listen", "ListenError", ""),
-    ("edged.view", "ViewError", "view: "),
-    ("edged.foxglove", "FoxgloveError", ""),
-    ("edged.record", "RecordError", ""),
-    ("edged.ros2", "Ros2Error", ""),
-    ("edged.inference.pool", "WorkersExhausted", ""),
-    ("edged.tools.inspection", "InspectError", ""),
-    ("edged.tools.quantize", "QuantizeError", ""),
-)
-
+# environment gets one clear message and exit 1, never a traceback. Every such error
+# derives from `edged.errors.UserError` (standard library only: reporting an error never
+# imports onnxruntime or zmq).
 
 def _leaves(e: BaseException) -> list[BaseException]:
     """The exceptions inside (nested) exception groups, e.g. from an asyncio.TaskGroup."""
@@ -82,11 +64,8 @@ def _leaves(e: BaseException) -> list[BaseException]:
 def error_message(e: BaseException) -> str | None:
     """The message for an error a user can fix (config, model, address, file), or None
     for anything else (a bug)."""
-    for module, name, prefix in _USER_ERRORS:
-        mod = sys.modules.get(module)
-        cls = getattr(mod, name, None) if mod is not None else None
-        if isinstance(cls, type) and isinstance(e, cls):
-            return f"{prefix}{e}"
+    if isinstance(e, UserError):
+        return f"{e.prefix}{e}"
     if isinstance(e, OSError):
         return str(e) if not e.filename else f"{e.strerror or e}: {e.filename}"
     return None
@@ -204,8 +183,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cv2.setNumThreads(1)  # OpenCV must not fight ONNX Runtime for the cores
     log.info("configuration %s", cfg.source_file or "built-in default")
-    daemon = Daemon(cfg, frames=args.frames, duration=args.duration, notifier=Notifier(),
-                    early=early, cpu=cpu)
+    from edged.app import OUTPUTS
+
+    daemon = Daemon(cfg, outputs=OUTPUTS, frames=args.frames, duration=args.duration,
+                    notifier=Notifier(), early=early, cpu=cpu)
     echo = _EchoThread(cfg.publish.endpoints[0]) if args.echo else None
     try:
         if echo is not None:
@@ -303,10 +284,10 @@ def _recording(cfg: Config, args: argparse.Namespace) -> Config:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     setup_logging(args.log_level or "info")
-    from edged.record import require_record
+    from edged.outputs.record import require_record
 
     require_record()
-    from edged.record.replay import replay
+    from edged.outputs.record.replay import replay
 
     replay(Path(args.file), args.endpoint, speed=args.speed)
     return 0
@@ -323,7 +304,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     cpu = detect_cpu()
     cfg = _load(args.config, cpu.int8_class)
     setup_logging("warning")
-    from edged.inference.pool import load_rungs, plan, warmup_sizes
+    from edged.daemon.models import load_rungs, plan, warmup_sizes
 
     redact = cfg.redactor()
     print(f"config: {cfg.source_file or 'built-in default'}: OK")
@@ -372,13 +353,9 @@ def _print_model(cfg: Config, rungs: list[ModelRunner], wp: WorkerPlan, sizes: s
 def _try_binds(cfg: Config) -> None:
     """Bind what `edged run` binds, all at once (so that two of them clashing shows
     too), and release it: PublishError or ListenError when one cannot be bound."""
-    from edged.daemon.listen import bind_tcp, server_context
+    from edged.app import OUTPUTS
     from edged.daemon.metrics import bind as bind_metrics
     from edged.daemon.pipeline import make_publisher
-    from edged.foxglove import require_foxglove
-    from edged.record import require_record
-    from edged.ros2 import require_ros2
-    from edged.view import require_aiohttp
     from edged.wire.publisher import release_ipc
 
     held: list[socket.socket] = []
@@ -399,42 +376,10 @@ def _try_binds(cfg: Config) -> None:
                 if cfg.log.metrics_exposed():
                     print(f"metrics: warning: {cfg.log.metrics} is reachable from other "
                           "machines without authentication")
-            if cfg.view is not None:
-                require_aiohttp()
-                if cfg.view.tls is not None:
-                    server_context(cfg.view.tls, "view.tls")
-                held.append(bind_tcp(cfg.view.listen, "view.listen"))
-                print(f"view: {'https' if cfg.view.tls else 'http'}://{cfg.view.listen}/: "
-                      "bound OK" + (" (token required)" if cfg.view.token else ""))
-            if cfg.foxglove is not None:
-                require_foxglove()
-                import foxglove
-
-                from edged.foxglove.sink import start_server
-
-                start_server(cfg.foxglove, foxglove.Context()).stop()
-                print(f"foxglove: {'wss' if cfg.foxglove.tls else 'ws'}://"
-                      f"{cfg.foxglove.listen}: bound OK")
-            if cfg.record is not None and cfg.record.format == "rosbag2":
-                require_record()
-                require_ros2()
-                from edged.record.rosbag import check_bag_dir
-
-                print(f"record: rosbag2 into {check_bag_dir(cfg.record, create=False)} "
-                      "(created at start)")
-            elif cfg.record is not None:
-                require_record()
-                from edged.record.sink import check_dir
-
-                print(f"record: {check_dir(cfg.record)}: writable OK")
-            if cfg.ros2 is not None:
-                require_ros2()
-                from edged.ros2.sink import Ros2Sink
-
-                r2 = Ros2Sink(cfg.ros2, {n: c.frame_id or n for n, c in cfg.cameras.items()
-                                         if c.enabled})
-                print(f"ros2: DDS domain {r2.domain_id}, Cyclone DDS started OK")
-                r2.close()
+            for output in OUTPUTS:
+                if output.configured(cfg):
+                    output.require(cfg)
+                    print(output.check(cfg, held))
     finally:
         for sock in held:
             sock.close()
@@ -474,7 +419,6 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
-    from edged.errors import UserError
     from edged.names import ENDPOINT_SCHEMES, camera_name_problem, parse_host_port
     from edged.wire.client import Subscriber
     from edged.wire.codec import EndOfStream, Message
@@ -558,8 +502,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     setup_logging("warning")
     import cv2
 
-    from edged.inference.pool import load_models
-    from edged.inference.runner import ModelError
+    from edged.daemon.models import load_models
     from edged.tools.bench import bench, format_report
 
     cv2.setNumThreads(1)
@@ -570,26 +513,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.providers:
         from edged.tools.bench import format_providers, provider_comparison
 
-        try:
-            rows = provider_comparison(cfg, args.runs, tuple(Path(m) for m in args.also))
-        except ModelError as e:
-            print(f"edged bench: {e}", file=sys.stderr)
-            return 1
+        rows = provider_comparison(cfg, args.runs, tuple(Path(m) for m in args.also))
         from edged.inference.cpu import detect as detect_cpu
 
         print(json.dumps({"machine": {"cpu_info": detect_cpu().to_json()}, "providers": rows},
                          indent=2) if args.json
               else format_providers(rows, args.runs))
         return 0
-    try:
-        models = load_models(cfg)
-    except ModelError as e:
-        print(f"edged bench: {e}", file=sys.stderr)
-        return 1
+    models = load_models(cfg)
     if args.sinks:
-        from edged.foxglove import require_foxglove
-        from edged.record import require_record
-        from edged.view import require_aiohttp
+        from edged.outputs.foxglove import require_foxglove
+        from edged.outputs.record import require_record
+        from edged.outputs.view import require_aiohttp
 
         require_aiohttp()
         require_foxglove()
@@ -600,7 +535,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_synth_video(args: argparse.Namespace) -> int:
-    from edged.errors import UserError
     from edged.tools.bench import write_synthetic_video
 
     out = Path(args.out)
@@ -622,16 +556,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     setup_logging("warning")
     import onnxruntime as ort
 
-    from edged.inference.runner import ModelError, ModelOptions, ModelRunner
+    from edged.inference.runner import ModelOptions, ModelRunner
     from edged.tools.evaluate import evaluate
 
-    try:
-        runner = ModelRunner(ModelOptions(path=Path(args.model), threads=args.threads,
-                                          conf_threshold=args.conf,
-                                          providers=provider_chain(args.provider, args.threads)))
-    except ModelError as e:
-        print(f"edged eval: {e}", file=sys.stderr)
-        return 1
+    runner = ModelRunner(ModelOptions(path=Path(args.model), threads=args.threads,
+                                      conf_threshold=args.conf,
+                                      providers=provider_chain(args.provider, args.threads)))
     # an accuracy figure for a provider must come from that provider, not a fallback
     want = PROVIDER_NAMES[args.provider]
     if runner.active_provider != want:
@@ -665,23 +595,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     setup_logging("warning")
     from edged.tools.inspection import (
-        InspectError,
         inspect_model,
         render_report,
         write_manifest,
     )
 
-    try:
+    info = inspect_model(Path(args.model), args.format, runs=args.runs)
+    if args.write_manifest:
+        # from the graph even when the existing manifest is what failed; then show
+        # what edged makes of the model with the new file
+        wrote = write_manifest(info, args.format, force=args.force)
         info = inspect_model(Path(args.model), args.format, runs=args.runs)
-        if args.write_manifest:
-            # from the graph even when the existing manifest is what failed; then show
-            # what edged makes of the model with the new file
-            wrote = write_manifest(info, args.format, force=args.force)
-            info = inspect_model(Path(args.model), args.format, runs=args.runs)
-            info["wrote"] = str(wrote)
-    except InspectError as e:
-        print(f"edged inspect: {e}", file=sys.stderr)
-        return 1
+        info["wrote"] = str(wrote)
     print(json.dumps(info, indent=2) if args.json else render_report(info))
     return 0 if info["error"] is None else 1
 
@@ -699,7 +624,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from edged.tools.quantize import (
         Gate,
         Progress,
-        QuantizeError,
         frames_for,
         iter_lines,
         run_search,
@@ -711,21 +635,16 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         config = _load(args.config)
     model = Path(args.model)
     if not model.is_file():
-        print(f"edged quantize: model file not found: {model}", file=sys.stderr)
-        return 1
+        raise UserError(f"model file not found: {model}")
     progress = Progress()
-    try:
-        frames = frames_for(args.frames, config, args.count, args.holdout)
-        report = run_search(
-            model, Path(args.out), frames, search=args.search, keep_float=args.keep_float or (),
-            default_keep=not args.no_keep_float,
-            gate=Gate(args.min_agreement, args.max_miou_drop, args.min_det_agreement),
-            runs=args.runs, for_class=args.for_class,
-            use_truth=not args.no_truth, progress=progress,
-            log=lambda line: print(line, file=sys.stderr, flush=True))
-    except QuantizeError as e:
-        print(f"edged quantize: {e}", file=sys.stderr)
-        return 1
+    frames = frames_for(args.frames, config, args.count, args.holdout)
+    report = run_search(
+        model, Path(args.out), frames, search=args.search, keep_float=args.keep_float or (),
+        default_keep=not args.no_keep_float,
+        gate=Gate(args.min_agreement, args.max_miou_drop, args.min_det_agreement),
+        runs=args.runs, for_class=args.for_class,
+        use_truth=not args.no_truth, progress=progress,
+        log=lambda line: print(line, file=sys.stderr, flush=True))
     print(report.table())
     for line in iter_lines(report):
         print(line)

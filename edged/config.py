@@ -45,6 +45,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from edged.capture.defaults import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
+from edged.errors import UserError
 from edged.inference.providers import PROVIDER_NAMES, PROVIDER_OPTIONS
 from edged.names import CAMERA_NAME_RE, camera_name_problem, parse_endpoint, parse_host_port
 from edged.redaction import Redactor
@@ -69,12 +71,10 @@ __all__ = [
 ]
 
 # The providers the runner can map to onnxruntime's (edged.inference.providers, a table
-# without imports). KNOWN_FORMATS is `known_formats()`, read lazily (see there).
+# without imports). The formats are `known_formats()`, read lazily (see there).
 KNOWN_PROVIDERS: Final = tuple(PROVIDER_NAMES)
 BUILTIN_PREFIX: Final = "builtin:"
-DEFAULT_MAX_PIXELS: Final = 7680 * 4320  # 8K UHD
 BUILTIN_MODELS_DIR: Final = Path(__file__).parent / "models"
-IMAGE_EXTENSIONS: Final = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 URL_SCHEMES: Final = frozenset({"rtsp", "rtsps", "http", "https", "udp"})
 # Upper bounds where a larger value would hurt: onnxruntime and ZeroMQ take C ints (1e12
 # overflows), and a huge thread count, queue or interval starves or stalls the daemon
@@ -157,8 +157,10 @@ class ConfigIssue:
         return text
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """Raised with every issue found in a config file; str() lists them one per line."""
+
+    prefix = "invalid configuration:\n"
 
     def __init__(self, issues: list[ConfigIssue]) -> None:
         self.issues = list(issues)
@@ -190,13 +192,6 @@ def known_formats() -> tuple[str, ...]:
     from edged.inference.formats import FORMATS
 
     return ("auto", *FORMATS)
-
-
-def __getattr__(name: str) -> Any:
-    # `KNOWN_FORMATS` stays importable as before, read from the registry when asked for
-    if name == "KNOWN_FORMATS":
-        return known_formats()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------- schema
@@ -737,7 +732,7 @@ def is_loopback_host(host: str) -> bool:
 
 class TlsConfig(_Frozen):
     """`view.tls` / `foxglove.tls`: serve https / wss with this certificate, so that the
-    view's token and every frame are encrypted off the robot (edged.daemon.listen)."""
+    view's token and every frame are encrypted off the robot (edged.outputs.base.listen)."""
 
     cert_file: ConfigPath  # PEM certificate (chain), the server's first
     key_file: ConfigPath  # PEM private key (PKCS#8, `openssl genpkey` writes it so)
@@ -757,7 +752,7 @@ class ViewConfig(_Frozen):
     @classmethod
     def _listen_address(cls, value: str) -> str:
         try:
-            parse_host_port(value)  # the parser edged.daemon.listen binds with
+            parse_host_port(value)  # the parser edged.outputs.base.listen binds with
         except ValueError as e:
             raise _custom_error("listen_address", str(e)) from None
         return value

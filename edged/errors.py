@@ -1,9 +1,14 @@
-"""`UserError`: a mistake in what the user typed (a command-line argument, a file named
-on the command line) that is not the config's or a model's. Standard library only, so
-every module can raise it; `edged.cli.main` reports it as one line and exit 1."""
+"""`UserError`: a mistake the user can fix (the config, a model, an address, a file, a
+command-line argument). Standard library only, so every module can raise one; each
+module's own error class derives from it. `edged.cli.main` alone turns one into a line
+(`prefix` + the message) and exit 1."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class UserError(Exception):
-    """Something the user gave that edged cannot use; str() is the whole message."""
+    """Something the user gave that edged cannot use; str() is the message."""
+
+    prefix: ClassVar[str] = ""  # what the message is about, when it does not say itself

@@ -3,10 +3,76 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
-from edged.inference.preprocess import Letterbox
+# how a frame is fitted into the model input
+Resize = Literal["letterbox", "stretch"]
+
+
+@dataclass(frozen=True, slots=True)
+class Letterbox:
+    """How a camera frame was placed into the model input: input = camera * scale + pad."""
+
+    scale_x: float
+    scale_y: float
+    pad_x: int
+    pad_y: int
+    content_w: int  # size of the resized frame inside the input
+    content_h: int
+    input_w: int
+    input_h: int
+
+    @classmethod
+    def fit(cls, frame_w: int, frame_h: int, input_w: int, input_h: int, mode: Resize = "letterbox",
+            align: Literal["center", "topleft"] = "center") -> Letterbox:
+        if mode == "stretch":
+            return cls(input_w / frame_w, input_h / frame_h, 0, 0, input_w, input_h, input_w,
+                       input_h)
+        r = min(input_w / frame_w, input_h / frame_h)
+        # a 1 x 4000 frame scales its short side to 0.1 pixel: keep at least one pixel
+        # (a sliver of stretch), since a 0-pixel resize target is an error, not an image
+        cw = max(1, min(input_w, round(frame_w * r)))
+        ch = max(1, min(input_h, round(frame_h * r)))
+        px, py = ((input_w - cw) // 2, (input_h - ch) // 2) if align == "center" else (0, 0)
+        return cls(cw / frame_w, ch / frame_h, px, py, cw, ch, input_w, input_h)
+
+    def boxes_to_camera(self, xyxy: np.ndarray, frame_w: int, frame_h: int) -> np.ndarray:
+        """Input-pixel xyxy boxes -> camera-pixel xyxy boxes, clipped to the frame."""
+        out = np.empty_like(xyxy, dtype=np.float32)
+        out[:, 0::2] = (xyxy[:, 0::2] - self.pad_x) / self.scale_x
+        out[:, 1::2] = (xyxy[:, 1::2] - self.pad_y) / self.scale_y
+        np.clip(out[:, 0::2], 0, frame_w, out=out[:, 0::2])
+        np.clip(out[:, 1::2], 0, frame_h, out=out[:, 1::2])
+        return out
+
+    def boxes_to_input(self, xyxy: np.ndarray) -> np.ndarray:
+        out = np.empty_like(xyxy, dtype=np.float32)
+        out[:, 0::2] = xyxy[:, 0::2] * self.scale_x + self.pad_x
+        out[:, 1::2] = xyxy[:, 1::2] * self.scale_y + self.pad_y
+        return out
+
+    def crop_mask(self, mask: np.ndarray) -> np.ndarray:
+        """The part of an input-sized mask that covers the frame (a view, no copy).
+
+        A mask of another size than the input (e.g. a segmentation head at 1/4
+        resolution) is cropped proportionally.
+        """
+        fy, fx = mask.shape[0] / self.input_h, mask.shape[1] / self.input_w
+        y0, x0 = int(round(self.pad_y * fy)), int(round(self.pad_x * fx))
+        y1 = int(round((self.pad_y + self.content_h) * fy))
+        x1 = int(round((self.pad_x + self.content_w) * fx))
+        return mask[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
+
+    def mask_to_camera(self, mask: np.ndarray, frame_w: int, frame_h: int) -> np.ndarray:
+        """Class-index mask in input space -> camera pixels (nearest neighbour)."""
+        crop = self.crop_mask(mask)
+        if crop.shape == (frame_h, frame_w):
+            return np.ascontiguousarray(crop)
+        import cv2  # here, not at the top: the types themselves need numpy only
+
+        return cv2.resize(crop, (frame_w, frame_h), interpolation=cv2.INTER_NEAREST)
 
 
 def nearest_indices(src: int, dst: int) -> np.ndarray:
@@ -17,6 +83,18 @@ def nearest_indices(src: int, dst: int) -> np.ndarray:
     the mask -> camera mapping by this formula so every language gets the same pixels.
     """
     return (2 * np.arange(dst, dtype=np.int64) + 1) * src // (2 * dst)
+
+
+def mask_at(mask: np.ndarray | None, frame_w: int, frame_h: int) -> np.ndarray | None:
+    """A class-index mask at camera resolution by the protocol's nearest-neighbour rule
+    (`nearest_indices`); the mask itself when it already has the frame's size."""
+    if mask is None:
+        return None
+    mh, mw = mask.shape
+    if (mh, mw) == (frame_h, frame_w):
+        return mask
+    return mask.take(nearest_indices(mh, frame_h), axis=0).take(
+        nearest_indices(mw, frame_w), axis=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,13 +185,7 @@ class Result:
     def mask_camera(self) -> np.ndarray | None:
         """The class-index mask at camera resolution, by the wire protocol's rule, so the
         daemon and every subscriber get the same pixels."""
-        if self.mask is None:
-            return None
-        mh, mw = self.mask.shape
-        if (mh, mw) == (self.frame_h, self.frame_w):
-            return self.mask
-        return self.mask.take(nearest_indices(mh, self.frame_h), axis=0).take(
-            nearest_indices(mw, self.frame_w), axis=1)
+        return mask_at(self.mask, self.frame_w, self.frame_h)
 
     def class_name(self, class_id: int) -> str:
         if 0 <= class_id < len(self.class_names):

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_codec import make_result  # noqa: E402
 
 from edged import synth  # noqa: E402
-from edged.foxglove import messages  # noqa: E402
-from edged.view.overlay import Overlay  # noqa: E402
+from edged.outputs.base import foxglove_schema as messages  # noqa: E402
+from edged.outputs.base.draw import Overlay  # noqa: E402
 
 
 def median_ms(fn: Callable[[], object], n: int) -> float:

@@ -20,7 +20,7 @@ from test_ros2 import DEFAULT, domain  # noqa: F401 - `domain` is a fixture
 from test_ws_protocol import HERE as WSPROTOCOL
 from test_ws_protocol import _node
 
-from edged.ros2 import msgs
+from edged.outputs.base.ros2msgs import msgs
 
 
 def _config(tmp_path: Path, view_port: int, fox_port: int, domain_id: int, xml: Path) -> Path:

@@ -12,8 +12,7 @@ import pytest
 import zmq
 import zstandard as zstd
 
-from edged.inference.preprocess import Letterbox
-from edged.results import Detections, Result
+from edged.results import Detections, Letterbox, Result, nearest_indices
 from edged.wire.codec import (
     PROTOCOL_VERSION,
     EndOfStream,
@@ -24,7 +23,6 @@ from edged.wire.codec import (
     decode_mask,
     encode_eos,
     encode_result,
-    nearest_indices,
 )
 
 CLASSES = ("ball", "goalpost", "robot")

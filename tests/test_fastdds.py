@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent / "fastdds"))
 from build import build, missing_tools  # noqa: E402
 from netns import FastddsSub, Netns, netns_problem  # noqa: E402
 
-from edged.view.overlay import is_background, mask_colour  # noqa: E402
+from edged.outputs.base.draw import is_background, mask_colour  # noqa: E402
 
 REQUIRED = bool(os.environ.get("EDGED_REQUIRE_FASTDDS"))
 NS = "robot/perception"

@@ -96,9 +96,9 @@ def test_each_model_is_recognised_with_format_auto(models, key):
 
 
 def test_every_registered_format_is_a_config_format():
-    from edged.config import KNOWN_FORMATS
+    from edged.config import known_formats
 
-    assert set(FORMATS) | {"auto"} == set(KNOWN_FORMATS)
+    assert set(FORMATS) | {"auto"} == set(known_formats())
 
 
 def test_reasons_are_specific(models):

@@ -24,9 +24,9 @@ from test_codec import make_result
 from test_daemon import run_cli
 
 from edged import synth
-from edged.foxglove import messages
+from edged.outputs.base import foxglove_schema as messages
+from edged.outputs.base.draw import Overlay, box_colour, mask_colour
 from edged.results import Frame
-from edged.view.overlay import Overlay, box_colour, mask_colour
 
 SEED = 38  # its ball is in view in the first seconds
 FIELD = 2
@@ -356,7 +356,7 @@ def test_foxglove_over_tls(tmp_path, start_daemon):
 
 
 def test_the_relay_rewrites_only_a_legacy_only_handshake():
-    from edged.foxglove.relay import offered_protocols, rewrite_request, rewrite_response
+    from edged.outputs.foxglove.relay import offered_protocols, rewrite_request, rewrite_response
 
     def req(*protocol_lines: str) -> bytes:
         return ("GET / HTTP/1.1\r\nHost: 127.0.0.1:8765\r\nUpgrade: websocket\r\n"

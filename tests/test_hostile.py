@@ -374,8 +374,8 @@ def test_case2_replay_recovers_a_file_cut_at_any_byte(tmp_path):
     some messages or a RecordError, never another exception."""
     import random
 
-    from edged.record import RecordError
-    from edged.record.replay import recover
+    from edged.outputs.record import RecordError
+    from edged.outputs.record.replay import recover
 
     whole = tmp_path / "whole.mcap"
     _write_recording(whole)
@@ -409,8 +409,8 @@ def test_case2_recorder_hands_its_chunks_to_the_file_as_it_goes(tmp_path, monkey
     every message."""
     import msgpack
 
-    from edged.record import files
-    from edged.record.replay import recover
+    from edged.outputs.record import files
+    from edged.outputs.record.replay import recover
 
     monkeypatch.setattr(files, "FLUSH_EVERY_S", 0.0)
     f = files.McapFile(tmp_path / "r.mcap")

@@ -120,7 +120,7 @@ def check_logic(text: str) -> None:
     """`edged check` up to the model load: parse, then what it derives from the config
     (the pixel bound, the worker plan, the warm-up sizes)."""
     from edged.capture.sources import limit_image_decoding
-    from edged.inference.pool import plan, warmup_sizes
+    from edged.daemon.models import plan, warmup_sizes
 
     try:
         cfg = parse_config(text, file="fuzz.yaml", env={"A": "x"}, int8_class="x86-avx2")
@@ -218,8 +218,7 @@ def test_fuzz_manifest_documents_give_model_errors_only(fuzz_model, tmp_path_fac
 
 
 def _valid_messages() -> list[list[bytes]]:
-    from edged.inference.preprocess import Letterbox
-    from edged.results import Detections, Result
+    from edged.results import Detections, Letterbox, Result
 
     res = make_result(mask=regions_mask())
     inst = Result(**{**{f: getattr(res, f) for f in res.__slots__},  # type: ignore[attr-defined]
@@ -319,8 +318,8 @@ def test_fuzz_mutated_recordings_replay_or_give_record_errors_only(recording, tm
                                                                    data):
     """What `edged replay` reads of a damaged file (bytes flipped, cut, or a piece
     repeated): its messages in order, or a RecordError naming the file."""
-    from edged.record import RecordError
-    from edged.record.replay import _guarded, _indexed, recover
+    from edged.outputs.record import RecordError
+    from edged.outputs.record.replay import _guarded, _indexed, recover
 
     blob = bytearray(recording)
     for _ in range(data.draw(st.integers(1, 3))):

@@ -139,7 +139,7 @@ def test_foxglove_garbage_from_a_client_is_a_warning_not_an_error(text):
     opcode, a 2^62-byte length, an unmasked frame) gave an ERROR per message from the SDK."""
     import logging
 
-    from edged.foxglove.sink import quiet_sdk_logging
+    from edged.outputs.foxglove.sink import quiet_sdk_logging
 
     quiet_sdk_logging()
     seen: list[logging.LogRecord] = []

@@ -10,7 +10,7 @@ import pytest
 
 from edged import cli
 from edged.daemon import metrics
-from edged.daemon.metrics import MetricsError
+from edged.outputs.base.listen import ListenError
 
 
 def test_bind_reports_a_port_in_use() -> None:
@@ -18,19 +18,19 @@ def test_bind_reports_a_port_in_use() -> None:
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
-        with pytest.raises(MetricsError, match=f"log.metrics 127.0.0.1:{port}: Address already"):
+        with pytest.raises(ListenError, match=f"log.metrics 127.0.0.1:{port}: Address already"):
             metrics.bind(f"127.0.0.1:{port}")
 
 
 @pytest.mark.parametrize(("address", "why"), [("127.0.0.1:0", "explicit port"),
                                               ("127.0.0.1:70000", "out of range")])
 def test_bind_uses_the_config_rule(address: str, why: str) -> None:
-    with pytest.raises(MetricsError, match=why):
+    with pytest.raises(ListenError, match=why):
         metrics.bind(address)
 
 
 def test_serve_serves_on_the_socket_bound_before() -> None:
-    from edged.daemon.telemetry import DaemonSnapshot, InferenceCounters
+    from edged.telemetry import DaemonSnapshot, InferenceCounters
 
     sock = metrics.bind(f"127.0.0.1:{_free_port()}")
     host, port = sock.getsockname()[:2]
@@ -59,7 +59,7 @@ def _free_port() -> int:
 
 def test_report_error_unwraps_task_groups(capsys: pytest.CaptureFixture[str]) -> None:
     group = ExceptionGroup("unhandled errors in a TaskGroup",
-                           [MetricsError("cannot listen on log.metrics 127.0.0.1:1: denied")])
+                           [ListenError("cannot listen on log.metrics 127.0.0.1:1: denied")])
     assert cli.report_error("check", group) == 1
     err = capsys.readouterr().err
     assert err == "edged check: cannot listen on log.metrics 127.0.0.1:1: denied\n"

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from edged.inference.nms import box_iou, nms
-from edged.inference.preprocess import Letterbox, Preprocessor, PreprocessSpec
+from edged.inference.preprocess import Preprocessor, PreprocessSpec
+from edged.results import Letterbox
 
 
 def naive(frame: np.ndarray, spec: PreprocessSpec) -> np.ndarray:

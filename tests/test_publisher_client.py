@@ -189,7 +189,7 @@ def test_typed_stats_and_states_reach_the_subscriber(tcp_ctx_pub: tuple[Publishe
     """A daemon snapshot -> `_stats` on the bus -> the client's typed snapshots, equal."""
     from test_telemetry import FRONT
 
-    from edged.daemon.telemetry import CameraState, DaemonSnapshot
+    from edged.telemetry import CameraState, DaemonSnapshot
     from edged.wire.telemetry import CameraState as StateMessage
     from edged.wire.telemetry import Stats, encode_state, encode_stats
 

@@ -24,8 +24,8 @@ from mcap.reader import make_reader
 from mcap_doctor import doctor
 from test_daemon import run_cli
 
-from edged.record import decode_wire
-from edged.view.overlay import mask_colour
+from edged.outputs.base.draw import mask_colour
+from edged.outputs.record import decode_wire
 from edged.wire.client import Subscriber
 from edged.wire.codec import EndOfStream, Message, decode
 

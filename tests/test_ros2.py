@@ -24,8 +24,8 @@ from cyclonedds.util import duration
 from test_daemon import run_cli
 
 from edged import synth
-from edged.ros2 import cdr, msgs
-from edged.ros2.typehash import user_data
+from edged.outputs.base.ros2msgs import cdr, msgs
+from edged.outputs.base.ros2msgs.typehash import user_data
 
 SEED = 38
 FIELD = 2
@@ -325,8 +325,8 @@ def test_record_rosbag_writes_a_bag_rosbags_reads(tmp_path, domain):
 
 
 def test_instance_ids_and_detections_follow_the_boxes():
+    from edged.outputs.base.ros2msgs.convert import detections, instance_ids
     from edged.results import Detections, Result
-    from edged.ros2.sink import detections, instance_ids
 
     a = np.zeros((10, 20), np.uint8)
     a[2:8, 3:20] = 1  # x 13-29, y 22-27 in camera pixels
@@ -350,7 +350,7 @@ def test_instance_ids_and_detections_follow_the_boxes():
 def test_image_fps_keeps_ideal_times():
     """5 fps from a 15 fps camera is every third frame (a timer restarted at each image
     gave 3.75), whatever the camera's jitter; after a gap the schedule starts again."""
-    from edged.ros2.sink import image_due
+    from edged.outputs.ros2.sink import image_due
 
     rng = np.random.default_rng(1)
     t0 = 5_000_000_000
@@ -411,7 +411,7 @@ def test_diagnostics_level_is_a_byte_as_ros_declares_it(domain):
 
 def test_cyclone_config_puts_the_users_settings_after_edgeds(tmp_path, monkeypatch):
     from edged.config import Ros2Config
-    from edged.ros2.sink import EDGED_CYCLONE_XML, cyclone_config
+    from edged.outputs.ros2.sink import EDGED_CYCLONE_XML, cyclone_config
 
     xml = tmp_path / "dds.xml"
     xml.write_text(LOOPBACK_XML)

@@ -18,8 +18,8 @@ from mcap.reader import make_reader
 from mcap_doctor import doctor
 from test_daemon import run_cli
 
-from edged.ros2 import typehash
-from edged.ros2.msgdefs import DEFS
+from edged.outputs.base.ros2msgs import typehash
+from edged.outputs.base.ros2msgs.msgdefs import DEFS
 
 DATA = Path(__file__).parent / "data"
 

@@ -14,8 +14,9 @@ from test_codec import make_result
 
 from edged.daemon.publish import PublishStage
 from edged.daemon.scheduler import Budget
-from edged.daemon.sinks import Outcome, Sink, SinkRunner, ZmqSink
 from edged.inference.cpu import detect as detect_cpu
+from edged.outputs.base.sink import Outcome, Sink, SinkRunner
+from edged.outputs.zmq import ZmqSink
 from edged.wire.client import Subscriber
 from edged.wire.codec import EndOfStream, MaskEncoder, Message, decode
 from edged.wire.publisher import Publisher

@@ -8,7 +8,7 @@ import msgpack
 import pytest
 
 from edged.daemon.metrics import render
-from edged.daemon.telemetry import (
+from edged.telemetry import (
     CameraSnapshot,
     CameraState,
     CaptureCounters,

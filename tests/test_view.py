@@ -22,8 +22,8 @@ from conftest import free_port
 from test_daemon import run_cli
 
 from edged import synth
+from edged.outputs.base.draw import MASK_ALPHA, Overlay, box_colour, mask_colour
 from edged.results import Detections, Frame, Result
-from edged.view.overlay import MASK_ALPHA, Overlay, box_colour, mask_colour
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 3

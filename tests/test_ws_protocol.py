@@ -19,7 +19,7 @@ import pytest
 from conftest import free_port
 from test_foxglove import CHANNELS, _config
 
-from edged.view.overlay import MASK_COLOURS
+from edged.outputs.base.draw import MASK_COLOURS
 
 HERE = Path(__file__).parent / "wsprotocol"
 

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from edged.capture.defaults import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 from edged.capture.mjpeg import (
     BodyPipe,
     MjpegError,
@@ -33,9 +34,9 @@ from edged.capture.mjpeg import (
     jpeg_size,
     mjpeg_stream,
 )
-from edged.daemon.telemetry import CameraState
 from edged.redaction import Redactor
 from edged.results import Frame
+from edged.telemetry import CameraState
 
 log = logging.getLogger("edged.capture.sources")
 
@@ -94,8 +95,6 @@ class _FfmpegOptions:
 
 FFMPEG_OPTIONS = _FfmpegOptions()
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
 
 class SourceError(RuntimeError):
     """A source that cannot be opened or read; the message names the camera and source."""
@@ -113,10 +112,6 @@ CRASH_WINDOW_S = 600.0
 # returns when the backend's own timeout fires. At most this many per camera may be
 # outstanding: beyond it the camera waits for one to return instead of piling up threads.
 MAX_ABANDONED_READERS = 3
-
-
-# the default of cameras.NAME.max_pixels (edged.config): 8K UHD
-DEFAULT_MAX_PIXELS = 7680 * 4320
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,8 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from edged.config import Config
 from edged.daemon.metrics import bind as bind_metrics
@@ -35,6 +37,9 @@ from edged.daemon.threads import BlockingCalls
 from edged.inference.cpu import CpuInfo, int8_mismatch
 from edged.inference.cpu import detect as detect_cpu
 
+if TYPE_CHECKING:
+    from edged.outputs.base.output import Output
+
 log = logging.getLogger("edged.daemon.lifecycle")
 
 STOP_DEADLINE_S = 10.0
@@ -43,10 +48,12 @@ STOP_DEADLINE_S = 10.0
 class Daemon:
     """`edged run`: owns the publish stage, the model load and the pipeline."""
 
-    def __init__(self, config: Config, *, frames: int | None = None,
+    def __init__(self, config: Config, *, outputs: Sequence[Output],
+                 frames: int | None = None,
                  duration: float | None = None, notifier: Notifier | None = None,
                  early: EarlySignals | None = None, cpu: CpuInfo | None = None) -> None:
         self.config = config
+        self.outputs = tuple(outputs)  # the outputs there are (edged.app.OUTPUTS)
         self.cpu = cpu  # detected by the caller (edged run), else at start
         self.frames = frames
         self.duration = duration
@@ -127,7 +134,7 @@ class Daemon:
                 self._deadline.cancel()
 
     async def _run(self) -> int:
-        from edged.inference.pool import load_models
+        from edged.daemon.models import load_models
 
         # A bind or model error propagates to `edged.cli.main`, the one place errors
         # become messages (the same text `edged check` prints); what was opened for the
@@ -143,7 +150,7 @@ class Daemon:
             log.warning("log.metrics: %s serves /metrics without authentication to anyone "
                         "who reaches it (counters and camera names, no results)",
                         cfg.log.metrics)
-        stage = make_stage(cfg)
+        stage = make_stage(cfg, self.outputs)
         metrics_sock: socket.socket | None = None
         try:
             # listening before READY too: a metrics port in use ends the start here
@@ -179,7 +186,8 @@ class Daemon:
                  runner.manifest.format, ",".join(runner.providers), models.plan.workers,
                  runner.threads, models.plan.cores, runner.cost_ms or float("nan"),
                  (time.perf_counter() - t) * 1e3)
-        pipeline = Pipeline(cfg, models, frames=self.frames, duration=self.duration,
+        pipeline = Pipeline(cfg, models, outputs=self.outputs, frames=self.frames,
+                            duration=self.duration,
                             notifier=self.notifier, stage=stage, blocking=self.blocking,
                             metrics_sock=metrics_sock, cpu=cpu)
         self.pipeline = pipeline

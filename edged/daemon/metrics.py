@@ -16,8 +16,8 @@ import logging
 import socket
 from collections.abc import Callable
 
-from edged.daemon.listen import ListenError, bind_tcp
-from edged.daemon.telemetry import CameraState, DaemonSnapshot
+from edged.outputs.base.listen import bind_tcp
+from edged.telemetry import CameraState, DaemonSnapshot
 
 log = logging.getLogger("edged.daemon.metrics")
 
@@ -80,9 +80,6 @@ def render(snapshot: DaemonSnapshot) -> str:
     return "\n".join(out) + "\n"
 
 
-MetricsError = ListenError  # the name earlier versions raised
-
-
 def bind(address: str) -> socket.socket:
     """A listening TCP socket on `address` (log.metrics, "HOST:PORT"), bound now.
 
@@ -95,7 +92,7 @@ def bind(address: str) -> socket.socket:
 async def serve(address: str, snapshot: Callable[[], DaemonSnapshot], *,
                 sock: socket.socket | None = None) -> None:
     """Serve until cancelled, on `sock` (from `bind`), else on one bound here.
-    MetricsError if it cannot listen."""
+    ListenError if it cannot listen."""
     if sock is None:
         sock = bind(address)
 

@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -36,8 +36,17 @@ from edged.daemon.metrics import serve as serve_metrics
 from edged.daemon.notify import Notifier
 from edged.daemon.publish import PublishStage
 from edged.daemon.scheduler import Budget, Scheduler
-from edged.daemon.sinks import Sink, SinkRunner, ZmqSink
-from edged.daemon.telemetry import (
+from edged.daemon.threads import BlockingCalls
+from edged.inference.cpu import CpuInfo
+from edged.inference.cpu import detect as detect_cpu
+from edged.inference.ladder import Ladder
+from edged.inference.pool import InferencePool, Models
+from edged.inference.runner import ModelRunner
+from edged.outputs.base.output import Output
+from edged.outputs.base.sink import SinkRunner
+from edged.outputs.zmq import ZmqSink
+from edged.results import Frame, Result
+from edged.telemetry import (
     CameraSnapshot,
     CameraState,
     CaptureCounters,
@@ -47,13 +56,6 @@ from edged.daemon.telemetry import (
     LatencyPercentiles,
     ModelOutput,
 )
-from edged.daemon.threads import BlockingCalls
-from edged.inference.cpu import CpuInfo
-from edged.inference.cpu import detect as detect_cpu
-from edged.inference.ladder import Ladder
-from edged.inference.pool import InferencePool, Models
-from edged.inference.runner import ModelRunner
-from edged.results import Frame, Result
 from edged.wire.codec import MaskEncoder
 from edged.wire.curve import ServerKeys, server_keys
 from edged.wire.publisher import Publisher
@@ -128,17 +130,20 @@ class Camera:
 
 
 class Pipeline:
-    def __init__(self, config: Config, models: Models, *, frames: int | None = None,
+    def __init__(self, config: Config, models: Models, *, outputs: Sequence[Output],
+                 frames: int | None = None,
                  duration: float | None = None, notifier: Notifier | None = None,
                  stage: PublishStage | None = None,
                  blocking: BlockingCalls | None = None,
                  metrics_sock: socket.socket | None = None,
                  cpu: CpuInfo | None = None) -> None:
-        """`models`: from `edged.inference.pool.load_models`. `stage`: a started publish
+        """`models`: from `edged.daemon.models.load_models`. `outputs`: the outputs there
+        are (`edged.app.OUTPUTS`); the configured ones get a sink. `stage`: a started publish
         stage (the lifecycle binds it before the model loads); without one, `bind` or
         `run` makes it. `cpu`: this machine's, for the `_stats` machine info (default:
         detected)."""
         self.config = config
+        self.outputs = tuple(outputs)
         self.cpu = cpu or detect_cpu()
         self.models = models
         self.frames = frames
@@ -324,7 +329,7 @@ class Pipeline:
         """Bind the publishing socket and start the publish stage (run() does it; call
         earlier to let subscribers connect before the first frame)."""
         if self.stage is None:
-            self.stage = make_stage(self.config)
+            self.stage = make_stage(self.config, self.outputs)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None] | None:
         """A helper task owned by the running TaskGroup, cancelled when the cameras are
@@ -374,7 +379,7 @@ class Pipeline:
 
     async def _reload(self) -> None:
         from edged.config import ConfigError, load_config
-        from edged.inference.pool import load_rungs
+        from edged.daemon.models import load_rungs
 
         self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         old = self.config
@@ -388,17 +393,9 @@ class Pipeline:
                 log.error("reload rejected, the running configuration stays:\n%s", e)
                 return
             await self._reload_publisher()
-            kept = []
-            if new.publish != old.publish:
-                kept.append("publish")
-            if new.view != old.view:
-                kept.append("view")
-            if new.foxglove != old.foxglove:
-                kept.append("foxglove")
-            if new.record != old.record:
-                kept.append("record")
-            if new.ros2 != old.ros2:
-                kept.append("ros2")
+            # the publisher and the outputs are bound and opened once, at the start
+            kept = [name for name in ("publish", *(o.name for o in self.outputs))
+                    if getattr(new, name) != getattr(old, name)]
             # the worker plan and the batch size shape the running pool
             fixed = ("workers", "threads", "batch")
             kept += [f"model.{k}" for k in fixed
@@ -407,8 +404,7 @@ class Pipeline:
                 log.warning("reload: %s changed; restart edged to apply (kept as running)",
                             ", ".join(kept))
             new = new.model_copy(update={
-                "publish": old.publish, "view": old.view, "foxglove": old.foxglove,
-                "record": old.record, "ros2": old.ros2,
+                "publish": old.publish, **{o.name: getattr(old, o.name) for o in self.outputs},
                 "model": new.model.model_copy(update={k: getattr(old.model, k)
                                                       for k in fixed})})
             if new.model != old.model:
@@ -809,9 +805,11 @@ def make_publisher(config: Config, *, cameras: int = 0, linger_ms: int = 500) ->
                      ipc_group=pc.ipc_group)
 
 
-def make_stage(config: Config) -> PublishStage:
-    """Bind the ZeroMQ publisher and start the publish stage with it as its first sink
-    (raises `edged.wire.publisher.PublishError` when an endpoint cannot be bound)."""
+def make_stage(config: Config, outputs: Sequence[Output]) -> PublishStage:
+    """Bind the ZeroMQ publisher and start the publish stage with it as its first sink,
+    then each configured one of `outputs` in turn (its extra checked, its address bound,
+    its directory checked); raises `edged.wire.publisher.PublishError` when an endpoint
+    cannot be bound, and each output's own error."""
     pc = config.publish
     names = [n for n, c in config.cameras.items() if c.enabled]
     publisher = make_publisher(config, cameras=len(names))
@@ -819,8 +817,11 @@ def make_stage(config: Config) -> PublishStage:
     boot = secrets.token_hex(8)
     sinks = [SinkRunner(ZmqSink(publisher, boot))]
     try:
-        for runner in _output_sinks(config, names):
-            sinks.append(runner)
+        for output in outputs:
+            if output.configured(config):
+                output.require(config)
+                sinks.append(SinkRunner(output.build(config, names),
+                                        queue_size=output.queue_size))
     except BaseException:
         for r in sinks:
             r.sink.close()  # not started yet: closes the sockets and files they opened
@@ -829,46 +830,3 @@ def make_stage(config: Config) -> PublishStage:
                          send_masks=pc.send_masks, boot=boot)
     stage.start()
     return stage
-
-
-def _output_sinks(config: Config, names: list[str]) -> Iterator[SinkRunner]:
-    """The configured outputs after ZeroMQ, each built (its extra imported, its address
-    bound, its directory checked) in turn."""
-    frame_ids = {n: config.cameras[n].frame_id or n for n in names}
-    if config.view is not None:
-        from edged.view import make_view_sink
-
-        # a small queue: the view draws at most view.fps per camera anyway
-        yield SinkRunner(make_view_sink(config.view, names), queue_size=2)
-    if config.foxglove is not None:
-        from edged.foxglove import require_foxglove
-
-        require_foxglove()
-        from edged.foxglove.sink import FoxgloveSink
-
-        yield SinkRunner(FoxgloveSink(config.foxglove, names), queue_size=4)
-    if config.record is not None:
-        from edged.record import require_record
-
-        require_record()
-        rec: Sink
-        if config.record.format == "rosbag2":
-            from edged.record.rosbag import RosbagSink
-            from edged.ros2 import require_ros2
-
-            require_ros2()
-            rec = RosbagSink(config.record, frame_ids,
-                             config.ros2.namespace if config.ros2 else "edged")
-        else:
-            from edged.record.sink import RecorderSink
-
-            rec = RecorderSink(config.record)
-        # a queue of a few seconds: a disk pausing for a moment loses nothing
-        yield SinkRunner(rec, queue_size=64)
-    if config.ros2 is not None:
-        from edged.ros2 import require_ros2
-
-        require_ros2()
-        from edged.ros2.sink import Ros2Sink
-
-        yield SinkRunner(Ros2Sink(config.ros2, frame_ids), queue_size=4)

@@ -5,7 +5,7 @@ It runs on one thread ("publish"). The verdict is taken once, here, before fan-o
 every sink sees the same `late` flag and the same `t_publish_ns`; the flag is judged
 when the message is stamped, after the mask is encoded, so a result without it is within
 budget by its own timestamps (docs/protocol.md). The stage never waits for a sink: each
-sink has its own bounded queue (`edged.daemon.sinks`).
+sink has its own bounded queue (`edged.outputs.base.sink`).
 
 Thread ownership: the stage's thread is the only writer of each camera's budget
 estimates (`Budget.ahead`, `Budget.send`) and of its publish-side counters (`late`,
@@ -24,9 +24,9 @@ from dataclasses import replace
 from typing import Protocol
 
 from edged.daemon.scheduler import Budget
-from edged.daemon.sinks import Outcome, SinkRunner
-from edged.daemon.telemetry import SinkStats
+from edged.outputs.base.sink import Outcome, SinkRunner
 from edged.results import Frame, Result
+from edged.telemetry import SinkStats
 from edged.wire.codec import MaskEncoder, encode_stamped
 
 log = logging.getLogger("edged.daemon.publish")

@@ -20,10 +20,23 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from edged.config import LadderConfig
+
+class LadderPolicy(Protocol):
+    """The thresholds above (`model.ladder` in the config has them): a protocol, so the
+    stage does not import the config that sits a floor above it."""
+
+    @property
+    def down_after_s(self) -> float: ...
+    @property
+    def up_after_s(self) -> float: ...
+    @property
+    def miss_ratio(self) -> float: ...
+    @property
+    def headroom(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +47,7 @@ class Switch:
 
 
 class Ladder:
-    def __init__(self, config: LadderConfig, costs_ms: list[float], now: float) -> None:
+    def __init__(self, config: LadderPolicy, costs_ms: list[float], now: float) -> None:
         if len(costs_ms) < 2:
             raise ValueError("a ladder needs at least two rungs")
         self.config = config

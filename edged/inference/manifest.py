@@ -15,12 +15,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edged.errors import UserError
 from edged.inference.preprocess import PreprocessSpec
 
 MANIFEST_VERSION = 1
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A manifest that cannot be used; the message names the file and the key."""
 
 

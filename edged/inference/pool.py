@@ -20,10 +20,10 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from edged.config import Config
-from edged.inference.runner import ModelError, ModelOptions, ModelRunner, auto_threads, plan_workers
+from edged.errors import UserError
+from edged.inference.runner import ModelRunner
 from edged.results import Frame, Result
 
 log = logging.getLogger("edged.inference.pool")
@@ -36,7 +36,7 @@ class InferenceStuck(RuntimeError):
     """A frame whose run passed the deadline; its worker was replaced."""
 
 
-class WorkersExhausted(RuntimeError):
+class WorkersExhausted(UserError, RuntimeError):
     """Workers were recreated too often: a fault that restarting a thread does not fix."""
 
 
@@ -45,68 +45,6 @@ class WorkerPlan:
     workers: int
     threads: int
     cores: int
-
-
-def plan(config: Config, cores: int | None = None) -> WorkerPlan:
-    """Workers and threads from `model.workers`/`model.threads` (0 = automatic)."""
-    cores = cores or auto_threads()  # the cores this process may use
-    cams = [c for c in config.cameras.values() if c.enabled]
-    single_rt = len(cams) == 1 and cams[0].resolved_mode() == "realtime"
-    w, t = plan_workers(config.model.workers, config.model.threads, cores=cores,
-                        cameras=len(cams), single_realtime=single_rt)
-    return WorkerPlan(w, t, cores)
-
-
-# a camera whose config gives no size: the synthetic source's default (the real size of
-# a video or a USB camera is known only once it is open)
-DEFAULT_FRAME_SIZE = (640, 480)
-
-
-def warmup_sizes(config: Config) -> list[tuple[int, int]]:
-    """(width, height) of the enabled cameras as configured, each size once, first camera
-    first; DEFAULT_FRAME_SIZE for a camera that does not say."""
-    sizes: list[tuple[int, int]] = []
-    for cam in config.cameras.values():
-        size = (cam.width or DEFAULT_FRAME_SIZE[0], cam.height or DEFAULT_FRAME_SIZE[1])
-        if cam.enabled and size not in sizes:
-            sizes.append(size)
-    return sizes or [DEFAULT_FRAME_SIZE]
-
-
-def load_rungs(config: Config, threads: int, warmup: bool = True, *,
-               warmup_runs: int | None = None, measure: bool = True) -> list[ModelRunner]:
-    """The model and its ladder variants (cheapest last), loaded, warmed up (with
-    `warmup`) and, with `measure`, timed.
-
-    The warm-up runs frames of the configured camera sizes (`warmup_sizes`): at least
-    one for each size, `warmup_runs` (default model.warmup_runs) for the first. It is
-    the test that the model runs at all, so `edged check` (one run, no timing) fails
-    where `edged run` would. Raises ModelError naming the variant that failed.
-    """
-    base = replace(ModelOptions.from_config(config.model), threads=threads)
-    options = [base]
-    if config.model.ladder is not None:
-        options += [replace(base, path=v.path) for v in config.model.ladder.variants]
-    sizes = warmup_sizes(config)
-    runs = max(1, config.model.warmup_runs if warmup_runs is None else warmup_runs)
-    rungs = []
-    for i, opts in enumerate(options):
-        try:
-            runner = ModelRunner(opts)
-            if warmup:
-                runner.warmup(runs, sizes[0])
-                for size in sizes[1:]:
-                    runner.warmup(1, size)
-        except ModelError as e:
-            raise ModelError(f"model.ladder.variants[{i - 1}]: {e}" if i else str(e)) from None
-        ladder = config.model.ladder
-        if i and ladder is not None and (name := ladder.variants[i - 1].name):
-            runner.model_id = name
-        if warmup and measure:
-            # measured here, side by side, so the ladder knows what each rung costs
-            runner.cost_ms = runner.batch_speedup((), runs=5).get(1)
-        rungs.append(runner)
-    return rungs
 
 
 def choose_batch(setting: int, per_frame_ms: dict[int, float], budget_ms: float,
@@ -149,23 +87,6 @@ class Models:
     plan: WorkerPlan
     max_batch: int
     batch_reason: str
-
-
-def load_models(config: Config, cores: int | None = None) -> Models:
-    """Plan the workers, load the model and its variants, decide on batching."""
-    wp = plan(config, cores)
-    rungs = load_rungs(config, wp.threads)
-    cams = [c for c in config.cameras.values() if c.enabled]
-    first = rungs[0]
-    if config.model.batch == 1 or not first.dynamic_batch or len(cams) < 2:
-        per_frame = {1: first.cost_ms or 0.0}
-    else:
-        sizes = tuple(b for b in (2, 4, 8) if b <= max(len(cams), config.model.batch))
-        per_frame = first.batch_speedup(sizes)
-    budget = min(c.budget.latency_ms for c in cams) if cams else float("inf")
-    max_batch, why = choose_batch(config.model.batch, per_frame, budget, len(cams),
-                                  first.dynamic_batch)
-    return Models(rungs, wp, max_batch, why)
 
 
 @dataclass(slots=True)

@@ -12,69 +12,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-Resize = Literal["letterbox", "stretch"]
-
-
-@dataclass(frozen=True, slots=True)
-class Letterbox:
-    """How a camera frame was placed into the model input: input = camera * scale + pad."""
-
-    scale_x: float
-    scale_y: float
-    pad_x: int
-    pad_y: int
-    content_w: int  # size of the resized frame inside the input
-    content_h: int
-    input_w: int
-    input_h: int
-
-    @classmethod
-    def fit(cls, frame_w: int, frame_h: int, input_w: int, input_h: int, mode: Resize = "letterbox",
-            align: Literal["center", "topleft"] = "center") -> Letterbox:
-        if mode == "stretch":
-            return cls(input_w / frame_w, input_h / frame_h, 0, 0, input_w, input_h, input_w,
-                       input_h)
-        r = min(input_w / frame_w, input_h / frame_h)
-        # a 1 x 4000 frame scales its short side to 0.1 pixel: keep at least one pixel
-        # (a sliver of stretch), since a 0-pixel resize target is an error, not an image
-        cw = max(1, min(input_w, round(frame_w * r)))
-        ch = max(1, min(input_h, round(frame_h * r)))
-        px, py = ((input_w - cw) // 2, (input_h - ch) // 2) if align == "center" else (0, 0)
-        return cls(cw / frame_w, ch / frame_h, px, py, cw, ch, input_w, input_h)
-
-    def boxes_to_camera(self, xyxy: np.ndarray, frame_w: int, frame_h: int) -> np.ndarray:
-        """Input-pixel xyxy boxes -> camera-pixel xyxy boxes, clipped to the frame."""
-        out = np.empty_like(xyxy, dtype=np.float32)
-        out[:, 0::2] = (xyxy[:, 0::2] - self.pad_x) / self.scale_x
-        out[:, 1::2] = (xyxy[:, 1::2] - self.pad_y) / self.scale_y
-        np.clip(out[:, 0::2], 0, frame_w, out=out[:, 0::2])
-        np.clip(out[:, 1::2], 0, frame_h, out=out[:, 1::2])
-        return out
-
-    def boxes_to_input(self, xyxy: np.ndarray) -> np.ndarray:
-        out = np.empty_like(xyxy, dtype=np.float32)
-        out[:, 0::2] = xyxy[:, 0::2] * self.scale_x + self.pad_x
-        out[:, 1::2] = xyxy[:, 1::2] * self.scale_y + self.pad_y
-        return out
-
-    def crop_mask(self, mask: np.ndarray) -> np.ndarray:
-        """The part of an input-sized mask that covers the frame (a view, no copy).
-
-        A mask of another size than the input (e.g. a segmentation head at 1/4
-        resolution) is cropped proportionally.
-        """
-        fy, fx = mask.shape[0] / self.input_h, mask.shape[1] / self.input_w
-        y0, x0 = int(round(self.pad_y * fy)), int(round(self.pad_x * fx))
-        y1 = int(round((self.pad_y + self.content_h) * fy))
-        x1 = int(round((self.pad_x + self.content_w) * fx))
-        return mask[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
-
-    def mask_to_camera(self, mask: np.ndarray, frame_w: int, frame_h: int) -> np.ndarray:
-        """Class-index mask in input space -> camera pixels (nearest neighbour)."""
-        crop = self.crop_mask(mask)
-        if crop.shape == (frame_h, frame_w):
-            return np.ascontiguousarray(crop)
-        return cv2.resize(crop, (frame_w, frame_h), interpolation=cv2.INTER_NEAREST)
+from edged.results import Letterbox, Resize
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from edged.errors import UserError
 from edged.inference.formats import (
     FORMATS,
     FormatError,
@@ -52,7 +53,7 @@ _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : ")
 _ORT_SUFFIX = " Please fix either the inputs/outputs or the model."
 
 
-class ModelError(RuntimeError):
+class ModelError(UserError, RuntimeError):
     """The model cannot be loaded or run; the message says which file and why."""
 
 

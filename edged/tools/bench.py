@@ -163,7 +163,9 @@ def pipeline_run(models: Models, config: Config, n: int,
                 if all(c in ended or together[c] >= n for c in names):
                     enough.set()
 
-    pipeline = Pipeline(config, models, frames=None if several else n)
+    from edged.app import OUTPUTS
+
+    pipeline = Pipeline(config, models, outputs=OUTPUTS, frames=None if several else n)
 
     async def run() -> None:
         task = asyncio.ensure_future(pipeline.run())
@@ -339,7 +341,7 @@ class _DdsReader:
         from cyclonedds.topic import Topic
         from cyclonedds.util import duration
 
-        from edged.ros2 import msgs
+        from edged.outputs.base.ros2msgs import msgs
 
         # the domain is the ROS 2 sink's, configured by it in this process
         p = DomainParticipant(self.domain_id)

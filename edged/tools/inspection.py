@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 
+from edged.errors import UserError
 from edged.inference.graph import model_header
 from edged.inference.manifest import manifest_path
 
 __all__ = ["InspectError", "inspect_model", "model_header", "render_report", "write_manifest"]
 
 
-class InspectError(RuntimeError):
+class InspectError(UserError, RuntimeError):
     """The model cannot be inspected at all, or the manifest cannot be written."""
 
 

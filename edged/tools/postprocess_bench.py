@@ -22,7 +22,8 @@ import numpy as np
 
 from edged.inference.formats.yolo_seg import Adapter
 from edged.inference.manifest import Manifest
-from edged.inference.preprocess import Letterbox, PreprocessSpec
+from edged.inference.preprocess import PreprocessSpec
+from edged.results import Letterbox
 
 SIZE, ANCHORS, CLASSES, MASKS = 416, 3549, 80, 32
 

@@ -61,6 +61,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from edged.errors import UserError
 from edged.inference.cpu import INT8_CLASSES, int8_numerics
 from edged.inference.cpu import detect as detect_cpu
 from edged.inference.manifest import manifest_path
@@ -133,7 +134,7 @@ def search_for(search: str, int8_class: str) -> tuple[tuple[str, str], ...]:
     return base + extra
 
 
-class QuantizeError(RuntimeError):
+class QuantizeError(UserError, RuntimeError):
     """Quantization cannot proceed; the message says what and why."""
 
 
@@ -226,7 +227,7 @@ def video_frames(path: Path, count: int, holdout: int) -> FrameSet:
 def image_frames(folder: Path, count: int, holdout: int) -> FrameSet:
     import cv2
 
-    from edged.config import IMAGE_EXTENSIONS
+    from edged.capture.defaults import IMAGE_EXTENSIONS
 
     files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:

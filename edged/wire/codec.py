@@ -22,7 +22,7 @@ import zmq
 import zstandard as zstd
 
 from edged.names import CAMERA_NAME_RE, camera_name_problem
-from edged.results import Result, instance_extents, nearest_indices
+from edged.results import Result, instance_extents, mask_at
 
 PROTOCOL_VERSION = 1
 MaskEncoding = Literal["raw", "zstd", "png"]
@@ -332,14 +332,7 @@ class Message:
 
     def mask_camera(self) -> np.ndarray | None:
         """The mask at camera resolution, by the protocol's nearest-neighbour rule."""
-        if self.mask is None:
-            return None
-        mh, mw = self.mask.shape
-        if (mh, mw) == (self.frame_h, self.frame_w):
-            return self.mask
-        rows = nearest_indices(mh, self.frame_h)
-        cols = nearest_indices(mw, self.frame_w)
-        return self.mask.take(rows, axis=0).take(cols, axis=1)
+        return mask_at(self.mask, self.frame_w, self.frame_h)
 
     @property
     def latency_ms(self) -> float:

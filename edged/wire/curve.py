@@ -28,11 +28,15 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from edged.errors import UserError
+
 log = logging.getLogger("edged.wire.curve")
 
 
-class CurveError(ValueError):
+class CurveError(UserError, ValueError):
     """A key file or the clients directory cannot be used; the message says which."""
+
+    prefix = "publish.curve: "
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ from types import TracebackType
 
 import zmq
 
+from edged.errors import UserError
 from edged.names import parse_endpoint
 from edged.wire.curve import AddressBans, CurveAuth, ServerKeys
 
@@ -63,8 +64,10 @@ _KEEPALIVE_INTVL_S = 10
 _KEEPALIVE_CNT = 3
 
 
-class PublishError(RuntimeError):
+class PublishError(UserError, RuntimeError):
     """The publisher could not be set up (e.g. an endpoint cannot be bound)."""
+
+    prefix = "publish.endpoints: "
 
 
 def _ipc_path(endpoint: str) -> str | None:

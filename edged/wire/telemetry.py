@@ -3,7 +3,7 @@
 Frames: topic `_stats`, then a msgpack map (see docs/protocol.md, "Statistics"):
 `{"v": 1, "type": "stats", "t_ns": wall clock ns, "interval_s": float,
 "cameras": {name: {...}}}` with, per camera, the keys of `CAMERA_KEYS`: the wire form of
-`edged.daemon.telemetry.CameraSnapshot`, which `Stats.snapshots` holds decoded.
+`edged.telemetry.CameraSnapshot`, which `Stats.snapshots` holds decoded.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from edged.daemon import telemetry as typed
+from edged import telemetry as typed
 from edged.wire.codec import (
     PROTOCOL_VERSION,
     TOPIC_MODEL,

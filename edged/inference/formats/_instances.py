@@ -26,8 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from edged.inference.preprocess import Letterbox
-from edged.results import instance_extents, nearest_indices
+from edged.results import Letterbox, instance_extents, nearest_indices
 
 # (instance, rows, cols) -> that window of the instance's field, float
 FieldFn = Callable[[int, slice, slice], np.ndarray]

@@ -50,8 +50,7 @@ from edged.inference.formats._common import (
 )
 from edged.inference.formats._instances import query_masks
 from edged.inference.manifest import Manifest
-from edged.inference.preprocess import Letterbox
-from edged.results import Detections
+from edged.results import Detections, Letterbox
 
 Layout = Literal["topk", "scores", "logits"]
 LAYOUTS: tuple[Layout, ...] = ("topk", "scores", "logits")

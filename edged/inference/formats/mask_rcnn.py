@@ -36,8 +36,7 @@ from edged.inference.formats._common import (
 )
 from edged.inference.formats._instances import paint, render
 from edged.inference.manifest import Manifest
-from edged.inference.preprocess import Letterbox
-from edged.results import Detections
+from edged.results import Detections, Letterbox
 
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

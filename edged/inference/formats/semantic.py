@@ -40,8 +40,7 @@ from edged.inference.formats._common import (
 )
 from edged.inference.graph import VALUE_PRESERVING
 from edged.inference.manifest import Manifest
-from edged.inference.preprocess import Letterbox
-from edged.results import Detections
+from edged.results import Detections, Letterbox
 
 
 def _kind(o: TensorInfo) -> str | None:

@@ -22,8 +22,8 @@ from edged.inference.formats._common import (
     xywh_to_xyxy,
 )
 from edged.inference.manifest import Manifest
-from edged.inference.preprocess import Letterbox, PreprocessSpec
-from edged.results import Detections
+from edged.inference.preprocess import PreprocessSpec
+from edged.results import Detections, Letterbox
 
 if TYPE_CHECKING:
     from edged.inference.formats import TensorInfo

@@ -44,8 +44,8 @@ from edged.inference.formats._common import (
 )
 from edged.inference.formats._instances import paint, render
 from edged.inference.manifest import Manifest
-from edged.inference.preprocess import Letterbox, PreprocessSpec
-from edged.results import Detections
+from edged.inference.preprocess import PreprocessSpec
+from edged.results import Detections, Letterbox
 
 DEFAULT_PRIORS: dict[str, Any] = {
     "scales": [[24], [48], [96], [192], [384]],

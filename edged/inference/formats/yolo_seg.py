@@ -54,8 +54,7 @@ from edged.inference.formats._common import (
 )
 from edged.inference.formats._instances import UltralyticsMasks, paint, render
 from edged.inference.manifest import Manifest
-from edged.inference.preprocess import Letterbox
-from edged.results import Detections
+from edged.results import Detections, Letterbox
 
 Layout = Literal["anchors_last", "rows", "end2end"]
 LAYOUTS: tuple[Layout, ...] = ("anchors_last", "rows", "end2end")

@@ -11,13 +11,14 @@ import socket
 import ssl
 from typing import TYPE_CHECKING
 
+from edged.errors import UserError
 from edged.names import parse_host_port
 
 if TYPE_CHECKING:
     from edged.config import TlsConfig
 
 
-class ListenError(RuntimeError):
+class ListenError(UserError, RuntimeError):
     """An endpoint cannot listen (bad address, port in use, no permission)."""
 
 

@@ -28,8 +28,7 @@ from foxglove.messages import (
     Timestamp,
 )
 
-from edged.results import Frame, Result
-from edged.view.overlay import (
+from edged.outputs.base.draw import (
     Overlay,
     box_colour,
     box_label,
@@ -37,7 +36,9 @@ from edged.view.overlay import (
     label_box,
     label_style,
 )
+from edged.results import Frame, Result
 
+STATS_TOPIC = "/edged/stats"  # the daemon's statistics, live and in recordings
 PNG_LEVEL = 1  # zlib level: 720p in ~2 ms (16 KB); level 6 halves the size for twice the time
 
 

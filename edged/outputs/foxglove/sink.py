@@ -26,16 +26,17 @@ import foxglove
 from foxglove.channels import CompressedImageChannel, ImageAnnotationsChannel, RawImageChannel
 
 from edged.config import FoxgloveConfig
-from edged.daemon.sinks import Outcome, Sink
-from edged.foxglove import FoxgloveError, messages
-from edged.foxglove.relay import Relay
-from edged.view.overlay import Overlay
+from edged.outputs.base import foxglove_schema as messages
+from edged.outputs.base.draw import Overlay
+from edged.outputs.base.foxglove_schema import STATS_TOPIC
+from edged.outputs.base.sink import Outcome, Sink
+from edged.outputs.foxglove import FoxgloveError
+from edged.outputs.foxglove.relay import Relay
 from edged.wire.codec import TOPIC_STATS
 from edged.wire.telemetry import decode_stats
 
 log = logging.getLogger("edged.foxglove")
 
-STATS_TOPIC = "/edged/stats"
 
 # What foxglove-sdk logs (its Rust log records arrive in Python logging under these
 # names) about a connection ending: every connection it sees is the relay's, so a
@@ -86,7 +87,7 @@ class FoxgloveServer:
     `foxglove.listen` (TLS there when configured)."""
 
     def __init__(self, config: FoxgloveConfig, context: foxglove.Context) -> None:
-        from edged.daemon.listen import ListenError, bind_tcp, server_context
+        from edged.outputs.base.listen import ListenError, bind_tcp, server_context
 
         quiet_sdk_logging()
         try:  # the configured address first: a port in use fails before the SDK starts

@@ -1,6 +1,6 @@
 """The live view: an aiohttp server on its own thread and event loop, fed by a sink.
 
-`ViewSink` runs on its sink thread (edged.daemon.sinks). For a camera nobody watches it
+`ViewSink` runs on its sink thread (edged.outputs.base.sink). For a camera nobody watches it
 returns at once: no frame is copied, drawn or encoded. For a watched camera it draws
 and JPEG-encodes at most `view.fps` frames per second and hands the bytes to the
 server's loop. Each viewer holds only the latest frame per camera (a slow browser
@@ -32,10 +32,10 @@ from urllib.parse import urlsplit
 from aiohttp import WSMsgType, web
 
 from edged.config import ViewConfig, is_loopback_host
-from edged.daemon.sinks import Outcome, Sink
-from edged.daemon.telemetry import CameraSnapshot
 from edged.names import parse_host_port
-from edged.view.overlay import Legend, Overlay, encode_jpeg
+from edged.outputs.base.draw import Legend, Overlay, encode_jpeg
+from edged.outputs.base.sink import Outcome, Sink
+from edged.telemetry import CameraSnapshot
 from edged.wire.codec import TOPIC_MODEL, TOPIC_STATS, ProtocolError
 from edged.wire.telemetry import decode_model_event, decode_state, decode_stats
 
@@ -63,7 +63,7 @@ STOP_S = 2.0
 
 
 def _page() -> bytes:
-    return resources.files("edged.view").joinpath("page.html").read_bytes()
+    return resources.files("edged.outputs.view").joinpath("page.html").read_bytes()
 
 
 @dataclass(slots=True, eq=False)  # hashed by identity: viewers live in a set

@@ -27,13 +27,19 @@ from typing import Any
 from foxglove.messages import CompressedImage, ImageAnnotations, RawImage
 
 from edged.config import RecordConfig
-from edged.daemon.sinks import Outcome, Sink
-from edged.daemon.telemetry import CameraSnapshot
-from edged.foxglove import messages
-from edged.foxglove.sink import STATS_TOPIC
-from edged.record import WIRE_ENCODING, WIRE_SCHEMA, WIRE_SCHEMA_NAME, RecordError, encode_wire
-from edged.record.files import MB, McapFile, Schema, enforce_limit
-from edged.view.overlay import Overlay
+from edged.outputs.base import foxglove_schema as messages
+from edged.outputs.base.draw import Overlay
+from edged.outputs.base.foxglove_schema import STATS_TOPIC
+from edged.outputs.base.sink import Outcome, Sink
+from edged.outputs.record import (
+    WIRE_ENCODING,
+    WIRE_SCHEMA,
+    WIRE_SCHEMA_NAME,
+    RecordError,
+    encode_wire,
+)
+from edged.outputs.record.files import MB, McapFile, Schema, enforce_limit
+from edged.telemetry import CameraSnapshot
 from edged.wire.codec import TOPIC_STATS, encode_eos
 from edged.wire.telemetry import decode_state, decode_stats
 

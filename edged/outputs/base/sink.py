@@ -8,25 +8,21 @@ is dropped and counted (for a robot a fresh result is worth more than an old one
 Control messages (state, stats, end-of-stream, model events) are never dropped: they
 are few, and a subscriber must see every end-of-stream.
 
-The ZeroMQ publisher (`ZmqSink`) is the first sink; the view, Foxglove, the recorder and
-ROS 2 follow the same interface.
+Every output (`edged.outputs.<name>`) is a sink; the ZeroMQ publisher is the first.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from edged.daemon.telemetry import SinkStats
 from edged.results import Frame, Result
-from edged.wire.codec import encode_eos
-from edged.wire.publisher import Publisher
+from edged.telemetry import SinkStats
 
 log = logging.getLogger("edged.daemon.sinks")
 
@@ -231,37 +227,3 @@ def _settle(item: _Item) -> None:
     """Whoever waits for this item is told it has been handled."""
     if isinstance(item, _EndOfStream | _Call) and not item.done.done():
         item.done.set_result(None)
-
-
-class ZmqSink(Sink):
-    """The ZeroMQ publisher as a sink: the socket lives on this sink's thread only.
-
-    It counts what it has handed to ZeroMQ per camera, and remembers each camera's last
-    published sequence number for its end-of-stream message.
-    """
-
-    name = "zmq"
-
-    def __init__(self, publisher: Publisher, boot: str = "") -> None:
-        self.publisher = publisher
-        self.boot = boot
-        self.published: dict[str, int] = {}  # written by this sink's thread only
-        self.last_seq: dict[str, int] = {}
-        self.send_ms: dict[str, float] = {}  # the latest send time per camera
-
-    def deliver(self, outcome: Outcome) -> None:
-        t0 = time.perf_counter()
-        cam = outcome.result.camera
-        if self.publisher.send(list(outcome.wire)):
-            self.published[cam] = self.published.get(cam, 0) + 1
-            self.last_seq[cam] = outcome.result.seq
-        self.send_ms[cam] = (time.perf_counter() - t0) * 1e3
-
-    def control(self, frames: list[bytes]) -> None:
-        self.publisher.send(frames)
-
-    def end_of_stream(self, camera: str, reason: str) -> None:
-        self.publisher.send(encode_eos(camera, self.last_seq.get(camera, -1), reason, self.boot))
-
-    def close(self) -> None:
-        self.publisher.close()

@@ -5,7 +5,7 @@ A ROS 2 type hash is SHA-256 over the canonical JSON of the type's description: 
 (`pkg/msg/Type`, its fields in order, each with a `FieldType`: `type_id`, `capacity`,
 `string_capacity`, `nested_type_name`) and every type it references, directly or not,
 sorted by name. Constants, default values and comments are not part of it, so the
-definitions in `edged.ros2.msgdefs` (constants left out) hash like the upstream files.
+definitions in `msgdefs` (constants left out) hash like the upstream files.
 rosidl_generator_type_description writes the JSON with `json.dumps` defaults
 (separators `", "` and `": "`), which is what this module hashes.
 
@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
-from edged.ros2.msgdefs import DEFS
+from edged.outputs.base.ros2msgs.msgdefs import DEFS
 
 # type_description_interfaces/msg/FieldType: the ids of the primitive types. A .msg `char`
 # is IDL `uint8` and `byte` is `octet` (rosidl_adapter's MSG_TYPE_TO_IDL).
@@ -121,7 +121,7 @@ def rihs01_of(name: str, defs: Mapping[str, str]) -> str:
 
 @cache
 def rihs01(name: str) -> str:
-    """The type hash of one of edged's message types (`edged.ros2.msgdefs`), e.g.
+    """The type hash of one of edged's message types (`edged.outputs.base.ros2msgs.msgdefs`), e.g.
     `rihs01("sensor_msgs/msg/Image")`."""
     return rihs01_of(name, DEFS)
 

@@ -3,7 +3,7 @@ directory that `ros2 bag play` plays on a robot.
 
 The bag is rosbag2's MCAP storage as rosbag2_storage_mcap writes it: one
 `DIR/<name>_0.mcap` with profile `ros2`, one schema per type (`ros2msg`: the .msg
-definition and those it uses, `edged.ros2.msgdefs`), one channel per topic (`cdr`, with
+definition and those it uses, `ros2msgs.msgdefs`), one channel per topic (`cdr`, with
 `offered_qos_profiles` and `topic_type_hash` = the RIHS01 hash), and a `rosbag2` Metadata
 record holding the bag's metadata (`serialized_metadata`); and `DIR/metadata.yaml`.
 Payloads are plain CDR, without the 4-byte padding a DDS writer adds.
@@ -30,14 +30,14 @@ import yaml
 from mcap.writer import CompressionType, Writer
 
 from edged.config import RecordConfig
-from edged.daemon.sinks import Outcome, Sink
-from edged.record import RecordError
-from edged.record.files import MB
-from edged.ros2 import cdr, msgs
-from edged.ros2.msgdefs import definition
-from edged.ros2.sink import detections, diagnostic_status, instance_ids
-from edged.ros2.typehash import rihs01
-from edged.view.overlay import encode_jpeg
+from edged.outputs.base.draw import encode_jpeg
+from edged.outputs.base.ros2msgs import cdr, msgs
+from edged.outputs.base.ros2msgs.convert import detections, diagnostic_status, instance_ids
+from edged.outputs.base.ros2msgs.msgdefs import definition
+from edged.outputs.base.ros2msgs.typehash import rihs01
+from edged.outputs.base.sink import Outcome, Sink
+from edged.outputs.record import RecordError
+from edged.outputs.record.files import MB
 from edged.wire.codec import TOPIC_STATS
 from edged.wire.telemetry import decode_stats
 
@@ -53,7 +53,7 @@ log = logging.getLogger("edged.record")
 # (rosbag2_storage/include/rosbag2_storage/yaml.hpp, qos.cpp). Iron wrote 7; Rolling
 # wrote 8 between Iron and Jazzy.
 METADATA_VERSION = 8
-ROS_DISTRO = "jazzy"  # the message layouts are Jazzy's (edged.ros2.msgs)
+ROS_DISTRO = "jazzy"  # the message layouts are Jazzy's (edged.outputs.base.ros2msgs.msgs)
 
 # RMW_DURATION_INFINITE, as rosbag2 writes an infinite deadline, lifespan or lease
 _INFINITE = {"sec": 9223372036, "nsec": 854775807}

@@ -238,7 +238,7 @@ class InferenceCounters:
 
 @dataclass(frozen=True, slots=True)
 class SinkStats:
-    """One output (sink) since start; counted by its runner (`edged.daemon.sinks`)."""
+    """One output (sink) since start; counted by its runner (`edged.outputs.base.sink`)."""
 
     name: str
     delivered: int = 0

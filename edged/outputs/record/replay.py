@@ -26,7 +26,7 @@ from mcap.records import Channel, Schema
 from mcap.records import Message as McapMessage
 from mcap.stream_reader import StreamReader
 
-from edged.record import RecordError, is_wire_channel, wire_frames
+from edged.outputs.record import RecordError, is_wire_channel, wire_frames
 from edged.wire.publisher import Publisher
 
 log = logging.getLogger("edged.record")

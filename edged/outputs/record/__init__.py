@@ -19,16 +19,23 @@ the frames, no schema); replay reads both.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 
 import msgpack
+
+from edged.config import Config
+from edged.errors import UserError
+from edged.outputs.base.output import Output, frame_ids
+from edged.outputs.base.ros2msgs import require_ros2
+from edged.outputs.base.sink import Sink
 
 WIRE_ENCODING = "protobuf"
 WIRE_SCHEMA_NAME = "edged.WireMessage"
 LEGACY_WIRE_ENCODING = "edged.multipart"
 
 
-class RecordError(RuntimeError):
+class RecordError(UserError, RuntimeError):
     """Recording cannot start (its extra is missing, or its directory is unusable)."""
 
 
@@ -127,3 +134,40 @@ def wire_frames(encoding: str, schema_name: str, data: bytes) -> list[bytes] | N
     if encoding == LEGACY_WIRE_ENCODING:
         return [bytes(f) for f in msgpack.unpackb(data)]
     return None
+
+
+# ------------------------------------------------------------------ the output
+
+def _require(config: Config) -> None:
+    require_record()
+    if config.record is not None and config.record.format == "rosbag2":
+        require_ros2()
+
+
+def _check(config: Config, held: list[socket.socket]) -> str:
+    c = config.record
+    assert c is not None
+    if c.format == "rosbag2":
+        from edged.outputs.record.rosbag import check_bag_dir
+
+        return f"record: rosbag2 into {check_bag_dir(c, create=False)} (created at start)"
+    from edged.outputs.record.sink import check_dir
+
+    return f"record: {check_dir(c)}: writable OK"
+
+
+def _build(config: Config, cameras: list[str]) -> Sink:
+    c = config.record
+    assert c is not None
+    if c.format == "rosbag2":
+        from edged.outputs.record.rosbag import RosbagSink
+
+        return RosbagSink(c, frame_ids(config, cameras),
+                          config.ros2.namespace if config.ros2 else "edged")
+    from edged.outputs.record.sink import RecorderSink
+
+    return RecorderSink(c)
+
+
+# a queue of a few seconds: a disk pausing for a moment loses nothing
+OUTPUT = Output("record", queue_size=64, require=_require, check=_check, build=_build)

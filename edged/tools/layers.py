@@ -1,0 +1,163 @@
+"""The floors of the house, and a check that no import runs up one.
+
+`python -m edged.tools.layers` reads every import in `edged/` (the AST, so function-level
+imports count too), places each module on a floor and fails (exit 1) on:
+
+- an edge from a floor to a higher one;
+- an edge between two rooms of one floor (two stages, two outputs), unless it goes into
+  that floor's shared base (`SHARED`);
+- an edge into the outputs from anywhere but the top: the daemon reaches its outputs only
+  through the sink base and what the top hands it, so it names none of them;
+- a module that no floor claims (a new package must be placed here first);
+- an entry of `ALLOWED` that no longer occurs (the allow-list only shrinks).
+
+The floors are defined here and nowhere else; docs/architecture.md draws them.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+# lowest first: (floor, {module prefix: room}); a module belongs to its longest prefix
+FLOORS: list[tuple[str, dict[str, str]]] = [
+    # the types everything shares: stdlib and numpy only
+    ("types", {"edged": "types", "edged.results": "types", "edged.telemetry": "types",
+               "edged.names": "types", "edged.errors": "types", "edged.redaction": "types"}),
+    # the public subscriber library and the codec: nothing of the daemon
+    ("wire", {"edged.wire": "wire"}),
+    # the synthetic world (numpy + OpenCV), read by the synthetic source and the tools
+    ("synth", {"edged.synth": "synth"}),
+    # the stages, each a room of its own
+    ("stages", {"edged.capture": "capture", "edged.inference": "inference",
+                "edged.tracking": "tracking"}),
+    ("config", {"edged.config": "config"}),
+    # what every output builds on
+    ("output base", {"edged.outputs": "base", "edged.outputs.base": "base"}),
+    # each output a room of its own
+    ("outputs", {"edged.outputs.zmq": "zmq", "edged.outputs.view": "view",
+                 "edged.outputs.foxglove": "foxglove", "edged.outputs.record": "record",
+                 "edged.outputs.ros2": "ros2"}),
+    ("daemon", {"edged.daemon": "daemon"}),
+    # the composition root, the command line and everything off the runtime path
+    ("top", {"edged.app": "top", "edged.__main__": "top", "edged.cli": "top", "edged.tools": "top",
+             "edged.training": "top"}),
+]
+
+# modules of a floor that the floor's other rooms may import (its shared base)
+SHARED: set[str] = set()
+
+# floors whose modules only the top may import (the daemon names no output)
+TOP_ONLY = {"outputs"}
+
+# today's edges that break a rule: (importer, imported). Only shrinks: an entry that no
+# longer occurs is an error too.
+ALLOWED: set[tuple[str, str]] = {
+    # the ZeroMQ output is the daemon's own: bound before the model loads, its counts are
+    # the stats' published counts and its socket answers the reload of CURVE keys
+    ("edged.daemon.pipeline", "edged.outputs.zmq"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    floor: int
+    room: str
+
+    @property
+    def name(self) -> str:
+        return FLOORS[self.floor][0]
+
+
+def place(module: str) -> Place | None:
+    best: tuple[int, int, str] | None = None  # (prefix length, floor, room)
+    for i, (_, rooms) in enumerate(FLOORS):
+        for prefix, room in rooms.items():
+            # the package itself ("edged") claims only its __init__, not every module
+            inside = module.startswith(prefix + ".") and prefix != "edged"
+            if (module == prefix or inside) and (
+                    best is None or len(prefix) > best[0]):
+                best = (len(prefix), i, room)
+    return None if best is None else Place(best[1], best[2])
+
+
+def modules(root: Path) -> dict[str, Path]:
+    """Dotted name -> file of every module under `root` (the `edged` package folder)."""
+    out = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def imports(module: str, path: Path, known: set[str]) -> set[str]:
+    """The edged modules `module` imports anywhere in its file."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                found.add(sub if sub in known else target)
+    return {m for m in found if m == "edged" or m.startswith("edged.")}
+
+
+def violations(root: Path) -> list[tuple[str, str, str]]:
+    """(importer, imported, why) for every edge that breaks a rule, allowed or not."""
+    mods = modules(root)
+    out = []
+    for mod, path in mods.items():
+        src = place(mod)
+        if src is None:
+            out.append((mod, "", "on no floor: place it in edged/tools/layers.py FLOORS"))
+            continue
+        for dep in sorted(imports(mod, path, set(mods))):
+            dst = place(dep)
+            if dst is None or dep == mod:
+                continue
+            if dst.floor > src.floor:
+                why = f"{src.name} imports {dst.name}, a floor up"
+            elif dst.floor == src.floor and dst.room != src.room and dep not in SHARED:
+                why = f"{src.room} imports {dst.room}, another room of {src.name}"
+            elif dst.name in TOP_ONLY and src.room != dst.room and src.name != "top":
+                why = f"{src.name} names an output ({dst.room}); only the top may"
+            else:
+                continue
+            out.append((mod, dep, why))
+    return out
+
+
+def check(root: Path) -> list[str]:
+    """The errors: edges outside the allow-list, and allow-list entries that are gone."""
+    found = violations(root)
+    errors = [f"{a} -> {b}: {why}" if b else f"{a}: {why}"
+              for a, b, why in found if (a, b) not in ALLOWED]
+    present = {(a, b) for a, b, _ in found}
+    errors += [f"{a} -> {b}: in ALLOWED but no longer imported; remove the entry"
+               for a, b in sorted(ALLOWED - present)]
+    return errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    root = Path(__file__).resolve().parents[1]
+    errors = check(root)
+    for line in errors:
+        print(line)
+    if not errors:
+        print(f"layers: ok ({len(ALLOWED)} allowed edges left)")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,47 @@
+"""The floors hold: `python -m edged.tools.layers` finds no import running up one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from edged.tools import layers
+
+ROOT = Path(layers.__file__).resolve().parents[1]
+
+
+def test_no_import_runs_up_a_floor() -> None:
+    assert layers.check(ROOT) == []
+
+
+def test_command_exits_zero() -> None:
+    r = subprocess.run([sys.executable, "-m", "edged.tools.layers"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_an_upward_edge_is_caught(tmp_path: Path) -> None:
+    pkg = tmp_path / "edged"
+    (pkg / "wire").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "wire" / "__init__.py").write_text("")
+    # a function-level import counts as much as one at the top
+    (pkg / "wire" / "x.py").write_text("def f():\n    from edged.daemon import pipeline\n")
+    (pkg / "daemon").mkdir()
+    (pkg / "daemon" / "__init__.py").write_text("")
+    (pkg / "daemon" / "pipeline.py").write_text("")
+    out = pkg / "outputs"
+    (out / "ros2").mkdir(parents=True)
+    (out / "__init__.py").write_text("")
+    (out / "ros2" / "__init__.py").write_text("")
+    (out / "view").mkdir()
+    (out / "view" / "__init__.py").write_text("from edged.outputs.ros2 import sink\n")
+    (out / "ros2" / "sink.py").write_text("")
+    (pkg / "daemon" / "run.py").write_text("import edged.outputs.view\n")
+    found = {(a, b) for a, b, _ in layers.violations(pkg)}
+    assert ("edged.wire.x", "edged.daemon.pipeline") in found
+    assert ("edged.outputs.view", "edged.outputs.ros2.sink") in found  # two outputs
+    assert ("edged.daemon.run", "edged.outputs.view") in found  # the daemon names an output
+    (pkg / "newthing.py").write_text("")
+    assert ("edged.newthing", "") in {(a, b) for a, b, _ in layers.violations(pkg)}

@@ -99,8 +99,9 @@ def encode_cost(runs: int = 200) -> dict[str, float]:
     import numpy as np
 
     from edged import synth
+    from edged.outputs.base.png import encode_png, with_palette
     from edged.outputs.base.ros2msgs import cdr
-    from edged.outputs.ros2.sink import PNG_MONO8, encode_png, with_palette
+    from edged.outputs.ros2.sink import PNG_MONO8
 
     mask = np.ascontiguousarray(synth.render(38, 3, 640, 480).segmentation, np.uint8)
     lut = np.zeros((1, 256, 3), np.uint8)

@@ -34,9 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 import time
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +50,7 @@ from cyclonedds.util import duration
 
 from edged.config import Ros2Config
 from edged.outputs.base.draw import encode_jpeg, is_background, mask_colour
+from edged.outputs.base.png import encode_png, with_palette
 from edged.outputs.base.ros2msgs import Ros2Error, cdr, msgs
 from edged.outputs.base.ros2msgs.convert import detections, diagnostic_status, instance_ids
 from edged.outputs.base.ros2msgs.typehash import user_data
@@ -80,41 +79,10 @@ LATCHED_QOS = Qos(Policy.Reliability.Reliable(duration(milliseconds=100)),
 # these as they are
 PNG_MONO8 = "mono8; png compressed "
 PNG_RGB8 = "rgb8; png compressed bgr8"  # (an indexed PNG: decoders expand it to colour)
-# zlib level 1 with run-length matching: a 640x480 class-id mask 4.1 KB in 1.5 ms here
-# (the default strategy at level 3: 5.6 KB / 1.8 ms): masks are long runs of one value
-PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY,
-              cv2.IMWRITE_PNG_STRATEGY_RLE]
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """A lossless PNG of a mono8 or BGR image."""
-    ok, buf = cv2.imencode(".png", image, PNG_PARAMS)
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    return buf.tobytes()
-
-
 def ros_type_name(dds_name: str) -> str:
     """`pkg/msg/T` for the DDS type name `pkg::msg::dds_::T_`."""
     pkg, sub, _, t = dds_name.split("::")
     return f"{pkg}/{sub}/{t.removesuffix('_')}"
-
-
-def with_palette(png: bytes, palette_rgb: np.ndarray) -> bytes:
-    """The 8-bit grey PNG `png` (class ids) as an indexed-colour PNG whose palette maps
-    each id to `palette_rgb[id]` (256x3): the colour mask for 60 us instead of encoding an
-    RGB image (5.5 ms at 640x480), with the very same compressed pixels. Decoders expand
-    the palette (OpenCV, and so image_transport, to 3-channel BGR)."""
-    if png[:8] != b"\x89PNG\r\n\x1a\n" or png[12:16] != b"IHDR" or png[24:26] != b"\x08\x00":
-        raise ValueError("with_palette: expected an 8-bit greyscale PNG")
-    ihdr = png[16:24] + b"\x08\x03" + png[26:29]  # bit depth 8, colour type 3 (indexed)
-    out = [png[:8]]
-    for kind, data in ((b"IHDR", ihdr), (b"PLTE", np.ascontiguousarray(palette_rgb,
-                                                                        np.uint8).tobytes())):
-        out.append(struct.pack(">I", len(data)) + kind + data +
-                   struct.pack(">I", zlib.crc32(kind + data)))
-    out.append(png[33:])  # the IHDR chunk is 8 + 13 + 4 bytes after the signature
-    return b"".join(out)
 
 
 def _stamp(t_ns: int) -> msgs.Time:

@@ -37,7 +37,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tests" / "fastdds"))
 
 from build import build, missing_tools  # noqa: E402
-from netns import FastddsSub, Netns, netns_problem  # noqa: E402
+from netns import FastddsSub, JsonLines, Netns, netns_problem  # noqa: E402
 
 ZMQ_ENDPOINT = "tcp://127.0.0.1:5599"  # inside the namespace: nothing else listens there
 FOXGLOVE_PORT = 8765
@@ -127,34 +126,6 @@ def percentiles(xs: list[float]) -> dict[str, float | None]:
             "p99": round(float(p[2]), 2)}
 
 
-class Lines:
-    """A reader process's JSON lines (stdout), read on a thread."""
-
-    def __init__(self, argv: list[str]) -> None:
-        self._err = tempfile.TemporaryFile()  # noqa: SIM115 (closed in wait())
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._err, text=True)
-        self.lines: list[dict[str, Any]] = []
-        self._th = threading.Thread(target=self._read, daemon=True)
-        self._th.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            self.lines.append(json.loads(raw))
-
-    def wait(self, timeout: float) -> str:
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._th.join(5)
-        self._err.seek(0)
-        err = self._err.read().decode(errors="replace")
-        self._err.close()
-        return err
-
-
 def summarise(name: str, got: dict[tuple[str, int], int], zmq: dict[tuple[str, int], int],
               window: set[tuple[str, int]], t0: int, t1: int) -> dict[str, Any]:
     """`got`, `zmq`: receive time by (camera, capture stamp); `window`: the frames that
@@ -209,7 +180,7 @@ def main() -> None:
         ns = Netns()
         sub = FastddsSub(ns, binary, specs, domain)
         d = None
-        readers: dict[str, Lines] = {}
+        readers: dict[str, JsonLines] = {}
         errs: dict[str, str] = {}
         try:
             sub.wait(lambda ls: any("ready" in j for j in ls), 30)
@@ -225,11 +196,11 @@ def main() -> None:
                   str(args.cameras), "--for", str(reader_s), "--reader"]
             t_start = time.time_ns()
             for r in ("zmq", "foxglove"):
-                readers[r] = Lines(ns.cmd([*me, r]))
+                readers[r] = JsonLines(ns.cmd([*me, r]))
             t0 = t_start + int(args.warmup * 1e9)
             t1 = t0 + int(args.seconds * 1e9)
             for r, lines in readers.items():
-                errs[r] = lines.wait(reader_s + 30)
+                errs[r] = lines.stop(reader_s + 30, terminate=False)
             time.sleep(0.5)
             d.terminate()
             d.wait(30)

@@ -59,17 +59,14 @@ class Netns:
         self._holder.wait()
 
 
-class FastddsSub:
-    """tests/fastdds/subscriber.cpp in `ns`, its JSON lines collected on a thread."""
+class JsonLines:
+    """A process whose stdout is JSON lines, collected on a thread (a `counts` line is
+    also kept apart); its stderr goes to a file, since a pipe nobody reads could fill and
+    stall it."""
 
-    def __init__(self, ns: Netns, binary: Path, specs: list[str], domain: int, *,
-                 content: bool = False, bufsize: int = 0) -> None:
-        argv = [str(binary), "--domain", str(domain), "--bufsize", str(bufsize), *specs]
-        if content:
-            argv.insert(1, "--content")
-        # stderr to a file: a pipe nobody reads could fill and stall the subscriber
+    def __init__(self, argv: list[str]) -> None:
         self._err = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
-        self.proc = subprocess.Popen(ns.cmd(argv), stdout=subprocess.PIPE, stderr=self._err,
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._err,
                                      text=True)
         self.lines: list[dict[str, Any]] = []
         self.counts: dict[str, int] | None = None
@@ -106,9 +103,10 @@ class FastddsSub:
     def count(self, topic: str) -> int:
         return len(self.samples(topic))
 
-    def stop(self, timeout: float = 10.0) -> str:
-        """SIGTERM; returns stderr."""
-        if self.proc.poll() is None:
+    def stop(self, timeout: float = 10.0, *, terminate: bool = True) -> str:
+        """SIGTERM (or, without `terminate`, wait for the process to end by itself; killed
+        after `timeout`); returns stderr."""
+        if terminate and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout)
@@ -120,3 +118,14 @@ class FastddsSub:
         err = self._err.read().decode(errors="replace")
         self._err.close()
         return err
+
+
+class FastddsSub(JsonLines):
+    """tests/fastdds/subscriber.cpp in `ns`, its JSON lines collected on a thread."""
+
+    def __init__(self, ns: Netns, binary: Path, specs: list[str], domain: int, *,
+                 content: bool = False, bufsize: int = 0) -> None:
+        argv = [str(binary), "--domain", str(domain), "--bufsize", str(bufsize), *specs]
+        if content:
+            argv.insert(1, "--content")
+        super().__init__(ns.cmd(argv))

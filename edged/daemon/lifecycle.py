@@ -108,11 +108,15 @@ class Daemon:
         self.pipeline.request_reload()
 
     def left_behind(self) -> list[str]:
-        """Threads still inside blocking calls (a model load, a wedged inference) that
-        the process must not wait for at exit."""
+        """Threads still inside blocking calls (a model load, a wedged inference, an
+        abandoned camera reader) that the process must not wait for at exit."""
         busy = self.blocking.busy()
         if self.pipeline is not None:
             busy += ["inference"] * self.pipeline.pool.stuck_threads()
+            # an abandoned camera reader still inside FFmpeg: finalising the interpreter
+            # under it aborted the process ("FATAL: exception not rethrown", exit -6)
+            busy += ["camera reader"] * sum(c.capture.stuck_readers()
+                                             for c in self.pipeline.cameras.values())
         return busy
 
     def _overdue(self) -> None:

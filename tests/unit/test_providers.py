@@ -23,7 +23,7 @@ from edged.inference.runner import (
 )
 from edged.results import Frame
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CPU_ONLY = "CUDAExecutionProvider" not in ort.get_available_providers()
 
 

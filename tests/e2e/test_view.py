@@ -25,7 +25,7 @@ from edged import synth
 from edged.outputs.base.draw import MASK_ALPHA, Overlay, box_colour, mask_colour
 from edged.results import Detections, Frame, Result
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SEED = 3
 BALL_SEED = 9  # a scene whose ball is in view for much of its first 600 frames
 BALL, FIELD = 0, 2  # synth classes: detections 0 ball; segmentation 2 field

@@ -4,7 +4,7 @@ subprotocol) on Foxglove, a Cyclone DDS reader on the ROS 2 topics with ROS 2's 
 profile, and the ZeroMQ subscriber, all on one daemon at the same time. Each must get
 its stream while the others read theirs, and the daemon must log no error for it.
 
-Loopback only: DDS is pinned to 127.0.0.1 with multicast off (tests/test_ros2.py)."""
+Loopback only: DDS is pinned to 127.0.0.1 with multicast off (tests/e2e/test_ros2.py)."""
 
 from __future__ import annotations
 

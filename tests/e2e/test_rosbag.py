@@ -21,7 +21,7 @@ from test_daemon import run_cli
 from edged.outputs.base.ros2msgs import typehash
 from edged.outputs.base.ros2msgs.msgdefs import DEFS
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 
 # The hashes ROS 2 Jazzy ships (/opt/ros/jazzy/share/<pkg>/msg/<Type>.json,
 # `type_hashes[0].hash_string`), as several independent projects quote them (found with a

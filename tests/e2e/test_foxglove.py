@@ -315,8 +315,8 @@ def test_a_stalled_client_costs_its_backlog_only(tmp_path, start_daemon):
                      log), log
 
 
-TLS_CERT = Path(__file__).parent / "data" / "tls-test.crt"  # self-signed for 127.0.0.1
-TLS_KEY = Path(__file__).parent / "data" / "tls-test.key"
+TLS_CERT = Path(__file__).parents[1] / "data" / "tls-test.crt"  # self-signed for 127.0.0.1
+TLS_KEY = Path(__file__).parents[1] / "data" / "tls-test.key"
 
 
 def test_foxglove_over_tls(tmp_path, start_daemon):

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from conftest import Daemon, ZmqCollector
 
-sys.path.insert(0, str(Path(__file__).parent / "fastdds"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "fastdds"))
 
 from build import build, missing_tools  # noqa: E402
 from netns import FastddsSub, Netns, netns_problem  # noqa: E402

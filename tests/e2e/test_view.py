@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import pytest
 from browser import Browser, find_chromium
+from configfile import daemon_config, synthetic
 from conftest import free_port
 from test_daemon import run_cli
 
@@ -32,30 +33,11 @@ BALL, FIELD = 0, 2  # synth classes: detections 0 ball; segmentation 2 field
 
 
 def _config(tmp_path: Path, port: int, cameras: dict[str, int], *, fps: float = 10,
-            view: str = "", stats_s: float = 1.0) -> Path:
-    cams = "\n".join(f"""\
-  {name}:
-    source: synthetic
-    seed: {seed}
-    width: 640
-    height: 480
-    fps: {fps}""" for name, seed in cameras.items())
-    cfg = tmp_path / "view.yaml"
-    cfg.write_text(f"""\
-model:
-  path: builtin:yoeo-demo-int8.onnx
-  threads: 1
-  warmup_runs: 1
-cameras:
-{cams}
-publish:
-  endpoints: [ipc://{tmp_path}/pub.sock]
-log:
-  stats_interval_s: {stats_s}
-view:
-  listen: 127.0.0.1:{port}
-{view}""")
-    return cfg
+            view: dict[str, Any] | None = None, stats_s: float = 1.0) -> Path:
+    return daemon_config(tmp_path, {name: synthetic(seed, fps=fps)
+                                    for name, seed in cameras.items()},
+                         name="view.yaml", stats_s=stats_s,
+                         view={"listen": f"127.0.0.1:{port}", **(view or {})})
 
 
 def _frame_header(data: bytes) -> dict:
@@ -148,7 +130,7 @@ def test_overlay_tints_instance_masks_inside_their_boxes():
 
 def test_view_costs_nothing_unwatched_and_sends_at_most_view_fps(tmp_path, start_daemon):
     port = free_port()
-    cfg = _config(tmp_path, port, {"a": 0, "b": 1}, fps=15, view="  fps: 4\n")
+    cfg = _config(tmp_path, port, {"a": 0, "b": 1}, fps=15, view={"fps": 4})
     d = start_daemon(cfg)
     d.wait_for("ready")
     d.wait_for("view on http://127.0.0.1")
@@ -190,7 +172,7 @@ def test_view_costs_nothing_unwatched_and_sends_at_most_view_fps(tmp_path, start
 def test_view_token_host_and_origin_rules(tmp_path, start_daemon):
     port = free_port()
     token = "0123456789abcdef0123"
-    cfg = _config(tmp_path, port, {"a": 0}, view="  token: ${EDGED_TEST_TOKEN}\n")
+    cfg = _config(tmp_path, port, {"a": 0}, view={"token": "${EDGED_TEST_TOKEN}"})
     os.environ["EDGED_TEST_TOKEN"] = token
     try:
         d = start_daemon(cfg)
@@ -230,12 +212,8 @@ def test_view_over_tls(tmp_path, start_daemon):
 
     port = free_port()
     token = "0123456789abcdef0123"
-    cfg = _config(tmp_path, port, {"a": 0}, view=f"""\
-  token: {token}
-  tls:
-    cert_file: {TLS_CERT}
-    key_file: {TLS_KEY}
-""")
+    cfg = _config(tmp_path, port, {"a": 0}, view={"token": token, "tls": {
+        "cert_file": str(TLS_CERT), "key_file": str(TLS_KEY)}})
     p = run_cli("check", "-c", str(cfg))
     assert p.returncode == 0 and f"view: https://127.0.0.1:{port}/: bound OK" in p.stdout
     d = start_daemon(cfg)

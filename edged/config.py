@@ -48,6 +48,7 @@ from pydantic_core import PydanticCustomError
 from edged.capture.defaults import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 from edged.errors import UserError
 from edged.inference.providers import PROVIDER_NAMES, PROVIDER_OPTIONS
+from edged.inference.triton.config import TritonConfig
 from edged.names import CAMERA_NAME_RE, camera_name_problem, parse_endpoint, parse_host_port
 from edged.redaction import Redactor
 
@@ -448,6 +449,8 @@ class ModelConfig(_Frozen):
     # a dynamic batch dimension), 1 = never, N = up to N frames
     batch: Int = Field(0, ge=0, le=MAX_BATCH)
     ladder: LadderConfig | None = None  # cheaper variants to fall back to under overload
+    # run the model on a Triton server; the local session of `path` is the fallback
+    triton: TritonConfig | None = None
     # None: the model manifest's value (its format's default for a model without one)
     conf_threshold: Float | None = Field(None, gt=0, le=1)
     iou_threshold: Float | None = Field(None, gt=0, le=1)

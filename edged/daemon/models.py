@@ -58,7 +58,7 @@ def load_rungs(config: Config, threads: int, warmup: bool = True, *,
     rungs = []
     for i, opts in enumerate(options):
         try:
-            runner = ModelRunner(opts)
+            runner = _runner(config, opts, i)
             if warmup:
                 runner.warmup(runs, sizes[0])
                 for size in sizes[1:]:
@@ -73,6 +73,17 @@ def load_rungs(config: Config, threads: int, warmup: bool = True, *,
             runner.cost_ms = runner.batch_speedup((), runs=5).get(1)
         rungs.append(runner)
     return rungs
+
+
+def _runner(config: Config, opts: ModelOptions, rung: int) -> ModelRunner:
+    """Rung 0 on a Triton server when `model.triton` says so, the rest local."""
+    triton = config.model.triton
+    if rung or triton is None:
+        return ModelRunner(opts)
+    from edged.inference.triton.runner import TritonRunner
+    cams = [c for c in config.cameras.values() if c.enabled]
+    budget = min((c.budget.latency_ms for c in cams), default=config.budget.latency_ms)
+    return TritonRunner(opts, triton, triton.timeout_s(budget))
 
 
 def load_models(config: Config, cores: int | None = None) -> Models:

@@ -278,7 +278,7 @@ class InferencePool:
 
 def reload_runner(runner: ModelRunner) -> ModelRunner:
     """A fresh session for the same model and options (a replaced worker's)."""
-    fresh = ModelRunner(runner.options)
+    fresh = runner.reloaded()
     fresh.model_id = runner.model_id
     fresh.warmup()
     return fresh

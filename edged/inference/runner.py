@@ -357,6 +357,10 @@ class ModelRunner:
                  f"; optimizers off (manifest): {', '.join(self.disabled_optimizers)}"
                  if self.disabled_optimizers else "")
 
+    def reloaded(self) -> ModelRunner:
+        """A fresh runner of the same kind, model and options (not warmed up)."""
+        return ModelRunner(self.options)
+
     def _io_binding_device(self) -> tuple[str | None, int]:
         mode = self.options.io_binding
         if mode == "off":

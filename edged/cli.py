@@ -305,6 +305,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     cfg = _load(args.config, cpu.int8_class)
     setup_logging("warning")
     from edged.daemon.models import load_rungs, plan, warmup_sizes
+    from edged.inference.triton.runner import TritonRunner
 
     redact = cfg.redactor()
     print(f"config: {cfg.source_file or 'built-in default'}: OK")
@@ -326,6 +327,11 @@ def cmd_check(args: argparse.Namespace) -> int:
             warning = int8_mismatch(r.manifest.quantization, cpu, r.model_id)
             if warning:
                 print(f"  warning: {warning}")
+        try:  # the inference server, when the model runs on one
+            for line in (r.check() for r in rungs if isinstance(r, TritonRunner)):
+                print(line)
+        except Exception as e:
+            failed = report_error("check", e)
     try:
         _try_binds(cfg)
     except Exception as e:
@@ -611,6 +617,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0 if info["error"] is None else 1
 
 
+def cmd_triton_repo(args: argparse.Namespace) -> int:
+    from edged.tools.triton_repo import write_repo
+    print(write_repo(args.model, Path(args.out), args.name, args.max_batch, args.force))
+    return 0
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
     setup_logging("warning")
     try:
@@ -812,6 +824,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--runs", type=_runs, default=20,
                    help="timed single-thread runs per candidate, alternating with fp32")
     q.set_defaults(func=cmd_quantize)
+
+    tr = sub.add_parser("triton-repo", help="write a Triton model repository entry for a model "
+                        "(config.pbtxt for the onnxruntime backend, 1/model.onnx)")
+    tr.add_argument("model", help="ONNX file, or builtin:<name> as in the config")
+    tr.add_argument("-o", "--out", required=True, help="the model repository's directory")
+    tr.add_argument("--name", help="the model's name on the server (default: the manifest's)")
+    tr.add_argument("--max-batch", type=int, default=8,
+                    help="max_batch_size for a graph with a symbolic batch dimension")
+    tr.add_argument("--force", action="store_true", help="replace an existing entry")
+    tr.set_defaults(func=cmd_triton_repo)
     return p
 
 

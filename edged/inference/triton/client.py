@@ -40,8 +40,6 @@ class TritonError(UserError, RuntimeError):
     """The server cannot be used for this model: unreachable, or a model that does not
     match the local one. The runner falls back on it; `edged check` reports it."""
 
-    prefix = "triton: "
-
 
 class MissingExtra(UserError, ImportError):
     """tritonclient is not installed."""

@@ -47,10 +47,25 @@ class TritonRunner(ModelRunner):
     def remote_id(self) -> str:
         return self.local_id + REMOTE_SUFFIX
 
-    def check(self) -> None:
-        """TritonError unless the server is reachable and its model matches (edged check)."""
+    def check(self) -> str:
+        """`edged check`'s line; TritonError unless the server is reachable and its model
+        matches the local graph."""
         assert self.remote is not None
-        self.remote.connect()
+        r = self.remote
+        r.connect()
+        out = self.run_tensor(np.zeros(self._probe_shape(), np.float32))
+        if not getattr(self._where, "remote", False):
+            raise TritonError(f"{r.config.where}: an inference failed: {r.reason}")
+        del out
+        return (f"  triton: {r.config.where}: OK (reached; tensors match {self.local_id}; one "
+                f"inference; request timeout {r.timeout_s * 1000:.0f} ms; max batch "
+                f"{r.max_batch}{'; auth header ' + r.config.auth_header if r.headers else ''}"
+                f"{'; shared memory' if r.config.shared_memory else ''}; fallback: the local "
+                f"session)")
+
+    def _probe_shape(self) -> tuple[int, ...]:
+        w, h = self.manifest.preprocess.input_size(640, 480)
+        return (1, 3, h, w)
 
     def run_tensor(self, tensor: np.ndarray) -> list[np.ndarray]:
         remote = self.remote
@@ -66,19 +81,20 @@ class TritonRunner(ModelRunner):
                              for i in range(0, len(tensor), step)]
                     values = parts[0] if len(parts) == 1 else [
                         np.concatenate(vs) for vs in zip(*parts)]
-                self._where.id = self.remote_id
+                self._where.remote = True
                 return values
             except TritonError as e:
                 remote.failed(e)
-        self._where.id = self.local_id
+        self._where.remote = False
         return super().run_tensor(tensor)
 
     def infer_batch(self, frames: list[Frame]) -> list[Result]:
         results = super().infer_batch(frames)
-        where = getattr(self._where, "id", self.local_id)
+        on_server = getattr(self._where, "remote", False)
+        where = self.remote_id if on_server else self.local_id
         remote = self.remote
         if remote is not None:
-            if where == self.remote_id:
+            if on_server:
                 remote.remote_frames += len(frames)
             else:
                 remote.fallback_frames += len(frames)

@@ -4,7 +4,7 @@ inference function that runs onnxruntime, as the tests' and the benchmarks' serv
 Runs under the triton venv's python (pytriton pins numpy<2, so never edged's venv):
 
     .venv-triton/bin/python tests/triton/serve.py MODEL.onnx --name NAME \
-        --grpc-port P --http-port Q [--output-name OLD=NEW]
+        --grpc-port P --http-port Q --access-token T [--output-name OLD=NEW]
 
 Prints one line `READY` on stdout once the model is ready; stops at SIGINT or SIGTERM.
 """
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 from pytriton.model_config import ModelConfig, Tensor
-from pytriton.triton import Triton, TritonConfig
+from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int64)": np.int64,
            "tensor(int32)": np.int32, "tensor(float16)": np.float16, "tensor(int8)": np.int8}
@@ -47,6 +47,10 @@ def main() -> int:
     ap.add_argument("--grpc-port", type=int, required=True)
     ap.add_argument("--http-port", type=int, required=True)
     ap.add_argument("--threads", type=int, default=1)
+    # pytriton guards shared memory (and model control) with a token it makes up unless
+    # given one; clients send it as the header triton-access-token (HTTP) or
+    # triton-grpc-protocol-triton-access-token (gRPC)
+    ap.add_argument("--access-token", required=True)
     # serve an output under another name: a "wrong model" for the tests
     ap.add_argument("--output-name", action="append", default=[])
     args = ap.parse_args()
@@ -80,7 +84,8 @@ def main() -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with Triton(config=config) as triton:
+    security = TritonSecurityConfig(access_token=args.access_token)
+    with Triton(config=config, security_config=security) as triton:
         triton.bind(
             model_name=args.name, infer_func=infer,
             inputs=[Tensor(name=i.name, dtype=_DTYPES[i.type], shape=dims(i.shape))

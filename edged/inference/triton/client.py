@@ -155,6 +155,7 @@ class _Channel:
                 kw |= {"ssl": True, "ssl_options": opts}
             self.client = self.mod.InferenceServerClient(c.url, **kw)
         self._shm_serial = 0
+        self.headers = remote.headers or None
         self.remote = weakref.proxy(remote)
 
     def close(self) -> None:
@@ -162,7 +163,8 @@ class _Channel:
             for name, handle, _ in regions:
                 # a server that went away forgot them anyway
                 with contextlib.suppress(Exception):
-                    self.client.unregister_system_shared_memory(name)
+                    self.client.unregister_system_shared_memory(name,
+                                                                headers=self.headers)
                 _shm().destroy_shared_memory_region(handle)
         self.regions.clear()
         with contextlib.suppress(Exception):  # a broken connection: nothing more to do
@@ -183,7 +185,8 @@ class _Channel:
                 self._shm_serial += 1
                 name = f"edged-{os.getpid()}-{threading.get_ident()}-{self._shm_serial}"
                 handle = shm.create_shared_memory_region(name, "/" + name, size)
-                self.client.register_system_shared_memory(name, "/" + name, size)
+                self.client.register_system_shared_memory(name, "/" + name, size,
+                                                          headers=self.headers)
                 regions.append((name, handle, size))
             self.regions[key] = regions
         return regions
@@ -260,6 +263,7 @@ class RemoteModel:
         self._local = threading.local()
         self._channels: list[_Channel] = []
         self.up = False
+        self._downs = 0
         self.reason = "not connected yet"
         self._retry = config.retry_s
         self._prober: threading.Thread | None = None
@@ -324,7 +328,8 @@ class RemoteModel:
             self.up = True
             self.reason = ""
             self._retry = self.config.retry_s
-            if not was:
+            # coming back is news; being up from the start is not
+            if not was and self._downs:
                 self.events.append(Event(True, f"{self.config.where} is usable",
                                          time.monotonic()))
         if not was:
@@ -341,15 +346,15 @@ class RemoteModel:
     def _down(self, reason: str) -> None:
         with self._lock:
             was = self.up
-            first = was or not self.events  # the first failure at start is news too
+            first = was or not self._downs  # the first failure at start is news too
+            self._downs += 1
             self.up = False
             self.reason = reason
             self._generation += 1  # every thread's client is rebuilt after this
             if first:
                 self.events.append(Event(False, reason, time.monotonic()))
-                log.warning("%s: unusable (%s); the local model takes over, retrying every "
-                            "%g-%g s", self.config.where, reason, self.config.retry_s,
-                            self.config.retry_max_s)
+                log.warning("%s; the local model takes over, retrying every %g-%g s",
+                            reason, self.config.retry_s, self.config.retry_max_s)
             if self._prober is None and not self._closed.is_set():
                 self._prober = threading.Thread(target=_probe_loop, args=(weakref.ref(self),),
                                                 name="triton-probe", daemon=True)

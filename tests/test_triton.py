@@ -116,6 +116,17 @@ def test_auth_header_value_is_sent_and_never_in_the_description(tmp_path: Path,
         read_auth(cfg)
 
 
+def test_the_example_config_is_the_promised_one() -> None:
+    from edged.config import load_config
+
+    cfg = load_config(REPO / "configs" / "triton.yaml")
+    t = cfg.model.triton
+    assert t is not None
+    assert (t.url, t.protocol, t.model) == ("127.0.0.1:8001", "grpc", NAME)
+    assert cfg.model.path == MODEL  # the local int8 demo: the fallback
+    assert cfg.model.ladder is None
+
+
 def test_triton_repo_fixed_batch(tmp_path: Path) -> None:
     entry = write_repo("builtin:yoeo-demo-int8.onnx", tmp_path)
     assert entry == tmp_path / NAME

@@ -274,6 +274,8 @@ class InferencePool:
         for w in self._workers:
             stuck = w.job is not None and (w.job.abandoned or self.failed is not None)
             w.executor.shutdown(wait=not stuck)
+        for r in self.rungs:
+            r.close()
 
 
 def reload_runner(runner: ModelRunner) -> ModelRunner:

@@ -357,6 +357,9 @@ class ModelRunner:
                  f"; optimizers off (manifest): {', '.join(self.disabled_optimizers)}"
                  if self.disabled_optimizers else "")
 
+    def close(self) -> None:
+        """Release what outlives a run (a remote model's connections and shared memory)."""
+
     def reloaded(self) -> ModelRunner:
         """A fresh runner of the same kind, model and options (not warmed up)."""
         return ModelRunner(self.options)

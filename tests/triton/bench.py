@@ -57,6 +57,8 @@ def per_request(server: TritonServer, runs: int) -> dict[str, float]:
             r.run_tensor(x)
             if i >= 5:
                 times[k].append((time.perf_counter() - t) * 1e3)
+    for r in paths.values():
+        r.close()
     return {k: statistics.median(v) for k, v in times.items()}
 
 

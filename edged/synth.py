@@ -392,7 +392,7 @@ def _project(k: np.ndarray, rot: np.ndarray, centre: np.ndarray, pts: np.ndarray
 class Renderer:
     """One seed's layout and the per-size images derived from it, built once.
 
-    A camera (`edged.capture.sources.SyntheticSource`) holds its own renderer, so any
+    A camera (`edged.capture.readers.synthetic.SyntheticSource`) holds its own renderer, so any
     number of cameras with different seeds never evict each other's layouts; memory is
     bounded by the renderers alive (about 10 MB per seed plus 2 to 16 MB per frame size
     in use, see docs/benchmarks.md). Cameras with the same seed share one (`renderer`).

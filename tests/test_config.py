@@ -320,7 +320,7 @@ def test_camera_defaults_cannot_set_source(tmp_path: Path) -> None:
 
 
 def test_restart_keys_default_inherit_and_reach_the_capture_policy(tmp_path: Path) -> None:
-    from edged.capture.sources import RestartPolicy
+    from edged.capture.base import RestartPolicy
 
     path = write(tmp_path, """\
         model: {path: m.onnx}

@@ -51,7 +51,7 @@ def test_many_seeds_build_each_layout_once():
     import gc
 
     from edged import synth
-    from edged.capture.sources import SyntheticSource
+    from edged.capture.readers.synthetic import SyntheticSource
 
     seeds = range(91000, 91012)
     before = synth.LAYOUT_BUILDS[0]

@@ -242,7 +242,8 @@ def image_frames(folder: Path, count: int, holdout: int) -> FrameSet:
 
 def config_frames(config: Any, count: int, holdout: int) -> FrameSet:
     """Frames from the configured cameras, read with edged's own sources, in turn."""
-    from edged.capture.sources import SourceError, source_for
+    from edged.capture.base import SourceError
+    from edged.capture.sources import source_for
 
     redact = config.redactor()
     cams = [(name, c) for name, c in config.cameras.items() if c.enabled]

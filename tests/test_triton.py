@@ -272,6 +272,19 @@ def test_backoff_bounds_the_reconnect_attempts() -> None:
         d.close()
 
 
+def test_a_slow_server_is_retried_with_growing_delays(double: KServeDouble) -> None:
+    """Healthy by its metadata, too slow for the timeout: each return to it costs one
+    frame a timeout, so the delays before trying again double up to retry_max_s."""
+    remote = triton_runner(double.url, "http", timeout_s=0.3)
+    assert remote.remote is not None and remote.remote.up
+    double.mode = "stall"
+    f = frames(1)[0]
+    while double.requests < 4:
+        assert remote.infer(f).model_id in (NAME, f"{NAME}@triton")
+    assert remote.remote._retry == pytest.approx(0.4)  # 0.1 -> 0.2 -> 0.4, capped
+    assert [e.up for e in remote.take_events()][:3] == [False, True, False]
+
+
 # ---------------------------------------------------------------------- the real server
 
 

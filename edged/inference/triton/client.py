@@ -130,7 +130,7 @@ class Event:
 class _Channel:
     """One thread's client (and shared-memory regions), for one connection generation."""
 
-    def __init__(self, remote: RemoteModel, generation: int) -> None:
+    def __init__(self, remote: RemoteModel, generation: int, timeout_s: float) -> None:
         c = remote.config
         self.mod = _tritonclient(c.protocol)
         self.generation = generation
@@ -144,8 +144,7 @@ class _Channel:
                       "certificate_chain": str(tls.cert) if tls.cert else None}
             self.client = self.mod.InferenceServerClient(c.url, **kw)
         else:
-            kw = {"connection_timeout": remote.probe_timeout_s,
-                  "network_timeout": remote.timeout_s}
+            kw = {"connection_timeout": remote.probe_timeout_s, "network_timeout": timeout_s}
             if tls is not None:
                 opts: dict[str, Any] = {}
                 if tls.ca:
@@ -264,6 +263,7 @@ class RemoteModel:
         self._channels: list[_Channel] = []
         self.up = False
         self._downs = 0
+        self._up_at = 0.0
         self.reason = "not connected yet"
         self._retry = config.retry_s
         self._prober: threading.Thread | None = None
@@ -287,7 +287,8 @@ class RemoteModel:
 
     def _validate(self) -> None:
         c = self.config
-        ch = _Channel(self, -1)  # its own client: a probe must not share a thread's
+        # its own client, with the probe's timeout: a probe must not share a thread's
+        ch = _Channel(self, -1, self.probe_timeout_s)
         try:
             kw: dict[str, Any] = {"headers": self.headers or None}
             if c.protocol == "grpc":
@@ -327,7 +328,7 @@ class RemoteModel:
             was = self.up
             self.up = True
             self.reason = ""
-            self._retry = self.config.retry_s
+            self._up_at = time.monotonic()
             # coming back is news; being up from the start is not
             if not was and self._downs:
                 self.events.append(Event(True, f"{self.config.where} is usable",
@@ -348,6 +349,13 @@ class RemoteModel:
             was = self.up
             first = was or not self._downs  # the first failure at start is news too
             self._downs += 1
+            # a server that stayed up a while starts the back-off afresh; one that fails
+            # again soon after coming back (slow, flapping) keeps its longer delay
+            if was:
+                if time.monotonic() - self._up_at > 2 * self.config.retry_max_s:
+                    self._retry = self.config.retry_s
+                else:
+                    self._retry = min(self._retry * 2, self.config.retry_max_s)
             self.up = False
             self.reason = reason
             self._generation += 1  # every thread's client is rebuilt after this
@@ -360,22 +368,22 @@ class RemoteModel:
                                                 name="triton-probe", daemon=True)
                 self._prober.start()
 
-    def _probe_once(self) -> float | None:
-        """One reconnect attempt: None once up, else seconds to wait before the next."""
+    def _probe_once(self) -> bool:
+        """One reconnect attempt: True once up (the prober ends), else False and the next
+        delay doubled."""
         try:
             self._validate()
         except TritonError as e:
             with self._lock:
-                if e.args and str(e) != self.reason:
+                if str(e) != self.reason:
                     log.warning("%s", e)
                 self.reason = str(e)
-                wait = self._retry
                 self._retry = min(self._retry * 2, self.config.retry_max_s)
-            return wait
+            return False
         with self._lock:
             self._prober = None
         self._mark_up()
-        return None
+        return True
 
     def take_events(self) -> list[Event]:
         out = []
@@ -409,7 +417,7 @@ class RemoteModel:
                     if ch in self._channels:
                         self._channels.remove(ch)
                 ch.close()
-            ch = self._local.channel = _Channel(self, self._generation)
+            ch = self._local.channel = _Channel(self, self._generation, self.timeout_s)
             with self._lock:
                 self._channels.append(ch)
         try:
@@ -429,15 +437,19 @@ class RemoteModel:
 
 
 def _probe_loop(ref: weakref.ReferenceType[RemoteModel]) -> None:
+    """Wait the current back-off, probe; until up, closed, or the model is dropped."""
     while True:
         remote = ref()
-        if remote is None or remote._closed.is_set():
+        if remote is None:
             return
-        wait = remote._probe_once()
-        closed = remote._closed
+        closed, wait = remote._closed, remote._retry
         del remote  # no strong reference while sleeping: a dropped model ends the loop
-        if wait is None or closed.wait(wait):
+        if closed.wait(wait):
             return
+        remote = ref()
+        if remote is None or remote._probe_once():
+            return
+        del remote
 
 
 def _short(e: BaseException) -> str:

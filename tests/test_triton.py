@@ -338,6 +338,42 @@ def test_real_server_wrong_model_is_refused(tmp_path: Path) -> None:
         s.stop()
 
 
+def test_real_server_batches_of_several_cameras(tmp_path: Path) -> None:
+    """A graph with a symbolic batch: frames of several cameras go as one request (in
+    parts of the server's max_batch_size, 8 here), equal to the local batch run."""
+    model = yoeo_model(tmp_path / "dyn.onnx", batch="N", size=64, convs=True)
+    s = TritonServer(model, "dyn", tmp_path / "server.log").start()
+    try:
+        from edged.inference.triton.runner import TritonRunner
+
+        cfg = TritonConfig(url=s.grpc_url, model="dyn")
+        remote = TritonRunner(ModelOptions(path=model, warmup_runs=0), cfg, 30.0)
+        local = ModelRunner(ModelOptions(path=model, warmup_runs=0))
+        assert remote.dynamic_batch and remote.remote is not None and remote.remote.up
+        assert remote.remote.max_batch == 8
+        batch = frames(10)
+        got, want = remote.infer_batch(batch), local.infer_batch(batch)
+        assert [r.model_id for r in got] == ["dyn@triton"] * 10
+        for a, b in zip(want, got):
+            assert_same(a, b)
+        assert remote.remote.remote_frames == 10
+        remote.close()
+    finally:
+        s.stop()
+
+
+def test_metrics_say_where_frames_were_computed() -> None:
+    from edged.daemon.metrics import render
+    from edged.telemetry import DaemonSnapshot, InferenceCounters
+
+    text = render(DaemonSnapshot(1.0, 1.0, inference=InferenceCounters(
+        10, 10, 1, 0, remote_up=False, remote_frames=7, fallback_frames=3)))
+    assert "edged_remote_up{} 0" in text
+    assert 'edged_remote_frames_total{where="server"} 7' in text
+    assert 'edged_remote_frames_total{where="fallback"} 3' in text
+    assert "remote_up" not in render(DaemonSnapshot(1.0, 1.0))
+
+
 def _config(tmp_path: Path, url: str, endpoint: str, protocol: str = "grpc") -> Path:
     cfg = tmp_path / "triton.yaml"
     cfg.write_text(f"""

@@ -362,6 +362,37 @@ def test_real_server_batches_of_several_cameras(tmp_path: Path) -> None:
         s.stop()
 
 
+def test_real_server_over_tls(tmp_path: Path) -> None:
+    """gRPC over TLS: the server's certificate checked against the configured CA; a
+    client without the CA is refused and falls back."""
+    import shutil
+
+    from edged.inference.triton.config import TlsFiles
+
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True,
+                   capture_output=True, timeout=60)
+    s = TritonServer(MODEL, NAME, tmp_path / "server.log", "--grpc-tls", str(cert),
+                     str(key)).start()
+    try:
+        remote = triton_runner(s.grpc_url, tls=TlsFiles(ca=cert))
+        assert remote.remote is not None and remote.remote.up, remote.remote.reason
+        f = frames(1)[0]
+        r = remote.infer(f)
+        assert r.model_id == f"{NAME}@triton"
+        assert_same(r, local_runner().infer(f))
+        plain = triton_runner(s.grpc_url)  # no TLS: the handshake fails
+        assert plain.remote is not None and not plain.remote.up
+        assert "server not reachable" in plain.remote.reason
+        remote.close()
+    finally:
+        s.stop()
+
+
 def test_metrics_say_where_frames_were_computed() -> None:
     from edged.daemon.metrics import render
     from edged.telemetry import DaemonSnapshot, InferenceCounters

@@ -51,6 +51,8 @@ def main() -> int:
     # given one; clients send it as the header triton-access-token (HTTP) or
     # triton-grpc-protocol-triton-access-token (gRPC)
     ap.add_argument("--access-token", required=True)
+    # gRPC over TLS with this certificate and key (HTTP stays plain: the tests wait on it)
+    ap.add_argument("--grpc-tls", nargs=2, metavar=("CERT", "KEY"))
     # serve an output under another name: a "wrong model" for the tests
     ap.add_argument("--output-name", action="append", default=[])
     args = ap.parse_args()
@@ -80,7 +82,9 @@ def main() -> int:
 
     config = TritonConfig(grpc_address="127.0.0.1", grpc_port=args.grpc_port,
                           http_address="127.0.0.1", http_port=args.http_port,
-                          allow_metrics=False, exit_timeout_secs=2)
+                          allow_metrics=False, exit_timeout_secs=2,
+                          **({"grpc_use_ssl": True, "grpc_server_cert": args.grpc_tls[0],
+                              "grpc_server_key": args.grpc_tls[1]} if args.grpc_tls else {}))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -3,15 +3,19 @@ options, the runner's overrides of its manifest, the pre-processing and the ladd
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from edged.config.errors import custom_error, did_you_mean
 from edged.config.fields import ConfigPath, Float, Frozen, Int, config_path
 from edged.inference.providers import PROVIDER_NAMES, PROVIDER_OPTIONS
+
+if TYPE_CHECKING:
+    from edged.inference.runner import ModelOptions
 
 # The providers the runner can map to onnxruntime's (edged.inference.providers, a table
 # without imports). The formats are `known_formats()`, read lazily (see there).
@@ -273,3 +277,26 @@ class ModelConfig(Frozen):
         if value not in known:
             raise custom_error("model_format", f"unknown format; {did_you_mean(value, known)}")
         return value
+
+    def runner_options(self) -> ModelOptions:
+        """The runner's options: each `ModelOptions` field is the key of the same name
+        here (the runner is used without a config too, so its type lives below the
+        config), as the runner's immutable types."""
+        from edged.inference.runner import ModelOptions  # numpy and onnxruntime: on use
+
+        def tupled(items: list[Any] | None) -> tuple[Any, ...] | None:
+            return tuple(tuple(i) if isinstance(i, list) else i for i in items) \
+                if items else None
+
+        converted: dict[str, Any] = {
+            "providers": tuple((p.name, dict(p.options)) for p in self.providers),
+            "classes": tupled(self.classes), "seg_classes": tupled(self.seg_classes),
+            "class_groups": tupled(self.class_groups),
+            "preprocess": tuple(sorted(
+                (k, tuple(v) if isinstance(v, list) else v)
+                for k, v in (self.preprocess.model_dump().items() if self.preprocess else ())
+                if v is not None)),
+        }
+        return ModelOptions(**{
+            f.name: converted.get(f.name, getattr(self, f.name))
+            for f in dataclasses.fields(ModelOptions) if f.name in type(self).model_fields})

@@ -33,6 +33,7 @@ FLOORS: list[tuple[str, dict[str, str]]] = [
     # the stages, each a room of its own
     ("stages", {"edged.capture": "capture", "edged.inference": "inference",
                 "edged.tracking": "tracking"}),
+    # the config package (loader, errors, one schema module per section): one room
     ("config", {"edged.config": "config"}),
     # what every output builds on
     ("output base", {"edged.outputs": "base", "edged.outputs.base": "base"}),
@@ -41,7 +42,8 @@ FLOORS: list[tuple[str, dict[str, str]]] = [
                  "edged.outputs.foxglove": "foxglove", "edged.outputs.record": "record",
                  "edged.outputs.ros2": "ros2"}),
     ("daemon", {"edged.daemon": "daemon"}),
-    # the composition root, the command line and everything off the runtime path
+    # the composition root, the command line (the edged.cli package: one module per
+    # command) and everything off the runtime path
     ("top", {"edged.app": "top", "edged.__main__": "top", "edged.cli": "top", "edged.tools": "top",
              "edged.training": "top"}),
 ]

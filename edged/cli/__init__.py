@@ -10,7 +10,6 @@ inside their functions.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from edged.cli import (
     bench,
@@ -48,7 +47,3 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:  # the one place errors become messages (report_error)
         return report_error(args.command, e, logged=getattr(args, "errors_to_log", False))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,7 +13,8 @@ import re
 import shutil
 from pathlib import Path
 
-from edged.config import BUILTIN_PREFIX, ConfigError, parse_config
+from edged.config import ConfigError, parse_config
+from edged.config.model import BUILTIN_PREFIX
 from edged.errors import UserError
 from edged.inference.formats import TensorInfo
 from edged.inference.runner import ModelOptions, ModelRunner

@@ -484,3 +484,46 @@ def test_daemon_keeps_publishing_when_the_server_dies_and_returns(
         stop.set()
         th.join(5)
         s.stop()
+
+
+def test_daemon_starts_with_the_server_down_and_moves_to_it(tmp_path: Path,
+                                                           start_daemon) -> None:
+    """No server at start is no error: the camera publishes from the local session, the
+    fallback is announced, and the results move to the server once it is up."""
+    import threading
+
+    from edged.wire.client import Subscriber
+    from edged.wire.codec import Message
+    from edged.wire.telemetry import ModelEvent
+
+    s = TritonServer(MODEL, NAME, tmp_path / "server.log")  # not started yet
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    models: list[str] = []
+    events: list[ModelEvent] = []
+    stop = threading.Event()
+
+    def listen() -> None:
+        with Subscriber(endpoint, stats=True) as sub:
+            while not stop.is_set():
+                m = sub.recv(timeout=0.1)
+                if isinstance(m, Message):
+                    models.append(m.model)
+                elif isinstance(m, ModelEvent):
+                    events.append(m)
+
+    th = threading.Thread(target=listen, daemon=True)
+    th.start()
+    try:
+        d = start_daemon(_config(tmp_path, s.grpc_url, endpoint))
+        wait_until(lambda: models.count(NAME) >= 3, 120, "results of the local session")
+        assert f"{NAME}@triton" not in models
+        s.start()
+        wait_until(lambda: f"{NAME}@triton" in models, 120, "results from the server")
+        assert any(e.variant == f"{NAME}@triton" and e.previous == NAME for e in events)
+        code, _ = d.terminate(30)
+        assert code == 0, d.log()
+        assert "server not reachable" in d.log()
+    finally:
+        stop.set()
+        th.join(5)
+        s.stop()

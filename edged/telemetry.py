@@ -228,12 +228,19 @@ class InferenceCounters:
     batches: int = 0
     largest_batch: int = 0
     recreated: int = 0  # workers replaced after a stuck run
+    # a model on an inference server (model.triton): usable now (None: no such model),
+    # frames computed there and on the local fallback
+    remote_up: bool | None = None
+    remote_frames: int = 0
+    fallback_frames: int = 0
 
     def log_line(self, variant: str) -> str:
         """The final line at exit, with the variant running then."""
         return (f"final inference: {self.frames} frames in {self.batches} runs (mean batch "
                 f"{self.frames / max(self.batches, 1):.2f}, largest {self.largest_batch}), "
-                f"{self.recreated} worker(s) recreated, variant {variant}")
+                f"{self.recreated} worker(s) recreated, variant {variant}"
+                + (f", {self.remote_frames} frames on the server and {self.fallback_frames} "
+                   f"on the local fallback" if self.remote_up is not None else ""))
 
 
 @dataclass(frozen=True, slots=True)

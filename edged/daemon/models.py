@@ -10,7 +10,13 @@ from dataclasses import replace
 
 from edged.config import Config
 from edged.inference.pool import Models, WorkerPlan, choose_batch
-from edged.inference.runner import ModelError, ModelOptions, ModelRunner, auto_threads, plan_workers
+from edged.inference.runner import (
+    ModelError,
+    ModelOptions,
+    ModelRunner,
+    auto_threads,
+    plan_workers,
+)
 
 
 def plan(config: Config, cores: int | None = None) -> WorkerPlan:
@@ -49,7 +55,7 @@ def load_rungs(config: Config, threads: int, warmup: bool = True, *,
     the test that the model runs at all, so `edged check` (one run, no timing) fails
     where `edged run` would. Raises ModelError naming the variant that failed.
     """
-    base = replace(ModelOptions.from_config(config.model), threads=threads)
+    base = replace(config.model.runner_options(), threads=threads)
     options = [base]
     if config.model.ladder is not None:
         options += [replace(base, path=v.path) for v in config.model.ladder.variants]
@@ -58,7 +64,7 @@ def load_rungs(config: Config, threads: int, warmup: bool = True, *,
     rungs = []
     for i, opts in enumerate(options):
         try:
-            runner = ModelRunner(opts)
+            runner = _runner(config, opts, i)
             if warmup:
                 runner.warmup(runs, sizes[0])
                 for size in sizes[1:]:
@@ -73,6 +79,17 @@ def load_rungs(config: Config, threads: int, warmup: bool = True, *,
             runner.cost_ms = runner.batch_speedup((), runs=5).get(1)
         rungs.append(runner)
     return rungs
+
+
+def _runner(config: Config, opts: ModelOptions, rung: int) -> ModelRunner:
+    """Rung 0 on a Triton server when `model.triton` says so, the rest local."""
+    triton = config.model.triton
+    if rung or triton is None:
+        return ModelRunner(opts)
+    from edged.inference.triton.runner import TritonRunner
+    cams = [c for c in config.cameras.values() if c.enabled]
+    budget = min((c.budget.latency_ms for c in cams), default=config.budget.latency_ms)
+    return TritonRunner(opts, triton, triton.timeout_s(budget))
 
 
 def load_models(config: Config, cores: int | None = None) -> Models:

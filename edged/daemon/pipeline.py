@@ -29,7 +29,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from edged.capture.sources import CaptureThread, Handoff, RestartPolicy, SourceError, source_for
+from edged.capture.base import RestartPolicy, SourceError
+from edged.capture.handoff import Handoff
+from edged.capture.sources import source_for
+from edged.capture.supervisor import CaptureThread
 from edged.config import CameraConfig, Config
 from edged.daemon.health import Health
 from edged.daemon.metrics import serve as serve_metrics
@@ -42,6 +45,7 @@ from edged.inference.cpu import detect as detect_cpu
 from edged.inference.ladder import Ladder
 from edged.inference.pool import InferencePool, Models
 from edged.inference.runner import ModelRunner
+from edged.inference.triton.runner import TritonRunner
 from edged.outputs.base.output import Output
 from edged.outputs.base.sink import SinkRunner
 from edged.outputs.zmq import ZmqSink
@@ -663,12 +667,35 @@ class Pipeline:
             return self._latest_stats
         now = time.monotonic()
         elapsed = now - self._started
-        ps = self.pool.stats
         return DaemonSnapshot(
             uptime_s=elapsed, interval_s=elapsed, final=True,
             cameras={c.name: self._snapshot(c, elapsed, final=True)
                      for c in self.cameras.values()},
-            inference=InferenceCounters(ps.frames, ps.batches, ps.largest_batch, ps.recreated))
+            inference=self._inference_counters())
+
+    def _inference_counters(self) -> InferenceCounters:
+        ps = self.pool.stats
+        remote = next((r.remote for r in self.pool.rungs
+                       if isinstance(r, TritonRunner) and r.remote is not None), None)
+        if remote is None:
+            return InferenceCounters(ps.frames, ps.batches, ps.largest_batch, ps.recreated)
+        return InferenceCounters(ps.frames, ps.batches, ps.largest_batch, ps.recreated,
+                                 remote.up, remote.remote_frames, remote.fallback_frames)
+
+    def _announce_remote(self) -> None:
+        """A model on an inference server went down (its local session takes over) or
+        came back: a `_model` event, each camera's state detail, a log line."""
+        for runner in self.pool.rungs:
+            if not isinstance(runner, TritonRunner):
+                continue
+            for ev in runner.take_events():
+                new, old = ((runner.remote_id, runner.local_id) if ev.up
+                            else (runner.local_id, runner.remote_id))
+                detail = (f"inference back on the server ({ev.reason})" if ev.up else
+                          f"inference on the local fallback {new}: {ev.reason}")
+                self._send_soon(encode_model_event(new, self.pool.rung, old, detail))
+                for cam in self.cameras.values():
+                    self._publish_state(cam.name, cam.capture.state, detail)
 
     def _give_up(self) -> None:
         """The pool's recreation budget is spent: stop with exit code 1."""
@@ -680,6 +707,7 @@ class Pipeline:
     async def _ladder_loop(self) -> None:
         while True:  # one task for the whole run: a reload may add or replace the ladder
             await asyncio.sleep(LADDER_TICK_S)
+            self._announce_remote()  # its tick serves the remote model's news too
             ladder = self.ladder
             if ladder is None:
                 continue
@@ -774,11 +802,10 @@ class Pipeline:
             cameras[cam.name] = self._snapshot(cam, elapsed, final)
             cam.stats.captured_at_report = cam.handoff.put_count
             cam.stats.window_processed = 0
-        ps = self.pool.stats
         snap = self._latest_stats = DaemonSnapshot(
             uptime_s=time.monotonic() - self._started, interval_s=elapsed, final=final,
             cameras=cameras,
-            inference=InferenceCounters(ps.frames, ps.batches, ps.largest_batch, ps.recreated),
+            inference=self._inference_counters(),
             sinks=tuple(self.stage.sink_stats()) if self.stage is not None else ())
         for line in snap.log_lines():
             log.info("%s", line)

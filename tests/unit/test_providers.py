@@ -16,13 +16,8 @@ from configfile import daemon_config
 from modelgen import painted_frame, yoeo_model
 
 from edged.config import ConfigError, load_config
-from edged.inference.runner import (
-    ModelOptions,
-    ModelRunner,
-    node_placement,
-    plan_providers,
-    provider_options,
-)
+from edged.inference.runner import ModelOptions, ModelRunner
+from edged.inference.session import node_placement, plan_providers, provider_options
 from edged.results import Frame
 
 REPO = Path(__file__).resolve().parents[2]
@@ -137,7 +132,8 @@ def test_unknown_provider_and_option_are_config_errors_with_line(tmp_path, test_
     with pytest.raises(ConfigError) as e:
         load_config(path)
     line = _line_of(path, "cdua")
-    assert f"{path}:{line}: model.providers[1]: unknown provider; did you mean 'cuda'?" in str(e.value)
+    assert (f"{path}:{line}: model.providers[1]: unknown provider; did you mean 'cuda'?"
+            in str(e.value))
     path = config(tmp_path, "[{tensorrt: {trt_fp16_enabel: true}}]", test_model)
     with pytest.raises(ConfigError) as e:
         load_config(path)

@@ -40,7 +40,7 @@ def _load(path: str | None, int8_class: str | None = None) -> Config:
     """The config; ConfigError is reported by `main` (see `error_message`). Sets OpenCV's
     decoded-image pixel bound from the cameras' max_pixels before any frame is read.
     `int8_class`: the CPU's, when the caller has detected it already."""
-    from edged.capture.sources import limit_image_decoding
+    from edged.capture.readers.images import limit_image_decoding
     from edged.config import load_config
 
     cfg = load_config(path, int8_class=int8_class)

@@ -320,7 +320,7 @@ def test_camera_defaults_cannot_set_source(tmp_path: Path) -> None:
 
 
 def test_restart_keys_default_inherit_and_reach_the_capture_policy(tmp_path: Path) -> None:
-    from edged.capture.sources import RestartPolicy
+    from edged.capture.base import RestartPolicy
 
     path = write(tmp_path, """\
         model: {path: m.onnx}
@@ -817,8 +817,7 @@ def test_camera_names_one_rule_for_config_and_codec(name: str) -> None:
 def test_registries_are_the_runtimes() -> None:
     from edged.config import KNOWN_PROVIDERS, known_formats
     from edged.inference.formats import FORMATS
-    from edged.inference.providers import OPTION_ALIASES, PROVIDER_OPTIONS
-    from edged.inference.runner import PROVIDER_NAMES
+    from edged.inference.providers import OPTION_ALIASES, PROVIDER_NAMES, PROVIDER_OPTIONS
 
     assert known_formats() == ("auto", *FORMATS)
     assert tuple(PROVIDER_NAMES) == KNOWN_PROVIDERS

@@ -119,7 +119,7 @@ documents = st.fixed_dictionaries(
 def check_logic(text: str) -> None:
     """`edged check` up to the model load: parse, then what it derives from the config
     (the pixel bound, the worker plan, the warm-up sizes)."""
-    from edged.capture.sources import limit_image_decoding
+    from edged.capture.readers.images import limit_image_decoding
     from edged.daemon.models import plan, warmup_sizes
 
     try:

@@ -15,7 +15,10 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from edged.capture.sources import CaptureThread, Handoff, RestartPolicy, SourceError, source_for
+from edged.capture.base import RestartPolicy, SourceError
+from edged.capture.handoff import Handoff
+from edged.capture.sources import source_for
+from edged.capture.supervisor import CaptureThread
 from edged.config import CameraConfig, Config
 from edged.daemon.publish import DropEvents, PublishStage
 from edged.daemon.scheduler import Budget, Scheduler

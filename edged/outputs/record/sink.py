@@ -3,9 +3,11 @@
 `trigger: always` writes every result into files rotated at `rotate_mb`. `trigger:
 on_miss` keeps the last `before_s` seconds in memory (at most `buffer_mb`) and writes
 them, and the `after_s` seconds after, into one file per event when a camera misses its
-budget (a late result, or frames dropped as stale), a frame fails (a replaced worker
-counts its frame as an error), or a camera stalls or reconnects. A new event while one
-is being written extends it. Files are named `<camera>-<UTC time>-<cause>.mcap`.
+budget (a late result, or a `FrameDropped` event: stale, or late under on_late drop), a
+frame fails (`FrameDropped` error; a replaced worker counts its frame as one), or a
+camera stalls or reconnects (`StateChanged` to reconnecting, which a stall leads to). A
+new event while one is being written extends it. Files are named
+`<camera>-<UTC time>-<cause>.mcap`.
 
 Nothing here can stop a camera: a write error (a full disk, a directory gone read-only)
 is logged and counted, the file in progress is deleted, and recording resumes after

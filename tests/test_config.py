@@ -862,11 +862,42 @@ def test_nested_yaml_aliases_are_rejected_before_they_expand(tmp_path: Path) -> 
     assert list(load_config(ok).cameras) == ["a", "b"]
 
 
+def test_every_runner_option_is_a_model_key(tmp_path: Path) -> None:
+    """The runner's options are built from the model section by name: each field but
+    io_binding (the runner's test switch) is a key there, and every value arrives."""
+    import dataclasses
+
+    from edged.config import ModelConfig
+    from edged.inference.runner import ModelOptions
+
+    names = {f.name for f in dataclasses.fields(ModelOptions)} - {"io_binding"}
+    assert names - set(ModelConfig.model_fields) == set()
+    path = write(tmp_path, MINIMAL.replace("  path: model.onnx\n", """\
+  path: model.onnx
+  format: yolo
+  providers: [{cpu: {}}]
+  threads: 2
+  conf_threshold: 0.4
+  iou_threshold: 0.6
+  max_detections: 50
+  classes: [ball, robot]
+  seg_classes: [field, line]
+  class_groups: [[ball, robot]]
+  warmup_runs: 1
+  cache_dir: cache
+"""))
+    opts = load_config(path, env={}).model.runner_options()
+    assert (opts.format, opts.providers, opts.threads, opts.conf_threshold,
+            opts.iou_threshold, opts.max_detections) == ("yolo", (("cpu", {}),), 2, 0.4, 0.6, 50)
+    assert (opts.classes, opts.seg_classes, opts.class_groups) == (
+        ("ball", "robot"), ("field", "line"), (("ball", "robot"),))
+    assert (opts.warmup_runs, opts.cache_dir, opts.path) == (
+        1, tmp_path / "cache", tmp_path / "model.onnx")
+
+
 def test_model_mask_layout_and_preprocess_keys(tmp_path: Path) -> None:
     """The keys that let a user serve a foreign export without writing a manifest reach
     the runner's options; a bad one is located like any other key."""
-    from edged.inference.runner import ModelOptions
-
     path = write(tmp_path, MINIMAL.replace("  path: model.onnx\n", """\
   path: model.onnx
   mask_threshold: 0.3
@@ -881,7 +912,7 @@ def test_model_mask_layout_and_preprocess_keys(tmp_path: Path) -> None:
     limit_side: 736
     limit_type: min
 """))
-    opts = ModelOptions.from_config(load_config(path, env={}).model)
+    opts = load_config(path, env={}).model.runner_options()
     assert (opts.mask_threshold, opts.layout, opts.mask_mode, opts.output_values) == (
         0.3, "end2end", "direct", "probability")
     assert dict(opts.preprocess) == {"color": "bgr", "mean": (0.5, 0.5, 0.5),

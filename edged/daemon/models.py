@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from edged.config import Config
 from edged.inference.pool import Models, WorkerPlan, choose_batch
-from edged.inference.runner import ModelError, ModelOptions, ModelRunner, auto_threads, plan_workers
+from edged.inference.runner import ModelError, ModelRunner, auto_threads, plan_workers
 
 
 def plan(config: Config, cores: int | None = None) -> WorkerPlan:
@@ -49,7 +49,7 @@ def load_rungs(config: Config, threads: int, warmup: bool = True, *,
     the test that the model runs at all, so `edged check` (one run, no timing) fails
     where `edged run` would. Raises ModelError naming the variant that failed.
     """
-    base = replace(ModelOptions.from_config(config.model), threads=threads)
+    base = replace(config.model.runner_options(), threads=threads)
     options = [base]
     if config.model.ladder is not None:
         options += [replace(base, path=v.path) for v in config.model.ladder.variants]

@@ -25,11 +25,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from triton.harness import TOKEN, TOKEN_HEADER, TritonServer, free_port  # noqa: E402
-
 from edged.inference.runner import ModelOptions, ModelRunner  # noqa: E402
 from edged.inference.triton.config import TritonConfig  # noqa: E402
 from edged.inference.triton.runner import TritonRunner  # noqa: E402
+from triton.harness import TOKEN, TOKEN_HEADER, TritonServer, free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "edged" / "models" / "yoeo-demo-int8.onnx"

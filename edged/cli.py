@@ -259,7 +259,9 @@ def mask_summary(msg: Message) -> str:
 
 
 def format_message(msg: Message) -> str:
-    dets = ", ".join(f"{c} {s:.2f}" for c, s in zip(msg.labels(), msg.scores)) or "-"
+    from edged.wire.echo import detection_text
+
+    dets = detection_text(msg)
     flags = f" [{','.join(msg.flags)}]" if msg.flags else ""
     return (f"{msg.camera} #{msg.seq:<5d} e2e {msg.latency_ms:5.1f} ms  "
             f"inference {msg.timings_ms.get('inference', float('nan')):5.1f} ms  "
@@ -422,6 +424,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
     from edged.names import ENDPOINT_SCHEMES, camera_name_problem, parse_host_port
     from edged.wire.client import Subscriber
     from edged.wire.codec import EndOfStream, Message
+    from edged.wire.echo import message_json
 
     cameras = args.camera or None
     for cam in cameras or ():
@@ -474,24 +477,10 @@ def cmd_echo(args: argparse.Namespace) -> int:
             if not isinstance(msg, Message):  # this subscriber asks for results only
                 continue
             n += 1
-            present: list[str] = []
-            if msg.mask is not None:
-                import numpy as np
-
-                ids = np.unique(msg.mask)
-                present = [msg.mask_classes[i] if i < len(msg.mask_classes) else str(i)
-                           for i in ids]
-            labels = msg.labels()
             if not args.json:
                 print(format_message(msg), flush=True)
             else:
-                print(json.dumps({
-                    "camera": msg.camera, "seq": msg.seq, "latency_ms": round(msg.latency_ms, 2),
-                    "detections": [{"class": c, "score": round(float(s), 3),
-                                    "box": [round(float(v), 1) for v in b]}
-                                   for c, s, b in zip(labels, msg.scores, msg.boxes)],
-                    "mask_classes": present, "model": msg.model,
-                    "flags": list(msg.flags)}), flush=True)
+                print(json.dumps(message_json(msg)), flush=True)
         if sub.gaps:
             print(f"edged echo: {sub.gaps} frame(s) missing in sequence numbers", file=sys.stderr)
     return 0

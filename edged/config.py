@@ -50,6 +50,7 @@ from edged.errors import UserError
 from edged.inference.providers import PROVIDER_NAMES, PROVIDER_OPTIONS
 from edged.names import CAMERA_NAME_RE, camera_name_problem, parse_endpoint, parse_host_port
 from edged.redaction import Redactor
+from edged.tracking.config import TrackingConfig
 
 __all__ = [
     "CAMERA_NAME_RE",
@@ -533,6 +534,8 @@ class CameraConfig(_Frozen):
     # header.frame_id of this camera's ROS 2 messages (live and in rosbag2 output); None:
     # the camera name
     frame_id: str | None = None
+    # the global `tracking:` with camera_defaults' and the camera's own keys merged over it
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("source", mode="before")
     @classmethod
@@ -896,6 +899,7 @@ class Config(_Frozen):
     foxglove: FoxgloveConfig | None = None  # Foxglove live; None: off
     record: RecordConfig | None = None  # MCAP recording; None: off
     ros2: Ros2Config | None = None  # ROS 2 topics over DDS; None: off
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)  # merged into cameras
     source_file: Path | None = None  # None: parsed from a string
     # the values ${VAR} substitutions inserted (set by the loader, never in the file):
     # hidden in every output by `redactor()`
@@ -1200,7 +1204,7 @@ def _overlay(
 def _merge_cameras(
     data: dict[str, Any], origin: dict[Loc, Loc], issue: Callable[[Loc, object, str], None]
 ) -> None:
-    """Apply camera_defaults and the global budget to every camera, in place."""
+    """Apply camera_defaults and the global budget and tracking to every camera, in place."""
     defaults = data.pop("camera_defaults", None)
     if defaults is None:
         defaults = {}
@@ -1215,7 +1219,7 @@ def _merge_cameras(
     cameras = data.get("cameras")
     if not isinstance(cameras, dict):
         return  # pydantic reports the wrong type
-    budget = data.get("budget")
+    shared = {k: data[k] for k in ("budget", "tracking") if isinstance(data.get(k), dict)}
     merged_cameras: dict[str, Any] = {}
     for name, camera in cameras.items():
         loc: Loc = ("cameras", name)
@@ -1226,8 +1230,7 @@ def _merge_cameras(
             merged_cameras[name] = camera
             continue
         merged: dict[str, Any] = {}
-        if isinstance(budget, dict):
-            _overlay(merged, loc, {"budget": budget}, (), origin)
+        _overlay(merged, loc, shared, (), origin)
         _overlay(merged, loc, defaults, ("camera_defaults",), origin)
         _overlay(merged, loc, camera, loc, origin)
         merged_cameras[name] = merged

@@ -37,6 +37,7 @@ from edged.daemon.notify import Notifier
 from edged.daemon.publish import PublishStage
 from edged.daemon.scheduler import Budget, Scheduler
 from edged.daemon.threads import BlockingCalls
+from edged.daemon.tracking import TrackingError, TrackingStage
 from edged.inference.cpu import CpuInfo
 from edged.inference.cpu import detect as detect_cpu
 from edged.inference.ladder import Ladder
@@ -150,6 +151,7 @@ class Pipeline:
         self.duration = duration
         self.pool = InferencePool(models.rungs, models.plan.workers, models.max_batch)
         self.ladder: Ladder | None = self._make_ladder(config, models.rungs)
+        self.tracking = TrackingStage(config, self.runner.manifest.classes, self.runner.model_id)
         self.exit_code = 0
         self.cameras: dict[str, Camera] = {}
         self.stop_event = asyncio.Event()
@@ -225,7 +227,9 @@ class Pipeline:
                 self._loop.call_soon_threadsafe(self._publish_state, camera, state, detail)
 
     def _publish_state(self, camera: str, state: str, detail: str) -> None:
-        self._send_soon(encode_state(camera, state, detail))
+        epoch = (self.tracking.reconnected(camera, time.monotonic_ns())
+                 if state == CameraState.RECONNECTING else None)
+        self._send_soon(encode_state(camera, state, detail, track_epoch=epoch))
 
     def _send_soon(self, frames: list[bytes]) -> None:
         """Queue a control message to every sink, behind what the stage holds."""
@@ -426,6 +430,14 @@ class Pipeline:
             removed = [n for n in self.cameras if n not in want]
             changed = [n for n in self.cameras if n in want and want[n] != old.cameras.get(n)]
             added = [n for n in want if n not in self.cameras]
+            # a new model's detections start new epochs of ids on every camera
+            restarted = list(want) if new.model != old.model else changed
+            try:
+                self.tracking.configure(new, self.runner.manifest.classes,
+                                        self.runner.model_id, restarted)
+            except TrackingError as e:
+                log.error("reload rejected, the running configuration stays: %s", e)
+                return
             for n in removed:
                 await self._stop_camera(n, "removed by reload")
             for n in changed:
@@ -609,6 +621,7 @@ class Pipeline:
         cam.stats.window_processed += 1
         if result.nonfinite or cam.model_error:
             self._judge_output(cam, result)
+        self.tracking.update(result)  # in capture order: results finish in that order
         with cam.stats.lock:
             for stage, ms in result.timings_ms.items():
                 cam.stats.stages[stage].append(ms)
@@ -764,7 +777,8 @@ class Pipeline:
                                     stalls=cap.stalls, crashes=cap.crashes,
                                     stuck_readers=cap.stuck_readers()),
             providers=self.runner.placement_summary, processed=s.processed,
-            model_output=ModelOutput(s.nonfinite_rows, s.nonfinite_frames))
+            model_output=ModelOutput(s.nonfinite_rows, s.nonfinite_frames),
+            tracks_active=self.tracking.active(cam.name))
 
     def _log_stats(self, elapsed: float, final: bool = False) -> DaemonSnapshot:
         """One line per camera (the last window, or the whole run when final); the

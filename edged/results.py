@@ -161,6 +161,9 @@ class Tracks:
     ids: np.ndarray  # N int64: the confirmed track's id, 0 = none (tentative, not tracked)
     velocities: np.ndarray  # Nx2 float32: the track's box centre velocity, px/s; 0 when id 0
     active: int  # confirmed tracks matched in this frame
+    # per detection: its track's recent box centres (Kx2 float32 camera px, oldest first,
+    # this frame's last), what the view and Foxglove draw as a trail; empty when id 0
+    trails: tuple[np.ndarray, ...] = ()
 
 
 @dataclass(slots=True)

@@ -12,8 +12,9 @@ its first frame captured after that; ids keep counting, so they never repeat in 
 from __future__ import annotations
 
 import difflib
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,6 +22,10 @@ from edged.config import Config
 from edged.errors import UserError
 from edged.results import Result, Tracks
 from edged.tracking import Tracker, TrackingConfig, TrackState
+
+TRAIL_POINTS = 30  # box centres kept per track for trails: 2 s at 15 fps
+
+_NO_TRAIL = np.zeros((0, 2), np.float32)
 
 
 class TrackingError(UserError):
@@ -67,6 +72,13 @@ class _CameraTracker:
     # a new epoch; frames of the old connection still in flight keep the old one
     epoch_from_ns: int | None = None
     active: int = 0  # confirmed tracks matched in the last frame
+    # track id -> its last TRAIL_POINTS box centres (camera px)
+    trails: dict[int, deque[tuple[float, float]]] = field(default_factory=dict)
+
+    def new_epoch(self) -> None:
+        self.tracker.new_epoch()
+        self.epoch_from_ns = None
+        self.trails.clear()
 
 
 class TrackingStage:
@@ -100,8 +112,7 @@ class TrackingStage:
             prev = old.get(name)
             if prev is not None and prev.tracker.config == tc and prev.class_ids == ids:
                 if name in restarted:
-                    prev.tracker.new_epoch()
-                    prev.epoch_from_ns = None
+                    prev.new_epoch()
                 self._cams[name] = prev
                 continue
             first_id, epoch = self._resume.get(name, (1, 0))
@@ -128,11 +139,27 @@ class TrackingStage:
         if ct is None:
             return
         if ct.epoch_from_ns is not None and result.t_capture_mono_ns >= ct.epoch_from_ns:
-            ct.tracker.new_epoch()
-            ct.epoch_from_ns = None
+            ct.new_epoch()
+        epoch = ct.tracker.epoch
         out = ct.tracker.update_detections(result.detections, result.t_capture_mono_ns)
+        if out.epoch != epoch:  # capture time went backwards (a replay started over)
+            ct.trails.clear()
         ct.active = int(np.count_nonzero(out.states == TrackState.CONFIRMED))
-        result.tracks = Tracks(out.epoch, out.det_track_ids, out.det_velocities, ct.active)
+        for tid in out.removed:
+            ct.trails.pop(tid, None)
+        trails = []
+        boxes = np.asarray(result.detections.boxes, np.float32).reshape(-1, 4)
+        for tid, b in zip(out.det_track_ids.tolist(), boxes.tolist()):
+            if not tid:
+                trails.append(_NO_TRAIL)
+                continue
+            trail = ct.trails.get(tid)
+            if trail is None:
+                trail = ct.trails[tid] = deque(maxlen=TRAIL_POINTS)
+            trail.append(((b[0] + b[2]) / 2, (b[1] + b[3]) / 2))
+            trails.append(np.array(trail, np.float32))
+        result.tracks = Tracks(out.epoch, out.det_track_ids, out.det_velocities, ct.active,
+                               tuple(trails))
 
     def active(self, camera: str) -> int | None:
         """Confirmed tracks in the camera's last frame; None: not tracked."""

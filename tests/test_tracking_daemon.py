@@ -373,3 +373,20 @@ def test_unknown_class_name_fails_check_and_run_alike(tmp_path, test_model, tcp_
         assert ("tracking.classes: 'robots' is not a detection class of the model" in p.stderr
                 and "did you mean 'robot'?" in p.stderr), p.stderr
         assert "Traceback" not in p.stderr
+
+
+def test_view_draws_trails_and_labels_ids():
+    from edged.outputs.base.draw import Overlay, box_colour, box_label
+    from edged.results import Frame
+
+    r = _result(1)
+    frame = Frame("front", 5, np.full((480, 640, 3), 90, np.uint8), 0, 0)
+    plain = Overlay().draw(frame, r)
+    trail = np.array([[300, 300], [400, 300], [500, 310]], np.float32)
+    r.tracks = Tracks(0, np.array([7]), np.array([[30.0, 1.0]], np.float32), 1, (trail,))
+    drawn = Overlay().draw(frame, r)
+    colour = box_colour(0)
+    # the trail's line in the box's colour (anti-aliased: close to it), where nothing was
+    assert np.abs(drawn[300, 350].astype(int) - colour).max() < 40, drawn[300, 350]
+    assert tuple(plain[300, 350]) == (90, 90, 90)
+    assert box_label(r, 0, 0.9, 7) == "ball #7 0.90" and box_label(r, 0, 0.9) == "ball 0.90"

@@ -268,8 +268,9 @@ def test_ids_and_velocities_against_ground_truth_over_zeromq_echo_and_metrics(
                         for det in dets)
     assert any(det["track_id"] > 0 for det in dets) and lines[0]["track_epoch"] == 0
 
-    # a camera with tracking off: no track data at all
-    assert all(m.track_ids is None for m in plain)
+    # a camera with tracking off: no track data at all; the tracker's time is a stage
+    assert all(m.track_ids is None and "track" not in m.timings_ms for m in plain)
+    assert all(m.timings_ms["track"] >= 0 for m in front)
 
     # per ground-truth object, the track ids its detections carried
     by_seq = {m.seq: m for m in front}

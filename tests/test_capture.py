@@ -22,12 +22,10 @@ import numpy as np
 import pytest
 from test_daemon import write_video
 
-from edged.capture.sources import (
-    CaptureThread,
-    Handoff,
-    RestartPolicy,
-    make_source,
-)
+from edged.capture.base import RestartPolicy
+from edged.capture.handoff import Handoff
+from edged.capture.sources import make_source
+from edged.capture.supervisor import CaptureThread
 
 
 class Recorder:
@@ -357,7 +355,8 @@ def test_a_huge_image_is_refused_from_its_header_before_decoding(tmp_path):
     import time as _time
     import zlib
 
-    from edged.capture.sources import CorruptFrame, ImageFolderSource, image_size
+    from edged.capture.base import CorruptFrame
+    from edged.capture.readers.images import ImageFolderSource, image_size
 
     def png(path, w, h):
         # a valid PNG header and a tiny (invalid-size) IDAT: only the header is read

@@ -320,7 +320,7 @@ def test_camera_defaults_cannot_set_source(tmp_path: Path) -> None:
 
 
 def test_restart_keys_default_inherit_and_reach_the_capture_policy(tmp_path: Path) -> None:
-    from edged.capture.sources import RestartPolicy
+    from edged.capture.base import RestartPolicy
 
     path = write(tmp_path, """\
         model: {path: m.onnx}
@@ -837,8 +837,7 @@ def test_camera_names_one_rule_for_config_and_codec(name: str) -> None:
 def test_registries_are_the_runtimes() -> None:
     from edged.config import KNOWN_PROVIDERS, known_formats
     from edged.inference.formats import FORMATS
-    from edged.inference.providers import OPTION_ALIASES, PROVIDER_OPTIONS
-    from edged.inference.runner import PROVIDER_NAMES
+    from edged.inference.providers import OPTION_ALIASES, PROVIDER_NAMES, PROVIDER_OPTIONS
 
     assert known_formats() == ("auto", *FORMATS)
     assert tuple(PROVIDER_NAMES) == KNOWN_PROVIDERS
@@ -883,11 +882,42 @@ def test_nested_yaml_aliases_are_rejected_before_they_expand(tmp_path: Path) -> 
     assert list(load_config(ok).cameras) == ["a", "b"]
 
 
+def test_every_runner_option_is_a_model_key(tmp_path: Path) -> None:
+    """The runner's options are built from the model section by name: each field but
+    io_binding (the runner's test switch) is a key there, and every value arrives."""
+    import dataclasses
+
+    from edged.config import ModelConfig
+    from edged.inference.runner import ModelOptions
+
+    names = {f.name for f in dataclasses.fields(ModelOptions)} - {"io_binding"}
+    assert names - set(ModelConfig.model_fields) == set()
+    path = write(tmp_path, MINIMAL.replace("  path: model.onnx\n", """\
+  path: model.onnx
+  format: yolo
+  providers: [{cpu: {}}]
+  threads: 2
+  conf_threshold: 0.4
+  iou_threshold: 0.6
+  max_detections: 50
+  classes: [ball, robot]
+  seg_classes: [field, line]
+  class_groups: [[ball, robot]]
+  warmup_runs: 1
+  cache_dir: cache
+"""))
+    opts = load_config(path, env={}).model.runner_options()
+    assert (opts.format, opts.providers, opts.threads, opts.conf_threshold,
+            opts.iou_threshold, opts.max_detections) == ("yolo", (("cpu", {}),), 2, 0.4, 0.6, 50)
+    assert (opts.classes, opts.seg_classes, opts.class_groups) == (
+        ("ball", "robot"), ("field", "line"), (("ball", "robot"),))
+    assert (opts.warmup_runs, opts.cache_dir, opts.path) == (
+        1, tmp_path / "cache", tmp_path / "model.onnx")
+
+
 def test_model_mask_layout_and_preprocess_keys(tmp_path: Path) -> None:
     """The keys that let a user serve a foreign export without writing a manifest reach
     the runner's options; a bad one is located like any other key."""
-    from edged.inference.runner import ModelOptions
-
     path = write(tmp_path, MINIMAL.replace("  path: model.onnx\n", """\
   path: model.onnx
   mask_threshold: 0.3
@@ -902,7 +932,7 @@ def test_model_mask_layout_and_preprocess_keys(tmp_path: Path) -> None:
     limit_side: 736
     limit_type: min
 """))
-    opts = ModelOptions.from_config(load_config(path, env={}).model)
+    opts = load_config(path, env={}).model.runner_options()
     assert (opts.mask_threshold, opts.layout, opts.mask_mode, opts.output_values) == (
         0.3, "end2end", "direct", "probability")
     assert dict(opts.preprocess) == {"color": "bgr", "mean": (0.5, 0.5, 0.5),

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from modelgen import yoeo_model  # noqa: E402
 from test_codec import make_result, regions_mask  # noqa: E402
 
-from edged.cli import error_message  # noqa: E402
+from edged.cli.report import error_message  # noqa: E402
 from edged.config import ConfigError, parse_config  # noqa: E402
 from edged.wire.codec import (  # noqa: E402
     EndOfStream,
@@ -119,7 +119,7 @@ documents = st.fixed_dictionaries(
 def check_logic(text: str) -> None:
     """`edged check` up to the model load: parse, then what it derives from the config
     (the pixel bound, the worker plan, the warm-up sizes)."""
-    from edged.capture.sources import limit_image_decoding
+    from edged.capture.readers.images import limit_image_decoding
     from edged.daemon.models import plan, warmup_sizes
 
     try:

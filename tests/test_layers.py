@@ -1,4 +1,5 @@
-"""The floors hold: `python -m edged.tools.layers` finds no import running up one."""
+"""The floors hold: `python -m edged.tools.layers` finds no import running up one, and no
+module or class past its size outside the OVERSIZE list."""
 
 from __future__ import annotations
 
@@ -45,3 +46,34 @@ def test_an_upward_edge_is_caught(tmp_path: Path) -> None:
     assert ("edged.daemon.run", "edged.outputs.view") in found  # the daemon names an output
     (pkg / "newthing.py").write_text("")
     assert ("edged.newthing", "") in {(a, b) for a, b, _ in layers.violations(pkg)}
+
+
+def test_an_oversize_module_or_class_is_caught(tmp_path: Path) -> None:
+    pkg = tmp_path / "edged"
+    (pkg / "wire").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "wire" / "__init__.py").write_text("")
+    body = "    x = 1\n"
+    # a class of exactly the limit passes, one line more does not; nested ones count too
+    (pkg / "wire" / "ok.py").write_text(
+        "class Fits:\n" + body * (layers.MAX_CLASS_LINES - 1))
+    (pkg / "wire" / "big.py").write_text(
+        "class Big:\n" + body * layers.MAX_CLASS_LINES
+        + "def f():\n    class Inner:\n" + "        x = 1\n" * layers.MAX_CLASS_LINES)
+    (pkg / "wire" / "long.py").write_text("x = 1\n" * (layers.MAX_MODULE_LINES + 1))
+    (pkg / "wire" / "fits.py").write_text("x = 1\n" * layers.MAX_MODULE_LINES)
+    big = layers.oversize(pkg)
+    assert set(big) == {"edged.wire.big.Big", "edged.wire.big.f.Inner", "edged.wire.long"}
+    assert big["edged.wire.big.Big"] == (
+        f"edged/wire/big.py:1: class of {layers.MAX_CLASS_LINES + 1} lines, over "
+        f"{layers.MAX_CLASS_LINES}")
+    assert big["edged.wire.long"] == (
+        f"edged/wire/long.py: module of {layers.MAX_MODULE_LINES + 1} lines, over "
+        f"{layers.MAX_MODULE_LINES}")
+    errors = layers.check(pkg, allowed=set(), oversize_allowed={"edged.wire.long", "edged.gone"})
+    assert sorted(errors) == [
+        "edged.gone: in OVERSIZE but within its limit (or gone); remove the entry",
+        f"edged.wire.big.Big: {big['edged.wire.big.Big']}: split it by job",
+        f"edged.wire.big.f.Inner: {big['edged.wire.big.f.Inner']}: split it by job",
+    ]
+

@@ -17,13 +17,15 @@ import pytest
 from test_capture import Recorder, start
 from test_daemon import write_video
 
-from edged.capture.mjpeg import (
+from edged.capture.base import RestartPolicy
+from edged.capture.readers.http import HttpSource
+from edged.capture.readers.mjpeg import (
     MjpegError,
     PartReader,
     max_part_bytes,
     multipart_boundary,
 )
-from edged.capture.sources import HttpSource, RestartPolicy, make_source
+from edged.capture.sources import make_source
 
 
 def jpeg(w: int, h: int, value: int = 90) -> bytes:

@@ -14,13 +14,8 @@ import pytest
 from modelgen import painted_frame, yoeo_model
 
 from edged.config import ConfigError, load_config
-from edged.inference.runner import (
-    ModelOptions,
-    ModelRunner,
-    node_placement,
-    plan_providers,
-    provider_options,
-)
+from edged.inference.runner import ModelOptions, ModelRunner
+from edged.inference.session import node_placement, plan_providers, provider_options
 from edged.results import Frame
 
 REPO = Path(__file__).resolve().parent.parent

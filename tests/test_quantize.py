@@ -19,7 +19,7 @@ from edged.inference.manifest import load_manifest
 from edged.inference.runner import ModelOptions, ModelRunner
 from edged.results import Frame
 from edged.synth import render
-from edged.tools.quantize import decision_convs, default_keep_float, input_convs
+from edged.tools.quantize.graph import decision_convs, default_keep_float, input_convs
 from edged.training.refmodel import build
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,7 +101,7 @@ def test_video_calibration_through_the_cli(small_model, tmp_path):
     rows = [ln for ln in lines if ln.startswith("int8 #")]
     # the search this machine's CPU class gets (7-bit weights too where U8S8 saturates)
     from edged.inference.cpu import detect
-    from edged.tools.quantize import search_for
+    from edged.tools.quantize.choices import search_for
 
     searched = search_for("quick", detect().int8_class)
     n = len(searched)
@@ -168,7 +168,7 @@ def test_gate_that_cannot_pass_exits_3_with_the_table(small_model, tmp_path, cap
     # where U8S8 saturates), then the closest again with its 2, 4 and 8 most sensitive
     # activations float (tried only because nothing passed)
     from edged.inference.cpu import detect
-    from edged.tools.quantize import search_for
+    from edged.tools.quantize.choices import search_for
 
     tried = len(search_for("quick", detect().int8_class))
     assert cap.out.count("FAIL (agreement") == tried + 3 and "fp32 " in cap.out
@@ -292,7 +292,9 @@ def test_without_onnx_quantize_exits_2_and_run_never_imports_it():
 
 
 def test_gate_judges_masks_and_detections():
-    from edged.tools.quantize import Candidate, Gate, _judge
+    from edged.tools.quantize.candidate import Candidate
+    from edged.tools.quantize.gate import Gate
+    from edged.tools.quantize.search import _judge
 
     def judge(**metrics: float | None) -> Candidate:
         c = Candidate("U8S8", "MinMax", metrics=dict(metrics))
@@ -310,7 +312,8 @@ def test_gate_judges_masks_and_detections():
 
 
 def test_winner_is_the_fastest_graph_then_the_most_accurate_calibration():
-    from edged.tools.quantize import Candidate, _fastest
+    from edged.tools.quantize.candidate import Candidate
+    from edged.tools.quantize.search import _fastest
 
     def cand(types: str, method: str, speedup: float, miou: float, passed: bool = True,
              variant: str = "out convs float") -> Candidate:
@@ -330,14 +333,9 @@ def test_winner_is_the_fastest_graph_then_the_most_accurate_calibration():
 
 def test_without_vnni_the_search_adds_7_bit_weights_and_they_are_7_bit(small_model,
                                                                          tmp_path):
-    from edged.tools.quantize import (
-        SEARCHES,
-        CalibrationReader,
-        prepare_model,
-        search_for,
-        static_qdq,
-        tensors,
-    )
+    from edged.tools.quantize.calibration import CalibrationReader, tensors
+    from edged.tools.quantize.choices import SEARCHES, search_for
+    from edged.tools.quantize.graph import prepare_model, static_qdq
 
     # what the search tries, by CPU class: U8S8's twins with 7-bit weights where U8S8
     # saturates (x86 without VNNI), nothing more elsewhere
@@ -349,7 +347,7 @@ def test_without_vnni_the_search_adds_7_bit_weights_and_they_are_7_bit(small_mod
     assert search_for("quick", "x86-avx512")[len(quick):] == twins
     # --for-class: for a saturating CPU from an exact one, only the twins (the integers
     # both compute alike); the same class family is the plain search; the reverse refused
-    from edged.tools.quantize import QuantizeError, search_for_target
+    from edged.tools.quantize.choices import QuantizeError, search_for_target
 
     assert search_for_target("quick", "x86-amx", "x86-avx2") == twins
     assert search_for_target("quick", "x86-amx", "x86-vnni") == quick
@@ -416,13 +414,12 @@ def test_decision_convs_see_through_strictly_increasing_element_wise_ops():
 
 
 def test_sensitivity_ranks_the_roundings_that_add_the_error(small_model, tmp_path):
-    from edged.tools.quantize import (
-        CalibrationReader,
+    from edged.tools.quantize.calibration import CalibrationReader, tensors
+    from edged.tools.quantize.graph import (
         _with_outputs,
         activation_rounding,
         prepare_model,
         static_qdq,
-        tensors,
     )
 
     m = ModelRunner(ModelOptions(path=small_model, threads=1)).manifest

@@ -26,8 +26,8 @@ import onnxruntime as ort  # noqa: E402
 import rapidocr_onnxruntime  # noqa: E402
 from rapidocr_onnxruntime.ch_ppocr_det.utils import DetPreProcess  # noqa: E402
 
-from edged.capture.sources import Frame  # noqa: E402
 from edged.inference.runner import ModelError, ModelOptions, ModelRunner  # noqa: E402
+from edged.results import Frame  # noqa: E402
 
 MODEL = Path(rapidocr_onnxruntime.__file__).parent / "models" / "ch_PP-OCRv4_det_infer.onnx"
 # what rapidocr's config.yaml gives its detector

@@ -249,12 +249,12 @@ def test_rtsp_transport_config(tmp_path, test_model):
 def test_rtsp_transport_keeps_the_operators_own_ffmpeg_options():
     # the variable OpenCV reads at each open: a camera's transport replaces only the
     # operator's transport settings
-    from edged.capture import sources
+    from edged.capture.readers import opencv
 
-    assert sources.ffmpeg_capture_options("auto") == sources._USER_FFMPEG_OPTIONS
-    user = sources._USER_FFMPEG_OPTIONS
+    assert opencv.ffmpeg_capture_options("auto") == opencv._USER_FFMPEG_OPTIONS
+    user = opencv._USER_FFMPEG_OPTIONS
     try:
-        sources._USER_FFMPEG_OPTIONS = "stimeout;5000000|rtsp_transport;udp|rtsp_flags;prefer_tcp"
-        assert sources.ffmpeg_capture_options("tcp") == "stimeout;5000000|rtsp_transport;tcp"
+        opencv._USER_FFMPEG_OPTIONS = "stimeout;5000000|rtsp_transport;udp|rtsp_flags;prefer_tcp"
+        assert opencv.ffmpeg_capture_options("tcp") == "stimeout;5000000|rtsp_transport;tcp"
     finally:
-        sources._USER_FFMPEG_OPTIONS = user
+        opencv._USER_FFMPEG_OPTIONS = user

@@ -50,30 +50,30 @@ def test_many_seeds_build_each_layout_once():
     evict each other: each layout is built once, however the frames interleave."""
     import gc
 
-    from edged import synth
-    from edged.capture.sources import SyntheticSource
+    from edged.capture.readers.synthetic import SyntheticSource
+    from edged.synth import frames, world
 
     seeds = range(91000, 91012)
-    before = synth.LAYOUT_BUILDS[0]
+    before = world.LAYOUT_BUILDS[0]
     sources = [SyntheticSource(s, 32, 24) for s in seeds]
     sources.append(SyntheticSource(91000, 32, 24))  # a second camera on a seed: shared
     for src in sources:
         src.open()
-    assert synth.LAYOUT_BUILDS[0] - before == 12
+    assert world.LAYOUT_BUILDS[0] - before == 12
     for _ in range(3):
         for src in sources:
             img = src.read()
             assert img is not None and img.shape == (24, 32, 3)
-    assert synth.LAYOUT_BUILDS[0] - before == 12
+    assert world.LAYOUT_BUILDS[0] - before == 12
     # frames are the pure function's frames
     np.testing.assert_array_equal(sources[3].fresh().read(), render(91003, 3, 32, 24).image)
     # fresh() (a restart) keeps the renderer: no rebuild
     sources = [s.fresh() for s in sources]
     for src in sources:
         src.open()
-    assert synth.LAYOUT_BUILDS[0] - before == 12
+    assert world.LAYOUT_BUILDS[0] - before == 12
     # memory is bounded by the holders: without them, the layouts go (but the 8 most
     # recently used by plain render() calls)
     del sources, src
     gc.collect()
-    assert 91001 not in synth._live and 91002 not in synth._live
+    assert 91001 not in frames._live and 91002 not in frames._live

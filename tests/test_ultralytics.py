@@ -29,9 +29,8 @@ import ultralytics_exports as ue  # noqa: E402
 from ultralytics.models.yolo.detect import DetectionPredictor  # noqa: E402
 from ultralytics.models.yolo.segment import SegmentationPredictor  # noqa: E402
 
-from edged.capture.sources import Frame  # noqa: E402
 from edged.inference.runner import ModelOptions, ModelRunner  # noqa: E402
-from edged.results import instance_extents  # noqa: E402
+from edged.results import Frame, instance_extents  # noqa: E402
 
 # (width, height): portrait, landscape, square, odd and tiny frames; between them
 # ultralytics upsamples the prototypes x1, x2 and x4 before its resize (checked below)

@@ -11,7 +11,7 @@ from dataclasses import replace
 from edged.config import Config
 from edged.daemon.tracking import check_config as check_tracking
 from edged.inference.pool import Models, WorkerPlan, choose_batch
-from edged.inference.runner import ModelError, ModelOptions, ModelRunner, auto_threads, plan_workers
+from edged.inference.runner import ModelError, ModelRunner, auto_threads, plan_workers
 
 
 def plan(config: Config, cores: int | None = None) -> WorkerPlan:
@@ -51,7 +51,7 @@ def load_rungs(config: Config, threads: int, warmup: bool = True, *,
     where `edged run` would. Raises ModelError naming the variant that failed, and
     TrackingError for a `tracking.classes` name that a variant does not detect.
     """
-    base = replace(ModelOptions.from_config(config.model), threads=threads)
+    base = replace(config.model.runner_options(), threads=threads)
     options = [base]
     if config.model.ladder is not None:
         options += [replace(base, path=v.path) for v in config.model.ladder.variants]

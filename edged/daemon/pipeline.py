@@ -29,7 +29,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from edged.capture.sources import CaptureThread, Handoff, RestartPolicy, SourceError, source_for
+from edged.capture.base import RestartPolicy, SourceError
+from edged.capture.handoff import Handoff
+from edged.capture.sources import source_for
+from edged.capture.supervisor import CaptureThread
 from edged.config import CameraConfig, Config
 from edged.daemon.health import Health
 from edged.daemon.metrics import serve as serve_metrics

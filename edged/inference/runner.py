@@ -7,7 +7,6 @@ calling thread gets its own pre-processing buffers.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from edged.errors import UserError
 from edged.inference.formats import (
@@ -35,7 +33,12 @@ from edged.inference.formats._common import take_nonfinite
 from edged.inference.graph import output_ops
 from edged.inference.manifest import Manifest, ManifestError, load_manifest, manifest_path
 from edged.inference.preprocess import Preprocessor
-from edged.inference.providers import OPTION_ALIASES, PROVIDER_NAMES
+from edged.inference.session import (
+    io_binding_device,
+    open_session,
+    plan_providers,
+    profile_placement,
+)
 from edged.results import Frame, Result
 
 log = logging.getLogger("edged.inference.runner")
@@ -59,7 +62,9 @@ class ModelError(UserError, RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class ModelOptions:
-    """What the config says about the model (None: take the manifest's value)."""
+    """How to run a model (None: take the manifest's value). The config's `model` section
+    has a key of the same name for each field but `io_binding`, and builds these with
+    `ModelConfig.runner_options()`; tools and tests build them directly."""
 
     path: Path
     format: str = "auto"
@@ -82,25 +87,6 @@ class ModelOptions:
     # "auto": IOBinding with outputs on the device when a CUDA provider runs the model;
     # "off": plain run(); "cpu"/"cuda": force it (tests exercise the path on a CPU build)
     io_binding: str = "auto"
-
-    @classmethod
-    def from_config(cls, m: Any) -> ModelOptions:
-        """From the config's `model` section (an `edged.config.ModelConfig`)."""
-        return cls(
-            path=Path(m.path), format=m.format,
-            providers=tuple((p.name, dict(p.options)) for p in m.providers), threads=m.threads,
-            conf_threshold=m.conf_threshold, iou_threshold=m.iou_threshold,
-            max_detections=m.max_detections,
-            classes=tuple(m.classes) if m.classes else None,
-            seg_classes=tuple(m.seg_classes) if m.seg_classes else None,
-            class_groups=tuple(tuple(g) for g in m.class_groups) if m.class_groups else None,
-            mask_threshold=m.mask_threshold, layout=m.layout, mask_mode=m.mask_mode,
-            output_values=m.output_values,
-            preprocess=tuple(sorted(
-                (k, tuple(v) if isinstance(v, list) else v)
-                for k, v in (m.preprocess.model_dump().items() if m.preprocess else ())
-                if v is not None)),
-            warmup_runs=m.warmup_runs, cache_dir=m.cache_dir)
 
 
 def tensor_infos(args: list[Any]) -> list[TensorInfo]:
@@ -134,130 +120,6 @@ def plan_workers(workers: int, threads: int, *, cores: int, cameras: int,
     return workers, threads
 
 
-# providers that run on a CUDA device: their outputs can stay there (IOBinding)
-CUDA_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-
-
-def default_cache_dir() -> Path:
-    """/var/cache/edged when this process may write there (a system service), else the
-    user's ~/.cache/edged. TensorRT engines and OpenVINO blobs live there across restarts."""
-    system = Path("/var/cache/edged")
-    if os.access(system if system.exists() else system.parent, os.W_OK):
-        return system
-    return Path.home() / ".cache" / "edged"
-
-
-def _ort_value(v: Any) -> str:
-    # onnxruntime's Python API takes option values as strings; its TensorRT binding only
-    # accepts "True"/"False" for switches, which its other providers read as well
-    if isinstance(v, bool):
-        return "True" if v else "False"
-    return str(v)
-
-
-def provider_options(name: str, options: dict[str, Any], cache_dir: Path) -> dict[str, str]:
-    """onnxruntime options for provider `name` (edged alias): edged's defaults for a
-    fixed-shape camera model, overridden by what the config says."""
-    opts = {OPTION_ALIASES.get(name, {}).get(k, k): v for k, v in options.items()}
-    defaults: dict[str, Any] = {}
-    if name == "cuda":
-        # fixed input shape: the exhaustive cuDNN search runs once, at the first frame
-        defaults = {"cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": True}
-    elif name == "tensorrt":
-        # engine builds take seconds to minutes: cache engines and timings across restarts
-        trt = cache_dir / "tensorrt"
-        defaults = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(trt),
-                    "trt_timing_cache_enable": True, "trt_timing_cache_path": str(trt),
-                    "trt_fp16_enable": False}
-    elif name == "openvino":
-        defaults = {"cache_dir": str(cache_dir / "openvino")}
-    return {k: _ort_value(v) for k, v in (defaults | opts).items()}
-
-
-@dataclass(frozen=True)
-class ProviderPlan:
-    """What was asked for, what this onnxruntime build has, and the order handed to it."""
-
-    requested: tuple[str, ...]
-    available: tuple[str, ...]
-    chosen: tuple[tuple[str, dict[str, str]], ...]
-    missing: tuple[str, ...]
-
-    def log_line(self) -> str | None:
-        if not self.missing:
-            return None
-        return (f"provider(s) {', '.join(self.missing)} not available in this onnxruntime "
-                f"build (it has {', '.join(self.available)}); using "
-                f"{', '.join(n for n, _ in self.chosen)}")
-
-
-def plan_providers(requested: tuple[tuple[str, dict[str, Any]], ...],
-                   cache_dir: Path | None = None) -> ProviderPlan:
-    """The requested providers that this onnxruntime build offers, in order; CPU last.
-
-    Cache directories of the chosen providers are created here (first start).
-    """
-    available = tuple(ort.get_available_providers())
-    cache = cache_dir or default_cache_dir()
-    chosen: list[tuple[str, dict[str, str]]] = []
-    missing: list[str] = []
-    for name, opts in requested:
-        full = PROVIDER_NAMES.get(name, name)
-        if full not in available:
-            missing.append(name)
-            continue
-        o = provider_options(name, opts, cache)
-        for key in ("trt_engine_cache_path", "trt_timing_cache_path", "cache_dir"):
-            if key in o:
-                Path(o[key]).mkdir(parents=True, exist_ok=True)
-        chosen.append((full, o))
-    if not any(n == "CPUExecutionProvider" for n, _ in chosen):
-        chosen.append(("CPUExecutionProvider", {}))
-    return ProviderPlan(tuple(n for n, _ in requested), available, tuple(chosen),
-                        tuple(missing))
-
-
-def node_placement(session: ort.InferenceSession, profile: Path | None
-                   ) -> tuple[dict[str, dict[str, int]], str]:
-    """Per provider, the op types of the kernels that ran, from an ORT profile of one run.
-
-    The profile is the one placement record every onnxruntime build writes (verbose
-    logging goes to the C++ stderr, out of Python's reach). It lists the kernels of the
-    optimised graph: a TensorRT or OpenVINO subgraph counts as one fused node.
-    """
-    if profile is None or not profile.is_file():
-        return {}, "node placement unknown (no profile)"
-    try:
-        events = json.loads(profile.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        return {}, f"node placement unknown ({e})"
-    nodes: dict[str, tuple[str, str]] = {}
-    for ev in events:
-        args = ev.get("args") or {}
-        if ev.get("cat") == "Node" and "provider" in args:
-            name = str(ev.get("name", "")).removesuffix("_kernel_time")
-            nodes[name] = (str(args["provider"]), str(args.get("op_name", "?")))
-    placement: dict[str, dict[str, int]] = {}
-    for prov, op in nodes.values():
-        ops = placement.setdefault(prov, {})
-        ops[op] = ops.get(op, 0) + 1
-    if not placement:
-        return {}, "node placement unknown (the profile lists no kernels)"
-    # accelerators first (in the session's priority order), the CPU fallback last
-    rank = {p: i for i, p in enumerate(session.get_providers())}
-    order = sorted(placement, key=lambda p: (p == "CPUExecutionProvider",
-                                             rank.get(p, len(rank)), p))
-    parts = []
-    for p in order:
-        n = sum(placement[p].values())
-        part = f"{p}: {n} node{'s' if n != 1 else ''}"
-        if p == "CPUExecutionProvider" and len(order) > 1:
-            # the nodes an accelerator could not take: the interesting part of the report
-            part += f" ({', '.join(sorted(placement[p]))})"
-        parts.append(part)
-    return {p: placement[p] for p in order}, ", ".join(parts)
-
-
 def time_interleaved(runners: list[ModelRunner], inputs: list[list[np.ndarray]], runs: int,
                      warmup: int = 2) -> list[list[float]]:
     """Milliseconds of each run of each runner, the runners taking turns run by run so
@@ -284,34 +146,19 @@ class ModelRunner:
         path = options.path
         if not path.is_file():
             raise ModelError(f"model file not found: {path}")
-        so = ort.SessionOptions()
         threads = options.threads or auto_threads()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # frames arrive with gaps: spinning threads would burn a core between frames
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # fatal only: every error onnxruntime would log also raises, and edged reports it
-        # once, in its own words (a failed warm-up printed ORT's line twice before ours)
-        so.log_severity_level = 4
-        # profile the first run only, to learn where each node runs (see node_placement)
-        profile_dir = tempfile.mkdtemp(prefix="edged-placement-")
-        so.enable_profiling = True
-        so.profile_file_prefix = str(Path(profile_dir) / "ort")
         plan = plan_providers(options.providers, options.cache_dir)
         self.provider_plan = plan
         if plan.log_line():
             log.warning("%s", plan.log_line())
-        providers = list(plan.chosen)
         self._file_manifest = self._read_manifest_file()
         # e.g. NhwcTransformer off: `edged quantize` measured the model faster without it
         self.disabled_optimizers = self._file_manifest.disabled_optimizers \
             if self._file_manifest else ()
+        profile_dir = Path(tempfile.mkdtemp(prefix="edged-placement-"))
         try:
-            self.session = ort.InferenceSession(str(path), so, providers=[p for p, _ in providers],
-                                                provider_options=[o for _, o in providers],
-                                                disabled_optimizers=list(self.disabled_optimizers))
+            self.session = open_session(path, plan, threads=threads, profile_dir=profile_dir,
+                                        disabled_optimizers=self.disabled_optimizers)
         except Exception as e:  # onnxruntime raises several unrelated types for bad files
             shutil.rmtree(profile_dir, ignore_errors=True)
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -349,44 +196,16 @@ class ModelRunner:
         self.model_id = f"{m.name or path.stem}"
         self.cost_ms: float | None = None  # measured ms per frame, when someone measured it
         self._local = threading.local()
-        self._bind_device, self._bind_device_id = self._io_binding_device()
-        self.placement, self.placement_summary = self._profile_placement(Path(profile_dir))
+        self._bind_device, self._bind_device_id = io_binding_device(options.io_binding,
+                                                                     self.session)
+        w, h = m.preprocess.input_size(640, 480)
+        self.placement, self.placement_summary = profile_placement(
+            self.session, self.run_tensor, (1, 3, h, w), profile_dir)
         log.info("model %s: providers requested %s; session %s; %s%s%s", self.model_id,
                  ", ".join(plan.requested), ", ".join(self.providers), self.placement_summary,
                  f"; IOBinding outputs on {self._bind_device}" if self._bind_device else "",
                  f"; optimizers off (manifest): {', '.join(self.disabled_optimizers)}"
                  if self.disabled_optimizers else "")
-
-    def _io_binding_device(self) -> tuple[str | None, int]:
-        mode = self.options.io_binding
-        if mode == "off":
-            return None, 0
-        if mode in ("cpu", "cuda"):
-            return mode, 0
-        active = self.active_provider
-        if mode == "auto" and active in CUDA_PROVIDERS:
-            opts = self.session.get_provider_options().get(active, {})
-            return "cuda", int(opts.get("device_id", 0) or 0)
-        return None, 0
-
-    def _profile_placement(self, profile_dir: Path) -> tuple[dict[str, dict[str, int]], str]:
-        """One profiled run on a blank input, then profiling stops for good (a profile
-        left on would grow in memory for every frame of a weeks-long run)."""
-        profile: Path | None = None
-        try:
-            spec = self.manifest.preprocess
-            w, h = spec.input_size(640, 480)
-            shape = (1, 3, h, w)
-            try:
-                self.run_tensor(np.zeros(shape, np.float32))
-            except Exception as e:  # placement is a report: never fail the start over it
-                log.debug("placement run failed: %s", e)
-            profile = Path(self.session.end_profiling())
-            return node_placement(self.session, profile)
-        finally:
-            shutil.rmtree(profile_dir, ignore_errors=True)
-            if profile is not None and profile.parent != profile_dir:
-                profile.unlink(missing_ok=True)
 
     def _output_ops(self) -> dict[str, tuple[str, ...]]:
         """The ops that make each output (evidence for `format: auto`); {} where the

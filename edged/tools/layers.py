@@ -9,7 +9,9 @@ imports count too), places each module on a floor and fails (exit 1) on:
 - an edge into the outputs from anywhere but the top: the daemon reaches its outputs only
   through the sink base and what the top hands it, so it names none of them;
 - a module that no floor claims (a new package must be placed here first);
-- an entry of `ALLOWED` that no longer occurs (the allow-list only shrinks).
+- an entry of `ALLOWED` that no longer occurs (the allow-list only shrinks);
+- a module over `MAX_MODULE_LINES` lines or a class over `MAX_CLASS_LINES`, unless
+  `OVERSIZE` names it, and an `OVERSIZE` entry that is within its limit now.
 
 The floors are defined here and nowhere else; docs/architecture.md draws them.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +36,7 @@ FLOORS: list[tuple[str, dict[str, str]]] = [
     # the stages, each a room of its own
     ("stages", {"edged.capture": "capture", "edged.inference": "inference",
                 "edged.tracking": "tracking"}),
+    # the config package (loader, errors, one schema module per section): one room
     ("config", {"edged.config": "config"}),
     # what every output builds on
     ("output base", {"edged.outputs": "base", "edged.outputs.base": "base"}),
@@ -41,7 +45,8 @@ FLOORS: list[tuple[str, dict[str, str]]] = [
                  "edged.outputs.foxglove": "foxglove", "edged.outputs.record": "record",
                  "edged.outputs.ros2": "ros2"}),
     ("daemon", {"edged.daemon": "daemon"}),
-    # the composition root, the command line and everything off the runtime path
+    # the composition root, the command line (the edged.cli package: one module per
+    # command) and everything off the runtime path
     ("top", {"edged.app": "top", "edged.__main__": "top", "edged.cli": "top", "edged.tools": "top",
              "edged.training": "top"}),
 ]
@@ -58,6 +63,17 @@ ALLOWED: set[tuple[str, str]] = {
     # the ZeroMQ output is the daemon's own: bound before the model loads, its counts are
     # the stats' published counts and its socket answers the reload of CURVE keys
     ("edged.daemon.pipeline", "edged.outputs.zmq"),
+}
+
+# a module or class past these is doing more than one job: split it by job
+MAX_MODULE_LINES = 700
+MAX_CLASS_LINES = 300
+
+# today's oversize modules (dotted name) and classes (module.Class), being split now. Only
+# shrinks, as ALLOWED: an entry within its limit (or gone) is an error too.
+OVERSIZE: set[str] = {
+    "edged.daemon.pipeline",
+    "edged.daemon.pipeline.Pipeline",
 }
 
 
@@ -138,14 +154,49 @@ def violations(root: Path) -> list[tuple[str, str, str]]:
     return out
 
 
-def check(root: Path) -> list[str]:
-    """The errors: edges outside the allow-list, and allow-list entries that are gone."""
+def classes(node: ast.AST, prefix: str) -> Iterator[tuple[str, int, int]]:
+    """(dotted name, first line, length in lines) of every class under `node`, nested
+    ones too (a class inside a function is named after the function)."""
+    for child in ast.iter_child_nodes(node):
+        name = prefix
+        if isinstance(child, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            name = f"{prefix}.{child.name}"
+        if isinstance(child, ast.ClassDef):
+            yield name, child.lineno, (child.end_lineno or child.lineno) - child.lineno + 1
+        yield from classes(child, name)
+
+
+def oversize(root: Path) -> dict[str, str]:
+    """Modules over MAX_MODULE_LINES and classes over MAX_CLASS_LINES: name -> what is
+    too long, with its file (and line)."""
+    out = {}
+    for mod, path in modules(root).items():
+        where = path.relative_to(root.parent)
+        text = path.read_text()
+        lines = len(text.splitlines())
+        if lines > MAX_MODULE_LINES:
+            out[mod] = f"{where}: module of {lines} lines, over {MAX_MODULE_LINES}"
+        for name, line, length in classes(ast.parse(text, str(path)), mod):
+            if length > MAX_CLASS_LINES:
+                out[name] = f"{where}:{line}: class of {length} lines, over {MAX_CLASS_LINES}"
+    return out
+
+
+def check(root: Path, allowed: set[tuple[str, str]] = ALLOWED,
+          oversize_allowed: set[str] = OVERSIZE) -> list[str]:
+    """The errors: edges outside the allow-list, oversize modules and classes outside
+    theirs, and allow-list entries that are no longer needed."""
     found = violations(root)
     errors = [f"{a} -> {b}: {why}" if b else f"{a}: {why}"
-              for a, b, why in found if (a, b) not in ALLOWED]
+              for a, b, why in found if (a, b) not in allowed]
     present = {(a, b) for a, b, _ in found}
     errors += [f"{a} -> {b}: in ALLOWED but no longer imported; remove the entry"
-               for a, b in sorted(ALLOWED - present)]
+               for a, b in sorted(allowed - present)]
+    big = oversize(root)
+    errors += [f"{name}: {why}: split it by job" for name, why in sorted(big.items())
+               if name not in oversize_allowed]
+    errors += [f"{name}: in OVERSIZE but within its limit (or gone); remove the entry"
+               for name in sorted(oversize_allowed - set(big))]
     return errors
 
 
@@ -155,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in errors:
         print(line)
     if not errors:
-        print(f"layers: ok ({len(ALLOWED)} allowed edges left)")
+        print(f"layers: ok ({len(ALLOWED)} allowed edges, {len(OVERSIZE)} oversize left)")
     return 1 if errors else 0
 
 

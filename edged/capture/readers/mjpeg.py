@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-log = logging.getLogger("edged.capture.mjpeg")
+log = logging.getLogger("edged.capture.readers.mjpeg")
 
 CHUNK = 64 * 1024
 MAX_HEADER_BYTES = 8 * 1024  # one part's headers (Content-Type, Content-Length, ...)

@@ -1,0 +1,1 @@
+"""Camera readers, one module per kind of source; `edged.capture.sources` picks one."""

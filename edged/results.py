@@ -65,15 +65,6 @@ class Letterbox:
         x1 = int(round((self.pad_x + self.content_w) * fx))
         return mask[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
 
-    def mask_to_camera(self, mask: np.ndarray, frame_w: int, frame_h: int) -> np.ndarray:
-        """Class-index mask in input space -> camera pixels (nearest neighbour)."""
-        crop = self.crop_mask(mask)
-        if crop.shape == (frame_h, frame_w):
-            return np.ascontiguousarray(crop)
-        import cv2  # here, not at the top: the types themselves need numpy only
-
-        return cv2.resize(crop, (frame_w, frame_h), interpolation=cv2.INTER_NEAREST)
-
 
 def nearest_indices(src: int, dst: int) -> np.ndarray:
     """Source index sampled by each of `dst` output cells: floor((2i + 1) * src / (2 dst)).

@@ -22,13 +22,15 @@ from edged.cli import (
     replay,
     run,
     synth_video,
+    triton_repo,
 )
 from edged.cli.report import report_error
 
 __all__ = ["build_parser", "main"]
 
 # in the order `edged --help` lists them; run registers `run` and `record`
-COMMANDS = (run, replay, check, echo, keygen, bench, synth_video, eval, inspect, quantize)
+COMMANDS = (run, replay, check, echo, keygen, bench, synth_video, eval, inspect, quantize,
+            triton_repo)
 
 
 def build_parser() -> argparse.ArgumentParser:

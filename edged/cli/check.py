@@ -32,6 +32,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     cfg = read_config(args.config, cpu.int8_class)
     setup_logging("warning")
     from edged.daemon.models import load_rungs, plan, warmup_sizes
+    from edged.inference.triton.runner import TritonRunner
 
     redact = cfg.redactor()
     print(f"config: {cfg.source_file or 'built-in default'}: OK")
@@ -54,6 +55,11 @@ def cmd_check(args: argparse.Namespace) -> int:
             warning = int8_mismatch(r.manifest.quantization, cpu, r.model_id)
             if warning:
                 print(f"  warning: {warning}")
+        try:  # the inference server, when the model runs on one
+            for line in (r.check() for r in rungs if isinstance(r, TritonRunner)):
+                print(line)
+        except Exception as e:
+            failed.append(e)
     try:
         _try_binds(cfg)
     except Exception as e:

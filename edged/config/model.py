@@ -13,6 +13,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from edged.config.errors import custom_error, did_you_mean
 from edged.config.fields import ConfigPath, Float, Frozen, Int, config_path
 from edged.inference.providers import PROVIDER_NAMES, PROVIDER_OPTIONS
+from edged.inference.triton.config import TritonConfig
 
 if TYPE_CHECKING:
     from edged.inference.runner import ModelOptions
@@ -238,6 +239,8 @@ class ModelConfig(Frozen):
     # a dynamic batch dimension), 1 = never, N = up to N frames
     batch: Int = Field(0, ge=0, le=MAX_BATCH)
     ladder: LadderConfig | None = None  # cheaper variants to fall back to under overload
+    # run the model on a Triton server; the local session of `path` is the fallback
+    triton: TritonConfig | None = None
     # None: the model manifest's value (its format's default for a model without one)
     conf_threshold: Float | None = Field(None, gt=0, le=1)
     iou_threshold: Float | None = Field(None, gt=0, le=1)

@@ -69,6 +69,15 @@ def render(snapshot: DaemonSnapshot) -> str:
     family("camera_up", "gauge", "1 while the camera is running",
            [(f'{cl},state="{c.state.value}"', int(c.state is CameraState.RUNNING))
             for cl, c in cams])
+    inf = snapshot.inference
+    if inf.remote_up is not None:
+        family("remote_up", "gauge",
+               "1 while the inference server is usable (0: the local fallback runs)",
+               [("", int(inf.remote_up))])
+        family("remote_frames_total", "counter",
+               "Frames of the remote model, by where they were computed",
+               [('where="server"', inf.remote_frames),
+                ('where="fallback"', inf.fallback_frames)])
     sinks = [(f'sink="{_esc(s.name)}"', s) for s in snapshot.sinks]
     if sinks:
         family("sink_delivered_total", "counter", "Results an output has handled",

@@ -11,7 +11,13 @@ from dataclasses import replace
 from edged.config import Config
 from edged.daemon.tracking import check_config as check_tracking
 from edged.inference.pool import Models, WorkerPlan, choose_batch
-from edged.inference.runner import ModelError, ModelRunner, auto_threads, plan_workers
+from edged.inference.runner import (
+    ModelError,
+    ModelOptions,
+    ModelRunner,
+    auto_threads,
+    plan_workers,
+)
 
 
 def plan(config: Config, cores: int | None = None) -> WorkerPlan:
@@ -60,7 +66,7 @@ def load_rungs(config: Config, threads: int, warmup: bool = True, *,
     rungs = []
     for i, opts in enumerate(options):
         try:
-            runner = ModelRunner(opts)
+            runner = _runner(config, opts, i)
             if warmup:
                 runner.warmup(runs, sizes[0])
                 for size in sizes[1:]:
@@ -76,6 +82,17 @@ def load_rungs(config: Config, threads: int, warmup: bool = True, *,
         check_tracking(config, runner.manifest.classes, runner.model_id)
         rungs.append(runner)
     return rungs
+
+
+def _runner(config: Config, opts: ModelOptions, rung: int) -> ModelRunner:
+    """Rung 0 on a Triton server when `model.triton` says so, the rest local."""
+    triton = config.model.triton
+    if rung or triton is None:
+        return ModelRunner(opts)
+    from edged.inference.triton.runner import TritonRunner
+    cams = [c for c in config.cameras.values() if c.enabled]
+    budget = min((c.budget.latency_ms for c in cams), default=config.budget.latency_ms)
+    return TritonRunner(opts, triton, triton.timeout_s(budget))
 
 
 def load_models(config: Config, cores: int | None = None) -> Models:

@@ -1,5 +1,5 @@
 """The tracking stage: one `edged.tracking.Tracker` per camera, run on each result after
-post-processing, in capture order, on the event loop (`Pipeline._finish`), before the
+post-processing, in capture order, on the event loop (`CameraLoops._finish`), before the
 result goes to the publish stage.
 
 Trackers are kept by camera name, not with the camera's loop, so that what the daemon
@@ -11,6 +11,7 @@ its first frame captured after that; ids keep counting, so they never repeat in 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import time
 from collections import deque
@@ -22,6 +23,7 @@ import numpy as np
 from edged.config import Config
 from edged.errors import UserError
 from edged.results import Result, Tracks
+from edged.telemetry import CameraState, StateChanged
 from edged.tracking import Tracker, TrackingConfig, TrackState
 
 TRAIL_POINTS = 30  # box centres kept per track for trails: 2 s at 15 fps
@@ -132,6 +134,14 @@ class TrackingStage:
         if ct.epoch_from_ns is None:
             ct.epoch_from_ns = t_mono_ns
         return ct.tracker.epoch + 1
+
+    def announce(self, event: StateChanged) -> StateChanged:
+        """A camera's state change, on the loop: `reconnecting` starts the camera's next
+        epoch (`reconnected`), which the event then announces."""
+        if event.state != CameraState.RECONNECTING:
+            return event
+        epoch = self.reconnected(event.camera, time.monotonic_ns())
+        return dataclasses.replace(event, track_epoch=epoch)
 
     def update(self, result: Result) -> None:
         """Track one result's detections; sets `result.tracks` (left None when the

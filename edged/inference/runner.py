@@ -207,6 +207,13 @@ class ModelRunner:
                  f"; optimizers off (manifest): {', '.join(self.disabled_optimizers)}"
                  if self.disabled_optimizers else "")
 
+    def close(self) -> None:
+        """Release what outlives a run (a remote model's connections and shared memory)."""
+
+    def reloaded(self) -> ModelRunner:
+        """A fresh runner of the same kind, model and options (not warmed up)."""
+        return ModelRunner(self.options)
+
     def _output_ops(self) -> dict[str, tuple[str, ...]]:
         """The ops that make each output (evidence for `format: auto`); {} where the
         file cannot be read that way (the shapes then have to do)."""

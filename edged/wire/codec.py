@@ -183,25 +183,35 @@ def encode_result(result: Result, encoder: MaskEncoder | None,
 
 @dataclass(frozen=True, slots=True)
 class Stamped:
-    """An encoded result message, its publish stamp and whether it was late then."""
+    """An encoded result message, its publish stamp, whether it was late then, and the
+    flags it carries (with "late" when it was)."""
 
     frames: list[bytes]
     t_publish_ns: int
     late: bool
+    flags: tuple[str, ...]
+
+
+LATE = "late"
+
+
+def flag_late(flags: tuple[str, ...]) -> tuple[str, ...]:
+    """`flags` with the "late" flag (once)."""
+    return flags if LATE in flags else (*flags, LATE)
 
 
 def encode_stamped(result: Result, encoder: MaskEncoder | None, send_mask: bool = True,
-                   late_at: Callable[[int], bool] | None = None,
-                   flags: tuple[str, ...] | None = None, boot: str = "") -> Stamped:
+                   late_at: Callable[[int], bool] | None = None, late: bool = False,
+                   boot: str = "") -> Stamped:
     """`encode_result` that asks whether the result is late at the moment it is stamped;
     `result` is not changed.
 
-    `flags` replaces `result.flags` in the message. `late_at(t_publish_ns)` is the
-    caller's budget rule (edged.daemon.publish): asked at the stamp, so no `late` flag can
-    disagree with the message's own timestamps.
+    `late`: already judged late (or `result.flags` says so); otherwise
+    `late_at(t_publish_ns)`, the caller's budget rule (edged.daemon.publish), is asked at
+    the stamp, so no `late` flag can disagree with the message's own timestamps.
     """
     check_camera(result.camera)
-    flags = result.flags if flags is None else flags
+    flags = result.flags
     det = result.detections
     header: dict[str, Any] = {
         "v": PROTOCOL_VERSION,
@@ -243,14 +253,14 @@ def encode_stamped(result: Result, encoder: MaskEncoder | None, send_mask: bool 
         header["instances"] = _encode_instances(det.boxes, det.instance_masks, encoder,
                                                 result.frame_w, result.frame_h)
     header["t_publish_ns"] = now = time.time_ns()
-    late = "late" in flags
-    if not late and late_at is not None and late_at(now):
-        late = True
-        header["flags"] = [*flags, "late"]
+    late = late or LATE in flags or (late_at is not None and late_at(now))
+    if late:
+        flags = flag_late(flags)
+        header["flags"] = list(flags)
     frames = [topic(result.camera, TOPIC_RESULT), _packb(header)]
     if mask_bytes is not None:
         frames.append(mask_bytes)
-    return Stamped(frames, now, late)
+    return Stamped(frames, now, late, flags)
 
 
 def _encode_tracks(tracks: Tracks, n: int) -> dict[str, Any]:
@@ -282,11 +292,14 @@ def _encode_instances(boxes: np.ndarray, masks: list[np.ndarray], encoder: MaskE
     return {"encoding": encoder.encoding, "masks": entries}
 
 
-def encode_eos(camera: str, last_seq: int, reason: str, boot: str = "") -> list[bytes]:
-    """[topic, header] announcing that `camera` will publish nothing more."""
+def encode_eos(camera: str, last_seq: int, reason: str, boot: str = "",
+               t_ns: int | None = None) -> list[bytes]:
+    """[topic, header] announcing that `camera` will publish nothing more (`t_ns`: when
+    it ended; default now)."""
     check_camera(camera)
     header = {"v": PROTOCOL_VERSION, "type": TOPIC_EOS, "camera": camera, "seq": int(last_seq),
-              "t_publish_ns": time.time_ns(), "reason": str(reason)}
+              "t_publish_ns": time.time_ns() if t_ns is None else t_ns,
+              "reason": str(reason)}
     if boot:
         header["boot"] = boot
     return [topic(camera, TOPIC_EOS), _packb(header)]

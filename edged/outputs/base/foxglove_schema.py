@@ -37,6 +37,7 @@ from edged.outputs.base.draw import (
 )
 from edged.outputs.base.png import palette_png
 from edged.results import Frame, Result
+from edged.telemetry import StatsReport
 
 STATS_TOPIC = "/edged/stats"  # the daemon's statistics, live and in recordings
 
@@ -147,6 +148,11 @@ CAMERA_STATS_SCHEMA: dict[str, Any] = {
         "providers": {"type": "string"},
     },
 }
+
+
+def stats_message(report: StatsReport) -> dict[str, Any]:
+    """The `STATS_TOPIC` message (JSON, `stats_schema`) of one stats window."""
+    return {"interval_s": report.snapshot.interval_s, "cameras": report.snapshot.to_wire()}
 
 
 def stats_schema(cameras: list[str]) -> dict[str, Any]:

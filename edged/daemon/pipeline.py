@@ -36,6 +36,7 @@ from edged.daemon.reload import Reloader
 from edged.daemon.scheduler import Scheduler
 from edged.daemon.stats import StatsCollector
 from edged.daemon.threads import BlockingCalls
+from edged.daemon.tracking import TrackingStage
 from edged.inference.cpu import CpuInfo
 from edged.inference.cpu import detect as detect_cpu
 from edged.inference.pool import InferencePool, Models
@@ -71,6 +72,7 @@ class Pipeline:
         self.frames = frames
         self.duration = duration
         self.pool = InferencePool(models.rungs, models.plan.workers, models.max_batch)
+        self.tracking = TrackingStage(config, self.runner.manifest.classes, self.runner.model_id)
         self.exit_code = 0
         self.cameras: dict[str, Camera] = {}
         self.stop_event = asyncio.Event()
@@ -134,7 +136,8 @@ class Pipeline:
         if self._loop is not None:
             event = StateChanged(camera, state, detail)
             with contextlib.suppress(RuntimeError):  # the loop is closing
-                self._loop.call_soon_threadsafe(self.emit, event)
+                self._loop.call_soon_threadsafe(
+                    lambda: self.emit(self.tracking.announce(event)))
 
     # ------------------------------------------------------------------ cameras
 
@@ -191,7 +194,8 @@ class Pipeline:
         # a worker may take a batch: that many frames may be granted and waiting
         self._loops = CameraLoops(self.pool,
                                   Scheduler(self.pool.workers * self.pool.max_batch, {}),
-                                  stage, self.stop_event, self.emit, self.frames)
+                                  stage, self.stop_event, self.emit, self.tracking,
+                                  self.frames)
         await self._wait_for_subscribers()
         started = self.stats.started = time.monotonic()
         try:

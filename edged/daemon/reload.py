@@ -21,6 +21,7 @@ from edged.daemon.camera_loop import Camera
 from edged.daemon.ladder_loop import LadderLoop, make_ladder
 from edged.daemon.notify import Notifier
 from edged.daemon.threads import BlockingCalls
+from edged.daemon.tracking import TrackingError, TrackingStage
 from edged.inference.cpu import CpuInfo
 from edged.inference.pool import InferencePool
 from edged.outputs.base.output import Output
@@ -52,6 +53,7 @@ class Running(Protocol):
     cameras: dict[str, Camera]
     pool: InferencePool
     ladder: LadderLoop
+    tracking: TrackingStage
     blocking: BlockingCalls
     notifier: Notifier
     cpu: CpuInfo
@@ -150,6 +152,14 @@ class Reloader:
             removed = [n for n in p.cameras if n not in want]
             changed = [n for n in p.cameras if n in want and want[n] != old.cameras.get(n)]
             added = [n for n in want if n not in p.cameras]
+            # a new model's detections start new epochs of ids on every camera
+            restarted = list(want) if new.model != old.model else changed
+            runner = p.pool.runner
+            try:
+                p.tracking.configure(new, runner.manifest.classes, runner.model_id, restarted)
+            except TrackingError as e:
+                log.error("reload rejected, the running configuration stays: %s", e)
+                return
             for n in removed:
                 await p.stop_camera(n, "removed by reload")
             for n in changed:

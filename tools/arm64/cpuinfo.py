@@ -17,7 +17,7 @@ _HWCAP_NAMES = ("fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp
                 "flagm ssbs sb paca pacg")
 HWCAP = _HWCAP_NAMES.split()  # one string: the kernel's order, easy to compare
 _HWCAP2_NAMES = ("dcpodp sve2 sveaes svepmull svebitperm svesha3 svesm4 flagm2 frint svei8mm "
-          "svef32mm svef64mm svebf16 i8mm bf16 dgh rng bti mte")
+                 "svef32mm svef64mm svebf16 i8mm bf16 dgh rng bti mte")
 HWCAP2 = _HWCAP2_NAMES.split()
 
 

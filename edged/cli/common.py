@@ -107,7 +107,9 @@ def mask_summary(msg: Message) -> str:
 
 
 def format_message(msg: Message) -> str:
-    dets = ", ".join(f"{c} {s:.2f}" for c, s in zip(msg.labels(), msg.scores)) or "-"
+    from edged.wire.echo import detection_text
+
+    dets = detection_text(msg)
     flags = f" [{','.join(msg.flags)}]" if msg.flags else ""
     return (f"{msg.camera} #{msg.seq:<5d} e2e {msg.latency_ms:5.1f} ms  "
             f"inference {msg.timings_ms.get('inference', float('nan')):5.1f} ms  "

@@ -57,7 +57,7 @@ def _overlay(
 def merge_cameras(
     data: dict[str, Any], origin: dict[Loc, Loc], issue: Callable[[Loc, object, str], None]
 ) -> None:
-    """Apply camera_defaults and the global budget to every camera, in place."""
+    """Apply camera_defaults and the global budget and tracking to every camera, in place."""
     defaults = data.pop("camera_defaults", None)
     if defaults is None:
         defaults = {}
@@ -72,7 +72,7 @@ def merge_cameras(
     cameras = data.get("cameras")
     if not isinstance(cameras, dict):
         return  # pydantic reports the wrong type
-    budget = data.get("budget")
+    shared = {k: data[k] for k in ("budget", "tracking") if isinstance(data.get(k), dict)}
     merged_cameras: dict[str, Any] = {}
     for name, camera in cameras.items():
         loc: Loc = ("cameras", name)
@@ -83,8 +83,7 @@ def merge_cameras(
             merged_cameras[name] = camera
             continue
         merged: dict[str, Any] = {}
-        if isinstance(budget, dict):
-            _overlay(merged, loc, {"budget": budget}, (), origin)
+        _overlay(merged, loc, shared, (), origin)
         _overlay(merged, loc, defaults, ("camera_defaults",), origin)
         _overlay(merged, loc, camera, loc, origin)
         merged_cameras[name] = merged

@@ -18,6 +18,7 @@ from edged.config.record import RecordConfig
 from edged.config.ros2 import ROS_NAME_RE, Ros2Config
 from edged.config.view import ViewConfig
 from edged.redaction import Redactor
+from edged.tracking.config import TrackingConfig
 
 # Cameras one daemon serves (enabled ones; disabled ones cost nothing). Measured up to
 # 100 synthetic cameras on 2 cores in docs/benchmarks.md ("Scale: many cameras"); far
@@ -39,6 +40,7 @@ class Config(Frozen):
     foxglove: FoxgloveConfig | None = None  # Foxglove live; None: off
     record: RecordConfig | None = None  # MCAP recording; None: off
     ros2: Ros2Config | None = None  # ROS 2 topics over DDS; None: off
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)  # merged into cameras
     source_file: Path | None = None  # None: parsed from a string
     # the values ${VAR} substitutions inserted (set by the loader, never in the file):
     # hidden in every output by `redactor()`

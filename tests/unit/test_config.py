@@ -663,8 +663,28 @@ def test_resolved_mode(source: str, mode: str, expected: str) -> None:
 
 def test_config_type_is_exported() -> None:
     assert Config.model_fields.keys() == {"model", "cameras", "publish", "budget", "log",
-                                          "view", "foxglove", "record", "ros2", "source_file",
-                                          "secrets"}
+                                          "view", "foxglove", "record", "ros2", "tracking",
+                                          "source_file", "secrets"}
+
+
+def test_tracking_is_global_and_merged_per_camera() -> None:
+    config = parse_config("""
+model: {path: m.onnx}
+tracking: {classes: [ball], lost_timeout_s: 3}
+camera_defaults: {tracking: {min_hits: 3}}
+cameras:
+  a: {source: synthetic}
+  b: {source: synthetic, tracking: {enabled: false}}
+""")
+    a, b = config.cameras["a"].tracking, config.cameras["b"].tracking
+    assert (a.enabled, a.classes, a.lost_timeout_s, a.min_hits) == (True, ("ball",), 3.0, 3)
+    assert (b.enabled, b.classes, b.lost_timeout_s) == (False, ("ball",), 3.0)
+    assert config.tracking.min_hits == 2  # camera_defaults reach the cameras only
+    assert parse_config(MINIMAL).cameras["front"].tracking.enabled  # on by default
+    with pytest.raises(ConfigError) as e:
+        parse_config(MINIMAL + "tracking:\n  min_hit: 3\n")
+    assert "<string>:" in str(e.value) and "tracking.min_hit: unknown key; did you mean " \
+        "'min_hits'?" in str(e.value)
 
 
 def test_too_many_cameras_is_a_config_error(tmp_path: Path) -> None:

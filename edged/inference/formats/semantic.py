@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from edged.inference.formats._common import (
+    Decoded,
     FormatError,
     Hints,
     TensorInfo,
@@ -198,5 +199,5 @@ class Adapter:
         return np.clip(plane, 0, 255).astype(np.uint8)
 
     def postprocess(self, outputs: list[np.ndarray], letterbox: Letterbox, frame_w: int,
-                    frame_h: int) -> tuple[Detections, np.ndarray | None]:
-        return Detections.empty(), self.class_map(outputs[self.index], letterbox)
+                    frame_h: int) -> Decoded:
+        return Decoded(Detections.empty(), self.class_map(outputs[self.index], letterbox))

@@ -11,9 +11,10 @@ Topics per camera, under `/<namespace>/<camera>/` (ROS 2 names; on the DDS wire 
 - `mask/label_info`: vision_msgs/msg/LabelInfo, segmentation class names (latched);
 - `mask_color`: Image `rgb8`, with `ros2.mask_color`; and `mask_color/compressed` (PNG);
 - `detections`: vision_msgs/msg/Detection2DArray, one hypothesis per box (class id as
-  text, score), `id` = the detection's index + 1;
+  text, score), `id` = the detection's track id as text ("" when it has none);
 - `label_info`: LabelInfo, detection class names (latched);
-- `instances`: Image `mono16` for formats with instance masks, pixel = detection id;
+- `instances`: Image `mono16` for formats with instance masks, pixel = the detection's
+  index in `detections` + 1;
 - `image/compressed`: sensor_msgs/msg/CompressedImage `jpeg`, with `ros2.image`, at
   most `image_fps`;
 

@@ -8,8 +8,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from daemonrun import receive, write_config, write_video
 from modelgen import slow_yoeo_model
-from test_daemon import receive, write_config, write_video
 
 from edged.wire.client import Subscriber
 from edged.wire.codec import EndOfStream, Message

@@ -12,39 +12,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from daemonrun import receive, run_both, run_cli, write_config, write_video
 from modelgen import expected_camera_boxes, painted_frame
 
 from edged.wire.client import Subscriber
 from edged.wire.codec import EndOfStream, Message
-
-
-def write_config(path: Path, model: Path, endpoints: list[str], cameras: str,
-                 extra: str = "") -> Path:
-    eps = "\n".join(f"    - {e}" for e in endpoints)
-    path.write_text(f"""\
-model:
-  path: {model}
-  threads: 1
-  warmup_runs: 1
-cameras:
-{cameras}
-publish:
-  endpoints:
-{eps}
-log:
-  stats_interval_s: 1
-{extra}""")
-    return path
-
-
-def receive(sub: Subscriber, n: int, timeout: float = 20.0) -> list[Message | EndOfStream]:
-    out: list[Message | EndOfStream] = []
-    end = time.monotonic() + timeout
-    while len(out) < n and time.monotonic() < end:
-        msg = sub.recv(timeout=0.2)
-        if msg is not None:
-            out.append(msg)
-    return out
 
 
 def test_synthetic_camera_over_tcp_and_sigterm(tmp_path, test_model, tcp_endpoint, start_daemon):
@@ -90,21 +62,6 @@ def test_synthetic_camera_over_tcp_and_sigterm(tmp_path, test_model, tcp_endpoin
     log = d.log()
     assert "Traceback" not in log
     assert "final front:" in log
-
-
-def write_video(path: Path, frames: int, size: tuple[int, int] = (640, 480)) -> np.ndarray:
-    """An MJPG AVI of painted frames (band layout shifted by frame index); returns masks."""
-    w, h = size
-    vw = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 25.0, (w, h))
-    assert vw.isOpened()
-    masks = []
-    for i in range(frames):
-        img, mask = painted_frame(w, h)
-        shift = (i * 16) % w
-        vw.write(np.ascontiguousarray(np.roll(img, shift, axis=1)))
-        masks.append(np.roll(mask, shift, axis=1))
-    vw.release()
-    return np.stack(masks)
 
 
 def test_video_file_every_frame_over_ipc(tmp_path, test_model, start_daemon):
@@ -205,12 +162,6 @@ def test_echo_prints_one_json_line_per_message(tmp_path, test_model, tcp_endpoin
         assert sorted(x["class"] for x in ln["detections"]) == ["ball", "goalpost", "robot"]
         assert set(ln["mask_classes"]) <= {"background", "lines", "field"}
     assert d.terminate()[0] == 0
-
-
-def run_cli(*args: str, timeout: float = 60,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edged", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env)
 
 
 def test_missing_model_is_a_clear_error(tmp_path, tcp_endpoint):
@@ -319,11 +270,6 @@ def assert_clean_failure(p: subprocess.CompletedProcess, *needles: str) -> None:
     for needle in needles:
         assert needle in p.stderr, out
     assert "Traceback" not in out, out
-
-
-def run_both(cfg: Path) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
-    """`edged check` and `edged run` on the same config (run stops itself if it starts)."""
-    return run_cli("check", "-c", str(cfg)), run_cli("run", "-c", str(cfg), "--frames", "2")
 
 
 @pytest.mark.parametrize(("endpoint", "why"), [

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_daemon import write_config
+from daemonrun import write_config
 from test_reload import cams, count, gather
 
 from edged.wire.client import Subscriber

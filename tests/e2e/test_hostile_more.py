@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_daemon import write_config
+from daemonrun import write_config
 from test_hostile import GOOD_MANIFEST, edged, one_user_error
 from test_reload import cams
 

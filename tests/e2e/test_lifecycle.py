@@ -11,8 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+from daemonrun import write_config
 from modelgen import stalling_yoeo_model
-from test_daemon import write_config
 from test_reload import cams, count
 
 from edged.wire.client import Subscriber

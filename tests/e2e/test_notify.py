@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from daemonrun import write_config
 from modelgen import slow_yoeo_model
-from test_daemon import write_config
 
 
 def notify_socket(tmp_path: Path) -> tuple[socket.socket, str]:

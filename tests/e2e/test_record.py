@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 from configfile import daemon_config, synthetic
 from conftest import ZmqCollector
+from daemonrun import run_cli
 from foxglove_client import _message_class
 from mcap.reader import make_reader
 from mcap_doctor import doctor
-from test_daemon import run_cli
 
 from edged.outputs.base.draw import mask_colour
 from edged.outputs.record import decode_wire

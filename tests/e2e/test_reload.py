@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import time
 
-from test_daemon import write_config
+from daemonrun import write_config
 
 from edged.wire.client import Subscriber
 from edged.wire.codec import EndOfStream, Message

@@ -23,7 +23,7 @@ from cyclonedds.qos import Policy, Qos
 from cyclonedds.sub import DataReader
 from cyclonedds.topic import Topic
 from cyclonedds.util import duration
-from test_daemon import run_cli
+from daemonrun import run_cli
 
 from edged import synth
 from edged.outputs.base.ros2msgs import cdr, msgs

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import yaml
 from configfile import daemon_config, synthetic
+from daemonrun import run_cli
 from mcap.reader import make_reader
 from mcap_doctor import doctor
-from test_daemon import run_cli
 
 from edged.outputs.base.ros2msgs import typehash
 from edged.outputs.base.ros2msgs.msgdefs import DEFS

@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from daemonrun import write_config
 from rtsp_server import CAMERA_PATHS, TCP_ONLY, UDP_ONLY, RtspServer, missing, require_or_skip
 from rtsp_server import write_clip as write_jpeg_clip
-from test_daemon import write_config
 from test_reload import gather
 
 from edged.wire.client import Subscriber

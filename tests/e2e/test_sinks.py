@@ -252,7 +252,7 @@ def test_sink_counts_reach_the_log_stats_and_prometheus(tmp_path, test_model, st
     import urllib.request
 
     from conftest import free_port
-    from test_daemon import write_config
+    from daemonrun import write_config
 
     ep = f"ipc://{tmp_path}/e.sock"
     port = free_port()

@@ -24,8 +24,8 @@ import msgpack
 import numpy as np
 import pytest
 from conftest import free_port
+from daemonrun import run_both, write_config
 from modelgen import painted_frame
-from test_daemon import run_both, write_config
 from test_reload import gather
 
 from edged import synth

@@ -21,7 +21,7 @@ import pytest
 from browser import Browser, find_chromium
 from configfile import daemon_config, synthetic
 from conftest import free_port
-from test_daemon import run_cli
+from daemonrun import run_cli
 
 from edged import synth
 from edged.outputs.base.draw import MASK_ALPHA, Overlay, box_colour, mask_colour

@@ -14,8 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from daemonrun import run_cli, write_config, write_video
 from modelgen import painted_frame, slow_yoeo_model, stalling_yoeo_model, yoeo_model
-from test_daemon import run_cli, write_config, write_video
 
 from edged.config import LadderConfig
 from edged.inference.ladder import Ladder

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_daemon import run_cli, write_config
+from daemonrun import run_cli, write_config
 
 
 def test_bench_reports_all_three_loops(tmp_path, test_model):

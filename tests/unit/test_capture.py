@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from test_daemon import write_video
+from daemonrun import write_video
 
 from edged.capture.base import RestartPolicy
 from edged.capture.handoff import Handoff

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_daemon import run_cli
+from daemonrun import run_cli
 
 from edged.inference.cpu import (
     cpuid_features,

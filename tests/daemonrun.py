@@ -1,0 +1,93 @@
+"""Running edged in tests: its config files, its command line, a subscriber's reads,
+and waiting on an event with a generous ceiling (never a fixed window)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import cv2
+import numpy as np
+from modelgen import painted_frame
+
+from edged.wire.client import Subscriber
+from edged.wire.codec import EndOfStream, Message
+
+T = TypeVar("T")
+
+# the ceiling of every wait: generous for a loaded 2-core machine; a wait returns as soon
+# as its condition holds, so the ceiling costs nothing when things go well
+CEILING_S = 60.0
+
+
+def wait_until(what: str, cond: Callable[[], T], timeout: float = CEILING_S,
+               interval: float = 0.05) -> T:
+    """Poll `cond()` until it is truthy (returned); AssertionError naming `what` after
+    `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() >= end:
+            raise AssertionError(f"no {what} within {timeout:g} s")
+        time.sleep(interval)
+
+
+def write_config(path: Path, model: Path, endpoints: list[str], cameras: str,
+                 extra: str = "") -> Path:
+    eps = "\n".join(f"    - {e}" for e in endpoints)
+    path.write_text(f"""\
+model:
+  path: {model}
+  threads: 1
+  warmup_runs: 1
+cameras:
+{cameras}
+publish:
+  endpoints:
+{eps}
+log:
+  stats_interval_s: 1
+{extra}""")
+    return path
+
+
+def receive(sub: Subscriber, n: int, timeout: float = CEILING_S) -> list[Message | EndOfStream]:
+    out: list[Message | EndOfStream] = []
+    end = time.monotonic() + timeout
+    while len(out) < n and time.monotonic() < end:
+        msg = sub.recv(timeout=0.2)
+        if msg is not None:
+            out.append(msg)
+    return out
+
+
+def write_video(path: Path, frames: int, size: tuple[int, int] = (640, 480)) -> np.ndarray:
+    """An MJPG AVI of painted frames (band layout shifted by frame index); returns masks."""
+    w, h = size
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 25.0, (w, h))
+    assert vw.isOpened()
+    masks = []
+    for i in range(frames):
+        img, mask = painted_frame(w, h)
+        shift = (i * 16) % w
+        vw.write(np.ascontiguousarray(np.roll(img, shift, axis=1)))
+        masks.append(np.roll(mask, shift, axis=1))
+    vw.release()
+    return np.stack(masks)
+
+
+def run_cli(*args: str, timeout: float = 60,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edged", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def run_both(cfg: Path) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
+    """`edged check` and `edged run` on the same config (run stops itself if it starts)."""
+    return run_cli("check", "-c", str(cfg)), run_cli("run", "-c", str(cfg), "--frames", "2")

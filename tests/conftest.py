@@ -207,7 +207,13 @@ class ZmqCollector:
         """Results by their `t_capture_ns` (the stamp every output carries)."""
         return {m.t_capture_ns: m for m in self.msgs}
 
-    def stop(self) -> None:
-        time.sleep(0.3)  # what is in flight arrives
+    def stop(self, eos: int = 0, timeout: float = 60.0) -> None:
+        """Stop reading, once `eos` ends of stream have arrived (the daemon publishes one
+        per camera after its last result, so everything published is in by then)."""
+        end = time.monotonic() + timeout
+        while len(self.eos) < eos:
+            assert time.monotonic() < end, f"{len(self.eos)} of {eos} end(s) of stream " \
+                                           f"within {timeout:g} s"
+            time.sleep(0.05)
         self._stop.set()
         self._th.join(5)

@@ -72,8 +72,8 @@ def test_every_client_reads_its_output_while_the_others_read_theirs(tmp_path, st
         if fox.poll() is None:
             fox.kill()
         browser.close()
-    zmq.stop()
     assert d.terminate()[0] == 0
+    zmq.stop(eos=1)
     import json
 
     summary = json.loads(out.strip().splitlines()[-1])

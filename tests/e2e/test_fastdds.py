@@ -142,6 +142,7 @@ def test_a_fast_dds_reader_gets_every_topic_as_the_zeromq_stream(tmp_path, netns
                           domain, content=True)
         assert late.wait(lambda ls: sum("topic" in j for j in ls) >= 2, 30), late.lines
         assert d.terminate()[0] == 0
+        col.stop(eos=1)
     finally:
         d.close()
         col.stop()
@@ -232,6 +233,7 @@ def test_four_cameras_lose_no_mask_on_fast_dds(tmp_path, netns, fastdds_bin):
         assert ok, ({c: sub.count(f"rt/{NS}/{c}/mask/compressed") for c in cams},
                     d.log()[-3000:])
         assert d.terminate()[0] == 0
+        col.stop(eos=len(cams))
     finally:
         d.close()
         col.stop()

@@ -60,9 +60,9 @@ def test_foxglove_channels_carry_the_results_of_the_zeromq_stream(tmp_path, star
     channels, got = asyncio.run(collect(
         f"ws://127.0.0.1:{port}", topics, 4.0, chosen=chosen,
         **({"protocols": LEGACY} if protocols == "legacy" else {})))
-    col.stop()
-    zmq_msgs = col.by_capture
     assert d.terminate()[0] == 0
+    col.stop(eos=1)
+    zmq_msgs = col.by_capture
     # the server answered with a name the client offered
     assert chosen == (["foxglove.websocket.v1"] if protocols == "legacy" else
                       ["foxglove.sdk.v1"])

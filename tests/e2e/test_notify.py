@@ -9,9 +9,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from daemonrun import write_config
+from daemonrun import wait_until, write_config
 from modelgen import slow_yoeo_model
 
 
@@ -29,6 +30,19 @@ def collect(sock: socket.socket, seconds: float) -> list[tuple[float, str]]:
     while time.monotonic() < end:
         with contextlib.suppress(TimeoutError):
             out.append((time.monotonic(), sock.recv(4096).decode()))
+    return out
+
+
+def collect_until(sock: socket.socket, what: str,
+                  done: Callable[[list[tuple[float, str]]], bool],
+                  timeout: float = 60.0) -> list[tuple[float, str]]:
+    """Notifications until `done(all so far)` holds; AssertionError naming `what` after
+    `timeout` seconds."""
+    out: list[tuple[float, str]] = []
+    end = time.monotonic() + timeout
+    while not done(out):
+        assert time.monotonic() < end, f"no {what} within {timeout:g} s: {out[-5:]}"
+        out += collect(sock, 0.1)
     return out
 
 
@@ -52,10 +66,14 @@ def test_ready_status_watchdog_and_stopping(tmp_path, test_model, tcp_endpoint):
         end = time.monotonic() + 90
         while not any(m.startswith("READY=1") for _, m in msgs) and time.monotonic() < end:
             msgs += collect(sock, 0.2)
-        msgs += collect(sock, 2.5)
+        # 12 pings (every 0.1 s: WATCHDOG_USEC / 3) and a status line after READY=1
+        msgs += collect_until(sock, "12 pings and a status", lambda ms: sum(
+            m == "WATCHDOG=1" for _, m in ms) >= 12 and any(
+            m.startswith("STATUS=cam ") and "fps (running)" in m for _, m in ms))
         p.send_signal(signal.SIGTERM)
-        msgs += collect(sock, 1.5)
-        assert p.wait(5) == 0
+        msgs += collect_until(sock, "STOPPING=1", lambda ms: any(
+            m == "STOPPING=1" for _, m in ms))
+        assert p.wait(60) == 0
     finally:
         p.kill()
     texts = [m for _, m in msgs]
@@ -63,7 +81,7 @@ def test_ready_status_watchdog_and_stopping(tmp_path, test_model, tcp_endpoint):
     log = (tmp_path / "log").read_text()
     assert "ready:" in log
     pings = [t for t, m in msgs if m == "WATCHDOG=1"]
-    assert len(pings) >= 12  # every 0.1 s (WATCHDOG_USEC / 3) for 2.5 s
+    assert len(pings) >= 12
     assert any(m.startswith("STATUS=cam ") and "fps (running)" in m for m in texts)
     assert "STOPPING=1" in texts
 
@@ -88,7 +106,17 @@ def test_stuck_inference_withholds_watchdog(tmp_path, tcp_endpoint):
         end = time.monotonic() + 90
         while not any(m.startswith("READY=1") for _, m in msgs) and time.monotonic() < end:
             msgs += collect(sock, 0.2)
-        msgs += collect(sock, 5.0)
+        log = tmp_path / "log"
+
+        def withheld(ms: list[tuple[float, str]]) -> bool:
+            """Stuck logged and pings missing for well over stuck_after_s (0.3 s)."""
+            pings = [t for t, m in ms if m == "WATCHDOG=1"]
+            gaps = [b - a for a, b in zip(pings, pings[1:])]
+            return "inference stuck for" in log.read_text() and bool(pings) and (
+                max(gaps, default=0) > 0.6 or time.monotonic() - pings[-1] > 0.6)
+
+        msgs += collect_until(sock, "withheld pings", lambda ms: withheld(msgs + ms))
+        listened_until = time.monotonic()
     finally:
         p.kill()
         p.wait()
@@ -97,7 +125,7 @@ def test_stuck_inference_withholds_watchdog(tmp_path, tcp_endpoint):
     assert ready
     # after the first frame starts, pings stop for well over stuck_after_s (0.3 s)
     gaps = [b - a for a, b in zip(pings, pings[1:])]
-    assert pings and (max(gaps, default=0) > 0.6 or msgs[-1][0] - pings[-1] > 0.6), pings
+    assert pings and (max(gaps, default=0) > 0.6 or listened_until - pings[-1] > 0.6), pings
     assert "inference stuck for" in (tmp_path / "log").read_text()
 
 
@@ -119,8 +147,16 @@ def test_prometheus_endpoint(tmp_path, test_model, tcp_endpoint, start_daemon):
     (tmp_path / "cfg.yaml").write_text(cfg)
     d = start_daemon(tmp_path / "cfg.yaml")
     d.wait_for("metrics on http://")
-    time.sleep(2.5)
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+    def scraped() -> str:
+        """The exposition once it holds a processed rate for the camera (after the first
+        stats interval with frames in it)."""
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                      timeout=10).read().decode()
+        return body if any(line.startswith('edged_processed_fps{camera="front"}') and
+                           float(line.split()[-1]) > 0 for line in body.splitlines()) else ""
+
+    body = wait_until("a processed rate in /metrics", scraped, interval=0.2)
     assert "# TYPE edged_processed_fps gauge" in body
     fps = [float(line.split()[-1]) for line in body.splitlines()
            if line.startswith('edged_processed_fps{camera="front"}')]

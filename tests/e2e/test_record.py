@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from configfile import daemon_config, synthetic
 from conftest import ZmqCollector
-from daemonrun import run_cli
+from daemonrun import run_cli, wait_until
 from foxglove_client import _message_class
 from mcap.reader import make_reader
 from mcap_doctor import doctor
@@ -58,9 +58,9 @@ def test_a_recording_holds_what_was_published(tmp_path, start_daemon):
     col = ZmqCollector(f"ipc://{tmp_path}/pub.sock")
     d = start_daemon(cfg)
     d.wait_for("ready")
-    time.sleep(3.0)
+    wait_until("30 results", lambda: len(col.msgs) >= 30)
     assert d.terminate()[0] == 0
-    col.stop()
+    col.stop(eos=1)
     files = sorted(rec.iterdir())
     assert len(files) == 1 and files[0].name.endswith(".mcap"), files  # no .part left
     assert re.fullmatch(r"edged-\d{8}T\d{6}\.\d{3}Z\.mcap", files[0].name)
@@ -155,7 +155,16 @@ def test_files_rotate_and_the_directory_stays_under_max_mb(tmp_path, start_daemo
     cfg = _config(tmp_path, {"dir": str(rec), "rotate_mb": 0.25, "max_mb": 0.8}, fps=15)
     d = start_daemon(cfg)
     d.wait_for("ready")
-    time.sleep(5.0)  # about 2.5 MB of frames and results
+    # files begun (a file is `.part` until finished) until at least five were, and one of
+    # them was deleted again: more than max_mb was written
+    begun: set[str] = set()
+
+    def rotated_and_deleted() -> bool:
+        now = {p.name.removesuffix(".part") for p in rec.iterdir()} if rec.exists() else set()
+        begun.update(now)
+        return len(begun) >= 5 and bool(begun - now)
+
+    wait_until("five files and a deletion", rotated_and_deleted)
     assert d.terminate()[0] == 0
     log = d.log()
     m = re.search(r"recorder: (\d+) file\(s\) written, (\d+) message\(s\), (\d+) write "
@@ -189,9 +198,13 @@ def test_the_flight_recorder_keeps_the_seconds_before_a_missed_budget(tmp_path,
     rec = tmp_path / "rec"
     section = {"dir": str(rec), "trigger": "on_miss", "before_s": 1.5, "after_s": 1}
     cfg = _config(tmp_path, section)
+    col = ZmqCollector(f"ipc://{tmp_path}/pub.sock")
     d = start_daemon(cfg)
     d.wait_for("ready")
-    time.sleep(2.5)
+    # more than before_s of results, none late (the recorder's memory is full)
+    wait_until("25 results", lambda: len(col.msgs) >= 25)
+    col.stop()
+    assert not [m.seq for m in col.msgs if "late" in m.flags]
     assert list(rec.iterdir()) == []  # nothing missed: nothing written
     t_miss = time.time_ns()
     _config(tmp_path, section, budget_ms=1)  # every frame misses now
@@ -199,9 +212,10 @@ def test_the_flight_recorder_keeps_the_seconds_before_a_missed_budget(tmp_path,
     d.wait_for("recorder: front ")
     _config(tmp_path, section)  # and then nothing does
     d.proc.send_signal(signal.SIGHUP)
-    d.wait_for("reload done", timeout=10)
-    time.sleep(2.5)  # after_s passes: the event file is finished
-    files = [p for p in rec.iterdir() if p.name.endswith(".mcap")]
+    d.wait_for("reload done", timeout=60)
+    # after_s passes: the event file is finished (renamed from .part)
+    files = wait_until("a finished event file",
+                       lambda: [p for p in rec.iterdir() if p.name.endswith(".mcap")])
     assert len(files) == 1, list(rec.iterdir())
     name = files[0].name
     assert re.fullmatch(r"front-\d{8}T\d{6}\.\d{3}Z-(late|stale)\.mcap", name), name
@@ -233,7 +247,7 @@ def test_replay_publishes_a_recording_with_its_timing(tmp_path):
     with Subscriber(ep) as sub:
         proc = subprocess.Popen([*_edged(), "replay", str(f), "--endpoint", ep],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        end = time.monotonic() + 20
+        end = time.monotonic() + 60
         while time.monotonic() < end:
             m = sub.recv(timeout=0.1)
             if isinstance(m, Message | EndOfStream):
@@ -241,7 +255,7 @@ def test_replay_publishes_a_recording_with_its_timing(tmp_path):
                 arrival.append(time.monotonic())
                 if isinstance(m, EndOfStream):
                     break
-        out, err = proc.communicate(timeout=20)
+        out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     msgs = [m for m in got if isinstance(m, Message)]
     # the same messages, in order, stamps untouched
@@ -281,10 +295,11 @@ def test_a_full_disk_is_logged_and_counted_and_the_camera_goes_on(tmp_path, star
         col = ZmqCollector(f"ipc://{tmp_path}/pub.sock")
         d = start_daemon(cfg)
         d.wait_for("ready")
-        d.wait_for("recorder: cannot write", timeout=20)
-        time.sleep(1.0)
+        d.wait_for("recorder: cannot write", timeout=60)
+        full_at = len(col.msgs)  # results go on after the disk filled
+        wait_until("10 results after the disk filled", lambda: len(col.msgs) >= full_at + 10)
         code, _ = d.terminate()
-        col.stop()
+        col.stop(eos=1)
         log = d.log()
         assert code == 0
         assert "No space left on device" in log, log
@@ -345,15 +360,20 @@ record:
   before_s: 2
   after_s: 0.5
 """)
+    col = ZmqCollector(f"ipc://{tmp_path}/pub.sock")
     d = start_daemon(cfg)
     d.wait_for("ready")
-    time.sleep(2.5)
+    # more than before_s of results (the recorder's memory is full), nothing written
+    wait_until("25 results", lambda: len(col.msgs) >= 25)
+    col.stop()
     assert list(rec.iterdir()) == []
     t_hang = time.time_ns()
     server.hang.set()  # the camera stops sending without closing
-    d.wait_for("recorder: door ", timeout=20)
+    d.wait_for("recorder: door ", timeout=60)
     server.hang.clear()
-    time.sleep(2.0)
+    # after_s passes: the event file is finished (renamed from .part)
+    wait_until("a finished event file",
+               lambda: [p for p in rec.iterdir() if p.name.endswith(".mcap")])
     assert d.terminate()[0] == 0
     files = sorted(p.name for p in rec.iterdir())
     assert files and re.fullmatch(r"door-\d{8}T\d{6}\.\d{3}Z-(stall|reconnect)\.mcap",

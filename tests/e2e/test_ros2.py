@@ -138,9 +138,9 @@ def test_ros2_topics_carry_the_results_to_a_dds_reader(tmp_path, start_daemon, d
             announced[e.topic_name] = next((q.data for q in e.qos
                                             if isinstance(q, Policy.Userdata)), b"")
         time.sleep(0.05)
-    col.stop()
-    zmq_msgs = col.by_capture
     assert d.terminate()[0] == 0
+    col.stop(eos=1)
+    zmq_msgs = col.by_capture
     assert announced[f"{ns}/mask"] == user_data("sensor_msgs/msg/Image"), announced
     assert announced[f"{ns}/mask/compressed"] == user_data("sensor_msgs/msg/CompressedImage")
     assert announced["rt/diagnostics"].startswith(b"typehash=RIHS01_")

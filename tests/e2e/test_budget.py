@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -41,8 +42,8 @@ def test_unreachable_budget_drops_stale_frames_and_flags_late(tmp_path, test_mod
     fps: 60""", extra="budget:\n  latency_ms: 0.5\n")
     with Subscriber(tcp_endpoint) as sub:
         d = start_daemon(cfg, "--duration", "3")
-        msgs = receive(sub, 1000, timeout=8)
-        assert d.proc.wait(10) == 0
+        msgs = until_eos(sub)
+        assert d.proc.wait(60) == 0
     results = [m for m in msgs if isinstance(m, Message)]
     assert results, d.log()
     assert all("late" in m.flags for m in results)
@@ -64,8 +65,8 @@ def test_on_late_drop_publishes_nothing_late(tmp_path, test_model, tcp_endpoint,
     fps: 60""", extra="budget:\n  latency_ms: 0.5\n  on_late: drop\n")
     with Subscriber(tcp_endpoint) as sub:
         d = start_daemon(cfg, "--duration", "2")
-        msgs = receive(sub, 1000, timeout=6)
-        assert d.proc.wait(10) == 0
+        msgs = until_eos(sub)
+        assert d.proc.wait(60) == 0
     assert not [m for m in msgs if isinstance(m, Message)]
     assert [m.camera for m in msgs if isinstance(m, EndOfStream)] == ["cam"]
     assert final_counts(d.log())["cam"]["late_dropped"] > 0
@@ -82,27 +83,42 @@ def test_every_frame_mode_never_drops_for_the_budget(tmp_path, test_model, start
     loop: false""", extra="budget:\n  latency_ms: 0.5\n")
     with Subscriber(ep) as sub:
         d = start_daemon(cfg)
-        msgs = receive(sub, 21, timeout=20)
-        assert d.proc.wait(10) == 0
+        msgs = receive(sub, 21)
+        assert d.proc.wait(60) == 0
     counts = final_counts(d.log())["replay"]
     assert counts["stale"] == 0 and counts["late_dropped"] == 0
     results = [m for m in msgs if isinstance(m, Message)]
     assert counts["late"] == 20 and all("late" in m.flags for m in results)
 
 
-def processed_per_camera(sub: Subscriber, seconds: float, at_least: int = 0,
-                         limit: float = 60.0) -> Counter:
-    """Results per camera over `seconds`, or longer until `at_least` arrived (a loaded
-    machine gives fewer frames per second; shares need enough samples to compare)."""
+def until_eos(sub: Subscriber, camera: str = "cam",
+              timeout: float = 60.0) -> list[Message | EndOfStream]:
+    """Everything received until `camera`'s end of stream (a daemon run with --duration
+    ends with it)."""
+    out: list[Message | EndOfStream] = []
+    end = time.monotonic() + timeout
+    while not any(isinstance(m, EndOfStream) and m.camera == camera for m in out):
+        assert time.monotonic() < end, f"no end of stream for {camera} within {timeout:g} s"
+        m = sub.recv(timeout=0.2)
+        if m is not None:
+            out.append(m)
+    return out
+
+
+def results_per_camera(sub: Subscriber, done: Callable[[Counter], bool],
+                       timeout: float = 120.0) -> tuple[Counter, dict[str, list[int]]]:
+    """Results per camera, and their capture stamps, until `done(counts)` holds (counted,
+    not timed: a loaded machine gives fewer frames per second)."""
     got: Counter = Counter()
-    start = time.monotonic()
-    while True:
-        elapsed = time.monotonic() - start
-        if (elapsed >= seconds and sum(got.values()) >= at_least) or elapsed >= limit:
-            return got
+    stamps: dict[str, list[int]] = {}
+    end = time.monotonic() + timeout
+    while not done(got):
+        assert time.monotonic() < end, f"only {dict(got)} results within {timeout:g} s"
         m = sub.recv(timeout=0.1)
         if isinstance(m, Message):
             got[m.camera] += 1
+            stamps.setdefault(m.camera, []).append(m.t_capture_ns)
+    return got, stamps
 
 
 def cameras(names_weights: list[tuple[str, float]], extra: str = "") -> str:
@@ -130,8 +146,9 @@ def test_weighted_fair_sharing_of_a_saturated_model(tmp_path, tcp_endpoint, star
     with Subscriber(tcp_endpoint) as sub:
         d = start_daemon(cfg)
         d.wait_for("ready")
-        time.sleep(1.0)  # let the shares settle
-        got = processed_per_camera(sub, 5.0, at_least=150)
+        # the shares settle once every camera has had runs; then 150 results are counted
+        results_per_camera(sub, lambda got: len(got) == 4 and min(got.values()) >= 3)
+        got, _ = results_per_camera(sub, lambda got: sum(got.values()) >= 150)
         assert d.terminate()[0] == 0
     # every camera asked for every run it could get: nothing was dropped for the budget
     counts = final_counts(d.log())
@@ -152,13 +169,16 @@ def test_max_fps_caps_a_camera(tmp_path, slow_model, tcp_endpoint, start_daemon)
     with Subscriber(tcp_endpoint) as sub:
         d = start_daemon(cfg)
         d.wait_for("ready")
-        time.sleep(0.5)
-        got = processed_per_camera(sub, 4.0)
+        # counted, not timed: the rates come from the capture stamps of the results
+        _, stamps = results_per_camera(sub, lambda got: got["capped"] >= 16)
         assert d.terminate()[0] == 0
+    capped = stamps["capped"][1:]  # the first may have waited for the start
+    span_s = (capped[-1] - capped[0]) / 1e9
     # a cap, not a reservation: at most 4 fps; at least most of it, since the capped
     # camera waits at most one inference for its slot
-    assert 10 <= got["capped"] <= 18, got
-    assert got["free"] > 2 * got["capped"], got
+    assert 2.5 <= (len(capped) - 1) / span_s <= 4.5, (len(capped), span_s)
+    free = [t for t in stamps.get("free", []) if capped[0] <= t <= capped[-1]]
+    assert len(free) > 2 * (len(capped) - 1), (len(free), len(capped))
 
 
 def test_scheduler_shares_slots_by_weight_and_rejoins_idle_cameras():
@@ -267,7 +287,7 @@ def test_stats_message_on_the_bus(tmp_path, test_model, tcp_endpoint, start_daem
     with Subscriber(tcp_endpoint, ["a"], stats=True) as sub:
         d = start_daemon(cfg)
         stats: list[Stats] = []
-        end = time.monotonic() + 15
+        end = time.monotonic() + 60
         while len(stats) < 2 and time.monotonic() < end:
             m = sub.recv(timeout=0.5)
             if isinstance(m, Stats):
@@ -334,7 +354,7 @@ def test_every_frame_camera_pipelines_across_workers_in_order(tmp_path, test_mod
     msgs: list = []
     with Subscriber(ep) as sub:
         d = start_daemon(cfg)
-        end = time.monotonic() + 30
+        end = time.monotonic() + 60
         while time.monotonic() < end and not (msgs and isinstance(msgs[-1], EndOfStream)):
             m = sub.recv(timeout=0.2)
             if m is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from daemonrun import run_cli, write_config, write_video
+from daemonrun import run_cli, wait_until, write_config, write_video
 from modelgen import painted_frame, slow_yoeo_model, stalling_yoeo_model, yoeo_model
 
 from edged.config import LadderConfig
@@ -25,6 +25,12 @@ from edged.results import Frame
 from edged.wire.client import Subscriber
 from edged.wire.codec import EndOfStream, Message
 from edged.wire.telemetry import ModelEvent, Stats
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds process `pid` has used (user + system, all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def until_eos(sub: Subscriber, cameras: set[str], timeout: float = 60.0
@@ -141,7 +147,6 @@ def test_daemon_batches_frames_of_several_cameras(tmp_path, batch_model, start_d
                                                      "  threads: 1\n  workers: 1\n  batch: 4\n")
     (tmp_path / "cfg.yaml").write_text(cfg)
     with Subscriber(ep) as sub:
-        time.sleep(0.3)
         d = start_daemon(tmp_path / "cfg.yaml")
         msgs = until_eos(sub, set(sizes))
         assert d.proc.wait(20) == 0, d.log()
@@ -194,7 +199,6 @@ def test_stuck_inference_gets_a_new_worker_and_the_camera_carries_on(
     cfg = _stills_config(tmp_path, stalling_model, folder, fps=10, loop=False,
                          stuck_after_s=0.5)
     with Subscriber(ep) as sub:
-        time.sleep(0.3)
         d = start_daemon(cfg)
         msgs = until_eos(sub, {"stills"})
         assert d.proc.wait(20) == 0, d.log()
@@ -496,7 +500,6 @@ def test_sigterm_during_a_wedged_inference_exits_in_bounded_time(tmp_path, start
     ep = f"ipc://{tmp_path}/e.sock"
     cfg = _stills_config(tmp_path, model, folder, fps=10, loop=False, stuck_after_s=60)
     with Subscriber(ep) as sub:
-        time.sleep(0.3)
         d = start_daemon(cfg)
         got: list[Message | EndOfStream] = []
         end = time.monotonic() + 30
@@ -505,9 +508,12 @@ def test_sigterm_during_a_wedged_inference_exits_in_bounded_time(tmp_path, start
             m = sub.recv(timeout=0.2)
             if m is not None:
                 got.append(m)
-        time.sleep(1.0)  # frame 5 is inside the model now
+        # frame 5 is inside the model now: the daemon, otherwise idle between frames at
+        # 10 fps, has spent a second of CPU since (the wedged run spins one core)
+        busy_from = cpu_s(d.proc.pid)
+        wait_until("a second of inference", lambda: cpu_s(d.proc.pid) - busy_from >= 1.0)
         code, took = d.terminate(timeout=15)
-        got += until_eos(sub, {"stills"}, timeout=5)
+        got += until_eos(sub, {"stills"})
     log = d.log()
     assert code == 0 and took < 8.0, (code, took, log)
     assert "stopping: 1 inference run(s) still busy after 3 s, given up" in log

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 # tests/unit (fast, in-process) and tests/e2e (the daemon as a subprocess, browsers, DDS,
-# RTSP, npm clients, reference implementations) share the helper modules here at tests/,
-# and some test modules import helpers from others across the two folders: all three
-# folders are importable whichever of them pytest is given.
+# RTSP, npm clients, reference implementations) share the helper modules here at tests/
+# (daemonrun, resultgen, capturerun, ...), importable whichever folder pytest is given. A
+# test module imports helpers from those, or from a test module in its own folder (pytest
+# puts that folder on the path), never from the other folder.
 HERE = Path(__file__).resolve().parent
-for _folder in (HERE, HERE / "unit", HERE / "e2e"):
-    sys.path.insert(0, str(_folder))
+sys.path.insert(0, str(HERE))
 
 from modelgen import yoeo_model  # noqa: E402
 

@@ -91,3 +91,29 @@ def run_cli(*args: str, timeout: float = 60,
 def run_both(cfg: Path) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
     """`edged check` and `edged run` on the same config (run stops itself if it starts)."""
     return run_cli("check", "-c", str(cfg)), run_cli("run", "-c", str(cfg), "--frames", "2")
+
+
+def cams(**fps: float) -> str:
+    return "\n".join(f"""\
+  {name}:
+    source: synthetic
+    width: 160
+    height: 120
+    fps: {rate}""" for name, rate in fps.items())
+
+
+def gather(sub: Subscriber, seconds: float, until=None, limit: float = 20.0) -> list:
+    """Messages for `seconds`, or longer (up to `limit`) until `until(messages)` holds."""
+    out: list = []
+    start = time.monotonic()
+    while True:
+        elapsed = time.monotonic() - start
+        if (elapsed >= seconds and (until is None or until(out))) or elapsed >= limit:
+            return out
+        m = sub.recv(timeout=0.1)
+        if m is not None:
+            out.append(m)
+
+
+def count(camera: str, n: int):
+    return lambda msgs: sum(isinstance(m, Message) and m.camera == camera for m in msgs) >= n

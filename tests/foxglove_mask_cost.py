@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_codec import make_result  # noqa: E402
+from resultgen import make_result  # noqa: E402
 
 from edged import synth  # noqa: E402
 from edged.outputs.base import foxglove_schema as messages  # noqa: E402

@@ -30,7 +30,7 @@ from yolov5.utils.general import non_max_suppression, scale_boxes
 from yolov5.utils.segment.general import process_mask_native
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_ultralytics import SIZES  # noqa: E402
+from imagesizes import SIZES  # noqa: E402
 
 from edged.inference.runner import ModelOptions, ModelRunner  # noqa: E402
 from edged.results import instance_extents  # noqa: E402

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from daemonrun import write_config, write_video
+from capturerun import garbage_jpeg
+from daemonrun import cams, count, gather, write_config, write_video
 from modelgen import painted_frame
-from test_capture import garbage_jpeg
-from test_reload import cams, count, gather
 
 from edged.wire.client import Subscriber
 from edged.wire.codec import EndOfStream, Message

@@ -22,7 +22,7 @@ from configfile import daemon_config, synthetic
 from conftest import ZmqCollector, free_port
 from daemonrun import run_cli
 from foxglove_client import LEGACY, StalledClient, _message_class, collect, count
-from test_codec import make_result
+from resultgen import make_result
 
 from edged import synth
 from edged.outputs.base import foxglove_schema as messages

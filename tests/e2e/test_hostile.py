@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from daemonrun import write_config
-from test_reload import cams, count, gather
+from daemonrun import cams, count, gather, write_config
+from recordings import write_recording
 
 from edged.wire.client import Subscriber
 from edged.wire.codec import Message
@@ -344,21 +344,6 @@ def test_case2_recording_cut_by_sigkill_replays_what_it_holds(tmp_path, test_mod
     assert lost_s <= 3.0, (lost_s, seqs[-1], published[-1])
 
 
-def _write_recording(path: Path, n: int = 50) -> None:
-    """A finished edged MCAP file of `n` small wire messages, one chunk each few."""
-    import msgpack
-    from mcap.writer import CompressionType, Writer
-
-    with open(path, "wb") as fh:
-        w = Writer(fh, compression=CompressionType.ZSTD, chunk_size=2048)
-        w.start(profile="", library="test")
-        ch = w.register_channel("/a/edged", "edged.multipart", 0)
-        for i in range(n):
-            w.add_message(ch, 1_000_000 * i, msgpack.packb([b"a/r", bytes([i]) * 100]),
-                          1_000_000 * i)
-        w.finish()
-
-
 @pytest.mark.parametrize("kind", ["empty", "garbage", "magic only", "text"])
 def test_case2_empty_or_garbage_file_is_one_user_error(tmp_path, kind):
     f = tmp_path / "x.mcap"
@@ -378,7 +363,7 @@ def test_case2_replay_recovers_a_file_cut_at_any_byte(tmp_path):
     from edged.outputs.record.replay import recover
 
     whole = tmp_path / "whole.mcap"
-    _write_recording(whole)
+    write_recording(whole)
     data = whole.read_bytes()
     cut = tmp_path / "cut.mcap.part"
     rng = random.Random(29)

@@ -9,9 +9,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from daemonrun import write_config
+from daemonrun import cams, write_config
 from test_hostile import GOOD_MANIFEST, edged, one_user_error
-from test_reload import cams
 
 
 @pytest.fixture

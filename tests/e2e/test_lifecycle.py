@@ -11,9 +11,8 @@ import threading
 import time
 from pathlib import Path
 
-from daemonrun import write_config
+from daemonrun import cams, count, write_config
 from modelgen import stalling_yoeo_model
-from test_reload import cams, count
 
 from edged.wire.client import Subscriber
 from edged.wire.codec import EndOfStream, Message

@@ -14,8 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from capturerun import Recorder, start
 from daemonrun import write_video
-from test_capture import Recorder, start
 
 from edged.capture.base import RestartPolicy
 from edged.capture.readers.http import HttpSource
@@ -320,8 +320,7 @@ class OneClientServer:
 def _published(tmp_path: Path, model: Path, endpoint: str, url: str, start_daemon,
                frames: int) -> tuple[list, str]:
     """Run the daemon on camera `url` until it publishes `frames` results (60 s at most)."""
-    from daemonrun import write_config
-    from test_reload import count, gather
+    from daemonrun import count, gather, write_config
 
     from edged.wire.client import Subscriber
 

@@ -390,7 +390,7 @@ def test_replay_reads_recordings_of_the_older_msgpack_format(tmp_path):
     """Files written before the wire channels got a protobuf schema carry them as
     `edged.multipart` (a msgpack array of the frames): replay still publishes them."""
     from mcap.writer import Writer
-    from test_codec import make_result
+    from resultgen import make_result
 
     from edged.wire.codec import encode_result
 

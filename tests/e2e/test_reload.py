@@ -4,38 +4,11 @@ rejected with its errors logged while the old one keeps running."""
 from __future__ import annotations
 
 import signal
-import time
 
-from daemonrun import write_config
+from daemonrun import cams, count, gather, write_config
 
 from edged.wire.client import Subscriber
 from edged.wire.codec import EndOfStream, Message
-
-
-def cams(**fps: float) -> str:
-    return "\n".join(f"""\
-  {name}:
-    source: synthetic
-    width: 160
-    height: 120
-    fps: {rate}""" for name, rate in fps.items())
-
-
-def gather(sub: Subscriber, seconds: float, until=None, limit: float = 20.0) -> list:
-    """Messages for `seconds`, or longer (up to `limit`) until `until(messages)` holds."""
-    out: list = []
-    start = time.monotonic()
-    while True:
-        elapsed = time.monotonic() - start
-        if (elapsed >= seconds and (until is None or until(out))) or elapsed >= limit:
-            return out
-        m = sub.recv(timeout=0.1)
-        if m is not None:
-            out.append(m)
-
-
-def count(camera: str, n: int):
-    return lambda msgs: sum(isinstance(m, Message) and m.camera == camera for m in msgs) >= n
 
 
 def test_sighup_applies_changes_and_keeps_unchanged_cameras(tmp_path, test_model, tcp_endpoint,

@@ -20,10 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemonrun import write_config
+from daemonrun import gather, write_config
 from rtsp_server import CAMERA_PATHS, TCP_ONLY, UDP_ONLY, RtspServer, missing, require_or_skip
 from rtsp_server import write_clip as write_jpeg_clip
-from test_reload import gather
 
 from edged.wire.client import Subscriber
 from edged.wire.codec import Message

@@ -10,7 +10,7 @@ import time
 from dataclasses import replace
 
 import pytest
-from test_codec import make_result
+from resultgen import make_result
 
 from edged.daemon.publish import PublishStage
 from edged.daemon.scheduler import Budget

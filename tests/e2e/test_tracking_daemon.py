@@ -24,9 +24,8 @@ import msgpack
 import numpy as np
 import pytest
 from conftest import free_port
-from daemonrun import run_both, write_config
+from daemonrun import gather, run_both, write_config
 from modelgen import painted_frame
-from test_reload import gather
 
 from edged import synth
 from edged.config import parse_config

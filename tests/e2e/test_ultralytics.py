@@ -26,6 +26,7 @@ if os.environ.get("EDGED_REQUIRE_ULTRALYTICS") != "1":
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 import ultralytics_exports as ue  # noqa: E402
+from imagesizes import SIZES  # noqa: E402
 from ultralytics.models.yolo.detect import DetectionPredictor  # noqa: E402
 from ultralytics.models.yolo.segment import SegmentationPredictor  # noqa: E402
 
@@ -34,8 +35,6 @@ from edged.results import Frame, instance_extents  # noqa: E402
 
 # (width, height): portrait, landscape, square, odd and tiny frames; between them
 # ultralytics upsamples the prototypes x1, x2 and x4 before its resize (checked below)
-SIZES = [(810, 1080), (1280, 720), (640, 480), (333, 500), (1000, 1000), (321, 123),
-         (720, 1280), (1920, 1080), (123, 321)]
 
 EXPORTS: dict[str, tuple[str, dict[str, Any]]] = {
     "yolov8n-seg": ("yolov8n-seg.yaml", {}),

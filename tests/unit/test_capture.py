@@ -9,60 +9,21 @@ code raises (a bug, for the crash budget) and one blocked in a call that never r
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from capturerun import Recorder, garbage_jpeg, start
 from daemonrun import write_video
 
 from edged.capture.base import RestartPolicy
-from edged.capture.handoff import Handoff
 from edged.capture.sources import make_source
 from edged.capture.supervisor import CaptureThread
-
-
-class Recorder:
-    """Collects state changes and drains frames from a live hand-off."""
-
-    def __init__(self, lossless: bool = True) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.handoff = Handoff(self.loop, lossless=lossless, capacity=64)
-        self.states: list[tuple[str, str]] = []
-        self.frames: list = []
-
-    def on_state(self, camera: str, state: str, detail: str) -> None:
-        self.states.append((state, detail))
-
-    def drain(self) -> None:
-        while (f := self.handoff.take()) is not None:
-            self.frames.append(f)
-
-    def wait(self, cond: Callable[[], bool], timeout: float = 30.0) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            self.drain()
-            if cond():
-                return
-            time.sleep(0.02)
-        raise AssertionError(f"condition not met in {timeout} s; states {self.states}")
-
-    def close(self) -> None:
-        self.loop.close()
-
-
-def start(rec: Recorder, source, policy: RestartPolicy, *, backoff=(0.05, 0.2),
-          fps: float | None = None, pace: bool = False) -> CaptureThread:
-    cap = CaptureThread("cam", source, rec.handoff, fps=fps, pace=pace, backoff=backoff,
-                        on_state=rec.on_state, policy=policy)
-    cap.start()
-    return cap
 
 
 def play_to_end(source) -> tuple[Recorder, CaptureThread]:
@@ -224,11 +185,6 @@ def test_max_reconnects_gives_up_on_a_dead_url(mjpeg_server):
     # the reason is the connection's own (edged opens http URLs itself, see mjpeg.py)
     assert cap.error == (f"camera cam: gave up after 2 reconnects without a frame; last "
                          f"error: cannot open {url}: [Errno 111] Connection refused")
-
-
-def garbage_jpeg(i: int) -> bytes:
-    rng = np.random.default_rng(i)
-    return b"\xff\xd8" + rng.integers(0, 256, 3000, dtype=np.uint8).tobytes() + b"\xff\xd9"
 
 
 def test_mjpeg_garbage_parts_are_counted_and_a_run_of_them_restarts(mjpeg_server):

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).parent))
 
 from modelgen import yoeo_model  # noqa: E402
-from test_codec import make_result, regions_mask  # noqa: E402
+from resultgen import make_result, regions_mask  # noqa: E402
 
 from edged.cli.report import error_message  # noqa: E402
 from edged.config import ConfigError, parse_config  # noqa: E402
@@ -305,10 +305,10 @@ def test_fuzz_wire_bytes_flipped_or_cut_raise_protocol_errors_only(which, data):
 
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    from test_hostile import _write_recording
+    from recordings import write_recording
 
     path = tmp_path_factory.mktemp("rec") / "r.mcap"
-    _write_recording(path, n=40)
+    write_recording(path, n=40)
     return path.read_bytes()
 
 

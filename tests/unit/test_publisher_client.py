@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from test_codec import make_result, regions_mask
+from resultgen import make_result, regions_mask
 
 from edged.wire.client import Subscriber
 from edged.wire.codec import EndOfStream, MaskEncoder, Message, encode_eos, encode_result

@@ -102,8 +102,10 @@ def cams(**fps: float) -> str:
     fps: {rate}""" for name, rate in fps.items())
 
 
-def gather(sub: Subscriber, seconds: float, until=None, limit: float = 20.0) -> list:
-    """Messages for `seconds`, or longer (up to `limit`) until `until(messages)` holds."""
+def gather(sub: Subscriber, seconds: float, until=None, limit: float = CEILING_S) -> list:
+    """Messages for `seconds`, or longer (up to `limit`) until `until(messages)` holds.
+    Wait on `until` with `seconds` 0: a window of `seconds` is for what must not wait
+    (a daemon that has exited), never a stand-in for an event."""
     out: list = []
     start = time.monotonic()
     while True:
@@ -117,3 +119,21 @@ def gather(sub: Subscriber, seconds: float, until=None, limit: float = 20.0) -> 
 
 def count(camera: str, n: int):
     return lambda msgs: sum(isinstance(m, Message) and m.camera == camera for m in msgs) >= n
+
+
+def until_eos(sub: Subscriber, cameras: set[str], timeout: float = CEILING_S
+              ) -> list[Message | EndOfStream]:
+    """Everything received until each of `cameras` has sent its end of stream (the last
+    thing the daemon publishes for a camera); AssertionError after `timeout` seconds."""
+    out: list[Message | EndOfStream] = []
+    ended: set[str] = set()
+    end = time.monotonic() + timeout
+    while not cameras <= ended:
+        assert time.monotonic() < end, \
+            f"end of stream from {sorted(ended)} of {sorted(cameras)} within {timeout:g} s"
+        m = sub.recv(timeout=0.2)
+        if isinstance(m, Message | EndOfStream):
+            out.append(m)
+            if isinstance(m, EndOfStream):
+                ended.add(m.camera)
+    return out

@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from daemonrun import receive, run_both, run_cli, write_config, write_video
+from daemonrun import receive, run_both, run_cli, until_eos, write_config, write_video
 from modelgen import expected_camera_boxes, painted_frame
 
 from edged.wire.client import Subscriber
@@ -54,7 +54,7 @@ def test_synthetic_camera_over_tcp_and_sigterm(tmp_path, test_model, tcp_endpoin
         code, took = d.terminate()
         assert code == 0, d.log()
         assert took < 5.0
-        rest = receive(sub, 50, timeout=3.0)
+        rest = until_eos(sub, {"front"})
         eos = [m for m in rest if isinstance(m, EndOfStream)]
         assert len(eos) == 1 and eos[0].camera == "front" and eos[0].reason == "shutdown"
         last = [m for m in rest if isinstance(m, Message)]
@@ -134,7 +134,7 @@ def test_bad_camera_does_not_stop_the_others(tmp_path, test_model, tcp_endpoint,
         assert [e.camera for e in eos] <= ["missing"]
         code, took = d.terminate()  # while "unplugged" waits in its reconnect backoff
         assert code == 0 and took < 5.0
-        rest = receive(sub, 100, timeout=2.0)
+        rest = until_eos(sub, {"good", "unplugged"})
     assert {m.camera for m in rest if isinstance(m, EndOfStream)} >= {"good", "unplugged"}
     log = d.log()
     assert "file not found: video " in log

@@ -10,7 +10,6 @@ import base64
 import json
 import re
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,8 @@ import numpy as np
 import pytest
 from configfile import daemon_config, synthetic
 from conftest import ZmqCollector, free_port
-from daemonrun import run_cli
+from daemonlog import processed_intervals
+from daemonrun import run_cli, wait_until
 from foxglove_client import LEGACY, StalledClient, _message_class, collect, count
 from resultgen import make_result
 
@@ -230,7 +230,8 @@ def test_a_channel_is_encoded_only_while_subscribed(tmp_path, start_daemon):
     # nobody connected: nothing is encoded
     d = start_daemon(_config(tmp_path, port))
     d.wait_for("ready")
-    time.sleep(2.0)
+    # two stats intervals of results (the daemon's stats lines) with nobody connected
+    wait_until("two stats intervals", lambda: processed_intervals(d.log(), "front") >= 2)
     assert d.terminate()[0] == 0
     assert _encoded(d.log()) == dict.fromkeys((*CHANNELS, "stats"), 0), d.log()
     # a client of the mask only: the mask is encoded, the image (JPEG) never

@@ -77,11 +77,17 @@ record: {{dir: {rec}}}
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         sub.connect(ep)
         d.wait_for("ready", timeout=60)
+        # 20 messages and a stats message (the camera's URL could leak into either)
         raw: list[bytes] = []
-        end = time.monotonic() + 4.0
-        while time.monotonic() < end:
+        messages = stats = 0
+        end = time.monotonic() + 60
+        while messages < 20 or not stats:
+            assert time.monotonic() < end, f"{messages} messages, {stats} stats within 60 s"
             if sub.poll(100):
-                raw.extend(sub.recv_multipart())
+                parts = sub.recv_multipart()
+                raw.extend(parts)
+                messages += 1
+                stats += parts[0].startswith(b"_stats")
         outputs["zmq"] = b"".join(raw).decode("latin-1")
         with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as r:
             outputs["metrics"] = r.read().decode()

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import yaml
 from configfile import daemon_config, synthetic
-from daemonrun import run_cli
+from daemonlog import processed_intervals
+from daemonrun import run_cli, wait_until
 from mcap.reader import make_reader
 from mcap_doctor import doctor
 
@@ -151,12 +152,16 @@ def test_a_reloaded_threshold_is_recorded_when_it_takes_effect(tmp_path, start_d
     record = {"format": "rosbag2", "dir": str(out)}
     d = start_daemon(_config(tmp_path, THRESHOLD, record))
     d.wait_for("ready")
-    time.sleep(1.0)
+    # results at the first threshold: two stats intervals that processed frames
+    wait_until("two stats intervals", lambda: processed_intervals(d.log(), "front") >= 2)
     t_reload = time.time_ns()
     _config(tmp_path, 0.6, record)
     d.proc.send_signal(signal.SIGHUP)
-    d.wait_for("reload done", timeout=30)
-    time.sleep(1.0)
+    d.wait_for("reload done", timeout=60)
+    # and at the second: two more
+    seen = processed_intervals(d.log(), "front")
+    wait_until("two more stats intervals",
+               lambda: processed_intervals(d.log(), "front") >= seen + 2)
     assert d.terminate()[0] == 0
     labels, dets = [], []
     with AnyReader([out], default_typestore=_rosbags_store()) as r:

@@ -21,7 +21,8 @@ import pytest
 from browser import Browser, find_chromium
 from configfile import daemon_config, synthetic
 from conftest import free_port
-from daemonrun import run_cli
+from daemonlog import processed_intervals
+from daemonrun import run_cli, wait_until
 
 from edged import synth
 from edged.outputs.base.draw import MASK_ALPHA, Overlay, box_colour, mask_colour
@@ -139,7 +140,8 @@ def test_view_costs_nothing_unwatched_and_sends_at_most_view_fps(tmp_path, start
     d = start_daemon(cfg)
     d.wait_for("ready")
     d.wait_for("view on http://127.0.0.1")
-    time.sleep(2.0)  # about 60 results with nobody watching
+    # two stats intervals of results with nobody watching
+    wait_until("two stats intervals", lambda: processed_intervals(d.log(), "a") >= 2)
     st = asyncio.run(_status(port))
     assert st == {"viewers": 0, "rendered": {}, "sent": 0, "skipped": 0}, st
     # a viewer of camera b only (chosen when it connects): b is drawn, a never is
@@ -174,7 +176,10 @@ def test_view_costs_nothing_unwatched_and_sends_at_most_view_fps(tmp_path, start
     end = time.monotonic() + 60
     while (n1 := asyncio.run(_status(port)))["viewers"] and time.monotonic() < end:
         time.sleep(0.1)
-    time.sleep(1.5)  # a window in which nothing may be drawn
+    # two stats intervals of results in which nothing may be drawn
+    seen = processed_intervals(d.log(), "a")
+    wait_until("two more stats intervals",
+               lambda: processed_intervals(d.log(), "a") >= seen + 2)
     n2 = asyncio.run(_status(port))
     assert n1["viewers"] == n2["viewers"] == 0
     assert n1["rendered"] == n2["rendered"], (n1, n2)

@@ -78,7 +78,7 @@ def test_video_file_every_frame_over_ipc(tmp_path, test_model, start_daemon):
         # paced at 12 fps so the subscriber is connected (PUB/SUB slow joiner) before most
         # frames go out; every_frame mode still queues losslessly behind inference
         msgs = receive(sub, 25, timeout=30)
-        code = d.proc.wait(10)
+        code = d.proc.wait(60)
     assert code == 0, d.log()
     results = [m for m in msgs if isinstance(m, Message)]
     eos = [m for m in msgs if isinstance(m, EndOfStream)]
@@ -108,7 +108,7 @@ def test_image_folder_source(tmp_path, test_model, start_daemon):
     with Subscriber(ep) as sub:
         d = start_daemon(cfg)
         msgs = receive(sub, 6, timeout=30)
-        assert d.proc.wait(10) == 0, d.log()
+        assert d.proc.wait(60) == 0, d.log()
     results = [m for m in msgs if isinstance(m, Message)]
     assert results and all((m.frame_w, m.frame_h) == (320, 240) for m in results)
     _, mask = painted_frame(320, 240)
@@ -257,7 +257,7 @@ def test_echo_stops_at_end_of_stream(tmp_path, test_model, start_daemon):
     d = start_daemon(cfg)
     out, err = echo.communicate(timeout=40)
     assert echo.returncode == 0, err
-    assert d.proc.wait(10) == 0
+    assert d.proc.wait(60) == 0
     assert out.splitlines()[-1] == "stills end of stream after seq 2 (end of stream)"
 
 

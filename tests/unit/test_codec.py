@@ -304,11 +304,11 @@ def test_a_new_boot_id_is_a_restart_not_lost_frames(tcp_endpoint: str) -> None:
     from edged.wire.publisher import Publisher
 
     with Publisher([tcp_endpoint], linger_ms=0) as pub, Subscriber(tcp_endpoint) as sub:
-        time.sleep(0.3)  # the subscription through
+        assert pub.wait_for_subscriptions(1, 60) == 1  # the subscription is through
         got = []
         for seq, boot in ((100, "aaaa"), (101, "aaaa"), (0, "bbbb"), (5000, "cccc")):
             pub.send(encode_stamped(make_result(seq=seq), None, boot=boot).frames)
-            got.append(sub.recv(timeout=5))
+            got.append(sub.recv(timeout=60))
         assert [m.seq for m in got] == [100, 101, 0, 5000]
         assert sub.gaps == 0 and sub.restarts == 2
 

@@ -14,13 +14,27 @@ by the protocol's mask mapping; the letterbox padding is cropped away):
   (`probability`, `logit`, `class_ids`); without either it is an error that asks.
   The older manifest option `binary_threshold` compares the raw values.
 
-Many of these networks expect ImageNet normalisation: put it in the manifest's
-preprocess (`mean` [0.485, 0.456, 0.406], `std` [0.229, 0.224, 0.225], in units after
-`scale`, per input channel); edged does not guess it. No detections.
+Option `upsample`: `class_ids` (default) takes the argmax at the model's output size and
+enlarges the class map (nearest neighbour) to the camera; `logits` enlarges the logits
+to the camera frame first (bilinear, half-pixel centres: torch's interpolate with
+align_corners=False, as transformers' post_process_semantic_segmentation and the
+torchvision / smp examples do) and takes the argmax there, which is what those
+references' class maps are (docs/benchmarks.md has its cost). No detections.
+
+The manifest a graph implies (`edged inspect --write-manifest`) proposes what the
+semantic families users bring are trained with (SegFormer from transformers, FCN /
+DeepLabV3 / LR-ASPP from torchvision, U-Net / FPN / DeepLabV3+ from
+segmentation-models-pytorch, all ImageNet-normalised): `mean` [0.485, 0.456, 0.406] and
+`std` [0.229, 0.224, 0.225] (units after `scale`, RGB), the frame stretched onto the
+input, Pillow's antialiased bilinear resize, and for logits `upsample: logits`. A model
+trained otherwise (DBNet maps, YOEO-style class ids) gets its own values in its manifest.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import cv2
 import numpy as np
 
 from edged.inference.formats._common import (
@@ -57,6 +71,9 @@ def _kind(o: TensorInfo) -> str | None:
 
 
 OUTPUT_VALUES = ("probability", "logit", "class_ids")
+UPSAMPLE = ("class_ids", "logits")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 # ops whose output is a linear function of features: logits, not probabilities
 _LINEAR = {"Conv", "ConvTranspose", "Add", "Sub", "MatMul", "Gemm", "BatchNormalization",
            "InstanceNormalization", "Einsum"}
@@ -156,6 +173,29 @@ def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo],
                     seg_classes=seg, options=options)
 
 
+def propose(m: Manifest, inputs: list[TensorInfo], outputs: list[TensorInfo],
+            hints: Hints | None = None) -> tuple[Manifest, list[str]]:
+    """What `edged inspect` proposes over the graph's plain reading `m` for the semantic
+    families users bring (module docstring), each with its reason. Binary maps and class
+    ids are left as they are: their pipelines (DBNet, YOEO) are not these families'."""
+    o = outputs[0]
+    n = o.shape[1] if len(o.shape) == 4 and is_int(o.shape[1]) else None
+    if not (n is not None and n >= 2 and is_float(o)):
+        return m, []
+    pre = replace(m.preprocess, resize="stretch", interpolation="pil_bilinear",
+                  mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    why = ["ImageNet mean/std, the frame stretched onto the input with Pillow's bilinear "
+           "resize: the pre-processing of the semantic families' references (transformers' "
+           "image processors, torchvision, segmentation-models-pytorch)"]
+    hw = input_hw(inputs)
+    h = o.shape[2]
+    coarse = (f" (this head is at 1/{hw[0] // h} of the input)"
+              if hw is not None and is_int(h) and 0 < h < hw[0] else "")
+    why.append("upsample logits: the references enlarge the logits to the frame before "
+               "the argmax" + coarse)
+    return replace(m, preprocess=pre, options={**m.options, "upsample": "logits"}), why
+
+
 class Adapter:
     def __init__(self, manifest: Manifest, output_names: list[str]) -> None:
         self.manifest = manifest
@@ -172,9 +212,16 @@ class Adapter:
             if values == "probability" and not 0.0 < p < 1.0:
                 raise ValueError(f"mask_threshold must be in (0, 1), got {p}")
         self.binary_threshold = None if t is None else float(t)
+        upsample = opts.get("upsample", "class_ids")
+        if upsample not in UPSAMPLE:
+            raise ValueError(f"options.upsample must be one of {', '.join(UPSAMPLE)}, "
+                             f"got {upsample!r}")
+        self.upsample_logits = upsample == "logits"
 
-    def class_map(self, out: np.ndarray, letterbox: Letterbox) -> np.ndarray:
-        """HxW uint8 class ids of the part of the map that covers the frame."""
+    def class_map(self, out: np.ndarray, letterbox: Letterbox,
+                  frame: tuple[int, int] | None = None) -> np.ndarray:
+        """HxW uint8 class ids of the part of the map that covers the frame; with
+        `upsample: logits` and `frame` (width, height), at the frame's size."""
         if out.ndim == 4:
             out = out[0]
         elif out.ndim == 3:
@@ -186,6 +233,8 @@ class Adapter:
         # two axes, hence the (view-only) channel-last transpose
         crop = letterbox.crop_mask(out.transpose(1, 2, 0))
         if crop.shape[2] >= 2:
+            if self.upsample_logits and frame is not None:
+                return upsampled_argmax(crop, frame)
             return crop.argmax(axis=2).astype(np.uint8)
         plane = crop[:, :, 0]
         if self.binary_threshold is not None:
@@ -199,4 +248,39 @@ class Adapter:
 
     def postprocess(self, outputs: list[np.ndarray], letterbox: Letterbox, frame_w: int,
                     frame_h: int) -> tuple[Detections, np.ndarray | None]:
-        return Detections.empty(), self.class_map(outputs[self.index], letterbox)
+        return Detections.empty(), self.class_map(outputs[self.index], letterbox,
+                                                  (frame_w, frame_h))
+
+
+# channels enlarged at once: bounds the enlarged logits (640x480 x 32 float32: 39 MB)
+# whatever the class count, and stays under cv2.resize's 512-channel limit
+_CV_CHANNELS = 32
+
+
+def upsampled_argmax(logits: np.ndarray, frame: tuple[int, int]) -> np.ndarray:
+    """argmax over channels of HxWxC logits enlarged to `frame` (width, height) by
+    bilinear interpolation with half-pixel centres (cv2's INTER_LINEAR; torch's
+    interpolate(mode="bilinear", align_corners=False) up to float rounding), a band of
+    channels at a time."""
+    fw, fh = frame
+    src = np.ascontiguousarray(logits, dtype=np.float32)
+    if src.shape[:2] == (fh, fw):
+        return src.argmax(axis=2).astype(np.uint8)
+    c = src.shape[2]
+    out = np.empty((fh, fw), np.uint8)
+    best = np.empty((fh, fw), np.float32)
+    for c0 in range(0, c, _CV_CHANNELS):
+        part = src[:, :, c0:c0 + _CV_CHANNELS]
+        big = cv2.resize(part, (fw, fh), interpolation=cv2.INTER_LINEAR)
+        if big.ndim == 2:
+            big = big[:, :, None]
+        ids = big.argmax(axis=2)
+        vals = np.take_along_axis(big, ids[:, :, None], axis=2)[:, :, 0]
+        if c0 == 0:
+            out[...] = ids
+            best[...] = vals
+        else:  # ties keep the lower class, as one argmax over all channels would
+            better = vals > best
+            out[better] = (ids[better] + c0).astype(np.uint8)
+            best[better] = vals[better]
+    return out

@@ -113,3 +113,84 @@ def smp_reference(model: torch.nn.Module, prep: Any, rgb: np.ndarray) -> np.ndar
     big = torch.nn.functional.interpolate(logits, size=rgb.shape[:2], mode="bilinear",
                                           align_corners=False)
     return np.asarray(big.argmax(dim=1)[0].numpy(), np.uint8)
+
+
+# torchvision's semantic nets (pure PyTorch: none of its C++ ops), judged by the
+# transforms of their weights (SemanticSegmentation: the shorter side to 520 with
+# Pillow's bilinear resize for a PIL image, ImageNet mean/std); the graph keeps H and W
+# dynamic, as those transforms keep the frame's aspect ratio
+TV_FAMILIES = {"fcn_resnet50": "FCN_ResNet50_Weights",
+               "deeplabv3_mobilenet_v3_large": "DeepLabV3_MobileNet_V3_Large_Weights",
+               "lraspp_mobilenet_v3_large": "LRASPP_MobileNet_V3_Large_Weights"}
+
+
+# seed 0's DeepLabV3-MobileNet maps every pixel of the test frames to one class, even
+# calibrated (its pooled branch's offset wins): a test it would pass whatever edged did
+TV_SEED = 1
+
+
+class _Out(torch.nn.Module):
+    """torchvision's segmentation models return {"out": ...}; the export wants the tensor."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(x)["out"]
+        return out
+
+
+def torchvision_model(name: str, out_dir: Path) -> tuple[Path, torch.nn.Module, Any]:
+    """(export path, torch model, the weights' preset transforms) of a random net."""
+    from torchvision.models import segmentation
+
+    torch.manual_seed(TV_SEED)
+    model = getattr(segmentation, name)(weights=None, weights_backbone=None,
+                                        num_classes=CLASSES).eval()
+    preset = getattr(segmentation, TV_FAMILIES[name]).DEFAULT.transforms()
+    _calibrate(model, preset)
+    path = out_dir / f"tv-{name}.onnx"
+    torch.onnx.export(_Out(model).eval(), (torch.zeros(1, 3, 520, 693),), str(path),
+                      input_names=["input"], output_names=["out"], opset_version=17,
+                      dynamo=False, dynamic_axes={"input": {2: "height", 3: "width"},
+                                                  "out": {2: "height", 3: "width"}})
+    return path, model, preset
+
+
+def _calibrate(model: torch.nn.Module, preset: Any) -> None:
+    """BatchNorm statistics from two synthetic frames (of another seed than the tests'):
+    a random MobileNetV3 backbone with its initial statistics shrinks its features to
+    ~1e-9, logits whose argmax is float noise; calibrated, the map follows the image
+    (the tests check that the reference map has more than one class)."""
+    from PIL import Image
+
+    from edged.synth import render
+
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.reset_running_stats()
+            mod.momentum = None  # a plain average over the calibration batches
+    model.train()
+    batch = torch.stack([preset(Image.fromarray(render(99, i).image[:, :, ::-1].copy()))
+                         for i in (0, 5)])  # a batch: ASPP's pooled 1x1 BatchNorm needs 2
+    with torch.no_grad():
+        model(batch)
+        model.eval()
+        # and each class's mean logit over those frames taken off its bias: a random
+        # head's constant offsets (DeepLabV3's pooled branch) otherwise win everywhere
+        last = [m for m in model.classifier.modules() if isinstance(m, torch.nn.Conv2d)
+                and m.out_channels == CLASSES][-1]
+        assert last.bias is not None
+        last.bias -= model(batch)["out"].mean(dim=(0, 2, 3))
+
+
+def torchvision_reference(model: torch.nn.Module, preset: Any, rgb: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    x = preset(Image.fromarray(rgb))[None]
+    with torch.no_grad():
+        logits = model(x)["out"]
+    big = torch.nn.functional.interpolate(logits, size=rgb.shape[:2], mode="bilinear",
+                                          align_corners=False)
+    return np.asarray(big.argmax(dim=1)[0].numpy(), np.uint8)

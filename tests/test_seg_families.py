@@ -194,6 +194,15 @@ def _served(model: Path, frames: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
+def _informative(theirs: list[np.ndarray]) -> None:
+    """Random weights, yet the reference's map follows the image: classes other than
+    the most common one cover more of the frames than the agreement may miss (else a
+    map of one class would pass any served result that is one class too)."""
+    counts = np.bincount(np.concatenate([t.ravel() for t in theirs]))
+    minority = 1.0 - counts.max() / counts.sum()
+    assert minority > 1.0 - AGREEMENT, (minority, counts)
+
+
 def _agreement(ours: list[np.ndarray], theirs: list[np.ndarray]) -> list[float]:
     for a, b in zip(ours, theirs):
         assert a.shape == b.shape
@@ -207,7 +216,7 @@ def test_segformer_b0_from_transformers(tmp_path: Path) -> None:
     theirs = [se.segformer_reference(torch_model, processor, f[:, :, ::-1].copy())
               for f in frames]
     # random weights, yet the map follows the image: more than one class in sight
-    assert all(len(np.unique(t)) >= 2 for t in theirs)
+    _informative(theirs)
     agree = _agreement(_served(model, frames), theirs)
     print("segformer-b0 agreement per frame", agree)
     assert min(agree) >= AGREEMENT, agree
@@ -219,7 +228,23 @@ def test_smp_family(tmp_path: Path, family: str) -> None:
     model, torch_model, prep = se.smp_model(family, tmp_path)
     frames = _frames()
     theirs = [se.smp_reference(torch_model, prep, f[:, :, ::-1].copy()) for f in frames]
-    assert all(len(np.unique(t)) >= 2 for t in theirs)
+    _informative(theirs)
     agree = _agreement(_served(model, frames), theirs)
     print(f"smp {family} agreement per frame", agree)
+    assert min(agree) >= AGREEMENT, agree
+
+
+@pytest.mark.parametrize("name", ["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large",
+                                  "fcn_resnet50"])
+def test_torchvision_family(tmp_path: Path, name: str) -> None:
+    """A dynamic-size export whose class count torch.onnx loses behind the head's Resize:
+    recognised, the shorter side to 520 as the weights' transforms do, at parity."""
+    se = _refs()
+    model, torch_model, preset = se.torchvision_model(name, tmp_path)
+    frames = _frames()[:2] if name == "fcn_resnet50" else _frames()  # ResNet-50 at 693x520
+    theirs = [se.torchvision_reference(torch_model, preset, f[:, :, ::-1].copy())
+              for f in frames]
+    _informative(theirs)
+    agree = _agreement(_served(model, frames), theirs)
+    print(f"torchvision {name} agreement per frame", agree)
     assert min(agree) >= AGREEMENT, agree

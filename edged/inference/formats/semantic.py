@@ -64,7 +64,9 @@ def _kind(o: TensorInfo) -> str | None:
             return "logits" if is_float(o) else None
         if s[1] == 1:
             return "class ids"
-        return "logits" if is_float(o) and s[1] is None else None
+        # a symbolic class count: torch.onnx names the dims its shape inference lost
+        # behind a Resize (torchvision's heads end in one) "Resizeout_dim_1"
+        return "logits" if is_float(o) and not is_int(s[1]) else None
     if len(s) == 3 and batch1(s[0]):
         return "class ids"
     return None
@@ -131,9 +133,17 @@ def _fits(inputs: list[TensorInfo], outputs: list[TensorInfo], strict: bool,
             return None
     elif strict and not (kind == "logits" or kind.startswith("binary") or not is_float(o)):
         return None  # a float [1,H,W] of unknown size is no evidence of a class map
+    elif (strict and kind == "logits" and not is_int(o.shape[1])
+          and tuple(o.shape[-2:]) != tuple(inputs[0].shape[-2:])):
+        return None  # nothing fixed at all: not evidence enough for auto
     else:
-        where = "map, size dynamic"
-    if kind == "logits":
+        where = ("map the size of the input (dynamic)"
+                 if tuple(o.shape[-2:]) == tuple(inputs[0].shape[-2:]) else
+                 "map, size dynamic")
+    if kind == "logits" and not is_int(o.shape[1]):
+        what = "logits [1,C,H,W], C not fixed by the graph (argmax by edged; name the " \
+               "classes in seg_classes)"
+    elif kind == "logits":
         what = f"logits [1,{o.shape[1]},H,W] (argmax by edged)"
     elif kind.startswith("binary"):
         what = f"{kind} {dims(o)}"
@@ -179,8 +189,7 @@ def propose(m: Manifest, inputs: list[TensorInfo], outputs: list[TensorInfo],
     families users bring (module docstring), each with its reason. Binary maps and class
     ids are left as they are: their pipelines (DBNet, YOEO) are not these families'."""
     o = outputs[0]
-    n = o.shape[1] if len(o.shape) == 4 and is_int(o.shape[1]) else None
-    if not (n is not None and n >= 2 and is_float(o)):
+    if _kind(o) != "logits":
         return m, []
     pre = replace(m.preprocess, resize="stretch", interpolation="pil_bilinear",
                   mean=IMAGENET_MEAN, std=IMAGENET_STD)
@@ -188,6 +197,11 @@ def propose(m: Manifest, inputs: list[TensorInfo], outputs: list[TensorInfo],
            "resize: the pre-processing of the semantic families' references (transformers' "
            "image processors, torchvision, segmentation-models-pytorch)"]
     hw = input_hw(inputs)
+    if hw is None:
+        pre = replace(pre, size="keep_ratio", limit_type="min", limit_side=520, multiple=1)
+        why.append("input size following the frame, its shorter side 520: the graph's H and "
+                   "W are dynamic, as in torchvision's exports, whose weights' transforms "
+                   "resize so (set limit_side to your model's training size)")
     h = o.shape[2]
     coarse = (f" (this head is at 1/{hw[0] // h} of the input)"
               if hw is not None and is_int(h) and 0 < h < hw[0] else "")

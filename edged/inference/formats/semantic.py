@@ -266,35 +266,30 @@ class Adapter:
                                                   (frame_w, frame_h))
 
 
-# channels enlarged at once: bounds the enlarged logits (640x480 x 32 float32: 39 MB)
-# whatever the class count, and stays under cv2.resize's 512-channel limit
-_CV_CHANNELS = 32
-
-
 def upsampled_argmax(logits: np.ndarray, frame: tuple[int, int]) -> np.ndarray:
     """argmax over channels of HxWxC logits enlarged to `frame` (width, height) by
     bilinear interpolation with half-pixel centres (cv2's INTER_LINEAR; torch's
-    interpolate(mode="bilinear", align_corners=False) up to float rounding), a band of
-    channels at a time."""
+    interpolate(mode="bilinear", align_corners=False) up to float rounding).
+
+    One channel plane at a time against a running maximum: memory of two frame-sized
+    planes whatever the class count, and contiguous planes (the model's CHW layout)
+    rather than a strided channel-last argmax."""
     fw, fh = frame
-    src = np.ascontiguousarray(logits, dtype=np.float32)
-    if src.shape[:2] == (fh, fw):
-        return src.argmax(axis=2).astype(np.uint8)
-    c = src.shape[2]
-    out = np.empty((fh, fw), np.uint8)
+    planes = logits.transpose(2, 0, 1)  # the model's own C, H, W: each plane contiguous
+    if planes.shape[1:] == (fh, fw):
+        return planes.argmax(axis=0).astype(np.uint8)
     best = np.empty((fh, fw), np.float32)
-    for c0 in range(0, c, _CV_CHANNELS):
-        part = src[:, :, c0:c0 + _CV_CHANNELS]
-        big = cv2.resize(part, (fw, fh), interpolation=cv2.INTER_LINEAR)
-        if big.ndim == 2:
-            big = big[:, :, None]
-        ids = big.argmax(axis=2)
-        vals = np.take_along_axis(big, ids[:, :, None], axis=2)[:, :, 0]
-        if c0 == 0:
-            out[...] = ids
-            best[...] = vals
-        else:  # ties keep the lower class, as one argmax over all channels would
-            better = vals > best
-            out[better] = (ids[better] + c0).astype(np.uint8)
-            best[better] = vals[better]
+    plane = np.empty((fh, fw), np.float32)
+    out = np.zeros((fh, fw), np.uint8)
+    better = np.empty((fh, fw), bool)
+    for c in range(planes.shape[0]):
+        src = np.ascontiguousarray(planes[c], dtype=np.float32)
+        cv2.resize(src, (fw, fh), dst=best if c == 0 else plane,
+                   interpolation=cv2.INTER_LINEAR)
+        if c == 0:
+            continue
+        # strictly greater: a tie keeps the lower class, as argmax does
+        np.greater(plane, best, out=better)
+        np.maximum(best, plane, out=best)
+        out[better] = c
     return out

@@ -1,7 +1,7 @@
 """`UserError`: a mistake the user can fix (the config, a model, an address, a file, a
 command-line argument). Standard library only, so every module can raise one; each
 module's own error class derives from it. `edged.cli.main` alone turns one into a line
-(`prefix` + the message) and exit 1."""
+(`edged COMMAND: ` + `prefix` + the message) and its `exit_code`."""
 
 from __future__ import annotations
 
@@ -12,3 +12,11 @@ class UserError(Exception):
     """Something the user gave that edged cannot use; str() is the message."""
 
     prefix: ClassVar[str] = ""  # what the message is about, when it does not say itself
+    exit_code: ClassVar[int] = 1
+
+
+class UsageError(UserError):
+    """Command-line arguments that argparse accepts one by one but not together; exit 2,
+    as argparse's own errors."""
+
+    exit_code = 2

@@ -65,15 +65,6 @@ class Letterbox:
         x1 = int(round((self.pad_x + self.content_w) * fx))
         return mask[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
 
-    def mask_to_camera(self, mask: np.ndarray, frame_w: int, frame_h: int) -> np.ndarray:
-        """Class-index mask in input space -> camera pixels (nearest neighbour)."""
-        crop = self.crop_mask(mask)
-        if crop.shape == (frame_h, frame_w):
-            return np.ascontiguousarray(crop)
-        import cv2  # here, not at the top: the types themselves need numpy only
-
-        return cv2.resize(crop, (frame_w, frame_h), interpolation=cv2.INTER_NEAREST)
-
 
 def nearest_indices(src: int, dst: int) -> np.ndarray:
     """Source index sampled by each of `dst` output cells: floor((2i + 1) * src / (2 dst)).
@@ -152,6 +143,20 @@ class Detections:
                 int(ok.size - np.count_nonzero(ok)))
 
 
+@dataclass(frozen=True, slots=True)
+class Tracks:
+    """The camera's tracker on one frame's detections (`edged.tracking`), per detection
+    in detection order: detection i (and its instance mask) belongs to track `ids[i]`."""
+
+    epoch: int  # +1 each time the camera's source reconnects; ids never repeat anyway
+    ids: np.ndarray  # N int64: the confirmed track's id, 0 = none (tentative, not tracked)
+    velocities: np.ndarray  # Nx2 float32: the track's box centre velocity, px/s; 0 when id 0
+    active: int  # confirmed tracks matched in this frame
+    # per detection: its track's recent box centres (Kx2 float32 camera px, oldest first,
+    # this frame's last), what the view and Foxglove draw as a trail; empty when id 0
+    trails: tuple[np.ndarray, ...] = ()
+
+
 @dataclass(slots=True)
 class Result:
     """What the model made of one frame."""
@@ -175,6 +180,7 @@ class Result:
     conf_threshold: float | None = None  # the score threshold the detections passed
     # detections the model gave with NaN/Inf values, dropped (never published)
     nonfinite: int = 0
+    tracks: Tracks | None = None  # None: tracking is off for the camera
 
     @property
     def nonfinite_only(self) -> bool:

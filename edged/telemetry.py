@@ -4,7 +4,9 @@
 `DaemonSnapshot`; everything else is rendered from those: the log lines (`log_line`),
 the `_stats` message (`to_wire`, see docs/protocol.md, "Statistics"), the systemd
 status text, the Prometheus endpoint (`edged.daemon.metrics.render`) and `edged bench`.
-Subscribers get the same `CameraSnapshot`s back from the wire (`from_wire`).
+Subscribers get the same `CameraSnapshot`s back from the wire (`from_wire`). The
+events at the end (`StatsReport`, `StateChanged`, `ModelChanged`, `FrameDropped`,
+`StreamEnded`) are what the daemon hands its outputs besides results.
 
 Standard library only: the capture threads and the subscriber client import it too.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -163,6 +166,8 @@ class CameraSnapshot:
     providers: str  # where the model's nodes run
     processed: int | None = None  # frames run since start; not on the wire (None there)
     model_output: ModelOutput = field(default_factory=ModelOutput)
+    # confirmed tracks in the camera's last frame; None: tracking off for the camera
+    tracks_active: int | None = None
 
     @property
     def budget_misses(self) -> int:
@@ -179,6 +184,7 @@ class CameraSnapshot:
             "variant": self.variant, "budget_misses": self.budget_misses,
             "capture": self.capture.to_wire(), "providers": self.providers,
             "model_output": self.model_output.to_wire(),
+            **({} if self.tracks_active is None else {"tracks_active": self.tracks_active}),
         }
 
     @classmethod
@@ -202,7 +208,9 @@ class CameraSnapshot:
             providers=_str(d, "providers"),
             # absent from daemons before issue 29
             model_output=(ModelOutput.from_wire(_map(d, "model_output"))
-                          if "model_output" in d else ModelOutput()))
+                          if "model_output" in d else ModelOutput()),
+            # absent when tracking is off, and from daemons before issue 30
+            tracks_active=_int(d, "tracks_active") if "tracks_active" in d else None)
 
     def log_line(self, elapsed_s: float, *, final: bool = False) -> str:
         """The daemon's stats line: the last window, or the whole run when `final`."""
@@ -228,12 +236,19 @@ class InferenceCounters:
     batches: int = 0
     largest_batch: int = 0
     recreated: int = 0  # workers replaced after a stuck run
+    # a model on an inference server (model.triton): usable now (None: no such model),
+    # frames computed there and on the local fallback
+    remote_up: bool | None = None
+    remote_frames: int = 0
+    fallback_frames: int = 0
 
     def log_line(self, variant: str) -> str:
         """The final line at exit, with the variant running then."""
         return (f"final inference: {self.frames} frames in {self.batches} runs (mean batch "
                 f"{self.frames / max(self.batches, 1):.2f}, largest {self.largest_batch}), "
-                f"{self.recreated} worker(s) recreated, variant {variant}")
+                f"{self.recreated} worker(s) recreated, variant {variant}"
+                + (f", {self.remote_frames} frames on the server and {self.fallback_frames} "
+                   f"on the local fallback" if self.remote_up is not None else ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,3 +299,82 @@ class DaemonSnapshot:
         """The service manager's STATUS= text."""
         return ", ".join(f"{n} {c.processed_fps:.1f} fps ({c.state.value})"
                          for n, c in self.cameras.items())
+
+
+# ----------------------------------------------------------------------------- events
+# What the daemon tells its outputs besides results, as typed values: each output reads
+# the fields it needs, and only the ZeroMQ output (and the recorder's copy of the wire)
+# turns them into protocol bytes (`edged.wire.telemetry.encode_event`). `t_ns` is the
+# wall clock when the event happened; the wire message carries it.
+
+
+@dataclass(frozen=True, slots=True)
+class StatsReport:
+    """A stats window closed (the `_stats` message). `machine`: the CPU's wire map
+    (`edged.inference.cpu.CpuInfo.to_json`), None when unknown."""
+
+    snapshot: DaemonSnapshot
+    machine: Mapping[str, Any] | None = None
+    t_ns: int = field(default_factory=time.time_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged:
+    """A camera's state changed (the `<camera>/state` message)."""
+
+    camera: str
+    state: CameraState
+    detail: str = ""
+    t_ns: int = field(default_factory=time.time_ns)
+    # with `reconnecting` on a tracked camera: the track epoch of its next frames
+    track_epoch: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelChanged:
+    """The degradation ladder switched the model variant (the `_model` message);
+    `rung` 0 is the configured model, higher is cheaper."""
+
+    variant: str
+    rung: int
+    previous: str
+    reason: str
+    t_ns: int = field(default_factory=time.time_ns)
+
+
+class DropCause(enum.StrEnum):
+    """Why a frame of a camera was not published (a budget miss or a failure)."""
+
+    STALE = "stale"  # could not finish inside the budget: dropped before inference
+    LATE = "late"  # over budget at publishing, and budget.on_late is drop
+    ERROR = "error"  # inference failed
+
+
+@dataclass(frozen=True, slots=True)
+class FrameDropped:
+    """A frame of `camera` was not published (no wire message: the `_stats` counts
+    carry it). Said at most once per `DROP_EVENT_S` per camera and cause, so a camera
+    dropping every frame does not flood the outputs; `seq` is the frame that was."""
+
+    camera: str
+    cause: DropCause
+    seq: int
+    t_ns: int = field(default_factory=time.time_ns)
+
+
+DROP_EVENT_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnded:
+    """`camera` publishes nothing more (the `<camera>/eos` message): `last_seq` is the
+    last seq published, -1 if none; `boot` the daemon process's id."""
+
+    camera: str
+    last_seq: int
+    reason: str
+    boot: str = ""
+    t_ns: int = field(default_factory=time.time_ns)
+
+
+ControlEvent = StatsReport | StateChanged | ModelChanged | FrameDropped

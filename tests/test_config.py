@@ -663,8 +663,28 @@ def test_resolved_mode(source: str, mode: str, expected: str) -> None:
 
 def test_config_type_is_exported() -> None:
     assert Config.model_fields.keys() == {"model", "cameras", "publish", "budget", "log",
-                                          "view", "foxglove", "record", "ros2", "source_file",
-                                          "secrets"}
+                                          "view", "foxglove", "record", "ros2", "tracking",
+                                          "source_file", "secrets"}
+
+
+def test_tracking_is_global_and_merged_per_camera() -> None:
+    config = parse_config("""
+model: {path: m.onnx}
+tracking: {classes: [ball], lost_timeout_s: 3}
+camera_defaults: {tracking: {min_hits: 3}}
+cameras:
+  a: {source: synthetic}
+  b: {source: synthetic, tracking: {enabled: false}}
+""")
+    a, b = config.cameras["a"].tracking, config.cameras["b"].tracking
+    assert (a.enabled, a.classes, a.lost_timeout_s, a.min_hits) == (True, ("ball",), 3.0, 3)
+    assert (b.enabled, b.classes, b.lost_timeout_s) == (False, ("ball",), 3.0)
+    assert config.tracking.min_hits == 2  # camera_defaults reach the cameras only
+    assert parse_config(MINIMAL).cameras["front"].tracking.enabled  # on by default
+    with pytest.raises(ConfigError) as e:
+        parse_config(MINIMAL + "tracking:\n  min_hit: 3\n")
+    assert "<string>:" in str(e.value) and "tracking.min_hit: unknown key; did you mean " \
+        "'min_hits'?" in str(e.value)
 
 
 def test_too_many_cameras_is_a_config_error(tmp_path: Path) -> None:
@@ -862,11 +882,42 @@ def test_nested_yaml_aliases_are_rejected_before_they_expand(tmp_path: Path) -> 
     assert list(load_config(ok).cameras) == ["a", "b"]
 
 
+def test_every_runner_option_is_a_model_key(tmp_path: Path) -> None:
+    """The runner's options are built from the model section by name: each field but
+    io_binding (the runner's test switch) is a key there, and every value arrives."""
+    import dataclasses
+
+    from edged.config import ModelConfig
+    from edged.inference.runner import ModelOptions
+
+    names = {f.name for f in dataclasses.fields(ModelOptions)} - {"io_binding"}
+    assert names - set(ModelConfig.model_fields) == set()
+    path = write(tmp_path, MINIMAL.replace("  path: model.onnx\n", """\
+  path: model.onnx
+  format: yolo
+  providers: [{cpu: {}}]
+  threads: 2
+  conf_threshold: 0.4
+  iou_threshold: 0.6
+  max_detections: 50
+  classes: [ball, robot]
+  seg_classes: [field, line]
+  class_groups: [[ball, robot]]
+  warmup_runs: 1
+  cache_dir: cache
+"""))
+    opts = load_config(path, env={}).model.runner_options()
+    assert (opts.format, opts.providers, opts.threads, opts.conf_threshold,
+            opts.iou_threshold, opts.max_detections) == ("yolo", (("cpu", {}),), 2, 0.4, 0.6, 50)
+    assert (opts.classes, opts.seg_classes, opts.class_groups) == (
+        ("ball", "robot"), ("field", "line"), (("ball", "robot"),))
+    assert (opts.warmup_runs, opts.cache_dir, opts.path) == (
+        1, tmp_path / "cache", tmp_path / "model.onnx")
+
+
 def test_model_mask_layout_and_preprocess_keys(tmp_path: Path) -> None:
     """The keys that let a user serve a foreign export without writing a manifest reach
     the runner's options; a bad one is located like any other key."""
-    from edged.inference.runner import ModelOptions
-
     path = write(tmp_path, MINIMAL.replace("  path: model.onnx\n", """\
   path: model.onnx
   mask_threshold: 0.3
@@ -881,7 +932,7 @@ def test_model_mask_layout_and_preprocess_keys(tmp_path: Path) -> None:
     limit_side: 736
     limit_type: min
 """))
-    opts = ModelOptions.from_config(load_config(path, env={}).model)
+    opts = load_config(path, env={}).model.runner_options()
     assert (opts.mask_threshold, opts.layout, opts.mask_mode, opts.output_values) == (
         0.3, "end2end", "direct", "probability")
     assert dict(opts.preprocess) == {"color": "bgr", "mean": (0.5, 0.5, 0.5),

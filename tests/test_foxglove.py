@@ -127,21 +127,34 @@ def test_foxglove_channels_carry_the_results_of_the_zeromq_stream(tmp_path, star
         assert inter / union > 0.9, (zm.seq, inter / union)
         checked += 1
     assert checked >= 5, (checked, len(by_topic["/front/mask"]), len(zmq_msgs))
-    ball_checked = 0
+    ball_checked = trailed = 0
     for r in by_topic["/front/annotations"]:
         ts = r.message.timestamp
         zm = zmq_msgs.get(ts.seconds * 1_000_000_000 + ts.nanos)
         if zm is None:
             continue
-        # one outline and one label per detection, at the ZeroMQ boxes (float32 exact)
-        assert len(r.message.points) == len(r.message.texts) == len(zm.boxes)
-        for pa, box, text, cid, score in zip(r.message.points, zm.boxes, r.message.texts,
-                                             zm.class_ids, zm.scores):
+        # one outline and one label per detection, at the ZeroMQ boxes (float32 exact),
+        # the label with the track id; before them, a trail per track with a past, ending
+        # at its box's centre
+        assert zm.track_ids is not None
+        outlines = [pa for pa in r.message.points if pa.type == 2]  # LINE_LOOP
+        trails = [pa for pa in r.message.points if pa.type == 3]  # LINE_STRIP
+        assert len(outlines) + len(trails) == len(r.message.points)
+        assert len(outlines) == len(r.message.texts) == len(zm.boxes)
+        for pa, box, text, cid, score, tid in zip(outlines, zm.boxes, r.message.texts,
+                                                  zm.class_ids, zm.scores, zm.track_ids):
             xs = np.array([p.x for p in pa.points], np.float32)
             ys = np.array([p.y for p in pa.points], np.float32)
-            assert pa.type == 2  # LINE_LOOP
             assert np.array_equal([xs.min(), ys.min(), xs.max(), ys.max()], box)
-            assert text.text == f"{zm.class_names[cid]} {score:.2f}"
+            name = zm.class_names[cid]
+            assert text.text == (f"{name} #{tid} {score:.2f}" if tid else f"{name} {score:.2f}")
+        centres = {((float(b[0]) + float(b[2])) / 2, (float(b[1]) + float(b[3])) / 2)
+                   for b, tid in zip(zm.boxes, zm.track_ids) if tid}
+        assert len(trails) <= len(centres)
+        for pa in trails:
+            end = pa.points[-1]
+            assert any(abs(end.x - x) < 0.01 and abs(end.y - y) < 0.01 for x, y in centres)
+        trailed += len(trails)
         gt = synth.render(SEED, zm.seq, 640, 480)
         gt_balls = [b for b, c in zip(gt.boxes, gt.classes) if c == 0]
         ours = [b for b, c in zip(zm.boxes, zm.class_ids) if zm.class_names[c] == "ball"]
@@ -155,6 +168,7 @@ def test_foxglove_channels_carry_the_results_of_the_zeromq_stream(tmp_path, star
             assert iou > 0.5, (zm.seq, g, o)
             ball_checked += 1
     assert ball_checked >= 3, ball_checked
+    assert trailed >= 3, trailed
     for r in by_topic["/front/image"][:5]:
         ts = r.message.timestamp
         zm = zmq_msgs.get(ts.seconds * 1_000_000_000 + ts.nanos)

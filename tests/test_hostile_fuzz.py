@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from modelgen import yoeo_model  # noqa: E402
 from test_codec import make_result, regions_mask  # noqa: E402
 
-from edged.cli import error_message  # noqa: E402
+from edged.cli.report import error_message  # noqa: E402
 from edged.config import ConfigError, parse_config  # noqa: E402
 from edged.wire.codec import (  # noqa: E402
     EndOfStream,

@@ -109,6 +109,14 @@ def test_a_recording_holds_what_was_published(tmp_path, start_daemon):
     assert isinstance(wire[-1], EndOfStream) and wire[-1].last_seq == results[-1].seq
     got = {m.seq for m in col.msgs}
     assert got and got <= {m.seq for m in results}
+    # the track ids and velocities, as the subscriber got them
+    recorded = {m.seq: m for m in results}
+    for m in col.msgs:
+        r_ = recorded[m.seq]
+        assert m.track_ids is not None and r_.track_ids is not None
+        assert np.array_equal(m.track_ids, r_.track_ids)
+        assert np.array_equal(m.velocities, r_.velocities)
+    assert any(m.track_ids is not None and (m.track_ids > 0).any() for m in results)
     # in order (seqs may skip: a frame that a newer one replaced before inference, latest
     # wins under load, has no result anywhere; every result published is recorded, above)
     seqs = [m.seq for m in results]

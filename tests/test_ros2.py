@@ -189,7 +189,7 @@ def test_ros2_topics_carry_the_results_to_a_dds_reader(tmp_path, start_daemon, d
         if zm is not None:
             assert np.array_equal(png, zm.mask_camera())
     # detections: one per ZeroMQ box, centre and size in camera pixels
-    balls = 0
+    balls = tracked = 0
     for arr in got["detections"]:
         zm = zmq_msgs.get(_stamp_ns(arr.header))
         if zm is None:
@@ -204,7 +204,12 @@ def test_ros2_topics_carry_the_results_to_a_dds_reader(tmp_path, start_daemon, d
             (hyp,) = det.results
             assert hyp.hypothesis.class_id == str(cid)
             assert hyp.hypothesis.score == float(score)
-            assert det.id == str(i + 1) and _stamp_ns(det.header) == zm.t_capture_ns
+            # the track id, as the ZeroMQ message has it ("" for a detection without one)
+            assert zm.track_ids is not None
+            tid = int(zm.track_ids[i])
+            assert det.id == (str(tid) if tid else "")
+            tracked += tid > 0
+            assert _stamp_ns(det.header) == zm.t_capture_ns
         gt = synth.render(SEED, zm.seq, 640, 480)
         gb = [b for b, k in zip(gt.boxes, gt.classes) if k == 0]
         ours = [d_.bbox for d_ in arr.detections if d_.results[0].hypothesis.class_id == "0"]
@@ -217,6 +222,7 @@ def test_ros2_topics_carry_the_results_to_a_dds_reader(tmp_path, start_daemon, d
             assert ix * iy / union > 0.5, zm.seq
             balls += 1
     assert balls >= 5, balls
+    assert tracked >= 5, tracked  # ids reach ROS 2, not only empty ones
     assert [c.class_name for c in late["labels"][-1].class_map] == ["ball", "goalpost",
                                                                     "robot"]
     assert [c.class_id for c in late["labels"][-1].class_map] == [0, 1, 2]
@@ -326,7 +332,7 @@ def test_record_rosbag_writes_a_bag_rosbags_reads(tmp_path, domain):
 
 def test_instance_ids_and_detections_follow_the_boxes():
     from edged.outputs.base.ros2msgs.convert import detections, instance_ids
-    from edged.results import Detections, Result
+    from edged.results import Detections, Result, Tracks
 
     a = np.zeros((10, 20), np.uint8)
     a[2:8, 3:20] = 1  # x 13-29, y 22-27 in camera pixels
@@ -341,7 +347,9 @@ def test_instance_ids_and_detections_follow_the_boxes():
     assert ids[23, 26] == 1  # a alone (b starts at y 24)
     assert set(np.unique(ids)) == {0, 1, 2}
     arr = detections(r, msgs.Header(frame_id="f"))
-    assert [d.id for d in arr.detections] == ["1", "2"]
+    assert [d.id for d in arr.detections] == ["", ""]  # tracking off: no ids
+    r.tracks = Tracks(0, np.array([0, 12]), np.zeros((2, 2), np.float32), 1)
+    assert [d.id for d in detections(r, msgs.Header(frame_id="f")).detections] == ["", "12"]
     assert [d.results[0].hypothesis.class_id for d in arr.detections] == ["2", "0"]
     c = arr.detections[0].bbox
     assert (c.center.position.x, c.center.position.y, c.size_x, c.size_y) == (20, 25, 20, 10)

@@ -17,10 +17,20 @@ from edged.daemon.scheduler import Budget
 from edged.inference.cpu import detect as detect_cpu
 from edged.outputs.base.sink import Outcome, Sink, SinkRunner
 from edged.outputs.zmq import ZmqSink
+from edged.telemetry import (
+    ControlEvent,
+    DaemonSnapshot,
+    DropCause,
+    FrameDropped,
+    StatsReport,
+    StreamEnded,
+)
 from edged.wire.client import Subscriber
 from edged.wire.codec import EndOfStream, MaskEncoder, Message, decode
 from edged.wire.publisher import Publisher
-from edged.wire.telemetry import Stats, encode_stats
+from edged.wire.telemetry import Stats
+
+STATS = StatsReport(DaemonSnapshot(uptime_s=1.0, interval_s=1.0))
 
 
 class Recorder(Sink):
@@ -43,11 +53,11 @@ class Recorder(Sink):
             raise RuntimeError("disk full")
         self.items.append(("outcome", outcome.result.seq))
 
-    def control(self, frames: list[bytes]) -> None:
-        self.items.append(("control", frames[0]))
+    def control(self, event: ControlEvent) -> None:
+        self.items.append(("control", event))
 
-    def end_of_stream(self, camera: str, reason: str) -> None:
-        self.items.append(("eos", camera))
+    def end_of_stream(self, eos: StreamEnded) -> None:
+        self.items.append(("eos", eos.camera))
 
     def close(self) -> None:
         self.closed = True
@@ -99,7 +109,7 @@ def test_a_failing_sink_is_counted_and_still_gets_its_end_of_stream():
     r.start()
     for i in range(5):
         r.offer(outcome(i))
-    done = r.end_of_stream("cam1", "shutdown")
+    done = r.end_of_stream(StreamEnded("cam1", -1, "shutdown"))
     done.result(5)
     assert bad.items == [("eos", "cam1")]
     assert r.close(5)
@@ -114,13 +124,13 @@ def test_control_and_end_of_stream_keep_their_place_and_are_never_dropped():
     r.offer(outcome(0))
     assert rec.inside.wait(5)
     r.offer(outcome(1))
-    r.control([b"_stats"])
+    r.control(STATS)
     r.offer(outcome(2))
     r.offer(outcome(3))  # the queue holds two outcomes: 1 is dropped, the control stays
-    eos = r.end_of_stream("cam1", "shutdown")
+    eos = r.end_of_stream(StreamEnded("cam1", 1, "shutdown"))
     gate.set()
     eos.result(5)
-    assert rec.items == [("outcome", 0), ("control", b"_stats"), ("outcome", 2),
+    assert rec.items == [("outcome", 0), ("control", STATS), ("outcome", 2),
                          ("outcome", 3), ("eos", "cam1")]
     assert r.close(5) and r.stats.dropped == 1
 
@@ -175,7 +185,11 @@ def test_on_late_drop_reaches_no_sink():
                   t_capture_mono_ns=time.monotonic_ns() - 50_000_000)
     asyncio.run(_publish_then_eos(stage, budget, counters, res))
     stage.close(5)
-    assert rec.items == [("eos", "cam1")] and counters.late_dropped == 1
+    # the result reaches no sink; that a frame was dropped late does, as an event
+    (kind, event), eos = rec.items
+    assert kind == "control" and isinstance(event, FrameDropped)
+    assert (event.camera, event.cause, event.seq) == ("cam1", DropCause.LATE, 1)
+    assert eos == ("eos", "cam1") and counters.late_dropped == 1
 
 
 async def _publish_then_eos(stage, budget, counters, res) -> None:
@@ -192,7 +206,7 @@ def test_zmq_sink_publishes_and_ends_each_camera_with_its_last_seq(tmp_path):
         # PUB/SUB slow joiner: control messages until one arrives, then nothing is missed
         end = time.monotonic() + 20
         while time.monotonic() < end and not isinstance(sub.recv(timeout=0.1), Stats):
-            stage.control(encode_stats({}, 1.0))
+            stage.control(STATS)
         budget, counters = Budget(10_000.0), Counters()
 
         async def main() -> None:

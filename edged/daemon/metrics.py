@@ -63,9 +63,21 @@ def render(snapshot: DaemonSnapshot) -> str:
            "nothing else (kind frames)",
            [(f'{cl},kind="{k.removeprefix("nonfinite_")}"', n) for cl, c in cams
             for k, n in c.model_output.to_wire().items()])
+    family("tracks_active", "gauge",
+           "Confirmed tracks in the camera's last frame (cameras with tracking on)",
+           [(cl, c.tracks_active) for cl, c in cams if c.tracks_active is not None])
     family("camera_up", "gauge", "1 while the camera is running",
            [(f'{cl},state="{c.state.value}"', int(c.state is CameraState.RUNNING))
             for cl, c in cams])
+    inf = snapshot.inference
+    if inf.remote_up is not None:
+        family("remote_up", "gauge",
+               "1 while the inference server is usable (0: the local fallback runs)",
+               [("", int(inf.remote_up))])
+        family("remote_frames_total", "counter",
+               "Frames of the remote model, by where they were computed",
+               [('where="server"', inf.remote_frames),
+                ('where="fallback"', inf.fallback_frames)])
     sinks = [(f'sink="{_esc(s.name)}"', s) for s in snapshot.sinks]
     if sinks:
         family("sink_delivered_total", "counter", "Results an output has handled",

@@ -9,8 +9,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 from edged.config import Config
+from edged.daemon.tracking import check_config as check_tracking
 from edged.inference.pool import Models, WorkerPlan, choose_batch
-from edged.inference.runner import ModelError, ModelOptions, ModelRunner, auto_threads, plan_workers
+from edged.inference.runner import (
+    ModelError,
+    ModelOptions,
+    ModelRunner,
+    auto_threads,
+    plan_workers,
+)
 
 
 def plan(config: Config, cores: int | None = None) -> WorkerPlan:
@@ -47,9 +54,10 @@ def load_rungs(config: Config, threads: int, warmup: bool = True, *,
     The warm-up runs frames of the configured camera sizes (`warmup_sizes`): at least
     one for each size, `warmup_runs` (default model.warmup_runs) for the first. It is
     the test that the model runs at all, so `edged check` (one run, no timing) fails
-    where `edged run` would. Raises ModelError naming the variant that failed.
+    where `edged run` would. Raises ModelError naming the variant that failed, and
+    TrackingError for a `tracking.classes` name that a variant does not detect.
     """
-    base = replace(ModelOptions.from_config(config.model), threads=threads)
+    base = replace(config.model.runner_options(), threads=threads)
     options = [base]
     if config.model.ladder is not None:
         options += [replace(base, path=v.path) for v in config.model.ladder.variants]
@@ -58,7 +66,7 @@ def load_rungs(config: Config, threads: int, warmup: bool = True, *,
     rungs = []
     for i, opts in enumerate(options):
         try:
-            runner = ModelRunner(opts)
+            runner = _runner(config, opts, i)
             if warmup:
                 runner.warmup(runs, sizes[0])
                 for size in sizes[1:]:
@@ -71,8 +79,20 @@ def load_rungs(config: Config, threads: int, warmup: bool = True, *,
         if warmup and measure:
             # measured here, side by side, so the ladder knows what each rung costs
             runner.cost_ms = runner.batch_speedup((), runs=5).get(1)
+        check_tracking(config, runner.manifest.classes, runner.model_id)
         rungs.append(runner)
     return rungs
+
+
+def _runner(config: Config, opts: ModelOptions, rung: int) -> ModelRunner:
+    """Rung 0 on a Triton server when `model.triton` says so, the rest local."""
+    triton = config.model.triton
+    if rung or triton is None:
+        return ModelRunner(opts)
+    from edged.inference.triton.runner import TritonRunner
+    cams = [c for c in config.cameras.values() if c.enabled]
+    budget = min((c.budget.latency_ms for c in cams), default=config.budget.latency_ms)
+    return TritonRunner(opts, triton, triton.timeout_s(budget))
 
 
 def load_models(config: Config, cores: int | None = None) -> Models:

@@ -4,8 +4,9 @@ latency budget, encoded for the wire, stamped, and fanned out to every sink.
 It runs on one thread ("publish"). The verdict is taken once, here, before fan-out, so
 every sink sees the same `late` flag and the same `t_publish_ns`; the flag is judged
 when the message is stamped, after the mask is encoded, so a result without it is within
-budget by its own timestamps (docs/protocol.md). The stage never waits for a sink: each
-sink has its own bounded queue (`edged.outputs.base.sink`).
+budget by its own timestamps (docs/protocol.md). It also knows each camera's last
+published seq, so every sink gets the same end-of-stream (`StreamEnded`). The stage never
+waits for a sink: each sink has its own bounded queue (`edged.outputs.base.sink`).
 
 Thread ownership: the stage's thread is the only writer of each camera's budget
 estimates (`Budget.ahead`, `Budget.send`) and of its publish-side counters (`late`,
@@ -26,7 +27,14 @@ from typing import Protocol
 from edged.daemon.scheduler import Budget
 from edged.outputs.base.sink import Outcome, SinkRunner
 from edged.results import Frame, Result
-from edged.telemetry import SinkStats
+from edged.telemetry import (
+    DROP_EVENT_S,
+    ControlEvent,
+    DropCause,
+    FrameDropped,
+    SinkStats,
+    StreamEnded,
+)
 from edged.wire.codec import MaskEncoder, encode_stamped
 
 log = logging.getLogger("edged.daemon.publish")
@@ -35,12 +43,27 @@ EOS_WAIT_S = 2.0  # how long a camera's end-of-stream waits for each sink to han
 
 
 class PublishCounters(Protocol):
-    """The publish-side counters of one camera (see `edged.daemon.pipeline.CameraStats`)."""
+    """The publish-side counters of one camera (see `edged.daemon.camera_loop.CameraStats`)."""
 
     late: int
     late_dropped: int
 
     def record_published(self, e2e_ms: float, encode_ms: float) -> None: ...
+
+
+class DropEvents:
+    """Whether a drop is worth a `FrameDropped` event: at most one per `DROP_EVENT_S` per
+    camera and cause (the counts are in the stats; an event says that it happens)."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, DropCause], float] = {}
+
+    def due(self, camera: str, cause: DropCause) -> bool:
+        now = time.monotonic()
+        if now - self._last.get((camera, cause), -DROP_EVENT_S) < DROP_EVENT_S:
+            return False
+        self._last[camera, cause] = now
+        return True
 
 
 class PublishStage:
@@ -54,6 +77,9 @@ class PublishStage:
         self._encoder = encoder  # not thread-safe: used on the stage's thread only
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="publish")
         self._closed = False
+        # each camera's last published seq, for its end-of-stream (the stage's thread)
+        self._last_seq: dict[str, int] = {}
+        self._drops = DropEvents()
 
     def start(self) -> None:
         for s in self.sinks:
@@ -74,9 +100,9 @@ class PublishStage:
         except RuntimeError:  # shut down
             return None
 
-    def control(self, frames: list[bytes]) -> None:
-        """A control message (state, stats, model event) to every sink, in order."""
-        self.call(lambda: self._control(frames))
+    def control(self, event: ControlEvent) -> None:
+        """An event (stats, state, model change, drop) to every sink, in order."""
+        self.call(lambda: self._control(event))
 
     async def end_of_stream(self, camera: str, reason: str,
                             timeout: float = EOS_WAIT_S) -> None:
@@ -86,7 +112,9 @@ class PublishStage:
         fut = self.call(lambda: None)  # everything the stage holds reaches the sinks first
         if fut is not None:
             await asyncio.wrap_future(fut)
-        waits = {asyncio.wrap_future(s.end_of_stream(camera, reason)): s for s in self.sinks}
+        # the camera has nothing more in the stage: its last seq is final
+        eos = StreamEnded(camera, self._last_seq.get(camera, -1), reason, self.boot)
+        waits = {asyncio.wrap_future(s.end_of_stream(eos)): s for s in self.sinks}
         if not waits:
             return
         _, late = await asyncio.wait(waits, timeout=timeout)
@@ -110,9 +138,9 @@ class PublishStage:
 
     # ------------------------------------------------------------------ stage thread
 
-    def _control(self, frames: list[bytes]) -> None:
+    def _control(self, event: ControlEvent) -> None:
         for s in self.sinks:
-            s.control(frames)
+            s.control(event)
 
     def _publish(self, budget: Budget, counters: PublishCounters, result: Result,
                  frame: Frame | None) -> None:
@@ -124,25 +152,22 @@ class PublishStage:
         budget.ahead.add(e2e - result.timings_ms.get("queue", 0.0))
         late = budget.is_late(e2e)
         if late and budget.on_late == "drop":
-            counters.late_dropped += 1
+            self._late_dropped(counters, result)
             return
-        flags = (*result.flags, "late") if late and "late" not in result.flags \
-            else result.flags
         # not late yet: judged again when the message is stamped, after the mask is encoded
         capture_ns = result.t_capture_wall_ns
-        msg = encode_stamped(result, self._encoder, send_mask=self.send_masks, flags=flags,
+        msg = encode_stamped(result, self._encoder, send_mask=self.send_masks, late=late,
                              late_at=lambda now_ns: budget.is_late((now_ns - capture_ns) / 1e6),
                              boot=self.boot)
         if msg.late:
             if budget.on_late == "drop":
-                counters.late_dropped += 1
+                self._late_dropped(counters, result)
                 return
             counters.late += 1
-            if "late" not in flags:
-                flags = (*flags, "late")
+        self._last_seq[result.camera] = result.seq
         # the result every sink sees carries the verdict; the camera loop's copy is left
         # as the model returned it
-        outcome = Outcome(replace(result, flags=flags), frame, msg.late, msg.t_publish_ns,
+        outcome = Outcome(replace(result, flags=msg.flags), frame, msg.late, msg.t_publish_ns,
                           tuple(msg.frames))
         for s in self.sinks:
             s.offer(outcome)
@@ -150,3 +175,8 @@ class PublishStage:
         budget.send.add(encode_ms)
         counters.record_published((time.monotonic_ns() - result.t_capture_mono_ns) / 1e6,
                                   encode_ms)
+
+    def _late_dropped(self, counters: PublishCounters, result: Result) -> None:
+        counters.late_dropped += 1
+        if self._drops.due(result.camera, DropCause.LATE):
+            self._control(FrameDropped(result.camera, DropCause.LATE, result.seq))

@@ -274,11 +274,13 @@ class InferencePool:
         for w in self._workers:
             stuck = w.job is not None and (w.job.abandoned or self.failed is not None)
             w.executor.shutdown(wait=not stuck)
+        for r in self.rungs:
+            r.close()
 
 
 def reload_runner(runner: ModelRunner) -> ModelRunner:
     """A fresh session for the same model and options (a replaced worker's)."""
-    fresh = ModelRunner(runner.options)
+    fresh = runner.reloaded()
     fresh.model_id = runner.model_id
     fresh.warmup()
     return fresh

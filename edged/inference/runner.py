@@ -62,7 +62,9 @@ class ModelError(UserError, RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class ModelOptions:
-    """What the config says about the model (None: take the manifest's value)."""
+    """How to run a model (None: take the manifest's value). The config's `model` section
+    has a key of the same name for each field but `io_binding`, and builds these with
+    `ModelConfig.runner_options()`; tools and tests build them directly."""
 
     path: Path
     format: str = "auto"
@@ -85,25 +87,6 @@ class ModelOptions:
     # "auto": IOBinding with outputs on the device when a CUDA provider runs the model;
     # "off": plain run(); "cpu"/"cuda": force it (tests exercise the path on a CPU build)
     io_binding: str = "auto"
-
-    @classmethod
-    def from_config(cls, m: Any) -> ModelOptions:
-        """From the config's `model` section (an `edged.config.ModelConfig`)."""
-        return cls(
-            path=Path(m.path), format=m.format,
-            providers=tuple((p.name, dict(p.options)) for p in m.providers), threads=m.threads,
-            conf_threshold=m.conf_threshold, iou_threshold=m.iou_threshold,
-            max_detections=m.max_detections,
-            classes=tuple(m.classes) if m.classes else None,
-            seg_classes=tuple(m.seg_classes) if m.seg_classes else None,
-            class_groups=tuple(tuple(g) for g in m.class_groups) if m.class_groups else None,
-            mask_threshold=m.mask_threshold, layout=m.layout, mask_mode=m.mask_mode,
-            output_values=m.output_values,
-            preprocess=tuple(sorted(
-                (k, tuple(v) if isinstance(v, list) else v)
-                for k, v in (m.preprocess.model_dump().items() if m.preprocess else ())
-                if v is not None)),
-            warmup_runs=m.warmup_runs, cache_dir=m.cache_dir)
 
 
 def tensor_infos(args: list[Any]) -> list[TensorInfo]:
@@ -223,6 +206,13 @@ class ModelRunner:
                  f"; IOBinding outputs on {self._bind_device}" if self._bind_device else "",
                  f"; optimizers off (manifest): {', '.join(self.disabled_optimizers)}"
                  if self.disabled_optimizers else "")
+
+    def close(self) -> None:
+        """Release what outlives a run (a remote model's connections and shared memory)."""
+
+    def reloaded(self) -> ModelRunner:
+        """A fresh runner of the same kind, model and options (not warmed up)."""
+        return ModelRunner(self.options)
 
     def _output_ops(self) -> dict[str, tuple[str, ...]]:
         """The ops that make each output (evidence for `format: auto`); {} where the

@@ -492,9 +492,9 @@ def provider_comparison(config: Config, runs: int = 100, also: tuple[Path, ...] 
 
     from edged.inference.preprocess import Preprocessor
     from edged.inference.providers import PROVIDER_NAMES, provider_chain
-    from edged.inference.runner import ModelError, ModelOptions, ModelRunner, time_interleaved
+    from edged.inference.runner import ModelError, ModelRunner, time_interleaved
 
-    base = ModelOptions.from_config(config.model)
+    base = config.model.runner_options()
     base = dataclasses.replace(base, threads=base.threads or 1, warmup_runs=1)
     available = set(ort.get_available_providers())
     frame = first_frame(config)

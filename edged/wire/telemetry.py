@@ -9,9 +9,9 @@ Frames: topic `_stats`, then a msgpack map (see docs/protocol.md, "Statistics"):
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import msgpack
 import zmq
@@ -23,6 +23,7 @@ from edged.wire.codec import (
     TOPIC_STATE,
     TOPIC_STATS,
     ProtocolError,
+    encode_eos,
     topic,
 )
 
@@ -57,11 +58,14 @@ class Machine:
 
 def encode_stats(cameras: dict[str, dict[str, Any]], interval_s: float,
                  sinks: dict[str, dict[str, int]] | None = None,
-                 machine: dict[str, Any] | None = None) -> list[bytes]:
-    header = {"v": PROTOCOL_VERSION, "type": "stats", "t_ns": time.time_ns(),
-              "interval_s": float(interval_s), "cameras": cameras, "sinks": sinks or {}}
+                 machine: Mapping[str, Any] | None = None,
+                 t_ns: int | None = None) -> list[bytes]:
+    """`t_ns`: when the window closed (default: now)."""
+    header: dict[str, Any] = {
+        "v": PROTOCOL_VERSION, "type": "stats", "t_ns": time.time_ns() if t_ns is None else t_ns,
+        "interval_s": float(interval_s), "cameras": cameras, "sinks": sinks or {}}
     if machine is not None:
-        header["machine"] = machine
+        header["machine"] = dict(machine)
     return [TOPIC_STATS.encode(), msgpack.packb(header, use_single_float=True)]
 
 
@@ -127,13 +131,19 @@ class CameraState:
     state: typed.CameraState
     detail: str
     t_ns: int
+    # with `reconnecting` on a tracked camera: the track epoch its results carry from its
+    # first frame of the new connection (docs/protocol.md, "Tracks")
+    track_epoch: int | None = None
 
 
-def encode_state(camera: str, state: typed.CameraState | str, detail: str = "") -> list[bytes]:
+def encode_state(camera: str, state: typed.CameraState | str, detail: str = "",
+                 t_ns: int | None = None, track_epoch: int | None = None) -> list[bytes]:
     """`state`: a CameraState or its value (ValueError for anything else)."""
-    header = {"v": PROTOCOL_VERSION, "type": "state", "camera": camera,
-              "state": typed.CameraState(state).value,
-              "detail": detail, "t_ns": time.time_ns()}
+    header: dict[str, object] = {"v": PROTOCOL_VERSION, "type": "state", "camera": camera,
+                                 "state": typed.CameraState(state).value, "detail": detail,
+                                 "t_ns": time.time_ns() if t_ns is None else t_ns}
+    if track_epoch is not None:
+        header["track_epoch"] = int(track_epoch)
     return [topic(camera, TOPIC_STATE), msgpack.packb(header)]
 
 
@@ -145,7 +155,10 @@ def decode_state(frames: Sequence[bytes | memoryview | zmq.Frame]) -> CameraStat
             raise ProtocolError("state: camera, state and detail must be strings")
         if first != topic(cam, TOPIC_STATE):
             raise ProtocolError("state: topic does not match the camera")
-        return CameraState(cam, typed.CameraState(state), detail, int(h["t_ns"]))
+        epoch = h.get("track_epoch")
+        if epoch is not None and (type(epoch) is not int or epoch < 0):
+            raise ProtocolError("state: 'track_epoch' must be an int >= 0")
+        return CameraState(cam, typed.CameraState(state), detail, int(h["t_ns"]), epoch)
     except ProtocolError:
         raise
     except Exception as e:  # msgpack and type errors on garbage input
@@ -163,9 +176,11 @@ class ModelEvent:
     t_ns: int
 
 
-def encode_model_event(variant: str, rung: int, previous: str, reason: str) -> list[bytes]:
+def encode_model_event(variant: str, rung: int, previous: str, reason: str,
+                       t_ns: int | None = None) -> list[bytes]:
     header = {"v": PROTOCOL_VERSION, "type": "model", "variant": variant, "rung": int(rung),
-              "previous": previous, "reason": reason, "t_ns": time.time_ns()}
+              "previous": previous, "reason": reason,
+              "t_ns": time.time_ns() if t_ns is None else t_ns}
     return [TOPIC_MODEL.encode(), msgpack.packb(header)]
 
 
@@ -180,3 +195,28 @@ def decode_model_event(frames: Sequence[bytes | memoryview | zmq.Frame]) -> Mode
         raise
     except Exception as e:  # msgpack and type errors on garbage input
         raise ProtocolError(f"model: {e}") from None
+
+
+@overload
+def encode_event(event: typed.StreamEnded) -> list[bytes]: ...
+@overload
+def encode_event(event: typed.ControlEvent) -> list[bytes] | None: ...
+def encode_event(event: typed.ControlEvent | typed.StreamEnded) -> list[bytes] | None:
+    """The wire message of one of the daemon's events (docs/protocol.md); None for an
+    event the protocol has no message for (`FrameDropped`: the `_stats` counts carry it).
+    The one place those events become bytes: the ZeroMQ output and the recorder's copy of
+    the wire both use it."""
+    match event:
+        case typed.StatsReport(snapshot=snap, machine=machine, t_ns=t_ns):
+            return encode_stats(snap.to_wire(), snap.interval_s, snap.sinks_to_wire(),
+                                machine, t_ns)
+        case typed.StateChanged(camera=camera, state=state, detail=detail, t_ns=t_ns):
+            return encode_state(camera, state, detail, t_ns, event.track_epoch)
+        case typed.ModelChanged():
+            return encode_model_event(event.variant, event.rung, event.previous,
+                                      event.reason, event.t_ns)
+        case typed.StreamEnded():
+            return encode_eos(event.camera, event.last_seq, event.reason, event.boot,
+                              event.t_ns)
+        case typed.FrameDropped():
+            return None

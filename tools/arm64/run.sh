@@ -62,7 +62,7 @@ done
 step "$MAIN_CPU: edged run --echo publishes"
 arm "$MAIN_CPU" '
     sed -e "s#tcp://127.0.0.1:5555#ipc:///tmp/edged.sock#" -e "s/fps: 15/fps: 5/" \
-        "$(python -c "import edged.config as c; print(c.__file__.rsplit(\"/\", 1)[0])")/configs/default.yaml" > /tmp/cfg.yaml
+        "$(python -c "import edged; print(edged.__file__.rsplit(\"/\", 1)[0])")/configs/default.yaml" > /tmp/cfg.yaml
     timeout 300 edged run -c /tmp/cfg.yaml --echo --frames 8 > /tmp/echo.txt
     cat /tmp/echo.txt
     [ "$(grep -c "^synthetic" /tmp/echo.txt)" -ge 2 ] || { echo "run published nothing" >&2; exit 1; }' \

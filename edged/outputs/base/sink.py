@@ -5,8 +5,9 @@ the publish stage or the other sinks.
 A sink implements `Sink.deliver(outcome)`; `SinkRunner` owns the sink's thread and its
 queue. The queue keeps the newest `queue_size` outcomes: when it is full the oldest one
 is dropped and counted (for a robot a fresh result is worth more than an old one).
-Control messages (state, stats, end-of-stream, model events) are never dropped: they
-are few, and a subscriber must see every end-of-stream.
+Events (`edged.telemetry`: stats, state, model change, drop, end-of-stream) are never
+dropped: they are few, and a subscriber must see every end-of-stream. A sink gets them
+typed and reads the fields it needs; only the ZeroMQ output turns them into bytes.
 
 Every output (`edged.outputs.<name>`) is a sink; the ZeroMQ publisher is the first.
 """
@@ -22,7 +23,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from edged.results import Frame, Result
-from edged.telemetry import SinkStats
+from edged.telemetry import ControlEvent, SinkStats, StreamEnded
 
 log = logging.getLogger("edged.daemon.sinks")
 
@@ -57,11 +58,11 @@ class Sink(ABC):
     def deliver(self, outcome: Outcome) -> None:
         """Hand one finished result to the output. May block; may raise (counted)."""
 
-    def control(self, frames: list[bytes]) -> None:  # noqa: B027 - optional hook
-        """A control message of the wire protocol (state, stats, model event)."""
+    def control(self, event: ControlEvent) -> None:  # noqa: B027 - optional hook
+        """An event of the daemon (stats, state, model change, drop)."""
 
-    def end_of_stream(self, camera: str, reason: str) -> None:  # noqa: B027
-        """`camera` publishes nothing more."""
+    def end_of_stream(self, eos: StreamEnded) -> None:  # noqa: B027
+        """`eos.camera` publishes nothing more."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Called on the sink's thread after the last item."""
@@ -69,13 +70,12 @@ class Sink(ABC):
 
 @dataclass(frozen=True, slots=True)
 class _Control:
-    frames: list[bytes]
+    event: ControlEvent
 
 
 @dataclass(frozen=True, slots=True)
 class _EndOfStream:
-    camera: str
-    reason: str
+    eos: StreamEnded
     done: Future[None]
 
 
@@ -135,15 +135,15 @@ class SinkRunner:
             self._cv.notify()
         return not dropped
 
-    def control(self, frames: list[bytes]) -> None:
-        """Queue a control message (never dropped)."""
-        self._push(_Control(frames))
+    def control(self, event: ControlEvent) -> None:
+        """Queue an event (never dropped)."""
+        self._push(_Control(event))
 
-    def end_of_stream(self, camera: str, reason: str) -> Future[None]:
+    def end_of_stream(self, eos: StreamEnded) -> Future[None]:
         """Queue an end-of-stream after everything already queued; the future is done
         once the sink has handled it."""
         done: Future[None] = Future()
-        if not self._push(_EndOfStream(camera, reason, done)):
+        if not self._push(_EndOfStream(eos, done)):
             done.set_result(None)
         return done
 
@@ -199,9 +199,9 @@ class SinkRunner:
                     with self._cv:
                         self._delivered += 1
                 elif isinstance(item, _Control):
-                    sink.control(item.frames)
+                    sink.control(item.event)
                 elif isinstance(item, _EndOfStream):
-                    sink.end_of_stream(item.camera, item.reason)
+                    sink.end_of_stream(item.eos)
                 else:
                     item.fn()
             except Exception as e:  # a failing sink is counted and never stops the others

@@ -32,8 +32,7 @@ from edged.outputs.base.foxglove_schema import STATS_TOPIC
 from edged.outputs.base.sink import Outcome, Sink
 from edged.outputs.foxglove import FoxgloveError
 from edged.outputs.foxglove.relay import Relay
-from edged.wire.codec import TOPIC_STATS
-from edged.wire.telemetry import decode_stats
+from edged.telemetry import ControlEvent, StatsReport
 
 log = logging.getLogger("edged.foxglove")
 
@@ -177,11 +176,9 @@ class FoxgloveSink(Sink):
             cam.annotations.log(messages.image_annotations(result), log_time=t)
             self.encoded["annotations"] += 1
 
-    def control(self, frames: list[bytes]) -> None:
-        if frames and bytes(frames[0]) == TOPIC_STATS.encode() and self._stats.has_sinks():
-            st = decode_stats(frames)
-            self._stats.log({"interval_s": st.interval_s, "cameras": st.cameras},
-                            log_time=st.t_ns)
+    def control(self, event: ControlEvent) -> None:
+        if isinstance(event, StatsReport) and self._stats.has_sinks():
+            self._stats.log(messages.stats_message(event), log_time=event.t_ns)
             self.encoded["stats"] += 1
 
     def close(self) -> None:

@@ -38,8 +38,7 @@ from edged.outputs.base.ros2msgs.typehash import rihs01
 from edged.outputs.base.sink import Outcome, Sink
 from edged.outputs.record import RecordError
 from edged.outputs.record.files import MB
-from edged.wire.codec import TOPIC_STATS
-from edged.wire.telemetry import decode_stats
+from edged.telemetry import ControlEvent, StatsReport
 
 log = logging.getLogger("edged.record")
 
@@ -199,15 +198,16 @@ class RosbagSink(Sink):
                                              encode_jpeg(frame.image, self.config.quality),
                                              dds_pad=False))
 
-    def control(self, frames: list[bytes]) -> None:
-        if not frames or bytes(frames[0]) != TOPIC_STATS.encode():
+    def control(self, event: ControlEvent) -> None:
+        if not isinstance(event, StatsReport):
             return
-        st = decode_stats(frames)
-        self._write("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray", st.t_ns,
+        t = event.t_ns
+        self._write("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray", t,
                     msgs.DiagnosticArray(
-                        header=msgs.Header(stamp=msgs.Time(st.t_ns // 1_000_000_000,
-                                                           st.t_ns % 1_000_000_000)),
-                        status=[diagnostic_status(n, s) for n, s in st.snapshots.items()]
+                        header=msgs.Header(stamp=msgs.Time(t // 1_000_000_000,
+                                                           t % 1_000_000_000)),
+                        status=[diagnostic_status(n, s)
+                                for n, s in event.snapshot.cameras.items()]
                     ).serialize())
 
     def metadata(self) -> dict[str, Any]:

@@ -3,9 +3,11 @@
 `trigger: always` writes every result into files rotated at `rotate_mb`. `trigger:
 on_miss` keeps the last `before_s` seconds in memory (at most `buffer_mb`) and writes
 them, and the `after_s` seconds after, into one file per event when a camera misses its
-budget (a late result, or frames dropped as stale), a frame fails (a replaced worker
-counts its frame as an error), or a camera stalls or reconnects. A new event while one
-is being written extends it. Files are named `<camera>-<UTC time>-<cause>.mcap`.
+budget (a late result, or a `FrameDropped` event: stale, or late under on_late drop), a
+frame fails (`FrameDropped` error; a replaced worker counts its frame as one), or a
+camera stalls or reconnects (`StateChanged` to reconnecting, which a stall leads to). A
+new event while one is being written extends it. Files are named
+`<camera>-<UTC time>-<cause>.mcap`.
 
 Nothing here can stop a camera: a write error (a full disk, a directory gone read-only)
 is logged and counted, the file in progress is deleted, and recording resumes after
@@ -39,9 +41,15 @@ from edged.outputs.record import (
     encode_wire,
 )
 from edged.outputs.record.files import MB, McapFile, Schema, enforce_limit
-from edged.telemetry import CameraSnapshot
-from edged.wire.codec import TOPIC_STATS, encode_eos
-from edged.wire.telemetry import decode_state, decode_stats
+from edged.telemetry import (
+    CameraState,
+    ControlEvent,
+    FrameDropped,
+    StateChanged,
+    StatsReport,
+    StreamEnded,
+)
+from edged.wire.telemetry import encode_event
 
 log = logging.getLogger("edged.record")
 
@@ -106,8 +114,6 @@ class RecorderSink(Sink):
         self._ring: deque[_Rec] = deque()
         self._ring_bytes = 0
         self._paused_until = 0.0
-        self._last_seq: dict[str, int] = {}
-        self._seen: dict[str, CameraSnapshot] = {}
         self._overlay = Overlay()  # the view's colours, for the colour mask
         # since start: files finished, messages written, write errors, files deleted
         self.files: list[Path] = []
@@ -129,7 +135,6 @@ class RecorderSink(Sink):
         r, frame = outcome.result, outcome.frame
         t = r.t_capture_wall_ns
         cam = r.camera
-        self._last_seq[cam] = r.seq
         recs = []
         if self.config.frames and frame is not None:
             recs.append(_Rec(f"/{cam}/image", "protobuf", IMAGE, t,
@@ -148,27 +153,24 @@ class RecorderSink(Sink):
         if outcome.late:
             self._trigger(cam, "late")
 
-    def control(self, frames: list[bytes]) -> None:
-        now = time.time_ns()
-        topic = bytes(frames[0]) if frames else b""
-        self._add(_Rec(CONTROL_TOPIC, WIRE_ENCODING, WIRE, now, encode_wire(frames)))
-        if topic == TOPIC_STATS.encode():
-            st = decode_stats(frames)
-            self._add(_Rec(STATS_TOPIC, "json", _stats_schema(list(st.cameras)), st.t_ns,
-                           json.dumps(
-                {"interval_s": st.interval_s, "cameras": st.cameras}).encode()))
-            for name, snap in st.snapshots.items():
-                cause = self._cause(name, snap)
-                if cause:
-                    self._trigger(name, cause)
-        elif topic.endswith(b"/state"):
-            state = decode_state(frames)
-            if state.state.value == "reconnecting":
-                self._trigger(state.camera, "reconnect")
+    def control(self, event: ControlEvent) -> None:
+        frames = encode_event(event)  # the message as the ZeroMQ output publishes it
+        if frames is not None:
+            self._add(_Rec(CONTROL_TOPIC, WIRE_ENCODING, WIRE, event.t_ns,
+                           encode_wire(frames)))
+        match event:
+            case StatsReport():
+                self._add(_Rec(STATS_TOPIC, "json",
+                               _stats_schema(list(event.snapshot.cameras)), event.t_ns,
+                               json.dumps(messages.stats_message(event)).encode()))
+            case StateChanged(camera=camera, state=CameraState.RECONNECTING):
+                self._trigger(camera, "reconnect")
+            case FrameDropped(camera=camera, cause=cause):
+                self._trigger(camera, cause.value)
 
-    def end_of_stream(self, camera: str, reason: str) -> None:
-        self._add(_Rec(f"/{camera}/edged", WIRE_ENCODING, WIRE, time.time_ns(), encode_wire(
-            encode_eos(camera, self._last_seq.get(camera, -1), reason))))
+    def end_of_stream(self, eos: StreamEnded) -> None:
+        self._add(_Rec(f"/{eos.camera}/edged", WIRE_ENCODING, WIRE, eos.t_ns,
+                       encode_wire(encode_event(eos))))
 
     def close(self) -> None:
         self._finish()
@@ -177,22 +179,6 @@ class RecorderSink(Sink):
                  self.deleted, "".join(f"; event {c} {k}" for c, k in self.events[-5:]))
 
     # ------------------------------------------------------------------ mechanics
-
-    def _cause(self, camera: str, snap: CameraSnapshot) -> str | None:
-        """What went wrong for `camera` since the previous `_stats`, if anything."""
-        before = self._seen.get(camera)
-        self._seen[camera] = snap
-        if before is None:
-            return None
-        if snap.drops.stale > before.drops.stale:
-            return "stale"
-        if snap.drops.errors > before.drops.errors:
-            return "error"
-        if snap.capture.stalls > before.capture.stalls:
-            return "stall"
-        if snap.capture.reconnects > before.capture.reconnects:
-            return "reconnect"
-        return None
 
     def _add(self, rec: _Rec) -> None:
         if self.config.trigger == "always":

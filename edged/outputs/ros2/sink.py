@@ -11,9 +11,10 @@ Topics per camera, under `/<namespace>/<camera>/` (ROS 2 names; on the DDS wire 
 - `mask/label_info`: vision_msgs/msg/LabelInfo, segmentation class names (latched);
 - `mask_color`: Image `rgb8`, with `ros2.mask_color`; and `mask_color/compressed` (PNG);
 - `detections`: vision_msgs/msg/Detection2DArray, one hypothesis per box (class id as
-  text, score), `id` = the detection's index + 1;
+  text, score), `id` = the detection's track id as text ("" when it has none);
 - `label_info`: LabelInfo, detection class names (latched);
-- `instances`: Image `mono16` for formats with instance masks, pixel = detection id;
+- `instances`: Image `mono16` for formats with instance masks, pixel = the detection's
+  index in `detections` + 1;
 - `image/compressed`: sensor_msgs/msg/CompressedImage `jpeg`, with `ros2.image`, at
   most `image_fps`;
 
@@ -56,8 +57,7 @@ from edged.outputs.base.ros2msgs.convert import detections, diagnostic_status, i
 from edged.outputs.base.ros2msgs.typehash import user_data
 from edged.outputs.base.sink import Outcome, Sink
 from edged.results import Result
-from edged.wire.codec import TOPIC_STATS
-from edged.wire.telemetry import decode_stats
+from edged.telemetry import ControlEvent, StatsReport
 
 log = logging.getLogger("edged.ros2")
 
@@ -317,14 +317,14 @@ class Ros2Sink(Sink):
 
     # ------------------------------------------------------------------ statistics
 
-    def control(self, frames: list[bytes]) -> None:
-        if not frames or bytes(frames[0]) != TOPIC_STATS.encode() or \
-                not self.diagnostics.matched:
+    def control(self, event: ControlEvent) -> None:
+        if not isinstance(event, StatsReport) or not self.diagnostics.matched:
             return
-        st = decode_stats(frames)
-        statuses = [diagnostic_status(name, snap) for name, snap in st.snapshots.items()]
+        statuses = [diagnostic_status(name, snap)
+                    for name, snap in event.snapshot.cameras.items()]
         self.diagnostics.write(msgs.DiagnosticArray(
-            header=msgs.Header(stamp=_stamp(st.t_ns), frame_id=""), status=statuses), st.t_ns)
+            header=msgs.Header(stamp=_stamp(event.t_ns), frame_id=""), status=statuses),
+            event.t_ns)
 
     def close(self) -> None:
         if self.build_ms:

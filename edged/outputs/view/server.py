@@ -35,9 +35,14 @@ from edged.config import ViewConfig, is_loopback_host
 from edged.names import parse_host_port
 from edged.outputs.base.draw import Legend, Overlay, encode_jpeg
 from edged.outputs.base.sink import Outcome, Sink
-from edged.telemetry import CameraSnapshot
-from edged.wire.codec import TOPIC_MODEL, TOPIC_STATS, ProtocolError
-from edged.wire.telemetry import decode_model_event, decode_state, decode_stats
+from edged.telemetry import (
+    CameraSnapshot,
+    ControlEvent,
+    ModelChanged,
+    StateChanged,
+    StatsReport,
+    StreamEnded,
+)
 
 log = logging.getLogger("edged.view")
 
@@ -401,28 +406,22 @@ class ViewSink(Sink):
         self.server.rendered[cam] = self.server.rendered.get(cam, 0) + 1
         self.server.push_frame(cam, frame_message(header, jpeg))
 
-    def control(self, frames: list[bytes]) -> None:
-        t = bytes(frames[0]) if frames else b""
-        try:
-            if t == TOPIC_STATS.encode():
-                stats = decode_stats(frames)
-                self.server.push_json({"type": "stats", "interval_s": stats.interval_s,
+    def control(self, event: ControlEvent) -> None:
+        match event:
+            case StatsReport(snapshot=snap):
+                self.server.push_json({"type": "stats", "interval_s": snap.interval_s,
                                        "cameras": {n: _snapshot_json(s)
-                                                   for n, s in stats.snapshots.items()}})
-            elif t == TOPIC_MODEL.encode():
-                ev = decode_model_event(frames)
-                self.server.push_json({"type": "model", "variant": ev.variant,
-                                       "rung": ev.rung, "previous": ev.previous,
-                                       "reason": ev.reason})
-            elif t.endswith(b"/state"):
-                st = decode_state(frames)
-                self.server.push_json({"type": "state", "camera": st.camera,
-                                       "state": st.state.value, "detail": st.detail})
-        except ProtocolError as e:  # our own messages: a bug, counted by the runner
-            raise RuntimeError(f"view: cannot read {t!r}: {e}") from None
+                                                   for n, s in snap.cameras.items()}})
+            case ModelChanged():
+                self.server.push_json({"type": "model", "variant": event.variant,
+                                       "rung": event.rung, "previous": event.previous,
+                                       "reason": event.reason})
+            case StateChanged():
+                self.server.push_json({"type": "state", "camera": event.camera,
+                                       "state": event.state.value, "detail": event.detail})
 
-    def end_of_stream(self, camera: str, reason: str) -> None:
-        self.server.push_json({"type": "eos", "camera": camera, "reason": reason})
+    def end_of_stream(self, eos: StreamEnded) -> None:
+        self.server.push_json({"type": "eos", "camera": eos.camera, "reason": eos.reason})
 
     def close(self) -> None:
         self.server.stop()

@@ -163,6 +163,71 @@ def test_bad_upsample_option_is_refused_with_the_file(tmp_path: Path) -> None:
         in p.stdout
 
 
+def _dynamic_logits_model(path: Path) -> Path:
+    """[1,3,h,w] -> logits [?, ?, h, w] (a 1x1 Conv: class k = input channel k, class 3
+    = 0), the class count unknown to the graph, as torch.onnx writes torchvision's."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.zeros((4, 3, 1, 1), np.float32)
+    for k in range(3):
+        weight[k, k] = 1.0
+    # a Resize to sizes computed in the graph (the conv's N, C and the input's H, W), as
+    # torchvision's heads end: shape inference then knows none of the output's dims
+    nodes = [helper.make_node("Conv", ["input", "w"], ["logits"]),
+             helper.make_node("Shape", ["logits"], ["nc"], end=2),
+             helper.make_node("Shape", ["input"], ["hw"], start=2),
+             helper.make_node("Concat", ["nc", "hw"], ["sizes"], axis=0),
+             helper.make_node("Resize", ["logits", "", "", "sizes"], ["out"], mode="linear")]
+    graph = helper.make_graph(
+        nodes, "dynamic_logits",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, "height", "width"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT,
+                                       ["Resizeout_dim_0", "Resizeout_dim_1", "height",
+                                        "width"])],
+        [numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_dynamic_class_count_is_recognised_proposed_and_served(tmp_path: Path) -> None:
+    from edged.inference.runner import ModelOptions, ModelRunner
+    from edged.results import Frame, mask_at
+    from edged.tools.inspection import inspect_model, render_report, write_manifest
+
+    model = _dynamic_logits_model(tmp_path / "tv.onnx")
+    info = inspect_model(model, runs=1)
+    assert info["error"] is None and info["format"] == "semantic"
+    assert "C not fixed by the graph" in info["why"]
+    assert "name the classes in seg_classes" in info["why"]
+    assert any("shorter side 520" in r for r in info["graph"]["proposed"])
+    assert "proposes input size following the frame" in render_report(info)
+    write_manifest(info)
+    pre = json.loads(model.with_suffix(".json").read_text())["preprocess"]
+    assert (pre["size"], pre["limit_type"], pre["limit_side"], pre["multiple"]) == \
+        ("keep_ratio", "min", 520, 1)
+    runner = ModelRunner(ModelOptions(path=model, threads=1, warmup_runs=0))
+    img = np.zeros((480, 640, 3), np.uint8)
+    img[:, :320, 2] = 255  # BGR: red on the left
+    img[:, 320:, 0] = 255  # blue on the right
+    res = runner.infer(Frame("cam", 0, img, 0, 0))
+    mask = mask_at(res.mask, 640, 480)
+    assert mask is not None and mask.shape == (480, 640)
+    assert (mask[:, :318] == 0).all() and (mask[:, 322:] == 2).all()
+
+
+def test_dynamic_map_of_another_size_is_not_claimed_by_auto() -> None:
+    """[?, ?, a, b] with H and W not the input's: no evidence of a class map."""
+    from edged.inference.formats import FormatError, TensorInfo, recognise
+
+    inputs = [TensorInfo("input", (1, 3, "height", "width"), "float32")]
+    outputs = [TensorInfo("out", ("n", "c", "a", "b"), "float32")]
+    with pytest.raises(FormatError, match="no known model format fits"):
+        recognise(inputs, outputs)
+
+
 # ----------------------------------------------------------------------------- families
 
 def _refs() -> Any:

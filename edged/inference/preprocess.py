@@ -116,20 +116,20 @@ def _pil_taps(in_size: int, out_size: int, kind: str) -> tuple[np.ndarray, np.nd
     return idx, fixed
 
 
-def _pil_pass(img: np.ndarray, idx: np.ndarray, fixed: np.ndarray, axis: int) -> np.ndarray:
+def _pil_rows(rows: np.ndarray, idx: np.ndarray, fixed: np.ndarray) -> np.ndarray:
+    """One pass of Pillow's resampling over the first axis of a 2-D uint8 array: output
+    row i = sum over taps k of rows[idx[i, k]] * fixed[i, k], rounded, clipped. Whole
+    rows are gathered (contiguous copies), the cheap direction for numpy."""
     # int32 holds the sums: 255 * 2**22 * (the positive weights' sum, at most ~1.1 for
     # the bicubic filter) stays below 2**31
-    src = img.astype(np.int32)
-    shape = [1] * img.ndim
-    shape[axis] = idx.shape[0]
-    weights = fixed.astype(np.int32)
-    acc = np.take(src, idx[:, 0], axis=axis)
-    acc *= weights[:, 0].reshape(shape)
+    weights = fixed.astype(np.int32)[:, :, None]
+    acc = rows[idx[:, 0]].astype(np.int32)
+    acc *= weights[:, 0]
     acc += 1 << (_PIL_BITS - 1)
     tap = np.empty_like(acc)
     for k in range(1, idx.shape[1]):
-        np.take(src, idx[:, k], axis=axis, out=tap)
-        tap *= weights[:, k].reshape(shape)
+        np.copyto(tap, rows[idx[:, k]], casting="unsafe")
+        tap *= weights[:, k]
         acc += tap
     acc >>= _PIL_BITS
     return np.clip(acc, 0, 255).astype(np.uint8)
@@ -156,14 +156,17 @@ class PilResize:
         return taps
 
     def __call__(self, img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        """`img` resized to `size` (width, height)."""
+        """`img` (HxWxC uint8) resized to `size` (width, height)."""
         w, h = size
+        ih, iw, c = img.shape
         out = img
-        if w != img.shape[1]:
-            out = _pil_pass(out, *self._table(img.shape[1], w), axis=1)
-        if h != img.shape[0]:
-            out = _pil_pass(out, *self._table(img.shape[0], h), axis=0)
-        return out
+        if w != iw:  # along the width: on the transposed image, so that rows are gathered
+            cols = np.ascontiguousarray(img.transpose(1, 0, 2)).reshape(iw, ih * c)
+            out = _pil_rows(cols, *self._table(iw, w)).reshape(w, ih, c).transpose(1, 0, 2)
+        if h != ih:
+            rows = np.ascontiguousarray(out).reshape(ih, w * c)
+            out = _pil_rows(rows, *self._table(ih, h)).reshape(h, w, c)
+        return np.ascontiguousarray(out)
 
 
 def resize_image(frame: np.ndarray, size: tuple[int, int], interpolation: str,

@@ -313,3 +313,27 @@ def test_torchvision_family(tmp_path: Path, name: str) -> None:
     agree = _agreement(_served(model, frames), theirs)
     print(f"torchvision {name} agreement per frame", agree)
     assert min(agree) >= AGREEMENT, agree
+
+
+# ----------------------------------------------------------------------------- refused
+
+def test_maskformer_head_is_refused_not_read_as_sparseinst(tmp_path: Path) -> None:
+    """transformers' MaskFormer/Mask2Former outputs have SparseInst's shapes ([1,Q,C+1]
+    class logits, [1,Q,h,w] mask logits) but other values: one line says so and what to
+    do, for auto and for `format: sparseinst` alike."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import formatgen
+
+    model = formatgen.const_model(
+        tmp_path / "mask2former.onnx",
+        [("class_queries_logits", np.zeros((1, 100, 5), np.float32), None),
+         ("masks_queries_logits", np.zeros((1, 100, 96, 96), np.float32), None)],
+        input_name="pixel_values", input_shape=[1, 3, 384, 384])
+    for fmt in ("auto", "sparseinst"):
+        p = _edged("inspect", str(model), "--runs", "1", "--format", fmt)
+        assert p.returncode == 1, p.stdout
+        line = next(ln for ln in p.stdout.splitlines() if ln.startswith("format"))
+        assert "class_queries_logits and masks_queries_logits are a MaskFormer / " \
+               "Mask2Former head (transformers), which edged does not serve" in line
+        assert "serve that as format: semantic" in line
+        assert "sparseinst" not in line.split(":")[0]

@@ -101,7 +101,7 @@ def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo],
     r = roles(inputs, outputs)
     if r is None:
         return None
-    if MASKFORMER_NAMES <= {o.name for o in outputs}:
+    if {o.name for o in outputs} >= MASKFORMER_NAMES:
         # the same shapes as SparseInst's, other values: class logits with a trailing
         # no-object class (a softmax, not sigmoid scores) and mask logits combined with
         # them per pixel; read as SparseInst they would be served wrong without a word

@@ -8,10 +8,11 @@ their sinks (each on its own thread, so it changes nothing but the stats' order)
 
 from __future__ import annotations
 
-from edged.outputs import foxglove, record, ros2, view
+from edged.outputs import foxglove, record, ros2, view, zmq
 from edged.outputs.base.output import Output
 
 OUTPUTS: tuple[Output, ...] = (
+    zmq.OUTPUT,
     view.OUTPUT,
     foxglove.OUTPUT,
     record.OUTPUT,

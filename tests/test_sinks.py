@@ -15,7 +15,7 @@ from test_codec import make_result
 from edged.daemon.publish import PublishStage
 from edged.daemon.scheduler import Budget
 from edged.inference.cpu import detect as detect_cpu
-from edged.outputs.base.sink import Outcome, Sink, SinkRunner
+from edged.outputs.base.sink import Outcome, Publishing, Sink, SinkClosed, SinkRunner
 from edged.outputs.zmq import ZmqSink
 from edged.telemetry import (
     ControlEvent,
@@ -135,6 +135,22 @@ def test_control_and_end_of_stream_keep_their_place_and_are_never_dropped():
     assert r.close(5) and r.stats.dropped == 1
 
 
+def test_a_call_hands_back_what_it_returned_or_raised_on_the_sink_thread():
+    runner = SinkRunner(Recorder("plain"))
+    runner.start()
+    assert runner.call(lambda: threading.current_thread().name).result(10) == "sink-plain"
+
+    def bad_keys() -> None:
+        raise ValueError("clients_dir: no such directory")
+
+    with pytest.raises(ValueError, match="clients_dir: no such directory"):
+        runner.call(bad_keys).result(10)
+    assert runner.stats.failed == 0  # the caller's error, not the sink failing
+    assert runner.close(5)
+    with pytest.raises(SinkClosed, match="sink plain is closed"):
+        runner.call(lambda: 1).result(10)
+
+
 def test_queue_size_must_hold_one_outcome():
     with pytest.raises(ValueError, match="at least one"):
         SinkRunner(Recorder("x"), queue_size=0)
@@ -218,6 +234,9 @@ def test_zmq_sink_publishes_and_ends_each_camera_with_its_last_seq(tmp_path):
         asyncio.run(main())
         zmq_sink = stage.sinks[0].sink
         assert isinstance(zmq_sink, ZmqSink) and zmq_sink.published == {"cam1": 3}
+        # what the daemon asks of it, on its thread: nothing refused, no CURVE to re-read
+        assert isinstance(zmq_sink, Publishing)
+        assert stage.sinks[0].call(zmq_sink.reload).result(10) == []
         stage.close(5)  # closing waits until the queued messages have left
         got: list = []
         end = time.monotonic() + 5

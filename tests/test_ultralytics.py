@@ -196,7 +196,7 @@ def test_rtdetr_is_recognised_by_its_metadata_and_served_like_ultralytics(rtdetr
         pred.model = types.SimpleNamespace(names={i: str(i) for i in range(80)})
         pred.batch = [["frame.jpg"]]
         ref = pred.postprocess(torch.from_numpy(outs[0]), x, [frame])[0]
-        dets, _ = runner.adapter.postprocess(outs, box, w, h)
+        dets = runner.adapter.postprocess(outs, box, w, h).detections
         where = f"rtdetr at {w}x{h}"
         assert len(dets) == len(ref.boxes), where
         total += len(dets)

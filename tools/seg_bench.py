@@ -40,7 +40,7 @@ def _time(fn: Callable[[], object], runs: int) -> tuple[float, float]:
 
 
 def _postprocess(ad: Adapter, out: np.ndarray, box: Letterbox, fw: int, fh: int) -> object:
-    _, mask = ad.postprocess([out], box, fw, fh)
+    mask = ad.postprocess([out], box, fw, fh).mask
     return mask_at(mask, fw, fh)  # what a subscriber draws at camera size
 
 

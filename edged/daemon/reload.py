@@ -34,7 +34,8 @@ FIXED_MODEL_FIELDS = ("workers", "threads", "batch")  # they shape the running p
 def keep_running(old: Config, new: Config, outputs: Sequence[Output]) -> tuple[Config, list[str]]:
     """`new` with what cannot change while running taken from `old`, and the names of
     those that the new file changed (for the warning)."""
-    sections = ("publish", *(o.name for o in outputs))
+    # publish shapes the publish stage's encoding too, whichever outputs there are
+    sections = tuple(dict.fromkeys(("publish", *(o.name for o in outputs))))
     kept = [name for name in sections if getattr(new, name) != getattr(old, name)]
     kept += [f"model.{k}" for k in FIXED_MODEL_FIELDS
              if getattr(new.model, k) != getattr(old.model, k)]
@@ -67,7 +68,7 @@ class Running(Protocol):
 
     def add_camera(self, name: str) -> None: ...
 
-    async def reload_publisher(self) -> None: ...
+    async def reload_outputs(self) -> None: ...
 
 
 class Reloader:
@@ -127,7 +128,7 @@ class Reloader:
             except (ConfigError, OSError) as e:
                 log.error("reload rejected, the running configuration stays:\n%s", e)
                 return
-            await p.reload_publisher()
+            await p.reload_outputs()
             new, kept = keep_running(old, new, p.outputs)
             if kept:
                 log.warning("reload: %s changed; restart edged to apply (kept as running)",

@@ -17,9 +17,11 @@ module provides:
   `edged inspect --write-manifest` sets over that plain reading for the family's usual
   training pipeline (ImageNet mean/std, ...), each change with its reason;
 - `Adapter(manifest, output_names)`, whose `postprocess(outputs, letterbox, w, h)`
-  returns `(Detections, mask | None)` with boxes in camera pixels and the mask covering
-  the camera frame. Instance formats also fill `Detections.instance_masks` and give an
-  adapter attribute `mask_classes` (background + their classes) for the painted mask.
+  returns a `_common.Decoded`: the detections with boxes in camera pixels, the mask
+  covering the camera frame (or None), and the candidate rows dropped for NaN/Inf values
+  (`_common.finite_rows`, `finite_candidates`). Instance formats also fill
+  `Detections.instance_masks` and give an adapter attribute `mask_classes` (background +
+  their classes) for the painted mask.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 
 from edged.inference.formats._common import (
+    Decoded,
     FormatError,
     Hints,
     TensorInfo,
@@ -261,9 +262,9 @@ class Adapter:
         return np.clip(plane, 0, 255).astype(np.uint8)
 
     def postprocess(self, outputs: list[np.ndarray], letterbox: Letterbox, frame_w: int,
-                    frame_h: int) -> tuple[Detections, np.ndarray | None]:
-        return Detections.empty(), self.class_map(outputs[self.index], letterbox,
-                                                  (frame_w, frame_h))
+                    frame_h: int) -> Decoded:
+        return Decoded(Detections.empty(), self.class_map(outputs[self.index], letterbox,
+                                                          (frame_w, frame_h)))
 
 
 def upsampled_argmax(logits: np.ndarray, frame: tuple[int, int]) -> np.ndarray:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edged.inference.formats._common import (
+    Decoded,
     FormatError,
     Hints,
     TensorInfo,
@@ -154,7 +155,7 @@ class Adapter:
         self.mask_classes = mask_classes(manifest)
 
     def postprocess(self, outputs: list[np.ndarray], letterbox: Letterbox, frame_w: int,
-                    frame_h: int) -> tuple[Detections, np.ndarray | None]:
+                    frame_h: int) -> Decoded:
         m = self.manifest
         maps = outputs[self.masks_index]
         maps = maps.reshape(-1, maps.shape[-2], maps.shape[-1])
@@ -168,7 +169,8 @@ class Adapter:
             ids = s.argmax(1)
             scores = s[np.arange(n), ids]
         cand = np.flatnonzero(scores > m.conf_threshold)
-        cand = cand[finite_candidates(scores[cand])]  # an Inf score passes the threshold
+        ok, bad = finite_candidates(scores[cand])  # an Inf score passes the threshold
+        cand = cand[ok]
         cand = cand[np.argsort(-scores[cand], kind="stable")][:m.max_detections]
         # boxes: the extent of each mask's cells above the threshold (vectorised over
         # the kept queries)
@@ -187,4 +189,4 @@ class Adapter:
         cls = ids[cand].astype(np.int32)
         inst, class_mask = query_masks(maps, cand, boxes, cls, sc, letterbox, frame_w,
                                        frame_h, self.threshold)
-        return Detections(boxes, sc, cls, instance_masks=inst), class_mask
+        return Decoded(Detections(boxes, sc, cls, instance_masks=inst), class_mask, bad)

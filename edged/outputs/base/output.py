@@ -2,35 +2,43 @@
 extra, what `edged check` tries for it, its queue and how its sink is built.
 
 `edged.app.OUTPUTS` lists the declarations; the daemon, `edged check` and the reload go
-through that list, so adding an output is its package plus one line there.
+through that list, so adding an output is its package plus one line there. What the
+daemon asks of a publishing output beyond a sink (the ZeroMQ one) is
+`edged.outputs.base.sink.Publishing`.
 """
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from edged.config import Config
 from edged.outputs.base.sink import Sink
+
+
+class Held(Protocol):
+    """What a check keeps open until every output is tried: a socket, a publisher."""
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Output:
     """One output.
 
-    `name`: its config section (`Config.<name>`, None when not configured) and its sink's
-    name. `require`: raises the output's error naming its extra when that is missing.
-    `check`: what `edged check` tries (bind its port, open its directory), holding any
-    socket in `held` until every output is tried (so that two clashing show), and the
-    line to print. `build`: the sink for the enabled cameras, bound and opened (it is
+    `name`: its config section (`Config.<name>`, None when not configured). `require`:
+    raises the output's error naming its extra when that is missing. `check`: what
+    `edged check` tries (bind its port, open its directory), holding any socket or
+    publisher in `held` until every output is tried (so that two clashing show), and the
+    lines to print. `build`: the sink for the enabled cameras, bound and opened (it is
     started on its own thread later). `queue_size`: results its sink may have waiting.
     """
 
     name: str
     queue_size: int
     require: Callable[[Config], None]
-    check: Callable[[Config, list[socket.socket]], str]
+    check: Callable[[Config, list[Held]], str]
     build: Callable[[Config, list[str]], Sink]
 
     def configured(self, config: Config) -> bool:

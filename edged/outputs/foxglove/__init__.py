@@ -7,11 +7,9 @@ to its channels.
 
 from __future__ import annotations
 
-import socket
-
 from edged.config import Config
 from edged.errors import UserError
-from edged.outputs.base.output import Output
+from edged.outputs.base.output import Held, Output
 from edged.outputs.base.sink import Sink
 
 
@@ -27,7 +25,7 @@ def require_foxglove() -> None:
                             "'edged[foxglove]'") from None
 
 
-def _check(config: Config, held: list[socket.socket]) -> str:
+def _check(config: Config, held: list[Held]) -> str:
     import foxglove
 
     from edged.outputs.foxglove.sink import start_server

@@ -19,14 +19,13 @@ the frames, no schema); replay reads both.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Sequence
 
 import msgpack
 
 from edged.config import Config
 from edged.errors import UserError
-from edged.outputs.base.output import Output, frame_ids
+from edged.outputs.base.output import Held, Output, frame_ids
 from edged.outputs.base.ros2msgs import require_ros2
 from edged.outputs.base.sink import Sink
 
@@ -144,7 +143,7 @@ def _require(config: Config) -> None:
         require_ros2()
 
 
-def _check(config: Config, held: list[socket.socket]) -> str:
+def _check(config: Config, held: list[Held]) -> str:
     c = config.record
     assert c is not None
     if c.format == "rosbag2":

@@ -7,15 +7,13 @@ topics written over DDS by Cyclone DDS, without a ROS installation.
 
 from __future__ import annotations
 
-import socket
-
 from edged.config import Config
-from edged.outputs.base.output import Output, enabled, frame_ids
+from edged.outputs.base.output import Held, Output, enabled, frame_ids
 from edged.outputs.base.ros2msgs import require_ros2
 from edged.outputs.base.sink import Sink
 
 
-def _check(config: Config, held: list[socket.socket]) -> str:
+def _check(config: Config, held: list[Held]) -> str:
     from edged.outputs.ros2.sink import Ros2Sink
 
     assert config.ros2 is not None

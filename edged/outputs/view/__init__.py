@@ -10,7 +10,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from edged.errors import UserError
-from edged.outputs.base.output import Output
+from edged.outputs.base.output import Held, Output
 from edged.outputs.base.sink import Sink
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def make_view_sink(config: ViewConfig, cameras: list[str],
     return ViewSink(config, sock, cameras, tls)
 
 
-def _check(config: Config, held: list[socket.socket]) -> str:
+def _check(config: Config, held: list[Held]) -> str:
     from edged.outputs.base.listen import bind_tcp, server_context
 
     c = config.view

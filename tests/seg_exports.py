@@ -1,5 +1,5 @@
 """Semantic-segmentation exports made from their reference implementations, and those
-references' own pre- and post-processing (tests/test_seg_families.py).
+references' own pre- and post-processing (tests/e2e/test_seg_families.py).
 
 Random weights with a fixed seed (trained ones cannot be fetched here): SegFormer-b0 from
 `transformers` (a SegformerConfig, judged by SegformerImageProcessor and its

@@ -49,7 +49,7 @@ def require_record() -> None:
 
 # ------------------------------------------------------------------ edged.WireMessage
 # Written by hand (protobuf's wire format is three rules here), so recording and replay
-# need no protobuf runtime; tests/test_record.py decodes both with google.protobuf.
+# need no protobuf runtime; tests/e2e/test_record.py decodes both with google.protobuf.
 
 def _varint(n: int) -> bytes:
     out = bytearray()

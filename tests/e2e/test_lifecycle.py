@@ -172,7 +172,7 @@ def test_sigterm_during_a_reload_exits_0_with_end_of_stream_for_every_camera(
 
 def test_sigterm_after_a_reload_that_changed_the_model_and_the_ladder(tmp_path,
                                                                      start_daemon):
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     cfg = tmp_path / "ladder.yaml"
     ep = f"ipc://{tmp_path}/e.sock"
     text = (repo / "configs" / "ladder.yaml").read_text()
@@ -259,7 +259,7 @@ def _with_endpoint(text: str, ep: str) -> str:
     doc.setdefault("publish", {})["endpoints"] = [ep]
     path = doc["model"]["path"]
     if not str(path).startswith("builtin:") and not Path(path).is_absolute():
-        doc["model"]["path"] = str(Path(__file__).resolve().parents[1] / "configs" / path)
+        doc["model"]["path"] = str(Path(__file__).resolve().parents[2] / "configs" / path)
     return yaml.safe_dump(doc, sort_keys=False)
 
 

@@ -24,7 +24,7 @@ from edged.inference.cpu import (
     parse,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 AVX2_ONLY = """processor\t: 0
 vendor_id\t: AuthenticAMD
 model name\t: AMD EPYC 7B12

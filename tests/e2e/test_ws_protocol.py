@@ -21,7 +21,7 @@ from test_foxglove import CHANNELS, _config
 
 from edged.outputs.base.draw import MASK_COLOURS
 
-HERE = Path(__file__).parent / "wsprotocol"
+HERE = Path(__file__).parents[1] / "wsprotocol"
 
 
 def _node() -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-UNITS = Path(__file__).resolve().parents[1] / "systemd"
+UNITS = Path(__file__).resolve().parents[2] / "systemd"
 
 if shutil.which("systemd-analyze") is None and os.environ.get("EDGED_REQUIRE_SYSTEMD") != "1":
     pytest.skip("systemd-analyze not installed", allow_module_level=True)

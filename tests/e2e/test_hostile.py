@@ -20,7 +20,7 @@ from test_reload import cams, count, gather
 from edged.wire.client import Subscriber
 from edged.wire.codec import Message
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def edged(*args: str, timeout: float = 120, cwd: Path | None = None,

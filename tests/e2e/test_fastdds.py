@@ -24,9 +24,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from configfile import daemon_config, synthetic
 from conftest import Daemon, ZmqCollector
 
-sys.path.insert(0, str(Path(__file__).parent / "fastdds"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "fastdds"))
 
 from build import build, missing_tools  # noqa: E402
 from netns import FastddsSub, Netns, netns_problem  # noqa: E402
@@ -75,35 +76,11 @@ class NsDaemon(Daemon):
 
 
 def _config(tmp_path: Path, domain: int, cameras: list[str], fps: int) -> Path:
-    cams = "".join(f"""\
-  {c}:
-    source: synthetic
-    seed: {38 + i}
-    width: 640
-    height: 480
-    fps: {fps}
-    frame_id: {c}_optical
-""" for i, c in enumerate(cameras))
-    cfg = tmp_path / "fastdds.yaml"
-    cfg.write_text(f"""\
-model:
-  path: builtin:yoeo-demo-int8.onnx
-  threads: 1
-  warmup_runs: 1
-  conf_threshold: {CONF}
-cameras:
-{cams}publish:
-  endpoints: [ipc://{tmp_path}/pub.sock]
-log:
-  stats_interval_s: 1
-ros2:
-  namespace: {NS}
-  domain_id: {domain}
-  mask_color: true
-  image: true
-  image_fps: 5
-""")
-    return cfg
+    return daemon_config(tmp_path, {c: synthetic(38 + i, fps=fps, frame_id=f"{c}_optical")
+                                    for i, c in enumerate(cameras)},
+                         name="fastdds.yaml", model={"conf_threshold": CONF},
+                         ros2={"namespace": NS, "domain_id": domain, "mask_color": True,
+                               "image": True, "image_fps": 5})
 
 
 def _domain() -> int:

@@ -4,7 +4,7 @@ read by the Python client and `edged echo`, against the synthetic camera's groun
 previous decoder; reload, reconnect and the class names of `tracking:`.
 
 Other outputs carrying the ids are checked where those outputs are tested:
-tests/test_ros2.py (Detection2D.id), tests/test_foxglove.py (labels and trails, which
+tests/e2e/test_ros2.py (Detection2D.id), tests/e2e/test_foxglove.py (labels and trails, which
 Foxglove live and MCAP recordings share).
 """
 
@@ -38,7 +38,7 @@ from edged.wire.codec import Message, ProtocolError, decode, encode_result
 from edged.wire.echo import message_json
 from edged.wire.telemetry import CameraState
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CLASSES = ("ball", "goalpost", "robot")
 SEED = 3  # the synthetic camera's scene: objects moving through the view
 

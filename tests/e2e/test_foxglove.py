@@ -18,6 +18,7 @@ import aiohttp
 import cv2
 import numpy as np
 import pytest
+from configfile import daemon_config, synthetic
 from conftest import ZmqCollector, free_port
 from foxglove_client import LEGACY, StalledClient, _message_class, collect, count
 from test_codec import make_result
@@ -33,28 +34,9 @@ FIELD = 2
 CHANNELS = ("image", "mask", "mask_color", "annotations")
 
 
-def _config(tmp_path: Path, port: int, *, extra: str = "") -> Path:
-    cfg = tmp_path / "fox.yaml"
-    cfg.write_text(f"""\
-model:
-  path: builtin:yoeo-demo-int8.onnx
-  threads: 1
-  warmup_runs: 1
-cameras:
-  front:
-    source: synthetic
-    seed: {SEED}
-    width: 640
-    height: 480
-    fps: 10
-publish:
-  endpoints: [ipc://{tmp_path}/pub.sock]
-log:
-  stats_interval_s: 1
-foxglove:
-  listen: 127.0.0.1:{port}
-{extra}""")
-    return cfg
+def _config(tmp_path: Path, port: int, **foxglove: Any) -> Path:
+    return daemon_config(tmp_path, {"front": synthetic(SEED)}, name="fox.yaml",
+                         foxglove={"listen": f"127.0.0.1:{port}", **foxglove})
 
 
 def _encoded(log: str) -> dict[str, int]:
@@ -283,8 +265,7 @@ def test_foxglove_config_errors_and_check_parity(tmp_path):
         assert "Traceback" not in p.stderr + r.stderr
     p = run_cli("check", "-c", str(_config(tmp_path, free_port())))
     assert p.returncode == 0 and "foxglove: ws://127.0.0.1:" in p.stdout
-    p = run_cli("check", "-c", str(_config(tmp_path, free_port(),
-                                           extra="  client_backlog: 0\n")))
+    p = run_cli("check", "-c", str(_config(tmp_path, free_port(), client_backlog=0)))
     assert p.returncode == 1 and "foxglove.client_backlog" in p.stderr, p.stderr
 
 
@@ -300,7 +281,7 @@ def test_a_stalled_client_costs_its_backlog_only(tmp_path, start_daemon):
     the SDK's old default of 1024 it grew by all of it), says so in one WARNING, and
     nobody's disconnect is an ERROR. The other client keeps receiving."""
     port = free_port()
-    cfg = _config(tmp_path, port, extra="  client_backlog: 16\n")
+    cfg = _config(tmp_path, port, client_backlog=16)
     cfg.write_text(cfg.read_text().replace("fps: 10", "fps: 15"))
     d = start_daemon(cfg)
     d.wait_for("ready")
@@ -329,16 +310,16 @@ def test_a_stalled_client_costs_its_backlog_only(tmp_path, start_daemon):
                      log), log
 
 
-TLS_CERT = Path(__file__).parent / "data" / "tls-test.crt"  # self-signed for 127.0.0.1
-TLS_KEY = Path(__file__).parent / "data" / "tls-test.key"
+TLS_CERT = Path(__file__).parents[1] / "data" / "tls-test.crt"  # self-signed for 127.0.0.1
+TLS_KEY = Path(__file__).parents[1] / "data" / "tls-test.key"
 
 
 def test_foxglove_over_tls(tmp_path, start_daemon):
     import ssl
 
     port = free_port()
-    cfg = _config(tmp_path, port, extra=f"  tls:\n    cert_file: {TLS_CERT}\n"
-                                        f"    key_file: {TLS_KEY}\n")
+    cfg = _config(tmp_path, port, tls={"cert_file": str(TLS_CERT),
+                                        "key_file": str(TLS_KEY)})
     p = run_cli("check", "-c", str(cfg))
     assert p.returncode == 0 and f"foxglove: wss://127.0.0.1:{port}: bound OK" in p.stdout
     d = start_daemon(cfg)

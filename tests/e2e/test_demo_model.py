@@ -16,7 +16,7 @@ from edged.tools.evaluate import DetMeter, SegMeter
 from edged.wire.client import Subscriber
 from edged.wire.codec import Message
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 INT8 = MODELS / "yoeo-demo-int8.onnx"
 FP32 = MODELS / "yoeo-demo-fp32.onnx"
 # a few points under the model card's figures (500 scenes); these runs use fewer scenes

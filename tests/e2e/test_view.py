@@ -10,6 +10,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 from browser import Browser, find_chromium
+from configfile import daemon_config, synthetic
 from conftest import free_port
 from test_daemon import run_cli
 
@@ -25,37 +27,18 @@ from edged import synth
 from edged.outputs.base.draw import MASK_ALPHA, Overlay, box_colour, mask_colour
 from edged.results import Detections, Frame, Result
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SEED = 3
 BALL_SEED = 9  # a scene whose ball is in view for much of its first 600 frames
 BALL, FIELD = 0, 2  # synth classes: detections 0 ball; segmentation 2 field
 
 
 def _config(tmp_path: Path, port: int, cameras: dict[str, int], *, fps: float = 10,
-            view: str = "", stats_s: float = 1.0) -> Path:
-    cams = "\n".join(f"""\
-  {name}:
-    source: synthetic
-    seed: {seed}
-    width: 640
-    height: 480
-    fps: {fps}""" for name, seed in cameras.items())
-    cfg = tmp_path / "view.yaml"
-    cfg.write_text(f"""\
-model:
-  path: builtin:yoeo-demo-int8.onnx
-  threads: 1
-  warmup_runs: 1
-cameras:
-{cams}
-publish:
-  endpoints: [ipc://{tmp_path}/pub.sock]
-log:
-  stats_interval_s: {stats_s}
-view:
-  listen: 127.0.0.1:{port}
-{view}""")
-    return cfg
+            view: dict[str, Any] | None = None, stats_s: float = 1.0) -> Path:
+    return daemon_config(tmp_path, {name: synthetic(seed, fps=fps)
+                                    for name, seed in cameras.items()},
+                         name="view.yaml", stats_s=stats_s,
+                         view={"listen": f"127.0.0.1:{port}", **(view or {})})
 
 
 def _frame_header(data: bytes) -> dict:
@@ -75,9 +58,11 @@ async def _status(port: int) -> dict:
 
 
 async def _watch(port: int, seconds: float, watch: list[str] | None = None,
-                 query: str = "", scheme: str = "http", ssl: Any = True
+                 query: str = "", scheme: str = "http", ssl: Any = True,
+                 until: Callable[[list[dict], list[dict]], bool] | None = None
                  ) -> tuple[list[dict], list[dict]]:
-    """Frame headers and text messages a viewer gets in `seconds`."""
+    """Frame headers and text messages a viewer gets in `seconds`, or until
+    `until(frames, texts)` holds (then `seconds` is only a ceiling)."""
     frames: list[dict] = []
     texts: list[dict] = []
     async with aiohttp.ClientSession() as s, \
@@ -95,6 +80,8 @@ async def _watch(port: int, seconds: float, watch: list[str] | None = None,
             elif msg.type == aiohttp.WSMsgType.TEXT:
                 texts.append(json.loads(msg.data))
             else:
+                break
+            if until is not None and until(frames, texts):
                 break
     return frames, texts
 
@@ -148,7 +135,7 @@ def test_overlay_tints_instance_masks_inside_their_boxes():
 
 def test_view_costs_nothing_unwatched_and_sends_at_most_view_fps(tmp_path, start_daemon):
     port = free_port()
-    cfg = _config(tmp_path, port, {"a": 0, "b": 1}, fps=15, view="  fps: 4\n")
+    cfg = _config(tmp_path, port, {"a": 0, "b": 1}, fps=15, view={"fps": 4})
     d = start_daemon(cfg)
     d.wait_for("ready")
     d.wait_for("view on http://127.0.0.1")
@@ -156,7 +143,13 @@ def test_view_costs_nothing_unwatched_and_sends_at_most_view_fps(tmp_path, start
     st = asyncio.run(_status(port))
     assert st == {"viewers": 0, "rendered": {}, "sent": 0, "skipped": 0}, st
     # a viewer of camera b only (chosen when it connects): b is drawn, a never is
-    frames, texts = asyncio.run(_watch(port, 3.0, query="?watch=b"))
+    def b_running(frames: list[dict], texts: list[dict]) -> bool:
+        return bool(frames) and any(t["type"] == "stats" and t["cameras"].get("b", {}).get(
+            "state") == "running" for t in texts)
+
+    t0 = time.monotonic()
+    frames, texts = asyncio.run(_watch(port, 60.0, query="?watch=b", until=b_running))
+    watched_s = time.monotonic() - t0
     assert texts and texts[0]["type"] == "hello" and set(texts[0]["cameras"]) == {"a", "b"}
     assert frames and {f["camera"] for f in frames} == {"b"}, frames
     seqs = [f["seq"] for f in frames]
@@ -164,8 +157,9 @@ def test_view_costs_nothing_unwatched_and_sends_at_most_view_fps(tmp_path, start
     st = asyncio.run(_status(port))
     assert "a" not in st["rendered"], st
     # at most view.fps per camera (the camera makes 15): the sink draws a frame at most
-    # every 1/fps s, so a 3 s window holds at most 3 x 4 of them, and one more at its edge
-    assert len(frames) <= 3.0 * 4 + 1, len(frames)
+    # every 1/fps s, so a window of watched_s holds at most watched_s x 4 of them, and one
+    # more at its edge
+    assert len(frames) <= watched_s * 4 + 1, (len(frames), watched_s)
     assert all(f["width"] == 640 and f["height"] == 480 for f in frames)
     # stats reach the viewer once a second, typed from the daemon's own `_stats`
     stats = [t for t in texts if t["type"] == "stats"]
@@ -173,12 +167,14 @@ def test_view_costs_nothing_unwatched_and_sends_at_most_view_fps(tmp_path, start
     assert stats[-1]["cameras"]["b"]["variant"] == "yoeo-demo-int8"
     # a viewer that changes its choice with a message (the page does, on a click) gets
     # the camera it now watches
-    switched, _ = asyncio.run(_watch(port, 2.0, watch=["a"], query="?watch=b"))
+    switched, _ = asyncio.run(_watch(port, 60.0, watch=["a"], query="?watch=b",
+                                     until=lambda f, _: any(x["camera"] == "a" for x in f)))
     assert "a" in {f["camera"] for f in switched}, switched
     # the viewer has gone: nothing is drawn any more
-    time.sleep(0.5)
-    n1 = asyncio.run(_status(port))
-    time.sleep(1.5)
+    end = time.monotonic() + 60
+    while (n1 := asyncio.run(_status(port)))["viewers"] and time.monotonic() < end:
+        time.sleep(0.1)
+    time.sleep(1.5)  # a window in which nothing may be drawn
     n2 = asyncio.run(_status(port))
     assert n1["viewers"] == n2["viewers"] == 0
     assert n1["rendered"] == n2["rendered"], (n1, n2)
@@ -190,7 +186,7 @@ def test_view_costs_nothing_unwatched_and_sends_at_most_view_fps(tmp_path, start
 def test_view_token_host_and_origin_rules(tmp_path, start_daemon):
     port = free_port()
     token = "0123456789abcdef0123"
-    cfg = _config(tmp_path, port, {"a": 0}, view="  token: ${EDGED_TEST_TOKEN}\n")
+    cfg = _config(tmp_path, port, {"a": 0}, view={"token": "${EDGED_TEST_TOKEN}"})
     os.environ["EDGED_TEST_TOKEN"] = token
     try:
         d = start_daemon(cfg)
@@ -206,7 +202,8 @@ def test_view_token_host_and_origin_rules(tmp_path, start_daemon):
     assert asyncio.run(_get(base + "/api/status",
                             headers={"Authorization": f"Bearer {token}"}))[0] == 200
     assert asyncio.run(_get(base + "/ws"))[0] == 401
-    frames, _ = asyncio.run(_watch(port, 1.5, query=f"?token={token}"))
+    frames, _ = asyncio.run(_watch(port, 60.0, query=f"?token={token}",
+                                   until=lambda f, _: bool(f)))
     assert frames
 
     async def cross_origin() -> int:
@@ -230,12 +227,8 @@ def test_view_over_tls(tmp_path, start_daemon):
 
     port = free_port()
     token = "0123456789abcdef0123"
-    cfg = _config(tmp_path, port, {"a": 0}, view=f"""\
-  token: {token}
-  tls:
-    cert_file: {TLS_CERT}
-    key_file: {TLS_KEY}
-""")
+    cfg = _config(tmp_path, port, {"a": 0}, view={"token": token, "tls": {
+        "cert_file": str(TLS_CERT), "key_file": str(TLS_KEY)}})
     p = run_cli("check", "-c", str(cfg))
     assert p.returncode == 0 and f"view: https://127.0.0.1:{port}/: bound OK" in p.stdout
     d = start_daemon(cfg)
@@ -244,7 +237,8 @@ def test_view_over_tls(tmp_path, start_daemon):
     trusted = ssl.create_default_context(cafile=str(TLS_CERT))
     status, text = asyncio.run(_get(base + f"/?token={token}", ssl=trusted))
     assert status == 200 and "edged view" in text
-    frames, _ = asyncio.run(_watch(port, 1.5, query=f"?token={token}", scheme="https",
+    frames, _ = asyncio.run(_watch(port, 60.0, query=f"?token={token}", scheme="https",
+                                   until=lambda f, _: bool(f),
                                    ssl=trusted))
     assert frames  # the stream is wss://, as the page opens it on an https page
     # the configured certificate is the one served: a client without it refuses

@@ -25,7 +25,7 @@ from edged.config import (
 )
 from edged.inference.cpu import int8_numerics, validated_class
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_ENV = {"CAM_USER": "viewer", "CAM_PASSWORD": "p@ss: #{x}!"}
 
 MINIMAL = """\

@@ -22,7 +22,7 @@ from test_cpu import EMULATED_MASKS, QEMU_ENV
 
 from edged.inference.cpu import detect, int8_numerics
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO / "tools" / "cpuidmask" / "cpuidmask.c"
 CPUINFO = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
 FAULTING = " cpuid_fault" in CPUINFO and shutil.which("gcc") is not None

@@ -107,7 +107,7 @@ def test_bench_providers_also_times_other_models_against_the_base(tmp_path, test
     """`--also`: each further model on each provider in the same turns, with its ratio to
     its own CPU EP row and to the config's model on the CPU EP (int8 on OpenVINO vs fp32
     on the CPU EP is one command)."""
-    demo = Path(__file__).resolve().parents[1] / "models"
+    demo = Path(__file__).resolve().parents[2] / "models"
     cfg = write_config(tmp_path / "cfg.yaml", demo / "yoeo-demo-fp32.onnx",
                        [f"ipc://{tmp_path}/b.sock"], """\
   a:
@@ -133,7 +133,7 @@ def test_eval_on_a_provider_this_build_lacks_is_refused_not_scored_on_the_cpu():
 
     if "TensorrtExecutionProvider" in ort.get_available_providers():
         pytest.skip("this build has TensorRT")
-    model = Path(__file__).resolve().parents[1] / "models" / "yoeo-demo-int8.onnx"
+    model = Path(__file__).resolve().parents[2] / "models" / "yoeo-demo-int8.onnx"
     p = run_cli("eval", "--model", str(model), "--scenes", "2", "--provider", "tensorrt",
                 timeout=120)
     assert p.returncode == 1 and p.stdout == ""

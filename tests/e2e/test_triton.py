@@ -22,7 +22,7 @@ from edged.inference.triton.config import TritonConfig
 from edged.results import Frame
 from edged.tools.triton_repo import RepoError, write_repo
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from conftest import free_port  # noqa: E402
 from modelgen import yoeo_model  # noqa: E402
@@ -34,7 +34,7 @@ from triton.harness import (  # noqa: E402
     need_client,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "edged" / "models" / "yoeo-demo-int8.onnx"
 NAME = "yoeo-demo-int8"
 

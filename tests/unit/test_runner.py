@@ -125,7 +125,7 @@ def test_time_interleaved_takes_turns_on_each_runners_own_inputs(tmp_path):
 
     from edged.inference.runner import time_interleaved
 
-    demo = Path(__file__).resolve().parent.parent / "models" / "yoeo-demo-fp32.onnx"
+    demo = Path(__file__).resolve().parents[2] / "models" / "yoeo-demo-fp32.onnx"
     tiny = ModelRunner(ModelOptions(path=yoeo_model(tmp_path / "tiny.onnx", size=320),
                                     threads=1))
     big = ModelRunner(ModelOptions(path=demo, threads=1))

@@ -15,7 +15,7 @@ from edged import synth
 from edged.inference.runner import ModelOptions, ModelRunner
 from edged.results import Frame
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HAVE = "OpenVINOExecutionProvider" in ort.get_available_providers()
 pytestmark = pytest.mark.skipif(
     not HAVE and not os.environ.get("EDGED_REQUIRE_OPENVINO"),

@@ -10,10 +10,12 @@ import os
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
+from configfile import daemon_config, synthetic
 from conftest import ZmqCollector
 from cyclonedds.builtin import BuiltinDataReader, BuiltinTopicDcpsPublication
 from cyclonedds.domain import Domain, DomainParticipant
@@ -66,33 +68,12 @@ def domain(tmp_path_factory) -> tuple[int, Path, DomainParticipant]:
 
 
 def _config(tmp_path: Path, domain_id: int, xml: Path, *, camera: str = "front",
-            extra: str = "") -> Path:
-    cfg = tmp_path / "ros2.yaml"
-    cfg.write_text(f"""\
-model:
-  path: builtin:yoeo-demo-int8.onnx
-  threads: 1
-  warmup_runs: 1
-cameras:
-  {camera}:
-    source: synthetic
-    seed: {SEED}
-    width: 640
-    height: 480
-    fps: 10
-    frame_id: cam_front_optical
-publish:
-  endpoints: [ipc://{tmp_path}/pub.sock]
-log:
-  stats_interval_s: 1
-ros2:
-  namespace: robot/perception
-  domain_id: {domain_id}
-  cyclonedds_config: {xml}
-  image: true
-  image_fps: 2
-{extra}""")
-    return cfg
+            **ros2: Any) -> Path:
+    return daemon_config(tmp_path, {camera: synthetic(SEED, frame_id="cam_front_optical")},
+                         name="ros2.yaml",
+                         ros2={"namespace": "robot/perception", "domain_id": domain_id,
+                               "cyclonedds_config": str(xml), "image": True, "image_fps": 2,
+                               **ros2})
 
 
 def _stamp_ns(h: msgs.Header) -> int:

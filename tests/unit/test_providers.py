@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+import yaml
+from configfile import daemon_config
 from modelgen import painted_frame, yoeo_model
 
 from edged.config import ConfigError, load_config
@@ -18,15 +20,18 @@ from edged.inference.runner import ModelOptions, ModelRunner
 from edged.inference.session import node_placement, plan_providers, provider_options
 from edged.results import Frame
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CPU_ONLY = "CUDAExecutionProvider" not in ort.get_available_providers()
 
 
 def config(tmp_path: Path, providers: str, model: Path) -> Path:
-    path = tmp_path / "edged.yaml"
-    path.write_text(f"model:\n  path: {model}\n  providers: {providers}\n"
-                    "cameras:\n  front:\n    source: synthetic\n")
-    return path
+    return daemon_config(tmp_path, {"front": {"source": "synthetic"}},
+                         model={"path": str(model), "providers": yaml.safe_load(providers)})
+
+
+def _line_of(path: Path, text: str) -> int:
+    """The 1-based line of `path` where `text` first appears (the error must name it)."""
+    return next(i for i, ln in enumerate(path.read_text().splitlines(), 1) if text in ln)
 
 
 @pytest.mark.skipif(not CPU_ONLY, reason="needs a CPU-only onnxruntime build")
@@ -126,12 +131,14 @@ def test_unknown_provider_and_option_are_config_errors_with_line(tmp_path, test_
     path = config(tmp_path, "[cpu, cdua]", test_model)
     with pytest.raises(ConfigError) as e:
         load_config(path)
-    assert f"{path}:3: model.providers[1]: unknown provider; did you mean 'cuda'?" in str(e.value)
+    line = _line_of(path, "cdua")
+    assert (f"{path}:{line}: model.providers[1]: unknown provider; did you mean 'cuda'?"
+            in str(e.value))
     path = config(tmp_path, "[{tensorrt: {trt_fp16_enabel: true}}]", test_model)
     with pytest.raises(ConfigError) as e:
         load_config(path)
     msg = str(e.value)
-    assert f"{path}:3: model.providers[0]" in msg
+    assert f"{path}:{_line_of(path, 'tensorrt')}: model.providers[0]" in msg
     assert "unknown tensorrt option 'trt_fp16_enabel'; did you mean 'trt_fp16_enable'?" in msg
     path = config(tmp_path, "[{cuda: {cudnn_conv_algo_search: FAST}}]", test_model)
     with pytest.raises(ConfigError, match="cudnn_conv_algo_search must be one of EXHAUSTIVE"):

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from configfile import daemon_config, synthetic
 from mcap.reader import make_reader
 from mcap_doctor import doctor
 from test_daemon import run_cli
@@ -21,7 +22,7 @@ from test_daemon import run_cli
 from edged.outputs.base.ros2msgs import typehash
 from edged.outputs.base.ros2msgs.msgdefs import DEFS
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 
 # The hashes ROS 2 Jazzy ships (/opt/ros/jazzy/share/<pkg>/msg/<Type>.json,
 # `type_hashes[0].hash_string`), as several independent projects quote them (found with a
@@ -81,28 +82,10 @@ def test_a_definition_that_cannot_be_read_is_an_error():
 THRESHOLD = 0.45  # model.conf_threshold in the recording's config
 
 
-def _config(tmp: Path, threshold: float, record: str = "") -> Path:
-    cfg = tmp / "bag.yaml"
-    cfg.write_text(f"""\
-model:
-  path: builtin:yoeo-demo-int8.onnx
-  threads: 1
-  warmup_runs: 1
-  conf_threshold: {threshold}
-cameras:
-  front:
-    source: synthetic
-    seed: 38
-    width: 640
-    height: 480
-    fps: 10
-    frame_id: cam_front_optical
-publish:
-  endpoints: [ipc://{tmp}/pub.sock]
-log:
-  stats_interval_s: 0.5
-{record}""")
-    return cfg
+def _config(tmp: Path, threshold: float, record: dict[str, Any] | None = None) -> Path:
+    return daemon_config(tmp, {"front": synthetic(38, frame_id="cam_front_optical")},
+                         name="bag.yaml", model={"conf_threshold": threshold}, stats_s=0.5,
+                         record=record)
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +148,7 @@ def test_a_reloaded_threshold_is_recorded_when_it_takes_effect(tmp_path, start_d
     from rosbags.highlevel import AnyReader
 
     out = tmp_path / "bag"
-    record = f"record:\n  format: rosbag2\n  dir: {out}\n"
+    record = {"format": "rosbag2", "dir": str(out)}
     d = start_daemon(_config(tmp_path, THRESHOLD, record))
     d.wait_for("ready")
     time.sleep(1.0)

@@ -469,7 +469,7 @@ log:
 
 
 def test_check_shows_the_plan_and_loads_every_ladder_rung(tmp_path):
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     p = run_cli("check", "-c", str(repo / "configs" / "ladder.yaml"))
     assert p.returncode == 0, p.stderr
     assert re.search(r"plan: \d+ inference worker\(s\) x \d+ thread\(s\)", p.stdout), p.stdout

@@ -3,7 +3,7 @@
 Fast and deterministic: ground truth from `synth.objects` (no image rendering), one
 sequence of 400 frames (seed 26 with 12 walking robots: the camera walks and turns its
 head, robots cross and leave the view), detections from the truth with the scorer's
-noise model. The scores against a reference ByteTrack are in tests/test_tracking_scores.py
+noise model. The scores against a reference ByteTrack are in tests/e2e/test_tracking_scores.py
 (its own venv) and docs/benchmarks.md.
 """
 

@@ -22,7 +22,7 @@ from edged.synth import render
 from edged.tools.quantize.graph import decision_convs, default_keep_float, input_convs
 from edged.training.refmodel import build
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # a lenient gate: a random-weight model with 4-16 channels per layer has too little
 # signal for int8 to match fp32 masks at 98% (the gate itself is tested with a strict one,
 # real accuracy on the trained demo model in docs/benchmarks.md)

@@ -371,7 +371,7 @@ def test_manifest_session_settings_reach_the_session(tmp_path):
     and reported; a malformed `session` is refused with the file and the key."""
     import shutil
 
-    src = Path(__file__).resolve().parent.parent / "models" / "yoeo-demo-int8.onnx"
+    src = Path(__file__).resolve().parents[2] / "models" / "yoeo-demo-int8.onnx"
     model = tmp_path / "m.onnx"
     shutil.copyfile(src, model)
     m = load_manifest(src.with_suffix(".json"))
@@ -457,7 +457,7 @@ def test_output_ops_read_from_the_file_agree_with_the_onnx_package(tmp_path):
 
 
 def models_dir() -> Path:
-    return Path(__file__).resolve().parents[1] / "models"
+    return Path(__file__).resolve().parents[2] / "models"
 
 
 @pytest.mark.parametrize("last,values", [("Sigmoid", "probability"), ("Conv", "logit"),

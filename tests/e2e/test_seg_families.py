@@ -29,7 +29,7 @@ from edged.inference.preprocess import PilResize, Preprocessor, PreprocessSpec
 from edged.synth import render
 
 REFS = os.environ.get("EDGED_REQUIRE_REFERENCES") == "1"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # tests/e2e/ -> the repository
 FRAMES = [(1, 0), (1, 7), (3, 2), (5, 11)]  # (seed, index) of synthetic 640x480 frames
 AGREEMENT = 0.995
 
@@ -118,7 +118,6 @@ def _edged(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_inspect_reports_the_graph_beside_a_manifest_that_differs(tmp_path: Path) -> None:
-    sys.path.insert(0, str(ROOT / "tests"))
     import formatgen
 
     model = formatgen.semantic_model(tmp_path / "seg.onnx")
@@ -149,7 +148,6 @@ def test_inspect_reports_the_graph_beside_a_manifest_that_differs(tmp_path: Path
 
 
 def test_bad_upsample_option_is_refused_with_the_file(tmp_path: Path) -> None:
-    sys.path.insert(0, str(ROOT / "tests"))
     import formatgen
 
     model = formatgen.semantic_model(tmp_path / "seg.onnx")
@@ -235,7 +233,6 @@ def _refs() -> Any:
         for mod in ("torch", "transformers", "segmentation_models_pytorch", "timm", "PIL"):
             pytest.importorskip(mod)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched at run time
-    sys.path.insert(0, str(ROOT / "tests"))
     import seg_exports
 
     return seg_exports
@@ -321,7 +318,6 @@ def test_maskformer_head_is_refused_not_read_as_sparseinst(tmp_path: Path) -> No
     """transformers' MaskFormer/Mask2Former outputs have SparseInst's shapes ([1,Q,C+1]
     class logits, [1,Q,h,w] mask logits) but other values: one line says so and what to
     do, for auto and for `format: sparseinst` alike."""
-    sys.path.insert(0, str(ROOT / "tests"))
     import formatgen
 
     model = formatgen.const_model(

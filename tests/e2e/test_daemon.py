@@ -400,7 +400,7 @@ def test_check_binds_and_releases_every_address(tmp_path, test_model, tcp_endpoi
 
 def manifest_320(model: Path) -> Path:
     """A manifest that says 320x320 beside a graph that takes 416x416."""
-    manifest = json.loads((Path(__file__).parent.parent / "models" /
+    manifest = json.loads((Path(__file__).parents[2] / "models" /
                            "yoeo-demo-int8-320.json").read_text())
     manifest["name"] = model.stem
     model.with_suffix(".json").write_text(json.dumps(manifest))

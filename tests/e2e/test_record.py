@@ -13,11 +13,13 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import msgpack
 import numpy as np
 import pytest
+from configfile import daemon_config, synthetic
 from conftest import ZmqCollector
 from foxglove_client import _message_class
 from mcap.reader import make_reader
@@ -33,30 +35,10 @@ SEED = 38
 MB = 1024 * 1024
 
 
-def _config(tmp_path: Path, record: str, *, budget_ms: float = 10000, fps: float = 10,
-            name: str = "rec.yaml") -> Path:
-    cfg = tmp_path / name
-    cfg.write_text(f"""\
-model:
-  path: builtin:yoeo-demo-int8.onnx
-  threads: 1
-  warmup_runs: 1
-cameras:
-  front:
-    source: synthetic
-    seed: {SEED}
-    width: 640
-    height: 480
-    fps: {fps}
-budget:
-  latency_ms: {budget_ms}
-publish:
-  endpoints: [ipc://{tmp_path}/pub.sock]
-log:
-  stats_interval_s: 1
-record:
-{record}""")
-    return cfg
+def _config(tmp_path: Path, record: dict[str, Any], *, budget_ms: float = 10000,
+            fps: float = 10, name: str = "rec.yaml") -> Path:
+    return daemon_config(tmp_path, {"front": synthetic(SEED, fps=fps)}, name=name,
+                         budget={"latency_ms": budget_ms}, record=record)
 
 
 def _read(path: Path) -> list[tuple[str, str, str, int, bytes, bytes]]:
@@ -72,7 +54,7 @@ def _read(path: Path) -> list[tuple[str, str, str, int, bytes, bytes]]:
 
 def test_a_recording_holds_what_was_published(tmp_path, start_daemon):
     rec = tmp_path / "rec"
-    cfg = _config(tmp_path, f"  dir: {rec}\n")
+    cfg = _config(tmp_path, {"dir": str(rec)})
     col = ZmqCollector(f"ipc://{tmp_path}/pub.sock")
     d = start_daemon(cfg)
     d.wait_for("ready")
@@ -170,7 +152,7 @@ def _b64(data: bytes) -> str:
 
 def test_files_rotate_and_the_directory_stays_under_max_mb(tmp_path, start_daemon):
     rec = tmp_path / "rec"
-    cfg = _config(tmp_path, f"  dir: {rec}\n  rotate_mb: 0.25\n  max_mb: 0.8\n", fps=15)
+    cfg = _config(tmp_path, {"dir": str(rec), "rotate_mb": 0.25, "max_mb": 0.8}, fps=15)
     d = start_daemon(cfg)
     d.wait_for("ready")
     time.sleep(5.0)  # about 2.5 MB of frames and results
@@ -205,7 +187,7 @@ def test_files_rotate_and_the_directory_stays_under_max_mb(tmp_path, start_daemo
 def test_the_flight_recorder_keeps_the_seconds_before_a_missed_budget(tmp_path,
                                                                      start_daemon):
     rec = tmp_path / "rec"
-    section = f"  dir: {rec}\n  trigger: on_miss\n  before_s: 1.5\n  after_s: 1\n"
+    section = {"dir": str(rec), "trigger": "on_miss", "before_s": 1.5, "after_s": 1}
     cfg = _config(tmp_path, section)
     d = start_daemon(cfg)
     d.wait_for("ready")
@@ -237,7 +219,7 @@ def test_the_flight_recorder_keeps_the_seconds_before_a_missed_budget(tmp_path,
 
 def test_replay_publishes_a_recording_with_its_timing(tmp_path):
     rec = tmp_path / "rec"
-    p = run_cli("record", "-c", str(_config(tmp_path, f"  dir: {rec}\n")), "--duration", "2",
+    p = run_cli("record", "-c", str(_config(tmp_path, {"dir": str(rec)})), "--duration", "2",
                 "--no-frames")
     assert p.returncode == 0, p.stderr
     (f,) = list(rec.iterdir())
@@ -295,7 +277,7 @@ def _tmpfs(path: Path, options: str) -> Iterator[Path]:
 
 def test_a_full_disk_is_logged_and_counted_and_the_camera_goes_on(tmp_path, start_daemon):
     with _tmpfs(tmp_path / "small", "size=400k") as small:
-        cfg = _config(tmp_path, f"  dir: {small}\n  rotate_mb: 5\n  max_mb: 10\n", fps=15)
+        cfg = _config(tmp_path, {"dir": str(small), "rotate_mb": 5, "max_mb": 10}, fps=15)
         col = ZmqCollector(f"ipc://{tmp_path}/pub.sock")
         d = start_daemon(cfg)
         d.wait_for("ready")
@@ -319,7 +301,7 @@ def test_a_full_disk_is_logged_and_counted_and_the_camera_goes_on(tmp_path, star
 def test_an_unusable_record_dir_fails_check_and_run_alike(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    cfg = _config(tmp_path, f"  dir: {blocker}/rec\n")
+    cfg = _config(tmp_path, {"dir": f"{blocker}/rec"})
     p = run_cli("check", "-c", str(cfg))
     want = f"record.dir {blocker}/rec: cannot write there (Not a directory)"
     assert p.returncode == 1 and want in p.stderr, p.stderr
@@ -327,11 +309,11 @@ def test_an_unusable_record_dir_fails_check_and_run_alike(tmp_path):
     assert r.returncode == 1 and want in r.stderr, r.stderr
     assert "Traceback" not in p.stderr + r.stderr
     with _tmpfs(tmp_path / "ro", "ro,size=64k") as ro:
-        cfg = _config(tmp_path, f"  dir: {ro}\n")
+        cfg = _config(tmp_path, {"dir": str(ro)})
         p = run_cli("check", "-c", str(cfg))
         assert p.returncode == 1
         assert f"record.dir {ro}: cannot write there (Read-only file system)" in p.stderr
-    cfg = _config(tmp_path, f"  dir: {tmp_path}/ok\n  rotate_mb: 50\n  max_mb: 10\n")
+    cfg = _config(tmp_path, {"dir": f"{tmp_path}/ok", "rotate_mb": 50, "max_mb": 10})
     p = run_cli("check", "-c", str(cfg))
     assert p.returncode == 1 and "record.rotate_mb (50) is more than record.max_mb (10)" \
         in p.stderr, p.stderr

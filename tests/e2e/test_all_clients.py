@@ -4,7 +4,7 @@ subprotocol) on Foxglove, a Cyclone DDS reader on the ROS 2 topics with ROS 2's 
 profile, and the ZeroMQ subscriber, all on one daemon at the same time. Each must get
 its stream while the others read theirs, and the daemon must log no error for it.
 
-Loopback only: DDS is pinned to 127.0.0.1 with multicast off (tests/test_ros2.py)."""
+Loopback only: DDS is pinned to 127.0.0.1 with multicast off (tests/e2e/test_ros2.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from browser import Browser, find_chromium
+from configfile import daemon_config, synthetic
 from conftest import ZmqCollector, free_port
 from cyclonedds.sub import DataReader
 from cyclonedds.topic import Topic
@@ -24,34 +25,11 @@ from edged.outputs.base.ros2msgs import msgs
 
 
 def _config(tmp_path: Path, view_port: int, fox_port: int, domain_id: int, xml: Path) -> Path:
-    cfg = tmp_path / "all.yaml"
-    cfg.write_text(f"""\
-model:
-  path: builtin:yoeo-demo-int8.onnx
-  threads: 1
-  warmup_runs: 1
-cameras:
-  front:
-    source: synthetic
-    seed: 38
-    width: 640
-    height: 480
-    fps: 10
-publish:
-  endpoints: [ipc://{tmp_path}/pub.sock]
-log:
-  stats_interval_s: 1
-view:
-  listen: 127.0.0.1:{view_port}
-foxglove:
-  listen: 127.0.0.1:{fox_port}
-ros2:
-  namespace: robot
-  domain_id: {domain_id}
-  cyclonedds_config: {xml}
-  mask_color: true
-""")
-    return cfg
+    return daemon_config(tmp_path, {"front": synthetic(38)}, name="all.yaml",
+                         view={"listen": f"127.0.0.1:{view_port}"},
+                         foxglove={"listen": f"127.0.0.1:{fox_port}"},
+                         ros2={"namespace": "robot", "domain_id": domain_id,
+                               "cyclonedds_config": str(xml), "mask_color": True})
 
 
 def test_every_client_reads_its_output_while_the_others_read_theirs(tmp_path, start_daemon,

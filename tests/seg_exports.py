@@ -14,22 +14,11 @@ environment of .ci/run.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-
-# tests/triton (the Triton server tests' helper package) is importable as `triton` while
-# tests/ is on sys.path, and torch's exporter probes `import triton` (OpenAI's compiler)
-# and then fails on its missing `triton.language`. Where that helper is what `triton`
-# finds, torch is told that there is no triton, which is the truth in this environment.
-_found = importlib.util.find_spec("triton")
-if (_found is not None and _found.origin is not None
-        and Path(_found.origin).resolve().is_relative_to(Path(__file__).resolve().parent)):
-    sys.modules["triton"] = None  # type: ignore[assignment]
 
 # PyPI's torchvision wheel links libtorch_cuda.so and libc10_cuda.so, which the CPU torch
 # wheel lacks: its C++ ops (_C.so) do not load, and its import then fails on its one

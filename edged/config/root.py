@@ -106,9 +106,10 @@ def config_class(sections: Mapping[str, type[Section]]) -> type[Config]:
                              f"have (a core section, or not an identifier)")
         if not (isinstance(model, type) and issubclass(model, Section)):
             raise ValueError(f"output section {name!r}: {model!r} is not a Section model")
-    if len(set(sections.values())) != len(sections) or PublishConfig in sections.values():
-        raise ValueError("each output section needs a model of its own: "
-                         + ", ".join(f"{n}: {m.__name__}" for n, m in sections.items()))
+        # `section(model)` finds a section by its model: one section per model
+        if list(sections.values()).count(model) > 1 or _field_of(Config, model) is not None:
+            raise ValueError(f"output section {name!r}: {model.__name__} is another "
+                             "section's model too; each section needs a model of its own")
     return _with_sections(tuple(sections.items()))
 
 

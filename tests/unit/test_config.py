@@ -19,6 +19,7 @@ from edged.config import (
     ConfigError,
     ConfigIssue,
     ProviderSpec,
+    PublishConfig,
     Section,
     builtin_variant,
     config_class,
@@ -429,6 +430,8 @@ def test_config_class_refuses_bad_sections() -> None:
         config_class({"publish": ViewConfig})
     with pytest.raises(ValueError, match="a model of its own"):
         config_class({"view": ViewConfig, "view2": ViewConfig})
+    with pytest.raises(ValueError, match="a model of its own"):
+        config_class({"zmq": PublishConfig})  # publish is a core section already
 
     class NotASection(pydantic.BaseModel):
         x: int = 0

@@ -49,13 +49,13 @@ from cyclonedds.qos import Policy, Qos
 from cyclonedds.topic import Topic
 from cyclonedds.util import duration
 
-from edged.config import Ros2Config
 from edged.outputs.base.draw import encode_jpeg, is_background, mask_colour
 from edged.outputs.base.png import encode_png, with_palette
 from edged.outputs.base.ros2msgs import Ros2Error, cdr, msgs
 from edged.outputs.base.ros2msgs.convert import detections, diagnostic_status, instance_ids
 from edged.outputs.base.ros2msgs.typehash import user_data
 from edged.outputs.base.sink import Outcome, Sink
+from edged.outputs.ros2.settings import Ros2Config
 from edged.results import Result
 from edged.telemetry import ControlEvent, StatsReport
 

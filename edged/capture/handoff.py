@@ -36,6 +36,7 @@ class Handoff:
         self._items: deque[Frame] = deque()
         self._cond = threading.Condition()
         self._ready = asyncio.Event()
+        self._waiting = False  # the consumer is parked in `wait` (wake it on a put)
         self.closed = False
         self.overwritten = 0
         self.put_count = 0
@@ -62,7 +63,11 @@ class Handoff:
                 return False
             self._items.append(frame)
             self.put_count += 1
-        self._wake()
+            # a consumer that is busy will find the frame when it next looks: waking
+            # the event loop from this thread is needed only when it is parked
+            wake, self._waiting = self._waiting, False
+        if wake:
+            self._wake()
         return True
 
     def wait_room(self, give_up: Callable[[], bool], poll_s: float = 0.2) -> bool:
@@ -106,6 +111,7 @@ class Handoff:
                 if self.closed:
                     return False
                 self._ready.clear()
+                self._waiting = True
             await self._ready.wait()
 
     async def get(self) -> Frame | None:

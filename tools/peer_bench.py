@@ -69,10 +69,11 @@ def make_inputs(work: Path, frames: int, imgsz: int) -> tuple[Path, Path]:
     return clip, onnx
 
 
-def pick_threshold(clip: Path, onnx: Path, lo: int, hi: int, probe: int = 12) -> tuple[float,
-                                                                                        float]:
-    """The highest score threshold at which edged's runner finds a median of at least
-    `lo` objects per frame on the first `probe` frames (at most `hi`); and that median."""
+def pick_threshold(clip: Path, onnx: Path, lo: int, hi: int, n: int, probe: int = 16
+                   ) -> tuple[float, float]:
+    """The highest score threshold at which edged's runner finds a mean of at least `lo`
+    objects per frame (at most `hi`) on `probe` frames spread over the clip's first `n`
+    (the frames the contenders run); and that mean."""
     import cv2
 
     from edged.inference.runner import ModelOptions, ModelRunner
@@ -80,25 +81,27 @@ def pick_threshold(clip: Path, onnx: Path, lo: int, hi: int, probe: int = 12) ->
 
     cap = cv2.VideoCapture(str(clip))
     frames = []
-    for _ in range(probe):
+    step = max(1, n // probe)
+    for i in range(n):
         ok, img = cap.read()
         if not ok:
             break
-        frames.append(img)
+        if i % step == 0:
+            frames.append(img)
     cap.release()
     if not frames:
         raise SystemExit(f"peer_bench: no frame could be read from {clip}")
     for conf in (0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02, 0.01):
         runner = ModelRunner(ModelOptions(path=onnx, threads=1, conf_threshold=conf,
                                           warmup_runs=0))
-        n = statistics.median(len(runner.infer(Frame("probe", i, f, 0, 0)).detections)
-                              for i, f in enumerate(frames))
-        if n >= lo:
-            if n > hi:
-                raise SystemExit(f"peer_bench: {n} objects per frame at conf {conf} (above "
-                                 f"{hi}) and fewer than {lo} at the step above: widen "
+        mean = statistics.mean(len(runner.infer(Frame("probe", i, f, 0, 0)).detections)
+                               for i, f in enumerate(frames))
+        if mean >= lo:
+            if mean > hi:
+                raise SystemExit(f"peer_bench: {mean:.1f} objects per frame at conf {conf} "
+                                 f"(above {hi}) and fewer than {lo} at the step above: widen "
                                  "--objects")
-            return conf, float(n)
+            return conf, mean
     raise SystemExit(f"peer_bench: fewer than {lo} objects per frame even at conf 0.01")
 
 
@@ -419,9 +422,9 @@ def main() -> None:
         ap.error("--frames must be at least 10 and --rounds at least 1")
     clip, onnx = make_inputs(args.work, args.frames, args.imgsz)
     if args.conf is None:
-        conf, median = pick_threshold(clip, onnx, *args.objects)
-        print(f"score threshold {conf} (edged's runner: {median:.0f} objects per frame on "
-              f"the clip's first frames)", flush=True)
+        conf, mean = pick_threshold(clip, onnx, *args.objects, args.frames)
+        print(f"score threshold {conf} (edged's runner: {mean:.1f} objects per frame on "
+              f"frames spread over the clip)", flush=True)
     else:
         conf = args.conf
     runs: dict[str, list[dict[str, Any]]] = {}

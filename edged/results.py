@@ -143,6 +143,20 @@ class Detections:
                 int(ok.size - np.count_nonzero(ok)))
 
 
+@dataclass(frozen=True, slots=True)
+class Tracks:
+    """The camera's tracker on one frame's detections (`edged.tracking`), per detection
+    in detection order: detection i (and its instance mask) belongs to track `ids[i]`."""
+
+    epoch: int  # +1 each time the camera's source reconnects; ids never repeat anyway
+    ids: np.ndarray  # N int64: the confirmed track's id, 0 = none (tentative, not tracked)
+    velocities: np.ndarray  # Nx2 float32: the track's box centre velocity, px/s; 0 when id 0
+    active: int  # confirmed tracks matched in this frame
+    # per detection: its track's recent box centres (Kx2 float32 camera px, oldest first,
+    # this frame's last), what the view and Foxglove draw as a trail; empty when id 0
+    trails: tuple[np.ndarray, ...] = ()
+
+
 @dataclass(slots=True)
 class Result:
     """What the model made of one frame."""
@@ -166,6 +180,7 @@ class Result:
     conf_threshold: float | None = None  # the score threshold the detections passed
     # detections the model gave with NaN/Inf values, dropped (never published)
     nonfinite: int = 0
+    tracks: Tracks | None = None  # None: tracking is off for the camera
 
     @property
     def nonfinite_only(self) -> bool:

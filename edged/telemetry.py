@@ -166,6 +166,8 @@ class CameraSnapshot:
     providers: str  # where the model's nodes run
     processed: int | None = None  # frames run since start; not on the wire (None there)
     model_output: ModelOutput = field(default_factory=ModelOutput)
+    # confirmed tracks in the camera's last frame; None: tracking off for the camera
+    tracks_active: int | None = None
 
     @property
     def budget_misses(self) -> int:
@@ -182,6 +184,7 @@ class CameraSnapshot:
             "variant": self.variant, "budget_misses": self.budget_misses,
             "capture": self.capture.to_wire(), "providers": self.providers,
             "model_output": self.model_output.to_wire(),
+            **({} if self.tracks_active is None else {"tracks_active": self.tracks_active}),
         }
 
     @classmethod
@@ -205,7 +208,9 @@ class CameraSnapshot:
             providers=_str(d, "providers"),
             # absent from daemons before issue 29
             model_output=(ModelOutput.from_wire(_map(d, "model_output"))
-                          if "model_output" in d else ModelOutput()))
+                          if "model_output" in d else ModelOutput()),
+            # absent when tracking is off, and from daemons before issue 30
+            tracks_active=_int(d, "tracks_active") if "tracks_active" in d else None)
 
     def log_line(self, elapsed_s: float, *, final: bool = False) -> str:
         """The daemon's stats line: the last window, or the whole run when `final`."""
@@ -321,6 +326,8 @@ class StateChanged:
     state: CameraState
     detail: str = ""
     t_ns: int = field(default_factory=time.time_ns)
+    # with `reconnecting` on a tracked camera: the track epoch of its next frames
+    track_epoch: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

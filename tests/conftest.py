@@ -11,11 +11,25 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+# tests/unit (fast, in-process) and tests/e2e (the daemon as a subprocess, browsers, DDS,
+# RTSP, npm clients, reference implementations) share the helper modules here at tests/,
+# and some test modules import helpers from others across the two folders: all three
+# folders are importable whichever of them pytest is given.
+HERE = Path(__file__).resolve().parent
+for _folder in (HERE, HERE / "unit", HERE / "e2e"):
+    sys.path.insert(0, str(_folder))
 
 from modelgen import yoeo_model  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = HERE.parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The folder decides the marker, so `-m "not e2e"` and `pytest tests/unit` agree.
+    for item in items:
+        folder = item.path.parent.name
+        if folder in ("unit", "e2e"):
+            item.add_marker(folder)
 
 
 def free_port() -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "unit"))  # test_codec
 from test_codec import make_result  # noqa: E402
 
 from edged import synth  # noqa: E402

@@ -1,6 +1,6 @@
 """An `mcap doctor` for the tests (the Go CLI cannot be installed here): the checks it
-makes, on a recording's own bytes. Used for rosbag2 bags (tests/test_rosbag.py) and for
-edged's own Foxglove-schema recordings (tests/test_record.py)."""
+makes, on a recording's own bytes. Used for rosbag2 bags (tests/e2e/test_rosbag.py) and for
+edged's own Foxglove-schema recordings (tests/e2e/test_record.py)."""
 
 from __future__ import annotations
 

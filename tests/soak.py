@@ -16,7 +16,7 @@ camera, the longest silence per camera, and a verdict:
 - every camera published; the cameras that are never interrupted were never silent for
   more than 5 s; SIGTERM exits 0 within 5 s.
 
-Not collected by pytest (no test_ prefix); tests/test_soak.py runs a 20 s version.
+Not collected by pytest (no test_ prefix); tests/e2e/test_soak.py runs a 20 s version.
 """
 
 from __future__ import annotations

@@ -122,7 +122,7 @@ def main() -> int:
             pre = runner._preprocessor(1)
             box = pre(frame, 0)
             assert np.abs(pre.tensor - x.numpy()).max() < 1e-6
-            d, _ = runner.adapter.postprocess(outs, box, w, h)
+            d = runner.adapter.postprocess(outs, box, w, h).detections
             ro = np.argsort(-det[:, 4].numpy(), kind="stable")
             eo = np.argsort(-d.scores, kind="stable")
             keep = list(ro)

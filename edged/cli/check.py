@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import socket
 from typing import TYPE_CHECKING
 
 from edged.cli.common import read_config, setup_logging
@@ -89,40 +88,30 @@ def _print_model(cfg: Config, rungs: list[ModelRunner], wp: WorkerPlan, sizes: s
 
 
 def _try_binds(cfg: Config) -> None:
-    """Bind what `edged run` binds, all at once (so that two of them clashing shows
-    too), and release it: PublishError or ListenError when one cannot be bound."""
+    """Bind what `edged run` binds, in its order and all at once (so that two of them
+    clashing shows too), and release it: each output's check (the ZeroMQ output's
+    publish endpoints first), then log.metrics; PublishError or ListenError when one
+    cannot be bound."""
     from edged.app import OUTPUTS
     from edged.daemon.metrics import bind as bind_metrics
-    from edged.daemon.pipeline import make_publisher
-    from edged.wire.publisher import release_ipc
+    from edged.outputs.base.output import Held
 
-    held: list[socket.socket] = []
+    held: list[Held] = []
     try:
-        # the publisher's own context: closing it waits until every socket is closed
-        with make_publisher(cfg, linger_ms=0) as pub:
-            for ep in cfg.publish.endpoints:
-                print(f"publish: {ep}: bound OK")
-            for ep in cfg.publish.unencrypted_exposed():
-                print(f"publish: warning: {ep} is reachable from other machines without "
-                      f"CURVE (publish.insecure: true)")
-            if pub.curve is not None:
-                print(f"publish: CURVE on: {len(pub.curve.admitted)} client key(s) admitted "
-                      f"from {pub.curve.keys.clients_dir}")
-            if cfg.log.metrics:
-                held.append(bind_metrics(cfg.log.metrics))
-                print(f"metrics: {cfg.log.metrics}: bound OK")
-                if cfg.log.metrics_exposed():
-                    print(f"metrics: warning: {cfg.log.metrics} is reachable from other "
-                          "machines without authentication")
-            for output in OUTPUTS:
-                if output.configured(cfg):
-                    output.require(cfg)
-                    print(output.check(cfg, held))
+        for output in OUTPUTS:
+            section = output.section(cfg)
+            if section is not None:
+                output.require(cfg, section)
+                print(output.check(cfg, section, held))
+        if cfg.log.metrics:
+            held.append(bind_metrics(cfg.log.metrics))
+            print(f"metrics: {cfg.log.metrics}: bound OK")
+            if cfg.log.metrics_exposed():
+                print(f"metrics: warning: {cfg.log.metrics} is reachable from other "
+                      "machines without authentication")
     finally:
-        for sock in held:
-            sock.close()
-        for ep in cfg.publish.endpoints:
-            release_ipc(ep)
+        for h in held:
+            h.close()
 
 
 def format_provider_report(p: dict) -> str:

@@ -28,10 +28,11 @@ def read_config(path: str | None, int8_class: str | None = None) -> Config:
     """The config; ConfigError is reported by `main` (see `edged.cli.report`). Sets OpenCV's
     decoded-image pixel bound from the cameras' max_pixels before any frame is read.
     `int8_class`: the CPU's, when the caller has detected it already."""
+    from edged.app import SECTIONS
     from edged.capture.readers.images import limit_image_decoding
     from edged.config import load_config
 
-    cfg = load_config(path, int8_class=int8_class)
+    cfg = load_config(path, int8_class=int8_class, sections=SECTIONS)
     limit_image_decoding(max(c.max_pixels for c in cfg.cameras.values()))
     return cfg
 
@@ -107,7 +108,9 @@ def mask_summary(msg: Message) -> str:
 
 
 def format_message(msg: Message) -> str:
-    dets = ", ".join(f"{c} {s:.2f}" for c, s in zip(msg.labels(), msg.scores)) or "-"
+    from edged.wire.echo import detection_text
+
+    dets = detection_text(msg)
     flags = f" [{','.join(msg.flags)}]" if msg.flags else ""
     return (f"{msg.camera} #{msg.seq:<5d} e2e {msg.latency_ms:5.1f} ms  "
             f"inference {msg.timings_ms.get('inference', float('nan')):5.1f} ms  "

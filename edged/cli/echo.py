@@ -29,6 +29,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
     from edged.names import camera_name_problem, parse_endpoint
     from edged.wire.client import Subscriber
     from edged.wire.codec import EndOfStream, Message
+    from edged.wire.echo import message_json
 
     cameras = args.camera or None
     for cam in cameras or ():
@@ -79,24 +80,10 @@ def cmd_echo(args: argparse.Namespace) -> int:
             if not isinstance(msg, Message):  # this subscriber asks for results only
                 continue
             n += 1
-            present: list[str] = []
-            if msg.mask is not None:
-                import numpy as np
-
-                ids = np.unique(msg.mask)
-                present = [msg.mask_classes[i] if i < len(msg.mask_classes) else str(i)
-                           for i in ids]
-            labels = msg.labels()
             if not args.json:
                 print(format_message(msg), flush=True)
             else:
-                print(json.dumps({
-                    "camera": msg.camera, "seq": msg.seq, "latency_ms": round(msg.latency_ms, 2),
-                    "detections": [{"class": c, "score": round(float(s), 3),
-                                    "box": [round(float(v), 1) for v in b]}
-                                   for c, s, b in zip(labels, msg.scores, msg.boxes)],
-                    "mask_classes": present, "model": msg.model,
-                    "flags": list(msg.flags)}), flush=True)
+                print(json.dumps(message_json(msg)), flush=True)
         if sub.gaps:
             print(f"edged echo: {sub.gaps} frame(s) missing in sequence numbers", file=sys.stderr)
     return 0

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from edged.capture.defaults import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 from edged.config.errors import custom_error
 from edged.config.fields import Float, Frozen, Int
+from edged.tracking.config import TrackingConfig
 
 URL_SCHEMES: Final = frozenset({"rtsp", "rtsps", "http", "https", "udp"})
 # Sizes of a camera (issue 29: a 100000 x 100000 synthetic camera passed validation and
@@ -69,6 +70,8 @@ class CameraConfig(Frozen):
     # header.frame_id of this camera's ROS 2 messages (live and in rosbag2 output); None:
     # the camera name
     frame_id: str | None = None
+    # the global `tracking:` with camera_defaults' and the camera's own keys merged over it
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("source", mode="before")
     @classmethod

@@ -22,6 +22,7 @@ from edged.capture.supervisor import CaptureThread
 from edged.config import CameraConfig, Config
 from edged.daemon.publish import DropEvents, Published, PublishStage
 from edged.daemon.scheduler import Budget, Scheduler
+from edged.daemon.tracking import TrackingStage
 from edged.inference.pool import InferencePool
 from edged.results import Frame, Result
 from edged.telemetry import CameraState, ControlEvent, DropCause, FrameDropped, StateChanged
@@ -54,6 +55,7 @@ class CameraStats:
     nonfinite_rows: int = 0  # detections with NaN/Inf values, dropped
     nonfinite_frames: int = 0  # frames with nothing but those
     window_processed: int = 0
+    tracks_active: int | None = None  # confirmed tracks in the last frame; None: not tracked
     # for the ladder: counts at its last look, latencies published since
     ladder_seen: tuple[int, int] = (0, 0)
     ladder_e2e: deque[float] = field(default_factory=lambda: deque(maxlen=1024))
@@ -116,13 +118,15 @@ def make_camera(name: str, cam: CameraConfig, config: Config, loop: asyncio.Abst
 class CameraLoops:
     """Runs each camera's loop (`run`), sharing the pool, the scheduler and the stage.
 
-    `emit`: an event to every sink (state changes, drops). `frames`: stop each camera
-    after that many frames (None: until its stream ends)."""
+    `emit`: an event to every sink (state changes, drops). `tracking`: the cameras'
+    trackers, run on each result in capture order. `frames`: stop each camera after that
+    many frames (None: until its stream ends)."""
 
     def __init__(self, pool: InferencePool, sched: Scheduler, stage: PublishStage,
                  stop_event: asyncio.Event, emit: Callable[[ControlEvent], None],
-                 frames: int | None = None) -> None:
+                 tracking: TrackingStage, frames: int | None = None) -> None:
         self.pool = pool
+        self.tracking = tracking
         self.sched = sched
         self.stage = stage
         self.stop_event = stop_event
@@ -232,6 +236,8 @@ class CameraLoops:
         cam.stats.window_processed += 1
         if result.nonfinite or cam.model_error:
             self._judge_output(cam, result)
+        self.tracking.update(result)  # in capture order: results finish in that order
+        cam.stats.tracks_active = None if result.tracks is None else result.tracks.active
         with cam.stats.lock:
             for stage, ms in result.timings_ms.items():
                 cam.stats.stages[stage].append(ms)

@@ -63,6 +63,9 @@ def render(snapshot: DaemonSnapshot) -> str:
            "nothing else (kind frames)",
            [(f'{cl},kind="{k.removeprefix("nonfinite_")}"', n) for cl, c in cams
             for k, n in c.model_output.to_wire().items()])
+    family("tracks_active", "gauge",
+           "Confirmed tracks in the camera's last frame (cameras with tracking on)",
+           [(cl, c.tracks_active) for cl, c in cams if c.tracks_active is not None])
     family("camera_up", "gauge", "1 while the camera is running",
            [(f'{cl},state="{c.state.value}"', int(c.state is CameraState.RUNNING))
             for cl, c in cams])

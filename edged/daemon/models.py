@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from edged.config import Config
+from edged.daemon.tracking import check_config as check_tracking
 from edged.inference.pool import Models, WorkerPlan, choose_batch
 from edged.inference.runner import (
     ModelError,
@@ -53,7 +54,8 @@ def load_rungs(config: Config, threads: int, warmup: bool = True, *,
     The warm-up runs frames of the configured camera sizes (`warmup_sizes`): at least
     one for each size, `warmup_runs` (default model.warmup_runs) for the first. It is
     the test that the model runs at all, so `edged check` (one run, no timing) fails
-    where `edged run` would. Raises ModelError naming the variant that failed.
+    where `edged run` would. Raises ModelError naming the variant that failed, and
+    TrackingError for a `tracking.classes` name that a variant does not detect.
     """
     base = replace(config.model.runner_options(), threads=threads)
     options = [base]
@@ -77,6 +79,7 @@ def load_rungs(config: Config, threads: int, warmup: bool = True, *,
         if warmup and measure:
             # measured here, side by side, so the ladder knows what each rung costs
             runner.cost_ms = runner.batch_speedup((), runs=5).get(1)
+        check_tracking(config, runner.manifest.classes, runner.model_id)
         rungs.append(runner)
     return rungs
 

@@ -22,8 +22,8 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from edged.config import Config
 from edged.daemon.camera_loop import Camera, CameraLoops, make_camera
@@ -36,20 +36,17 @@ from edged.daemon.reload import Reloader
 from edged.daemon.scheduler import Scheduler
 from edged.daemon.stats import StatsCollector
 from edged.daemon.threads import BlockingCalls
+from edged.daemon.tracking import TrackingStage
 from edged.inference.cpu import CpuInfo
 from edged.inference.cpu import detect as detect_cpu
 from edged.inference.pool import InferencePool, Models
 from edged.inference.runner import ModelRunner
 from edged.outputs.base.output import Output
-from edged.outputs.base.sink import SinkRunner
-from edged.outputs.zmq import ZmqSink
+from edged.outputs.base.sink import Publishing, SinkRunner
 from edged.telemetry import CameraState, ControlEvent, DaemonSnapshot, SinkStats, StateChanged
 from edged.wire.codec import MaskEncoder
-from edged.wire.curve import ServerKeys, server_keys
-from edged.wire.publisher import Publisher
 
 log = logging.getLogger("edged.daemon.pipeline")
-T = TypeVar("T")
 
 DRAIN_S = 3.0  # how long a stop waits for inference runs in flight
 SINK_CLOSE_S = 1.0  # how long a stop waits for each sink to deliver what it holds
@@ -75,6 +72,7 @@ class Pipeline:
         self.frames = frames
         self.duration = duration
         self.pool = InferencePool(models.rungs, models.plan.workers, models.max_batch)
+        self.tracking = TrackingStage(config, self.runner.manifest.classes, self.runner.model_id)
         self.exit_code = 0
         self.cameras: dict[str, Camera] = {}
         self.stop_event = asyncio.Event()
@@ -110,11 +108,11 @@ class Pipeline:
         return self._tg is not None
 
     @property
-    def zmq(self) -> ZmqSink:
-        assert self.stage is not None
-        sink = self.stage.sinks[0].sink
-        assert isinstance(sink, ZmqSink)
-        return sink
+    def publishing(self) -> list[tuple[SinkRunner, Publishing]]:
+        """The sinks that publish to subscribers (the ZeroMQ output), with their runners."""
+        if self.stage is None:
+            return []
+        return [(r, r.sink) for r in self.stage.sinks if isinstance(r.sink, Publishing)]
 
     def latest_stats(self) -> DaemonSnapshot:
         """The last stats window (the whole run once stopped)."""
@@ -126,7 +124,9 @@ class Pipeline:
             self.stage.control(event)
 
     def _published(self, camera: str) -> int:
-        return self.zmq.published.get(camera, 0) if self.stage is not None else 0
+        """The first publishing output's count (ZeroMQ's, in `edged.app.OUTPUTS`)."""
+        publishing = self.publishing
+        return publishing[0][1].published.get(camera, 0) if publishing else 0
 
     def _sink_stats(self) -> tuple[SinkStats, ...]:
         return tuple(self.stage.sink_stats()) if self.stage is not None else ()
@@ -136,7 +136,8 @@ class Pipeline:
         if self._loop is not None:
             event = StateChanged(camera, state, detail)
             with contextlib.suppress(RuntimeError):  # the loop is closing
-                self._loop.call_soon_threadsafe(self.emit, event)
+                self._loop.call_soon_threadsafe(
+                    lambda: self.emit(self.tracking.announce(event)))
 
     # ------------------------------------------------------------------ cameras
 
@@ -193,7 +194,8 @@ class Pipeline:
         # a worker may take a batch: that many frames may be granted and waiting
         self._loops = CameraLoops(self.pool,
                                   Scheduler(self.pool.workers * self.pool.max_batch, {}),
-                                  stage, self.stop_event, self.emit, self.frames)
+                                  stage, self.stop_event, self.emit, self.tracking,
+                                  self.frames)
         await self._wait_for_subscribers()
         started = self.stats.started = time.monotonic()
         try:
@@ -260,8 +262,8 @@ class Pipeline:
                 for r in self.pool.rungs))
 
     def bind(self) -> None:
-        """Bind the publishing socket and start the publish stage (run() does it; call
-        earlier to let subscribers connect before the first frame)."""
+        """Build the outputs' sinks (binding their sockets) and start the publish stage
+        (run() does it; call earlier to let subscribers connect before the first frame)."""
         if self.stage is None:
             self.stage = make_stage(self.config, self.outputs)
 
@@ -280,43 +282,26 @@ class Pipeline:
         """SIGHUP: re-read the config file and apply what changed (`edged.daemon.reload`)."""
         self.reloader.request()
 
-    # ------------------------------------------------------------------ ZeroMQ
-
-    async def _on_zmq_thread(self, fn: Callable[[Publisher], T],
-                             timeout: float | None = None) -> T:
-        """`fn(publisher)` run on the ZeroMQ sink's thread (the socket's owner), awaited."""
-        assert self.stage is not None
-        out: list[T] = []
-        done = self.stage.sinks[0].call(lambda: out.append(fn(self.zmq.publisher)))
-        await asyncio.wait_for(asyncio.wrap_future(done), timeout)
-        return out[0]
+    # ------------------------------------------------------------------ publishing
 
     async def _wait_for_subscribers(self) -> None:
-        """publish.wait_for_subscribers: hold the cameras until that many subscriptions
-        have arrived."""
-        n = self.config.publish.wait_for_subscribers
-        if not n:
-            return
-        timeout = self.config.publish.wait_timeout_s
-        log.info("waiting for %d subscription(s) before the cameras start "
-                 "(publish.wait_for_subscribers, at most %.0f s)", n, timeout)
-        have = await self._on_zmq_thread(lambda p: p.wait_for_subscriptions(n, timeout))
-        if have >= n:
-            log.info("%d subscription(s) in place: starting the cameras", have)
-        else:
-            log.warning("only %d of %d subscription(s) within %.0f s: starting the cameras "
-                        "anyway", have, n, timeout)
+        """Hold the cameras until each publishing output has the subscriptions its config
+        asks for (each bounds its own wait; on its thread, the socket's owner)."""
+        waits = [r.call(p.wait_for_subscribers) for r, p in self.publishing]
+        for done in waits:
+            await asyncio.wrap_future(done)
 
-    async def reload_publisher(self) -> None:
-        """Lift the publisher's refusals and re-read publish.curve.clients_dir: added keys
-        are admitted at their next handshake; a removed one rebinds."""
-        try:
-            said = await self._on_zmq_thread(Publisher.reload, timeout=5.0)
-        except Exception as e:  # noqa: BLE001 - a bind that fails again is logged, not fatal
-            log.error("reload: publisher refusals and CURVE client keys not reloaded: %s", e)
-            return
-        for line in said:
-            log.info("reload: %s", line)
+    async def reload_outputs(self) -> None:
+        """SIGHUP: each publishing output re-reads what it may while running (ZeroMQ:
+        its refusals lifted, publish.curve.clients_dir re-read; a removed key rebinds)."""
+        for r, p in self.publishing:
+            try:
+                said = await asyncio.wait_for(asyncio.wrap_future(r.call(p.reload)), 5.0)
+            except Exception as e:  # noqa: BLE001 - a bind that fails again is logged, not fatal
+                log.error("reload: output %s not reloaded (refusals, keys): %s", r.sink.name, e)
+                continue
+            for line in said:
+                log.info("reload: %s", line)
 
     # ------------------------------------------------------------------ stop
 
@@ -354,37 +339,21 @@ class Pipeline:
                       DRAIN_S)
 
 
-def curve_keys(config: Config) -> ServerKeys | None:
-    """The daemon's CURVE keys when `publish.curve` is set (CurveError names a bad file)."""
-    c = config.publish.curve
-    return None if c is None else server_keys(c.secret_key_file, c.clients_dir)
-
-
-def make_publisher(config: Config, *, cameras: int = 0, linger_ms: int = 500) -> Publisher:
-    """The publish socket as `publish` configures it (bound; PublishError, CurveError),
-    for `edged run` and for `edged check`'s bind test alike."""
-    pc = config.publish
-    return Publisher(pc.endpoints, sndhwm=pc.sndhwm, cameras=cameras, linger_ms=linger_ms,
-                     curve=curve_keys(config), ipc_mode=pc.ipc_mode_bits,
-                     ipc_group=pc.ipc_group)
-
-
 def make_stage(config: Config, outputs: Sequence[Output]) -> PublishStage:
-    """Bind the ZeroMQ publisher and start the publish stage with it as its first sink,
-    then each configured one of `outputs` in turn (its extra checked, its address bound,
-    its directory checked); raises `edged.wire.publisher.PublishError` when an endpoint
-    cannot be bound, and each output's own error."""
+    """Start the publish stage with a sink for each configured one of `outputs`, in
+    their order (its extra checked, its address bound, its directory checked); raises
+    each output's own error (the ZeroMQ output's: PublishError, CurveError)."""
     pc = config.publish
     names = [n for n, c in config.cameras.items() if c.enabled]
-    publisher = make_publisher(config, cameras=len(names))
     # a new id per process start: subscribers tell a restart from lost frames by it
     boot = secrets.token_hex(8)
-    sinks = [SinkRunner(ZmqSink(publisher))]
+    sinks: list[SinkRunner] = []
     try:
         for output in outputs:
-            if output.configured(config):
-                output.require(config)
-                sinks.append(SinkRunner(output.build(config, names),
+            section = output.section(config)
+            if section is not None:
+                output.require(config, section)
+                sinks.append(SinkRunner(output.build(config, section, names),
                                         queue_size=output.queue_size))
     except BaseException:
         for r in sinks:

@@ -21,9 +21,10 @@ from edged.daemon.camera_loop import Camera
 from edged.daemon.ladder_loop import LadderLoop, make_ladder
 from edged.daemon.notify import Notifier
 from edged.daemon.threads import BlockingCalls
+from edged.daemon.tracking import TrackingError, TrackingStage
 from edged.inference.cpu import CpuInfo
 from edged.inference.pool import InferencePool
-from edged.outputs.base.output import Output
+from edged.outputs.base.output import Output, output_sections
 
 log = logging.getLogger("edged.daemon.pipeline")
 
@@ -33,7 +34,8 @@ FIXED_MODEL_FIELDS = ("workers", "threads", "batch")  # they shape the running p
 def keep_running(old: Config, new: Config, outputs: Sequence[Output]) -> tuple[Config, list[str]]:
     """`new` with what cannot change while running taken from `old`, and the names of
     those that the new file changed (for the warning)."""
-    sections = ("publish", *(o.name for o in outputs))
+    # publish shapes the publish stage's encoding too, whichever outputs there are
+    sections = tuple(dict.fromkeys(("publish", *(o.name for o in outputs))))
     kept = [name for name in sections if getattr(new, name) != getattr(old, name)]
     kept += [f"model.{k}" for k in FIXED_MODEL_FIELDS
              if getattr(new.model, k) != getattr(old.model, k)]
@@ -51,6 +53,7 @@ class Running(Protocol):
     cameras: dict[str, Camera]
     pool: InferencePool
     ladder: LadderLoop
+    tracking: TrackingStage
     blocking: BlockingCalls
     notifier: Notifier
     cpu: CpuInfo
@@ -65,7 +68,7 @@ class Running(Protocol):
 
     def add_camera(self, name: str) -> None: ...
 
-    async def reload_publisher(self) -> None: ...
+    async def reload_outputs(self) -> None: ...
 
 
 class Reloader:
@@ -120,12 +123,13 @@ class Reloader:
         try:
             try:
                 new = await p.blocking.run(
-                    lambda: load_config(old.source_file, int8_class=p.cpu.int8_class),
+                    lambda: load_config(old.source_file, int8_class=p.cpu.int8_class,
+                                        sections=output_sections(p.outputs)),
                     name="reload-config")
             except (ConfigError, OSError) as e:
                 log.error("reload rejected, the running configuration stays:\n%s", e)
                 return
-            await p.reload_publisher()
+            await p.reload_outputs()
             new, kept = keep_running(old, new, p.outputs)
             if kept:
                 log.warning("reload: %s changed; restart edged to apply (kept as running)",
@@ -149,6 +153,14 @@ class Reloader:
             removed = [n for n in p.cameras if n not in want]
             changed = [n for n in p.cameras if n in want and want[n] != old.cameras.get(n)]
             added = [n for n in want if n not in p.cameras]
+            # a new model's detections start new epochs of ids on every camera
+            restarted = list(want) if new.model != old.model else changed
+            runner = p.pool.runner
+            try:
+                p.tracking.configure(new, runner.manifest.classes, runner.model_id, restarted)
+            except TrackingError as e:
+                log.error("reload rejected, the running configuration stays: %s", e)
+                return
             for n in removed:
                 await p.stop_camera(n, "removed by reload")
             for n in changed:

@@ -139,4 +139,5 @@ class StatsCollector:
                                     stalls=cap.stalls, crashes=cap.crashes,
                                     stuck_readers=cap.stuck_readers()),
             providers=runner.placement_summary, processed=s.processed,
-            model_output=ModelOutput(s.nonfinite_rows, s.nonfinite_frames))
+            model_output=ModelOutput(s.nonfinite_rows, s.nonfinite_frames),
+            tracks_active=s.tracks_active)

@@ -29,7 +29,6 @@ from edged.inference.formats import (
     classes_from_metadata,
     manifest_from_graph,
 )
-from edged.inference.formats._common import take_nonfinite
 from edged.inference.graph import output_ops
 from edged.inference.manifest import Manifest, ManifestError, load_manifest, manifest_path
 from edged.inference.preprocess import Preprocessor
@@ -357,13 +356,13 @@ class ModelRunner:
             tp = time.perf_counter()
             h, w = frame.image.shape[:2]
             outs = outputs if n == 1 else [o[i:i + 1] for o in outputs]
-            take_nonfinite()  # what an earlier, failed frame on this thread left
             # the formats drop NaN/Inf candidate rows before their arithmetic (no numpy
             # overflow / invalid-value warnings) and count them
-            dets, mask = self.adapter.postprocess(outs, boxes[i], w, h)
+            decoded = self.adapter.postprocess(outs, boxes[i], w, h)
             # the formats' own count, then any box or score a format derived as NaN/Inf
-            dets, bad = dets.finite()
-            nonfinite = take_nonfinite() + bad
+            dets, bad = decoded.detections.finite()
+            mask = decoded.mask
+            nonfinite = decoded.nonfinite + bad
             results.append(Result(
                 camera=frame.camera, seq=frame.seq, t_capture_wall_ns=frame.t_wall_ns,
                 t_capture_mono_ns=frame.t_mono_ns, frame_w=w, frame_h=h, detections=dets,

@@ -66,7 +66,7 @@ def run(runs: int, frame_w: int = 640, frame_h: int = 480, objects: int = 20,
     adapter = Adapter(manifest, ["output0", "output1"])
     outputs = synthetic_outputs(objects, frame=(frame_w, frame_h))
     box = Letterbox.fit(frame_w, frame_h, SIZE, SIZE)
-    dets, _ = adapter.postprocess(outputs, box, frame_w, frame_h)
+    dets = adapter.postprocess(outputs, box, frame_w, frame_h).detections
     if len(dets) != objects:
         raise RuntimeError(f"benchmark set-up gives {len(dets)} detections, expected "
                            f"{objects}")

@@ -1,7 +1,8 @@
 """`tracking:` settings: the tracker's parameters (docs/tracking.md explains each).
 
-Kept here, beside the tracker, until the daemon's configuration is restructured (issue
-28); then `Config` gains `tracking: TrackingConfig` globally and per camera.
+`Config.tracking` (global) and `CameraConfig.tracking` (the global section with the
+camera's own keys merged over it) hold one; `classes` are names, resolved to the
+model's class ids by the daemon (`edged.daemon.tracking`), which knows the model.
 """
 
 from __future__ import annotations

@@ -113,9 +113,13 @@ class TrackerOutput:
 
 
 class DetectionsLike(Protocol):
-    boxes: np.ndarray
-    scores: np.ndarray
-    class_ids: np.ndarray
+    # read-only: `edged.results.Detections` is a frozen dataclass
+    @property
+    def boxes(self) -> np.ndarray: ...
+    @property
+    def scores(self) -> np.ndarray: ...
+    @property
+    def class_ids(self) -> np.ndarray: ...
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -177,16 +181,21 @@ class Tracker:
     """Tracks of one camera (see the module's docstring)."""
 
     def __init__(self, config: TrackingConfig | None = None,
-                 class_ids: tuple[int, ...] | None = None) -> None:
+                 class_ids: tuple[int, ...] | None = None, *, first_id: int = 1,
+                 epoch: int = 0) -> None:
         """`class_ids`: the detection classes to track (None: all); the daemon resolves
-        `config.classes` (names) to these with the model's class list."""
+        `config.classes` (names) to these with the model's class list. `first_id` and
+        `epoch`: where a tracker that replaces another (new parameters for the same
+        camera) starts, so that ids still never repeat within the boot."""
+        if first_id < 1 or epoch < 0:
+            raise ValueError(f"first_id must be >= 1 and epoch >= 0 (got {first_id}, {epoch})")
         self.config = config or TrackingConfig()
         c = self.config
         self.kf = BoxKalman(c.measurement_std, c.accel_std_rel, c.accel_std_px,
                             c.velocity_init_std_rel, c.velocity_init_std_px)
         self.class_filter = None if class_ids is None else np.array(sorted(class_ids), np.int64)
-        self.epoch = 0
-        self._next_id = 1
+        self.epoch = epoch
+        self._next_id = first_id
         self._t_ns: int | None = None
         self._clear()
 

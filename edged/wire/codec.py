@@ -1,7 +1,8 @@
 """Wire protocol v1: `Result` <-> ZeroMQ multipart frames (topic, msgpack header, mask).
 
 Instance masks (formats that have them) travel inside the header, under `instances`,
-so that the frame count stays 2 or 3 and v1 decoders that predate them keep working.
+so that the frame count stays 2 or 3 and v1 decoders that predate them keep working;
+track ids and velocities likewise, under `tracks`, a map with a version of its own.
 
 The normative description, written for implementers in other languages, is
 docs/protocol.md; keep the two in step. Encoding is done by the daemon's publish
@@ -22,9 +23,12 @@ import zmq
 import zstandard as zstd
 
 from edged.names import CAMERA_NAME_RE, camera_name_problem
-from edged.results import Result, instance_extents, mask_at
+from edged.results import Result, Tracks, instance_extents, mask_at
 
 PROTOCOL_VERSION = 1
+# the `tracks` map's own version: a decoder leaves out (with a problem) a map of a
+# version it does not know, and keeps the rest of the message
+TRACKS_VERSION = 1
 MaskEncoding = Literal["raw", "zstd", "png"]
 MASK_ENCODINGS: tuple[str, ...] = get_args(MaskEncoding)
 
@@ -243,6 +247,8 @@ def encode_stamped(result: Result, encoder: MaskEncoder | None, send_mask: bool 
             "to_camera": [result.frame_w / mw, result.frame_h / mh],
             "letterbox": _letterbox_map(result),
         }
+    if result.tracks is not None:
+        header["tracks"] = _encode_tracks(result.tracks, len(header["scores"]))
     if send_mask and encoder is not None and det.instance_masks is not None:
         header["instances"] = _encode_instances(det.boxes, det.instance_masks, encoder,
                                                 result.frame_w, result.frame_h)
@@ -255,6 +261,17 @@ def encode_stamped(result: Result, encoder: MaskEncoder | None, send_mask: bool 
     if mask_bytes is not None:
         frames.append(mask_bytes)
     return Stamped(frames, now, late, flags)
+
+
+def _encode_tracks(tracks: Tracks, n: int) -> dict[str, Any]:
+    """The `tracks` header map: per detection, in detection order, its track id and the
+    track's velocity."""
+    ids = np.asarray(tracks.ids, np.int64).reshape(-1)
+    vel = np.asarray(tracks.velocities, np.float32).reshape(-1, 2)
+    if not len(ids) == len(vel) == n:
+        raise ValueError(f"tracks: {len(ids)} ids and {len(vel)} velocities for {n} detections")
+    return {"v": TRACKS_VERSION, "epoch": int(tracks.epoch), "ids": ids.tolist(),
+            "velocities": vel.tolist(), "active": int(tracks.active)}
 
 
 def _encode_instances(boxes: np.ndarray, masks: list[np.ndarray], encoder: MaskEncoder,
@@ -333,6 +350,12 @@ class Message:
     # the daemon process's boot id ("" from a publisher without one): a new one means a
     # restart, not lost frames
     boot: str = ""
+    # None: no track ids in the message (tracking off for the camera, or an older
+    # daemon); else one per detection: the id of its confirmed track, 0 for none
+    track_ids: np.ndarray | None = None  # N int64
+    velocities: np.ndarray | None = None  # Nx2 float32, the track's velocity in px/s
+    track_epoch: int | None = None  # +1 at each reconnect of the camera's source
+    tracks_active: int | None = None  # confirmed tracks in this frame
     # what the decoder left out and why (an unknown mask encoding from a newer
     # publisher: the detections are still good, the mask is None)
     problems: tuple[str, ...] = ()
@@ -351,6 +374,13 @@ class Message:
     def latency_ms(self) -> float:
         """Capture -> receive, in ms (wall clocks: meaningful across hosts only with NTP)."""
         return (self.t_received_ns - self.t_capture_ns) / 1e6
+
+    def track_index(self, track_id: int) -> int | None:
+        """The detection that belongs to track `track_id` in this frame, None if none."""
+        if self.track_ids is None or track_id <= 0:
+            return None
+        hit = np.flatnonzero(self.track_ids == track_id)
+        return int(hit[0]) if len(hit) else None
 
     def labels(self) -> list[str]:
         """Class name per detection (the id as a string when it has no name)."""
@@ -511,6 +541,29 @@ def _decode_instances(v: Any, n: int, frame_w: int, frame_h: int,
     return tuple(out)
 
 
+def _decode_tracks(v: Any, n: int, problems: list[str]
+                   ) -> tuple[np.ndarray, np.ndarray, int, int] | None:
+    """(ids, velocities, epoch, active) from the `tracks` map; None when absent or nil,
+    or of a version this decoder does not know (said in `problems`)."""
+    if v is None:
+        return None
+    where = "tracks"
+    if not isinstance(v, dict):
+        raise ProtocolError(f"header: {where!r} must be a map or nil, got {type(v).__name__}")
+    version = _int(v, "v", where)
+    if version != TRACKS_VERSION:
+        problems.append(f"{where}: unknown version {version}, left out")
+        return None
+    epoch = _int(v, "epoch", where, 0, MAX_SEQ)
+    active = _int(v, "active", where, 0, MAX_SEQ)
+    ids = _list(v, "ids", where, n)
+    if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= MAX_SEQ
+               for i in ids):
+        raise ProtocolError(f"{where}: 'ids' must be {n} ints in [0, 2^53 - 1]")
+    vel = _float_array(_list(v, "velocities", where, n), f"{where}.velocities", 2)
+    return np.array(ids, np.int64), vel.reshape(-1, 2), epoch, active
+
+
 def _as_buffer(frame: Any) -> bytes | memoryview:
     if isinstance(frame, bytes | memoryview):
         return frame
@@ -624,6 +677,9 @@ def _decode(frames: Sequence[Any], t_received_ns: int) -> Message | EndOfStream:
             problems.append(f"mask: unknown encoding {encoding!r:.40}, left out")
     instances = _decode_instances(header.get("instances"), len(boxes), frame_w, frame_h,
                                   problems)
+    tracks = _decode_tracks(header.get("tracks"), len(boxes), problems)
+    track_ids, velocities, epoch, active = tracks if tracks is not None else (
+        None, None, None, None)
 
     return Message(
         camera=camera, seq=seq, t_capture_ns=t_capture, t_publish_ns=t_publish,
@@ -631,4 +687,5 @@ def _decode(frames: Sequence[Any], t_received_ns: int) -> Message | EndOfStream:
         boxes=boxes.reshape(-1, 4), scores=scores, class_ids=class_ids, mask=mask,
         mask_classes=mask_classes, timings_ms={k: float(v) for k, v in timing.items()},
         flags=flags, letterbox=letterbox, t_received_ns=t_received_ns, instances=instances,
-        boot=_boot(header), problems=tuple(problems))
+        boot=_boot(header), problems=tuple(problems), track_ids=track_ids,
+        velocities=velocities, track_epoch=epoch, tracks_active=active)

@@ -56,7 +56,6 @@ MAX_SUBSCRIPTION_BYTES = 1024
 MAX_PEER_SUBSCRIPTION_BYTES = 16 * 1024
 MAX_TRACKED_PEERS = 4096
 SUBSCRIPTION_QUEUE = 16  # inbound messages libzmq queues per connection (RCVHWM)
-REFUSAL_GRACE_S = 2.0
 _HEARTBEAT_IVL_MS = 5000
 _HEARTBEAT_TIMEOUT_MS = 15000
 _KEEPALIVE_IDLE_S = 30
@@ -76,8 +75,21 @@ def _ipc_path(endpoint: str) -> str | None:
     return None if path.startswith("@") else path
 
 
-def _remove_stale_ipc(endpoint: str) -> None:
-    """Remove a socket file left behind by a dead process; refuse to steal a live one."""
+def _remove_stale_ipc(endpoint: str, retry_s: float = 0.0) -> None:
+    """Remove a socket file left behind by a dead process; refuse to steal a live one
+    (one that is still listening after `retry_s`)."""
+    deadline = time.monotonic() + retry_s
+    while True:
+        try:
+            _remove_stale_ipc_once(endpoint)
+            return
+        except PublishError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _remove_stale_ipc_once(endpoint: str) -> None:
     path = _ipc_path(endpoint)
     if not path or not os.path.lexists(path):
         return
@@ -219,24 +231,18 @@ class Publisher:
         # process exits right after
         self._own_ctx = context is None
         self._ctx = context if context is not None else zmq.Context()
-        # XPUB: a PUB that hands the subscriptions up, so that edged can count them
-        # (publish.wait_for_subscribers); verbose, so that every subscriber's counts, not
-        # only the first per topic. They are read on every send, so none pile up.
-        self._sock: zmq.Socket = self._ctx.socket(zmq.XPUB)
+        self.linger_ms = linger_ms
         self.subscriptions = 0  # subscribe messages received (a subscriber sends 1 or more)
         self.guard = SubscriptionGuard()
-        self._refused_until: dict[str, float] = {}  # peer -> end of its grace (below)
+        self.refusals = 0  # sockets replaced to cut a peer off (SubscriptionGuard)
+        self._server_keys = curve
         self.curve: CurveAuth | None = None
         self._zap: AddressBans | None = None  # the context's ZAP handler (CURVE's, if on)
         try:
-            self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)
             if curve is not None:
                 # the ZAP handler first: a connection that arrives before it would be
                 # admitted unchecked
                 self.curve = self._zap = CurveAuth(self._ctx, curve)
-                self._sock.curve_secretkey = curve.secret
-                self._sock.curve_publickey = curve.public
-                self._sock.curve_server = True
             elif any(ep.startswith("tcp://") for ep in self.endpoints):
                 # a ZAP handler from the start, so that an address refused later
                 # (SubscriptionGuard) is refused from its very next connection
@@ -244,43 +250,67 @@ class Publisher:
                     self._zap = AddressBans(self._ctx)
                 except zmq.ZMQError as e:  # a context shared with another ZAP handler
                     log.debug("publish: no ZAP handler of its own (%s)", e)
-            if self._zap is not None and self.curve is None:
-                # NULL connections ask the ZAP handler only with a domain set (CURVE ones
-                # always do, under the default domain its keys are configured for)
-                self._sock.zap_domain = b"edged"
-            # inbound messages on a PUB socket are subscriptions: a few topic bytes. A
-            # peer that sends more (one 16 MiB subscription cost ~800 MB) is cut off
-            self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
-            # libzmq files a subscriber's queued subscriptions into its trie in one go
-            # whenever edged reads from the socket: a short inbound queue keeps that batch
-            # small (TCP pushes back on the rest), so the guard sees a flood early
-            self._sock.setsockopt(zmq.RCVHWM, SUBSCRIPTION_QUEUE)
-            self._sock.setsockopt(zmq.SNDHWM, sndhwm)
-            self._sock.setsockopt(zmq.LINGER, linger_ms)
-            self._sock.setsockopt(zmq.HEARTBEAT_IVL, _HEARTBEAT_IVL_MS)
-            self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, _HEARTBEAT_TIMEOUT_MS)
-            # socket-wide options; only tcp endpoints use them
-            self._sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
-            self._sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, _KEEPALIVE_IDLE_S)
-            self._sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, _KEEPALIVE_INTVL_S)
-            self._sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, _KEEPALIVE_CNT)
-            # ZMQ_IMMEDIATE is not set: it only affects connecting sockets' queues, and
-            # a bound PUB has no queue for a subscriber until it has connected anyway.
-            # what each endpoint resolved to (unbind needs it for a wildcard host)
-            self._bound: list[str] = []
             for ep in self.endpoints:
                 _check_endpoint(ep)
-                if ep.startswith("ipc://"):
-                    _remove_stale_ipc(ep)
-                self._bound.append(self._bind(ep))
+            self._sock = self._open()
         except BaseException:
-            self._sock.close(linger=0)
             if self._zap is not None:
                 self._zap.stop()
             if self._own_ctx:
                 self._ctx.term()
             raise
         self._closed = False
+
+    def _open(self) -> zmq.Socket:
+        """A new XPUB socket with every option set, bound to every endpoint (`_bound`: what
+        each resolved to). Closed again if any bind fails."""
+        # XPUB: a PUB that hands the subscriptions up, so that edged can count them
+        # (publish.wait_for_subscribers); verbose, so that every subscriber's counts, not
+        # only the first per topic. They are read on every send, so none pile up.
+        sock: zmq.Socket = self._ctx.socket(zmq.XPUB)
+        self._sock = sock  # _bind binds it
+        try:
+            sock.setsockopt(zmq.XPUB_VERBOSE, 1)
+            keys = self._server_keys
+            if keys is not None:
+                sock.curve_secretkey = keys.secret
+                sock.curve_publickey = keys.public
+                sock.curve_server = True
+            if self._zap is not None and self.curve is None:
+                # NULL connections ask the ZAP handler only with a domain set (CURVE ones
+                # always do, under the default domain its keys are configured for)
+                sock.zap_domain = b"edged"
+            # inbound messages on a PUB socket are subscriptions: a few topic bytes. A
+            # peer that sends more (one 16 MiB subscription cost ~800 MB) is cut off
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
+            # libzmq files a subscriber's queued subscriptions into its trie in one go
+            # whenever edged reads from the socket: a short inbound queue keeps that batch
+            # small (TCP pushes back on the rest), so the guard sees a flood early
+            sock.setsockopt(zmq.RCVHWM, SUBSCRIPTION_QUEUE)
+            sock.setsockopt(zmq.SNDHWM, self.sndhwm)
+            sock.setsockopt(zmq.LINGER, self.linger_ms)
+            sock.setsockopt(zmq.HEARTBEAT_IVL, _HEARTBEAT_IVL_MS)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, _HEARTBEAT_TIMEOUT_MS)
+            # socket-wide options; only tcp endpoints use them
+            sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, _KEEPALIVE_IDLE_S)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, _KEEPALIVE_INTVL_S)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, _KEEPALIVE_CNT)
+            # ZMQ_IMMEDIATE is not set: it only affects connecting sockets' queues, and
+            # a bound PUB has no queue for a subscriber until it has connected anyway.
+            # what each endpoint resolved to (unbind needs it for a wildcard host); a
+            # replaced socket's endpoints are released in ZeroMQ's I/O thread a moment
+            # after its close, hence the retry then
+            retry_s = 2.0 if self.refusals else 0.0
+            self._bound: list[str] = []
+            for ep in self.endpoints:
+                if ep.startswith("ipc://"):
+                    _remove_stale_ipc(ep, retry_s)
+                self._bound.append(self._bind(ep, retry_s))
+        except BaseException:
+            sock.close(linger=0)
+            raise
+        return sock
 
     def send(self, frames: list[bytes]) -> bool:
         """Queue one multipart message without blocking; False if it was refused.
@@ -322,8 +352,7 @@ class Publisher:
         """Count the subscription messages waiting (XPUB hands each one up), and cut off
         a peer address whose subscriptions pass MAX_PEER_SUBSCRIPTION_BYTES."""
         # each recv lets libzmq file the next queued subscriptions into its trie: a call
-        # reads a bounded number, and none after a refusal (the rebind closes that
-        # connection in ZeroMQ's I/O thread, a moment later)
+        # reads a bounded number, and none after a refusal (that socket is gone)
         for _ in range(SUBSCRIPTION_QUEUE * 16):
             try:
                 frame = self._sock.recv(zmq.NOBLOCK, copy=False)
@@ -338,29 +367,40 @@ class Publisher:
                 peer = _ip(frame.get("Peer-Address"))
             except zmq.ZMQError:
                 peer = None
-            if peer is None or time.monotonic() < self._refused_until.get(peer, 0.0):
-                continue  # ipc, or what a refused connection had queued before its cut
+            if peer is None:
+                continue  # ipc: the socket file's mode decides who connects
             if self.guard.add(peer, msg):
                 self._refuse(peer)
                 return
 
     def _refuse(self, peer: str) -> None:
-        """Deny `peer` at the ZAP handler and rebind, which drops its connection (libzmq
-        cannot drop one connection of a bound socket; the others reconnect)."""
+        """Deny `peer` at the ZAP handler and replace the socket, which drops its
+        connection (libzmq cannot drop one connection of a bound socket; the others
+        reconnect).
+
+        Replaced, not rebound: a rebind keeps the socket, and until ZeroMQ's I/O thread
+        has torn the connection down every send or recv on it lets libzmq file another
+        batch of that peer's queued subscriptions into its trie (~50 bytes a character;
+        under CPU load that was tens of MB). A socket closed with linger 0 terminates its
+        connections without reading what they queued, and its trie goes with it."""
         held = self.guard.held(peer)
-        # what its cut connection had queued still arrives: not counted for a moment; an
-        # address that comes back anyway (no ZAP handler) is counted afresh and cut again
+        # an address that comes back anyway (no ZAP handler) is counted afresh, cut again
         self.guard.forget(peer)
-        self._refused_until[peer] = time.monotonic() + REFUSAL_GRACE_S
         zap = self._zap
         if zap is not None:
-            zap.deny(peer)
+            zap.deny(peer)  # before the new socket binds: its next connection is refused
         log.error("publish: %s holds more than %d bytes of subscriptions (%d; a subscriber "
-                  "needs a few dozen): %s, endpoints rebound (every other subscriber "
+                  "needs a few dozen): %s, socket replaced (every other subscriber "
                   "reconnects)", peer, MAX_PEER_SUBSCRIPTION_BYTES, held,
                   "refused until SIGHUP or restart" if zap is not None else
                   "disconnected (no ZAP handler here to refuse it)")
-        self._rebind()
+        old = self._sock
+        for bound in self._bound:
+            with contextlib.suppress(zmq.ZMQError):
+                old.unbind(bound)
+        old.close(linger=0)
+        self.refusals += 1
+        self._sock = self._open()
 
     def wait_for_subscriptions(self, n: int, timeout_s: float) -> int:
         """Block (on the socket's thread) until `n` subscriptions have arrived since the

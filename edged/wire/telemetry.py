@@ -131,14 +131,19 @@ class CameraState:
     state: typed.CameraState
     detail: str
     t_ns: int
+    # with `reconnecting` on a tracked camera: the track epoch its results carry from its
+    # first frame of the new connection (docs/protocol.md, "Tracks")
+    track_epoch: int | None = None
 
 
 def encode_state(camera: str, state: typed.CameraState | str, detail: str = "",
-                 t_ns: int | None = None) -> list[bytes]:
+                 t_ns: int | None = None, track_epoch: int | None = None) -> list[bytes]:
     """`state`: a CameraState or its value (ValueError for anything else)."""
-    header = {"v": PROTOCOL_VERSION, "type": "state", "camera": camera,
-              "state": typed.CameraState(state).value,
-              "detail": detail, "t_ns": time.time_ns() if t_ns is None else t_ns}
+    header: dict[str, object] = {"v": PROTOCOL_VERSION, "type": "state", "camera": camera,
+                                 "state": typed.CameraState(state).value, "detail": detail,
+                                 "t_ns": time.time_ns() if t_ns is None else t_ns}
+    if track_epoch is not None:
+        header["track_epoch"] = int(track_epoch)
     return [topic(camera, TOPIC_STATE), msgpack.packb(header)]
 
 
@@ -150,7 +155,10 @@ def decode_state(frames: Sequence[bytes | memoryview | zmq.Frame]) -> CameraStat
             raise ProtocolError("state: camera, state and detail must be strings")
         if first != topic(cam, TOPIC_STATE):
             raise ProtocolError("state: topic does not match the camera")
-        return CameraState(cam, typed.CameraState(state), detail, int(h["t_ns"]))
+        epoch = h.get("track_epoch")
+        if epoch is not None and (type(epoch) is not int or epoch < 0):
+            raise ProtocolError("state: 'track_epoch' must be an int >= 0")
+        return CameraState(cam, typed.CameraState(state), detail, int(h["t_ns"]), epoch)
     except ProtocolError:
         raise
     except Exception as e:  # msgpack and type errors on garbage input
@@ -203,7 +211,7 @@ def encode_event(event: typed.ControlEvent | typed.StreamEnded) -> list[bytes] |
             return encode_stats(snap.to_wire(), snap.interval_s, snap.sinks_to_wire(),
                                 machine, t_ns)
         case typed.StateChanged(camera=camera, state=state, detail=detail, t_ns=t_ns):
-            return encode_state(camera, state, detail, t_ns)
+            return encode_state(camera, state, detail, t_ns, event.track_epoch)
         case typed.ModelChanged():
             return encode_model_event(event.variant, event.rung, event.previous,
                                       event.reason, event.t_ns)

@@ -1,6 +1,6 @@
 """Build the Fast DDS subscriber (tests/fastdds/subscriber.cpp + fastddsgen's C++ of the
 ROS 2 IDL in tests/fastdds/idl) once per source hash, in a cache directory, so reruns
-are fast. Used by tests/test_fastdds.py and tools/fastdds_bench.py.
+are fast. Used by tests/e2e/test_fastdds.py and tools/fastdds_bench.py.
 
     python tests/fastdds/build.py   # prints the binary's path
 """

@@ -3,7 +3,7 @@ and the Fast DDS subscriber running inside it. No packet leaves the machine: the
 has no interface but `lo`. Unix sockets (the daemon's ZeroMQ ipc endpoint) are not
 namespaced, so a ZeroMQ subscriber outside still reads the daemon inside.
 
-Needs root (unshare -n, nsenter). Used by tests/test_fastdds.py and tools/fastdds_bench.py.
+Needs root (unshare -n, nsenter). Used by tests/e2e/test_fastdds.py and tools/fastdds_bench.py.
 """
 
 from __future__ import annotations

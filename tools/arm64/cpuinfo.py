@@ -12,11 +12,13 @@ import ctypes
 import mmap
 import os
 
-HWCAP = ("fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm "
-         "jscvt fcma lrcpc dcpop sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc "
-         "flagm ssbs sb paca pacg").split()
-HWCAP2 = ("dcpodp sve2 sveaes svepmull svebitperm svesha3 svesm4 flagm2 frint svei8mm "
-          "svef32mm svef64mm svebf16 i8mm bf16 dgh rng bti mte").split()
+_HWCAP_NAMES = ("fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm "
+                "jscvt fcma lrcpc dcpop sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc "
+                "flagm ssbs sb paca pacg")
+HWCAP = _HWCAP_NAMES.split()  # one string: the kernel's order, easy to compare
+_HWCAP2_NAMES = ("dcpodp sve2 sveaes svepmull svebitperm svesha3 svesm4 flagm2 frint svei8mm "
+                 "svef32mm svef64mm svebf16 i8mm bf16 dgh rng bti mte")
+HWCAP2 = _HWCAP2_NAMES.split()
 
 
 def midr() -> int:

@@ -8,9 +8,9 @@
 #    an aarch64 wheel from PyPI) and edged installed in it from a wheel of this tree;
 # 2. on each emulated CPU (QEMU_CPU), `edged check` on the default config must name the
 #    int8 class that CPU has: Cortex-A72 arm, Cortex-A76 and Neoverse N1 arm-dotprod,
-#    qemu's `max` (Armv9 with i8mm) arm-i8mm; tests/test_cpu.py with that expectation;
+#    qemu's `max` (Armv9 with i8mm) arm-i8mm; tests/unit/test_cpu.py with that expectation;
 # 3. on a Cortex-A76 (a Raspberry Pi 5's core): a short `edged run --echo` must publish,
-#    tests/test_cpu.py and tests/test_demo_model.py (the subset in TESTS below), the demo
+#    tests/unit/test_cpu.py and tests/e2e/test_demo_model.py (the subset in TESTS below), the demo
 #    model's int8 and fp32 scored by `edged eval` (compared with x86 in the docs), and the
 #    synthetic renderer's images compared with this machine's.
 # Figures go to $EDGED_ARM64_OUT (default /tmp/edged-arm64). Timings under qemu are not
@@ -24,10 +24,10 @@ CPUS="${EDGED_ARM64_CPUS:-cortex-a72:arm cortex-a76:arm-dotprod neoverse-n1:arm-
 MAIN_CPU=cortex-a76
 SCENES="${EDGED_ARM64_SCENES:-20}"
 # the CPU and demo-model tests that fit the job's time under emulation: all of
-# tests/test_cpu.py, the demo's contract and its model card (60 scenes through `edged
+# tests/unit/test_cpu.py, the demo's contract and its model card (60 scenes through `edged
 # eval`); not the six-camera subscriber test, whose 72 frames must arrive within 90 s
 # (about 0.3 s a frame under qemu, with six renderers beside it: too close to call)
-TESTS="${EDGED_ARM64_TESTS:-tests/test_cpu.py tests/test_demo_model.py::test_shipped_models_follow_the_yoeo_contract tests/test_demo_model.py::test_eval_command_meets_the_model_card}"
+TESTS="${EDGED_ARM64_TESTS:-tests/unit/test_cpu.py tests/e2e/test_demo_model.py::test_shipped_models_follow_the_yoeo_contract tests/e2e/test_demo_model.py::test_eval_command_meets_the_model_card}"
 mkdir -p "$OUT"
 t0=$(date +%s)
 step() { echo "arm64 [$(( $(date +%s) - t0 )) s] $*"; }
@@ -55,7 +55,7 @@ for pair in $CPUS; do
     arm "$cpu" "edged check | tee /tmp/check.txt
         grep -q 'int8 class $want$' /tmp/check.txt || { echo 'want int8 class $want' >&2; exit 1; }
         cd /src && EDGED_EXPECT_INT8_CLASS=$want python -m pytest -q -p no:cacheprovider \
-            tests/test_cpu.py -k 'arm64 or int8_class_of or detect_reads'" \
+            tests/unit/test_cpu.py -k 'arm64 or int8_class_of or detect_reads'" \
         | tee "$OUT/check-$cpu.txt"
 done
 

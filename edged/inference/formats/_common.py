@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ast
 import math
-import threading
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
@@ -17,6 +16,18 @@ import numpy as np
 from edged.inference.manifest import Manifest
 from edged.inference.nms import nms
 from edged.inference.preprocess import PreprocessSpec
+from edged.results import Detections
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """What an adapter makes of one frame's outputs: the detections (camera pixels), the
+    class mask over the camera frame (None without one), and how many candidate rows it
+    dropped for NaN/Inf values (counted per camera in the stats)."""
+
+    detections: Detections
+    mask: np.ndarray | None = None
+    nonfinite: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,44 +271,24 @@ def output_index(manifest: Manifest, output_names: list[str], role: str,
     return output_names.index(name)
 
 
-# Detection rows dropped for NaN/Inf values, per thread (each worker runs its frames'
-# post-processing on its own thread): the runner takes the count after each frame.
-_nonfinite = threading.local()
-
-
-def finite_rows(rows: np.ndarray) -> np.ndarray:
-    """The candidate rows [n, k] whose every value is finite; the others are counted
-    (`take_nonfinite`). A NaN score already fails every threshold; an Inf one passes it,
-    and an Inf size makes a NaN box (inf - inf): both are dropped here, before any
-    arithmetic, so none reaches the wire or numpy's overflow warnings."""
+def finite_rows(rows: np.ndarray) -> tuple[np.ndarray, int]:
+    """The candidate rows [n, k] whose every value is finite, and how many were not
+    (for `Decoded.nonfinite`). A NaN score already fails every threshold; an Inf one
+    passes it, and an Inf size makes a NaN box (inf - inf): both are dropped here,
+    before any arithmetic, so none reaches the wire or numpy's overflow warnings."""
     ok = np.isfinite(rows).all(axis=1)
     if ok.all():
-        return rows
-    count_nonfinite(int(ok.size - np.count_nonzero(ok)))
-    return rows[ok]
+        return rows, 0
+    return rows[ok], int(ok.size - np.count_nonzero(ok))
 
 
-def finite_candidates(*columns: np.ndarray) -> np.ndarray:
-    """A boolean mask over candidate rows: True where every value of that row in each of
-    `columns` (same length) is finite; the others are counted, as in `finite_rows`.
+def finite_candidates(*columns: np.ndarray) -> tuple[np.ndarray, int]:
+    """A boolean mask over candidate rows, True where every value of that row in each of
+    `columns` (same length) is finite, and how many were not, as in `finite_rows`.
     For formats whose candidates come in several arrays (boxes, scores, labels)."""
     ok = np.ones(len(columns[0]), bool)
     if not ok.size:
-        return ok
+        return ok, 0
     for col in columns:
         ok &= np.isfinite(col.reshape(len(col), -1)).all(axis=1)
-    bad = int(ok.size - np.count_nonzero(ok))
-    if bad:
-        count_nonfinite(bad)
-    return ok
-
-
-def count_nonfinite(n: int) -> None:
-    _nonfinite.n = getattr(_nonfinite, "n", 0) + n
-
-
-def take_nonfinite() -> int:
-    """Rows dropped for non-finite values on this thread since the last call."""
-    n: int = getattr(_nonfinite, "n", 0)
-    _nonfinite.n = 0
-    return n
+    return ok, int(ok.size - np.count_nonzero(ok))

@@ -30,6 +30,7 @@ from typing import Literal
 import numpy as np
 
 from edged.inference.formats._common import (
+    Decoded,
     Hints,
     TensorInfo,
     batch1,
@@ -216,9 +217,9 @@ class Adapter:
         return keep, table[keep, :4], best[keep], ids[keep].astype(np.int32)
 
     def postprocess(self, outputs: list[np.ndarray], letterbox: Letterbox, frame_w: int,
-                    frame_h: int) -> tuple[Detections, np.ndarray | None]:
+                    frame_h: int) -> Decoded:
         q, cxcywh, scores, ids = self._select(outputs)
-        ok = finite_candidates(cxcywh, scores)  # before the box arithmetic
+        ok, bad = finite_candidates(cxcywh, scores)  # before the box arithmetic
         q, cxcywh, scores, ids = q[ok], cxcywh[ok], scores[ok], ids[ok]
         norm = cxcywh.astype(np.float32)
         xyxy = np.empty_like(norm)
@@ -229,8 +230,9 @@ class Adapter:
         boxes = letterbox.boxes_to_camera(xyxy, frame_w, frame_h)
         dets_scores = scores.astype(np.float32)
         if self.masks_index is None:
-            return Detections(boxes, dets_scores, ids), None
+            return Decoded(Detections(boxes, dets_scores, ids), None, bad)
         masks, class_mask = query_masks(outputs[self.masks_index][0], q, boxes, ids,
                                         dets_scores, letterbox, frame_w, frame_h,
                                         self.threshold)
-        return Detections(boxes, dets_scores, ids, instance_masks=masks), class_mask
+        return Decoded(Detections(boxes, dets_scores, ids, instance_masks=masks), class_mask,
+                       bad)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edged.inference.formats._common import (
+    Decoded,
     Hints,
     TensorInfo,
     batch1,
@@ -121,7 +122,7 @@ class Adapter:
         self.mask_classes = mask_classes(manifest)
 
     def postprocess(self, outputs: list[np.ndarray], letterbox: Letterbox, frame_w: int,
-                    frame_h: int) -> tuple[Detections, np.ndarray | None]:
+                    frame_h: int) -> Decoded:
         m = self.manifest
         if self.layout == "torchvision":
             xyxy = outputs[self.idx["boxes"]].reshape(-1, 4)
@@ -136,7 +137,8 @@ class Adapter:
         cand = np.flatnonzero(scores > m.conf_threshold)
         keep = cand[np.argsort(-scores[cand], kind="stable")]
         # an Inf corner would be clipped to the frame's edge: a box from nothing
-        keep = keep[finite_candidates(xyxy[keep], scores[keep])][:m.max_detections]
+        ok, bad = finite_candidates(xyxy[keep], scores[keep])
+        keep = keep[ok][:m.max_detections]
         boxes_in = xyxy[keep].astype(np.float32)
         boxes = letterbox.boxes_to_camera(boxes_in, frame_w, frame_h)
         sc = scores[keep].astype(np.float32)
@@ -158,4 +160,4 @@ class Adapter:
 
         inst = render(boxes, letterbox, (mh, mw), to_field, field, self.threshold)
         class_mask = paint(inst, boxes, ids, sc, letterbox, frame_w, frame_h)
-        return Detections(boxes, sc, ids, instance_masks=inst), class_mask
+        return Decoded(Detections(boxes, sc, ids, instance_masks=inst), class_mask, bad)

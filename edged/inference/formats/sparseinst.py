@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from edged.inference.formats._common import (
+    Decoded,
+    FormatError,
     Hints,
     TensorInfo,
     batch1,
@@ -90,11 +92,26 @@ def roles(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> Roles | None:
     return None
 
 
+# transformers' names for a MaskFormer / Mask2Former / OneFormer head's outputs (its
+# models' output fields, which its ONNX configs and torch.onnx users keep)
+MASKFORMER_NAMES = frozenset({"class_queries_logits", "masks_queries_logits"})
+
+
 def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo],
               hints: Hints | None = None) -> str | None:
     r = roles(inputs, outputs)
     if r is None:
         return None
+    if {o.name for o in outputs} >= MASKFORMER_NAMES:
+        # the same shapes as SparseInst's, other values: class logits with a trailing
+        # no-object class (a softmax, not sigmoid scores) and mask logits combined with
+        # them per pixel; read as SparseInst they would be served wrong without a word
+        raise FormatError(
+            "outputs class_queries_logits and masks_queries_logits are a MaskFormer / "
+            "Mask2Former head (transformers), which edged does not serve: export the "
+            "model with its post-processing in the graph (a semantic class map, "
+            "[1,H,W] from post_process_semantic_segmentation) and serve that as "
+            "format: semantic")
     lab = f", labels {r.labels.name} {dims(r.labels)}" if r.labels is not None else ""
     return (f"SparseInst: per-query masks {r.masks.name} {dims(r.masks)} with scores "
             f"{r.scores.name} {dims(r.scores)}{lab} for the same queries; no boxes")
@@ -138,7 +155,7 @@ class Adapter:
         self.mask_classes = mask_classes(manifest)
 
     def postprocess(self, outputs: list[np.ndarray], letterbox: Letterbox, frame_w: int,
-                    frame_h: int) -> tuple[Detections, np.ndarray | None]:
+                    frame_h: int) -> Decoded:
         m = self.manifest
         maps = outputs[self.masks_index]
         maps = maps.reshape(-1, maps.shape[-2], maps.shape[-1])
@@ -152,7 +169,8 @@ class Adapter:
             ids = s.argmax(1)
             scores = s[np.arange(n), ids]
         cand = np.flatnonzero(scores > m.conf_threshold)
-        cand = cand[finite_candidates(scores[cand])]  # an Inf score passes the threshold
+        ok, bad = finite_candidates(scores[cand])  # an Inf score passes the threshold
+        cand = cand[ok]
         cand = cand[np.argsort(-scores[cand], kind="stable")][:m.max_detections]
         # boxes: the extent of each mask's cells above the threshold (vectorised over
         # the kept queries)
@@ -171,4 +189,4 @@ class Adapter:
         cls = ids[cand].astype(np.int32)
         inst, class_mask = query_masks(maps, cand, boxes, cls, sc, letterbox, frame_w,
                                        frame_h, self.threshold)
-        return Detections(boxes, sc, cls, instance_masks=inst), class_mask
+        return Decoded(Detections(boxes, sc, cls, instance_masks=inst), class_mask, bad)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edged.inference.formats._common import (
+    Decoded,
     Hints,
     class_group_ids,
     class_nms,
@@ -108,25 +109,26 @@ class Adapter:
         self.group_ids = class_group_ids(manifest)
 
     def detections(self, rows: np.ndarray, letterbox: Letterbox, frame_w: int,
-                   frame_h: int) -> Detections:
+                   frame_h: int) -> tuple[Detections, int]:
+        """The detections, and how many candidate rows were dropped for NaN/Inf values."""
         m = self.manifest
         conf = m.conf_threshold
         rows = rows.reshape(-1, rows.shape[-1])
         obj = rows[:, 4]
         cand = np.flatnonzero(obj > conf)
         if cand.size == 0:
-            return Detections.empty()
-        sel = finite_rows(rows[cand])
+            return Detections.empty(), 0
+        sel, bad = finite_rows(rows[cand])
         if not len(sel):
-            return Detections.empty()
+            return Detections.empty(), bad
         # scores = class x objectness, each class above the threshold (multi-label)
         ri, ci, sc = pick(sel[:, 5:] * sel[:, 4:5], conf, m.multi_label)
         if ri.size == 0:
-            return Detections.empty()
+            return Detections.empty(), bad
         xyxy = xywh_to_xyxy(sel[ri, :4])
         keep = class_nms(xyxy, sc, ci, self.group_ids, m)
         return Detections(letterbox.boxes_to_camera(xyxy[keep], frame_w, frame_h),
-                          sc[keep].astype(np.float32), ci[keep].astype(np.int32))
+                          sc[keep].astype(np.float32), ci[keep].astype(np.int32)), bad
 
     @staticmethod
     def class_map(seg: np.ndarray) -> np.ndarray:
@@ -144,7 +146,7 @@ class Adapter:
         return seg.astype(np.uint8)
 
     def postprocess(self, outputs: list[np.ndarray], letterbox: Letterbox, frame_w: int,
-                    frame_h: int) -> tuple[Detections, np.ndarray | None]:
-        dets = self.detections(outputs[self.det_index], letterbox, frame_w, frame_h)
+                    frame_h: int) -> Decoded:
+        dets, bad = self.detections(outputs[self.det_index], letterbox, frame_w, frame_h)
         mask = letterbox.crop_mask(self.class_map(outputs[self.seg_index]))
-        return dets, mask
+        return Decoded(dets, mask, bad)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from edged.inference.formats._common import (
+    Decoded,
     Hints,
     TensorInfo,
     batch1,
@@ -243,7 +244,7 @@ class Adapter:
         self.mask_classes = mask_classes(manifest)
 
     def postprocess(self, outputs: list[np.ndarray], letterbox: Letterbox, frame_w: int,
-                    frame_h: int) -> tuple[Detections, np.ndarray | None]:
+                    frame_h: int) -> Decoded:
         m = self.manifest
         loc = outputs[self.idx["loc"]].reshape(-1, 4)
         conf = outputs[self.idx["conf"]].reshape(loc.shape[0], -1)
@@ -259,7 +260,8 @@ class Adapter:
         cls_scores = conf[:, 1:]  # column 0 is background
         cand = np.flatnonzero(cls_scores.max(1) > m.conf_threshold)
         # before the SSD decoding: an Inf offset or score must not reach the arithmetic
-        cand = cand[finite_candidates(cls_scores[cand], loc[cand])]
+        ok, bad = finite_candidates(cls_scores[cand], loc[cand])
+        cand = cand[ok]
         ri, ci, sc = pick(cls_scores[cand], m.conf_threshold, m.multi_label)
         cand = cand[ri]
         # SSD decoding, normalised coordinates, then input pixels
@@ -292,4 +294,4 @@ class Adapter:
 
         masks = render(boxes, letterbox, (ph, pw), to_field, field, self.threshold)
         class_mask = paint(masks, boxes, ids, scores, letterbox, frame_w, frame_h)
-        return Detections(boxes, scores, ids, instance_masks=masks), class_mask
+        return Decoded(Detections(boxes, scores, ids, instance_masks=masks), class_mask, bad)

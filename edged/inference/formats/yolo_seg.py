@@ -28,6 +28,7 @@ from typing import Literal, get_args
 import numpy as np
 
 from edged.inference.formats._common import (
+    Decoded,
     FormatError,
     Hints,
     TensorInfo,
@@ -279,9 +280,9 @@ class Adapter:
         self._ultralytics = UltralyticsMasks("yolov5" if mode == "yolov5" else "ultralytics")
 
     def _candidates(self, table: np.ndarray, n_masks: int
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
         """(input-pixel xyxy boxes, scores, class ids, mask coefficients) of the kept
-        detections, best first."""
+        detections, best first, and how many candidate rows were dropped for NaN/Inf."""
         m = self.manifest
         conf = m.conf_threshold
         if self.layout == "end2end":
@@ -289,10 +290,11 @@ class Adapter:
             if table.shape[1] != 6 + n_masks:
                 raise ValueError(f"end2end detections have {table.shape[1]} columns, not "
                                  f"6 + {n_masks} mask coefficients")
-            rows = finite_rows(table[table[:, 4] > conf])[:m.max_detections]
+            rows, bad = finite_rows(table[table[:, 4] > conf])
+            rows = rows[:m.max_detections]
             ids = rows[:, 5].astype(np.int32)
             return (rows[:, :4].astype(np.float32), rows[:, 4].astype(np.float32), ids,
-                    rows[:, 6:].astype(np.float32))
+                    rows[:, 6:].astype(np.float32), bad)
         if self.layout == "anchors_last":
             # [4+C+M, A]: the class rows are contiguous, so max/argmax over them is fast
             n_cls = table.shape[0] - 4 - n_masks
@@ -302,7 +304,7 @@ class Adapter:
             best = table[4:4 + n_cls].max(0)
             cand = np.flatnonzero(best > conf)
             # [n, 4+C+M], only the candidates are transposed
-            rows = finite_rows(table[:, cand].T)
+            rows, bad = finite_rows(table[:, cand].T)
             scores = rows[:, 4:4 + n_cls]
         else:
             n_cls = table.shape[1] - 5 - n_masks
@@ -310,7 +312,7 @@ class Adapter:
                 raise ValueError(f"detections {list(table.shape)} leave no class scores with "
                                  f"{n_masks} mask coefficients")
             cand = np.flatnonzero(table[:, 4] > conf)
-            rows = finite_rows(table[cand])
+            rows, bad = finite_rows(table[cand])
             scores = rows[:, 5:5 + n_cls] * rows[:, 4:5]
         ri, ci, sc = pick(scores, conf, m.multi_label)
         xyxy = xywh_to_xyxy(rows[ri, :4])
@@ -318,22 +320,23 @@ class Adapter:
         keep = class_nms(xyxy, sc, ci, self.group_ids, m,
                          float32_offsets=self.mask_mode != "direct")
         coefs = rows[ri[keep], rows.shape[1] - n_masks:].astype(np.float32)
-        return xyxy[keep], sc[keep].astype(np.float32), ci[keep].astype(np.int32), coefs
+        return (xyxy[keep], sc[keep].astype(np.float32), ci[keep].astype(np.int32), coefs,
+                bad)
 
     def postprocess(self, outputs: list[np.ndarray], letterbox: Letterbox, frame_w: int,
-                    frame_h: int) -> tuple[Detections, np.ndarray | None]:
+                    frame_h: int) -> Decoded:
         det = outputs[self.det_index]
         protos = None if self.proto_index is None else outputs[self.proto_index][0]
         n_masks = 0 if protos is None else protos.shape[0]
-        boxes_in, scores, ids, coefs = self._candidates(det[0], n_masks)
+        boxes_in, scores, ids, coefs, bad = self._candidates(det[0], n_masks)
         if protos is None and len(scores) == 0:
-            return Detections.empty(), None
+            return Decoded(Detections.empty(), None, bad)
         if self.mask_mode == "yolov5" and protos is not None:
             boxes = yolov5_boxes_to_camera(boxes_in, letterbox, frame_w, frame_h)
         else:
             boxes = letterbox.boxes_to_camera(boxes_in, frame_w, frame_h)
         if protos is None:
-            return Detections(boxes, scores, ids), None
+            return Decoded(Detections(boxes, scores, ids), None, bad)
         if self.mask_mode in ("ultralytics", "yolov5"):
             masks = self._ultralytics.render(boxes, coefs, protos, frame_w, frame_h,
                                              self.threshold)
@@ -346,7 +349,7 @@ class Adapter:
         else:
             masks = self._direct(boxes, coefs, protos, letterbox)
         class_mask = paint(masks, boxes, ids, scores, letterbox, frame_w, frame_h)
-        return Detections(boxes, scores, ids, instance_masks=masks), class_mask
+        return Decoded(Detections(boxes, scores, ids, instance_masks=masks), class_mask, bad)
 
     def _direct(self, boxes: np.ndarray, coefs: np.ndarray, protos: np.ndarray,
                 letterbox: Letterbox) -> list[np.ndarray]:

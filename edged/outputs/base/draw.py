@@ -1,5 +1,5 @@
 """What the view draws: the camera frame with the class mask blended in, instance masks,
-and boxes labelled with class name and score.
+boxes labelled with class name, track id and score, and each track's trail.
 
 Colours are fixed per class index (not per name), so a legend built from the manifest's
 class names matches every frame; a mask class named like a background is left clear.
@@ -118,12 +118,19 @@ class Overlay:
                 cv2.copyTo(cv2.addWeighted(roi, 1.0 - MASK_ALPHA, tint, MASK_ALPHA, 0.0),
                            sub, roi)
         scale, thick = label_style(w, h)
-        for (x1, y1, x2, y2), c, s in zip(boxes, ids, np.asarray(det.scores).reshape(-1)):
+        tids = track_ids(result)
+        if result.tracks is not None:
+            for trail, c in zip(result.tracks.trails, ids):
+                if len(trail) > 1:
+                    cv2.polylines(out, [np.round(trail).astype(np.int32)], False,
+                                  box_colour(int(c)), max(1, thick - 1), cv2.LINE_AA)
+        for (x1, y1, x2, y2), c, s, tid in zip(boxes, ids, np.asarray(det.scores).reshape(-1),
+                                               tids):
             col = box_colour(int(c))
             p1 = (int(round(x1)), int(round(y1)))
             p2 = (int(round(x2)), int(round(y2)))
             cv2.rectangle(out, p1, p2, col, thick, cv2.LINE_AA)
-            label = box_label(result, int(c), float(s))
+            label = box_label(result, int(c), float(s), tid)
             lb = label_box(label, p1[0], p1[1], p2[1], scale)
             cv2.rectangle(out, (lb.left, lb.top), (lb.right, lb.bottom), col, cv2.FILLED)
             cv2.putText(out, label, (lb.left + 2, lb.baseline), cv2.FONT_HERSHEY_SIMPLEX, scale,
@@ -137,11 +144,19 @@ class Overlay:
         return self._lut[:, ::-1].tobytes()
 
 
-def box_label(result: Result, class_id: int, score: float) -> str:
-    """A box's label text, as the view and Foxglove's annotations write it."""
+def box_label(result: Result, class_id: int, score: float, track_id: int = 0) -> str:
+    """A box's label text, as the view and Foxglove's annotations write it: `robot #7
+    0.93` (the track id where the detection has one)."""
     name = result.class_names[class_id] if 0 <= class_id < len(result.class_names) \
         else str(class_id)
-    return f"{name} {score:.2f}"
+    return f"{name} #{track_id} {score:.2f}" if track_id else f"{name} {score:.2f}"
+
+
+def track_ids(result: Result) -> list[int]:
+    """Per detection its track id, 0 for none (all 0 when tracking is off)."""
+    if result.tracks is None:
+        return [0] * len(result.detections)
+    return [int(t) for t in result.tracks.ids.tolist()]
 
 
 def label_style(w: int, h: int) -> tuple[float, int]:

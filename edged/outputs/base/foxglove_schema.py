@@ -33,6 +33,7 @@ from edged.outputs.base.draw import (
     encode_jpeg,
     label_box,
     label_style,
+    track_ids,
 )
 from edged.outputs.base.png import with_palette
 from edged.results import Frame, Result
@@ -77,22 +78,33 @@ def image_annotations(result: Result) -> ImageAnnotations:
     """One closed outline and one label per detection, in the class's view colour, as
     edged's view draws them: the outline as thick, the label's background band at the
     same place (above the box's top-left corner, or below the box at the image's top)
-    and as tall. Foxglove's `TextAnnotation.position` is the label's bottom-left corner
-    (pixel edges: the view fills rows top..bottom, so it is bottom + 1)."""
+    and as tall; a tracked detection's label has its track id, and its trail (the
+    track's recent box centres) is a line strip. Foxglove's `TextAnnotation.position` is
+    the label's bottom-left corner (pixel edges: the view fills rows top..bottom, so it
+    is bottom + 1)."""
     ts = stamp(result.t_capture_wall_ns)
     det = result.detections
     boxes = np.asarray(det.boxes, np.float32).reshape(-1, 4)
     scale, thick = label_style(result.frame_w, result.frame_h)
     points, texts = [], []
-    for (x1, y1, x2, y2), c, s in zip(boxes.tolist(), np.asarray(det.class_ids).tolist(),
-                                      np.asarray(det.scores).tolist()):
+    classes = np.asarray(det.class_ids).tolist()
+    if result.tracks is not None:
+        for trail, c in zip(result.tracks.trails, classes):
+            if len(trail) > 1:
+                points.append(PointsAnnotation(
+                    timestamp=ts, type=PointsAnnotationType.LineStrip,
+                    points=[Point2(x=x, y=y) for x, y in trail.tolist()],
+                    outline_color=_colour(box_colour(int(c))),
+                    thickness=float(max(1, thick - 1))))
+    for (x1, y1, x2, y2), c, s, tid in zip(boxes.tolist(), classes,
+                                           np.asarray(det.scores).tolist(), track_ids(result)):
         col = box_colour(int(c))
         points.append(PointsAnnotation(
             timestamp=ts, type=PointsAnnotationType.LineLoop,
             points=[Point2(x=x1, y=y1), Point2(x=x2, y=y1), Point2(x=x2, y=y2),
                     Point2(x=x1, y=y2)],
             outline_color=_colour(col), thickness=float(thick)))
-        text = box_label(result, int(c), float(s))
+        text = box_label(result, int(c), float(s), tid)
         lb = label_box(text, int(round(x1)), int(round(y1)), int(round(y2)), scale)
         texts.append(TextAnnotation(timestamp=ts, position=Point2(x=lb.left, y=lb.bottom + 1),
                                     text=text, font_size=float(lb.bottom + 1 - lb.top),

@@ -9,7 +9,9 @@ Events (`edged.telemetry`: stats, state, model change, drop, end-of-stream) are 
 dropped: they are few, and a subscriber must see every end-of-stream. A sink gets them
 typed and reads the fields it needs; only the ZeroMQ output turns them into bytes.
 
-Every output (`edged.outputs.<name>`) is a sink; the ZeroMQ publisher is the first.
+Every output (`edged.outputs.<name>`) is a sink. One that publishes to subscribers (the
+ZeroMQ output) is also `Publishing`: the daemon asks it, through its runner's `call`,
+for what only it knows.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from edged.outputs.base.png import SharedMask
 from edged.results import Frame, Result
@@ -29,6 +32,7 @@ from edged.telemetry import ControlEvent, SinkStats, StreamEnded
 log = logging.getLogger("edged.daemon.sinks")
 
 DEFAULT_QUEUE = 8  # outcomes a sink may have waiting before the oldest is dropped
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +78,25 @@ class Sink(ABC):
         """Called on the sink's thread after the last item."""
 
 
+@runtime_checkable
+class Publishing(Protocol):
+    """A sink that publishes results to subscribers; the daemon asks it three things.
+
+    `published`: results handed on per camera (the stats' `published`; read from any
+    thread). `wait_for_subscribers` (on the sink's thread, before the cameras start):
+    block until the subscriptions its config asks for have arrived or its wait is over.
+    `reload` (on the sink's thread, at SIGHUP): re-read what it may re-read while running
+    (keys, refusals); one line per thing done; raises when that fails.
+    """
+
+    @property
+    def published(self) -> Mapping[str, int]: ...
+
+    def wait_for_subscribers(self) -> None: ...
+
+    def reload(self) -> list[str]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class _Control:
     event: ControlEvent
@@ -87,8 +110,8 @@ class _EndOfStream:
 
 @dataclass(frozen=True, slots=True)
 class _Call:
-    fn: Callable[[], None]
-    done: Future[None]
+    fn: Callable[[], Any]
+    done: Future[Any]
 
 
 _Item = Outcome | _Control | _EndOfStream | _Call
@@ -153,12 +176,13 @@ class SinkRunner:
             done.set_result(None)
         return done
 
-    def call(self, fn: Callable[[], None]) -> Future[None]:
-        """Run `fn` on the sink's thread, in queue order (e.g. a reset of state that
-        thread owns)."""
-        done: Future[None] = Future()
+    def call(self, fn: Callable[[], T]) -> Future[T]:
+        """Run `fn` on the sink's thread, in queue order (e.g. something only the thread
+        owning the sink's socket may do). The future holds what it returned or raised
+        (not counted as the sink failing); SinkClosed when the sink runs no more."""
+        done: Future[T] = Future()
         if not self._push(_Call(fn, done)):
-            done.set_result(None)
+            done.set_exception(SinkClosed(f"sink {self.sink.name} is closed"))
         return done
 
     def _push(self, item: _Item) -> bool:
@@ -209,7 +233,7 @@ class SinkRunner:
                 elif isinstance(item, _EndOfStream):
                     sink.end_of_stream(item.eos)
                 else:
-                    item.fn()
+                    _answer(item)
             except Exception as e:  # a failing sink is counted and never stops the others
                 with self._cv:
                     self._failed += 1
@@ -229,7 +253,22 @@ class SinkRunner:
             _settle(item)
 
 
+class SinkClosed(RuntimeError):
+    """A call to a sink that is closed, or that could not open."""
+
+
+def _answer(call: _Call) -> None:
+    """Run a call; what it returns or raises is the caller's."""
+    try:
+        call.done.set_result(call.fn())
+    except Exception as e:  # noqa: BLE001 - handed to whoever waits on the future
+        call.done.set_exception(e)
+
+
 def _settle(item: _Item) -> None:
-    """Whoever waits for this item is told it has been handled."""
-    if isinstance(item, _EndOfStream | _Call) and not item.done.done():
+    """Whoever waits for this item is told it has been handled (a call that never ran:
+    that the sink is closed)."""
+    if isinstance(item, _EndOfStream) and not item.done.done():
         item.done.set_result(None)
+    elif isinstance(item, _Call) and not item.done.done():
+        item.done.set_exception(SinkClosed("the sink is closed"))

@@ -25,13 +25,13 @@ from dataclasses import dataclass
 import foxglove
 from foxglove.channels import CompressedImageChannel, ImageAnnotationsChannel, RawImageChannel
 
-from edged.config import FoxgloveConfig
 from edged.outputs.base import foxglove_schema as messages
 from edged.outputs.base.draw import Overlay
 from edged.outputs.base.foxglove_schema import STATS_TOPIC
 from edged.outputs.base.sink import Outcome, Sink
 from edged.outputs.foxglove import FoxgloveError
 from edged.outputs.foxglove.relay import Relay
+from edged.outputs.foxglove.settings import FoxgloveConfig
 from edged.telemetry import ControlEvent, StatsReport
 
 log = logging.getLogger("edged.foxglove")

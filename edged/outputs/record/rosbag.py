@@ -28,7 +28,6 @@ from typing import IO, Any
 import yaml
 from mcap.writer import CompressionType, Writer
 
-from edged.config import RecordConfig
 from edged.outputs.base.draw import encode_jpeg
 from edged.outputs.base.ros2msgs import cdr, msgs
 from edged.outputs.base.ros2msgs.convert import detections, diagnostic_status, instance_ids
@@ -37,6 +36,7 @@ from edged.outputs.base.ros2msgs.typehash import rihs01
 from edged.outputs.base.sink import Outcome, Sink
 from edged.outputs.record import RecordError
 from edged.outputs.record.files import MB
+from edged.outputs.record.settings import RecordConfig
 from edged.telemetry import ControlEvent, StatsReport
 
 log = logging.getLogger("edged.record")

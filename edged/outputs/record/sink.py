@@ -28,7 +28,6 @@ from typing import Any
 
 from foxglove.messages import CompressedImage, ImageAnnotations, RawImage
 
-from edged.config import RecordConfig
 from edged.outputs.base import foxglove_schema as messages
 from edged.outputs.base.draw import Overlay
 from edged.outputs.base.foxglove_schema import STATS_TOPIC
@@ -41,6 +40,7 @@ from edged.outputs.record import (
     encode_wire,
 )
 from edged.outputs.record.files import MB, McapFile, Schema, enforce_limit
+from edged.outputs.record.settings import RecordConfig
 from edged.telemetry import (
     CameraState,
     ControlEvent,

@@ -11,9 +11,10 @@ Topics per camera, under `/<namespace>/<camera>/` (ROS 2 names; on the DDS wire 
 - `mask/label_info`: vision_msgs/msg/LabelInfo, segmentation class names (latched);
 - `mask_color`: Image `rgb8`, with `ros2.mask_color`; and `mask_color/compressed` (PNG);
 - `detections`: vision_msgs/msg/Detection2DArray, one hypothesis per box (class id as
-  text, score), `id` = the detection's index + 1;
+  text, score), `id` = the detection's track id as text ("" when it has none);
 - `label_info`: LabelInfo, detection class names (latched);
-- `instances`: Image `mono16` for formats with instance masks, pixel = detection id;
+- `instances`: Image `mono16` for formats with instance masks, pixel = the detection's
+  index in `detections` + 1;
 - `image/compressed`: sensor_msgs/msg/CompressedImage `jpeg`, with `ros2.image`, at
   most `image_fps`;
 
@@ -48,13 +49,13 @@ from cyclonedds.qos import Policy, Qos
 from cyclonedds.topic import Topic
 from cyclonedds.util import duration
 
-from edged.config import Ros2Config
 from edged.outputs.base.draw import encode_jpeg, is_background, mask_colour
 from edged.outputs.base.png import with_palette
 from edged.outputs.base.ros2msgs import Ros2Error, cdr, msgs
 from edged.outputs.base.ros2msgs.convert import detections, diagnostic_status, instance_ids
 from edged.outputs.base.ros2msgs.typehash import user_data
 from edged.outputs.base.sink import Outcome, Sink
+from edged.outputs.ros2.settings import Ros2Config
 from edged.results import Result
 from edged.telemetry import ControlEvent, StatsReport
 

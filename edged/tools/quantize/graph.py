@@ -240,7 +240,7 @@ def activation_rounding(prepared: Path, quantized: Path, inputs: list[np.ndarray
     Per tensor, not per conv: a conv left float still reads and writes int8 tensors when
     its neighbours are int8 (onnxruntime puts the pair on the tensor), so on the
     reference layout keeping every conv float left the error where it was; keeping the
-    8 worst tensors float halved it (`tests/test_quantize.py`). Each pair's own rounding,
+    8 worst tensors float halved it (`tests/unit/test_quantize.py`). Each pair's own rounding,
     not the error of the tensor: that carries every earlier rounding and would blame the
     decoder (onnxruntime's qdq_loss_debug reports the same local error as SQNR)."""
     fm = onnx.load(str(prepared))

@@ -8,7 +8,7 @@ trailing padding.
 
 Why not the Cyclone DDS Python serializer for these: it walks a `sequence<uint8>` one
 element at a time (12 ms for a 640x480 mono8 mask here, against 0.1 ms for this). The
-small messages go through it. tests/test_ros2.py checks these bytes against Cyclone's
+small messages go through it. tests/e2e/test_ros2.py checks these bytes against Cyclone's
 own serializer, and a Cyclone reader decodes them in the end-to-end test.
 """
 

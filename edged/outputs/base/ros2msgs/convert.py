@@ -12,10 +12,12 @@ from edged.telemetry import CameraSnapshot, CameraState
 
 def detections(r: Result, header: msgs.Header) -> msgs.Detection2DArray:
     """One Detection2D per box: bbox centre and size in camera pixels, one hypothesis
-    (class id as text, score); `id` is the detection's index + 1 (the `instances`
-    image's pixel value)."""
+    (class id as text, score); `id` is the detection's track id as text, "" when it has
+    none (vision_msgs: the id that stays with an object across messages, may be empty).
+    The track's velocity has no field in vision_msgs and is not carried."""
     det = r.detections
     boxes = np.asarray(det.boxes, np.float64).reshape(-1, 4)
+    tids = [0] * len(boxes) if r.tracks is None else r.tracks.ids.tolist()
     out = []
     for i, ((x1, y1, x2, y2), c, s) in enumerate(zip(boxes.tolist(),
                                                      np.asarray(det.class_ids).tolist(),
@@ -27,7 +29,7 @@ def detections(r: Result, header: msgs.Header) -> msgs.Detection2DArray:
             bbox=msgs.BoundingBox2D(center=msgs.Pose2D(
                 position=msgs.Point2D((x1 + x2) / 2, (y1 + y2) / 2)),
                 size_x=x2 - x1, size_y=y2 - y1),
-            id=str(i + 1)))
+            id=str(tids[i]) if tids[i] else ""))
     return msgs.Detection2DArray(header=header, detections=out)
 
 

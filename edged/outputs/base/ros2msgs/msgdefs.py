@@ -3,7 +3,7 @@ bag's MCAP schema (`ros2msg`) holds a type's definition followed by each type it
 so any reader can decode the CDR without ROS installed. Constants and comments of the
 upstream files are left out where they do not change the layout; neither is part of a
 type's RIHS01 hash either (`edged.outputs.base.ros2msgs.typehash` hashes these definitions, and
-tests/test_rosbag.py checks them against the upstream files)."""
+tests/e2e/test_rosbag.py checks them against the upstream files)."""
 
 from __future__ import annotations
 

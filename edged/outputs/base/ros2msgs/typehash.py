@@ -13,7 +13,7 @@ Where a hash is used: rosbag2 (Iron and later) stores it per topic (`type_descri
 in metadata.yaml, `topic_type_hash` in the MCAP channel), and the RMW announces it in DDS
 USER_DATA as `typehash=RIHS01_<hex>;` (rmw_dds_common), which `ros2 topic info -v` shows.
 
-tests/test_rosbag.py checks these hashes against `rosbags`' own implementation and the
+tests/e2e/test_rosbag.py checks these hashes against `rosbags`' own implementation and the
 hashes a real rosbag2 (ros2/rosbag2's test bags) recorded.
 """
 

@@ -1,2 +1,0 @@
-"""Helpers of tests/test_triton.py (a regular package: it must win over an installed
-`triton`, e.g. the one torch brings)."""

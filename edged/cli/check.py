@@ -99,9 +99,10 @@ def _try_binds(cfg: Config) -> None:
     held: list[Held] = []
     try:
         for output in OUTPUTS:
-            if output.configured(cfg):
-                output.require(cfg)
-                print(output.check(cfg, held))
+            section = output.section(cfg)
+            if section is not None:
+                output.require(cfg, section)
+                print(output.check(cfg, section, held))
         if cfg.log.metrics:
             held.append(bind_metrics(cfg.log.metrics))
             print(f"metrics: {cfg.log.metrics}: bound OK")

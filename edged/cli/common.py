@@ -28,10 +28,11 @@ def read_config(path: str | None, int8_class: str | None = None) -> Config:
     """The config; ConfigError is reported by `main` (see `edged.cli.report`). Sets OpenCV's
     decoded-image pixel bound from the cameras' max_pixels before any frame is read.
     `int8_class`: the CPU's, when the caller has detected it already."""
+    from edged.app import SECTIONS
     from edged.capture.readers.images import limit_image_decoding
     from edged.config import load_config
 
-    cfg = load_config(path, int8_class=int8_class)
+    cfg = load_config(path, int8_class=int8_class, sections=SECTIONS)
     limit_image_decoding(max(c.max_pixels for c in cfg.cameras.values()))
     return cfg
 

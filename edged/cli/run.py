@@ -141,9 +141,9 @@ class EchoThread:
 def _recording(cfg: Config, args: argparse.Namespace) -> Config:
     """`edged record`: the config with everything recorded (its record section's limits
     where it has one), into --dir."""
-    from edged.config import RecordConfig
+    from edged.outputs.record.settings import RecordConfig
 
-    base = cfg.record
+    base = cfg.section(RecordConfig)
     fields: dict[str, object] = {} if base is None else base.model_dump()
     fields.update(trigger="always", dir=Path(args.dir) if args.dir else
                   (base.dir if base is not None else Path("recordings")))

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo
 
 from edged.config.errors import custom_error
 from edged.names import camera_name_problem
+
+if TYPE_CHECKING:
+    from edged.config.root import Config
 
 
 def _not_bool(value: object) -> object:
@@ -38,6 +41,15 @@ CameraName = Annotated[str, AfterValidator(_check_camera_name)]
 
 class Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Section(Frozen):
+    """The base of an output's config section (`publish`, and each output's
+    `edged/outputs/<name>/settings.py`); `Config.section(<its class>)` finds it."""
+
+    def check_with(self, config: Config) -> None:
+        """Raise a `custom_error` when this section and the rest of the file disagree
+        (run once the whole file is validated)."""
 
 
 def config_path(value: str | Path, info: ValidationInfo) -> Path:

@@ -5,7 +5,8 @@ traced back to the line of the file that caused it:
    key path, substituting ``${VAR}``.
 2. ``merge_cameras`` applies ``camera_defaults`` and the global ``budget`` to each camera,
    remembering for every merged key which path of the document it came from.
-3. pydantic validates the merged data; each of its errors is mapped back through those two
+3. pydantic validates the merged data (as `Config` with the output sections the caller
+   gives, `config_class`); each of its errors is mapped back through those two
    tables to ``file:line: key.path: message (got value)``.
 
 All problems found are collected and raised together as one ``ConfigError``.
@@ -28,8 +29,9 @@ from typing import Annotated, Any, Final, Union
 from pydantic import BaseModel, ValidationError
 
 from edged.config.errors import NO_VALUE, ConfigError, ConfigIssue, Loc, did_you_mean, format_loc
+from edged.config.fields import Section
 from edged.config.reader import Reader, forget_below
-from edged.config.root import FILE_SECTIONS, Config
+from edged.config.root import Config, config_class, file_sections
 
 MAX_YAML_DEPTH: Final = 64
 # The config file is read up to this many bytes; a real one is a few KB, and reading
@@ -123,11 +125,11 @@ def _strip_type(tp: Any) -> Any:
             return tp
 
 
-def _keys_at(loc: Loc) -> list[str]:
+def _keys_at(loc: Loc, root: type[Config]) -> list[str]:
     """The keys allowed in the mapping at `loc` (validated data path), for suggestions."""
     if not loc:
-        return list(FILE_SECTIONS)
-    tp: Any = Config
+        return list(file_sections(root))
+    tp: Any = root
     for part in loc:
         tp = _strip_type(tp)
         if isinstance(tp, type) and issubclass(tp, BaseModel):
@@ -145,13 +147,13 @@ def _keys_at(loc: Loc) -> list[str]:
     return []
 
 
-def _message(err: Mapping[str, Any], loc: Loc) -> str:
+def _message(err: Mapping[str, Any], loc: Loc, root: type[Config]) -> str:
     kind = err["type"]
     message = str(err["msg"])
     if kind == "missing":
         return "required key is missing"
     if kind == "extra_forbidden":
-        return f"unknown key; {did_you_mean(str(loc[-1]), _keys_at(loc[:-1]))}"
+        return f"unknown key; {did_you_mean(str(loc[-1]), _keys_at(loc[:-1], root))}"
     if kind == "literal_error" and isinstance(err.get("input"), str):
         # "Input should be 'raw', 'zstd' or 'png'" + a suggestion when one is close.
         choices = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
@@ -169,20 +171,28 @@ def default_config_path() -> Path:
     return Path(__file__).parents[1] / "configs" / "default.yaml"
 
 
+# no output sections: a file of the core sections only
+NO_SECTIONS: Final[Mapping[str, type[Section]]] = types.MappingProxyType({})
+
+
 def parse_config(
     text: str, *, file: str = "<string>", base_dir: Path | None = None,
     env: Mapping[str, str] | None = None, int8_class: str | None = None,
+    sections: Mapping[str, type[Section]] = NO_SECTIONS,
 ) -> Config:
     """Parse config text; relative model paths are resolved against base_dir (default: cwd);
-    a builtin variant set picks its file for int8_class (default: this machine's)."""
+    a builtin variant set picks its file for int8_class (default: this machine's).
+    `sections`: the output sections the file may have, name -> model (`edged.app.SECTIONS`)."""
     return _parse(text, file=file, base_dir=base_dir, env=env, source_file=None,
-                  int8_class=int8_class)
+                  int8_class=int8_class, sections=sections)
 
 
 def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None = None,
-                int8_class: str | None = None) -> Config:
+                int8_class: str | None = None,
+                sections: Mapping[str, type[Section]] = NO_SECTIONS) -> Config:
     """Load a config file (default: the packaged default.yaml); env defaults to os.environ;
-    a builtin variant set picks its file for int8_class (default: this machine's)."""
+    a builtin variant set picks its file for int8_class (default: this machine's).
+    `sections`: the output sections the file may have, name -> model (`edged.app.SECTIONS`)."""
     file_path = default_config_path() if path is None else Path(path)
 
     def refuse(message: str) -> ConfigError:
@@ -213,13 +223,15 @@ def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None
                           ) from None
     absolute = file_path.expanduser().absolute()
     return _parse(text, file=str(file_path), base_dir=absolute.parent, env=env,
-                  source_file=absolute, int8_class=int8_class)
+                  source_file=absolute, int8_class=int8_class, sections=sections)
 
 
 def _parse(
     text: str, *, file: str, base_dir: Path | None, env: Mapping[str, str] | None,
-    source_file: Path | None, int8_class: str | None = None,
+    source_file: Path | None, int8_class: str | None,
+    sections: Mapping[str, type[Section]],
 ) -> Config:
+    root = config_class(sections)
     reader = Reader(file, os.environ if env is None else env)
     data = reader.read(text)
     issues = reader.issues
@@ -230,14 +242,14 @@ def _parse(
 
     for key in ("source_file", "secrets"):  # Config fields set by the loader, not the file
         if key in data:
-            issue((key,), data.pop(key), f"unknown key; {did_you_mean(key, FILE_SECTIONS)}")
+            issue((key,), data.pop(key), f"unknown key; {did_you_mean(key, file_sections(root))}")
     origin: dict[Loc, Loc] = {}
     merge_cameras(data, origin, issue)
     data["source_file"] = source_file
 
     config: Config | None = None
     try:
-        config = Config.model_validate(data, context={"base_dir": base_dir,
+        config = root.model_validate(data, context={"base_dir": base_dir,
                                                       "int8_class": int8_class})
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
@@ -251,7 +263,7 @@ def _parse(
             written = reader.substituted.get(source)
             if written is not None and value == written[1]:
                 value = written[0]
-            issue(source, value, _message(err, loc))
+            issue(source, value, _message(err, loc, root))
 
     secrets = tuple(sorted(reader.inserted))
     if issues:

@@ -8,7 +8,7 @@ from typing import Final, Literal
 from pydantic import Field, field_validator, model_validator
 
 from edged.config.errors import custom_error
-from edged.config.fields import ConfigPath, Float, Frozen, Int
+from edged.config.fields import ConfigPath, Float, Frozen, Int, Section
 from edged.config.network import Endpoint, is_loopback_host
 from edged.names import parse_endpoint
 
@@ -25,7 +25,7 @@ class CurveConfig(Frozen):
     clients_dir: ConfigPath  # one NAME.key (public) per admitted subscriber; re-read on SIGHUP
 
 
-class PublishConfig(Frozen):
+class PublishConfig(Section):
     curve: CurveConfig | None = None
     # publish unencrypted to anyone who reaches a non-loopback tcp endpoint (no CURVE):
     # only when said so, and warned about at every start

@@ -350,9 +350,10 @@ def make_stage(config: Config, outputs: Sequence[Output]) -> PublishStage:
     sinks: list[SinkRunner] = []
     try:
         for output in outputs:
-            if output.configured(config):
-                output.require(config)
-                sinks.append(SinkRunner(output.build(config, names),
+            section = output.section(config)
+            if section is not None:
+                output.require(config, section)
+                sinks.append(SinkRunner(output.build(config, section, names),
                                         queue_size=output.queue_size))
     except BaseException:
         for r in sinks:

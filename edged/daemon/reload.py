@@ -24,7 +24,7 @@ from edged.daemon.threads import BlockingCalls
 from edged.daemon.tracking import TrackingError, TrackingStage
 from edged.inference.cpu import CpuInfo
 from edged.inference.pool import InferencePool
-from edged.outputs.base.output import Output
+from edged.outputs.base.output import Output, output_sections
 
 log = logging.getLogger("edged.daemon.pipeline")
 
@@ -123,7 +123,8 @@ class Reloader:
         try:
             try:
                 new = await p.blocking.run(
-                    lambda: load_config(old.source_file, int8_class=p.cpu.int8_class),
+                    lambda: load_config(old.source_file, int8_class=p.cpu.int8_class,
+                                        sections=output_sections(p.outputs)),
                     name="reload-config")
             except (ConfigError, OSError) as e:
                 log.error("reload rejected, the running configuration stays:\n%s", e)

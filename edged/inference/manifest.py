@@ -102,7 +102,8 @@ class _PreprocessDoc(_Doc):
                     Field(min_length=3, max_length=3)] | None = None
     std: Annotated[list[Annotated[float, Field(gt=0, allow_inf_nan=False)]],
                    Field(min_length=3, max_length=3)] | None = None
-    interpolation: Literal["linear", "area", "nearest"] | None = None
+    interpolation: Literal["linear", "area", "nearest", "pil_bilinear", "pil_bicubic"] | None \
+        = None
     size: Literal["fixed", "keep_ratio"] | None = None
     limit_side: Annotated[int, Field(ge=8, le=8192)] | None = None
     limit_type: Literal["max", "min"] | None = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 
-from edged.config import Config
+from edged.config import Config, PublishConfig
 from edged.outputs.base.output import Held, Output
 from edged.outputs.base.sink import DEFAULT_QUEUE, Outcome, Sink
 from edged.telemetry import ControlEvent, StreamEnded
@@ -90,8 +90,7 @@ def make_publisher(config: Config, *, cameras: int = 0, linger_ms: int = 500) ->
                      ipc_group=pc.ipc_group)
 
 
-def _check(config: Config, held: list[Held]) -> str:
-    pc = config.publish
+def _check(config: Config, pc: PublishConfig, held: list[Held]) -> str:
     try:
         pub = make_publisher(config, linger_ms=0)
     except BaseException:
@@ -109,12 +108,12 @@ def _check(config: Config, held: list[Held]) -> str:
     return "\n".join(lines)
 
 
-def _build(config: Config, cameras: list[str]) -> Sink:
-    pc = config.publish
+def _build(config: Config, pc: PublishConfig, cameras: list[str]) -> Sink:
     return ZmqSink(make_publisher(config, cameras=len(cameras)),
                    wait_for=pc.wait_for_subscribers, wait_timeout_s=pc.wait_timeout_s)
 
 
-# pyzmq is a core dependency: nothing to require; the config section is always there
-OUTPUT = Output("publish", queue_size=DEFAULT_QUEUE, require=lambda _: None, check=_check,
-                build=_build)
+# pyzmq is a core dependency: nothing to require; its section is the core's `publish`
+# (the publish stage reads it too), always there
+OUTPUT = Output("publish", PublishConfig, queue_size=DEFAULT_QUEUE, require=lambda _, __: None,
+                check=_check, build=_build)

@@ -392,7 +392,10 @@ def _free_port() -> int:
 
 def sink_costs(config: Config, models: Models, frames: int) -> list[dict[str, Any]]:
     """The pipeline with each new output on, without and with a consumer."""
-    from edged.config import FoxgloveConfig, RecordConfig, Ros2Config, ViewConfig
+    from edged.outputs.foxglove.settings import FoxgloveConfig
+    from edged.outputs.record.settings import RecordConfig
+    from edged.outputs.ros2.settings import Ros2Config
+    from edged.outputs.view.settings import ViewConfig
 
     rows: list[dict[str, Any]] = []
 

@@ -63,6 +63,9 @@ def inspect_model(path: Path, fmt: str = "auto", runs: int = 10) -> dict[str, An
     del session
     info.update(format=None, why=None, manifest=None, manifest_source=None, latency=None,
                 error=None)
+    # what the graph itself says, whatever manifest lies beside it: a manifest written by
+    # an earlier run (or edited since) is shown against it, never taken for it
+    info["graph"] = graph_reading(path, info, fmt)
     try:
         runner = ModelRunner(ModelOptions(path=path, format=fmt, threads=1, warmup_runs=0))
     except ModelError as e:
@@ -73,8 +76,56 @@ def inspect_model(path: Path, fmt: str = "auto", runs: int = 10) -> dict[str, An
     info["manifest_source"] = ("file " + str(manifest_path(path))
                                if manifest_path(path).is_file() else "derived from the graph")
     info["manifest"] = _manifest_dict(m)
+    graph = info["graph"]
+    if manifest_path(path).is_file() and graph.get("manifest") is not None:
+        info["differs"] = _differences(graph["manifest"], info["manifest"])
     info["latency"] = _latency(runner, runs)
     return info
+
+
+def _graph_tensors(info: dict[str, Any], kind: str) -> list[Any]:
+    from edged.inference.formats import TensorInfo
+
+    return [TensorInfo(t["name"], tuple(t["shape"]), t["dtype"]) for t in info[kind]]
+
+
+def graph_reading(path: Path, info: dict[str, Any], fmt: str = "auto") -> dict[str, Any]:
+    """{"format", "why", "manifest", "proposed"} the graph alone implies (its shapes, the
+    ops that make its outputs, its metadata) with the family's proposals over the plain
+    reading (what --write-manifest writes), or {"error"} where it implies none."""
+    from edged.inference.formats import FormatError, manifest_from_graph, propose
+    from edged.inference.graph import output_ops
+
+    try:
+        ops = output_ops(path, [t["name"] for t in info["outputs"]])
+    except (OSError, ValueError):
+        ops = {}
+    try:
+        m, why = manifest_from_graph(_graph_tensors(info, "inputs"),
+                                     _graph_tensors(info, "outputs"), info["metadata"], fmt,
+                                     ops=ops)
+    except (FormatError, ValueError) as e:
+        return {"error": str(e)}
+    m, proposed = propose(m, _graph_tensors(info, "inputs"), _graph_tensors(info, "outputs"),
+                          info["metadata"], ops)
+    return {"format": m.format, "why": why, "manifest": _manifest_dict(m),
+            "proposed": proposed}
+
+
+def _differences(graph: dict[str, Any], used: dict[str, Any], where: str = ""
+                 ) -> list[dict[str, Any]]:
+    """Keys whose value in the manifest in use is not the graph's reading, dotted."""
+    out: list[dict[str, Any]] = []
+    for key in sorted(set(graph) | set(used)):
+        if key in ("extra", "quantization"):  # provenance, not a reading of the graph
+            continue
+        a, b = graph.get(key), used.get(key)
+        name = f"{where}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, name + ".")
+        elif a != b:
+            out.append({"key": name, "graph": a, "manifest": b})
+    return out
 
 
 def _manifest_dict(m: Any) -> dict[str, Any]:
@@ -113,21 +164,17 @@ def write_manifest(info: dict[str, Any], fmt: str = "auto", force: bool = False)
     Derived, never read back: with --force an existing manifest is replaced by what the
     graph (and its metadata) says, the way to start over after a bad edit.
     """
-    from edged.inference.formats import FormatError, TensorInfo, manifest_from_graph
+    import json
 
     path = Path(info["path"])
     target = manifest_path(path)
     if target.exists() and not force:
         raise InspectError(f"{target} exists; pass --force to overwrite it")
-
-    def tensors(kind: str) -> list[TensorInfo]:
-        return [TensorInfo(t["name"], tuple(t["shape"]), t["dtype"]) for t in info[kind]]
-
-    try:
-        m, _ = manifest_from_graph(tensors("inputs"), tensors("outputs"), info["metadata"], fmt)
-    except (FormatError, ValueError) as e:
-        raise InspectError(f"{path}: {e}") from None
-    target.write_text(m.to_json())
+    graph = info.get("graph") or graph_reading(path, info, fmt)
+    if graph.get("manifest") is None:
+        raise InspectError(f"{path}: {graph['error']}")
+    m = dict(graph["manifest"])
+    target.write_text(json.dumps(m, indent=2) + "\n")
     return target
 
 
@@ -165,6 +212,21 @@ def render_report(info: dict[str, Any]) -> str:
                  f"{lat['postprocess']:.2f} ms)")
     lines.append(f"manifest ({info['manifest_source']}):")
     lines.append(json.dumps(info["manifest"], indent=2))
+    graph = info.get("graph") or {}
+    derived = info["manifest_source"] == "derived from the graph"
+    for reason in graph.get("proposed") or ():
+        lines.append(f"proposes {reason}" + (" (--write-manifest writes it)" if derived else ""))
+    if not derived:
+        if graph.get("manifest") is None:
+            lines.append(f"graph    implies no manifest of its own: {graph.get('error')}")
+        else:
+            lines.append(f"graph    reads as {graph['format']}: {graph['why']}")
+            differs = info.get("differs") or []
+            if not differs:
+                lines.append("graph    the manifest file says what the graph implies")
+            for d in differs:
+                lines.append(f"differs  {d['key']}: manifest {json.dumps(d['manifest'])}, "
+                             f"graph {json.dumps(d['graph'])}")
     if "wrote" in info:
         lines.append(f"wrote    {info['wrote']}")
     return "\n".join(lines)

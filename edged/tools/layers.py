@@ -6,8 +6,10 @@ imports count too), places each module on a floor and fails (exit 1) on:
 - an edge from a floor to a higher one;
 - an edge between two rooms of one floor (two stages, two outputs), unless it goes into
   that floor's shared base (`SHARED`);
-- an edge into the outputs from anywhere but the top: the daemon reaches its outputs only
-  through the sink base and what the top hands it, so it names none of them;
+- an edge into the outputs from anywhere but the top, or into an output's config section
+  (`edged/outputs/<name>/settings.py`) from anywhere but the outputs and the top: the
+  daemon reaches its outputs only through the sink base and what the top hands it, and
+  the config loader gets the sections as values, so neither names an output;
 - a module that no floor claims (a new package must be placed here first);
 - an entry of `ALLOWED` that no longer occurs (the allow-list only shrinks);
 - a module over `MAX_MODULE_LINES` lines or a class over `MAX_CLASS_LINES`, unless
@@ -25,6 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # lowest first: (floor, {module prefix: room}); a module belongs to its longest prefix
+# (a literal part beats a `*` at the same length). `*` stands for one part of the name:
+# each package or module under edged/outputs (but `base`) is an output, a room of its
+# own named by that part (room "*"), so a new output needs no line here.
 FLOORS: list[tuple[str, dict[str, str]]] = [
     # the types everything shares: stdlib and numpy only
     ("types", {"edged": "types", "edged.results": "types", "edged.telemetry": "types",
@@ -38,12 +43,14 @@ FLOORS: list[tuple[str, dict[str, str]]] = [
                 "edged.tracking": "tracking"}),
     # the config package (loader, errors, one schema module per section): one room
     ("config", {"edged.config": "config"}),
+    # each output's config section, importing only the config package: data the config
+    # loader is handed at run time, and an output may read another's (the rosbag2
+    # recorder names its topics with the ros2 output's namespace)
+    ("output settings", {"edged.outputs.*.settings": "settings"}),
     # what every output builds on
     ("output base", {"edged.outputs": "base", "edged.outputs.base": "base"}),
     # each output a room of its own
-    ("outputs", {"edged.outputs.zmq": "zmq", "edged.outputs.view": "view",
-                 "edged.outputs.foxglove": "foxglove", "edged.outputs.record": "record",
-                 "edged.outputs.ros2": "ros2"}),
+    ("outputs", {"edged.outputs.*": "*"}),
     ("daemon", {"edged.daemon": "daemon"}),
     # the composition root, the command line (the edged.cli package: one module per
     # command) and everything off the runtime path
@@ -54,8 +61,9 @@ FLOORS: list[tuple[str, dict[str, str]]] = [
 # modules of a floor that the floor's other rooms may import (its shared base)
 SHARED: set[str] = set()
 
-# floors whose modules only the top may import (the daemon names no output)
-TOP_ONLY = {"outputs"}
+# floors whose modules only these floors may import (besides their own room): the
+# daemon names no output, and the config none of their sections
+IMPORTED_ONLY_BY = {"outputs": {"top"}, "output settings": {"outputs", "top"}}
 
 # edges let past the rules, (importer, imported): none. Kept so that the checker's own
 # test can name one; an entry that no longer occurs is an error too.
@@ -81,14 +89,22 @@ class Place:
 
 
 def place(module: str) -> Place | None:
-    best: tuple[int, int, str] | None = None  # (prefix length, floor, room)
+    parts = module.split(".")
+    best: tuple[tuple[int, int], int, str] | None = None  # ((parts, literal parts), floor, room)
     for i, (_, rooms) in enumerate(FLOORS):
         for prefix, room in rooms.items():
+            pattern = prefix.split(".")
             # the package itself ("edged") claims only its __init__, not every module
-            inside = module.startswith(prefix + ".") and prefix != "edged"
-            if (module == prefix or inside) and (
-                    best is None or len(prefix) > best[0]):
-                best = (len(prefix), i, room)
+            if len(parts) < len(pattern) or (prefix == "edged" and module != "edged"):
+                continue
+            head = parts[: len(pattern)]
+            if any(p not in ("*", m) for p, m in zip(pattern, head, strict=True)):
+                continue
+            if "*" in pattern and head[pattern.index("*")] == "base":
+                continue  # edged/outputs/base is the outputs' shared base, no output
+            rank = (len(pattern), sum(p != "*" for p in pattern))
+            if best is None or rank > best[0]:
+                best = (rank, i, head[pattern.index("*")] if room == "*" else room)
     return None if best is None else Place(best[1], best[2])
 
 
@@ -139,8 +155,10 @@ def violations(root: Path) -> list[tuple[str, str, str]]:
                 why = f"{src.name} imports {dst.name}, a floor up"
             elif dst.floor == src.floor and dst.room != src.room and dep not in SHARED:
                 why = f"{src.room} imports {dst.room}, another room of {src.name}"
-            elif dst.name in TOP_ONLY and src.room != dst.room and src.name != "top":
-                why = f"{src.name} names an output ({dst.room}); only the top may"
+            elif (dst.name in IMPORTED_ONLY_BY and src.room != dst.room
+                  and src.name not in IMPORTED_ONLY_BY[dst.name]):
+                why = (f"{src.name} names an output ({dst.room}); only "
+                       f"{' and '.join(sorted(IMPORTED_ONLY_BY[dst.name]))} may")
             else:
                 continue
             out.append((mod, dep, why))

@@ -405,7 +405,7 @@ def test_diagnostics_level_is_a_byte_as_ros_declares_it(domain):
 
 
 def test_cyclone_config_puts_the_users_settings_after_edgeds(tmp_path, monkeypatch):
-    from edged.config import Ros2Config
+    from edged.outputs.ros2.settings import Ros2Config
     from edged.outputs.ros2.sink import EDGED_CYCLONE_XML, cyclone_config
 
     xml = tmp_path / "dds.xml"

@@ -1,7 +1,7 @@
 """The Triton provider (model.triton): config, `edged triton-repo`, the client against a
 KServe-v2 double that misbehaves on cue, and against a real tritonserver (pytriton) over
 gRPC, HTTP and system shared memory, down to a daemon whose server is killed and
-restarted mid-stream. See tests/triton/harness.py for what skips where."""
+restarted mid-stream. See tests/tritonkit/harness.py for what skips where."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from conftest import free_port  # noqa: E402
 from modelgen import yoeo_model  # noqa: E402
-from triton.harness import (  # noqa: E402
+from tritonkit.harness import (  # noqa: E402
     TOKEN,
     TOKEN_HEADER,
     KServeDouble,

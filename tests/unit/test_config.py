@@ -10,6 +10,7 @@ import pydantic
 import pytest
 
 import edged
+from edged.app import SECTIONS
 from edged.config import (
     NO_VALUE,
     BudgetConfig,
@@ -18,12 +19,18 @@ from edged.config import (
     ConfigError,
     ConfigIssue,
     ProviderSpec,
+    PublishConfig,
+    Section,
     builtin_variant,
+    config_class,
     default_config_path,
     load_config,
     parse_config,
 )
 from edged.inference.cpu import int8_numerics, validated_class
+from edged.outputs.record.settings import RecordConfig
+from edged.outputs.ros2.settings import Ros2Config
+from edged.outputs.view.settings import ViewConfig
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_ENV = {"CAM_USER": "viewer", "CAM_PASSWORD": "p@ss: #{x}!"}
@@ -53,7 +60,7 @@ def line_of(path: Path, needle: str) -> int:
 
 def issues_of(path: Path, env: dict[str, str] | None = None) -> list[ConfigIssue]:
     with pytest.raises(ConfigError) as info:
-        load_config(path, env=env or {})
+        load_config(path, env=env or {}, sections=SECTIONS)
     return info.value.issues
 
 
@@ -367,6 +374,73 @@ def test_unknown_section_suggests(tmp_path: Path) -> None:
     assert "did you mean 'publish'?" in issue.message
 
 
+def test_unknown_section_lists_the_output_sections(tmp_path: Path) -> None:
+    issue = only_issue(write(tmp_path, MINIMAL + "vieww:\n  fps: 2\n"))
+    assert (issue.line, issue.path) == (6, "vieww")
+    assert issue.message == "unknown key; did you mean 'view'?"
+    issue = only_issue(write(tmp_path, MINIMAL + "zzz: 1\n"))
+    assert issue.message == (
+        "unknown key; expected one of 'model', 'camera_defaults', 'cameras', 'publish', "
+        "'budget', 'log', 'tracking', 'view', 'foxglove', 'record', 'ros2'")
+    # without the outputs' sections (the loader is handed them) a file has the core ones
+    with pytest.raises(ConfigError) as e:
+        parse_config(MINIMAL + "view:\n  fps: 2\n")
+    assert str(e.value) == ("<string>:6: view: unknown key; expected one of 'model', "
+                            "'camera_defaults', 'cameras', 'publish', 'budget', 'log', "
+                            "'tracking' (got {'fps': 2})")
+
+
+def test_output_sections_are_validated_with_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "view:\n  fps: 0\n  quality: 70\n"
+                 "record:\n  dir: rec\n  formt: mcap\n")
+    issues = issues_of(path)
+    assert [(i.line, i.path) for i in issues] == [(7, "view.fps"), (11, "record.formt")], \
+        [str(i) for i in issues]
+    assert issues[0].message == "Input should be greater than 0"
+    assert issues[1].message == "unknown key; did you mean 'format'?"
+    # a section's own rule across its fields
+    issue = only_issue(write(tmp_path, MINIMAL + "record:\n  dir: rec\n  rotate_mb: 50\n"
+                             "  max_mb: 10\n"))
+    assert (issue.line, issue.path) == (6, "record")
+    assert issue.message == "record.rotate_mb (50) is more than record.max_mb (10): one " \
+        "file could not fit"
+    # a section's rule about the rest of the file (Section.check_with): ros2's camera names
+    issue = only_issue(write(tmp_path, MINIMAL.replace("front:", "front-1:") + "ros2: {}\n"))
+    assert (issue.line, issue.path) == (None, "")
+    assert issue.message.startswith("camera 'front-1': with ros2 on, each camera name is "
+                                    "part of its ROS 2 topics")
+
+
+def test_output_sections_are_typed_and_off_when_absent(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL + "view:\n  fps: 2\nrecord: {dir: rec}\n"),
+                         sections=SECTIONS)
+    view = config.section(ViewConfig)
+    assert isinstance(view, ViewConfig) and view.fps == 2.0 and view.listen == "127.0.0.1:8080"
+    record = config.section(RecordConfig)
+    assert record is not None and record.dir == Path("rec")
+    assert config.section(Ros2Config) is None  # not in the file: off
+    assert config.section(type(config.publish)) is config.publish  # the core's section
+    assert load_config(write(tmp_path, MINIMAL)).section(ViewConfig) is None  # not given
+
+
+def test_config_class_refuses_bad_sections() -> None:
+    assert config_class({}) is Config
+    assert config_class(SECTIONS) is config_class(dict(SECTIONS))  # one class per set
+    with pytest.raises(ValueError, match="output section 'publish'"):
+        config_class({"publish": ViewConfig})
+    with pytest.raises(ValueError, match="a model of its own"):
+        config_class({"view": ViewConfig, "view2": ViewConfig})
+    with pytest.raises(ValueError, match="a model of its own"):
+        config_class({"zmq": PublishConfig})  # publish is a core section already
+
+    class NotASection(pydantic.BaseModel):
+        x: int = 0
+
+    with pytest.raises(ValueError, match="is not a Section model"):
+        config_class({"extra": NotASection})  # type: ignore[dict-item]
+    assert issubclass(ViewConfig, Section)
+
+
 def test_unknown_key_without_close_match_lists_the_keys(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL + "budget:\n  zzz: 1\n")
     issue = only_issue(path)
@@ -662,9 +736,11 @@ def test_resolved_mode(source: str, mode: str, expected: str) -> None:
 
 
 def test_config_type_is_exported() -> None:
-    assert Config.model_fields.keys() == {"model", "cameras", "publish", "budget", "log",
-                                          "view", "foxglove", "record", "ros2", "tracking",
-                                          "source_file", "secrets"}
+    core = {"model", "cameras", "publish", "budget", "log", "tracking", "source_file",
+            "secrets"}
+    assert Config.model_fields.keys() == core
+    assert config_class(SECTIONS).model_fields.keys() == core | {"view", "foxglove", "record",
+                                                                 "ros2"}
 
 
 def test_tracking_is_global_and_merged_per_camera() -> None:

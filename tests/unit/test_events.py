@@ -72,8 +72,8 @@ def test_the_flight_recorder_starts_on_a_drop_event_and_ends_with_the_daemons_eo
     pytest.importorskip("mcap")
     from mcap.reader import make_reader
 
-    from edged.config import RecordConfig
     from edged.outputs.record import decode_wire
+    from edged.outputs.record.settings import RecordConfig
     from edged.outputs.record.sink import CONTROL_TOPIC, RecorderSink
 
     sink = RecorderSink(RecordConfig(dir=tmp_path, trigger="on_miss", before_s=60,

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from modelgen import yoeo_model  # noqa: E402
 from resultgen import make_result, regions_mask  # noqa: E402
 
+from edged.app import SECTIONS  # noqa: E402
 from edged.cli.report import error_message  # noqa: E402
 from edged.config import ConfigError, parse_config  # noqa: E402
 from edged.wire.codec import (  # noqa: E402
@@ -123,7 +124,8 @@ def check_logic(text: str) -> None:
     from edged.daemon.models import plan, warmup_sizes
 
     try:
-        cfg = parse_config(text, file="fuzz.yaml", env={"A": "x"}, int8_class="x86-avx2")
+        cfg = parse_config(text, file="fuzz.yaml", env={"A": "x"}, int8_class="x86-avx2",
+                           sections=SECTIONS)
     except ConfigError as e:
         assert error_message(e) is not None and str(e)
         return

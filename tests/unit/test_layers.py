@@ -48,6 +48,33 @@ def test_an_upward_edge_is_caught(tmp_path: Path) -> None:
     assert ("edged.newthing", "") in {(a, b) for a, b, _ in layers.violations(pkg)}
 
 
+def test_an_output_and_its_section_are_placed_by_their_folder(tmp_path: Path) -> None:
+    pkg = tmp_path / "edged"
+    for folder in ("config", "daemon", "outputs", "outputs/base", "outputs/lidar"):
+        (pkg / folder).mkdir(parents=True)
+        (pkg / folder / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    # a new output: its package and settings, placed without a line in FLOORS
+    (pkg / "outputs" / "lidar" / "settings.py").write_text("from edged.config import fields\n")
+    (pkg / "outputs" / "lidar" / "__init__.py").write_text(
+        "from edged.outputs.lidar.settings import LidarConfig\n"
+        "from edged.outputs.base import sink\n")
+    (pkg / "outputs" / "base" / "sink.py").write_text("")
+    (pkg / "config" / "fields.py").write_text("")
+    # the config names no output's section (it is handed them), nor does the daemon
+    (pkg / "config" / "loader.py").write_text("from edged.outputs.lidar import settings\n")
+    (pkg / "daemon" / "run.py").write_text("import edged.outputs.lidar.settings\n")
+    assert layers.place("edged.outputs.lidar") == layers.place("edged.outputs.lidar.sink")
+    assert layers.place("edged.outputs.lidar.settings").name == "output settings"
+    assert layers.place("edged.outputs.base.sink").room == "base"
+    found = {(a, b): why for a, b, why in layers.violations(pkg)}
+    assert found == {
+        ("edged.config.loader", "edged.outputs.lidar.settings"):
+            "config imports output settings, a floor up",
+        ("edged.daemon.run", "edged.outputs.lidar.settings"):
+            "daemon names an output (settings); only outputs and top may"}
+
+
 def test_an_oversize_module_or_class_is_caught(tmp_path: Path) -> None:
     pkg = tmp_path / "edged"
     (pkg / "wire").mkdir(parents=True)

@@ -13,6 +13,9 @@ module provides:
   the exporter's metadata names this family's head / the outputs carry the names its
   exporter writes; used only to settle a tie between families whose shapes both fit;
 - `default_manifest(inputs, outputs, hints) -> Manifest` for a model that ships without one;
+- optionally `propose(manifest, inputs, outputs, hints) -> (Manifest, reasons)`: what
+  `edged inspect --write-manifest` sets over that plain reading for the family's usual
+  training pipeline (ImageNet mean/std, ...), each change with its reason;
 - `Adapter(manifest, output_names)`, whose `postprocess(outputs, letterbox, w, h)`
   returns a `_common.Decoded`: the detections with boxes in camera pixels, the mask
   covering the camera frame (or None), and the candidate rows dropped for NaN/Inf values
@@ -49,7 +52,7 @@ from edged.inference.manifest import Manifest
 
 __all__ = ["FORMATS", "FormatError", "Hints", "TensorInfo", "apply_metadata_names",
            "classes_from_metadata", "describe", "fits", "manifest_from_graph", "parse_names",
-           "recognise"]
+           "propose", "recognise"]
 
 FORMATS: dict[str, ModuleType] = {
     "yoeo": yoeo,
@@ -149,3 +152,16 @@ def manifest_from_graph(inputs: list[TensorInfo], outputs: list[TensorInfo],
     m = FORMATS[fmt].default_manifest(inputs, outputs, hints)
     m, note = apply_metadata_names(m, classes_from_metadata(metadata))
     return m, reason + (f"; {note}" if note else "")
+
+
+def propose(m: Manifest, inputs: list[TensorInfo], outputs: list[TensorInfo],
+            metadata: dict[str, str], ops: dict[str, tuple[str, ...]] | None = None
+            ) -> tuple[Manifest, list[str]]:
+    """The family's proposal over the graph's plain reading `m` (see the module's
+    `propose`), and why; `m` unchanged for families without one."""
+    fn = getattr(FORMATS[m.format], "propose", None)
+    if fn is None:
+        return m, []
+    proposed: tuple[Manifest, list[str]] = fn(m, inputs, outputs, Hints(metadata, None,
+                                                                          ops or {}))
+    return proposed

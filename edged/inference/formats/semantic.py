@@ -14,13 +14,27 @@ by the protocol's mask mapping; the letterbox padding is cropped away):
   (`probability`, `logit`, `class_ids`); without either it is an error that asks.
   The older manifest option `binary_threshold` compares the raw values.
 
-Many of these networks expect ImageNet normalisation: put it in the manifest's
-preprocess (`mean` [0.485, 0.456, 0.406], `std` [0.229, 0.224, 0.225], in units after
-`scale`, per input channel); edged does not guess it. No detections.
+Option `upsample`: `class_ids` (default) takes the argmax at the model's output size and
+enlarges the class map (nearest neighbour) to the camera; `logits` enlarges the logits
+to the camera frame first (bilinear, half-pixel centres: torch's interpolate with
+align_corners=False, as transformers' post_process_semantic_segmentation and the
+torchvision / smp examples do) and takes the argmax there, which is what those
+references' class maps are (docs/benchmarks.md has its cost). No detections.
+
+The manifest a graph implies (`edged inspect --write-manifest`) proposes what the
+semantic families users bring are trained with (SegFormer from transformers, FCN /
+DeepLabV3 / LR-ASPP from torchvision, U-Net / FPN / DeepLabV3+ from
+segmentation-models-pytorch, all ImageNet-normalised): `mean` [0.485, 0.456, 0.406] and
+`std` [0.229, 0.224, 0.225] (units after `scale`, RGB), the frame stretched onto the
+input, Pillow's antialiased bilinear resize, and for logits `upsample: logits`. A model
+trained otherwise (DBNet maps, YOEO-style class ids) gets its own values in its manifest.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import cv2
 import numpy as np
 
 from edged.inference.formats._common import (
@@ -51,13 +65,18 @@ def _kind(o: TensorInfo) -> str | None:
             return "logits" if is_float(o) else None
         if s[1] == 1:
             return "class ids"
-        return "logits" if is_float(o) and s[1] is None else None
+        # a symbolic class count: torch.onnx names the dims its shape inference lost
+        # behind a Resize (torchvision's heads end in one) "Resizeout_dim_1"
+        return "logits" if is_float(o) and not is_int(s[1]) else None
     if len(s) == 3 and batch1(s[0]):
         return "class ids"
     return None
 
 
 OUTPUT_VALUES = ("probability", "logit", "class_ids")
+UPSAMPLE = ("class_ids", "logits")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 # ops whose output is a linear function of features: logits, not probabilities
 _LINEAR = {"Conv", "ConvTranspose", "Add", "Sub", "MatMul", "Gemm", "BatchNormalization",
            "InstanceNormalization", "Einsum"}
@@ -115,9 +134,17 @@ def _fits(inputs: list[TensorInfo], outputs: list[TensorInfo], strict: bool,
             return None
     elif strict and not (kind == "logits" or kind.startswith("binary") or not is_float(o)):
         return None  # a float [1,H,W] of unknown size is no evidence of a class map
+    elif (strict and kind == "logits" and not is_int(o.shape[1])
+          and tuple(o.shape[-2:]) != tuple(inputs[0].shape[-2:])):
+        return None  # nothing fixed at all: not evidence enough for auto
     else:
-        where = "map, size dynamic"
-    if kind == "logits":
+        where = ("map the size of the input (dynamic)"
+                 if tuple(o.shape[-2:]) == tuple(inputs[0].shape[-2:]) else
+                 "map, size dynamic")
+    if kind == "logits" and not is_int(o.shape[1]):
+        what = "logits [1,C,H,W], C not fixed by the graph (argmax by edged; name the " \
+               "classes in seg_classes)"
+    elif kind == "logits":
         what = f"logits [1,{o.shape[1]},H,W] (argmax by edged)"
     elif kind.startswith("binary"):
         what = f"{kind} {dims(o)}"
@@ -157,6 +184,33 @@ def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo],
                     seg_classes=seg, options=options)
 
 
+def propose(m: Manifest, inputs: list[TensorInfo], outputs: list[TensorInfo],
+            hints: Hints | None = None) -> tuple[Manifest, list[str]]:
+    """What `edged inspect` proposes over the graph's plain reading `m` for the semantic
+    families users bring (module docstring), each with its reason. Binary maps and class
+    ids are left as they are: their pipelines (DBNet, YOEO) are not these families'."""
+    o = outputs[0]
+    if _kind(o) != "logits":
+        return m, []
+    pre = replace(m.preprocess, resize="stretch", interpolation="pil_bilinear",
+                  mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    why = ["ImageNet mean/std, the frame stretched onto the input with Pillow's bilinear "
+           "resize: the pre-processing of the semantic families' references (transformers' "
+           "image processors, torchvision, segmentation-models-pytorch)"]
+    hw = input_hw(inputs)
+    if hw is None:
+        pre = replace(pre, size="keep_ratio", limit_type="min", limit_side=520, multiple=1)
+        why.append("input size following the frame, its shorter side 520: the graph's H and "
+                   "W are dynamic, as in torchvision's exports, whose weights' transforms "
+                   "resize so (set limit_side to your model's training size)")
+    h = o.shape[2]
+    coarse = (f" (this head is at 1/{hw[0] // h} of the input)"
+              if hw is not None and is_int(h) and 0 < h < hw[0] else "")
+    why.append("upsample logits: the references enlarge the logits to the frame before "
+               "the argmax" + coarse)
+    return replace(m, preprocess=pre, options={**m.options, "upsample": "logits"}), why
+
+
 class Adapter:
     def __init__(self, manifest: Manifest, output_names: list[str]) -> None:
         self.manifest = manifest
@@ -173,9 +227,16 @@ class Adapter:
             if values == "probability" and not 0.0 < p < 1.0:
                 raise ValueError(f"mask_threshold must be in (0, 1), got {p}")
         self.binary_threshold = None if t is None else float(t)
+        upsample = opts.get("upsample", "class_ids")
+        if upsample not in UPSAMPLE:
+            raise ValueError(f"options.upsample must be one of {', '.join(UPSAMPLE)}, "
+                             f"got {upsample!r}")
+        self.upsample_logits = upsample == "logits"
 
-    def class_map(self, out: np.ndarray, letterbox: Letterbox) -> np.ndarray:
-        """HxW uint8 class ids of the part of the map that covers the frame."""
+    def class_map(self, out: np.ndarray, letterbox: Letterbox,
+                  frame: tuple[int, int] | None = None) -> np.ndarray:
+        """HxW uint8 class ids of the part of the map that covers the frame; with
+        `upsample: logits` and `frame` (width, height), at the frame's size."""
         if out.ndim == 4:
             out = out[0]
         elif out.ndim == 3:
@@ -187,6 +248,8 @@ class Adapter:
         # two axes, hence the (view-only) channel-last transpose
         crop = letterbox.crop_mask(out.transpose(1, 2, 0))
         if crop.shape[2] >= 2:
+            if self.upsample_logits and frame is not None:
+                return upsampled_argmax(crop, frame)
             return crop.argmax(axis=2).astype(np.uint8)
         plane = crop[:, :, 0]
         if self.binary_threshold is not None:
@@ -200,4 +263,34 @@ class Adapter:
 
     def postprocess(self, outputs: list[np.ndarray], letterbox: Letterbox, frame_w: int,
                     frame_h: int) -> Decoded:
-        return Decoded(Detections.empty(), self.class_map(outputs[self.index], letterbox))
+        return Decoded(Detections.empty(), self.class_map(outputs[self.index], letterbox,
+                                                          (frame_w, frame_h)))
+
+
+def upsampled_argmax(logits: np.ndarray, frame: tuple[int, int]) -> np.ndarray:
+    """argmax over channels of HxWxC logits enlarged to `frame` (width, height) by
+    bilinear interpolation with half-pixel centres (cv2's INTER_LINEAR; torch's
+    interpolate(mode="bilinear", align_corners=False) up to float rounding).
+
+    One channel plane at a time against a running maximum: memory of two frame-sized
+    planes whatever the class count, and contiguous planes (the model's CHW layout)
+    rather than a strided channel-last argmax."""
+    fw, fh = frame
+    planes = logits.transpose(2, 0, 1)  # the model's own C, H, W: each plane contiguous
+    if planes.shape[1:] == (fh, fw):
+        return planes.argmax(axis=0).astype(np.uint8)
+    best = np.empty((fh, fw), np.float32)
+    plane = np.empty((fh, fw), np.float32)
+    out = np.zeros((fh, fw), np.uint8)
+    better = np.empty((fh, fw), bool)
+    for c in range(planes.shape[0]):
+        src = np.ascontiguousarray(planes[c], dtype=np.float32)
+        cv2.resize(src, (fw, fh), dst=best if c == 0 else plane,
+                   interpolation=cv2.INTER_LINEAR)
+        if c == 0:
+            continue
+        # strictly greater: a tie keeps the lower class, as argmax does
+        np.greater(plane, best, out=better)
+        np.maximum(best, plane, out=best)
+        out[better] = c
+    return out

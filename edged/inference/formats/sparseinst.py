@@ -23,6 +23,7 @@ import numpy as np
 
 from edged.inference.formats._common import (
     Decoded,
+    FormatError,
     Hints,
     TensorInfo,
     batch1,
@@ -91,11 +92,26 @@ def roles(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> Roles | None:
     return None
 
 
+# transformers' names for a MaskFormer / Mask2Former / OneFormer head's outputs (its
+# models' output fields, which its ONNX configs and torch.onnx users keep)
+MASKFORMER_NAMES = frozenset({"class_queries_logits", "masks_queries_logits"})
+
+
 def recognise(inputs: list[TensorInfo], outputs: list[TensorInfo],
               hints: Hints | None = None) -> str | None:
     r = roles(inputs, outputs)
     if r is None:
         return None
+    if {o.name for o in outputs} >= MASKFORMER_NAMES:
+        # the same shapes as SparseInst's, other values: class logits with a trailing
+        # no-object class (a softmax, not sigmoid scores) and mask logits combined with
+        # them per pixel; read as SparseInst they would be served wrong without a word
+        raise FormatError(
+            "outputs class_queries_logits and masks_queries_logits are a MaskFormer / "
+            "Mask2Former head (transformers), which edged does not serve: export the "
+            "model with its post-processing in the graph (a semantic class map, "
+            "[1,H,W] from post_process_semantic_segmentation) and serve that as "
+            "format: semantic")
     lab = f", labels {r.labels.name} {dims(r.labels)}" if r.labels is not None else ""
     return (f"SparseInst: per-query masks {r.masks.name} {dims(r.masks)} with scores "
             f"{r.scores.name} {dims(r.scores)}{lab} for the same queries; no boxes")

@@ -1,8 +1,8 @@
 """Foxglove live (`foxglove:` in the config, optional extra `edged[foxglove]`).
 
-`messages` turns a result and its frame into Foxglove schema messages (shared with the
-MCAP recorder); `sink` holds the WebSocket server (foxglove-sdk) and the sink that logs
-to its channels.
+`settings` is its config section (`FoxgloveConfig`); `messages` turns a result and its
+frame into Foxglove schema messages (shared with the MCAP recorder); `sink` holds the
+WebSocket server (foxglove-sdk) and the sink that logs to its channels.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from edged.config import Config
 from edged.errors import UserError
 from edged.outputs.base.output import Held, Output
 from edged.outputs.base.sink import Sink
+from edged.outputs.foxglove.settings import FoxgloveConfig
 
 
 class FoxgloveError(UserError, RuntimeError):
@@ -25,23 +26,20 @@ def require_foxglove() -> None:
                             "'edged[foxglove]'") from None
 
 
-def _check(config: Config, held: list[Held]) -> str:
+def _check(config: Config, c: FoxgloveConfig, held: list[Held]) -> str:
     import foxglove
 
     from edged.outputs.foxglove.sink import start_server
 
-    c = config.foxglove
-    assert c is not None
     start_server(c, foxglove.Context()).stop()
     return f"foxglove: {'wss' if c.tls else 'ws'}://{c.listen}: bound OK"
 
 
-def _build(config: Config, cameras: list[str]) -> Sink:
+def _build(config: Config, c: FoxgloveConfig, cameras: list[str]) -> Sink:
     from edged.outputs.foxglove.sink import FoxgloveSink
 
-    assert config.foxglove is not None
-    return FoxgloveSink(config.foxglove, cameras)
+    return FoxgloveSink(c, cameras)
 
 
-OUTPUT = Output("foxglove", queue_size=4, require=lambda _: require_foxglove(),
-                check=_check, build=_build)
+OUTPUT = Output("foxglove", FoxgloveConfig, queue_size=4,
+                require=lambda _, __: require_foxglove(), check=_check, build=_build)

@@ -1,9 +1,10 @@
 """MCAP recording (`record:` in the config, `edged record`, `edged replay`; optional
 extra `edged[record]`).
 
-`files` writes rotated MCAP files into a bounded directory; `sink` is the recorder (all
-the time, or a flight recorder of the seconds around an event); `replay` publishes a
-recording on ZeroMQ again with its original timing.
+`settings` is its config section (`RecordConfig`); `files` writes rotated MCAP files
+into a bounded directory; `sink` is the recorder (all the time, or a flight recorder of
+the seconds around an event); `replay` publishes a recording on ZeroMQ again with its
+original timing.
 
 A recording holds, per camera, the Foxglove messages of Foxglove live
 (`/<camera>/image` JPEG when `record.frames`, `/<camera>/mask` mono8 class ids,
@@ -28,6 +29,8 @@ from edged.errors import UserError
 from edged.outputs.base.output import Held, Output, frame_ids
 from edged.outputs.base.ros2msgs import require_ros2
 from edged.outputs.base.sink import Sink
+from edged.outputs.record.settings import RecordConfig
+from edged.outputs.ros2.settings import Ros2Config
 
 WIRE_ENCODING = "protobuf"
 WIRE_SCHEMA_NAME = "edged.WireMessage"
@@ -137,15 +140,13 @@ def wire_frames(encoding: str, schema_name: str, data: bytes) -> list[bytes] | N
 
 # ------------------------------------------------------------------ the output
 
-def _require(config: Config) -> None:
+def _require(config: Config, c: RecordConfig) -> None:
     require_record()
-    if config.record is not None and config.record.format == "rosbag2":
+    if c.format == "rosbag2":
         require_ros2()
 
 
-def _check(config: Config, held: list[Held]) -> str:
-    c = config.record
-    assert c is not None
+def _check(config: Config, c: RecordConfig, held: list[Held]) -> str:
     if c.format == "rosbag2":
         from edged.outputs.record.rosbag import check_bag_dir
 
@@ -155,18 +156,18 @@ def _check(config: Config, held: list[Held]) -> str:
     return f"record: {check_dir(c)}: writable OK"
 
 
-def _build(config: Config, cameras: list[str]) -> Sink:
-    c = config.record
-    assert c is not None
+def _build(config: Config, c: RecordConfig, cameras: list[str]) -> Sink:
     if c.format == "rosbag2":
         from edged.outputs.record.rosbag import RosbagSink
 
+        # the bag's topics are those the ros2 output would write
+        ros2 = config.section(Ros2Config)
         return RosbagSink(c, frame_ids(config, cameras),
-                          config.ros2.namespace if config.ros2 else "edged")
+                          ros2.namespace if ros2 is not None else Ros2Config().namespace)
     from edged.outputs.record.sink import RecorderSink
 
     return RecorderSink(c)
 
 
 # a queue of a few seconds: a disk pausing for a moment loses nothing
-OUTPUT = Output("record", queue_size=64, require=_require, check=_check, build=_build)
+OUTPUT = Output("record", RecordConfig, queue_size=64, require=_require, check=_check, build=_build)

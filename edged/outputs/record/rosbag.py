@@ -25,11 +25,9 @@ import logging
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import yaml
 from mcap.writer import CompressionType, Writer
 
-from edged.config import RecordConfig
 from edged.outputs.base.draw import encode_jpeg
 from edged.outputs.base.ros2msgs import cdr, msgs
 from edged.outputs.base.ros2msgs.convert import detections, diagnostic_status, instance_ids
@@ -38,6 +36,7 @@ from edged.outputs.base.ros2msgs.typehash import rihs01
 from edged.outputs.base.sink import Outcome, Sink
 from edged.outputs.record import RecordError
 from edged.outputs.record.files import MB
+from edged.outputs.record.settings import RecordConfig
 from edged.telemetry import ControlEvent, StatsReport
 
 log = logging.getLogger("edged.record")
@@ -178,9 +177,8 @@ class RosbagSink(Sink):
                     header=header, class_map=[msgs.VisionClass(i, n)
                                               for i, n in enumerate(names)],
                     threshold=threshold).serialize(), latched=True)
-        mask = r.mask_camera()
+        mask = outcome.mask.camera()
         if mask is not None:
-            mask = np.ascontiguousarray(mask, np.uint8)
             h, w = mask.shape
             self._write(f"{base}/mask", "sensor_msgs/msg/Image", t,
                         cdr.image(t, fid, h, w, "mono8", w, mask.data, dds_pad=False))

@@ -1,7 +1,8 @@
 """The live view in the browser (`view:` in the config, optional extra `edged[view]`).
 
-`server` holds the aiohttp server and the sink that feeds it (drawing with
-`edged.outputs.base.draw`); `page.html` is the page (no external resources, works offline).
+`settings` is its config section (`ViewConfig`); `server` holds the aiohttp server and
+the sink that feeds it (drawing with `edged.outputs.base.draw`); `page.html` is the page
+(no external resources, works offline).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from typing import TYPE_CHECKING
 from edged.errors import UserError
 from edged.outputs.base.output import Held, Output
 from edged.outputs.base.sink import Sink
+from edged.outputs.view.settings import ViewConfig
 
 if TYPE_CHECKING:
-    from edged.config import Config, ViewConfig
+    from edged.config import Config
     from edged.outputs.view.server import ViewSink
 
 
@@ -46,11 +48,9 @@ def make_view_sink(config: ViewConfig, cameras: list[str],
     return ViewSink(config, sock, cameras, tls)
 
 
-def _check(config: Config, held: list[Held]) -> str:
+def _check(config: Config, c: ViewConfig, held: list[Held]) -> str:
     from edged.outputs.base.listen import bind_tcp, server_context
 
-    c = config.view
-    assert c is not None
     if c.tls is not None:
         server_context(c.tls, "view.tls")
     held.append(bind_tcp(c.listen, "view.listen"))
@@ -58,11 +58,10 @@ def _check(config: Config, held: list[Held]) -> str:
             + (" (token required)" if c.token else ""))
 
 
-def _build(config: Config, cameras: list[str]) -> Sink:
-    assert config.view is not None
-    return make_view_sink(config.view, cameras)
+def _build(config: Config, c: ViewConfig, cameras: list[str]) -> Sink:
+    return make_view_sink(c, cameras)
 
 
 # a small queue: the view draws at most view.fps per camera anyway
-OUTPUT = Output("view", queue_size=2, require=lambda _: require_aiohttp(), check=_check,
-                build=_build)
+OUTPUT = Output("view", ViewConfig, queue_size=2, require=lambda _, __: require_aiohttp(),
+                check=_check, build=_build)

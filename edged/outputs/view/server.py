@@ -31,10 +31,11 @@ from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
-from edged.config import ViewConfig, is_loopback_host
+from edged.config import is_loopback_host
 from edged.names import parse_host_port
 from edged.outputs.base.draw import Legend, Overlay, encode_jpeg
 from edged.outputs.base.sink import Outcome, Sink
+from edged.outputs.view.settings import ViewConfig
 from edged.telemetry import (
     CameraSnapshot,
     ControlEvent,

@@ -3,7 +3,7 @@ inference function that runs onnxruntime, as the tests' and the benchmarks' serv
 
 Runs under the triton venv's python (pytriton pins numpy<2, so never edged's venv):
 
-    .venv-triton/bin/python tests/triton/serve.py MODEL.onnx --name NAME \
+    .venv-triton/bin/python tests/tritonkit/serve.py MODEL.onnx --name NAME \
         --grpc-port P --http-port Q --access-token T [--output-name OLD=NEW]
 
 Prints one line `READY` on stdout once the model is ready; stops at SIGINT or SIGTERM.

@@ -7,13 +7,13 @@ from typing import Final
 from pydantic import Field, field_validator, model_validator
 
 from edged.config.errors import custom_error
-from edged.config.fields import Float, Frozen, Int
+from edged.config.fields import Float, Int, Section
 from edged.config.network import HostPortAddress, TlsConfig, host_is_loopback
 
 MIN_VIEW_TOKEN: Final = 16  # characters: a token is a password typed by nobody
 
 
-class ViewConfig(Frozen):
+class ViewConfig(Section):
     """The live view in the browser (`edged[view]`); off unless the section is present."""
 
     listen: HostPortAddress = "127.0.0.1:8080"  # HOST:PORT; anything but loopback needs `token`

@@ -8,10 +8,10 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from edged.config.errors import custom_error
-from edged.config.fields import Float, Frozen, Int
+from edged.config.fields import Float, Int, Section
 
 
-class RecordConfig(Frozen):
+class RecordConfig(Section):
     """MCAP recording (`edged[record]`): everything, or a flight recorder of the seconds
     around a missed budget, a stall, a reconnect or a failed inference."""
 

@@ -3,7 +3,7 @@ local session (interleaved, run by run), a real daemon's capture-to-publish late
 the model local and on the server (gRPC, HTTP, gRPC + shared memory), and the fallback
 and recovery times when the server is killed and restarted.
 
-    .venv/bin/python tests/triton/bench.py [--runs 200] [--seconds 20] [--cameras 1]
+    .venv/bin/python tests/tritonkit/bench.py [--runs 200] [--seconds 20] [--cameras 1]
 
 Needs the triton venv (.venv-triton) and tritonclient, as the tests do.
 """
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edged.inference.runner import ModelOptions, ModelRunner  # noqa: E402
 from edged.inference.triton.config import TritonConfig  # noqa: E402
 from edged.inference.triton.runner import TritonRunner  # noqa: E402
-from triton.harness import TOKEN, TOKEN_HEADER, TritonServer, free_port  # noqa: E402
+from tritonkit.harness import TOKEN, TOKEN_HEADER, TritonServer, free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "edged" / "models" / "yoeo-demo-int8.onnx"

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from edged.config.errors import custom_error
-from edged.config.fields import Frozen, Int
+from edged.config.fields import Int, Section
 from edged.config.network import HostPortAddress, TlsConfig, host_is_loopback
 
 
-class FoxgloveConfig(Frozen):
+class FoxgloveConfig(Section):
     """Foxglove live (`edged[foxglove]`): a Foxglove WebSocket server in the daemon."""
 
     listen: HostPortAddress = "127.0.0.1:8765"  # HOST:PORT

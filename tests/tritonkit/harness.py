@@ -70,7 +70,7 @@ def free_port() -> int:
 
 
 class TritonServer:
-    """tests/triton/serve.py as a process group of its own (tritonserver and its Python
+    """tests/tritonkit/serve.py as a process group of its own (tritonserver and its Python
     backend stubs are its children: `kill` takes them all, as a crash would)."""
 
     def __init__(self, model: Path, name: str, log: Path, *extra: str) -> None:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from pydantic import Field, ValidationInfo, field_validator
 
 from edged.config.errors import custom_error
-from edged.config.fields import Float, Frozen, Int
+from edged.config.fields import Float, Int, Section
+
+if TYPE_CHECKING:
+    from edged.config import Config
 
 ROS_NAME_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-class Ros2Config(Frozen):
+class Ros2Config(Section):
     """ROS 2 topics over DDS (`edged[ros2]`): Cyclone DDS in the daemon, no ROS runtime."""
 
     namespace: str = "edged"  # topics /<namespace>/<camera>/...; "" for /<camera>/...
@@ -53,3 +56,12 @@ class Ros2Config(Frozen):
         if not path.is_file():
             raise custom_error("file_not_found", f"Cyclone DDS config not found: {path}")
         return path
+
+    def check_with(self, config: Config) -> None:
+        bad = [n for n, c in config.cameras.items() if c.enabled and not ROS_NAME_RE.fullmatch(n)]
+        if bad:
+            raise custom_error(
+                "ros_camera_name",
+                f"camera {bad[0]!r}: with ros2 on, each camera name is part of its ROS 2 "
+                "topics (/<namespace>/<camera>/...), so it must be letters, digits and _, "
+                "not starting with a digit: rename the camera")

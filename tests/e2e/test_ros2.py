@@ -118,11 +118,13 @@ def test_ros2_topics_carry_the_results_to_a_dds_reader(tmp_path, start_daemon, d
     got: dict[str, list] = {k: [] for k in readers}
 
     def enough() -> bool:
-        """Two diagnostics (one a second) and 20 samples on every other topic: enough
-        for the comparisons below (10 masks, 5 balls, 5 tracked)."""
+        """Two diagnostics (one a second), four images (image_fps 2) and 20 samples on
+        every other topic: enough for the comparisons below (10 masks, 5 balls, 5
+        tracked)."""
         for k, r in readers.items():
             got[k].extend(r.take(N=50))
-        return all(len(v) >= (2 if k == "diagnostics" else 20) for k, v in got.items())
+        return all(len(v) >= {"diagnostics": 2, "image": 4}.get(k, 20)
+                   for k, v in got.items())
 
     wait_until("samples on every topic", enough)
     # a late joiner gets the class names (transient local)
@@ -214,9 +216,13 @@ def test_ros2_topics_carry_the_results_to_a_dds_reader(tmp_path, start_daemon, d
     assert [c.class_id for c in late["labels"][-1].class_map] == [0, 1, 2]
     assert [c.class_name for c in late["mask_labels"][-1].class_map] == \
         ["background", "lines", "field"]
-    # images: JPEG at most image_fps (2) in the 4 s
+    # images: JPEG at most image_fps (2), by their capture stamps: the first, then one
+    # per 0.5 s slot (the slots keep ideal times, so the first gap may be shorter)
     assert all(i.format == "jpeg" and bytes(i.data[:2]) == b"\xff\xd8" for i in got["image"])
-    assert len(got["image"]) <= 4 * 2 + 1, len(got["image"])
+    stamps = sorted(_stamp_ns(i.header) for i in got["image"])
+    span_s = (stamps[-1] - stamps[0]) / 1e9
+    assert len(stamps) <= span_s * 2 + 2, (len(stamps), span_s)
+    assert all(b - a >= 0.45e9 for a, b in zip(stamps[1:], stamps[2:])), stamps
     st = got["diagnostics"][-1].status[0]
     values = {kv.key: kv.value for kv in st.values}
     assert st.name == "edged: front" and st.level == 0 and values["state"] == "running"

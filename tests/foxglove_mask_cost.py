@@ -19,12 +19,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "unit"))  # test_codec
 from test_codec import make_result  # noqa: E402
 
 from edged import synth  # noqa: E402
 from edged.outputs.base import foxglove_schema as messages  # noqa: E402
 from edged.outputs.base.draw import Overlay  # noqa: E402
+from edged.outputs.base.png import grey_png  # noqa: E402
 
 
 def median_ms(fn: Callable[[], object], n: int) -> float:
@@ -42,8 +43,8 @@ def measure(w: int, h: int, n: int) -> str:
     r = type(r)(**{**{f: getattr(r, f) for f in r.__dataclass_fields__},
                    "mask_classes": ("background", "lines", "field")})
     ov = Overlay()
-    png = messages.colour_mask(r, ids, ov).encode()
-    t_png = median_ms(lambda: messages.colour_mask(r, ids, ov).encode(), n)
+    png = messages.colour_mask(r, grey_png(ids), ov).encode()
+    t_png = median_ms(lambda: messages.colour_mask(r, grey_png(ids), ov).encode(), n)
 
     def rgb8() -> bytes:
         rgb = ov.colour_mask_rgb(ids, r.mask_classes)

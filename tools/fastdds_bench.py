@@ -99,18 +99,18 @@ def encode_cost(runs: int = 200) -> dict[str, float]:
     import numpy as np
 
     from edged import synth
-    from edged.outputs.base.png import encode_png, with_palette
+    from edged.outputs.base.png import encode_png, grey_png, with_palette
     from edged.outputs.base.ros2msgs import cdr
     from edged.outputs.ros2.sink import PNG_MONO8
 
     mask = np.ascontiguousarray(synth.render(38, 3, 640, 480).segmentation, np.uint8)
     lut = np.zeros((1, 256, 3), np.uint8)
     lut[0, 1], lut[0, 2] = (255, 215, 0), (150, 40, 255)
-    png = encode_png(mask)
+    png = grey_png(mask)
     cases = {
         "mask (raw CDR)": lambda: cdr.image(0, "f", 480, 640, "mono8", 640, mask.data),
         "mask/compressed (PNG + CDR)": lambda: cdr.compressed_image(
-            0, "f", PNG_MONO8, encode_png(mask)),
+            0, "f", PNG_MONO8, grey_png(mask)),
         "mask_color (LUT + raw CDR)": lambda: cdr.image(
             0, "f", 480, 640, "rgb8", 1920,
             cv2.LUT(cv2.cvtColor(mask, cv2.COLOR_GRAY2BGR), lut).data),

@@ -1,8 +1,11 @@
 """Frames from a capture thread to the pipeline, bounded.
 
 For live sources a latest-frame slot (a new frame replaces an unprocessed one, which is
-counted); for files in replay mode a small lossless queue whose `put` blocks the reader
-(back-pressure). Nothing here grows without bound.
+counted); for files in replay mode a lossless queue of one frame: the reader waits for
+room before it decodes the next frame (`wait_room`), so a frame is decoded only when the
+model is about to want it, never several frames ahead (each frame ahead is a frame time
+of latency and buys no throughput: decoding is far shorter than inference). Nothing here
+grows without bound.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import contextlib
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 from edged.results import Frame
 
@@ -24,7 +28,7 @@ class Handoff:
     for space, so a file is read no faster than it is processed.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, *, lossless: bool, capacity: int = 2
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, lossless: bool, capacity: int = 1
                  ) -> None:
         self._loop = loop
         self.lossless = lossless
@@ -32,6 +36,7 @@ class Handoff:
         self._items: deque[Frame] = deque()
         self._cond = threading.Condition()
         self._ready = asyncio.Event()
+        self._waiting = False  # the consumer is parked in `wait` (wake it on a put)
         self.closed = False
         self.overwritten = 0
         self.put_count = 0
@@ -58,8 +63,23 @@ class Handoff:
                 return False
             self._items.append(frame)
             self.put_count += 1
-        self._wake()
+            # a consumer that is busy will find the frame when it next looks: waking
+            # the event loop from this thread is needed only when it is parked
+            wake, self._waiting = self._waiting, False
+        if wake:
+            self._wake()
         return True
+
+    def wait_room(self, give_up: Callable[[], bool], poll_s: float = 0.2) -> bool:
+        """Called by the capture thread before it reads a frame: True once a frame put
+        now is queued at once (at once, for a live slot); False when closed, or when
+        `give_up()` (asked every `poll_s` while waiting) says so."""
+        with self._cond:
+            while self.lossless and len(self._items) >= self.capacity and not self.closed:
+                if give_up():
+                    return False
+                self._cond.wait(poll_s)
+            return not self.closed and not give_up()
 
     def close(self) -> None:
         """End of stream: the consumer gets the frames still queued, then None."""
@@ -91,6 +111,7 @@ class Handoff:
                 if self.closed:
                     return False
                 self._ready.clear()
+                self._waiting = True
             await self._ready.wait()
 
     async def get(self) -> Frame | None:

@@ -296,6 +296,9 @@ class CaptureThread:
                     return "stop", ""
                 # never try to catch up on a backlog: fall back onto the schedule
                 next_t = max(next_t + period, time.monotonic() - period)
+            # replay: decode the next frame only once it can be queued at once
+            if not self.handoff.wait_room(lambda: self._stop.is_set() or session.abandoned):
+                return "stop", ""
             session.busy_in, session.busy_since = "read", time.monotonic()
             try:
                 img = src.read()
@@ -329,9 +332,6 @@ class CaptureThread:
                 self.seq += 1
             session.frames += 1
             frame = Frame(self.camera, seq, img, time.time_ns(), time.monotonic_ns())
-            queued = self.handoff.put(frame, timeout=0.2)
-            while queued is None and not self._stop.is_set() and not session.abandoned:
-                queued = self.handoff.put(frame, timeout=0.2)
-            if not queued:
+            if not self.handoff.put(frame):  # never waits: this thread made the room
                 return "stop", ""
         return "stop", ""

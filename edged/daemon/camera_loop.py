@@ -20,7 +20,7 @@ from edged.capture.handoff import Handoff
 from edged.capture.sources import source_for
 from edged.capture.supervisor import CaptureThread
 from edged.config import CameraConfig, Config
-from edged.daemon.publish import DropEvents, PublishStage
+from edged.daemon.publish import DropEvents, Published, PublishStage
 from edged.daemon.scheduler import Budget, Scheduler
 from edged.daemon.tracking import TrackingStage
 from edged.inference.pool import InferencePool
@@ -140,7 +140,7 @@ class CameraLoops:
 
     async def run(self, cam: Camera) -> None:
         sched, stage = self.sched, self.stage
-        pending: asyncio.Future[None] | None = None
+        pending: Published | None = None
         reason = "end of stream"
         min_period = 1.0 / cam.config.max_fps if cam.config.max_fps else 0.0
         next_start = 0.0
@@ -217,7 +217,7 @@ class CameraLoops:
         log.info("camera %s: end of stream published (%s)", cam.name, reason)
 
     async def _finish(self, cam: Camera, fut: asyncio.Future[Result], frame: Frame,
-                      pending: asyncio.Future[None] | None) -> asyncio.Future[None] | None:
+                      pending: Published | None) -> Published | None:
         """Wait for one frame's result, count it and hand it to the publish thread.
 
         Returns the publish future: judging and encoding this result overlap the next

@@ -19,10 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from edged.daemon.scheduler import Budget
 from edged.outputs.base.sink import Outcome, SinkRunner
@@ -66,6 +66,23 @@ class DropEvents:
         return True
 
 
+class Published:
+    """A result handed to the publish thread; awaiting it waits until every sink has it
+    queued. Usually that has happened by the time the camera's next result wants to
+    follow it (publishing takes well under a frame time), and then the await returns at
+    once: the publish thread never has to wake the event loop for it."""
+
+    __slots__ = ("_fut",)
+
+    def __init__(self, fut: Future[None]) -> None:
+        self._fut = fut
+
+    def __await__(self) -> Generator[Any, None, None]:
+        if self._fut.done():
+            return self._fut.result()
+        return (yield from asyncio.wrap_future(self._fut).__await__())
+
+
 class PublishStage:
     """Judge, encode, stamp and fan out finished results on one thread."""
 
@@ -88,10 +105,9 @@ class PublishStage:
     # ------------------------------------------------------------------ from the loop
 
     def publish(self, budget: Budget, counters: PublishCounters, result: Result,
-                frame: Frame | None) -> asyncio.Future[None]:
-        """Hand a result to the stage; the future is done once every sink has it queued."""
-        return asyncio.wrap_future(self._pool.submit(self._publish, budget, counters,
-                                                     result, frame))
+                frame: Frame | None) -> Published:
+        """Hand a result to the stage; awaiting it returns once every sink has it queued."""
+        return Published(self._pool.submit(self._publish, budget, counters, result, frame))
 
     def call(self, fn: Callable[[], None]) -> Future[None] | None:
         """Run `fn` on the stage's thread, after what is queued (None once closed)."""

@@ -204,6 +204,7 @@ class Preprocessor:
         # keep_ratio: one tensor per input size; `tensor` is the last one filled
         self._tensors: dict[tuple[int, int], np.ndarray] = {}
         self._resized: dict[tuple[int, int], np.ndarray] = {}
+        self._planes: dict[tuple[int, int], list[np.ndarray]] = {}
         self._boxes: dict[tuple[int, int], Letterbox] = {}
         self._dirty = np.ones(batch, bool)  # padding must be (re)written for this slot
         self._last_box: list[Letterbox | None] = [None] * batch
@@ -263,9 +264,16 @@ class Preprocessor:
             self._last_box[slot] = box
         ys = slice(box.pad_y, box.pad_y + box.content_h)
         xs = slice(box.pad_x, box.pad_x + box.content_w)
+        # contiguous planes first: converting them is twice as fast as reading every
+        # third byte of the interleaved image (0.06 vs 0.13 ms at 416x312)
+        planes = self._planes.get(key)
+        if planes is None:
+            planes = self._planes[key] = [np.empty((box.content_h, box.content_w), np.uint8)
+                                          for _ in range(3)]
+        cv2.split(resized, planes)
         for c, src in enumerate(self._order):
             dst = out[c, ys, xs]
-            np.multiply(resized[:, :, src], self._mul[c], out=dst, casting="unsafe")
+            np.multiply(planes[src], self._mul[c], out=dst, casting="unsafe")
             if self._add[c] != 0.0:
                 dst += self._add[c]
         return box

@@ -186,7 +186,7 @@ def test_a_fast_dds_reader_gets_every_topic_as_the_zeromq_stream(tmp_path, netns
             want = (0, 0, 0) if is_background(name) else mask_colour(k)
             assert (bgr[mask == k] == want).all(), (k, name)
     # detections: one per ZeroMQ box, centre and size in camera pixels, class and score
-    boxes = 0
+    boxes = tracked = 0
     for j in sub.samples(f"{base}/detections"):
         zm = zmq[j["stamp"]]
         assert j["frame_id"] == "front_optical" and len(j["detections"]) == len(zm.boxes)
@@ -196,9 +196,12 @@ def test_a_fast_dds_reader_gets_every_topic_as_the_zeromq_stream(tmp_path, netns
             assert (det["cx"], det["cy"], det["sx"], det["sy"]) == \
                 ((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1)
             assert det["results"] == [[str(cid), float(score)]]
-            assert det["id"] == str(i + 1) and det["stamp"] == j["stamp"]
+            # the track id as text, "" while the detection has no confirmed track
+            tid = 0 if zm.track_ids is None else int(zm.track_ids[i])
+            assert det["id"] == (str(tid) if tid > 0 else "") and det["stamp"] == j["stamp"]
             boxes += 1
-    assert boxes >= 10, boxes
+            tracked += tid > 0
+    assert boxes >= 10 and tracked >= 5, (boxes, tracked)
     # the camera image: JPEG at image_fps (5) from a 15 fps camera, every third frame
     images = sub.samples(f"{base}/image/compressed")
     span = (images[-1]["stamp"] - images[0]["stamp"]) / 1e9

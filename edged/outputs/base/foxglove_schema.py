@@ -35,7 +35,7 @@ from edged.outputs.base.draw import (
     label_style,
     track_ids,
 )
-from edged.outputs.base.png import palette_png
+from edged.outputs.base.png import with_palette
 from edged.results import Frame, Result
 from edged.telemetry import StatsReport
 
@@ -65,11 +65,12 @@ def class_mask(result: Result, mask: np.ndarray) -> RawImage:
                     width=w, height=h, encoding="mono8", step=w, data=m.tobytes())
 
 
-def colour_mask(result: Result, mask: np.ndarray, overlay: Overlay) -> CompressedImage:
+def colour_mask(result: Result, png: bytes, overlay: Overlay) -> CompressedImage:
     """PNG: each class in the view's colour (background classes black), what a person
-    looks at; `mask` is `result.mask_camera()`."""
+    looks at; `png` is the class ids' grey PNG (`SharedMask.png()`, encoded once for
+    every sink), given the view's palette here."""
     return CompressedImage(timestamp=stamp(result.t_capture_wall_ns), frame_id=result.camera,
-                           data=palette_png(mask, overlay.palette_rgb(result.mask_classes)),
+                           data=with_palette(png, overlay.palette_rgb(result.mask_classes)),
                            format="png")
 
 

@@ -22,9 +22,10 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from edged.outputs.base.png import SharedMask
 from edged.results import Frame, Result
 from edged.telemetry import ControlEvent, SinkStats, StreamEnded
 
@@ -40,7 +41,8 @@ class Outcome:
 
     `late` and `t_publish_ns` are the verdict every sink sees; `wire` is the ZeroMQ
     message (encoded once, stamped at `t_publish_ns`); `frame` is the camera frame the
-    result was computed from (for sinks that show or record the image).
+    result was computed from (for sinks that show or record the image); `mask` is the
+    result's class mask at camera resolution and its PNG, computed once for all sinks.
     """
 
     result: Result
@@ -48,6 +50,10 @@ class Outcome:
     late: bool
     t_publish_ns: int
     wire: tuple[bytes, ...]
+    mask: SharedMask = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mask", SharedMask(self.result))
 
 
 class Sink(ABC):

@@ -165,12 +165,13 @@ class FoxgloveSink(Sink):
             cam.image.log(messages.image(frame, self.config.quality), log_time=t)
             self.encoded["image"] += 1
         want_mask, want_colour = cam.mask.has_sinks(), cam.mask_color.has_sinks()
-        mask = result.mask_camera() if want_mask or want_colour else None
+        mask = outcome.mask.camera() if want_mask or want_colour else None
         if mask is not None and want_mask:
             cam.mask.log(messages.class_mask(result, mask), log_time=t)
             self.encoded["mask"] += 1
-        if mask is not None and want_colour:
-            cam.mask_color.log(messages.colour_mask(result, mask, self._overlay), log_time=t)
+        png = outcome.mask.png() if mask is not None and want_colour else None
+        if png is not None:
+            cam.mask_color.log(messages.colour_mask(result, png, self._overlay), log_time=t)
             self.encoded["mask_color"] += 1
         if cam.annotations.has_sinks():
             cam.annotations.log(messages.image_annotations(result), log_time=t)

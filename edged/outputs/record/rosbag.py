@@ -25,7 +25,6 @@ import logging
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import yaml
 from mcap.writer import CompressionType, Writer
 
@@ -178,9 +177,8 @@ class RosbagSink(Sink):
                     header=header, class_map=[msgs.VisionClass(i, n)
                                               for i, n in enumerate(names)],
                     threshold=threshold).serialize(), latched=True)
-        mask = r.mask_camera()
+        mask = outcome.mask.camera()
         if mask is not None:
-            mask = np.ascontiguousarray(mask, np.uint8)
             h, w = mask.shape
             self._write(f"{base}/mask", "sensor_msgs/msg/Image", t,
                         cdr.image(t, fid, h, w, "mono8", w, mask.data, dds_pad=False))

@@ -139,12 +139,12 @@ class RecorderSink(Sink):
         if self.config.frames and frame is not None:
             recs.append(_Rec(f"/{cam}/image", "protobuf", IMAGE, t,
                              messages.image(frame, self.config.quality).encode()))
-        mask = r.mask_camera()
-        if mask is not None:
+        mask, png = outcome.mask.camera(), outcome.mask.png()
+        if mask is not None and png is not None:
             recs.append(_Rec(f"/{cam}/mask", "protobuf", MASK, t,
                              messages.class_mask(r, mask).encode()))
             recs.append(_Rec(f"/{cam}/mask_color", "protobuf", IMAGE, t,
-                             messages.colour_mask(r, mask, self._overlay).encode()))
+                             messages.colour_mask(r, png, self._overlay).encode()))
         recs.append(_Rec(f"/{cam}/annotations", "protobuf", ANNOTATIONS, t,
                          messages.image_annotations(r).encode()))
         recs.append(_Rec(f"/{cam}/edged", WIRE_ENCODING, WIRE, t, encode_wire(outcome.wire)))

@@ -50,7 +50,7 @@ from cyclonedds.topic import Topic
 from cyclonedds.util import duration
 
 from edged.outputs.base.draw import encode_jpeg, is_background, mask_colour
-from edged.outputs.base.png import encode_png, with_palette
+from edged.outputs.base.png import with_palette
 from edged.outputs.base.ros2msgs import Ros2Error, cdr, msgs
 from edged.outputs.base.ros2msgs.convert import detections, diagnostic_status, instance_ids
 from edged.outputs.base.ros2msgs.typehash import user_data
@@ -249,16 +249,16 @@ class Ros2Sink(Sink):
         raw_colour = cam.mask_color is not None and cam.mask_color.matched
         png_colour = cam.mask_color_png is not None and cam.mask_color_png.matched
         if cam.mask.matched or cam.mask_png.matched or raw_colour or png_colour:
-            mask = r.mask_camera()
+            mask = outcome.mask.camera()
             if mask is not None:
-                mask = np.ascontiguousarray(mask, np.uint8)
                 h, w = mask.shape
                 if cam.mask.matched:
                     cam.mask.write_cdr(cdr.image(t, cam.frame_id, h, w, "mono8", w,
                                                  mask.data), t)
-                # one PNG encoding for both compressed masks (the colour one is the same
-                # pixels with a palette)
-                png = encode_png(mask) if cam.mask_png.matched or png_colour else b""
+                # one PNG encoding for both compressed masks and every other sink (the
+                # colour one is the same pixels with a palette)
+                png = (outcome.mask.png() or b"") if cam.mask_png.matched or png_colour \
+                    else b""
                 if cam.mask_png.matched:
                     cam.mask_png.write_cdr(cdr.compressed_image(
                         t, cam.frame_id, PNG_MONO8, png), t)

@@ -519,7 +519,9 @@ def test_daemon_starts_with_the_server_down_and_moves_to_it(tmp_path: Path,
         assert f"{NAME}@triton" not in models
         s.start()
         wait_until(lambda: f"{NAME}@triton" in models, 120, "results from the server")
-        assert any(e.variant == f"{NAME}@triton" and e.previous == NAME for e in events)
+        # the event goes on the stats channel, which may deliver it after the first result
+        wait_until(lambda: any(e.variant == f"{NAME}@triton" and e.previous == NAME
+                               for e in events), 60, "the _model event of the switch")
         code, _ = d.terminate(30)
         assert code == 0, d.log()
         assert "server not reachable" in d.log()

@@ -4,7 +4,8 @@ inference function that runs onnxruntime, as the tests' and the benchmarks' serv
 Runs under the triton venv's python (pytriton pins numpy<2, so never edged's venv):
 
     .venv-triton/bin/python tests/tritonkit/serve.py MODEL.onnx --name NAME \
-        --grpc-port P --http-port Q --access-token T [--output-name OLD=NEW]
+        --grpc-port P --http-port Q --access-token T [--output-name OLD=NEW] \
+        [--stub STUB_NAME] [--record FILE]
 
 Prints one line `READY` on stdout once the model is ready; stops at SIGINT or SIGTERM.
 """
@@ -17,6 +18,7 @@ import signal
 import sys
 import sysconfig
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -55,6 +57,11 @@ def main() -> int:
     ap.add_argument("--grpc-tls", nargs=2, metavar=("CERT", "KEY"))
     # serve an output under another name: a "wrong model" for the tests
     ap.add_argument("--output-name", action="append", default=[])
+    # a second model with the same tensors that answers with constant outputs at once: the
+    # server's own cost per request, without the model's (tests/tritonkit/fleet.py)
+    ap.add_argument("--stub")
+    # one line per call of an inference function: model, requests, rows, seconds in it
+    ap.add_argument("--record")
     args = ap.parse_args()
     renamed = dict(s.split("=", 1) for s in args.output_name)
 
@@ -72,12 +79,37 @@ def main() -> int:
         s = [d if isinstance(d, int) else -1 for d in shape]
         return tuple(s if fixed else s[1:])
 
+    # line-buffered: the server is stopped by a signal, a line is complete or absent
+    record = open(args.record, "a", buffering=1) if args.record else None  # noqa: SIM115
+
+    def note(model: str, requests: list[Any], t0: float) -> None:
+        if record is not None:
+            rows = sum(len(np.asarray(r[ins[0].name])) for r in requests)
+            record.write(f"{model} {len(requests)} {rows} {time.perf_counter() - t0:.6f}\n")
+
     def infer(requests: list[Any]) -> list[dict[str, np.ndarray]]:
+        t0 = time.perf_counter()
         replies = []
         for req in requests:
             feeds = {i.name: np.asarray(req[i.name]) for i in ins}
             values = session.run(out_names, feeds)
             replies.append({renamed.get(n, n): v for n, v in zip(out_names, values)})
+        note(args.name, requests, t0)
+        return replies
+
+    # the stub's outputs: one run of the model on zeros, repeated along the batch
+    zeros = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape],
+                              _DTYPES[i.type]) for i in ins}
+    canned = session.run(out_names, zeros)
+
+    def stub(requests: list[Any]) -> list[dict[str, np.ndarray]]:
+        t0 = time.perf_counter()
+        replies = []
+        for req in requests:
+            n = len(np.asarray(req[ins[0].name]))
+            replies.append({renamed.get(k, k): v if fixed else np.repeat(v, n, axis=0)
+                            for k, v in zip(out_names, canned)})
+        note(args.stub, requests, t0)
         return replies
 
     config = TritonConfig(grpc_address="127.0.0.1", grpc_port=args.grpc_port,
@@ -90,14 +122,17 @@ def main() -> int:
         signal.signal(sig, lambda *_: stop.set())
     security = TritonSecurityConfig(access_token=args.access_token)
     with Triton(config=config, security_config=security) as triton:
-        triton.bind(
-            model_name=args.name, infer_func=infer,
-            inputs=[Tensor(name=i.name, dtype=_DTYPES[i.type], shape=dims(i.shape))
-                    for i in ins],
-            outputs=[Tensor(name=renamed.get(o.name, o.name), dtype=_DTYPES[o.type],
-                            shape=dims(o.shape)) for o in outs],
-            config=ModelConfig(batching=not fixed, max_batch_size=0 if fixed else 8),
-            strict=False)
+        for name, func in ((args.name, infer), (args.stub, stub)):
+            if name is None:
+                continue
+            triton.bind(
+                model_name=name, infer_func=func,
+                inputs=[Tensor(name=i.name, dtype=_DTYPES[i.type], shape=dims(i.shape))
+                        for i in ins],
+                outputs=[Tensor(name=renamed.get(o.name, o.name), dtype=_DTYPES[o.type],
+                                shape=dims(o.shape)) for o in outs],
+                config=ModelConfig(batching=not fixed, max_batch_size=0 if fixed else 8),
+                strict=False)
         triton.run()
         print("READY", flush=True)
         stop.wait()

@@ -222,7 +222,6 @@ def test_ros2_topics_carry_the_results_to_a_dds_reader(tmp_path, start_daemon, d
     stamps = sorted(_stamp_ns(i.header) for i in got["image"])
     span_s = (stamps[-1] - stamps[0]) / 1e9
     assert len(stamps) <= span_s * 2 + 2, (len(stamps), span_s)
-    assert all(b - a >= 0.45e9 for a, b in zip(stamps[1:], stamps[2:])), stamps
     st = got["diagnostics"][-1].status[0]
     values = {kv.key: kv.value for kv in st.values}
     assert st.name == "edged: front" and st.level == 0 and values["state"] == "running"

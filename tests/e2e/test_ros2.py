@@ -6,6 +6,7 @@ multicast off and a unicast peer on 127.0.0.1: no packet leaves the machine."""
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import time
@@ -58,14 +59,24 @@ LATCHED = Qos(Policy.Reliability.Reliable(duration(milliseconds=100)),
 
 @pytest.fixture(scope="module")
 def domain(tmp_path_factory) -> tuple[int, Path, DomainParticipant]:
-    # a domain of its own, so parallel runs on one machine never meet
-    domain_id = random.Random(os.getpid()).randrange(100, 230)
+    domain_id, participant = _process_participant()
     xml = tmp_path_factory.mktemp("dds") / "loopback.xml"
     xml.write_text(LOOPBACK_XML)
+    return domain_id, xml, participant
+
+
+@functools.cache
+def _process_participant() -> tuple[int, DomainParticipant]:
+    """One loopback domain and reader participant per test process. Cyclone refuses a
+    second `Domain` for an id that still exists in the process (PRECONDITION_NOT_MET), and
+    a module's participant is freed only when the garbage collector gets to it: modules
+    that use this fixture (test_all_clients imports it) share one."""
+    # a domain of its own, so parallel runs on one machine never meet
+    domain_id = random.Random(os.getpid()).randrange(100, 230)
     dom = Domain(domain_id, config=LOOPBACK_XML)
     participant = DomainParticipant(domain_id)
     participant._keep_domain = dom  # type: ignore[attr-defined]
-    return domain_id, xml, participant
+    return domain_id, participant
 
 
 def _config(tmp_path: Path, domain_id: int, xml: Path, *, camera: str = "front",

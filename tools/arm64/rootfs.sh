@@ -18,7 +18,7 @@ ROOTFS="${1:-${EDGED_ARM64_ROOTFS:-/var/cache/edged/arm64-rootfs}}"
 # today (the same releases on both sides, so their results can be compared)
 # (setuptools to build edged's wheel without network: the venv's own is too old)
 WHEELS=(numpy==2.4.6 onnxruntime==1.32.0 opencv-python-headless==5.1.0.95 pyzmq==27.3.0
-        msgpack==1.2.4 PyYAML==6.0.4 pydantic==2.14.4 zstandard==0.25.0
+        msgpack==1.2.4 PyYAML==6.0.4 pydantic==2.14.4 zstandard==0.25.0 scipy==1.17.1
         onnx==1.23.2 pytest==9.2.0 "setuptools>=68")
 DEBIAN=(--arch=arm64 --variant=apt --include=python3,python3-venv,ca-certificates bookworm)
 # the recipe's hash: a rootfs built from another recipe is rebuilt

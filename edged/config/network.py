@@ -6,6 +6,7 @@ whether an address reaches only this machine. The parsers are the runtime's own
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from typing import Annotated
 
 from pydantic import AfterValidator
@@ -15,29 +16,25 @@ from edged.config.fields import ConfigPath, Frozen
 from edged.names import parse_endpoint, parse_host_port
 
 
-def check_host_port(address: str) -> str:
-    """`address` if it is HOST:PORT (IPv6 as [ADDR]:PORT); the parser's message if not."""
-    try:
-        parse_host_port(address)
-    except ValueError as e:
-        raise custom_error("host_port", str(e)) from None
-    return address
+def _parsed_by(kind: str, parse: Callable[[str], object]) -> Callable[[str], str]:
+    """A validator that accepts what the runtime's own parser (`edged.names`) accepts, so
+    what passes here binds or connects there, and reports that parser's message."""
+    def check(value: str) -> str:
+        try:
+            parse(value)
+        except ValueError as e:
+            raise custom_error(kind, str(e)) from None
+        return value
+    return check
 
+
+# `address` if it is HOST:PORT (IPv6 as [ADDR]:PORT); the parser's message if not
+check_host_port = _parsed_by("host_port", parse_host_port)
 
 # a listening endpoint's "HOST:PORT"
 HostPortAddress = Annotated[str, AfterValidator(check_host_port)]
 
-
-def _check_endpoint(endpoint: str) -> str:
-    # the publisher's own parser: what passes here, the publisher accepts
-    try:
-        parse_endpoint(endpoint)
-    except ValueError as e:
-        raise custom_error("endpoint", str(e)) from None
-    return endpoint
-
-
-Endpoint = Annotated[str, AfterValidator(_check_endpoint)]
+Endpoint = Annotated[str, AfterValidator(_parsed_by("endpoint", parse_endpoint))]
 
 
 def is_loopback_host(host: str) -> bool:

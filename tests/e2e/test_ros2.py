@@ -402,13 +402,20 @@ def test_diagnostics_level_is_a_byte_as_ros_declares_it(domain):
     name = f"rt/edged_test_diag_{os.getpid()}"
     writer = DataWriter(p, Topic(p, name, msgs.DiagnosticArray), qos=DEFAULT)
     ros = DataReader(p, Topic(p, name, msgs.DiagnosticArray), qos=DEFAULT)
+    wrong_topic = Topic(p, name + "_", msgs.DiagnosticArray)
     wrong = DataReader(p, Topic(p, name + "_", uint8_array), qos=DEFAULT)
-    wrong_writer = DataWriter(p, Topic(p, name + "_", msgs.DiagnosticArray), qos=DEFAULT)
+    wrong_writer = DataWriter(p, wrong_topic, qos=DEFAULT)
+    # the barrier: a well-typed reader made after `wrong` matches the same writer, so
+    # that writer has considered `wrong` by then
+    right = DataReader(p, wrong_topic, qos=DEFAULT)
     end = time.monotonic() + 60
-    while time.monotonic() < end and ros.get_subscription_matched_status().current_count < 1:
+    while time.monotonic() < end and (
+            ros.get_subscription_matched_status().current_count < 1
+            or right.get_subscription_matched_status().current_count < 1):
         time.sleep(0.05)
-    time.sleep(0.5)  # the mismatched pair had the same time to match
     assert ros.get_subscription_matched_status().current_count == 1
+    assert right.get_subscription_matched_status().current_count == 1
+    assert wrong_writer.get_publication_matched_status().current_count == 1  # `right` only
     assert wrong.get_subscription_matched_status().current_count == 0
     writer.write(msgs.DiagnosticArray(status=[msgs.DiagnosticStatus(level=2, name="x")]))
     end = time.monotonic() + 60
@@ -417,7 +424,8 @@ def test_diagnostics_level_is_a_byte_as_ros_declares_it(domain):
         got = ros.take(N=1)
         time.sleep(0.05)
     assert got and got[0].status[0].level == 2
-    del wrong_writer
+    assert wrong.get_subscription_matched_status().current_count == 0
+    del wrong_writer, right
 
 
 def test_cyclone_config_puts_the_users_settings_after_edgeds(tmp_path, monkeypatch):

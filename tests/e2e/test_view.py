@@ -368,12 +368,13 @@ def test_the_page_shows_the_field_the_ball_box_and_the_figures(tmp_path, start_d
         with_ball = {s for s in range(600) if ball(s) is not None}
         assert len(with_ball) > 100
         outlined, tried, fields = False, 0, 0
-        end = time.monotonic() + 60
+        shown_seq = "Number(document.querySelector('[data-camera=front] img').dataset.seq)"
+        end = time.monotonic() + 120
         while not outlined and tried < 12 and time.monotonic() < end:
-            shown = int(browser.evaluate(
-                "document.querySelector('[data-camera=front] img').dataset.seq"))
+            shown = int(browser.evaluate(shown_seq))
             if shown not in with_ball and fields >= 1:
-                time.sleep(0.2)  # wait for the ball to come into view
+                # the next frame, until the ball comes into view
+                browser.wait_until(f"{shown_seq} !== {shown}", timeout=60)
                 continue
             browser.evaluate("window.edgedView.freeze()")
             # what the image shows once it is held (decoded, on screen)
@@ -410,7 +411,7 @@ def test_the_page_shows_the_field_the_ball_box_and_the_figures(tmp_path, start_d
                     break
                 cv2.imwrite(str(tmp_path / f"miss-{seq}.png"), view)
             browser.evaluate("window.edgedView.unfreeze()")
-            time.sleep(0.3)
+            browser.wait_until(f"{shown_seq} !== {seq}", timeout=60)  # a fresh frame
         assert outlined, f"no ball box drawn around the ground-truth ball in {tried} frames " \
             f"with a ball ({fields} checked; see {tmp_path}/miss-*.png)"
     finally:

@@ -8,6 +8,7 @@ import base64
 import json
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,11 +39,13 @@ def _message_class(schema_name: str, schema_b64: str) -> Any:
 
 
 async def collect(url: str, topics: set[str], seconds: float, *, want: int | None = None,
+                  until: Callable[[list[Received]], bool] | None = None,
                   ssl: Any = True, protocols: tuple[str, ...] = SUBPROTOCOLS,
                   chosen: list[str] | None = None,
                   ) -> tuple[dict[str, dict[str, Any]], list[Received]]:
-    """Subscribe to `topics` (as advertised) for `seconds` (or until `want` messages);
-    returns the advertised channels by topic and the decoded messages. `protocols`: the
+    """Subscribe to `topics` (as advertised) until `want` messages have arrived or
+    `until(messages)` holds, `seconds` at most (the ceiling for a failure); returns the
+    advertised channels by topic and the decoded messages. `protocols`: the
     subprotocols offered; the one the server chose is appended to `chosen`."""
     channels: dict[str, dict[str, Any]] = {}
     subs: dict[int, dict[str, Any]] = {}
@@ -55,7 +58,8 @@ async def collect(url: str, topics: set[str], seconds: float, *, want: int | Non
             chosen.append(ws.protocol or "")
         end = time.monotonic() + seconds
         next_id = 1
-        while (left := end - time.monotonic()) > 0 and (want is None or len(out) < want):
+        while (left := end - time.monotonic()) > 0 and (want is None or len(out) < want) \
+                and (until is None or not until(out)):
             try:
                 msg = await ws.receive(timeout=left)
             except TimeoutError:

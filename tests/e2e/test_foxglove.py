@@ -10,6 +10,7 @@ import base64
 import json
 import re
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from configfile import daemon_config, synthetic
 from conftest import ZmqCollector, free_port
 from daemonlog import processed_intervals
 from daemonrun import run_cli, wait_until
-from foxglove_client import LEGACY, StalledClient, _message_class, collect, count
+from foxglove_client import LEGACY, Received, StalledClient, _message_class, collect, count
 from resultgen import make_result
 
 from edged import synth
@@ -45,6 +46,19 @@ def _encoded(log: str) -> dict[str, int]:
     return {k: int(n) for k, n in (p.rsplit(" ", 1) for p in m.group(1).split(", "))}
 
 
+def _enough(topics: set[str]) -> Callable[[list[Received]], bool]:
+    """Until every topic has spoken and there is enough for the checks below, with room
+    for the first results, from before the ZeroMQ subscription took, to go unmatched:
+    10 masks, 5 ball outlines, 5 trails."""
+    def enough(got: list[Received]) -> bool:
+        annotations = [r.message for r in got if r.topic == "/front/annotations"]
+        return ({r.topic for r in got} >= topics
+                and sum(r.topic == "/front/mask" for r in got) >= 10
+                and sum(t.text.startswith("ball") for a in annotations for t in a.texts) >= 5
+                and sum(pa.type == 3 for a in annotations for pa in a.points) >= 5)
+    return enough
+
+
 @pytest.mark.parametrize("protocols", ["legacy", "both"])
 def test_foxglove_channels_carry_the_results_of_the_zeromq_stream(tmp_path, start_daemon,
                                                                   protocols):
@@ -58,7 +72,7 @@ def test_foxglove_channels_carry_the_results_of_the_zeromq_stream(tmp_path, star
     topics = {f"/front/{c}" for c in CHANNELS} | {"/edged/stats"}
     chosen: list[str] = []
     channels, got = asyncio.run(collect(
-        f"ws://127.0.0.1:{port}", topics, 4.0, chosen=chosen,
+        f"ws://127.0.0.1:{port}", topics, 120.0, until=_enough(topics), chosen=chosen,
         **({"protocols": LEGACY} if protocols == "legacy" else {})))
     assert d.terminate()[0] == 0
     col.stop(eos=1)
@@ -237,7 +251,8 @@ def test_a_channel_is_encoded_only_while_subscribed(tmp_path, start_daemon):
     # a client of the mask only: the mask is encoded, the image (JPEG) never
     d = start_daemon(_config(tmp_path, port))
     d.wait_for("ready")
-    _, got = asyncio.run(collect(f"ws://127.0.0.1:{port}", {"/front/mask"}, 3.0))
+    # 10 masks: results processed while subscribed, in which the image was never asked for
+    _, got = asyncio.run(collect(f"ws://127.0.0.1:{port}", {"/front/mask"}, 60.0, want=10))
     assert d.terminate()[0] == 0
     n = _encoded(d.log())
     assert n["image"] == n["mask_color"] == n["annotations"] == n["stats"] == 0, n

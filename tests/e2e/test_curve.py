@@ -48,13 +48,23 @@ def test_bad_key_files_are_named(tmp_path: Path) -> None:
         server_keys(tmp_path / "junk", tmp_path / "k")
 
 
-def drain(sub: Subscriber, seconds: float) -> int:
-    """Messages in `seconds` (for what must get none: a refused subscriber)."""
-    n, end = 0, time.monotonic() + seconds
-    while time.monotonic() < end:
-        if isinstance(sub.recv(timeout=0.1), Message):
-            n += 1
-    return n
+def heard_while(quiet: Subscriber, busy: Subscriber, n: int, since: int | None = None,
+                timeout: float = 60.0) -> list[Message]:
+    """What `quiet` received while `busy` received `n` results published after `since`
+    (wall-clock ns; default now): the barrier for a subscriber that must get nothing,
+    which, had it been admitted, would have been sent those results too."""
+    since = time.time_ns() if since is None else since
+    heard: list[Message] = []
+    got, end = 0, time.monotonic() + timeout
+    while got < n:
+        assert time.monotonic() < end, f"{got} of {n} results within {timeout:g} s"
+        m = busy.recv(timeout=0.05)
+        if isinstance(m, Message) and m.t_publish_ns > since:
+            got += 1
+        while (q := quiet.recv(timeout=0)) is not None:
+            if isinstance(q, Message):
+                heard.append(q)
+    return heard
 
 
 def receive(sub: Subscriber, n: int, timeout: float = 60.0) -> int:
@@ -84,10 +94,12 @@ def test_only_admitted_keys_receive(tmp_path: Path, tcp_endpoint: str) -> None:
         stranger = Subscriber(tcp_endpoint, context=ctx, curve=ClientKeys.from_files(
             keys / "daemon.key", keys / "stranger.key_secret"))
         plain = Subscriber(tcp_endpoint, context=ctx)
-        deadline = time.monotonic() + 3.0
+        # all three connect alike: by the 30th result the admitted key has, the other
+        # two would have had results too, were they let in
+        deadline = time.monotonic() + 60
         got = {"admitted": 0, "stranger": 0, "plain": 0}
         seq = 0
-        while time.monotonic() < deadline:
+        while got["admitted"] < 30 and time.monotonic() < deadline:
             result = Result("cam", seq, time.time_ns(), time.monotonic_ns(), 640, 480,
                             Detections.empty(), (), None, (), None)
             pub.send(encode_result(result, None))
@@ -96,8 +108,8 @@ def test_only_admitted_keys_receive(tmp_path: Path, tcp_endpoint: str) -> None:
                               ("plain", plain)):
                 if isinstance(sub.recv(timeout=0.01), Message):
                     got[name] += 1
-        assert got["admitted"] > 10 and admitted.gaps < got["admitted"]
-        assert got["stranger"] == 0 and got["plain"] == 0  # nothing within 3 s
+        assert got["admitted"] == 30 and admitted.gaps < got["admitted"], (got, admitted.gaps)
+        assert got["stranger"] == 0 and got["plain"] == 0, got
         for s in (admitted, stranger, plain):
             s.close()
     ctx.term()
@@ -143,13 +155,18 @@ def test_the_daemon_admits_keys_and_a_reload_cuts_a_removed_one_off(
             Subscriber(tcp_endpoint, curve=keys_of("viewer")) as viewer, \
             Subscriber(tcp_endpoint) as plain:
         assert receive(robot, 6) == 6 and receive(viewer, 3) == 3
-        assert drain(plain, 0.5) == 0  # 3.5 s connected by now: nothing, ever
+        # connected all along: nothing, ever
+        assert heard_while(plain, robot, 10) == []
         (clients / "viewer.key").unlink()
         d.proc.send_signal(signal.SIGHUP)
         d.wait_for("1 removed: endpoints rebound", timeout=30)
-        drain(viewer, 1.0)  # what was in flight before the rebind
-        assert drain(viewer, 3.0) == 0  # cut off: its reconnect is refused
-        assert receive(robot, 6) == 6  # reconnected by itself, admitted again
+        rebound = time.time_ns()
+        # robot reconnected by itself and is admitted again: 10 results published after
+        # the rebind; the viewer is cut off, its reconnect refused: of those, nothing
+        # (what was in flight before the rebind may still arrive)
+        late = [m.seq for m in heard_while(viewer, robot, 10, since=rebound)
+                if m.t_publish_ns > rebound]
+        assert late == [], late
     assert d.terminate()[0] == 0
 
 
@@ -316,8 +333,7 @@ def test_a_flood_of_subscriptions_is_refused_and_the_daemon_keeps_serving(
         # refused from then on: a fresh subscriber from that address gets nothing, one
         # from this machine's other loopback address everything
         with Subscriber(f"tcp://127.0.0.2:0;127.0.0.1:{port}", ["synthetic"]) as again:
-            assert drain(again, 3.0) == 0
-        assert receive(good, 4) == 4
+            assert heard_while(again, good, 20) == []
         # until SIGHUP: the operator who fixed that host lets it back in without a restart
         d.proc.send_signal(signal.SIGHUP)
         d.wait_for("reload: subscribers from 127.0.0.2 admitted again", timeout=30)
@@ -364,7 +380,10 @@ publish: {{endpoints: ["{tcp_endpoint}"], wait_for_subscribers: 1, wait_timeout_
 """)
     d = start_daemon(cfg)
     d.wait_for("waiting for 1 subscription(s) before the cameras start", timeout=60)
-    time.sleep(1.0)  # the daemon holds the cameras meanwhile
+    # the hold itself is under test, and a hold shows only over time: no event can
+    # replace this window. A slow machine can only make it prove less, never fail it
+    time.sleep(1.0)
+    assert "starting the cameras" not in d.log()
     with Subscriber(tcp_endpoint, ["replay"]) as sub:
         msgs = []
         end = time.monotonic() + 60

@@ -62,7 +62,10 @@ class Subscriber:
     Not thread-safe: use it from one thread. Counters: `received` (results and
     end-of-stream messages decoded), `malformed` (skipped, undecodable), `ignored`
     (other topics, e.g. the reserved `<camera>/state` and `_stats`), `gaps` and
-    `gaps_by_camera` (seq numbers never received; see docs/protocol.md, "Gaps").
+    `gaps_by_camera` (seq numbers never received; see docs/protocol.md, "Gaps"),
+    `handshakes` (connections to a publisher established, counted as `recv` runs: the
+    subscription goes out right behind each, so a client can tell it is in place
+    before anything has been published).
     """
 
     def __init__(self, endpoint: str | Sequence[str], cameras: Sequence[str] | None = None, *,
@@ -101,6 +104,7 @@ class Subscriber:
         self.restarts = 0  # boot ids that changed: daemon restarts seen, not gaps
         self._ended: set[str] = set()
         self.reconnects = 0  # sockets rebuilt after a connection libzmq gave up on
+        self.handshakes = 0
         if max_frame_bytes is not None and max_frame_bytes < 1:
             raise ValueError("max_frame_bytes must be >= 1, or None for no limit")
         self.max_frame_bytes = max_frame_bytes
@@ -138,7 +142,8 @@ class Subscriber:
             for prefix in self._prefixes:
                 sock.setsockopt(zmq.SUBSCRIBE, prefix)
             # before connecting, so that no event is missed
-            monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED)
+            monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+                                              | zmq.EVENT_HANDSHAKE_SUCCEEDED)
             for ep in self._endpoints:
                 sock.connect(ep)
         except BaseException:
@@ -160,7 +165,9 @@ class Subscriber:
                 event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
             except zmq.Again:
                 break
-            if event["event"] == zmq.EVENT_DISCONNECTED:
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.handshakes += 1
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
                 self._unretried += 1
                 if self._lost_since is None:
                     self._lost_since = time.monotonic()

@@ -209,6 +209,22 @@ def test_typed_stats_and_states_reach_the_subscriber(tcp_ctx_pub: tuple[Publishe
     assert state.state is CameraState.STOPPED and state.detail == "end of file"
 
 
+def test_handshakes_tell_a_subscriber_it_is_connected_before_anything_is_sent(
+        endpoint: str, ctx: zmq.Context) -> None:
+    with Publisher([endpoint], context=ctx, linger_ms=0) as pub, \
+            Subscriber(endpoint, context=ctx) as sub:
+        deadline = time.monotonic() + 60
+        while not sub.handshakes:
+            assert time.monotonic() < deadline, "no handshake within 60 s"
+            assert sub.recv(timeout=0.05) is None  # nothing has been published
+        assert sub.handshakes == 1
+        # its subscription follows the handshake: the publisher sees it arrive
+        assert pub.wait_for_subscriptions(1, 60) == 1
+        pub.send(encode_result(make_result("cam1", seq=7), None))
+        msg = sub.recv(timeout=60)
+        assert isinstance(msg, Message) and msg.seq == 7
+
+
 def test_recv_timeout_returns_none(tcp_ctx_pub: tuple[Publisher, str], ctx: zmq.Context) -> None:
     _, endpoint = tcp_ctx_pub
     with Subscriber(endpoint, ["cam1"], context=ctx) as sub:
@@ -339,15 +355,20 @@ def test_a_publisher_restart_is_reconnected_by_zeromq_not_rebuilt(ctx: zmq.Conte
     pub.bind(ep)
     with Subscriber(ep, context=ctx) as sub:
         _feed_until(pub, sub, 0)
+        assert sub.handshakes == 1
         pub.close(linger=0)
-        assert sub.recv(timeout=1.0) is None  # the drop seen, and the retry with it
         pub = ctx.socket(zmq.PUB)
         pub.bind(ep)
         try:
-            _feed_until(pub, sub, 100)
+            # the drop seen and retried: connected again, by ZeroMQ
+            deadline = time.monotonic() + 60
+            while sub.handshakes < 2:
+                assert time.monotonic() < deadline, "not reconnected within 60 s"
+                assert sub.recv(timeout=0.05) is None
+            _feed_until(pub, sub, 100, timeout=60)
         finally:
             pub.close(linger=0)
-        assert sub.reconnects == 0
+        assert sub.reconnects == 0 and sub.handshakes == 2
 
 
 def test_subscription_guard_counts_distinct_prefixes_per_address() -> None:

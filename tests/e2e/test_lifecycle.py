@@ -66,6 +66,12 @@ class Collector:
         got = self.wait(lambda ms: any(isinstance(m, Stats) for m in ms))
         assert any(isinstance(m, Stats) for m in got), "no _stats message within 60 s"
 
+    def wait_connected(self, timeout: float = 60.0) -> None:
+        end = time.monotonic() + timeout
+        while not self.sub.handshakes:  # updated as the reading thread receives
+            assert time.monotonic() < end, f"not connected within {timeout:g} s"
+            time.sleep(0.05)
+
     def wait(self, pred, timeout: float = 60.0) -> list:
         end = time.monotonic() + timeout
         while time.monotonic() < end and not pred(self.messages()):
@@ -95,9 +101,10 @@ def test_sigterm_during_warmup_exits_0_with_end_of_stream_for_every_camera(tmp_p
     with Collector(ep) as sub:
         d = start_daemon(cfg)
         d.wait_for("configuration")
-        # nothing is published before ready: give the subscriber time to connect to the
-        # socket bound before the load (the warm-up lasts a minute)
-        time.sleep(3.0)
+        # nothing is published before ready: wait until the subscriber has connected to
+        # the socket bound before the load (its subscription goes out right behind the
+        # handshake, long before the daemon has handled a signal sent after it)
+        sub.wait_connected()
         assert "ready" not in d.log()
         eos = stop_and_collect(d, sub, {"a", "b"})
     assert all(m.reason == "shutdown" and m.last_seq == -1 for m in eos), eos

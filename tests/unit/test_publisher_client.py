@@ -36,7 +36,7 @@ def endpoint(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return free_tcp_endpoint() if request.param == "tcp" else f"ipc://{tmp_path}/edged.sock"
 
 
-def sync(pub: Publisher, sub: Subscriber, camera: str = "cam1", timeout: float = 5.0) -> None:
+def sync(pub: Publisher, sub: Subscriber, camera: str = "cam1", timeout: float = 60.0) -> None:
     """Wait out the PUB/SUB slow joiner: publish seq 0 until one arrives, then drain."""
     probe = encode_result(make_result(camera, seq=0), None)
     deadline = time.monotonic() + timeout
@@ -61,7 +61,7 @@ def test_results_arrive_with_their_values(endpoint: str, ctx: zmq.Context) -> No
             res = make_result("cam1", seq=seq, mask=mask)
             sent.append(res)
             assert pub.send(encode_result(res, enc))
-        got = [sub.recv(timeout=5) for _ in sent]
+        got = [sub.recv(timeout=60) for _ in sent]
         assert sub.recv(timeout=0.05) is None
     for res, msg in zip(sent, got, strict=True):
         assert isinstance(msg, Message)
@@ -82,7 +82,7 @@ def test_raw_mask_over_zero_copy(endpoint: str, ctx: zmq.Context) -> None:
             Subscriber(endpoint, context=ctx) as sub:
         sync(pub, sub)
         assert pub.send(encode_result(make_result(seq=1, mask=mask[:, ::-1]), MaskEncoder("raw")))
-        msg = sub.recv(timeout=5)
+        msg = sub.recv(timeout=60)
     assert isinstance(msg, Message) and msg.mask is not None
     np.testing.assert_array_equal(msg.mask, mask[:, ::-1])
     assert msg.mask_camera() is msg.mask
@@ -123,14 +123,14 @@ def test_gap_detection(tcp_ctx_pub: tuple[Publisher, str], ctx: zmq.Context) -> 
         pub.send(encode_result(make_result("cam2", 3), None))  # cam2: 0 -> 3
         pub.send(encode_eos("cam2", 4, "stop"))  # seq 4 never arrived
         seqs = [m.seq if isinstance(m, Message) else -1 for m in
-                (sub.recv(timeout=5) for _ in range(5))]
+                (sub.recv(timeout=60) for _ in range(5))]
         assert seqs == [1, 2, 5, 3, -1]
         assert sub.gaps_by_camera == {"cam1": 2, "cam2": 3}
         assert sub.gaps == 5
         # a restarted stream (seq back to 0) is not a gap
         pub.send(encode_result(make_result("cam1", 0), None))
         pub.send(encode_result(make_result("cam1", 1), None))
-        assert sub.recv(timeout=5) is not None and sub.recv(timeout=5) is not None
+        assert sub.recv(timeout=60) is not None and sub.recv(timeout=60) is not None
         assert sub.gaps == 5
 
 
@@ -146,7 +146,7 @@ def test_small_bursts_reach_a_fast_subscriber(tcp_ctx_pub: tuple[Publisher, str]
                 seq += 1
                 pub.send(encode_result(make_result("cam1", seq, n_det=0), None))
             for _ in range(3):
-                assert sub.recv(timeout=5) is not None
+                assert sub.recv(timeout=60) is not None
         assert sub.gaps == 0
 
 
@@ -179,7 +179,7 @@ def test_malformed_and_reserved_topics_are_skipped(tcp_ctx_pub: tuple[Publisher,
         pub.send([b"_stats", b"\x80"])
         pub.send([b"cam1/state", b"\x80"])
         pub.send(encode_result(make_result("cam1", 1), None))
-        msg = sub.recv(timeout=5)
+        msg = sub.recv(timeout=60)
         assert isinstance(msg, Message) and msg.seq == 1
         assert sub.malformed == 2 and sub.ignored == 2
 
@@ -199,7 +199,7 @@ def test_typed_stats_and_states_reach_the_subscriber(tcp_ctx_pub: tuple[Publishe
         sync(pub, sub)
         pub.send(encode_stats(snap.to_wire(), snap.interval_s))
         pub.send(encode_state("cam1", CameraState.STOPPED, "end of file"))
-        stats, state = sub.recv(timeout=5), sub.recv(timeout=5)
+        stats, state = sub.recv(timeout=60), sub.recv(timeout=60)
     assert isinstance(stats, Stats) and isinstance(state, StateMessage)
     assert stats.cameras == snap.to_wire()
     (got,) = stats.snapshots.values()
@@ -250,8 +250,10 @@ def test_slow_subscriber_does_not_block_publisher(endpoint: str, ctx: zmq.Contex
             worst = max(worst, time.monotonic() - t)
         total = time.monotonic() - t0
         # the subscriber got a bounded number (HWMs and socket buffers), the rest dropped
-        n = 0
-        while sub.recv(timeout=0.2) is not None:
+        # the first one waited for; the rest were queued by then (a short drain could
+        # only lower the count, not fail the bound)
+        n = 0 if sub.recv(timeout=60) is None else 1
+        while n and sub.recv(timeout=0.2) is not None:
             n += 1
         assert 0 < n < 1000
     assert total < 10.0 and worst < 0.5, (total, worst)

@@ -9,7 +9,9 @@ In the reference environment (`.venv-refs` of .ci/run, EDGED_REQUIRE_REFERENCES=
 tests may not skip there): SegFormer-b0 from transformers and U-Net / FPN / DeepLabV3 /
 DeepLabV3+ from segmentation-models-pytorch (tests/seg_exports.py), served by edged with
 the manifest `edged inspect --write-manifest` proposes, agree with the references' own
-pre- and post-processing on >= 99.5% of the pixels of every frame.
+pre- and post-processing on >= 99.5% of the pixels of every frame; torchvision's Mask
+R-CNN (tests/maskrcnn_export.py) gives torchvision's detections and, inside each box,
+its masks.
 """
 
 from __future__ import annotations

@@ -566,7 +566,8 @@ def main() -> None:
         if not args.contenders:
             ap.error("--model demo: no contender left (ultralytics cannot run it)")
         # the demo is trained: its manifest's threshold finds the scene's objects
-        conf = args.conf or json.loads(onnx.with_suffix(".json").read_text())["conf_threshold"]
+        conf = (args.conf if args.conf is not None
+                else json.loads(onnx.with_suffix(".json").read_text())["conf_threshold"])
         print(f"model {onnx.name}, score threshold {conf} (its manifest's)", flush=True)
     elif args.conf is None:
         conf, mean = pick_threshold(clip, onnx, *args.objects, args.frames)

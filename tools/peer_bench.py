@@ -568,7 +568,8 @@ def main() -> None:
         # the demo is trained: its manifest's threshold finds the scene's objects
         conf = (args.conf if args.conf is not None
                 else json.loads(onnx.with_suffix(".json").read_text())["conf_threshold"])
-        print(f"model {onnx.name}, score threshold {conf} (its manifest's)", flush=True)
+        source = "--conf" if args.conf is not None else "its manifest's"
+        print(f"model {onnx.name}, score threshold {conf} ({source})", flush=True)
     elif args.conf is None:
         conf, mean = pick_threshold(clip, onnx, *args.objects, args.frames)
         print(f"score threshold {conf} (edged's runner: {mean:.1f} objects per frame on "

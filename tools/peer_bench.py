@@ -1,6 +1,7 @@
 """edged against what people would run instead, on the same clip, cores and ONNX file.
 
     .venv-refs/bin/python tools/peer_bench.py --frames 300 --rounds 3 --plot docs/peer_latency.png
+    .venv-refs/bin/python tools/peer_bench.py --model demo --frames 300 --rounds 3
 
 Run in the reference venv (.ci/run's `.venv-refs`: torch CPU, ultralytics, matplotlib).
 It writes a 640x480 MJPG clip of synthetic scenes and a YOLOv8n-seg export with random
@@ -18,11 +19,26 @@ then runs each contender in a process of its own, in alternating order, `--round
   are at camera resolution like edged's;
 - user: an OpenCV + onnxruntime loop as a user writes it (read, letterbox,
   `blobFromImage`, run, threshold, `NMSBoxes`, sigmoid of coefficients x prototypes,
-  each mask resized to the frame and cropped to its box).
+  each mask resized to the frame and cropped to its box), as written with onnxruntime's
+  and OpenCV's defaults;
+- user-tuned: the same loop with the session options onnxruntime's docs give (threads =
+  the cores, no spinning between runs) and `cv2.setNumThreads(1)`.
+
+`--model demo`: edged's built-in demo instead (`builtin:yoeo-demo`, the int8 variant
+`edged run` picks for this CPU; YOEO: boxes + a semantic class map) on the same clip,
+which is rendered by the synthetic camera the demo is made for (`edged.synth`, seed 0,
+640x480), at its manifest's score threshold. Contenders: edged and the user's loop
+written for this model (letterbox with zero padding, `blobFromImage`, run, objectness
+and class x objectness thresholds, multi-label, `NMSBoxesBatched`, the class map cropped
+and resized to the frame; edged's consumer likewise takes `mask_camera()` before its
+result is timed). Ultralytics is not a contender there: it has no YOEO family.
 
 Per contender and mode: frames per second, latency per frame from the end of its decode
 to its result (p50/p99), CPU time per frame (the child process's user+system time over
 the timed part, every thread), peak RSS, and objects per frame (so each did the work).
+Every result is tagged with its frame of the clip, so each contender's objects per frame
+(and, for the demo, its class map's shares) are compared with edged's on the frames both
+processed: the agreement that says both did the same work.
 """
 
 from __future__ import annotations
@@ -38,26 +54,54 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-CONTENDERS = ("edged", "ultralytics", "user")
+CONTENDERS = ("edged", "ultralytics", "user", "user-tuned")
 MODES = ("replay", "realtime")
+MODELS = ("yolov8n-seg", "demo")
+NO_YOEO = ("ultralytics: not run on the demo: Ultralytics has no YOEO family (its YOLO() "
+           "tasks are its own heads: detect, segment, pose, obb, classify), so it cannot "
+           "decode the demo's box rows and class map")
+SHARE_STEP = 4  # class-map shares from every 4th pixel each way: agreement, not work
+
+
+@dataclass
+class Trace:
+    """What a child measured, one entry per result."""
+
+    latency_ms: list[float] = field(default_factory=list)
+    objects: list[int] = field(default_factory=list)
+    frame: list[int] = field(default_factory=list)  # its frame's index in the clip
+    shares: list[list[float]] = field(default_factory=list)  # demo: class-map shares
+
+
+def class_shares(mask: np.ndarray | None, n_classes: int) -> list[float]:
+    if mask is None:
+        return []
+    counts = np.bincount(mask[::SHARE_STEP, ::SHARE_STEP].ravel(), minlength=n_classes)
+    return (counts / counts.sum()).tolist()
 
 
 # ---------------------------------------------------------------- set-up (parent)
 
-def make_inputs(work: Path, frames: int, imgsz: int) -> tuple[Path, Path]:
-    """The clip and the export, made once per work directory."""
+def make_inputs(work: Path, frames: int, imgsz: int, model: str) -> tuple[Path, Path]:
+    """The clip and the model: the demo's packaged file, or an export made once per work
+    directory."""
     from edged.tools.bench import write_synthetic_video
 
     work.mkdir(parents=True, exist_ok=True)
     clip = work / f"clip-{frames}.avi"
     if not clip.exists():
         write_synthetic_video(clip, frames, fps=30.0)
+    if model == "demo":
+        from edged.config.model import builtin_variant
+
+        return clip, builtin_variant("yoeo-demo")  # what `edged run` with no config loads
     onnx = work / f"yolov8n-seg-{imgsz}.onnx"
     if not onnx.exists():
         sys.path.insert(0, str(ROOT / "tests"))
@@ -141,7 +185,7 @@ class Paced:
         self._cap = cv2.VideoCapture(str(clip))
         self._period = 1.0 / rate
         self._cond = threading.Condition()
-        self._slot: tuple[np.ndarray, float] | None = None
+        self._slot: tuple[np.ndarray, float, int] | None = None
         self._stop = False
         self.read = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -149,19 +193,22 @@ class Paced:
 
     def _run(self) -> None:
         t_next = time.perf_counter()
+        index = 0
         while not self._stop:
             ok, img = self._cap.read()
             if not ok:  # loop the clip
                 self._cap.set(1, 0)  # CAP_PROP_POS_FRAMES
+                index = 0
                 continue
             with self._cond:
-                self._slot = (img, time.perf_counter())
+                self._slot = (img, time.perf_counter(), index)
                 self.read += 1
                 self._cond.notify_all()
+            index += 1
             t_next += self._period
             time.sleep(max(0.0, t_next - time.perf_counter()))
 
-    def frames(self, n: int) -> Iterator[tuple[np.ndarray, float]]:
+    def frames(self, n: int) -> Iterator[tuple[np.ndarray, float, int]]:
         for _ in range(n):
             with self._cond:
                 while self._slot is None:
@@ -175,33 +222,38 @@ class Paced:
         self._cap.release()
 
 
-def replay_frames(clip: Path, n: int) -> Iterator[tuple[np.ndarray, float]]:
+def replay_frames(clip: Path, n: int) -> Iterator[tuple[np.ndarray, float, int]]:
+    """Every frame, in order (the clip looped), stamped at the end of its decode, with
+    its index in the clip."""
     import cv2
 
     cap = cv2.VideoCapture(str(clip))
-    got = 0
+    got = index = 0
     while got < n:
         ok, img = cap.read()
         if not ok:
             cap.set(1, 0)
+            index = 0
             continue
         got += 1
-        yield img, time.perf_counter()
+        yield img, time.perf_counter(), index
+        index += 1
     cap.release()
 
 
-def run_user(clip: Path, onnx: Path, mode: str, n: int, conf: float, rate: float
-             ) -> tuple[list[float], list[int]]:
-    """The loop a user writes from the Ultralytics ONNX examples."""
-    import cv2
-    import onnxruntime as ort
+Process = Callable[[np.ndarray], tuple[int, np.ndarray | None]]
 
-    session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+
+def yolo_seg_loop(session: Any, conf: float) -> Process:
+    """The loop a user writes from the Ultralytics ONNX examples: objects and no class
+    map per frame."""
+    import cv2
+
     inp = session.get_inputs()[0]
     size = int(inp.shape[2])
     iou = 0.7
 
-    def process(frame: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    def process(frame: np.ndarray) -> tuple[int, np.ndarray | None]:
         h, w = frame.shape[:2]
         r = min(size / h, size / w)
         nw, nh = round(w * r), round(h * r)
@@ -238,25 +290,91 @@ def run_user(clip: Path, onnx: Path, mode: str, n: int, conf: float, rate: float
             full = np.zeros((h, w), bool)
             full[y0:y1, x0:x1] = m[y0:y1, x0:x1] > 0.5
             masks.append(full)
-        return boxes, masks
+        return len(boxes), None
 
-    lat: list[float] = []
-    objs: list[int] = []
+    return process
+
+
+def yoeo_loop(session: Any, conf: float) -> Process:
+    """The loop a robotics user writes for the demo from its manifest (RGB, zero-padded
+    centred letterbox to 416, /255; rows cx, cy, w, h, objectness, class scores; a class
+    map): boxes and the class map at camera resolution."""
+    import cv2
+
+    inp = session.get_inputs()[0]
+    size = int(inp.shape[2])
+    iou = 0.4  # the manifest's
+
+    def process(frame: np.ndarray) -> tuple[int, np.ndarray | None]:
+        h, w = frame.shape[:2]
+        r = min(size / h, size / w)
+        nw, nh = round(w * r), round(h * r)
+        top, left = (size - nh) // 2, (size - nw) // 2
+        img = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        img = cv2.copyMakeBorder(img, top, size - nh - top, left, size - nw - left,
+                                 cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        blob = cv2.dnn.blobFromImage(img, 1 / 255.0, swapRB=True)
+        rows, seg = session.run(None, {inp.name: blob})
+        rows = rows[0]
+        rows = rows[rows[:, 4] > conf]
+        scores = rows[:, 5:] * rows[:, 4:5]
+        ri, ci = np.nonzero(scores > conf)  # multi-label: every class above the threshold
+        xywh = rows[ri, :4].copy()
+        xywh[:, :2] -= xywh[:, 2:] / 2
+        idx = np.asarray(cv2.dnn.NMSBoxesBatched(xywh.tolist(), scores[ri, ci].tolist(),
+                                                 ci.tolist(), conf, iou),
+                         dtype=int).reshape(-1)[:300]
+        boxes = xywh[idx]
+        boxes[:, 2:] += boxes[:, :2]
+        boxes -= (left, top, left, top)
+        boxes /= r
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+        # the graph ends in ArgMax + Cast: class ids already, so no argmax here
+        ids = seg[0][top:top + nh, left:left + nw]
+        return len(boxes), cv2.resize(ids, (w, h), interpolation=cv2.INTER_NEAREST)
+
+    return process
+
+
+def run_user(clip: Path, onnx: Path, mode: str, n: int, conf: float, rate: float,
+             model: str, tuned: bool = False) -> Trace:
+    """An OpenCV + onnxruntime loop as a user writes it for the model; `tuned`: with the
+    session options a user finds in onnxruntime's docs (threads = the cores, no spinning
+    between runs) and OpenCV on one thread."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if tuned:
+        so.intra_op_num_threads = len(os.sched_getaffinity(0))
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(onnx), so, providers=["CPUExecutionProvider"])
+    process = (yoeo_loop if model == "demo" else yolo_seg_loop)(session, conf)
+    n_classes = 3  # the demo's class map: background, lines, field
+    trace = Trace()
     process(next(replay_frames(clip, 1))[0])  # warm-up
     TIMED.start()
     first = None
-    for frame, t in frames_for(clip, mode, n, rate):
+    for frame, t, index in frames_for(clip, mode, n, rate):
         first = first or t
-        boxes, _masks = process(frame)
-        lat.append((time.perf_counter() - t) * 1e3)
-        objs.append(len(boxes))
+        objects, mask = process(frame)
+        trace.latency_ms.append((time.perf_counter() - t) * 1e3)
+        trace.objects.append(objects)
+        trace.frame.append(index)
+        if mask is not None:
+            trace.shares.append(class_shares(mask, n_classes))
     TIMED.stop()
     TIMED.span_s = TIMED.t1 - (first or TIMED.t0)
-    return lat, objs
+    return trace
+
+
+def run_user_tuned(clip: Path, onnx: Path, mode: str, n: int, conf: float, rate: float,
+                   model: str) -> Trace:
+    return run_user(clip, onnx, mode, n, conf, rate, model, tuned=True)
 
 
 def frames_for(clip: Path, mode: str, n: int, rate: float
-               ) -> Iterator[tuple[np.ndarray, float]]:
+               ) -> Iterator[tuple[np.ndarray, float, int]]:
     if mode == "replay":
         yield from replay_frames(clip, n)
         return
@@ -267,8 +385,10 @@ def frames_for(clip: Path, mode: str, n: int, rate: float
         cam.close()
 
 
-def run_ultralytics(clip: Path, onnx: Path, mode: str, n: int, conf: float, rate: float
-                    ) -> tuple[list[float], list[int]]:
+def run_ultralytics(clip: Path, onnx: Path, mode: str, n: int, conf: float, rate: float,
+                    model: str) -> Trace:
+    if model == "demo":
+        raise SystemExit(NO_YOEO)
     os.environ.setdefault("YOLO_OFFLINE", "1")
     from ultralytics import YOLO
     from ultralytics.nn.autobackend import AutoBackend
@@ -279,25 +399,25 @@ def run_ultralytics(clip: Path, onnx: Path, mode: str, n: int, conf: float, rate
     # example (cv2.VideoCapture, then model(frame) per frame), the warm-up skipped, and
     # ultralytics runs its own TorchNMS, as it does without torchvision
     AutoBackend.warmup = lambda self, *a, **k: None  # type: ignore[method-assign]
-    model = YOLO(str(onnx), task="segment")
+    yolo = YOLO(str(onnx), task="segment")
     kw: dict[str, Any] = {"conf": conf, "iou": 0.7, "retina_masks": True, "verbose": False}
-    model.predict(next(replay_frames(clip, 1))[0], **kw)  # warm-up
-    lat: list[float] = []
-    objs: list[int] = []
+    yolo.predict(next(replay_frames(clip, 1))[0], **kw)  # warm-up
+    trace = Trace()
     TIMED.start()
     first = None
-    for frame, t in frames_for(clip, mode, n, rate):
+    for frame, t, index in frames_for(clip, mode, n, rate):
         first = first or t
-        r = model.predict(frame, **kw)[0]
-        lat.append((time.perf_counter() - t) * 1e3)
-        objs.append(len(r.boxes))
+        r = yolo.predict(frame, **kw)[0]
+        trace.latency_ms.append((time.perf_counter() - t) * 1e3)
+        trace.objects.append(len(r.boxes))
+        trace.frame.append(index)
     TIMED.stop()
     TIMED.span_s = TIMED.t1 - (first or TIMED.t0)
-    return lat, objs
+    return trace
 
 
-def run_edged(clip: Path, onnx: Path, mode: str, n: int, conf: float, rate: float
-              ) -> tuple[list[float], list[int]]:
+def run_edged(clip: Path, onnx: Path, mode: str, n: int, conf: float, rate: float,
+              model: str) -> Trace:
     import asyncio
 
     from edged.app import OUTPUTS
@@ -320,9 +440,11 @@ log: {{level: warning}}
     models = load_models(cfg)
     pipeline = Pipeline(cfg, models, outputs=OUTPUTS, frames=n)
     pipeline.bind()
-    got: list[Message] = []
+    trace = Trace()
     done = threading.Event()
     subscribed = threading.Event()
+    t_first: list[int] = []
+    t_last: list[int] = []
 
     def collect() -> None:
         with Subscriber(ep) as sub:
@@ -330,7 +452,18 @@ log: {{level: warning}}
             while not done.is_set():
                 m = sub.recv(timeout=0.05)
                 if isinstance(m, Message):
-                    got.append(m)
+                    if model == "demo":
+                        # the class map at camera resolution, as the user's loop makes it
+                        mask = m.mask_camera()
+                        t_done = time.time_ns()
+                        trace.shares.append(class_shares(mask, len(m.mask_classes)))
+                    else:
+                        t_done = m.t_received_ns
+                    trace.latency_ms.append((t_done - m.t_capture_ns) / 1e6)
+                    trace.objects.append(len(m.scores))
+                    trace.frame.append(m.seq % n)  # the clip has n frames
+                    t_first[:] = t_first or [m.t_capture_ns]
+                    t_last[:] = [t_done]
                 elif isinstance(m, EndOfStream):
                     return
 
@@ -343,14 +476,14 @@ log: {{level: warning}}
     th.join(10)
     TIMED.stop()
     done.set()
-    if got:
-        TIMED.span_s = (got[-1].t_received_ns - got[0].t_capture_ns) / 1e9
-    return [m.latency_ms for m in got], [len(m.scores) for m in got]
+    if t_first:
+        TIMED.span_s = (t_last[0] - t_first[0]) / 1e9
+    return trace
 
 
-RUNNERS: dict[str, Callable[[Path, Path, str, int, float, float],
-                            tuple[list[float], list[int]]]] = {
-    "edged": run_edged, "ultralytics": run_ultralytics, "user": run_user}
+RUNNERS: dict[str, Callable[[Path, Path, str, int, float, float, str], Trace]] = {
+    "edged": run_edged, "ultralytics": run_ultralytics, "user": run_user,
+    "user-tuned": run_user_tuned}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -358,15 +491,15 @@ def child(args: argparse.Namespace) -> None:
 
     if args.contender != "user":
         cv2.setNumThreads(1)  # as `edged bench` and the daemon run (one thread per stage)
-    lat, objs = RUNNERS[args.contender](Path(args.clip), Path(args.onnx), args.mode,
-                                        args.frames, args.conf, args.rate)
+    trace = RUNNERS[args.contender](Path(args.clip), Path(args.onnx), args.mode,
+                                    args.frames, args.conf, args.rate, args.model)
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child would report
     # the parent's peak (which loaded torch for the export)
     status = Path("/proc/self/status").read_text()
     rss = int(status.split("VmHWM:")[1].split()[0]) / 1024
     # the timed part only: model loading and warm-up come before it
-    print(json.dumps({"latency_ms": lat, "objects": objs, "cpu_s": TIMED.cpu,
-                      "fps": len(lat) / TIMED.span_s, "rss_mb": rss}))
+    print(json.dumps({**asdict(trace), "cpu_s": TIMED.cpu,
+                      "fps": len(trace.latency_ms) / TIMED.span_s, "rss_mb": rss}))
 
 
 # ---------------------------------------------------------------- parent
@@ -375,7 +508,7 @@ def run_child(args: argparse.Namespace, contender: str, mode: str, clip: Path, o
               conf: float) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", contender, "--mode", mode,
            "--clip", str(clip), "--onnx", str(onnx), "--conf", str(conf),
-           "--frames", str(args.frames), "--rate", str(args.rate)]
+           "--frames", str(args.frames), "--rate", str(args.rate), "--model", args.model]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     if p.returncode != 0:
@@ -398,6 +531,8 @@ def summarise(run: dict[str, Any]) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", choices=MODELS, default="yolov8n-seg",
+                    help="demo: edged's built-in YOEO demo (edged and the user loop only)")
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--imgsz", type=int, default=640, help="the export's input size")
@@ -410,6 +545,9 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write every run's figures here")
     ap.add_argument("--plot", type=Path, help="PNG of latency per frame (last round)")
     ap.add_argument("--timeout", type=float, default=900.0, help="per contender run, s")
+    ap.add_argument("--min-agreement", type=float, default=0.0, metavar="SHARE",
+                    help="fail unless each contender's objects per frame equal edged's on "
+                         "at least this share of the replay frames both processed")
     ap.add_argument("--child", choices=CONTENDERS, dest="contender", help=argparse.SUPPRESS)
     ap.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
     ap.add_argument("--clip", help=argparse.SUPPRESS)
@@ -420,8 +558,19 @@ def main() -> None:
         return
     if args.frames < 10 or args.rounds < 1:
         ap.error("--frames must be at least 10 and --rounds at least 1")
-    clip, onnx = make_inputs(args.work, args.frames, args.imgsz)
-    if args.conf is None:
+    clip, onnx = make_inputs(args.work, args.frames, args.imgsz, args.model)
+    if args.model == "demo":
+        if "ultralytics" in args.contenders:
+            print(NO_YOEO, flush=True)
+            args.contenders = [c for c in args.contenders if c != "ultralytics"]
+        if not args.contenders:
+            ap.error("--model demo: no contender left (ultralytics cannot run it)")
+        # the demo is trained: its manifest's threshold finds the scene's objects
+        conf = (args.conf if args.conf is not None
+                else json.loads(onnx.with_suffix(".json").read_text())["conf_threshold"])
+        source = "--conf" if args.conf is not None else "its manifest's"
+        print(f"model {onnx.name}, score threshold {conf} ({source})", flush=True)
+    elif args.conf is None:
         conf, mean = pick_threshold(clip, onnx, *args.objects, args.frames)
         print(f"score threshold {conf} (edged's runner: {mean:.1f} objects per frame on "
               f"frames spread over the clip)", flush=True)
@@ -439,11 +588,49 @@ def main() -> None:
                   f"{s['cpu_ms_per_frame']:.1f} CPU ms/frame, {s['rss_mb']:.0f} MB, "
                   f"{s['objects_per_frame']:.1f} objects/frame", flush=True)
             runs.setdefault(f"{contender} {mode}", []).append({**r, **s})
-    report(args, runs, conf)
+    agreement = agree(runs)
+    report(args, runs, conf, agreement)
+    low = [k for k, a in agreement.items()
+           if k.endswith("replay") and a["equal"] < args.min_agreement]
+    if low:
+        raise SystemExit(f"peer_bench: objects per frame agree with edged's on fewer than "
+                         f"{args.min_agreement:.0%} of the replay frames: {', '.join(low)}")
 
 
-def report(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]], conf: float
-           ) -> None:
+def agree(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    """Each contender against edged in the same mode and round, on the frames of the clip
+    both processed (each one's first result for a frame): the share of frames with equal
+    objects, with objects within one, and the mean and largest difference of class-map
+    shares (percentage points, demo only)."""
+    out: dict[str, dict[str, float]] = {}
+    for key, rs in runs.items():
+        contender, mode = key.split()
+        ref = runs.get(f"edged {mode}")
+        if contender == "edged" or not ref:
+            continue
+        frames = equal = near = 0
+        diffs: list[float] = []
+        for mine, theirs in zip(rs, ref):
+            a = {f: i for i, f in reversed(list(enumerate(mine["frame"])))}
+            b = {f: i for i, f in reversed(list(enumerate(theirs["frame"])))}
+            for f in a.keys() & b.keys():
+                da, db = mine["objects"][a[f]], theirs["objects"][b[f]]
+                frames += 1
+                equal += da == db
+                near += abs(da - db) <= 1
+                if mine["shares"] and theirs["shares"]:
+                    diffs.append(100 * float(np.max(np.abs(
+                        np.subtract(mine["shares"][a[f]], theirs["shares"][b[f]])))))
+        if frames:
+            out[key] = {"frames": frames, "equal": equal / frames, "within_one": near / frames}
+            if diffs:
+                out[key] |= {"share_diff_mean_pp": float(np.mean(diffs)),
+                             "share_diff_max_pp": float(np.max(diffs))}
+    return out
+
+
+def report(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]], conf: float,
+           agreement: dict[str, dict[str, float]]) -> None:
     cores = len(os.sched_getaffinity(0))
     load = os.getloadavg()
     print(f"\n{cores} cores, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; "
@@ -463,9 +650,18 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]], conf
         print(f"{key:<22} {t['fps']:7.1f} {t['p50_ms']:8.1f} {t['p99_ms']:8.1f} "
               f"{t['cpu_ms_per_frame']:9.1f} {t['rss_mb']:7.0f} {t['objects_per_frame']:6.1f}"
               f"{vs}")
+    for key, a in agreement.items():
+        shares = (f"; class-map shares differ by {a['share_diff_mean_pp']:.2f} points on "
+                  f"average, {a['share_diff_max_pp']:.2f} at most"
+                  if "share_diff_mean_pp" in a else "")
+        print(f"agreement {key} with edged: {a['frames']:.0f} frames both processed, objects "
+              f"equal on {a['equal']:.1%}, within one on {a['within_one']:.1%}{shares}")
+    if args.model == "demo":
+        print(NO_YOEO)
     if args.json:
-        args.json.write_text(json.dumps({"conf": conf, "cores": cores, "load": load,
-                                         "table": table, "runs": runs}, indent=1))
+        args.json.write_text(json.dumps({"model": args.model, "conf": conf, "cores": cores,
+                                         "load": load, "table": table,
+                                         "agreement": agreement, "runs": runs}, indent=1))
     if args.plot:
         plot(args.plot, runs)
 

@@ -18,6 +18,10 @@ from edged.inference.nms import nms
 from edged.inference.preprocess import PreprocessSpec
 from edged.results import Detections
 
+# torchvision's, timm's and transformers' normalisation: the ImageNet statistics
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 @dataclass(frozen=True, slots=True)
 class Decoded:

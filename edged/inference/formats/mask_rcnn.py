@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from edged.inference.formats._common import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     Decoded,
     Hints,
     TensorInfo,
@@ -38,8 +40,6 @@ from edged.inference.formats._common import (
 from edged.inference.formats._instances import paint, render
 from edged.inference.manifest import Manifest
 from edged.results import Detections, Letterbox
-
-_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +100,7 @@ def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo],
     if r.layout == "torchvision":
         pre = preprocess_for(inputs, 640)  # the graph normalises and resizes itself
     else:
-        pre = preprocess_for(inputs, 640, mean=_IMAGENET_MEAN, std=_IMAGENET_STD)
+        pre = preprocess_for(inputs, 640, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     return Manifest(format="mask-rcnn", input_name=inputs[0].name,
                     outputs={role: t.name for role, t in r.tensors.items()}, preprocess=pre,
                     conf_threshold=0.5, max_detections=100,

@@ -38,6 +38,8 @@ import cv2
 import numpy as np
 
 from edged.inference.formats._common import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     Decoded,
     FormatError,
     Hints,
@@ -75,8 +77,6 @@ def _kind(o: TensorInfo) -> str | None:
 
 OUTPUT_VALUES = ("probability", "logit", "class_ids")
 UPSAMPLE = ("class_ids", "logits")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # ops whose output is a linear function of features: logits, not probabilities
 _LINEAR = {"Conv", "ConvTranspose", "Add", "Sub", "MatMul", "Gemm", "BatchNormalization",
            "InstanceNormalization", "Einsum"}

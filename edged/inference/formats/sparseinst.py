@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from edged.inference.formats._common import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     Decoded,
     FormatError,
     Hints,
@@ -41,8 +43,6 @@ from edged.inference.formats._common import (
 from edged.inference.formats._instances import query_masks
 from edged.inference.manifest import Manifest
 from edged.results import Detections, Letterbox
-
-_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +131,8 @@ def default_manifest(inputs: list[TensorInfo], outputs: list[TensorInfo],
     if r.labels is not None:
         outs["labels"] = r.labels.name
     return Manifest(format="sparseinst", input_name=inputs[0].name, outputs=outs,
-                    preprocess=preprocess_for(inputs, 640, mean=_IMAGENET_MEAN,
-                                              std=_IMAGENET_STD),
+                    preprocess=preprocess_for(inputs, 640, mean=IMAGENET_MEAN,
+                                              std=IMAGENET_STD),
                     classes=generic_classes(r.classes) if r.classes else (),
                     conf_threshold=0.4, max_detections=100,
                     options={"mask_threshold": 0.5, "mask_activation": "none"})

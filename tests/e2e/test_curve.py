@@ -201,7 +201,10 @@ def test_a_huge_subscription_is_refused_and_costs_the_daemon_nothing(
         subprocess.run([sys.executable, "-c", hostile], capture_output=True, timeout=60)
         assert receive(good, 6) == 6  # still served
         grew = rss_mb(d.proc.pid) - before
-    assert grew < 50, f"daemon RSS grew {grew:.0f} MB"
+    # the cut's cost varies with timing (1-89 MB seen: how many batches libzmq filed
+    # before the guard's read; glibc keeps the freed heap), far below the ~400 MB the
+    # flood's 8000 subscriptions cost unguarded; the exact count is the mechanism test's
+    assert grew < 200, f"daemon RSS grew {grew:.0f} MB"
     assert d.terminate()[0] == 0
 
 
@@ -346,7 +349,10 @@ def test_a_flood_of_subscriptions_is_refused_and_the_daemon_keeps_serving(
           f"+{refused_on:.1f} MB while refused")
     log = d.log()
     assert good.gaps <= 20, good.gaps
-    assert grew < 50, f"daemon RSS grew {grew:.0f} MB"
+    # the cut's cost varies with timing (1-89 MB seen: how many batches libzmq filed
+    # before the guard's read; glibc keeps the freed heap), far below the ~400 MB the
+    # flood's 8000 subscriptions cost unguarded; the exact count is the mechanism test's
+    assert grew < 200, f"daemon RSS grew {grew:.0f} MB"
     assert refused_on < 5, f"daemon RSS grew {refused_on:.1f} MB while the flood was refused"
     # the mechanism: its 17th subscription (17 x 1001 bytes) passed the bound, the socket
     # was replaced then, unread, and nothing of its came in afterwards to be refused again

@@ -244,6 +244,34 @@ def replay_frames(clip: Path, n: int) -> Iterator[tuple[np.ndarray, float, int]]
 Process = Callable[[np.ndarray], tuple[int, np.ndarray | None]]
 
 
+def letterbox_blob(frame: np.ndarray, size: int, pad: int
+                   ) -> tuple[np.ndarray, tuple[float, int, int, int, int]]:
+    """A user loop's pre-processing: a centred letterbox to `size` padded with `pad`,
+    RGB, /255, NCHW; with (scale, top, left, new width, new height) to map back."""
+    import cv2
+
+    h, w = frame.shape[:2]
+    r = min(size / h, size / w)
+    nw, nh = round(w * r), round(h * r)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    img = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    img = cv2.copyMakeBorder(img, top, size - nh - top, left, size - nw - left,
+                             cv2.BORDER_CONSTANT, value=(pad, pad, pad))
+    return cv2.dnn.blobFromImage(img, 1 / 255.0, swapRB=True), (r, top, left, nw, nh)
+
+
+def to_frame(xywh: np.ndarray, r: float, top: int, left: int, w: int, h: int
+             ) -> np.ndarray:
+    """Boxes (x0, y0, w, h in the letterboxed input) as x0, y0, x1, y1 camera pixels."""
+    boxes = xywh.copy()
+    boxes[:, 2:] += boxes[:, :2]
+    boxes -= (left, top, left, top)
+    boxes /= r
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+    return boxes
+
+
 def yolo_seg_loop(session: Any, conf: float) -> Process:
     """The loop a user writes from the Ultralytics ONNX examples: objects and no class
     map per frame."""
@@ -255,13 +283,7 @@ def yolo_seg_loop(session: Any, conf: float) -> Process:
 
     def process(frame: np.ndarray) -> tuple[int, np.ndarray | None]:
         h, w = frame.shape[:2]
-        r = min(size / h, size / w)
-        nw, nh = round(w * r), round(h * r)
-        top, left = (size - nh) // 2, (size - nw) // 2
-        img = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_LINEAR)
-        img = cv2.copyMakeBorder(img, top, size - nh - top, left, size - nw - left,
-                                 cv2.BORDER_CONSTANT, value=(114, 114, 114))
-        blob = cv2.dnn.blobFromImage(img, 1 / 255.0, swapRB=True)
+        blob, (r, top, left, nw, nh) = letterbox_blob(frame, size, 114)
         out, protos = session.run(None, {inp.name: blob})
         preds = out[0].T  # anchors x (4 + classes + 32)
         nm = protos.shape[1]
@@ -273,12 +295,7 @@ def yolo_seg_loop(session: Any, conf: float) -> Process:
         xywh[:, :2] -= xywh[:, 2:] / 2
         idx = np.asarray(cv2.dnn.NMSBoxesBatched(xywh.tolist(), best.tolist(), cls.tolist(),
                                                  conf, iou), dtype=int).reshape(-1)[:300]
-        boxes = xywh[idx]
-        boxes[:, 2:] += boxes[:, :2]
-        boxes -= (left, top, left, top)
-        boxes /= r
-        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
-        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+        boxes = to_frame(xywh[idx], r, top, left, w, h)
         _, _, ph, pw = protos.shape
         coef = preds[idx, -nm:]
         logits = (coef @ protos[0].reshape(nm, -1)).reshape(-1, ph, pw)
@@ -307,13 +324,7 @@ def yoeo_loop(session: Any, conf: float) -> Process:
 
     def process(frame: np.ndarray) -> tuple[int, np.ndarray | None]:
         h, w = frame.shape[:2]
-        r = min(size / h, size / w)
-        nw, nh = round(w * r), round(h * r)
-        top, left = (size - nh) // 2, (size - nw) // 2
-        img = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_LINEAR)
-        img = cv2.copyMakeBorder(img, top, size - nh - top, left, size - nw - left,
-                                 cv2.BORDER_CONSTANT, value=(0, 0, 0))
-        blob = cv2.dnn.blobFromImage(img, 1 / 255.0, swapRB=True)
+        blob, (r, top, left, nw, nh) = letterbox_blob(frame, size, 0)
         rows, seg = session.run(None, {inp.name: blob})
         rows = rows[0]
         rows = rows[rows[:, 4] > conf]
@@ -324,12 +335,7 @@ def yoeo_loop(session: Any, conf: float) -> Process:
         idx = np.asarray(cv2.dnn.NMSBoxesBatched(xywh.tolist(), scores[ri, ci].tolist(),
                                                  ci.tolist(), conf, iou),
                          dtype=int).reshape(-1)[:300]
-        boxes = xywh[idx]
-        boxes[:, 2:] += boxes[:, :2]
-        boxes -= (left, top, left, top)
-        boxes /= r
-        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
-        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+        boxes = to_frame(xywh[idx], r, top, left, w, h)
         # the graph ends in ArgMax + Cast: class ids already, so no argmax here
         ids = seg[0][top:top + nh, left:left + nw]
         return len(boxes), cv2.resize(ids, (w, h), interpolation=cv2.INTER_NEAREST)

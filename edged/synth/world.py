@@ -9,14 +9,14 @@ into it; `edged.synth.frames` turns that into images and ground truth.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import cv2
 import numpy as np
+
+from edged import heap
 
 CLASS_NAMES: tuple[str, ...] = ("ball", "goalpost", "robot")
 SEG_CLASS_NAMES: tuple[str, ...] = ("background", "lines", "field")
@@ -224,24 +224,6 @@ def _robot_sprites(rng: np.random.Generator) -> tuple[tuple[np.ndarray, np.ndarr
 LAYOUT_BUILDS = [0]  # layouts built since import (tests count rebuilds with it)
 
 
-def _trim_heap() -> None:
-    """Give the build's freed temporaries back to the OS (glibc only; else nothing).
-
-    A build allocates ~30 MB of short-lived float images; freed in a thread's malloc
-    arena they stay resident, so 32 cameras building in parallel kept ~0.6 GB extra."""
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim: Any = None
-
-
 def build_layout(seed: int, crowd: int = 0) -> Layout:
     try:
         lay = _draw_layout(seed)
@@ -249,7 +231,9 @@ def build_layout(seed: int, crowd: int = 0) -> Layout:
             lay = _add_crowd(lay, seed, crowd)
         return lay
     finally:
-        _trim_heap()
+        # a build allocates ~30 MB of short-lived float images; kept resident in each
+        # thread's arena, 32 cameras building in parallel held ~0.6 GB extra
+        heap.give_back()
 
 
 def _add_crowd(lay: Layout, seed: int, crowd: int) -> Layout:

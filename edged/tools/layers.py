@@ -33,7 +33,8 @@ from pathlib import Path
 FLOORS: list[tuple[str, dict[str, str]]] = [
     # the types everything shares: stdlib and numpy only
     ("types", {"edged": "types", "edged.results": "types", "edged.telemetry": "types",
-               "edged.names": "types", "edged.errors": "types", "edged.redaction": "types"}),
+               "edged.names": "types", "edged.errors": "types", "edged.redaction": "types",
+               "edged.heap": "types"}),
     # the public subscriber library and the codec: nothing of the daemon
     ("wire", {"edged.wire": "wire"}),
     # the synthetic world (numpy + OpenCV), read by the synthetic source and the tools

@@ -35,6 +35,7 @@ from types import TracebackType
 
 import zmq
 
+from edged import heap
 from edged.errors import UserError
 from edged.names import parse_endpoint
 from edged.wire.curve import AddressBans, CurveAuth, ServerKeys
@@ -55,7 +56,17 @@ MAX_SUBSCRIPTION_BYTES = 1024
 # prefixes ("front/", "_stats"); 16 KiB of them is under 1 MB in the trie
 MAX_PEER_SUBSCRIPTION_BYTES = 16 * 1024
 MAX_TRACKED_PEERS = 4096
-SUBSCRIPTION_QUEUE = 16  # inbound messages libzmq queues per connection (RCVHWM)
+# inbound messages libzmq queues per connection (RCVHWM). libzmq files a connection's
+# queue into its trie in one loop that goes on while its I/O thread refills the queue, so
+# with a deeper queue one call could file a whole flood before the guard read any of it.
+# With 2 the I/O thread is asked to refill after every message read, and the loop ends
+# whenever that refill comes later than one insertion (tools/sub_flood.py, the default
+# flood: peak +75 MB at 16, +3.5 MB at 2, worst of 8). 1 would be tighter still, but with
+# a ZAP handler libzmq 4.3.5 then passes no subscription up at all.
+SUBSCRIPTION_QUEUE = 2
+# subscription messages one `_read_subscriptions` call reads: a subscriber sends a few
+READS_PER_CALL = 256
+REAP_CEILING_MS = 2000  # a refused socket's destruction, normally milliseconds
 _HEARTBEAT_IVL_MS = 5000
 _HEARTBEAT_TIMEOUT_MS = 15000
 _KEEPALIVE_IDLE_S = 30
@@ -198,6 +209,27 @@ def burst_hwm(cameras: int) -> int:
     return 2 * (MESSAGES_PER_CAMERA * max(cameras, 0) + 1)
 
 
+def _discard(sock: zmq.Socket, bound: Sequence[str]) -> None:
+    """Close a socket with linger 0 (its connections end without what they queued being
+    read) and, once ZeroMQ's reaper has destroyed it, hand what libzmq had filed into its
+    trie (for a flood, 1-380 MB: tools/sub_flood.py) back to the OS, which glibc would
+    keep resident. Milliseconds; the ceiling only bounds a stuck reaper."""
+    reaped = sock.get_monitor_socket(zmq.EVENT_MONITOR_STOPPED)
+    try:
+        for ep in bound:
+            with contextlib.suppress(zmq.ZMQError):
+                sock.unbind(ep)
+        sock.close(linger=0)
+        if reaped.poll(REAP_CEILING_MS, zmq.POLLIN):
+            reaped.recv_multipart()
+            heap.give_back()
+        else:
+            log.warning("publish: a replaced socket was not destroyed within %d ms; the "
+                        "memory its peers cost stays resident", REAP_CEILING_MS)
+    finally:
+        reaped.close(linger=0)
+
+
 class Publisher:
     """A publishing (XPUB) socket bound to every endpoint in `endpoints`.
 
@@ -284,8 +316,8 @@ class Publisher:
             # peer that sends more (one 16 MiB subscription cost ~800 MB) is cut off
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
             # libzmq files a subscriber's queued subscriptions into its trie in one go
-            # whenever edged reads from the socket: a short inbound queue keeps that batch
-            # small (TCP pushes back on the rest), so the guard sees a flood early
+            # whenever edged calls the socket: a two-message inbound queue keeps that
+            # batch small (TCP pushes back on the rest), so the guard sees a flood early
             sock.setsockopt(zmq.RCVHWM, SUBSCRIPTION_QUEUE)
             sock.setsockopt(zmq.SNDHWM, self.sndhwm)
             sock.setsockopt(zmq.LINGER, self.linger_ms)
@@ -353,7 +385,7 @@ class Publisher:
         a peer address whose subscriptions pass MAX_PEER_SUBSCRIPTION_BYTES."""
         # each recv lets libzmq file the next queued subscriptions into its trie: a call
         # reads a bounded number, and none after a refusal (that socket is gone)
-        for _ in range(SUBSCRIPTION_QUEUE * 16):
+        for _ in range(READS_PER_CALL):
             try:
                 frame = self._sock.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -394,11 +426,7 @@ class Publisher:
                   "reconnects)", peer, MAX_PEER_SUBSCRIPTION_BYTES, held,
                   "refused until SIGHUP or restart" if zap is not None else
                   "disconnected (no ZAP handler here to refuse it)")
-        old = self._sock
-        for bound in self._bound:
-            with contextlib.suppress(zmq.ZMQError):
-                old.unbind(bound)
-        old.close(linger=0)
+        _discard(self._sock, self._bound)
         self.refusals += 1
         self._sock = self._open()
 

@@ -60,9 +60,9 @@ MAX_TRACKED_PEERS = 4096
 # queue into its trie in one loop that goes on while its I/O thread refills the queue, so
 # with a deeper queue one call could file a whole flood before the guard read any of it.
 # With 2 the I/O thread is asked to refill after every message read, and the loop ends
-# whenever that refill comes later than one insertion (tools/sub_flood.py, the default
-# flood: peak +75 MB at 16, +3.5 MB at 2, worst of 8). 1 would be tighter still, but with
-# a ZAP handler libzmq 4.3.5 then passes no subscription up at all.
+# whenever that refill comes later than one insertion (tools/sub_flood.py, 20 floods:
+# worst peak +383 MB at 16, +11 MB at 2). 1 would be tighter still, but with a ZAP
+# handler libzmq 4.3.5 then passes no subscription up at all.
 SUBSCRIPTION_QUEUE = 2
 # subscription messages one `_read_subscriptions` call reads: a subscriber sends a few
 READS_PER_CALL = 256
